@@ -1,0 +1,249 @@
+//! The `DatabaseQueryResource` API (`dbqo.dev/v1alpha1`): spec, status and
+//! their validation. The CRD YAML under `chart/` is generated from these types.
+
+mod duration;
+mod validate;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use duration::{Duration, DurationError};
+pub use validate::SpecError;
+
+/// API group of every type this operator defines.
+pub const GROUP: &str = "dbqo.dev";
+/// Finalizer the operator places on every DBQR.
+pub const FINALIZER: &str = "dbqo.dev/finalizer";
+
+/// Turns the rows of a SQL query into Kubernetes objects and keeps them in step.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "dbqo.dev",
+    version = "v1alpha1",
+    kind = "DatabaseQueryResource",
+    plural = "databasequeryresources",
+    shortname = "dbqr",
+    namespaced,
+    doc = "A SQL query whose rows become Kubernetes objects, kept in step by db-query-operator.",
+    status = "DatabaseQueryResourceStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Objects","type":"integer","jsonPath":".status.objectCount"}"#,
+    printcolumn = r#"{"name":"Last Poll","type":"date","jsonPath":".status.lastPollTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseQueryResourceSpec {
+    /// Interval of the full reconcile (query, render, apply, prune), e.g. `30s`, `5m`, `1h`. At least 1s.
+    pub poll_interval: Duration,
+    /// Delete objects whose rows are gone.
+    #[serde(default = "default_true")]
+    #[schemars(default = "default_true")]
+    pub prune: bool,
+    /// Where the rows come from.
+    pub database: DatabaseSpec,
+    /// SQL returning one row per object (or group of objects). Several statements may be given
+    /// (`SET ...; SELECT ...`): all but the last are setup, the last returns the rows.
+    #[schemars(length(min = 1))]
+    pub query: String,
+    /// Run the query in a READ ONLY transaction (default). Set to false for queries that must write.
+    #[serde(default = "default_true")]
+    #[schemars(default = "default_true")]
+    pub read_only: bool,
+    /// A result with more rows than this is an error: nothing is applied and nothing is pruned.
+    #[serde(default = "default_max_rows")]
+    #[schemars(default = "default_max_rows", range(min = 1, max = 1_000_000))]
+    pub max_rows: u32,
+    /// Handlebars template rendered once per row into zero, one or several YAML documents.
+    /// Context: `Row` (the row's columns) and `Metadata` (`Name`, `Namespace`, `Labels`, `Annotations`, `Uid` of this DBQR).
+    #[schemars(length(min = 1))]
+    pub template: String,
+    /// Handlebars SQL run when a generated object's status changes. Every `{{expr}}` becomes a bound parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_update_query_template: Option<String>,
+    /// How changes in the database are noticed between full polls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_detection: Option<ChangeDetectionSpec>,
+    /// What happens to the generated objects when this DBQR is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Connection to the database the query runs against.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Database engine.
+    #[serde(default, rename = "type")]
+    pub kind: DatabaseType,
+    /// Secret holding the connection parameters.
+    pub connection_secret_ref: ConnectionSecretRef,
+    /// Connection pool settings.
+    #[serde(default)]
+    pub pool: PoolSpec,
+    /// Applied to every statement the operator runs against this database.
+    #[serde(default = "default_statement_timeout")]
+    #[schemars(default = "default_statement_timeout")]
+    pub statement_timeout: Duration,
+}
+
+/// Database engines. Only PostgreSQL is implemented; the enum leaves room for more.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseType {
+    #[default]
+    Postgres,
+}
+
+/// Where in a Secret the connection parameters live.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Secret namespace; defaults to the DBQR's. Other namespaces only when the operator allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Key holding a full libpq URI (`postgresql://user:pass@host:5432/db?sslmode=require`). Wins over the individual keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_key: Option<String>,
+    /// Key of the host (default `host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    /// Key of the port (default `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_key: Option<String>,
+    /// Key of the user name (default `username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_key: Option<String>,
+    /// Key of the password (default `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_key: Option<String>,
+    /// Key of the database name (default `dbname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_name_key: Option<String>,
+    /// Key of the sslmode (default `sslmode`; `prefer` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_mode_key: Option<String>,
+    /// Key of a PEM CA bundle used to verify the server (sslrootcert).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_key: Option<String>,
+}
+
+/// Connection pool settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSpec {
+    /// Upper bound of open connections for this DBQR.
+    #[serde(default = "default_max_connections")]
+    #[schemars(default = "default_max_connections", range(min = 1, max = 100))]
+    pub max_connections: u32,
+    /// Time allowed to establish one connection.
+    #[serde(default = "default_connect_timeout")]
+    #[schemars(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+/// Notices changes between full polls.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeDetectionSpec {
+    /// Turn change detection on.
+    #[serde(default = "default_true")]
+    #[schemars(default = "default_true")]
+    pub enabled: bool,
+    /// `timestamp` probes `max(timestampColumn)` of `tableName`; `notify` LISTENs on `channel`.
+    #[serde(default)]
+    pub mode: ChangeDetectionMode,
+    /// Table to probe in `timestamp` mode; may be schema-qualified (`app.users`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_name: Option<String>,
+    /// Column bumped on every change, in `timestamp` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_column: Option<String>,
+    /// How often the `timestamp` probe runs.
+    #[serde(default = "default_change_poll_interval")]
+    #[schemars(default = "default_change_poll_interval")]
+    pub change_poll_interval: Duration,
+    /// Channel to LISTEN on, in `notify` mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+}
+
+/// Change-detection strategies.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeDetectionMode {
+    #[default]
+    Timestamp,
+    Notify,
+}
+
+/// What deleting the DBQR does to the objects it generated.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete every generated object, in any namespace.
+    #[default]
+    Delete,
+    /// Leave them in place, detached from this DBQR.
+    Orphan,
+}
+
+/// Observed state of a DBQR.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseQueryResourceStatus {
+    /// `metadata.generation` the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `DatabaseConnected` and `Synced`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// End of the last successful full poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_poll_time: Option<Time>,
+    /// End of the last successful change probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_check_time: Option<Time>,
+    /// Objects produced by the last successful pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_count: Option<i64>,
+    /// Kinds this DBQR has written (`group/version/Kind`): the prune inventory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_kinds: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_rows() -> u32 {
+    10_000
+}
+
+fn default_max_connections() -> u32 {
+    2
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_statement_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_change_poll_interval() -> Duration {
+    Duration::from_secs(10)
+}

@@ -1,0 +1,39 @@
+//! Command-line interface: one binary, one subcommand per job.
+
+mod crd;
+mod policy;
+mod render;
+
+use clap::{Parser, Subcommand};
+
+pub use crd::crd_yaml;
+pub use policy::PolicyArgs;
+pub use render::{load_dbqr, DbqrFileError, RenderArgs};
+
+/// Turns rows of a SQL database into Kubernetes objects and keeps them in step.
+#[derive(Debug, Parser)]
+#[command(name = "db-query-operator", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the DatabaseQueryResource CustomResourceDefinition as YAML.
+    Crd,
+    /// Preview the objects a DBQR would produce, offline: rows come from a
+    /// JSON file or from running the DBQR's query against a live database.
+    Render(RenderArgs),
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crd_yaml());
+            0
+        }
+        Command::Render(args) => render::run(args).await,
+    }
+}

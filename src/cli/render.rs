@@ -1,0 +1,146 @@
+//! `render`: offline preview of what a DBQR produces.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::{Map, Value as Json};
+
+use super::policy::PolicyArgs;
+use crate::api::{DatabaseQueryResource, SpecError};
+use crate::db::{self, ConnInfo, QueryOptions};
+use crate::render::{render_rows, BuiltinScopes, Metadata, RowTemplate, TemplateError};
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// DBQR manifest (YAML) to render.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// JSON file holding the rows: an array of objects, one per row.
+    #[arg(long, value_name = "FILE", conflicts_with = "database_url", required_unless_present = "database_url")]
+    pub rows: Option<PathBuf>,
+    /// Connection string (libpq URI or key=value); the DBQR's query runs read-only against it.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Namespace assumed when the manifest has none.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// A DBQR manifest that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbqrFileError {
+    #[error("not a valid DBQR manifest: {0}")]
+    Yaml(String),
+    #[error("expected apiVersion dbqo.dev/v1alpha1 and kind DatabaseQueryResource, found {api_version} {kind}")]
+    WrongKind { api_version: String, kind: String },
+    #[error("unknown field {0}")]
+    UnknownField(String),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Spec(Vec<SpecError>),
+    #[error("{0}")]
+    Template(#[from] TemplateError),
+}
+
+/// Parses a DBQR manifest strictly: unknown fields, bad durations and a
+/// template that does not compile are errors here, not surprises later.
+pub fn load_dbqr(text: &str) -> Result<(DatabaseQueryResource, RowTemplate), DbqrFileError> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| DbqrFileError::Yaml(e.to_string()))?;
+    let field = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let (api_version, kind) = (field("apiVersion"), field("kind"));
+    if api_version != "dbqo.dev/v1alpha1" || kind != "DatabaseQueryResource" {
+        return Err(DbqrFileError::WrongKind { api_version, kind });
+    }
+    let mut unknown = Vec::new();
+    let dbqr: DatabaseQueryResource = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
+        .map_err(|e| DbqrFileError::Yaml(e.to_string()))?;
+    if let Some(path) = unknown.into_iter().find(|p| !p.starts_with("status")) {
+        return Err(DbqrFileError::UnknownField(path));
+    }
+    let problems = dbqr.spec.validate();
+    if !problems.is_empty() {
+        return Err(DbqrFileError::Spec(problems));
+    }
+    let template = RowTemplate::compile(&dbqr.spec.template)?;
+    Ok((dbqr, template))
+}
+
+async fn rows_from(args: &RenderArgs, dbqr: &DatabaseQueryResource) -> Result<Vec<Map<String, Json>>, String> {
+    if let Some(path) = &args.rows {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let rows: Vec<Json> =
+            serde_json::from_str(&text).map_err(|e| format!("{}: not a JSON array: {e}", path.display()))?;
+        return rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| match row {
+                Json::Object(map) => Ok(map),
+                _ => Err(format!("{}: row {i} is not a JSON object", path.display())),
+            })
+            .collect();
+    }
+    let url = args.database_url.as_deref().unwrap_or_default();
+    let info: ConnInfo = url.parse().map_err(|e| format!("--database-url: {e}"))?;
+    let mut client = db::connect(&info).await.map_err(|e| e.to_string())?;
+    let options = QueryOptions {
+        // A preview never writes, whatever the spec says.
+        read_only: true,
+        max_rows: dbqr.spec.max_rows,
+        statement_timeout: dbqr.spec.database.statement_timeout.get(),
+    };
+    let result = db::run_query(&mut client, &dbqr.spec.query, &options)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(result.rows)
+}
+
+pub(super) async fn run(args: RenderArgs) -> i32 {
+    let label = args.file.display().to_string();
+    let fail = |who: &str, message: &dyn std::fmt::Display| {
+        eprintln!("error: {who}: {message}");
+        1
+    };
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => return fail(&label, &e),
+    };
+    let (mut dbqr, template) = match load_dbqr(&text) {
+        Ok(loaded) => loaded,
+        Err(e) => return fail(&format!("dbqr {label}"), &e),
+    };
+    if dbqr.metadata.namespace.is_none() {
+        dbqr.metadata.namespace = Some(args.namespace.clone());
+    }
+    let metadata = Metadata::of(&dbqr);
+    let who = format!("dbqr {}/{}", metadata.namespace, metadata.name);
+    let policy = match args.policy.policy() {
+        Ok(p) => p,
+        Err(e) => return fail("--allowed-kinds", &e),
+    };
+    let rows = match rows_from(&args, &dbqr).await {
+        Ok(rows) => rows,
+        Err(e) => return fail(&who, &e),
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let outcome = render_rows(&template, &rows, &metadata, &now, &policy, &BuiltinScopes);
+    for object in &outcome.objects {
+        let yaml = serde_yaml::to_string(&object.manifest).unwrap_or_default();
+        println!("---\n# {}\n{}", crate::render::RowRef::of(object.row, &rows[object.row]), yaml.trim_end());
+    }
+    for failure in &outcome.failures {
+        eprintln!("error: {who}: {}: {}", failure.row, failure.error);
+    }
+    if outcome.is_complete() {
+        eprintln!("{who}: {} rows, {} objects", rows.len(), outcome.objects.len());
+        0
+    } else {
+        eprintln!(
+            "{who}: {} rows, {} objects, {} rows failed",
+            rows.len(),
+            outcome.objects.len(),
+            outcome.failures.len()
+        );
+        1
+    }
+}

@@ -1,0 +1,106 @@
+//! Opens a PostgreSQL connection with TLS behaving as libpq's `sslmode` says.
+
+use native_tls::{Certificate, TlsConnector};
+use postgres_native_tls::MakeTlsConnector;
+use tokio_postgres::{config::SslMode as WireSslMode, Client};
+
+use super::conninfo::{ConnInfo, RootCert, SslMode};
+
+/// Connecting failed. The message never holds the password.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot read CA bundle {path}: {source}")]
+    ReadRootCert {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid CA bundle: {0}")]
+    RootCert(#[source] native_tls::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[source] native_tls::Error),
+    #[error("authentication failed: {0}")]
+    Authentication(#[source] tokio_postgres::Error),
+    #[error("cannot connect: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+}
+
+impl ConnectError {
+    /// Stable reason for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ReadRootCert { .. } | Self::RootCert(_) | Self::Tls(_) => "TlsConfigError",
+            Self::Authentication(_) => "AuthenticationFailed",
+            Self::Connect(_) => "ConnectionFailed",
+        }
+    }
+}
+
+fn tls_connector(info: &ConnInfo) -> Result<MakeTlsConnector, ConnectError> {
+    let mut builder = TlsConnector::builder();
+    match info.ssl_mode {
+        // libpq does not verify in these modes; neither do we.
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => {
+            builder.danger_accept_invalid_certs(true);
+        }
+        SslMode::VerifyCa => {
+            builder.danger_accept_invalid_hostnames(true);
+        }
+        SslMode::VerifyFull => {}
+    }
+    if matches!(info.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+        let pem = match &info.root_cert {
+            Some(RootCert::Pem(pem)) => Some(pem.clone()),
+            Some(RootCert::File(path)) => Some(std::fs::read(path).map_err(|source| {
+                ConnectError::ReadRootCert {
+                    path: path.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        if let Some(pem) = pem {
+            // A bundle may hold several certificates; trust each and only them.
+            builder.disable_built_in_roots(true);
+            for cert in pem_certificates(&pem) {
+                builder.add_root_certificate(Certificate::from_pem(&cert).map_err(ConnectError::RootCert)?);
+            }
+        }
+    }
+    Ok(MakeTlsConnector::new(builder.build().map_err(ConnectError::Tls)?))
+}
+
+fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
+    let text = String::from_utf8_lossy(pem);
+    const END: &str = "-----END CERTIFICATE-----";
+    text.split_inclusive(END)
+        .filter_map(|chunk| chunk.find("-----BEGIN CERTIFICATE-----").map(|i| chunk[i..].as_bytes().to_vec()))
+        .collect()
+}
+
+/// Connects and drives the connection on the current tokio runtime.
+pub async fn connect(info: &ConnInfo) -> Result<Client, ConnectError> {
+    let mut config = info.config.clone();
+    config.ssl_mode(match info.ssl_mode {
+        SslMode::Disable => WireSslMode::Disable,
+        SslMode::Prefer => WireSslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => WireSslMode::Require,
+    });
+    let tls = tls_connector(info)?;
+    let (client, connection) = config.connect(tls).await.map_err(|e| {
+        let auth = e
+            .code()
+            .is_some_and(|c| c.code().starts_with("28"));
+        if auth {
+            ConnectError::Authentication(e)
+        } else {
+            ConnectError::Connect(e)
+        }
+    })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "database connection closed");
+        }
+    });
+    Ok(client)
+}

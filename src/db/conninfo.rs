@@ -1,0 +1,227 @@
+//! libpq connection strings (URI or `key=value` form) with the TLS settings
+//! tokio-postgres does not understand itself (`sslmode=verify-ca|verify-full`,
+//! `sslrootcert`) taken out and handled here.
+
+use std::str::FromStr;
+
+/// TLS behaviour as libpq defines `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS if the server offers it, no verification; plain TCP otherwise.
+    #[default]
+    Prefer,
+    /// TLS, no verification of the certificate.
+    Require,
+    /// TLS, certificate chain verified against the CA, host name not checked.
+    VerifyCa,
+    /// TLS, chain and host name verified.
+    VerifyFull,
+}
+
+impl FromStr for SslMode {
+    type Err = ConnInfoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "disable" => Self::Disable,
+            // libpq's `allow` tries plain first; the closest safe reading is prefer.
+            "allow" | "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            other => return Err(ConnInfoError::SslMode(other.to_owned())),
+        })
+    }
+}
+
+/// Where the CA bundle for verification comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCert {
+    /// `sslrootcert=<path>` in the connection string.
+    File(String),
+    /// PEM text, e.g. from a Secret's `caCertKey`.
+    Pem(Vec<u8>),
+}
+
+/// A parsed connection string.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub config: tokio_postgres::Config,
+    pub ssl_mode: SslMode,
+    pub root_cert: Option<RootCert>,
+}
+
+/// A connection string that cannot be used. Never carries the password.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnInfoError {
+    #[error("unsupported sslmode {0:?} (expected disable, allow, prefer, require, verify-ca or verify-full)")]
+    SslMode(String),
+    #[error("invalid connection string: {0}")]
+    Invalid(String),
+}
+
+impl ConnInfoError {
+    pub fn reason(&self) -> &'static str {
+        "InvalidConnectionString"
+    }
+}
+
+const TLS_KEYS: [&str; 2] = ["sslmode", "sslrootcert"];
+
+impl FromStr for ConnInfo {
+    type Err = ConnInfoError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (rest, tls) = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            split_uri(s)
+        } else {
+            split_key_value(s)?
+        };
+        let config = tokio_postgres::Config::from_str(&rest)
+            // tokio-postgres' message names the bad key but never echoes values.
+            .map_err(|e| ConnInfoError::Invalid(e.to_string()))?;
+        let mut info = ConnInfo {
+            config,
+            ssl_mode: SslMode::default(),
+            root_cert: None,
+        };
+        for (key, value) in tls {
+            match key.as_str() {
+                "sslmode" => info.ssl_mode = value.parse()?,
+                _ => info.root_cert = Some(RootCert::File(value)),
+            }
+        }
+        Ok(info)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() + 1 {
+            if let Some(b) = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn split_uri(s: &str) -> (String, Vec<(String, String)>) {
+    let Some((base, query)) = s.split_once('?') else {
+        return (s.to_owned(), Vec::new());
+    };
+    let mut kept = Vec::new();
+    let mut tls = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if TLS_KEYS.contains(&k) {
+            tls.push((k.to_owned(), percent_decode(v)));
+        } else {
+            kept.push(pair);
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (rest, tls)
+}
+
+/// Splits libpq `key = value` text, honouring single quotes and backslash escapes.
+fn split_key_value(s: &str) -> Result<(String, Vec<(String, String)>), ConnInfoError> {
+    let mut kept = Vec::new();
+    let mut tls = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            break;
+        }
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(ConnInfoError::Invalid(format!("missing \"=\" after {key:?}")));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\\') => value.extend(chars.next()),
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                    None => return Err(ConnInfoError::Invalid(format!("unterminated quoted value for {key:?}"))),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        if TLS_KEYS.contains(&key.as_str()) {
+            tls.push((key, value));
+        } else {
+            let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
+            kept.push(format!("{key}='{quoted}'"));
+        }
+    }
+    Ok((kept.join(" "), tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_keeps_libpq_parameters_and_takes_out_tls_ones() {
+        let info: ConnInfo = "postgresql://app:p%40ss@db.example:6432/main?sslmode=verify-full&sslrootcert=/ca.pem&application_name=dbqo&connect_timeout=7&options=-c%20search_path%3Dapp"
+            .parse()
+            .unwrap();
+        assert_eq!(info.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(info.root_cert, Some(RootCert::File("/ca.pem".into())));
+        assert_eq!(info.config.get_user(), Some("app"));
+        assert_eq!(info.config.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(info.config.get_dbname(), Some("main"));
+        assert_eq!(info.config.get_ports(), &[6432]);
+        assert_eq!(info.config.get_application_name(), Some("dbqo"));
+        assert_eq!(info.config.get_connect_timeout(), Some(&std::time::Duration::from_secs(7)));
+        assert_eq!(info.config.get_options(), Some("-c search_path=app"));
+    }
+
+    #[test]
+    fn key_value_form_is_understood() {
+        let info: ConnInfo = "host=localhost port=5433 user=u password='it''s \\' x' dbname=d sslmode=require"
+            .replace("''", "\\'")
+            .parse()
+            .unwrap();
+        assert_eq!(info.ssl_mode, SslMode::Require);
+        assert_eq!(info.config.get_password(), Some(&b"it's ' x"[..]));
+        assert_eq!(info.config.get_ports(), &[5433]);
+    }
+
+    #[test]
+    fn defaults_to_prefer_and_refuses_unknown_modes() {
+        let info: ConnInfo = "postgresql://u@h/d".parse().unwrap();
+        assert_eq!(info.ssl_mode, SslMode::Prefer);
+        let err = "postgresql://u@h/d?sslmode=sometimes".parse::<ConnInfo>().unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+}

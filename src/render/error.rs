@@ -1,0 +1,86 @@
+//! Errors of the render layer. Messages name template positions and document
+//! paths, never row values or rendered manifests, so they are safe for
+//! conditions and Events.
+
+/// The template itself is unusable; no row can render.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("template does not parse: {0}")]
+pub struct TemplateError(pub String);
+
+impl TemplateError {
+    pub fn reason(&self) -> &'static str {
+        "TemplateInvalid"
+    }
+}
+
+/// One row could not become objects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RowError {
+    #[error("template error: {0}")]
+    Render(String),
+    #[error("output is not YAML (line {line}, column {column}): {problem}")]
+    NotYaml {
+        line: usize,
+        column: usize,
+        problem: String,
+    },
+    #[error("an inserted value breaks the YAML at line {line}, column {column}; quote the expression (\"{{{{...}}}}\") or use quote/toJson")]
+    ValueBreaksYaml { line: usize, column: usize },
+    #[error("document {document}, at {path}: {problem}")]
+    ValueChangesStructure {
+        document: usize,
+        path: String,
+        problem: &'static str,
+    },
+    #[error("document {document}: {problem}")]
+    Object { document: usize, problem: ObjectProblem },
+    #[error("produces the same object as row {other_row}")]
+    Duplicate { other_row: usize },
+}
+
+impl RowError {
+    /// Stable reason for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Render(_) => "RenderFailed",
+            Self::NotYaml { .. } => "InvalidYaml",
+            Self::ValueBreaksYaml { .. } | Self::ValueChangesStructure { .. } => "UnsafeValue",
+            Self::Object { problem, .. } => problem.reason(),
+            Self::Duplicate { .. } => "DuplicateObject",
+        }
+    }
+}
+
+/// A rendered document that is not an acceptable object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObjectProblem {
+    #[error("is not a mapping")]
+    NotAMapping,
+    #[error("{0} is missing or not a string")]
+    MissingField(&'static str),
+    #[error("apiVersion {0:?} is not group/version or version")]
+    BadApiVersion(String),
+    #[error("name is not valid for a {kind}: {rule}")]
+    InvalidName { kind: String, rule: &'static str },
+    #[error("kind {0} is not in the operator's allowed kinds")]
+    KindNotAllowed(String),
+    #[error("namespace {0:?} is not allowed for this DBQR")]
+    NamespaceNotAllowed(String),
+    #[error("namespace {0:?} is not a valid namespace name")]
+    InvalidNamespace(String),
+    #[error("kind {0} is cluster-scoped and must not set metadata.namespace")]
+    NamespaceOnClusterScoped(String),
+}
+
+impl ObjectProblem {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotAMapping | Self::MissingField(_) | Self::BadApiVersion(_) => "InvalidObject",
+            Self::InvalidName { .. } => "InvalidName",
+            Self::KindNotAllowed(_) => "KindNotAllowed",
+            Self::NamespaceNotAllowed(_) | Self::InvalidNamespace(_) | Self::NamespaceOnClusterScoped(_) => {
+                "NamespaceNotAllowed"
+            }
+        }
+    }
+}

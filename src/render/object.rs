@@ -1,0 +1,271 @@
+//! From a rendered YAML document to a [`RenderedObject`]: required fields,
+//! names valid for the kind, allowed kinds and namespaces.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value as Json;
+
+use super::error::ObjectProblem;
+
+/// A kind regardless of version: `apps/Deployment`, `ConfigMap` (core group).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKind {
+    pub group: String,
+    pub kind: String,
+}
+
+impl GroupKind {
+    pub fn new(group: impl Into<String>, kind: impl Into<String>) -> Self {
+        Self {
+            group: group.into(),
+            kind: kind.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for GroupKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.group.is_empty() {
+            f.write_str(&self.kind)
+        } else {
+            write!(f, "{}/{}", self.group, self.kind)
+        }
+    }
+}
+
+impl std::str::FromStr for GroupKind {
+    type Err = String;
+
+    /// `Kind` for the core group, `group/Kind` otherwise.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (group, kind) = s.rsplit_once('/').unwrap_or(("", s));
+        if kind.is_empty() || !kind.chars().all(|c| c.is_ascii_alphanumeric()) || group.contains('/') {
+            return Err(format!("{s:?} is not Kind or group/Kind"));
+        }
+        Ok(Self::new(group, kind))
+    }
+}
+
+/// Whether objects of a kind live in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Namespaced,
+    Cluster,
+}
+
+/// Answers "is this kind namespaced?". The operator asks API discovery; the
+/// offline `render` command uses [`BuiltinScopes`].
+pub trait ScopeLookup {
+    fn scope(&self, group_kind: &GroupKind) -> Option<Scope>;
+}
+
+/// Scopes of the built-in kinds; unknown kinds are taken as namespaced.
+pub struct BuiltinScopes;
+
+impl ScopeLookup for BuiltinScopes {
+    fn scope(&self, gk: &GroupKind) -> Option<Scope> {
+        const CLUSTER: &[(&str, &str)] = &[
+            ("", "Namespace"),
+            ("", "Node"),
+            ("", "PersistentVolume"),
+            ("rbac.authorization.k8s.io", "ClusterRole"),
+            ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+            ("apiextensions.k8s.io", "CustomResourceDefinition"),
+            ("storage.k8s.io", "StorageClass"),
+            ("scheduling.k8s.io", "PriorityClass"),
+            ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
+            ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
+        ];
+        let cluster = CLUSTER
+            .iter()
+            .any(|(g, k)| *g == gk.group && *k == gk.kind);
+        Some(if cluster { Scope::Cluster } else { Scope::Namespaced })
+    }
+}
+
+/// Which objects a DBQR may produce. Built from the operator's settings.
+#[derive(Debug, Clone)]
+pub struct ObjectPolicy {
+    pub allowed_kinds: BTreeSet<GroupKind>,
+    /// Namespaces other than the DBQR's own that objects may go to; `None` means any.
+    pub extra_namespaces: Option<BTreeSet<String>>,
+}
+
+impl Default for ObjectPolicy {
+    /// ConfigMap, Secret, Service, ServiceAccount, Deployment, StatefulSet,
+    /// Job, CronJob; only the DBQR's own namespace.
+    fn default() -> Self {
+        Self {
+            allowed_kinds: DEFAULT_KINDS
+                .iter()
+                .map(|k| k.parse().expect("default kinds are well-formed"))
+                .collect(),
+            extra_namespaces: Some(BTreeSet::new()),
+        }
+    }
+}
+
+pub const DEFAULT_KINDS: &[&str] = &[
+    "ConfigMap",
+    "Secret",
+    "Service",
+    "ServiceAccount",
+    "apps/Deployment",
+    "apps/StatefulSet",
+    "batch/Job",
+    "batch/CronJob",
+];
+
+/// A validated object, ready to be applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedObject {
+    /// Index of the row that produced it.
+    pub row: usize,
+    pub api_version: String,
+    pub group_kind: GroupKind,
+    /// `None` for cluster-scoped kinds.
+    pub namespace: Option<String>,
+    pub name: String,
+    /// The manifest, namespace filled in.
+    pub manifest: Json,
+}
+
+/// Identity of an object in the cluster: the same object whatever the apiVersion.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub group_kind: GroupKind,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl RenderedObject {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            group_kind: self.group_kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+fn string_at<'a>(doc: &'a Json, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(doc, |v, k| v.get(k))?.as_str()
+}
+
+/// Validates one document produced for a row of a DBQR in `dbqr_namespace`.
+pub fn validate_object(
+    mut doc: Json,
+    row: usize,
+    dbqr_namespace: &str,
+    policy: &ObjectPolicy,
+    scopes: &dyn ScopeLookup,
+) -> Result<RenderedObject, ObjectProblem> {
+    if !doc.is_object() {
+        return Err(ObjectProblem::NotAMapping);
+    }
+    let api_version = string_at(&doc, &["apiVersion"])
+        .filter(|s| !s.is_empty())
+        .ok_or(ObjectProblem::MissingField("apiVersion"))?
+        .to_owned();
+    let kind = string_at(&doc, &["kind"])
+        .filter(|s| !s.is_empty())
+        .ok_or(ObjectProblem::MissingField("kind"))?
+        .to_owned();
+    let name = string_at(&doc, &["metadata", "name"])
+        .filter(|s| !s.is_empty())
+        .ok_or(ObjectProblem::MissingField("metadata.name"))?
+        .to_owned();
+    let group = match api_version.split('/').collect::<Vec<_>>()[..] {
+        [_version] => String::new(),
+        [group, version] if !group.is_empty() && !version.is_empty() => group.to_owned(),
+        _ => return Err(ObjectProblem::BadApiVersion(api_version)),
+    };
+    let group_kind = GroupKind::new(group, kind.clone());
+    if !policy.allowed_kinds.contains(&group_kind) {
+        return Err(ObjectProblem::KindNotAllowed(group_kind.to_string()));
+    }
+    check_name(&kind, &name)?;
+
+    let requested = string_at(&doc, &["metadata", "namespace"]).map(str::to_owned);
+    let namespace = match scopes.scope(&group_kind).unwrap_or(Scope::Namespaced) {
+        Scope::Cluster => {
+            if requested.as_deref().is_some_and(|ns| !ns.is_empty()) {
+                return Err(ObjectProblem::NamespaceOnClusterScoped(group_kind.to_string()));
+            }
+            None
+        }
+        Scope::Namespaced => {
+            let ns = requested.filter(|ns| !ns.is_empty()).unwrap_or_else(|| dbqr_namespace.to_owned());
+            if dns_label_problem(&ns).is_some() {
+                return Err(ObjectProblem::InvalidNamespace(ns));
+            }
+            let allowed = ns == dbqr_namespace
+                || policy.extra_namespaces.as_ref().is_none_or(|extra| extra.contains(&ns));
+            if !allowed {
+                return Err(ObjectProblem::NamespaceNotAllowed(ns));
+            }
+            doc["metadata"]["namespace"] = Json::String(ns.clone());
+            Some(ns)
+        }
+    };
+    Ok(RenderedObject {
+        row,
+        api_version,
+        group_kind,
+        namespace,
+        name,
+        manifest: doc,
+    })
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), ObjectProblem> {
+    let problem = match kind {
+        "Namespace" => dns_label_problem(name),
+        // Services become DNS names and must start with a letter (RFC 1035).
+        "Service" => dns_label_problem(name).or_else(|| {
+            (!name.starts_with(|c: char| c.is_ascii_lowercase())).then_some("must start with a lower-case letter")
+        }),
+        // The controller appends an 11-character suffix to Job names.
+        "CronJob" if name.len() > 52 => Some("must be at most 52 characters"),
+        _ => dns_subdomain_problem(name),
+    };
+    match problem {
+        Some(rule) => Err(ObjectProblem::InvalidName {
+            kind: kind.to_owned(),
+            rule,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn label_chars_problem(s: &str) -> Option<&'static str> {
+    if !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        return Some("only lower-case letters, digits and '-' are allowed");
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Some("must start and end with a letter or digit");
+    }
+    None
+}
+
+/// RFC 1123 label: at most 63 of `[a-z0-9-]`, alphanumeric at both ends.
+pub fn dns_label_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() || s.len() > 63 {
+        return Some("must be 1 to 63 characters");
+    }
+    label_chars_problem(s)
+}
+
+/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn dns_subdomain_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() || s.len() > 253 {
+        return Some("must be 1 to 253 characters");
+    }
+    s.split('.').find_map(|part| {
+        if part.is_empty() {
+            Some("must not have empty parts between dots")
+        } else {
+            label_chars_problem(part)
+        }
+    })
+}
