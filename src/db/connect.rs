@@ -20,9 +20,9 @@ pub enum ConnectError {
     #[error("cannot set up TLS: {0}")]
     Tls(#[source] native_tls::Error),
     #[error("authentication failed: {0}")]
-    Authentication(#[source] tokio_postgres::Error),
+    Authentication(String),
     #[error("cannot connect: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(String),
 }
 
 impl ConnectError {
@@ -92,9 +92,9 @@ pub async fn connect(info: &ConnInfo) -> Result<Client, ConnectError> {
             .code()
             .is_some_and(|c| c.code().starts_with("28"));
         if auth {
-            ConnectError::Authentication(e)
+            ConnectError::Authentication(super::describe(&e))
         } else {
-            ConnectError::Connect(e)
+            ConnectError::Connect(super::describe(&e))
         }
     })?;
     tokio::spawn(async move {

@@ -9,3 +9,22 @@ mod query;
 pub use connect::{connect, ConnectError};
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
 pub use query::{run_query, QueryError, QueryOptions, QueryResult};
+
+/// A tokio-postgres error as one line: the server's message and SQLSTATE when
+/// it answered (its `Display` says only "db error"), the client's otherwise.
+/// DETAIL is left out: it can quote row values.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}

@@ -28,11 +28,12 @@ pub struct QueryResult {
 pub enum QueryError {
     #[error("cannot split the query: {0}")]
     Split(#[from] SplitError),
-    #[error("statement {index} failed: {source}")]
+    #[error("statement {index} failed: {message}")]
     Statement {
         index: usize,
-        #[source]
-        source: tokio_postgres::Error,
+        message: String,
+        /// SQLSTATE, when the server answered.
+        code: Option<String>,
     },
     #[error("the last statement returns no columns; it must return the rows to render")]
     NoColumns,
@@ -51,16 +52,14 @@ impl QueryError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::TooManyRows(_) => "TooManyRows",
-            Self::Statement { source, .. } if is_timeout(source) => "QueryTimeout",
+            // 57014 query_canceled: what statement_timeout raises.
+            Self::Statement { code: Some(code), .. } if code == "57014" => "QueryTimeout",
             Self::Decode(_) => "DecodeFailed",
             _ => "QueryFailed",
         }
     }
 }
 
-fn is_timeout(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
-}
 
 /// Runs `sql` and decodes its rows.
 pub async fn run_query(
@@ -70,7 +69,13 @@ pub async fn run_query(
 ) -> Result<QueryResult, QueryError> {
     let statements = split_statements(sql)?;
     let (last, setup) = statements.split_last().ok_or(SplitError::Empty)?;
-    let statement_error = |index| move |source| QueryError::Statement { index, source };
+    let statement_error = |index| {
+        move |e: tokio_postgres::Error| QueryError::Statement {
+            index,
+            message: super::describe(&e),
+            code: e.code().map(|c| c.code().to_owned()),
+        }
+    };
 
     let tx = client
         .build_transaction()
