@@ -58,9 +58,13 @@ async fn every_type_decodes_to_its_documented_json_form() {
     setup.batch_execute(ROW).await.unwrap();
 
     let mut client = client(&url).await;
-    let result = run_query(&mut client, "SELECT * FROM everything ORDER BY id", &options())
-        .await
-        .unwrap();
+    let result = run_query(
+        &mut client,
+        "SELECT * FROM everything ORDER BY id",
+        &options(),
+    )
+    .await
+    .unwrap();
     assert_eq!(result.rows.len(), 3);
     let row = Value::Object(result.rows[0].clone());
     let expected = json!({
@@ -100,7 +104,11 @@ async fn every_type_decodes_to_its_documented_json_form() {
     assert_eq!(third["n"], json!("0.000123"));
     assert_eq!(third["f8"], json!(0.1));
     assert_eq!(third["tz"], json!("infinity"));
-    assert_eq!(third["hs"], Value::Null, "NULL of an unknown type is still null");
+    assert_eq!(
+        third["hs"],
+        Value::Null,
+        "NULL of an unknown type is still null"
+    );
 }
 
 #[tokio::test]
@@ -108,7 +116,9 @@ async fn multi_statement_queries_keep_session_settings_and_run_read_only() {
     let url = common::database("stmts").await;
     let setup = common::connect(&url).await;
     setup
-        .batch_execute("CREATE TABLE t (id int, name text); INSERT INTO t VALUES (1, 'a'), (2, 'b');")
+        .batch_execute(
+            "CREATE TABLE t (id int, name text); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+        )
         .await
         .unwrap();
     let mut client = client(&url).await;
@@ -120,18 +130,34 @@ async fn multi_statement_queries_keep_session_settings_and_run_read_only() {
     assert_eq!(result.rows.len(), 2);
     assert_eq!(result.rows[0]["timeout"], json!("5s"));
 
-    let err = run_query(&mut client, "INSERT INTO t VALUES (3, 'c') RETURNING id", &options())
-        .await
-        .unwrap_err();
+    let err = run_query(
+        &mut client,
+        "INSERT INTO t VALUES (3, 'c') RETURNING id",
+        &options(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("read-only"), "{err}");
 
     let mut writable = options();
     writable.read_only = false;
-    let result = run_query(&mut client, "INSERT INTO t VALUES (3, 'c') RETURNING id, point(1,2) AS p", &writable)
+    let result = run_query(
+        &mut client,
+        "INSERT INTO t VALUES (3, 'c') RETURNING id, point(1,2) AS p",
+        &writable,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        result.rows[0]["p"],
+        json!("(1,2)"),
+        "unknown types work for INSERT ... RETURNING too"
+    );
+    let count: i64 = setup
+        .query_one("SELECT count(*) FROM t", &[])
         .await
-        .unwrap();
-    assert_eq!(result.rows[0]["p"], json!("(1,2)"), "unknown types work for INSERT ... RETURNING too");
-    let count: i64 = setup.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+        .unwrap()
+        .get(0);
     assert_eq!(count, 3);
 }
 
@@ -142,26 +168,49 @@ async fn bad_results_are_errors_not_empty_results() {
 
     let mut small = options();
     small.max_rows = 5;
-    let err = run_query(&mut client, "SELECT generate_series(1, 6) AS id", &small).await.unwrap_err();
+    let err = run_query(&mut client, "SELECT generate_series(1, 6) AS id", &small)
+        .await
+        .unwrap_err();
     assert!(matches!(err, QueryError::TooManyRows(5)), "{err}");
     assert_eq!(err.reason(), "TooManyRows");
-    assert!(run_query(&mut client, "SELECT generate_series(1, 5) AS id", &small).await.is_ok());
+    assert!(
+        run_query(&mut client, "SELECT generate_series(1, 5) AS id", &small)
+            .await
+            .is_ok()
+    );
 
-    let err = run_query(&mut client, "SELECT 1 AS a, 2 AS a", &options()).await.unwrap_err();
-    assert!(matches!(err, QueryError::DuplicateColumn(ref c) if c == "a"), "{err}");
+    let err = run_query(&mut client, "SELECT 1 AS a, 2 AS a", &options())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, QueryError::DuplicateColumn(ref c) if c == "a"),
+        "{err}"
+    );
 
-    let err = run_query(&mut client, "SELECT 1 AS id; SET work_mem = '8MB'", &options()).await.unwrap_err();
+    let err = run_query(
+        &mut client,
+        "SELECT 1 AS id; SET work_mem = '8MB'",
+        &options(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, QueryError::NoColumns), "{err}");
 
-    let err = run_query(&mut client, "SELECT 'open", &options()).await.unwrap_err();
+    let err = run_query(&mut client, "SELECT 'open", &options())
+        .await
+        .unwrap_err();
     assert!(matches!(err, QueryError::Split(_)), "{err}");
 
     let mut quick = options();
     quick.statement_timeout = Duration::from_millis(50);
-    let err = run_query(&mut client, "SELECT pg_sleep(2) IS NULL AS slept", &quick).await.unwrap_err();
+    let err = run_query(&mut client, "SELECT pg_sleep(2) IS NULL AS slept", &quick)
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), "QueryTimeout", "{err}");
 
-    let err = run_query(&mut client, "SELECT * FROM missing_table", &options()).await.unwrap_err();
+    let err = run_query(&mut client, "SELECT * FROM missing_table", &options())
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), "QueryFailed");
     assert!(err.to_string().contains("missing_table"), "{err}");
 }

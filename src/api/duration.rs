@@ -18,7 +18,9 @@ pub struct Duration(StdDuration);
 pub enum DurationError {
     #[error("empty duration")]
     Empty,
-    #[error("invalid duration {0:?}: expected a number followed by ms, s, m or h, e.g. 30s, 5m, 1h30m")]
+    #[error(
+        "invalid duration {0:?}: expected a number followed by ms, s, m or h, e.g. 30s, 5m, 1h30m"
+    )]
     Syntax(String),
     #[error("duration {0:?} is too large")]
     Overflow(String),
@@ -176,8 +178,13 @@ mod tests {
 
     #[test]
     fn refuses_malformed_and_overflowing_values() {
-        for bad in ["", "30", "s", "5 m", "1d", "-5s", "1..5s", ".5s", "5.s", "1h-2m", "ms"] {
-            assert!(bad.parse::<Duration>().is_err(), "{bad:?} should be refused");
+        for bad in [
+            "", "30", "s", "5 m", "1d", "-5s", "1..5s", ".5s", "5.s", "1h-2m", "ms",
+        ] {
+            assert!(
+                bad.parse::<Duration>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
         assert!(matches!(
             "9999999999999999999999h".parse::<Duration>(),

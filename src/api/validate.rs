@@ -20,7 +20,9 @@ pub enum SpecError {
         field: &'static str,
         mode: &'static str,
     },
-    #[error("spec.changeDetection.channel {0:?} is not a valid PostgreSQL channel name (1-63 bytes)")]
+    #[error(
+        "spec.changeDetection.channel {0:?} is not a valid PostgreSQL channel name (1-63 bytes)"
+    )]
     InvalidChannel(String),
     #[error("spec.query is empty")]
     EmptyQuery,

@@ -16,7 +16,12 @@ pub struct RenderArgs {
     #[arg(short = 'f', long, value_name = "FILE")]
     pub file: PathBuf,
     /// JSON file holding the rows: an array of objects, one per row.
-    #[arg(long, value_name = "FILE", conflicts_with = "database_url", required_unless_present = "database_url")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "database_url",
+        required_unless_present = "database_url"
+    )]
     pub rows: Option<PathBuf>,
     /// Connection string (libpq URI or key=value); the DBQR's query runs read-only against it.
     #[arg(long, value_name = "URL")]
@@ -46,15 +51,23 @@ pub enum DbqrFileError {
 /// Parses a DBQR manifest strictly: unknown fields, bad durations and a
 /// template that does not compile are errors here, not surprises later.
 pub fn load_dbqr(text: &str) -> Result<(DatabaseQueryResource, RowTemplate), DbqrFileError> {
-    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| DbqrFileError::Yaml(e.to_string()))?;
-    let field = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| DbqrFileError::Yaml(e.to_string()))?;
+    let field = |k: &str| {
+        value
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
     let (api_version, kind) = (field("apiVersion"), field("kind"));
     if api_version != "dbqo.dev/v1alpha1" || kind != "DatabaseQueryResource" {
         return Err(DbqrFileError::WrongKind { api_version, kind });
     }
     let mut unknown = Vec::new();
-    let dbqr: DatabaseQueryResource = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
-        .map_err(|e| DbqrFileError::Yaml(e.to_string()))?;
+    let dbqr: DatabaseQueryResource =
+        serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
+            .map_err(|e| DbqrFileError::Yaml(e.to_string()))?;
     if let Some(path) = unknown.into_iter().find(|p| !p.starts_with("status")) {
         return Err(DbqrFileError::UnknownField(path));
     }
@@ -66,11 +79,15 @@ pub fn load_dbqr(text: &str) -> Result<(DatabaseQueryResource, RowTemplate), Dbq
     Ok((dbqr, template))
 }
 
-async fn rows_from(args: &RenderArgs, dbqr: &DatabaseQueryResource) -> Result<Vec<Map<String, Json>>, String> {
+async fn rows_from(
+    args: &RenderArgs,
+    dbqr: &DatabaseQueryResource,
+) -> Result<Vec<Map<String, Json>>, String> {
     if let Some(path) = &args.rows {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let rows: Vec<Json> =
-            serde_json::from_str(&text).map_err(|e| format!("{}: not a JSON array: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let rows: Vec<Json> = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not a JSON array: {e}", path.display()))?;
         return rows
             .into_iter()
             .enumerate()
@@ -126,13 +143,21 @@ pub(super) async fn run(args: RenderArgs) -> i32 {
     let outcome = render_rows(&template, &rows, &metadata, &now, &policy, &BuiltinScopes);
     for object in &outcome.objects {
         let yaml = serde_yaml::to_string(&object.manifest).unwrap_or_default();
-        println!("---\n# {}\n{}", crate::render::RowRef::of(object.row, &rows[object.row]), yaml.trim_end());
+        println!(
+            "---\n# {}\n{}",
+            crate::render::RowRef::of(object.row, &rows[object.row]),
+            yaml.trim_end()
+        );
     }
     for failure in &outcome.failures {
         eprintln!("error: {who}: {}: {}", failure.row, failure.error);
     }
     if outcome.is_complete() {
-        eprintln!("{who}: {} rows, {} objects", rows.len(), outcome.objects.len());
+        eprintln!(
+            "{who}: {} rows, {} objects",
+            rows.len(),
+            outcome.objects.len()
+        );
         0
     } else {
         eprintln!(

@@ -51,30 +51,40 @@ fn tls_connector(info: &ConnInfo) -> Result<MakeTlsConnector, ConnectError> {
     if matches!(info.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) {
         let pem = match &info.root_cert {
             Some(RootCert::Pem(pem)) => Some(pem.clone()),
-            Some(RootCert::File(path)) => Some(std::fs::read(path).map_err(|source| {
-                ConnectError::ReadRootCert {
-                    path: path.clone(),
-                    source,
-                }
-            })?),
+            Some(RootCert::File(path)) => {
+                Some(
+                    std::fs::read(path).map_err(|source| ConnectError::ReadRootCert {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         if let Some(pem) = pem {
             // A bundle may hold several certificates; trust each and only them.
             builder.disable_built_in_roots(true);
             for cert in pem_certificates(&pem) {
-                builder.add_root_certificate(Certificate::from_pem(&cert).map_err(ConnectError::RootCert)?);
+                builder.add_root_certificate(
+                    Certificate::from_pem(&cert).map_err(ConnectError::RootCert)?,
+                );
             }
         }
     }
-    Ok(MakeTlsConnector::new(builder.build().map_err(ConnectError::Tls)?))
+    Ok(MakeTlsConnector::new(
+        builder.build().map_err(ConnectError::Tls)?,
+    ))
 }
 
 fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
     let text = String::from_utf8_lossy(pem);
     const END: &str = "-----END CERTIFICATE-----";
     text.split_inclusive(END)
-        .filter_map(|chunk| chunk.find("-----BEGIN CERTIFICATE-----").map(|i| chunk[i..].as_bytes().to_vec()))
+        .filter_map(|chunk| {
+            chunk
+                .find("-----BEGIN CERTIFICATE-----")
+                .map(|i| chunk[i..].as_bytes().to_vec())
+        })
         .collect()
 }
 
@@ -88,9 +98,7 @@ pub async fn connect(info: &ConnInfo) -> Result<Client, ConnectError> {
     });
     let tls = tls_connector(info)?;
     let (client, connection) = config.connect(tls).await.map_err(|e| {
-        let auth = e
-            .code()
-            .is_some_and(|c| c.code().starts_with("28"));
+        let auth = e.code().is_some_and(|c| c.code().starts_with("28"));
         if auth {
             ConnectError::Authentication(super::describe(&e))
         } else {

@@ -151,10 +151,13 @@ fn split_key_value(s: &str) -> Result<(String, Vec<(String, String)>), ConnInfoE
         if chars.peek().is_none() {
             break;
         }
-        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(ConnInfoError::Invalid(format!("missing \"=\" after {key:?}")));
+            return Err(ConnInfoError::Invalid(format!(
+                "missing \"=\" after {key:?}"
+            )));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -164,7 +167,11 @@ fn split_key_value(s: &str) -> Result<(String, Vec<(String, String)>), ConnInfoE
                     Some('\\') => value.extend(chars.next()),
                     Some('\'') => break,
                     Some(c) => value.push(c),
-                    None => return Err(ConnInfoError::Invalid(format!("unterminated quoted value for {key:?}"))),
+                    None => {
+                        return Err(ConnInfoError::Invalid(format!(
+                            "unterminated quoted value for {key:?}"
+                        )))
+                    }
                 }
             }
         } else {
@@ -202,16 +209,20 @@ mod tests {
         assert_eq!(info.config.get_dbname(), Some("main"));
         assert_eq!(info.config.get_ports(), &[6432]);
         assert_eq!(info.config.get_application_name(), Some("dbqo"));
-        assert_eq!(info.config.get_connect_timeout(), Some(&std::time::Duration::from_secs(7)));
+        assert_eq!(
+            info.config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(7))
+        );
         assert_eq!(info.config.get_options(), Some("-c search_path=app"));
     }
 
     #[test]
     fn key_value_form_is_understood() {
-        let info: ConnInfo = "host=localhost port=5433 user=u password='it''s \\' x' dbname=d sslmode=require"
-            .replace("''", "\\'")
-            .parse()
-            .unwrap();
+        let info: ConnInfo =
+            "host=localhost port=5433 user=u password='it''s \\' x' dbname=d sslmode=require"
+                .replace("''", "\\'")
+                .parse()
+                .unwrap();
         assert_eq!(info.ssl_mode, SslMode::Require);
         assert_eq!(info.config.get_password(), Some(&b"it's ' x"[..]));
         assert_eq!(info.config.get_ports(), &[5433]);
@@ -221,7 +232,9 @@ mod tests {
     fn defaults_to_prefer_and_refuses_unknown_modes() {
         let info: ConnInfo = "postgresql://u@h/d".parse().unwrap();
         assert_eq!(info.ssl_mode, SslMode::Prefer);
-        let err = "postgresql://u@h/d?sslmode=sometimes".parse::<ConnInfo>().unwrap_err();
+        let err = "postgresql://u@h/d?sslmode=sometimes"
+            .parse::<ConnInfo>()
+            .unwrap_err();
         assert!(err.to_string().contains("sometimes"), "{err}");
     }
 }

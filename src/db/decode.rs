@@ -271,7 +271,11 @@ fn interval_to_iso8601(raw: &[u8]) -> Result<String, BoxError> {
     let sub_minute = micros % 60_000_000;
 
     let mut out = String::from("P");
-    for (value, unit) in [(i64::from(years), 'Y'), (i64::from(months), 'M'), (i64::from(days), 'D')] {
+    for (value, unit) in [
+        (i64::from(years), 'Y'),
+        (i64::from(months), 'M'),
+        (i64::from(days), 'D'),
+    ] {
         if value != 0 {
             out.push_str(&format!("{value}{unit}"));
         }
@@ -433,8 +437,14 @@ mod tests {
 
     #[test]
     fn timestamps_use_rfc3339_and_keep_infinity() {
-        assert_eq!(timestamp(0, true), Value::String("2000-01-01T00:00:00Z".into()));
-        assert_eq!(timestamp(1_500_000, false), Value::String("2000-01-01T00:00:01.500".into()));
+        assert_eq!(
+            timestamp(0, true),
+            Value::String("2000-01-01T00:00:00Z".into())
+        );
+        assert_eq!(
+            timestamp(1_500_000, false),
+            Value::String("2000-01-01T00:00:01.500".into())
+        );
         assert_eq!(timestamp(i64::MAX, true), Value::String("infinity".into()));
         assert_eq!(date(-1), Value::String("1999-12-31".into()));
     }

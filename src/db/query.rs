@@ -53,13 +53,14 @@ impl QueryError {
         match self {
             Self::TooManyRows(_) => "TooManyRows",
             // 57014 query_canceled: what statement_timeout raises.
-            Self::Statement { code: Some(code), .. } if code == "57014" => "QueryTimeout",
+            Self::Statement {
+                code: Some(code), ..
+            } if code == "57014" => "QueryTimeout",
             Self::Decode(_) => "DecodeFailed",
             _ => "QueryFailed",
         }
     }
 }
-
 
 /// Runs `sql` and decodes its rows.
 pub async fn run_query(
@@ -94,11 +95,18 @@ pub async fn run_query(
             .map_err(statement_error(i + 1))?;
     }
     let last_index = setup.len() + 1;
-    let mut prepared = tx.prepare(last).await.map_err(statement_error(last_index))?;
+    let mut prepared = tx
+        .prepare(last)
+        .await
+        .map_err(statement_error(last_index))?;
     if !prepared.params().is_empty() {
         return Err(QueryError::HasParameters(prepared.params().len()));
     }
-    let columns: Vec<String> = prepared.columns().iter().map(|c| c.name().to_owned()).collect();
+    let columns: Vec<String> = prepared
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
     if columns.is_empty() {
         return Err(QueryError::NoColumns);
     }
@@ -107,7 +115,10 @@ pub async fn run_query(
     }
     if prepared.columns().iter().any(|c| !is_decodable(c.type_())) {
         let wrapped = cast_unknown_columns_to_text(last, &prepared);
-        prepared = tx.prepare(&wrapped).await.map_err(statement_error(last_index))?;
+        prepared = tx
+            .prepare(&wrapped)
+            .await
+            .map_err(statement_error(last_index))?;
     }
 
     let rows = tx
@@ -136,7 +147,10 @@ pub async fn run_query(
 
 fn first_duplicate(columns: &[String]) -> Option<&str> {
     let mut seen = std::collections::HashSet::new();
-    columns.iter().find(|c| !seen.insert(c.as_str())).map(String::as_str)
+    columns
+        .iter()
+        .find(|c| !seen.insert(c.as_str()))
+        .map(String::as_str)
 }
 
 /// Types without a binary decoder are read through their text output

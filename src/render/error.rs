@@ -33,7 +33,10 @@ pub enum RowError {
         problem: &'static str,
     },
     #[error("document {document}: {problem}")]
-    Object { document: usize, problem: ObjectProblem },
+    Object {
+        document: usize,
+        problem: ObjectProblem,
+    },
     #[error("produces the same object as row {other_row}")]
     Duplicate { other_row: usize },
 }
@@ -78,9 +81,9 @@ impl ObjectProblem {
             Self::NotAMapping | Self::MissingField(_) | Self::BadApiVersion(_) => "InvalidObject",
             Self::InvalidName { .. } => "InvalidName",
             Self::KindNotAllowed(_) => "KindNotAllowed",
-            Self::NamespaceNotAllowed(_) | Self::InvalidNamespace(_) | Self::NamespaceOnClusterScoped(_) => {
-                "NamespaceNotAllowed"
-            }
+            Self::NamespaceNotAllowed(_)
+            | Self::InvalidNamespace(_)
+            | Self::NamespaceOnClusterScoped(_) => "NamespaceNotAllowed",
         }
     }
 }

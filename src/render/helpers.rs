@@ -6,14 +6,16 @@
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use handlebars::{
-    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError, RenderErrorReason,
-    ScopedJson,
+    Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderError,
+    RenderErrorReason, ScopedJson,
 };
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use super::escape::yaml_double_quoted;
-use super::tracking::{emit_fragment, escape_value, note_structured, now as tracking_now, structured_value, Fragment};
+use super::tracking::{
+    emit_fragment, escape_value, note_structured, now as tracking_now, structured_value, Fragment,
+};
 
 type HelperFn = fn(&Helper<'_>) -> Result<Json, RenderError>;
 
@@ -92,20 +94,36 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
         ("trim", |h| Ok(Json::String(text(h, 0)?.trim().to_owned()))),
         ("trimPrefix", |h| {
             let s = text(h, 0)?;
-            Ok(Json::String(s.strip_prefix(text(h, 1)?.as_str()).unwrap_or(&s).to_owned()))
+            Ok(Json::String(
+                s.strip_prefix(text(h, 1)?.as_str())
+                    .unwrap_or(&s)
+                    .to_owned(),
+            ))
         }),
         ("trimSuffix", |h| {
             let s = text(h, 0)?;
-            Ok(Json::String(s.strip_suffix(text(h, 1)?.as_str()).unwrap_or(&s).to_owned()))
+            Ok(Json::String(
+                s.strip_suffix(text(h, 1)?.as_str())
+                    .unwrap_or(&s)
+                    .to_owned(),
+            ))
         }),
-        ("replace", |h| Ok(Json::String(text(h, 0)?.replace(&text(h, 1)?, &text(h, 2)?)))),
+        ("replace", |h| {
+            Ok(Json::String(
+                text(h, 0)?.replace(&text(h, 1)?, &text(h, 2)?),
+            ))
+        }),
         ("trunc", |h| {
             let (s, n) = text_and_count(h)?;
             Ok(Json::String(truncate(&s, n)))
         }),
         ("default", |h| {
             let value = param(h, 0);
-            Ok(if is_empty(value) { param(h, 1).clone() } else { value.clone() })
+            Ok(if is_empty(value) {
+                param(h, 1).clone()
+            } else {
+                value.clone()
+            })
         }),
         ("coalesce", |h| {
             Ok(h.params()
@@ -116,9 +134,14 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
                 .unwrap_or(Json::Null))
         }),
         ("fromJson", |h| {
-            serde_json::from_str(&text(h, 0)?).map_err(|e| failure(h, format!("input is not JSON: {e}")))
+            serde_json::from_str(&text(h, 0)?)
+                .map_err(|e| failure(h, format!("input is not JSON: {e}")))
         }),
-        ("b64enc", |h| Ok(Json::String(base64::engine::general_purpose::STANDARD.encode(text(h, 0)?)))),
+        ("b64enc", |h| {
+            Ok(Json::String(
+                base64::engine::general_purpose::STANDARD.encode(text(h, 0)?),
+            ))
+        }),
         ("b64dec", |h| {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(text(h, 0)?.trim())
@@ -129,12 +152,16 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
         }),
         ("sha256sum", |h| {
             let digest = Sha256::digest(text(h, 0)?.as_bytes());
-            Ok(Json::String(digest.iter().map(|b| format!("{b:02x}")).collect()))
+            Ok(Json::String(
+                digest.iter().map(|b| format!("{b:02x}")).collect(),
+            ))
         }),
         ("join", |h| {
             let sep = text(h, 1)?;
             match param(h, 0) {
-                Json::Array(items) => Ok(Json::String(items.iter().map(to_text).collect::<Vec<_>>().join(&sep))),
+                Json::Array(items) => Ok(Json::String(
+                    items.iter().map(to_text).collect::<Vec<_>>().join(&sep),
+                )),
                 Json::Null => Ok(Json::String(String::new())),
                 other => Ok(Json::String(to_text(other))),
             }
@@ -144,11 +171,22 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
             if sep.is_empty() {
                 return Err(failure(h, "separator is empty".into()));
             }
-            Ok(Json::Array(text(h, 0)?.split(sep.as_str()).map(|p| Json::String(p.to_owned())).collect()))
+            Ok(Json::Array(
+                text(h, 0)?
+                    .split(sep.as_str())
+                    .map(|p| Json::String(p.to_owned()))
+                    .collect(),
+            ))
         }),
-        ("contains", |h| Ok(Json::Bool(text(h, 0)?.contains(text(h, 1)?.as_str())))),
-        ("hasPrefix", |h| Ok(Json::Bool(text(h, 0)?.starts_with(text(h, 1)?.as_str())))),
-        ("hasSuffix", |h| Ok(Json::Bool(text(h, 0)?.ends_with(text(h, 1)?.as_str())))),
+        ("contains", |h| {
+            Ok(Json::Bool(text(h, 0)?.contains(text(h, 1)?.as_str())))
+        }),
+        ("hasPrefix", |h| {
+            Ok(Json::Bool(text(h, 0)?.starts_with(text(h, 1)?.as_str())))
+        }),
+        ("hasSuffix", |h| {
+            Ok(Json::Bool(text(h, 0)?.ends_with(text(h, 1)?.as_str())))
+        }),
         ("date", |h| {
             let input = text(h, 0)?;
             let format = text(h, 1)?;
@@ -166,12 +204,17 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
             let v = param(h, 0);
             let n = match v {
                 Json::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f.trunc() as i64)),
-                Json::String(s) => s.trim().parse::<i64>().ok().or_else(|| s.trim().parse::<f64>().ok().map(|f| f.trunc() as i64)),
+                Json::String(s) => s
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+                    .or_else(|| s.trim().parse::<f64>().ok().map(|f| f.trunc() as i64)),
                 Json::Bool(b) => Some(i64::from(*b)),
                 Json::Null => Some(0),
                 _ => None,
             };
-            n.map(Json::from).ok_or_else(|| failure(h, "argument is not a number".into()))
+            n.map(Json::from)
+                .ok_or_else(|| failure(h, "argument is not a number".into()))
         }),
         ("float", |h| {
             let v = param(h, 0);
@@ -188,7 +231,10 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
         ("dnsLabel", |h| {
             let label = dns_label(&text(h, 0)?);
             if label.is_empty() {
-                return Err(failure(h, "nothing of the input is usable in a DNS label".into()));
+                return Err(failure(
+                    h,
+                    "nothing of the input is usable in a DNS label".into(),
+                ));
             }
             Ok(Json::String(label))
         }),
@@ -200,37 +246,35 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
     let yaml_helpers: &[(&str, fn(&Helper<'_>) -> Result<Fragment, RenderError>)] = &[
         ("quote", |h| {
             let s = text(h, 0)?;
-            Ok(Fragment {
-                text: format!("\"{}\"", yaml_double_quoted(&s)),
-                inline: format!("\"{}\"", yaml_double_quoted(&s)),
-                intended: Json::String(s),
-            })
+            let text = format!("\"{}\"", yaml_double_quoted(&s));
+            Ok(Fragment::new(text.clone(), Json::String(s), text))
         }),
         ("squote", |h| {
             let s = text(h, 0)?;
             // Single-quoted YAML cannot hold line breaks faithfully; fail rather than fold them.
             if s.contains(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']) {
-                return Err(failure(h, "value holds a line break; use quote instead".into()));
+                return Err(failure(
+                    h,
+                    "value holds a line break; use quote instead".into(),
+                ));
             }
             let text = format!("'{}'", s.replace('\'', "''"));
-            Ok(Fragment { inline: text.clone(), text, intended: Json::String(s) })
+            Ok(Fragment::new(text.clone(), Json::String(s), text))
         }),
         ("toJson", |h| {
             let value = param(h, 0).clone();
-            let text = serde_json::to_string(&value)
-                .map_err(|e| failure(h, e.to_string()))?
-                .replace('\u{2028}', "\\u2028")
-                .replace('\u{2029}', "\\u2029")
-                .replace('\u{85}', "\\u0085");
+            let text = yaml_safe_json(
+                &serde_json::to_string(&value).map_err(|e| failure(h, e.to_string()))?,
+            );
             note_structured(&text, &value);
-            Ok(Fragment { inline: text.clone(), text, intended: value })
+            Ok(Fragment::new(text.clone(), value, text))
         }),
         ("toYaml", |h| {
             let value = param(h, 0).clone();
             let text = serde_yaml::to_string(&value).map_err(|e| failure(h, e.to_string()))?;
             let text = text.trim_end_matches('\n').to_owned();
             note_structured(&text, &value);
-            Ok(Fragment { inline: text.clone(), text, intended: value })
+            Ok(Fragment::new(text.clone(), value, text))
         }),
         ("indent", |h| indent_helper(h, false)),
         ("nindent", |h| indent_helper(h, true)),
@@ -242,7 +286,12 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
     registry.register_helper(
         "now",
         Box::new(
-            |_: &Helper<'_>, _: &Handlebars<'_>, _: &Context, _: &mut RenderContext<'_, '_>, out: &mut dyn Output| -> HelperResult {
+            |_: &Helper<'_>,
+             _: &Handlebars<'_>,
+             _: &Context,
+             _: &mut RenderContext<'_, '_>,
+             out: &mut dyn Output|
+             -> HelperResult {
                 out.write(&escape_value(&tracking_now()))?;
                 Ok(())
             },
@@ -256,12 +305,40 @@ fn indent_helper(h: &Helper<'_>, leading_newline: bool) -> Result<Fragment, Rend
     let pad = " ".repeat(n.unsigned_abs() as usize);
     let indented = s
         .split('\n')
-        .map(|line| if line.is_empty() { String::new() } else { format!("{pad}{line}") })
+        .map(|line| {
+            if line.is_empty() {
+                String::new()
+            } else {
+                format!("{pad}{line}")
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n");
-    let text = if leading_newline { format!("\n{indented}") } else { indented };
+    let text = if leading_newline {
+        format!("\n{indented}")
+    } else {
+        indented
+    };
     let intended = structured_value(&s).unwrap_or(Json::String(s.clone()));
-    Ok(Fragment { text, intended, inline: s })
+    Ok(Fragment::new(text, intended, s))
+}
+
+/// JSON is YAML except for characters YAML does not allow raw or reads as
+/// line breaks (DEL, C1 controls, NEL, LS, PS, BOM). serde_json leaves them
+/// raw; they can only occur inside strings, where `\uXXXX` means the same.
+fn yaml_safe_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if matches!(
+            c,
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}'
+        ) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn failure(h: &Helper<'_>, message: String) -> RenderError {
@@ -292,7 +369,9 @@ pub(super) fn to_text(v: &Json) -> String {
 fn text_and_count(h: &Helper<'_>) -> Result<(String, i64), RenderError> {
     match (param(h, 0), param(h, 1)) {
         (Json::Number(n), other) | (other, Json::Number(n)) => {
-            let n = n.as_i64().ok_or_else(|| failure(h, "count is not an integer".into()))?;
+            let n = n
+                .as_i64()
+                .ok_or_else(|| failure(h, "count is not an integer".into()))?;
             Ok((to_text(other), n))
         }
         _ => Err(failure(h, "expects a string and a number".into())),
@@ -331,7 +410,11 @@ fn title_case(s: &str) -> String {
     out
 }
 
-fn arithmetic(h: &Helper<'_>, int_op: fn(i64, i64) -> Option<i64>, float_op: fn(f64, f64) -> f64) -> Result<Json, RenderError> {
+fn arithmetic(
+    h: &Helper<'_>,
+    int_op: fn(i64, i64) -> Option<i64>,
+    float_op: fn(f64, f64) -> f64,
+) -> Result<Json, RenderError> {
     let number = |i: usize| -> Result<serde_json::Number, RenderError> {
         match param(h, i) {
             Json::Number(n) => Ok(n.clone()),
@@ -348,7 +431,10 @@ fn arithmetic(h: &Helper<'_>, int_op: fn(i64, i64) -> Option<i64>, float_op: fn(
             .map(Json::from)
             .ok_or_else(|| failure(h, "integer overflow".into())),
         _ => {
-            let result = float_op(a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
+            let result = float_op(
+                a.as_f64().unwrap_or(f64::NAN),
+                b.as_f64().unwrap_or(f64::NAN),
+            );
             serde_json::Number::from_f64(result)
                 .map(Json::Number)
                 .ok_or_else(|| failure(h, "result is not a finite number".into()))

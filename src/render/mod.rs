@@ -21,8 +21,8 @@ pub use error::{ObjectProblem, RowError, TemplateError};
 pub use escape::yaml_double_quoted;
 pub use helpers::dns_label;
 pub use object::{
-    dns_label_problem, dns_subdomain_problem, validate_object, BuiltinScopes, GroupKind, ObjectKey, ObjectPolicy,
-    RenderedObject, Scope, ScopeLookup, DEFAULT_KINDS,
+    dns_label_problem, dns_subdomain_problem, validate_object, BuiltinScopes, GroupKind, ObjectKey,
+    ObjectPolicy, RenderedObject, Scope, ScopeLookup, DEFAULT_KINDS,
 };
 pub use tracking::Divergence;
 
@@ -81,9 +81,15 @@ impl RowTemplate {
 
     /// Renders one row into its YAML documents (empty ones dropped), each
     /// proven to have the template's structure.
-    pub fn render(&self, row: &Map<String, Json>, metadata: &Metadata, now: &str) -> Result<Vec<Json>, RowError> {
+    pub fn render(
+        &self,
+        row: &Map<String, Json>,
+        metadata: &Metadata,
+        now: &str,
+    ) -> Result<Vec<Json>, RowError> {
         let context = serde_json::json!({ "Row": row, "Metadata": metadata });
-        let (marked, inserts) = tracking::record(now, || self.registry.render(TEMPLATE_NAME, &context));
+        let (marked, inserts) =
+            tracking::record(now, || self.registry.render(TEMPLATE_NAME, &context));
         let marked = marked.map_err(|e| RowError::Render(describe_render_error(&e)))?;
         let real = tracking::materialize(&marked, &inserts);
 
@@ -150,8 +156,16 @@ fn location(e: &serde_yaml::Error) -> (usize, usize) {
 fn not_yaml(e: &serde_yaml::Error) -> RowError {
     let (line, column) = location(e);
     let problem = e.to_string();
-    let problem = problem.split(" at line ").next().unwrap_or(&problem).to_owned();
-    RowError::NotYaml { line, column, problem }
+    let problem = problem
+        .split(" at line ")
+        .next()
+        .unwrap_or(&problem)
+        .to_owned();
+    RowError::NotYaml {
+        line,
+        column,
+        problem,
+    }
 }
 
 /// A row as error messages name it: its index, and for offline use its key.
@@ -227,8 +241,12 @@ pub fn render_rows(
             docs.into_iter()
                 .enumerate()
                 .map(|(d, doc)| {
-                    validate_object(doc, index, &metadata.namespace, policy, scopes)
-                        .map_err(|problem| RowError::Object { document: d + 1, problem })
+                    validate_object(doc, index, &metadata.namespace, policy, scopes).map_err(
+                        |problem| RowError::Object {
+                            document: d + 1,
+                            problem,
+                        },
+                    )
                 })
                 .collect()
         })
@@ -270,3 +288,6 @@ pub fn render_rows(
     }
     outcome
 }
+
+#[cfg(test)]
+mod tests;

@@ -39,7 +39,10 @@ impl std::str::FromStr for GroupKind {
     /// `Kind` for the core group, `group/Kind` otherwise.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (group, kind) = s.rsplit_once('/').unwrap_or(("", s));
-        if kind.is_empty() || !kind.chars().all(|c| c.is_ascii_alphanumeric()) || group.contains('/') {
+        if kind.is_empty()
+            || !kind.chars().all(|c| c.is_ascii_alphanumeric())
+            || group.contains('/')
+        {
             return Err(format!("{s:?} is not Kind or group/Kind"));
         }
         Ok(Self::new(group, kind))
@@ -73,13 +76,21 @@ impl ScopeLookup for BuiltinScopes {
             ("apiextensions.k8s.io", "CustomResourceDefinition"),
             ("storage.k8s.io", "StorageClass"),
             ("scheduling.k8s.io", "PriorityClass"),
-            ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
-            ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
+            (
+                "admissionregistration.k8s.io",
+                "ValidatingWebhookConfiguration",
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "MutatingWebhookConfiguration",
+            ),
         ];
-        let cluster = CLUSTER
-            .iter()
-            .any(|(g, k)| *g == gk.group && *k == gk.kind);
-        Some(if cluster { Scope::Cluster } else { Scope::Namespaced })
+        let cluster = CLUSTER.iter().any(|(g, k)| *g == gk.group && *k == gk.kind);
+        Some(if cluster {
+            Scope::Cluster
+        } else {
+            Scope::Namespaced
+        })
     }
 }
 
@@ -190,17 +201,24 @@ pub fn validate_object(
     let namespace = match scopes.scope(&group_kind).unwrap_or(Scope::Namespaced) {
         Scope::Cluster => {
             if requested.as_deref().is_some_and(|ns| !ns.is_empty()) {
-                return Err(ObjectProblem::NamespaceOnClusterScoped(group_kind.to_string()));
+                return Err(ObjectProblem::NamespaceOnClusterScoped(
+                    group_kind.to_string(),
+                ));
             }
             None
         }
         Scope::Namespaced => {
-            let ns = requested.filter(|ns| !ns.is_empty()).unwrap_or_else(|| dbqr_namespace.to_owned());
+            let ns = requested
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or_else(|| dbqr_namespace.to_owned());
             if dns_label_problem(&ns).is_some() {
                 return Err(ObjectProblem::InvalidNamespace(ns));
             }
             let allowed = ns == dbqr_namespace
-                || policy.extra_namespaces.as_ref().is_none_or(|extra| extra.contains(&ns));
+                || policy
+                    .extra_namespaces
+                    .as_ref()
+                    .is_none_or(|extra| extra.contains(&ns));
             if !allowed {
                 return Err(ObjectProblem::NamespaceNotAllowed(ns));
             }
@@ -223,7 +241,8 @@ fn check_name(kind: &str, name: &str) -> Result<(), ObjectProblem> {
         "Namespace" => dns_label_problem(name),
         // Services become DNS names and must start with a letter (RFC 1035).
         "Service" => dns_label_problem(name).or_else(|| {
-            (!name.starts_with(|c: char| c.is_ascii_lowercase())).then_some("must start with a lower-case letter")
+            (!name.starts_with(|c: char| c.is_ascii_lowercase()))
+                .then_some("must start with a lower-case letter")
         }),
         // The controller appends an 11-character suffix to Job names.
         "CronJob" if name.len() > 52 => Some("must be at most 52 characters"),
@@ -239,7 +258,10 @@ fn check_name(kind: &str, name: &str) -> Result<(), ObjectProblem> {
 }
 
 fn label_chars_problem(s: &str) -> Option<&'static str> {
-    if !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
         return Some("only lower-case letters, digits and '-' are allowed");
     }
     if s.starts_with('-') || s.ends_with('-') {

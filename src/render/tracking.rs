@@ -33,6 +33,24 @@ pub(super) struct Fragment {
     pub intended: Json,
     /// The text as it reads inside a larger scalar (indentation removed).
     pub inline: String,
+    /// Leading and trailing line structure kept around the marker (see [`emit_fragment`]).
+    pub kept: (usize, usize),
+}
+
+impl Fragment {
+    pub fn new(text: String, intended: Json, inline: String) -> Self {
+        Self {
+            text,
+            intended,
+            inline,
+            kept: (0, 0),
+        }
+    }
+
+    /// What replaces the marker: the text minus what the marked text kept around it.
+    fn core(&self) -> &str {
+        &self.text[self.kept.0..self.text.len() - self.kept.1]
+    }
 }
 
 #[derive(Default)]
@@ -50,7 +68,10 @@ thread_local! {
 
 /// Runs `render` with recording on; returns its output and the inserts.
 /// `now` is what the `now` helper prints during this render.
-pub(super) fn record<T, E>(now: &str, render: impl FnOnce() -> Result<T, E>) -> (Result<T, E>, Vec<Insert>) {
+pub(super) fn record<T, E>(
+    now: &str,
+    render: impl FnOnce() -> Result<T, E>,
+) -> (Result<T, E>, Vec<Insert>) {
     RECORDING.with(|r| {
         *r.borrow_mut() = Some(Recording {
             now: now.to_owned(),
@@ -58,7 +79,9 @@ pub(super) fn record<T, E>(now: &str, render: impl FnOnce() -> Result<T, E>) -> 
         })
     });
     let result = render();
-    let recording = RECORDING.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    let recording = RECORDING
+        .with(|r| r.borrow_mut().take())
+        .unwrap_or_default();
     (result, recording.inserts)
 }
 
@@ -81,13 +104,18 @@ pub(super) fn escape_value(value: &str) -> String {
 /// Output of a YAML-producing helper. The marker keeps the fragment's leading
 /// line break and indentation and its trailing line break, so the marked text
 /// has the line structure the template author intended.
-pub(super) fn emit_fragment(fragment: Fragment) -> String {
+pub(super) fn emit_fragment(mut fragment: Fragment) -> String {
     RECORDING.with(|r| match r.borrow_mut().as_mut() {
         Some(rec) => {
             let text = &fragment.text;
             let lead_len = text.len() - text.trim_start_matches([' ', '\n']).len();
             let lead = text[..lead_len].to_owned();
-            let trail = if text.len() > lead_len && text.ends_with('\n') { "\n" } else { "" };
+            let trail = if text.len() > lead_len && text.ends_with('\n') {
+                "\n"
+            } else {
+                ""
+            };
+            fragment.kept = (lead_len, trail.len());
             rec.inserts.push(Insert::Fragment(fragment));
             format!("{lead}{}{trail}", marker(rec.inserts.len() - 1))
         }
@@ -97,7 +125,12 @@ pub(super) fn emit_fragment(fragment: Fragment) -> String {
 
 /// The pass time the `now` helper prints.
 pub(super) fn now() -> String {
-    RECORDING.with(|r| r.borrow().as_ref().map(|rec| rec.now.clone()).unwrap_or_default())
+    RECORDING.with(|r| {
+        r.borrow()
+            .as_ref()
+            .map(|rec| rec.now.clone())
+            .unwrap_or_default()
+    })
 }
 
 /// Remembers that `yaml` is the serialisation of `value` (see [`Recording::structured`]).
@@ -152,7 +185,7 @@ fn substitute(text: &str, inserts: &[Insert], piece: impl Fn(&Insert) -> String)
 pub(super) fn materialize(marked: &str, inserts: &[Insert]) -> String {
     substitute(marked, inserts, |insert| match insert {
         Insert::Value(v) => yaml_double_quoted(v),
-        Insert::Fragment(f) => f.text.clone(),
+        Insert::Fragment(f) => f.core().to_owned(),
     })
 }
 
@@ -181,12 +214,21 @@ fn whole_marker<'a>(s: &str, inserts: &'a [Insert]) -> Option<&'a Insert> {
 
 fn diverge(path: &[String], problem: &'static str) -> Divergence {
     Divergence {
-        path: if path.is_empty() { "(document)".into() } else { path.join("") },
+        path: if path.is_empty() {
+            "(document)".into()
+        } else {
+            path.join("")
+        },
         problem,
     }
 }
 
-fn check_node(marked: &Yaml, real: &Yaml, inserts: &[Insert], path: &mut Vec<String>) -> Result<(), Divergence> {
+fn check_node(
+    marked: &Yaml,
+    real: &Yaml,
+    inserts: &[Insert],
+    path: &mut Vec<String>,
+) -> Result<(), Divergence> {
     match marked {
         Yaml::String(s) if has_marker(s) => check_inserted_scalar(s, real, inserts, path),
         Yaml::Mapping(expected) => {
@@ -235,13 +277,22 @@ fn check_node(marked: &Yaml, real: &Yaml, inserts: &[Insert], path: &mut Vec<Str
     }
 }
 
-fn check_inserted_scalar(marked: &str, real: &Yaml, inserts: &[Insert], path: &[String]) -> Result<(), Divergence> {
+fn check_inserted_scalar(
+    marked: &str,
+    real: &Yaml,
+    inserts: &[Insert],
+    path: &[String],
+) -> Result<(), Divergence> {
     if let Some(Insert::Fragment(fragment)) = whole_marker(marked, inserts) {
-        let actual = serde_json::to_value(real).map_err(|_| diverge(path, "a helper produced YAML with non-string keys"))?;
+        let actual = serde_json::to_value(real)
+            .map_err(|_| diverge(path, "a helper produced YAML with non-string keys"))?;
         return if same_json(&actual, &fragment.intended) {
             Ok(())
         } else {
-            Err(diverge(path, "a helper's output does not read back as the value it was given"))
+            Err(diverge(
+                path,
+                "a helper's output does not read back as the value it was given",
+            ))
         };
     }
     let expected = substitute(marked, inserts, |insert| match insert {
@@ -272,16 +323,22 @@ fn plain_number_reads_as(text: &str, real: &Yaml) -> bool {
         && text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '_'));
-    simple && serde_yaml::from_str::<Yaml>(text).ok().as_ref() == Some(real)
+    // .inf and .nan have no JSON form and would silently become null.
+    let finite = real.as_f64().is_some_and(f64::is_finite);
+    simple && finite && serde_yaml::from_str::<Yaml>(text).ok().as_ref() == Some(real)
 }
 
 /// JSON equality where 3 and 3.0 are the same number.
 fn same_json(a: &Json, b: &Json) -> bool {
     match (a, b) {
         (Json::Number(x), Json::Number(y)) => x == y || x.as_f64() == y.as_f64(),
-        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b)),
+        (Json::Array(x), Json::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
+        }
         (Json::Object(x), Json::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
         }
         _ => a == b,
     }

@@ -43,7 +43,10 @@ mod tests {
     #[test]
     fn quotes_identifiers_and_qualified_names() {
         assert_eq!(quote_ident("users"), "\"users\"");
-        assert_eq!(quote_ident("a\"; DROP TABLE x; --"), "\"a\"\"; DROP TABLE x; --\"");
+        assert_eq!(
+            quote_ident("a\"; DROP TABLE x; --"),
+            "\"a\"\"; DROP TABLE x; --\""
+        );
         assert_eq!(quote_qualified("app.users"), "\"app\".\"users\"");
         assert_eq!(quote_qualified("\"my.schema\".t"), "\"my.schema\".\"t\"");
         assert_eq!(quote_qualified("\"a\"\"b\""), "\"a\"\"b\"");

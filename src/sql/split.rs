@@ -186,27 +186,64 @@ mod tests {
             ("SELECT 1", &["SELECT 1"]),
             ("SELECT 1;", &["SELECT 1"]),
             ("SET a = 1; SELECT 2", &["SET a = 1", "SELECT 2"]),
-            ("SELECT ';' AS x; SELECT 2", &["SELECT ';' AS x", "SELECT 2"]),
-            ("SELECT 'it''s;' ; SELECT 2", &["SELECT 'it''s;'", "SELECT 2"]),
-            (r"SELECT E'a\';b'; SELECT 2", &[r"SELECT E'a\';b'", "SELECT 2"]),
-            ("SELECT \"a;b\" FROM t; SELECT 2", &["SELECT \"a;b\" FROM t", "SELECT 2"]),
+            (
+                "SELECT ';' AS x; SELECT 2",
+                &["SELECT ';' AS x", "SELECT 2"],
+            ),
+            (
+                "SELECT 'it''s;' ; SELECT 2",
+                &["SELECT 'it''s;'", "SELECT 2"],
+            ),
+            (
+                r"SELECT E'a\';b'; SELECT 2",
+                &[r"SELECT E'a\';b'", "SELECT 2"],
+            ),
+            (
+                "SELECT \"a;b\" FROM t; SELECT 2",
+                &["SELECT \"a;b\" FROM t", "SELECT 2"],
+            ),
             ("SELECT $$a;b$$; SELECT 2", &["SELECT $$a;b$$", "SELECT 2"]),
-            ("SELECT $fn$ $$;$$ $fn$; SELECT 2", &["SELECT $fn$ $$;$$ $fn$", "SELECT 2"]),
+            (
+                "SELECT $fn$ $$;$$ $fn$; SELECT 2",
+                &["SELECT $fn$ $$;$$ $fn$", "SELECT 2"],
+            ),
             ("SELECT $1, a$b; SELECT 2", &["SELECT $1, a$b", "SELECT 2"]),
-            ("SELECT 1 -- no; split\n; SELECT 2", &["SELECT 1 -- no; split", "SELECT 2"]),
-            ("SELECT /* a; /* nested; */ b; */ 1; SELECT 2", &["SELECT /* a; /* nested; */ b; */ 1", "SELECT 2"]),
-            ("SELECT 1; -- trailing comment; with semicolon", &["SELECT 1"]),
+            (
+                "SELECT 1 -- no; split\n; SELECT 2",
+                &["SELECT 1 -- no; split", "SELECT 2"],
+            ),
+            (
+                "SELECT /* a; /* nested; */ b; */ 1; SELECT 2",
+                &["SELECT /* a; /* nested; */ b; */ 1", "SELECT 2"],
+            ),
+            (
+                "SELECT 1; -- trailing comment; with semicolon",
+                &["SELECT 1"],
+            ),
             ("SELECT 1; /* trailing */ ;;", &["SELECT 1"]),
-            ("-- it's a comment with a quote\nSELECT 1", &["-- it's a comment with a quote\nSELECT 1"]),
+            (
+                "-- it's a comment with a quote\nSELECT 1",
+                &["-- it's a comment with a quote\nSELECT 1"],
+            ),
         ];
         for (sql, expected) in cases {
-            assert_eq!(split_statements(sql).unwrap(), *expected, "splitting {sql:?}");
+            assert_eq!(
+                split_statements(sql).unwrap(),
+                *expected,
+                "splitting {sql:?}"
+            );
         }
     }
 
     #[test]
     fn refuses_unterminated_quotes_and_comments() {
-        for sql in ["SELECT 'open", "SELECT \"open", "SELECT $$open", "SELECT /* open", "SELECT $a$ x $b$"] {
+        for sql in [
+            "SELECT 'open",
+            "SELECT \"open",
+            "SELECT $$open",
+            "SELECT /* open",
+            "SELECT $a$ x $b$",
+        ] {
             assert!(
                 matches!(split_statements(sql), Err(SplitError::Unterminated { .. })),
                 "{sql:?}"
@@ -216,6 +253,9 @@ mod tests {
 
     #[test]
     fn a_query_of_only_comments_is_empty() {
-        assert_eq!(split_statements("  -- nothing\n /* here */ ; "), Err(SplitError::Empty));
+        assert_eq!(
+            split_statements("  -- nothing\n /* here */ ; "),
+            Err(SplitError::Empty)
+        );
     }
 }

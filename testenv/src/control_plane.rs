@@ -48,7 +48,8 @@ fn api_ready(info: &ControlPlaneInfo) -> bool {
 impl ControlPlane {
     pub fn start(dir: &Path, assets: &Path) -> Result<Self, Error> {
         let certs = dir.join("certs");
-        std::fs::create_dir_all(&certs).map_err(|e| Error::io(format!("create {}", certs.display()), e))?;
+        std::fs::create_dir_all(&certs)
+            .map_err(|e| Error::io(format!("create {}", certs.display()), e))?;
         let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
 
         let (etcd_port, peer_port) = (free_port()?, free_port()?);
@@ -73,9 +74,22 @@ impl ControlPlane {
         })?;
 
         run("openssl", &["genrsa", "-out", &path("sa.key"), "2048"])?;
-        run("openssl", &["rsa", "-in", &path("sa.key"), "-pubout", "-out", &path("sa.pub")])?;
-        std::fs::write(dir.join("tokens.csv"), format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n"))
-            .map_err(|e| Error::io("write tokens.csv", e))?;
+        run(
+            "openssl",
+            &[
+                "rsa",
+                "-in",
+                &path("sa.key"),
+                "-pubout",
+                "-out",
+                &path("sa.pub"),
+            ],
+        )?;
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n"),
+        )
+        .map_err(|e| Error::io("write tokens.csv", e))?;
 
         let port = free_port()?;
         let info = ControlPlaneInfo {
@@ -107,7 +121,9 @@ impl ControlPlane {
             ],
             dir.join("kube-apiserver.log"),
         )?;
-        apiserver.wait_until(Duration::from_secs(120), || info.ca_cert.exists() && api_ready(&info))?;
+        apiserver.wait_until(Duration::from_secs(120), || {
+            info.ca_cert.exists() && api_ready(&info)
+        })?;
 
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: testenv\n  context:\n    cluster: testenv\n    user: admin\n    namespace: default\ncurrent-context: testenv\n",
@@ -115,7 +131,8 @@ impl ControlPlane {
             info.ca_cert.display(),
             info.token
         );
-        std::fs::write(&info.kubeconfig, kubeconfig).map_err(|e| Error::io("write kubeconfig", e))?;
+        std::fs::write(&info.kubeconfig, kubeconfig)
+            .map_err(|e| Error::io("write kubeconfig", e))?;
 
         let mut controller_manager = Supervised::start(
             "kube-controller-manager",
@@ -123,7 +140,8 @@ impl ControlPlane {
             &assets.join("kube-controller-manager"),
             &[
                 format!("--kubeconfig={}", info.kubeconfig.display()),
-                "--controllers=garbagecollector,deployment,replicaset,namespace,serviceaccount,job".into(),
+                "--controllers=garbagecollector,deployment,replicaset,namespace,serviceaccount,job"
+                    .into(),
                 "--leader-elect=false".into(),
                 "--bind-address=127.0.0.1".into(),
                 "--secure-port=0".into(),
@@ -149,6 +167,10 @@ impl ControlPlane {
     }
 
     pub fn log_dir(&self) -> PathBuf {
-        self.info.kubeconfig.parent().map(Path::to_path_buf).unwrap_or_default()
+        self.info
+            .kubeconfig
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 }

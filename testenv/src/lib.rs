@@ -69,13 +69,17 @@ pub struct TestEnv {
 impl TestEnv {
     /// Starts the control plane and PostgreSQL under `dir`.
     pub fn start(dir: &Path) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let assets = assets()?;
         // Both start in parallel: the control plane takes the longest.
         let pg_dir = dir.join("postgres");
-        let pg = std::thread::spawn(move || Postgres::start(&pg_dir, PostgresOptions { tls: true }));
+        let pg =
+            std::thread::spawn(move || Postgres::start(&pg_dir, PostgresOptions { tls: true }));
         let control_plane = ControlPlane::start(&dir.join("kube"), &assets)?;
-        let postgres = pg.join().map_err(|_| Error::msg("postgres start-up panicked"))??;
+        let postgres = pg
+            .join()
+            .map_err(|_| Error::msg("postgres start-up panicked"))??;
         Ok(Self {
             info: EnvInfo {
                 control_plane: control_plane.info.clone(),
@@ -95,11 +99,13 @@ pub fn shared() -> &'static EnvInfo {
     static OWNED: OnceLock<TestEnv> = OnceLock::new();
     SHARED.get_or_init(|| {
         if let Ok(path) = std::env::var(ENV_VAR) {
-            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {ENV_VAR}={path}: {e}"));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("read {ENV_VAR}={path}: {e}"));
             return serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {path}: {e}"));
         }
         let dir = run_dir();
-        let env = TestEnv::start(&dir).unwrap_or_else(|e| panic!("start the test environment: {e}"));
+        let env =
+            TestEnv::start(&dir).unwrap_or_else(|e| panic!("start the test environment: {e}"));
         let info = env.info.clone();
         let _ = OWNED.set(env);
         info
@@ -112,7 +118,12 @@ pub fn run_dir() -> PathBuf {
     let base = std::env::temp_dir().join("dbqo-testenv");
     if let Ok(entries) = std::fs::read_dir(&base) {
         for entry in entries.flatten() {
-            let pid = entry.file_name().to_string_lossy().split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let pid = entry
+                .file_name()
+                .to_string_lossy()
+                .split('-')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok());
             if let Some(pid) = pid {
                 if !Path::new(&format!("/proc/{pid}")).exists() {
                     let _ = std::fs::remove_dir_all(entry.path());
@@ -148,7 +159,11 @@ pub fn assets() -> Result<PathBuf, Error> {
         .output()
         .map_err(|e| Error::io(format!("run {}", script.display()), e))?;
     if !output.status.success() {
-        return Err(Error::msg(format!("{} failed ({})", script.display(), output.status)));
+        return Err(Error::msg(format!(
+            "{} failed ({})",
+            script.display(),
+            output.status
+        )));
     }
     let dir = String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -158,6 +173,9 @@ pub fn assets() -> Result<PathBuf, Error> {
     if complete(&dir) {
         Ok(dir)
     } else {
-        Err(Error::msg(format!("{} lacks the control-plane binaries", dir.display())))
+        Err(Error::msg(format!(
+            "{} lacks the control-plane binaries",
+            dir.display()
+        )))
     }
 }

@@ -83,7 +83,10 @@ fn run_as_prefix(dir: &Path) -> Result<Vec<String>, Error> {
     if uid.trim() != "0" {
         return Ok(Vec::new());
     }
-    run("chown", &["-R", "postgres:postgres", &dir.to_string_lossy()])?;
+    run(
+        "chown",
+        &["-R", "postgres:postgres", &dir.to_string_lossy()],
+    )?;
     Ok(["--reuid=postgres", "--regid=postgres", "--init-groups"]
         .map(String::from)
         .to_vec())
@@ -91,14 +94,64 @@ fn run_as_prefix(dir: &Path) -> Result<Vec<String>, Error> {
 
 fn make_tls(dir: &Path) -> Result<PathBuf, Error> {
     let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    run("openssl", &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-subj", "/CN=dbqo-test-ca", "-keyout", &p("ca.key"), "-out", &p("ca.crt")])?;
-    run("openssl", &["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", &p("server.key"), "-out", &p("server.csr")])?;
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        .map_err(|e| Error::io("write san.ext", e))?;
-    run("openssl", &["x509", "-req", "-in", &p("server.csr"), "-CA", &p("ca.crt"), "-CAkey", &p("ca.key"),
-        "-CAcreateserial", "-days", "2", "-extfile", &p("san.ext"), "-out", &p("server.crt")])?;
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=dbqo-test-ca",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+        ],
+    )?;
+    run(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+        ],
+    )?;
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .map_err(|e| Error::io("write san.ext", e))?;
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &p("san.ext"),
+            "-out",
+            &p("server.crt"),
+        ],
+    )?;
     run("chmod", &["600", &p("server.key")])?;
     Ok(dir.join("ca.crt"))
 }
@@ -110,9 +163,14 @@ impl Postgres {
         let data = dir.join("data");
         let socket_dir = dir.join("socket");
         for d in [dir, &socket_dir] {
-            std::fs::create_dir_all(d).map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
         }
-        let ca_cert = if options.tls { Some(make_tls(dir)?) } else { None };
+        let ca_cert = if options.tls {
+            Some(make_tls(dir)?)
+        } else {
+            None
+        };
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, SUPERUSER_PASSWORD).map_err(|e| Error::io("write pwfile", e))?;
         let run_as = run_as_prefix(dir)?;
@@ -152,11 +210,18 @@ impl Postgres {
         ];
         if options.tls {
             settings.push("ssl = on".into());
-            settings.push(format!("ssl_cert_file = '{}'", dir.join("server.crt").display()));
-            settings.push(format!("ssl_key_file = '{}'", dir.join("server.key").display()));
+            settings.push(format!(
+                "ssl_cert_file = '{}'",
+                dir.join("server.crt").display()
+            ));
+            settings.push(format!(
+                "ssl_key_file = '{}'",
+                dir.join("server.key").display()
+            ));
         }
         let conf = data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).map_err(|e| Error::io("read postgresql.conf", e))?;
+        let mut text =
+            std::fs::read_to_string(&conf).map_err(|e| Error::io("read postgresql.conf", e))?;
         text.push_str(&format!("\n# dbqo testenv\n{}\n", settings.join("\n")));
         std::fs::write(&conf, text).map_err(|e| Error::io("write postgresql.conf", e))?;
 

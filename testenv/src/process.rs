@@ -56,8 +56,11 @@ impl Supervised {
         args: &[String],
         log: PathBuf,
     ) -> Result<Self, Error> {
-        let out = File::create(&log).map_err(|e| Error::io(format!("create {}", log.display()), e))?;
-        let err = out.try_clone().map_err(|e| Error::io("clone log handle", e))?;
+        let out =
+            File::create(&log).map_err(|e| Error::io(format!("create {}", log.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::io("clone log handle", e))?;
         let mut command = Command::new("setpriv");
         command
             .args(prefix)
@@ -99,7 +102,11 @@ impl Supervised {
     }
 
     /// Polls `ready` until it holds, the process dies, or `timeout` passes.
-    pub fn wait_until(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), Error> {
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         loop {
             self.ensure_running()?;
@@ -138,7 +145,10 @@ impl Supervised {
                     )))
                 }
                 Ok(None) if Instant::now() > deadline => {
-                    return Err(Error::msg(format!("{} still running after {timeout:?}", self.name)))
+                    return Err(Error::msg(format!(
+                        "{} still running after {timeout:?}",
+                        self.name
+                    )))
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(50)),
                 Err(e) => return Err(Error::io(format!("wait for {}", self.name), e)),
@@ -154,7 +164,10 @@ impl Supervised {
     pub fn stop(&mut self, grace: Duration) {
         if let Ok(None) = self.child.try_wait() {
             let _ = Command::new("kill")
-                .args([&format!("-{}", self.stop_signal), &self.child.id().to_string()])
+                .args([
+                    &format!("-{}", self.stop_signal),
+                    &self.child.id().to_string(),
+                ])
                 .status();
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline {

@@ -21,7 +21,11 @@ pub use dbqo_testenv::shared;
 /// A name unique within this test run: `<prefix>-<pid>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A client of the shared control plane, as cluster admin.
@@ -37,7 +41,8 @@ pub async fn kube_client() -> Client {
 /// A fresh namespace for one test.
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     let name = unique(prefix);
-    let ns: Namespace = serde_json::from_value(serde_json::json!({ "metadata": { "name": name } })).unwrap();
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": name } })).unwrap();
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await
@@ -59,7 +64,9 @@ pub async fn database(prefix: &str) -> String {
 
 /// A plain connection, for test setup.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect to test PostgreSQL");
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to test PostgreSQL");
     tokio::spawn(connection);
     client
 }
@@ -75,7 +82,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -88,9 +98,13 @@ pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = dbqo::api::DatabaseQueryResource::crd();
     let name = crd.metadata.name.clone().unwrap();
-    crds.patch(&name, &PatchParams::apply("dbqo-tests").force(), &Patch::Apply(&crd))
-        .await
-        .expect("apply the CRD");
+    crds.patch(
+        &name,
+        &PatchParams::apply("dbqo-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply the CRD");
     eventually(Duration::from_secs(30), "the CRD to be established", || {
         let crds = crds.clone();
         let name = name.clone();
