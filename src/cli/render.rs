@@ -1,6 +1,6 @@
 //! `render`: offline preview of what a DBQR produces.
 
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use clap::Args;
 use serde_json::{Map, Value as Json};
@@ -68,7 +68,9 @@ pub fn load_dbqr(text: &str) -> Result<(DatabaseQueryResource, RowTemplate), Dbq
     let dbqr: DatabaseQueryResource =
         serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
             .map_err(|e| DbqrFileError::Yaml(e.to_string()))?;
-    if let Some(path) = unknown.into_iter().find(|p| !p.starts_with("status")) {
+    // apiVersion and kind were checked above; status is the operator's to write.
+    let known = |p: &str| p == "apiVersion" || p == "kind" || p.starts_with("status");
+    if let Some(path) = unknown.into_iter().find(|p| !known(p)) {
         return Err(DbqrFileError::UnknownField(path));
     }
     let problems = dbqr.spec.validate();
@@ -141,13 +143,14 @@ pub(super) async fn run(args: RenderArgs) -> i32 {
     };
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let outcome = render_rows(&template, &rows, &metadata, &now, &policy, &BuiltinScopes);
+    let mut stdout = std::io::stdout().lock();
     for object in &outcome.objects {
         let yaml = serde_yaml::to_string(&object.manifest).unwrap_or_default();
-        println!(
-            "---\n# {}\n{}",
-            crate::render::RowRef::of(object.row, &rows[object.row]),
-            yaml.trim_end()
-        );
+        let row = crate::render::RowRef::of(object.row, &rows[object.row]);
+        // A closed pipe (`| head`) ends the preview quietly.
+        if writeln!(stdout, "---\n# {row}\n{}", yaml.trim_end()).is_err() {
+            return 1;
+        }
     }
     for failure in &outcome.failures {
         eprintln!("error: {who}: {}: {}", failure.row, failure.error);
