@@ -65,9 +65,10 @@ pub fn load_dbqr(text: &str) -> Result<(DatabaseQueryResource, RowTemplate), Dbq
         return Err(DbqrFileError::WrongKind { api_version, kind });
     }
     let mut unknown = Vec::new();
-    let dbqr: DatabaseQueryResource =
-        serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
-            .map_err(|e| DbqrFileError::Yaml(e.to_string()))?;
+    let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let tracked = serde_ignored::Deserializer::new(value, &mut note_unknown);
+    let dbqr: DatabaseQueryResource = serde_path_to_error::deserialize(tracked)
+        .map_err(|e| DbqrFileError::Yaml(format!("{}: {}", e.path(), e.inner())))?;
     // apiVersion and kind were checked above; status is the operator's to write.
     let known = |p: &str| p == "apiVersion" || p == "kind" || p.starts_with("status");
     if let Some(path) = unknown.into_iter().find(|p| !known(p)) {
