@@ -46,12 +46,18 @@ const CONFIGMAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"c
 
 /// The lines of stderr that report errors.
 fn error_lines(o: &Outcome) -> Vec<&str> {
-    o.stderr.lines().filter(|l| l.starts_with("error: ")).collect()
+    o.stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect()
 }
 
 #[test]
 fn renders_rows_from_a_json_file() {
-    let o = with_rows(&dbqr("", CONFIGMAP), serde_json::json!([{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]));
+    let o = with_rows(
+        &dbqr("", CONFIGMAP),
+        serde_json::json!([{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]),
+    );
     assert_eq!(o.code, 0, "{}", o.stderr);
     let docs: Vec<serde_json::Value> = o
         .stdout
@@ -77,9 +83,21 @@ fn each_bad_row_gets_one_line_naming_dbqr_row_and_cause() {
     assert_eq!(o.code, 1);
     let errors = error_lines(&o);
     assert_eq!(errors.len(), 2, "{}", o.stderr);
-    assert!(errors[0].starts_with("error: dbqr team-a/users: row 1 (id=2): "), "{}", errors[0]);
-    assert!(errors[0].contains("inserted value breaks the YAML"), "{}", errors[0]);
-    assert!(errors[1].starts_with("error: dbqr team-a/users: row 2 (id=3): "), "{}", errors[1]);
+    assert!(
+        errors[0].starts_with("error: dbqr team-a/users: row 1 (id=2): "),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[0].contains("inserted value breaks the YAML"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].starts_with("error: dbqr team-a/users: row 2 (id=3): "),
+        "{}",
+        errors[1]
+    );
     assert!(errors[1].contains("Row.emial is missing"), "{}", errors[1]);
     // The good row is still previewed.
     assert!(o.stdout.contains("name: cm-1"), "{}", o.stdout);
@@ -88,17 +106,33 @@ fn each_bad_row_gets_one_line_naming_dbqr_row_and_cause() {
 #[test]
 fn objects_without_kind_or_name_and_non_yaml_output_are_named() {
     let cases = [
-        ("apiVersion: v1\nmetadata:\n  name: \"x-{{Row.id}}\"", "kind is missing"),
-        ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  labels: {a: \"{{Row.id}}\"}", "metadata.name is missing"),
-        ("apiVersion: v1\nkind: ConfigMap\nmetadata: [\"{{Row.id}}\"", "output is not YAML"),
-        ("apiVersion: v1\nkind: Secret\nmetadata:\n  name: \"s-{{Row.id}}\"\n  namespace: other", "namespace \"other\" is not allowed"),
+        (
+            "apiVersion: v1\nmetadata:\n  name: \"x-{{Row.id}}\"",
+            "kind is missing",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  labels: {a: \"{{Row.id}}\"}",
+            "metadata.name is missing",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: [\"{{Row.id}}\"",
+            "output is not YAML",
+        ),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: \"s-{{Row.id}}\"\n  namespace: other",
+            "namespace \"other\" is not allowed",
+        ),
     ];
     for (template, cause) in cases {
         let o = with_rows(&dbqr("", template), serde_json::json!([{"id": 7}]));
         assert_eq!(o.code, 1, "{template}");
         let errors = error_lines(&o);
         assert_eq!(errors.len(), 1, "{}", o.stderr);
-        assert!(errors[0].starts_with("error: dbqr team-a/users: row 0 (id=7): "), "{}", errors[0]);
+        assert!(
+            errors[0].starts_with("error: dbqr team-a/users: row 0 (id=7): "),
+            "{}",
+            errors[0]
+        );
         assert!(errors[0].contains(cause), "{} lacks {cause:?}", errors[0]);
     }
 }
@@ -106,21 +140,46 @@ fn objects_without_kind_or_name_and_non_yaml_output_are_named() {
 #[test]
 fn bad_dbqr_files_are_refused_with_the_field_named() {
     let cases = [
-        (dbqr("", CONFIGMAP).replace("pollInterval: 30s", "pollInterval: 30 seconds"), "invalid duration"),
-        (dbqr("", CONFIGMAP).replace("pollInterval: 30s", "pollInterval: 500ms"), "spec.pollInterval is 500ms"),
-        (dbqr("  tempalte: x\n", CONFIGMAP), "unknown field spec.tempalte"),
+        (
+            dbqr("", CONFIGMAP).replace("pollInterval: 30s", "pollInterval: 30 seconds"),
+            "invalid duration",
+        ),
+        (
+            dbqr("", CONFIGMAP).replace("pollInterval: 30s", "pollInterval: 500ms"),
+            "spec.pollInterval is 500ms",
+        ),
+        (
+            dbqr("  tempalte: x\n", CONFIGMAP),
+            "unknown field spec.tempalte",
+        ),
         (dbqr("  maxRows: -1\n", CONFIGMAP), "maxRows"),
-        (dbqr("  changeDetection:\n    mode: notify\n", CONFIGMAP), "spec.changeDetection.channel is required"),
-        (dbqr("", "{{#if Row.x}}never closed"), "template does not parse"),
-        (dbqr("", CONFIGMAP).replace("kind: DatabaseQueryResource", "kind: ConfigMap"), "expected apiVersion dbqo.dev/v1alpha1"),
-        (dbqr("", CONFIGMAP).replace("  query: SELECT id, name FROM users ORDER BY id\n", ""), "missing field `query`"),
+        (
+            dbqr("  changeDetection:\n    mode: notify\n", CONFIGMAP),
+            "spec.changeDetection.channel is required",
+        ),
+        (
+            dbqr("", "{{#if Row.x}}never closed"),
+            "template does not parse",
+        ),
+        (
+            dbqr("", CONFIGMAP).replace("kind: DatabaseQueryResource", "kind: ConfigMap"),
+            "expected apiVersion dbqo.dev/v1alpha1",
+        ),
+        (
+            dbqr("", CONFIGMAP).replace("  query: SELECT id, name FROM users ORDER BY id\n", ""),
+            "missing field `query`",
+        ),
     ];
     for (manifest, cause) in cases {
         let o = with_rows(&manifest, serde_json::json!([]));
         assert_eq!(o.code, 1, "{cause}: {}", o.stderr);
         let errors = error_lines(&o);
         assert_eq!(errors.len(), 1, "{}", o.stderr);
-        assert!(errors[0].contains("dbqr.yaml"), "names the DBQR file: {}", errors[0]);
+        assert!(
+            errors[0].contains("dbqr.yaml"),
+            "names the DBQR file: {}",
+            errors[0]
+        );
         assert!(errors[0].contains(cause), "{} lacks {cause:?}", errors[0]);
     }
 }
@@ -128,9 +187,15 @@ fn bad_dbqr_files_are_refused_with_the_field_named() {
 #[test]
 fn help_is_there_for_every_subcommand() {
     for args in [&["--help"][..], &["render", "--help"], &["crd", "--help"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator")).args(args).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{args:?}"
+        );
     }
 }
 
@@ -142,31 +207,53 @@ async fn renders_rows_from_a_live_database_read_only() {
         .batch_execute(include_str!("../examples/configmap-per-row/schema.sql"))
         .await
         .unwrap();
-    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/configmap-per-row/dbqr.yaml")).unwrap();
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/configmap-per-row/dbqr.yaml"
+    ))
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let o = render(dir.path(), &manifest, &["--database-url", &url]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("name: user-alice"), "{}", o.stdout);
     assert!(o.stdout.contains("name: user-bob-smith"), "{}", o.stdout);
-    assert!(!o.stdout.contains("carol"), "inactive users are not rendered");
+    assert!(
+        !o.stdout.contains("carol"),
+        "inactive users are not rendered"
+    );
 
     // Even a DBQR with readOnly: false cannot write through a preview.
     let writer = manifest
         .replace("spec:\n", "spec:\n  readOnly: false\n")
         .replace(
-            "SELECT id, username, email, created_at\n    FROM users\n    WHERE active\n    ORDER BY id",
-            "DELETE FROM users RETURNING id, username, email, created_at",
-        );
+        "SELECT id, username, email, created_at\n    FROM users\n    WHERE active\n    ORDER BY id",
+        "DELETE FROM users RETURNING id, username, email, created_at",
+    );
     let o = render(dir.path(), &writer, &["--database-url", &url]);
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("read-only transaction"), "{}", o.stderr);
-    let count: i64 = setup.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
+    let count: i64 = setup
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(count, 3, "the preview deleted nothing");
 
-    let o = render(dir.path(), &manifest, &["--database-url", &url.replace("dbqo-test-password", "wrong")]);
+    let o = render(
+        dir.path(),
+        &manifest,
+        &[
+            "--database-url",
+            &url.replace("dbqo-test-password", "wrong"),
+        ],
+    );
     assert_eq!(o.code, 1);
     let errors = error_lines(&o);
     assert_eq!(errors.len(), 1, "{}", o.stderr);
     assert!(errors[0].contains("authentication failed"), "{}", errors[0]);
-    assert!(!errors[0].contains("wrong"), "no password in errors: {}", errors[0]);
+    assert!(
+        !errors[0].contains("wrong"),
+        "no password in errors: {}",
+        errors[0]
+    );
 }

@@ -83,7 +83,7 @@ fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
         .filter_map(|chunk| {
             chunk
                 .find("-----BEGIN CERTIFICATE-----")
-                .map(|i| chunk[i..].as_bytes().to_vec())
+                .map(|i| chunk.as_bytes()[i..].to_vec())
         })
         .collect()
 }

@@ -159,7 +159,7 @@ fn decode_array(element: &Type, raw: &[u8]) -> Result<Value, BoxError> {
         .values()
         .map(|v| match v {
             None => Ok(Value::Null),
-            Some(bytes) => decode_non_null(element, bytes).map_err(Into::into),
+            Some(bytes) => decode_non_null(element, bytes),
         })
         .collect()?;
     if dims.is_empty() {

@@ -18,6 +18,7 @@ use super::tracking::{
 };
 
 type HelperFn = fn(&Helper<'_>) -> Result<Json, RenderError>;
+type FragmentFn = fn(&Helper<'_>) -> Result<Fragment, RenderError>;
 
 /// A helper computing a value from its parameters; its top-level output is
 /// escaped like any `{{expr}}`.
@@ -38,7 +39,7 @@ impl HelperDef for ValueHelper {
 /// A helper producing YAML text. As a subexpression it yields the text; at top
 /// level the text is written unescaped but tracked as a fragment whose
 /// meaning is checked after parsing.
-struct YamlHelper(fn(&Helper<'_>) -> Result<Fragment, RenderError>);
+struct YamlHelper(FragmentFn);
 
 impl HelperDef for YamlHelper {
     fn call_inner<'reg: 'rc, 'rc>(
@@ -243,7 +244,7 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
         registry.register_helper(name, Box::new(ValueHelper(*f)));
     }
 
-    let yaml_helpers: &[(&str, fn(&Helper<'_>) -> Result<Fragment, RenderError>)] = &[
+    let yaml_helpers: &[(&str, FragmentFn)] = &[
         ("quote", |h| {
             let s = text(h, 0)?;
             let text = format!("\"{}\"", yaml_double_quoted(&s));

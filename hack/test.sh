@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a warm one:
+#   provisions PostgreSQL, etcd, kube-apiserver and kube-controller-manager
+#   (cached outside the repo), checks formatting and lints, builds, then runs
+#   every test against one real control plane + PostgreSQL started for the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/db-query-operator/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+KUBEBUILDER_ASSETS="$(bash hack/provision.sh | tail -n 1)"
+export KUBEBUILDER_ASSETS
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build"
+cargo build --workspace --all-targets --locked
+
+runner=(cargo test --workspace --locked --no-fail-fast)
+if cargo nextest --version >/dev/null 2>&1; then
+  runner=(cargo nextest run --workspace --locked --no-fail-fast --failure-output final)
+fi
+echo "== tests (${runner[*]})"
+exec "$CARGO_TARGET_DIR/debug/testenv" run -- "${runner[@]}"
