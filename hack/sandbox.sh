@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# A local sandbox on a fresh machine: provisions and starts a real control
+# plane and PostgreSQL, loads a sample table, installs the CRD and a sample
+# DBQR, and shows the objects its rows become.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/db-query-operator/target}"
+KUBEBUILDER_ASSETS="$(bash hack/provision.sh | tail -n 1)"
+export KUBEBUILDER_ASSETS
+cargo build --workspace --bins --locked
+exec "$CARGO_TARGET_DIR/debug/testenv" run -- bash hack/sandbox-steps.sh
