@@ -6,8 +6,13 @@
 //! the running operator are in the `dbqo-actors` crate (`actors/`).
 #![forbid(unsafe_code)]
 
+#[path = "../actors/mod.rs"]
+pub mod actors;
 pub mod api;
 pub mod cli;
 pub mod db;
+pub mod kube_api;
+pub mod reconcile;
 pub mod render;
+pub mod settings;
 pub mod sql;

@@ -1,14 +1,16 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use dbqo::cli::{self, Cli};
+use dbqo::cli::{self, Cli, Command, LogFormat};
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    std::process::exit(cli::run(cli).await);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match &cli.command {
+        Command::Run(args) if matches!(args.log_format, LogFormat::Json) => builder.json().init(),
+        _ => builder.init(),
+    }
+    std::process::exit(cli::run(cli));
 }

@@ -3,12 +3,14 @@
 mod crd;
 mod policy;
 mod render;
+mod run;
 
 use clap::{Parser, Subcommand};
 
 pub use crd::crd_yaml;
 pub use policy::PolicyArgs;
 pub use render::{load_dbqr, DbqrFileError, RenderArgs};
+pub use run::{LogFormat, RunArgs};
 
 /// Turns rows of a SQL database into Kubernetes objects and keeps them in step.
 #[derive(Debug, Parser)]
@@ -25,15 +27,26 @@ pub enum Command {
     /// Preview the objects a DBQR would produce, offline: rows come from a
     /// JSON file or from running the DBQR's query against a live database.
     Render(RenderArgs),
+    /// Run the operator (kubeconfig from KUBECONFIG or ~/.kube/config, or in-cluster).
+    Run(RunArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
-pub async fn run(cli: Cli) -> i32 {
+pub fn run(cli: Cli) -> i32 {
+    let tokio = || tokio::runtime::Builder::new_current_thread().enable_all().build();
     match cli.command {
         Command::Crd => {
             print!("{}", crd_yaml());
             0
         }
-        Command::Render(args) => render::run(args).await,
+        Command::Render(args) => match tokio() {
+            Ok(rt) => rt.block_on(render::run(args)),
+            Err(e) => {
+                eprintln!("error: cannot start a runtime: {e}");
+                1
+            }
+        },
+        // The actors run on actix's own runtime.
+        Command::Run(args) => run::run(args),
     }
 }

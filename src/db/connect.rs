@@ -36,7 +36,8 @@ impl ConnectError {
     }
 }
 
-fn tls_connector(info: &ConnInfo) -> Result<MakeTlsConnector, ConnectError> {
+/// TLS as libpq's sslmode defines it for `info`.
+pub fn tls_connector(info: &ConnInfo) -> Result<MakeTlsConnector, ConnectError> {
     let mut builder = TlsConnector::builder();
     match info.ssl_mode {
         // libpq does not verify in these modes; neither do we.
@@ -88,23 +89,32 @@ fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Connects and drives the connection on the current tokio runtime.
-pub async fn connect(info: &ConnInfo) -> Result<Client, ConnectError> {
+/// The tokio-postgres configuration with the wire-level sslmode for `info`.
+pub fn wire_config(info: &ConnInfo) -> tokio_postgres::Config {
     let mut config = info.config.clone();
     config.ssl_mode(match info.ssl_mode {
         SslMode::Disable => WireSslMode::Disable,
         SslMode::Prefer => WireSslMode::Prefer,
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => WireSslMode::Require,
     });
+    config
+}
+
+/// Maps a tokio-postgres connect failure to its stable kind.
+pub fn connect_error(e: &tokio_postgres::Error) -> ConnectError {
+    let auth = e.code().is_some_and(|c| c.code().starts_with("28"));
+    if auth {
+        ConnectError::Authentication(super::describe(e))
+    } else {
+        ConnectError::Connect(super::describe(e))
+    }
+}
+
+/// Connects and drives the connection on the current tokio runtime.
+pub async fn connect(info: &ConnInfo) -> Result<Client, ConnectError> {
+    let config = wire_config(info);
     let tls = tls_connector(info)?;
-    let (client, connection) = config.connect(tls).await.map_err(|e| {
-        let auth = e.code().is_some_and(|c| c.code().starts_with("28"));
-        if auth {
-            ConnectError::Authentication(super::describe(&e))
-        } else {
-            ConnectError::Connect(super::describe(&e))
-        }
-    })?;
+    let (client, connection) = config.connect(tls).await.map_err(|e| connect_error(&e))?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "database connection closed");

@@ -4,11 +4,15 @@
 mod connect;
 mod conninfo;
 pub mod decode;
+mod pool;
 mod query;
+mod secret;
 
-pub use connect::{connect, ConnectError};
+pub use connect::{connect, connect_error, tls_connector, ConnectError};
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
+pub use pool::{build_pool, PoolError};
 pub use query::{run_query, QueryError, QueryOptions, QueryResult};
+pub use secret::{conninfo_from_secret, SecretError};
 
 /// A tokio-postgres error as one line: the server's message and SQLSTATE when
 /// it answered (its `Display` says only "db error"), the client's otherwise.

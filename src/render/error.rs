@@ -67,6 +67,8 @@ pub enum ObjectProblem {
     InvalidName { kind: String, rule: &'static str },
     #[error("kind {0} is not in the operator's allowed kinds")]
     KindNotAllowed(String),
+    #[error("kind {0} is not served by the API server")]
+    UnknownKind(String),
     #[error("namespace {0:?} is not allowed for this DBQR")]
     NamespaceNotAllowed(String),
     #[error("namespace {0:?} is not a valid namespace name")]
@@ -81,6 +83,7 @@ impl ObjectProblem {
             Self::NotAMapping | Self::MissingField(_) | Self::BadApiVersion(_) => "InvalidObject",
             Self::InvalidName { .. } => "InvalidName",
             Self::KindNotAllowed(_) => "KindNotAllowed",
+            Self::UnknownKind(_) => "UnknownKind",
             Self::NamespaceNotAllowed(_)
             | Self::InvalidNamespace(_)
             | Self::NamespaceOnClusterScoped(_) => "NamespaceNotAllowed",

@@ -198,7 +198,10 @@ pub fn validate_object(
     check_name(&kind, &name)?;
 
     let requested = string_at(&doc, &["metadata", "namespace"]).map(str::to_owned);
-    let namespace = match scopes.scope(&group_kind).unwrap_or(Scope::Namespaced) {
+    let scope = scopes
+        .scope(&group_kind)
+        .ok_or_else(|| ObjectProblem::UnknownKind(group_kind.to_string()))?;
+    let namespace = match scope {
         Scope::Cluster => {
             if requested.as_deref().is_some_and(|ns| !ns.is_empty()) {
                 return Err(ObjectProblem::NamespaceOnClusterScoped(

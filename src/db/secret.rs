@@ -1,0 +1,153 @@
+//! From a connection Secret's data to a [`ConnInfo`]: either a full libpq URI
+//! (`uriKey`, e.g. CloudNativePG's `fqdn-uri`) or individual keys. The
+//! values go into the client configuration field by field, so a password
+//! with `@`, `/` or quotes needs no escaping.
+
+use std::collections::BTreeMap;
+
+use super::conninfo::{ConnInfo, RootCert, SslMode};
+use crate::api::ConnectionSecretRef;
+
+/// The Secret cannot produce a connection. Messages name keys, never values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret {secret} has no key {key:?}")]
+    MissingKey { secret: String, key: String },
+    #[error("secret {secret}: key {key:?} is not UTF-8")]
+    NotUtf8 { secret: String, key: String },
+    #[error("secret {secret}: key {key:?} is not a valid port")]
+    BadPort { secret: String, key: String },
+    #[error("secret {secret}: {problem}")]
+    Invalid { secret: String, problem: String },
+}
+
+impl SecretError {
+    pub fn reason(&self) -> &'static str {
+        "SecretInvalid"
+    }
+}
+
+/// Reads the connection described by `reference` out of `data` (the Secret's
+/// decoded values). `secret` names it in errors (`namespace/name`).
+pub fn conninfo_from_secret(
+    secret: &str,
+    data: &BTreeMap<String, Vec<u8>>,
+    reference: &ConnectionSecretRef,
+) -> Result<ConnInfo, SecretError> {
+    let text = |key: &str| -> Result<Option<String>, SecretError> {
+        match data.get(key) {
+            None => Ok(None),
+            Some(bytes) => String::from_utf8(bytes.clone())
+                // Values written with `echo` into a Secret end in a newline.
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
+                .map_err(|_| SecretError::NotUtf8 {
+                    secret: secret.to_owned(),
+                    key: key.to_owned(),
+                }),
+        }
+    };
+    let required = |key: &str| -> Result<String, SecretError> {
+        text(key)?.ok_or_else(|| SecretError::MissingKey {
+            secret: secret.to_owned(),
+            key: key.to_owned(),
+        })
+    };
+
+    let mut info = if let Some(uri_key) = &reference.uri_key {
+        required(uri_key)?.parse::<ConnInfo>().map_err(|e| SecretError::Invalid {
+            secret: secret.to_owned(),
+            problem: format!("key {uri_key:?}: {e}"),
+        })?
+    } else {
+        let key = |custom: &Option<String>, default: &'static str| custom.clone().unwrap_or_else(|| default.to_owned());
+        let host_key = key(&reference.host_key, "host");
+        let port_key = key(&reference.port_key, "port");
+        let mut config = tokio_postgres::Config::new();
+        config.host(&required(&host_key)?);
+        if let Some(port) = text(&port_key)? {
+            let port = port.trim().parse::<u16>().map_err(|_| SecretError::BadPort {
+                secret: secret.to_owned(),
+                key: port_key.clone(),
+            })?;
+            config.port(port);
+        }
+        config.user(&required(&key(&reference.user_key, "username"))?);
+        if let Some(password) = text(&key(&reference.password_key, "password"))? {
+            config.password(password);
+        }
+        config.dbname(&required(&key(&reference.db_name_key, "dbname"))?);
+        let ssl_mode_key = key(&reference.ssl_mode_key, "sslmode");
+        let ssl_mode = match text(&ssl_mode_key)? {
+            Some(mode) => mode.trim().parse::<SslMode>().map_err(|e| SecretError::Invalid {
+                secret: secret.to_owned(),
+                problem: format!("key {ssl_mode_key:?}: {e}"),
+            })?,
+            None => SslMode::Prefer,
+        };
+        ConnInfo {
+            config,
+            ssl_mode,
+            root_cert: None,
+        }
+    };
+    if let Some(ca_key) = &reference.ca_cert_key {
+        info.root_cert = Some(RootCert::Pem(required(ca_key)?.into_bytes()));
+    }
+    if info.config.get_application_name().is_none() {
+        info.config.application_name("db-query-operator");
+    }
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference() -> ConnectionSecretRef {
+        serde_json::from_value(serde_json::json!({"name": "db"})).unwrap()
+    }
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+    }
+
+    #[test]
+    fn individual_keys_with_defaults_and_overrides() {
+        let d = data(&[("host", "db.local\n"), ("port", "6432"), ("username", "app"), ("password", "p@ss/w:rd'\""), ("dbname", "main")]);
+        let info = conninfo_from_secret("ns/db", &d, &reference()).unwrap();
+        assert_eq!(info.config.get_ports(), &[6432]);
+        assert_eq!(info.config.get_password(), Some(&b"p@ss/w:rd'\""[..]));
+        assert_eq!(info.ssl_mode, SslMode::Prefer);
+        assert_eq!(info.config.get_application_name(), Some("db-query-operator"));
+
+        let mut r = reference();
+        r.user_key = Some("user".into());
+        r.ssl_mode_key = Some("mode".into());
+        r.ca_cert_key = Some("ca.crt".into());
+        let d = data(&[("host", "h"), ("user", "u"), ("dbname", "d"), ("mode", "verify-full"), ("ca.crt", "PEM")]);
+        let info = conninfo_from_secret("ns/db", &d, &r).unwrap();
+        assert_eq!(info.config.get_user(), Some("u"));
+        assert_eq!(info.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(info.root_cert, Some(RootCert::Pem(b"PEM".to_vec())));
+    }
+
+    #[test]
+    fn uri_key_wins_and_keeps_parameters() {
+        let mut r = reference();
+        r.uri_key = Some("fqdn-uri".into());
+        let d = data(&[("fqdn-uri", "postgresql://app:s%40cret@pg-rw.db.svc:5432/app?sslmode=require&application_name=mine"), ("host", "ignored")]);
+        let info = conninfo_from_secret("ns/db", &d, &r).unwrap();
+        assert_eq!(info.ssl_mode, SslMode::Require);
+        assert_eq!(info.config.get_password(), Some(&b"s@cret"[..]));
+        assert_eq!(info.config.get_application_name(), Some("mine"));
+    }
+
+    #[test]
+    fn problems_name_the_key_not_the_value() {
+        let err = conninfo_from_secret("ns/db", &data(&[("host", "h"), ("username", "u")]), &reference()).unwrap_err();
+        assert_eq!(err.to_string(), "secret ns/db has no key \"dbname\"");
+        let d = data(&[("host", "h"), ("username", "u"), ("dbname", "d"), ("port", "secret-ish")]);
+        let err = conninfo_from_secret("ns/db", &d, &reference()).unwrap_err();
+        assert!(!err.to_string().contains("secret-ish"), "{err}");
+    }
+}

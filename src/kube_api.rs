@@ -1,0 +1,236 @@
+//! The Kubernetes calls the operator makes, as plain async functions over a
+//! [`kube::Client`]. The writer actor runs them under its concurrency limit and
+//! timeouts; nothing here knows about actors.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kube::{
+    api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
+    discovery::{Discovery, Scope as DiscoveryScope},
+    Client,
+};
+use serde_json::Value as Json;
+
+use crate::render::{GroupKind, Scope};
+
+/// Field manager of every write.
+pub const FIELD_MANAGER: &str = "db-query-operator";
+
+/// A failed API call, by kind. Messages carry the API server's reason, never manifests.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KubeError {
+    #[error("{kind} is not served by the API server")]
+    UnknownKind { kind: String },
+    #[error("API server refused ({code}): {message}")]
+    Api { code: u16, reason: String, message: String },
+    #[error("API request failed: {0}")]
+    Transport(String),
+    #[error("API request timed out")]
+    Timeout,
+    #[error("writer is shutting down")]
+    Closed,
+}
+
+impl KubeError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownKind { .. } => "UnknownKind",
+            Self::Api { code: 403, .. } => "Forbidden",
+            Self::Api { code: 409, .. } => "Conflict",
+            Self::Api { code: 422, .. } => "Invalid",
+            Self::Api { .. } => "ApiError",
+            Self::Transport(_) => "ApiUnavailable",
+            Self::Timeout => "ApiTimeout",
+            Self::Closed => "ShuttingDown",
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Api { code: 404, .. })
+    }
+}
+
+impl From<kube::Error> for KubeError {
+    fn from(e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(status) => Self::Api {
+                code: status.code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+            },
+            other => Self::Transport(other.to_string()),
+        }
+    }
+}
+
+/// What discovery knows about a kind: its scope and how to address it.
+#[derive(Debug, Clone)]
+pub struct KindInfo {
+    pub scope: Scope,
+    pub resource: ApiResource,
+}
+
+/// Every kind the API server serves, by group and kind, at its preferred version.
+pub async fn discover(client: &Client) -> Result<HashMap<GroupKind, KindInfo>, KubeError> {
+    let discovery = Discovery::new(client.clone()).run().await?;
+    let mut kinds = HashMap::new();
+    for group in discovery.groups() {
+        for (resource, caps) in group.recommended_resources() {
+            let scope = match caps.scope {
+                DiscoveryScope::Cluster => Scope::Cluster,
+                DiscoveryScope::Namespaced => Scope::Namespaced,
+            };
+            kinds.insert(GroupKind::new(resource.group.clone(), resource.kind.clone()), KindInfo { scope, resource });
+        }
+    }
+    Ok(kinds)
+}
+
+/// The resource for an exact group/version/kind (the version a manifest names).
+pub fn resource_for(gvk: &GroupVersionKind, known: &KindInfo) -> ApiResource {
+    let mut resource = known.resource.clone();
+    resource.version = gvk.version.clone();
+    resource.api_version = if gvk.group.is_empty() {
+        gvk.version.clone()
+    } else {
+        format!("{}/{}", gvk.group, gvk.version)
+    };
+    resource
+}
+
+fn api(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        None => Api::all_with(client.clone(), resource),
+    }
+}
+
+/// The metadata of a live object the operator cares about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveObject {
+    pub namespace: Option<String>,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// uid of the controller owner, if any.
+    pub controller_uid: Option<String>,
+    pub owner_references: Vec<Json>,
+    pub deleting: bool,
+}
+
+impl From<DynamicObject> for LiveObject {
+    fn from(o: DynamicObject) -> Self {
+        let refs = o.metadata.owner_references.clone().unwrap_or_default();
+        Self {
+            namespace: o.metadata.namespace.clone(),
+            name: o.metadata.name.clone().unwrap_or_default(),
+            labels: o.metadata.labels.clone().unwrap_or_default(),
+            controller_uid: refs.iter().find(|r| r.controller == Some(true)).map(|r| r.uid.clone()),
+            owner_references: refs.iter().filter_map(|r| serde_json::to_value(r).ok()).collect(),
+            deleting: o.metadata.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+pub async fn get(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Option<LiveObject>, KubeError> {
+    Ok(api(client, resource, namespace).get_opt(name).await?.map(LiveObject::from))
+}
+
+/// Server-side apply, forcing conflicts: the database is the source of truth.
+pub async fn apply(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+    name: &str,
+    manifest: &Json,
+) -> Result<(), KubeError> {
+    api(client, resource, namespace)
+        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(manifest))
+        .await?;
+    Ok(())
+}
+
+/// Objects of a kind, in every namespace, matching `selector`.
+pub async fn list(client: &Client, resource: &ApiResource, selector: &str) -> Result<Vec<LiveObject>, KubeError> {
+    let list = api(client, resource, None)
+        .list_metadata(&ListParams::default().labels(selector))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|m| {
+            LiveObject::from(DynamicObject {
+                types: None,
+                metadata: m.metadata,
+                data: Json::Null,
+            })
+        })
+        .collect())
+}
+
+/// Deletes in the background (dependents follow via garbage collection); a
+/// missing object counts as deleted.
+pub async fn delete(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<(), KubeError> {
+    match api(client, resource, namespace).delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let e = KubeError::from(e);
+            if e.is_not_found() {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// JSON merge patch (metadata edits such as finalizers, labels, owner references).
+pub async fn merge_patch(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+    name: &str,
+    patch: &Json,
+) -> Result<(), KubeError> {
+    api(client, resource, namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+/// Merge patch of a status subresource.
+pub async fn patch_status(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: &str,
+    name: &str,
+    status: &Json,
+) -> Result<(), KubeError> {
+    Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource)
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "status": status })))
+        .await?;
+    Ok(())
+}
+
+/// A Secret's data and resourceVersion, if it exists.
+pub async fn read_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<(String, BTreeMap<String, Vec<u8>>)>, KubeError> {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
+    Ok(secrets.get_opt(name).await?.map(|s| {
+        let version = s.metadata.resource_version.unwrap_or_default();
+        let data = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+        (version, data)
+    }))
+}

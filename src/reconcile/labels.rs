@@ -1,0 +1,118 @@
+//! The labels and owner reference every generated object carries. Objects are
+//! found by these labels, never by a list kept in status.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value as Json};
+use sha2::{Digest, Sha256};
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "db-query-operator";
+pub const OWNER_NAME: &str = "dbqo.dev/owner-name";
+pub const OWNER_NAMESPACE: &str = "dbqo.dev/owner-namespace";
+
+/// Which DBQR an object belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+}
+
+/// Label values are at most 63 characters; longer DBQR names keep a readable
+/// prefix and a hash so they stay unique.
+pub fn label_value(s: &str) -> String {
+    if s.len() <= 63 {
+        return s.to_owned();
+    }
+    let digest = Sha256::digest(s.as_bytes());
+    let hash: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let mut prefix: String = s.chars().take(50).collect();
+    while !prefix.ends_with(|c: char| c.is_ascii_alphanumeric()) && !prefix.is_empty() {
+        prefix.pop();
+    }
+    format!("{prefix}-{hash}")
+}
+
+impl Owner {
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
+            (OWNER_NAME.to_owned(), label_value(&self.name)),
+            (OWNER_NAMESPACE.to_owned(), label_value(&self.namespace)),
+        ])
+    }
+
+    /// Label selector matching exactly this DBQR's objects.
+    pub fn selector(&self) -> String {
+        self.labels()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Whether `labels` say the object belongs to this DBQR.
+    pub fn owns(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels().iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// Whether `labels` say the object belongs to some other DBQR.
+    pub fn is_foreign(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE) && !self.owns(labels)
+    }
+
+    /// Adds the owner labels and, for objects in the DBQR's namespace, a
+    /// controller owner reference (garbage collection cannot cross namespaces).
+    pub fn decorate(&self, manifest: &mut Json, namespace: Option<&str>) {
+        let metadata = &mut manifest["metadata"];
+        if !metadata["labels"].is_object() {
+            metadata["labels"] = json!({});
+        }
+        for (k, v) in self.labels() {
+            metadata["labels"][k] = Json::String(v);
+        }
+        if namespace == Some(self.namespace.as_str()) {
+            let reference = json!({
+                "apiVersion": format!("{}/v1alpha1", crate::api::GROUP),
+                "kind": "DatabaseQueryResource",
+                "name": self.name,
+                "uid": self.uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            });
+            let mut refs = metadata["ownerReferences"].as_array().cloned().unwrap_or_default();
+            refs.retain(|r| r["uid"] != self.uid.as_str());
+            refs.push(reference);
+            metadata["ownerReferences"] = Json::Array(refs);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_become_valid_unique_label_values() {
+        let a = label_value(&"a".repeat(100));
+        let b = label_value(&format!("{}b", "a".repeat(99)));
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b);
+        assert_eq!(label_value("users"), "users");
+    }
+
+    #[test]
+    fn decorate_adds_labels_and_owner_reference_only_in_own_namespace() {
+        let owner = Owner { name: "users".into(), namespace: "apps".into(), uid: "u1".into() };
+        let mut same = json!({"metadata": {"name": "x", "labels": {"keep": "me"}}});
+        owner.decorate(&mut same, Some("apps"));
+        assert_eq!(same["metadata"]["labels"]["keep"], "me");
+        assert_eq!(same["metadata"]["labels"][OWNER_NAME], "users");
+        assert_eq!(same["metadata"]["ownerReferences"][0]["controller"], true);
+        let mut other = json!({"metadata": {"name": "x"}});
+        owner.decorate(&mut other, Some("elsewhere"));
+        assert!(other["metadata"].get("ownerReferences").is_none());
+        assert!(owner.owns(&serde_json::from_value(other["metadata"]["labels"].clone()).unwrap()));
+    }
+}

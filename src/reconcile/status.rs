@@ -1,0 +1,203 @@
+//! DBQR status from pass reports: conditions `Ready`, `DatabaseConnected`
+//! and `Synced`, written only when they change, with an Event each time a
+//! condition's reason changes.
+//!
+//! `lastPollTime` moves only with a status change: a steady state costs no
+//! write at all, so it tells when the DBQR last changed state, not every poll.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::pass::{PassReport, Problem};
+use crate::api::DatabaseQueryResourceStatus;
+
+pub const READY: &str = "Ready";
+pub const DATABASE_CONNECTED: &str = "DatabaseConnected";
+pub const SYNCED: &str = "Synced";
+
+/// An Event to publish about the DBQR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verdict {
+    status: &'static str,
+    reason: String,
+    message: String,
+}
+
+impl Verdict {
+    fn ok(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            status: "True",
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn failed(p: &Problem) -> Self {
+        Self {
+            status: "False",
+            reason: p.reason.clone(),
+            message: p.message.clone(),
+        }
+    }
+
+    fn unknown(reason: &str, message: &str) -> Self {
+        Self {
+            status: "Unknown",
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+}
+
+/// What a DBQR's status should say after `report` (or after a spec problem).
+pub enum Outcome<'a> {
+    Pass(&'a PassReport),
+    InvalidSpec(Problem),
+}
+
+fn verdicts(outcome: &Outcome<'_>) -> [(&'static str, Verdict); 3] {
+    let (database, synced) = match outcome {
+        Outcome::InvalidSpec(p) => (
+            Verdict::unknown("NotChecked", "the spec is invalid"),
+            Verdict::failed(p),
+        ),
+        Outcome::Pass(report) => {
+            let database = match &report.database {
+                Some(Ok(())) => Verdict::ok("Connected", "connected to the database"),
+                Some(Err(p)) => Verdict::failed(p),
+                None => Verdict::unknown("NotChecked", "no connection attempted"),
+            };
+            let synced = match &report.sync {
+                Some(Ok(())) => Verdict::ok(
+                    "Synced",
+                    format!("{} objects from {} rows", report.objects, report.rows),
+                ),
+                Some(Err(p)) => Verdict::failed(p),
+                None => Verdict {
+                    status: "False",
+                    reason: "DatabaseUnavailable".into(),
+                    message: "not synced: the database is unavailable".into(),
+                },
+            };
+            (database, synced)
+        }
+    };
+    let ready = if database.status == "True" && synced.status == "True" {
+        Verdict::ok("Ready", synced.message.clone())
+    } else if synced.status != "True" && database.status == "True" {
+        Verdict { status: "False", ..synced.clone() }
+    } else {
+        Verdict {
+            status: "False",
+            reason: database.reason.clone(),
+            message: database.message.clone(),
+        }
+    };
+    [(READY, ready), (DATABASE_CONNECTED, database), (SYNCED, synced)]
+}
+
+/// The next status and the Events it warrants, or `None` when nothing changed.
+pub fn next_status(
+    previous: Option<&DatabaseQueryResourceStatus>,
+    outcome: &Outcome<'_>,
+    generation: Option<i64>,
+    now: Time,
+) -> Option<(DatabaseQueryResourceStatus, Vec<StatusEvent>)> {
+    let old = previous.cloned().unwrap_or_default();
+    let mut next = old.clone();
+    let mut events = Vec::new();
+    next.observed_generation = generation;
+    next.conditions = verdicts(outcome)
+        .into_iter()
+        .map(|(type_, v)| {
+            let before = old.conditions.iter().find(|c| c.type_ == type_);
+            if type_ != READY && before.map(|c| c.reason.as_str()) != Some(v.reason.as_str()) {
+                events.push(StatusEvent {
+                    warning: v.status == "False",
+                    reason: v.reason.clone(),
+                    message: format!("{type_}: {}", v.message),
+                });
+            }
+            let transition = match before {
+                Some(c) if c.status == v.status => c.last_transition_time.clone(),
+                _ => now.clone(),
+            };
+            Condition {
+                type_: type_.to_owned(),
+                status: v.status.to_owned(),
+                reason: v.reason,
+                message: v.message,
+                last_transition_time: transition,
+                observed_generation: generation,
+            }
+        })
+        .collect();
+    if let Outcome::Pass(report) = outcome {
+        next.managed_kinds = report.managed_kinds.clone();
+        if report.succeeded() {
+            next.object_count = Some(report.objects as i64);
+        }
+    }
+    if next == old {
+        return None;
+    }
+    if matches!(outcome, Outcome::Pass(r) if r.succeeded()) {
+        next.last_poll_time = Some(now);
+    }
+    Some((next, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(s: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())
+    }
+
+    fn ok_report(objects: usize) -> PassReport {
+        PassReport {
+            database: Some(Ok(())),
+            sync: Some(Ok(())),
+            rows: objects,
+            objects,
+            managed_kinds: vec!["v1/ConfigMap".into()],
+            ..PassReport::default()
+        }
+    }
+
+    #[test]
+    fn a_steady_state_writes_nothing() {
+        let (first, events) = next_status(None, &Outcome::Pass(&ok_report(3)), Some(1), time(10)).unwrap();
+        assert_eq!(events.len(), 2, "DatabaseConnected and Synced appear");
+        assert_eq!(first.last_poll_time, Some(time(10)));
+        assert!(next_status(Some(&first), &Outcome::Pass(&ok_report(3)), Some(1), time(20)).is_none());
+        let (second, events) = next_status(Some(&first), &Outcome::Pass(&ok_report(4)), Some(1), time(30)).unwrap();
+        assert!(events.is_empty(), "same reasons, no events");
+        assert_eq!(second.object_count, Some(4));
+        let ready = second.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.last_transition_time, time(10), "status did not flip");
+    }
+
+    #[test]
+    fn failures_flip_conditions_and_keep_the_object_count() {
+        let (ok, _) = next_status(None, &Outcome::Pass(&ok_report(3)), Some(1), time(10)).unwrap();
+        let down = PassReport {
+            database: Some(Err(Problem::new("ConnectionFailed", "cannot connect"))),
+            ..PassReport::default()
+        };
+        let (failed, events) = next_status(Some(&ok), &Outcome::Pass(&down), Some(1), time(20)).unwrap();
+        let get = |t: &str| failed.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
+        assert_eq!((get(READY).status.as_str(), get(READY).reason.as_str()), ("False", "ConnectionFailed"));
+        assert_eq!(get(SYNCED).reason, "DatabaseUnavailable");
+        assert_eq!(failed.object_count, Some(3));
+        assert_eq!(failed.last_poll_time, Some(time(10)));
+        assert!(events.iter().all(|e| e.warning));
+    }
+}

@@ -1,0 +1,23 @@
+//! Operator-wide settings the reconcile code needs (the `run` flags, parsed).
+
+use std::{sync::Arc, time::Duration};
+
+use crate::render::ObjectPolicy;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: Arc<ObjectPolicy>,
+    pub allow_cross_namespace_secrets: bool,
+    /// Namespace to watch for DBQRs; `None` for all.
+    pub watch_namespace: Option<String>,
+    /// Label selector on DBQRs (sharding several operators).
+    pub label_selector: Option<String>,
+    /// Concurrent API calls of the writer.
+    pub concurrency: usize,
+    /// Timeout of each API call.
+    pub api_timeout: Duration,
+    /// Requests the writer queues before producers wait.
+    pub mailbox: usize,
+    /// Unchanged objects are re-sent after this long, repairing drift.
+    pub drift_repair_interval: Duration,
+}
