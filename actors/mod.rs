@@ -19,11 +19,27 @@ use crate::settings::Settings;
 /// Starts the writer and the supervisor on the current actix system and runs
 /// until SIGTERM or SIGINT; then stops the actors (closing their pools) and
 /// gives in-flight writes `drain` to finish.
-pub async fn run(client: kube::Client, settings: Settings, drain: std::time::Duration) -> std::io::Result<()> {
+pub async fn run(
+    client: kube::Client,
+    settings: Settings,
+    drain: std::time::Duration,
+) -> std::io::Result<()> {
     let settings = Arc::new(settings);
-    let writer = writer::KubeWriter::new(client.clone(), settings.concurrency, settings.api_timeout, settings.mailbox).start();
+    let writer = writer::KubeWriter::new(
+        client.clone(),
+        settings.concurrency,
+        settings.api_timeout,
+        settings.mailbox,
+    )
+    .start();
     let ready = Arc::new(AtomicBool::new(false));
-    let supervisor = supervisor::Supervisor::new(client, writer::WriterHandle(writer.clone()), settings, ready).start();
+    let supervisor = supervisor::Supervisor::new(
+        client,
+        writer::WriterHandle(writer.clone()),
+        settings,
+        ready,
+    )
+    .start();
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -42,7 +42,8 @@ fn pass_config(dbqr: &DatabaseQueryResource, settings: &Settings) -> Result<Pass
         let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(Problem::new(first.reason(), all.join("; ")));
     }
-    let template = RowTemplate::compile(&dbqr.spec.template).map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+    let template = RowTemplate::compile(&dbqr.spec.template)
+        .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
     Ok(PassConfig {
         owner: Owner {
             name: dbqr.name_any(),
@@ -62,7 +63,10 @@ impl QueryActor {
     pub fn new(dbqr: DatabaseQueryResource, settings: &Settings, writer: WriterHandle) -> Self {
         let config = pass_config(&dbqr, settings).map(Arc::new);
         let status = dbqr.status.clone();
-        let managed = status.as_ref().map(|s| s.managed_kinds.clone()).unwrap_or_default();
+        let managed = status
+            .as_ref()
+            .map(|s| s.managed_kinds.clone())
+            .unwrap_or_default();
         Self {
             dbqr,
             config,
@@ -86,10 +90,13 @@ impl QueryActor {
             let report = run_pass(&config, &mut state, &writer, &now).await;
             (report, state)
         };
-        ctx.spawn(work.into_actor(self).map(move |(report, state), actor, ctx| {
-            actor.state = Some(state);
-            actor.finish_pass(pass, report, ctx);
-        }));
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |(report, state), actor, ctx| {
+                    actor.state = Some(state);
+                    actor.finish_pass(pass, report, ctx);
+                }),
+        );
     }
 
     fn finish_pass(&mut self, pass: u64, report: PassReport, ctx: &mut Context<Self>) {
@@ -113,7 +120,12 @@ impl QueryActor {
     /// Writes the status if it changed, with Events for changed reasons.
     fn publish(&mut self, outcome: Outcome<'_>, ctx: &mut Context<Self>) {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let Some((status, events)) = next_status(self.status.as_ref(), &outcome, self.dbqr.metadata.generation, now) else {
+        let Some((status, events)) = next_status(
+            self.status.as_ref(),
+            &outcome,
+            self.dbqr.metadata.generation,
+            now,
+        ) else {
             return;
         };
         self.status = Some(status.clone());
@@ -125,11 +137,25 @@ impl QueryActor {
             async move {
                 let status = serde_json::to_value(&status).unwrap_or_default();
                 let resource = ApiResource::erase::<DatabaseQueryResource>(&());
-                if let Err(error) = writer.call(Op::PatchStatus { resource, namespace, name, status }).await {
+                if let Err(error) = writer
+                    .call(Op::PatchStatus {
+                        resource,
+                        namespace,
+                        name,
+                        status,
+                    })
+                    .await
+                {
                     tracing::warn!(%error, "cannot write DBQR status");
                 }
                 for event in events {
-                    if let Err(error) = writer.call(Op::Event { reference: reference.clone(), event }).await {
+                    if let Err(error) = writer
+                        .call(Op::Event {
+                            reference: reference.clone(),
+                            event,
+                        })
+                        .await
+                    {
                         tracing::warn!(%error, "cannot publish event");
                     }
                 }

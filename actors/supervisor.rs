@@ -46,7 +46,12 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(client: Client, writer: WriterHandle, settings: Arc<Settings>, ready: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        client: Client,
+        writer: WriterHandle,
+        settings: Arc<Settings>,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             client,
             writer,
@@ -86,7 +91,10 @@ impl Supervisor {
         }
         let uid = dbqr.uid().unwrap_or_default();
         if let Some(running) = self.actors.get(&key) {
-            if running.uid == uid && running.generation == dbqr.metadata.generation && running.actor.connected() {
+            if running.uid == uid
+                && running.generation == dbqr.metadata.generation
+                && running.actor.connected()
+            {
                 return;
             }
         }
@@ -94,10 +102,22 @@ impl Supervisor {
         tracing::info!(dbqr = %key.1, namespace = %key.0, generation = ?dbqr.metadata.generation, "starting query actor");
         let generation = dbqr.metadata.generation;
         let actor = QueryActor::new(dbqr, &self.settings, self.writer.clone()).start();
-        self.actors.insert(key, Running { uid, generation, actor });
+        self.actors.insert(
+            key,
+            Running {
+                uid,
+                generation,
+                actor,
+            },
+        );
     }
 
-    fn patch_metadata(&self, dbqr: &DatabaseQueryResource, metadata: serde_json::Value, ctx: &mut Context<Self>) {
+    fn patch_metadata(
+        &self,
+        dbqr: &DatabaseQueryResource,
+        metadata: serde_json::Value,
+        ctx: &mut Context<Self>,
+    ) {
         let writer = self.writer.clone();
         let (namespace, name) = Self::key(dbqr);
         let mut metadata = metadata;
@@ -107,7 +127,10 @@ impl Supervisor {
             async move {
                 let resource = ApiResource::erase::<DatabaseQueryResource>(&());
                 let patch = json!({ "metadata": metadata });
-                if let Err(error) = writer.merge_patch(resource, Some(namespace), name, patch).await {
+                if let Err(error) = writer
+                    .merge_patch(resource, Some(namespace), name, patch)
+                    .await
+                {
                     tracing::debug!(%error, "finalizer update deferred to the next event");
                 }
             }
@@ -126,7 +149,11 @@ impl Supervisor {
             uid: uid.clone(),
         };
         let policy = dbqr.spec.deletion_policy;
-        let managed = dbqr.status.as_ref().map(|s| s.managed_kinds.clone()).unwrap_or_default();
+        let managed = dbqr
+            .status
+            .as_ref()
+            .map(|s| s.managed_kinds.clone())
+            .unwrap_or_default();
         let allowed = self.settings.policy.allowed_kinds.clone();
         let writer = self.writer.clone();
         let work = async move { clean_up(&owner, policy, &managed, &allowed, &writer).await };
@@ -184,9 +211,15 @@ impl Actor for Supervisor {
 }
 
 impl StreamHandler<Result<watcher::Event<DatabaseQueryResource>, watcher::Error>> for Supervisor {
-    fn handle(&mut self, event: Result<watcher::Event<DatabaseQueryResource>, watcher::Error>, ctx: &mut Context<Self>) {
+    fn handle(
+        &mut self,
+        event: Result<watcher::Event<DatabaseQueryResource>, watcher::Error>,
+        ctx: &mut Context<Self>,
+    ) {
         match event {
-            Ok(watcher::Event::Apply(dbqr) | watcher::Event::InitApply(dbqr)) => self.on_change(dbqr, ctx),
+            Ok(watcher::Event::Apply(dbqr) | watcher::Event::InitApply(dbqr)) => {
+                self.on_change(dbqr, ctx)
+            }
             Ok(watcher::Event::Delete(dbqr)) => {
                 let key = Self::key(&dbqr);
                 self.stop(&key);

@@ -24,15 +24,49 @@ use crate::reconcile::writer::{Kinds, Writer};
 
 /// One request to the API server.
 pub enum Op {
-    Kinds { refresh: bool },
-    Get { resource: ApiResource, namespace: Option<String>, name: String },
-    Apply { resource: ApiResource, namespace: Option<String>, name: String, manifest: Json },
-    List { resource: ApiResource, selector: String },
-    Delete { resource: ApiResource, namespace: Option<String>, name: String },
-    MergePatch { resource: ApiResource, namespace: Option<String>, name: String, patch: Json },
-    PatchStatus { resource: ApiResource, namespace: String, name: String, status: Json },
-    ReadSecret { namespace: String, name: String },
-    Event { reference: ObjectReference, event: StatusEvent },
+    Kinds {
+        refresh: bool,
+    },
+    Get {
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+    },
+    Apply {
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+        manifest: Json,
+    },
+    List {
+        resource: ApiResource,
+        selector: String,
+    },
+    Delete {
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+    },
+    MergePatch {
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+        patch: Json,
+    },
+    PatchStatus {
+        resource: ApiResource,
+        namespace: String,
+        name: String,
+        status: Json,
+    },
+    ReadSecret {
+        namespace: String,
+        name: String,
+    },
+    Event {
+        reference: ObjectReference,
+        event: StatusEvent,
+    },
 }
 
 pub enum Reply {
@@ -97,7 +131,10 @@ impl Handler<Op> for KubeWriter {
         let cache = self.kinds.clone();
         let recorder = self.recorder.clone();
         Box::pin(async move {
-            let _permit = permits.acquire_owned().await.map_err(|_| KubeError::Closed)?;
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|_| KubeError::Closed)?;
             let work = async {
                 Ok(match op {
                     Op::Kinds { .. } => {
@@ -107,24 +144,58 @@ impl Handler<Op> for KubeWriter {
                         }
                         Reply::Kinds(kinds)
                     }
-                    Op::Get { resource, namespace, name } => {
-                        Reply::Object(kube_api::get(&client, &resource, namespace.as_deref(), &name).await?)
-                    }
-                    Op::Apply { resource, namespace, name, manifest } => {
-                        kube_api::apply(&client, &resource, namespace.as_deref(), &name, &manifest).await?;
+                    Op::Get {
+                        resource,
+                        namespace,
+                        name,
+                    } => Reply::Object(
+                        kube_api::get(&client, &resource, namespace.as_deref(), &name).await?,
+                    ),
+                    Op::Apply {
+                        resource,
+                        namespace,
+                        name,
+                        manifest,
+                    } => {
+                        kube_api::apply(&client, &resource, namespace.as_deref(), &name, &manifest)
+                            .await?;
                         Reply::Done
                     }
-                    Op::List { resource, selector } => Reply::Objects(kube_api::list(&client, &resource, &selector).await?),
-                    Op::Delete { resource, namespace, name } => {
+                    Op::List { resource, selector } => {
+                        Reply::Objects(kube_api::list(&client, &resource, &selector).await?)
+                    }
+                    Op::Delete {
+                        resource,
+                        namespace,
+                        name,
+                    } => {
                         kube_api::delete(&client, &resource, namespace.as_deref(), &name).await?;
                         Reply::Done
                     }
-                    Op::MergePatch { resource, namespace, name, patch } => {
-                        kube_api::merge_patch(&client, &resource, namespace.as_deref(), &name, &patch).await?;
+                    Op::MergePatch {
+                        resource,
+                        namespace,
+                        name,
+                        patch,
+                    } => {
+                        kube_api::merge_patch(
+                            &client,
+                            &resource,
+                            namespace.as_deref(),
+                            &name,
+                            &patch,
+                        )
+                        .await?;
                         Reply::Done
                     }
-                    Op::PatchStatus { resource, namespace, name, status } => {
-                        kube_api::patch_status(&client, &resource, &namespace, &name, &status).await?;
+                    Op::PatchStatus {
+                        resource,
+                        namespace,
+                        name,
+                        status,
+                    } => {
+                        kube_api::patch_status(&client, &resource, &namespace, &name, &status)
+                            .await?;
                         Reply::Done
                     }
                     Op::ReadSecret { namespace, name } => {
@@ -132,18 +203,27 @@ impl Handler<Op> for KubeWriter {
                     }
                     Op::Event { reference, event } => {
                         let event = Event {
-                            type_: if event.warning { EventType::Warning } else { EventType::Normal },
+                            type_: if event.warning {
+                                EventType::Warning
+                            } else {
+                                EventType::Normal
+                            },
                             reason: event.reason,
                             note: Some(event.message),
                             action: "Reconcile".into(),
                             secondary: None,
                         };
-                        recorder.publish(&event, &reference).await.map_err(KubeError::from)?;
+                        recorder
+                            .publish(&event, &reference)
+                            .await
+                            .map_err(KubeError::from)?;
                         Reply::Done
                     }
                 })
             };
-            tokio::time::timeout(timeout, work).await.map_err(|_| KubeError::Timeout)?
+            tokio::time::timeout(timeout, work)
+                .await
+                .map_err(|_| KubeError::Timeout)?
         })
     }
 }
@@ -174,33 +254,87 @@ impl Writer for WriterHandle {
         }
     }
 
-    async fn get(&self, resource: ApiResource, namespace: Option<String>, name: String) -> Result<Option<LiveObject>, KubeError> {
-        match self.call(Op::Get { resource, namespace, name }).await? {
+    async fn get(
+        &self,
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+    ) -> Result<Option<LiveObject>, KubeError> {
+        match self
+            .call(Op::Get {
+                resource,
+                namespace,
+                name,
+            })
+            .await?
+        {
             Reply::Object(o) => Ok(o),
             _ => Err(unexpected()),
         }
     }
 
-    async fn apply(&self, resource: ApiResource, namespace: Option<String>, name: String, manifest: Json) -> Result<(), KubeError> {
-        self.done(Op::Apply { resource, namespace, name, manifest }).await
+    async fn apply(
+        &self,
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+        manifest: Json,
+    ) -> Result<(), KubeError> {
+        self.done(Op::Apply {
+            resource,
+            namespace,
+            name,
+            manifest,
+        })
+        .await
     }
 
-    async fn list(&self, resource: ApiResource, selector: String) -> Result<Vec<LiveObject>, KubeError> {
+    async fn list(
+        &self,
+        resource: ApiResource,
+        selector: String,
+    ) -> Result<Vec<LiveObject>, KubeError> {
         match self.call(Op::List { resource, selector }).await? {
             Reply::Objects(o) => Ok(o),
             _ => Err(unexpected()),
         }
     }
 
-    async fn delete(&self, resource: ApiResource, namespace: Option<String>, name: String) -> Result<(), KubeError> {
-        self.done(Op::Delete { resource, namespace, name }).await
+    async fn delete(
+        &self,
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+    ) -> Result<(), KubeError> {
+        self.done(Op::Delete {
+            resource,
+            namespace,
+            name,
+        })
+        .await
     }
 
-    async fn merge_patch(&self, resource: ApiResource, namespace: Option<String>, name: String, patch: Json) -> Result<(), KubeError> {
-        self.done(Op::MergePatch { resource, namespace, name, patch }).await
+    async fn merge_patch(
+        &self,
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+        patch: Json,
+    ) -> Result<(), KubeError> {
+        self.done(Op::MergePatch {
+            resource,
+            namespace,
+            name,
+            patch,
+        })
+        .await
     }
 
-    async fn read_secret(&self, namespace: String, name: String) -> Result<Option<(String, BTreeMap<String, Vec<u8>>)>, KubeError> {
+    async fn read_secret(
+        &self,
+        namespace: String,
+        name: String,
+    ) -> Result<Option<(String, BTreeMap<String, Vec<u8>>)>, KubeError> {
         match self.call(Op::ReadSecret { namespace, name }).await? {
             Reply::Secret(s) => Ok(s),
             _ => Err(unexpected()),

@@ -5,7 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use kube::{
-    api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
+    api::{
+        Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+        PatchParams,
+    },
     discovery::{Discovery, Scope as DiscoveryScope},
     Client,
 };
@@ -22,7 +25,11 @@ pub enum KubeError {
     #[error("{kind} is not served by the API server")]
     UnknownKind { kind: String },
     #[error("API server refused ({code}): {message}")]
-    Api { code: u16, reason: String, message: String },
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+    },
     #[error("API request failed: {0}")]
     Transport(String),
     #[error("API request timed out")]
@@ -80,7 +87,10 @@ pub async fn discover(client: &Client) -> Result<HashMap<GroupKind, KindInfo>, K
                 DiscoveryScope::Cluster => Scope::Cluster,
                 DiscoveryScope::Namespaced => Scope::Namespaced,
             };
-            kinds.insert(GroupKind::new(resource.group.clone(), resource.kind.clone()), KindInfo { scope, resource });
+            kinds.insert(
+                GroupKind::new(resource.group.clone(), resource.kind.clone()),
+                KindInfo { scope, resource },
+            );
         }
     }
     Ok(kinds)
@@ -124,8 +134,14 @@ impl From<DynamicObject> for LiveObject {
             namespace: o.metadata.namespace.clone(),
             name: o.metadata.name.clone().unwrap_or_default(),
             labels: o.metadata.labels.clone().unwrap_or_default(),
-            controller_uid: refs.iter().find(|r| r.controller == Some(true)).map(|r| r.uid.clone()),
-            owner_references: refs.iter().filter_map(|r| serde_json::to_value(r).ok()).collect(),
+            controller_uid: refs
+                .iter()
+                .find(|r| r.controller == Some(true))
+                .map(|r| r.uid.clone()),
+            owner_references: refs
+                .iter()
+                .filter_map(|r| serde_json::to_value(r).ok())
+                .collect(),
             deleting: o.metadata.deletion_timestamp.is_some(),
         }
     }
@@ -137,7 +153,10 @@ pub async fn get(
     namespace: Option<&str>,
     name: &str,
 ) -> Result<Option<LiveObject>, KubeError> {
-    Ok(api(client, resource, namespace).get_opt(name).await?.map(LiveObject::from))
+    Ok(api(client, resource, namespace)
+        .get_opt(name)
+        .await?
+        .map(LiveObject::from))
 }
 
 /// Server-side apply, forcing conflicts: the database is the source of truth.
@@ -149,13 +168,21 @@ pub async fn apply(
     manifest: &Json,
 ) -> Result<(), KubeError> {
     api(client, resource, namespace)
-        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(manifest))
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(manifest),
+        )
         .await?;
     Ok(())
 }
 
 /// Objects of a kind, in every namespace, matching `selector`.
-pub async fn list(client: &Client, resource: &ApiResource, selector: &str) -> Result<Vec<LiveObject>, KubeError> {
+pub async fn list(
+    client: &Client,
+    resource: &ApiResource,
+    selector: &str,
+) -> Result<Vec<LiveObject>, KubeError> {
     let list = api(client, resource, None)
         .list_metadata(&ListParams::default().labels(selector))
         .await?;
@@ -180,7 +207,10 @@ pub async fn delete(
     namespace: Option<&str>,
     name: &str,
 ) -> Result<(), KubeError> {
-    match api(client, resource, namespace).delete(name, &DeleteParams::background()).await {
+    match api(client, resource, namespace)
+        .delete(name, &DeleteParams::background())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) => {
             let e = KubeError::from(e);
@@ -216,7 +246,11 @@ pub async fn patch_status(
     status: &Json,
 ) -> Result<(), KubeError> {
     Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource)
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "status": status })))
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({ "status": status })),
+        )
         .await?;
     Ok(())
 }
@@ -227,10 +261,16 @@ pub async fn read_secret(
     namespace: &str,
     name: &str,
 ) -> Result<Option<(String, BTreeMap<String, Vec<u8>>)>, KubeError> {
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), namespace);
     Ok(secrets.get_opt(name).await?.map(|s| {
         let version = s.metadata.resource_version.unwrap_or_default();
-        let data = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+        let data = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
         (version, data)
     }))
 }

@@ -33,7 +33,11 @@ pub enum Command {
 
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    let tokio = || tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let tokio = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
         Command::Crd => {
             print!("{}", crd_yaml());

@@ -66,7 +66,9 @@ pub fn run(args: RunArgs) -> i32 {
     };
     let system = actix::System::new();
     let outcome = system.block_on(async move {
-        let client = kube::Client::try_default().await.map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
         crate::actors::run(client, settings, Duration::from_secs(10))
             .await
             .map_err(|e| format!("cannot install signal handlers: {e}"))

@@ -18,7 +18,11 @@ pub enum PoolError {
 /// Builds a pool of at most `max_size` connections. Connections are made
 /// lazily; each is reset on return (`RESET ALL` and friends), so session
 /// settings a query's setup statements make never leak into the next pass.
-pub fn build_pool(info: &ConnInfo, max_size: usize, connect_timeout: Duration) -> Result<Pool, PoolError> {
+pub fn build_pool(
+    info: &ConnInfo,
+    max_size: usize,
+    connect_timeout: Duration,
+) -> Result<Pool, PoolError> {
     let mut config = wire_config(info);
     config.connect_timeout(connect_timeout);
     let manager = Manager::from_config(

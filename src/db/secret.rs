@@ -54,21 +54,28 @@ pub fn conninfo_from_secret(
     };
 
     let mut info = if let Some(uri_key) = &reference.uri_key {
-        required(uri_key)?.parse::<ConnInfo>().map_err(|e| SecretError::Invalid {
-            secret: secret.to_owned(),
-            problem: format!("key {uri_key:?}: {e}"),
-        })?
+        required(uri_key)?
+            .parse::<ConnInfo>()
+            .map_err(|e| SecretError::Invalid {
+                secret: secret.to_owned(),
+                problem: format!("key {uri_key:?}: {e}"),
+            })?
     } else {
-        let key = |custom: &Option<String>, default: &'static str| custom.clone().unwrap_or_else(|| default.to_owned());
+        let key = |custom: &Option<String>, default: &'static str| {
+            custom.clone().unwrap_or_else(|| default.to_owned())
+        };
         let host_key = key(&reference.host_key, "host");
         let port_key = key(&reference.port_key, "port");
         let mut config = tokio_postgres::Config::new();
         config.host(&required(&host_key)?);
         if let Some(port) = text(&port_key)? {
-            let port = port.trim().parse::<u16>().map_err(|_| SecretError::BadPort {
-                secret: secret.to_owned(),
-                key: port_key.clone(),
-            })?;
+            let port = port
+                .trim()
+                .parse::<u16>()
+                .map_err(|_| SecretError::BadPort {
+                    secret: secret.to_owned(),
+                    key: port_key.clone(),
+                })?;
             config.port(port);
         }
         config.user(&required(&key(&reference.user_key, "username"))?);
@@ -78,10 +85,13 @@ pub fn conninfo_from_secret(
         config.dbname(&required(&key(&reference.db_name_key, "dbname"))?);
         let ssl_mode_key = key(&reference.ssl_mode_key, "sslmode");
         let ssl_mode = match text(&ssl_mode_key)? {
-            Some(mode) => mode.trim().parse::<SslMode>().map_err(|e| SecretError::Invalid {
-                secret: secret.to_owned(),
-                problem: format!("key {ssl_mode_key:?}: {e}"),
-            })?,
+            Some(mode) => mode
+                .trim()
+                .parse::<SslMode>()
+                .map_err(|e| SecretError::Invalid {
+                    secret: secret.to_owned(),
+                    problem: format!("key {ssl_mode_key:?}: {e}"),
+                })?,
             None => SslMode::Prefer,
         };
         ConnInfo {
@@ -108,23 +118,41 @@ mod tests {
     }
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
     }
 
     #[test]
     fn individual_keys_with_defaults_and_overrides() {
-        let d = data(&[("host", "db.local\n"), ("port", "6432"), ("username", "app"), ("password", "p@ss/w:rd'\""), ("dbname", "main")]);
+        let d = data(&[
+            ("host", "db.local\n"),
+            ("port", "6432"),
+            ("username", "app"),
+            ("password", "p@ss/w:rd'\""),
+            ("dbname", "main"),
+        ]);
         let info = conninfo_from_secret("ns/db", &d, &reference()).unwrap();
         assert_eq!(info.config.get_ports(), &[6432]);
         assert_eq!(info.config.get_password(), Some(&b"p@ss/w:rd'\""[..]));
         assert_eq!(info.ssl_mode, SslMode::Prefer);
-        assert_eq!(info.config.get_application_name(), Some("db-query-operator"));
+        assert_eq!(
+            info.config.get_application_name(),
+            Some("db-query-operator")
+        );
 
         let mut r = reference();
         r.user_key = Some("user".into());
         r.ssl_mode_key = Some("mode".into());
         r.ca_cert_key = Some("ca.crt".into());
-        let d = data(&[("host", "h"), ("user", "u"), ("dbname", "d"), ("mode", "verify-full"), ("ca.crt", "PEM")]);
+        let d = data(&[
+            ("host", "h"),
+            ("user", "u"),
+            ("dbname", "d"),
+            ("mode", "verify-full"),
+            ("ca.crt", "PEM"),
+        ]);
         let info = conninfo_from_secret("ns/db", &d, &r).unwrap();
         assert_eq!(info.config.get_user(), Some("u"));
         assert_eq!(info.ssl_mode, SslMode::VerifyFull);
@@ -144,9 +172,19 @@ mod tests {
 
     #[test]
     fn problems_name_the_key_not_the_value() {
-        let err = conninfo_from_secret("ns/db", &data(&[("host", "h"), ("username", "u")]), &reference()).unwrap_err();
+        let err = conninfo_from_secret(
+            "ns/db",
+            &data(&[("host", "h"), ("username", "u")]),
+            &reference(),
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "secret ns/db has no key \"dbname\"");
-        let d = data(&[("host", "h"), ("username", "u"), ("dbname", "d"), ("port", "secret-ish")]);
+        let d = data(&[
+            ("host", "h"),
+            ("username", "u"),
+            ("dbname", "d"),
+            ("port", "secret-ish"),
+        ]);
         let err = conninfo_from_secret("ns/db", &d, &reference()).unwrap_err();
         assert!(!err.to_string().contains("secret-ish"), "{err}");
     }

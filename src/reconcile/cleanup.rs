@@ -49,7 +49,12 @@ pub async fn clean_up<W: Writer>(
         }
     }
     // Allowed kinds that are not served (no CRD installed) hold no objects.
-    resources.extend(group_kinds.iter().filter_map(|gk| kinds.get(gk)).map(|info| info.resource.clone()));
+    resources.extend(
+        group_kinds
+            .iter()
+            .filter_map(|gk| kinds.get(gk))
+            .map(|info| info.resource.clone()),
+    );
 
     let mut remaining = 0;
     for resource in resources {
@@ -59,28 +64,44 @@ pub async fn clean_up<W: Writer>(
             .map_err(|e| Problem::new(e.reason(), format!("cannot list {}: {e}", resource.kind)))?;
         for object in live.into_iter().filter(|o| owner.owns(&o.labels)) {
             let failed = |e: crate::kube_api::KubeError| {
-                Problem::new(e.reason(), format!("cannot clean up {} {}: {e}", resource.kind, object.name))
+                Problem::new(
+                    e.reason(),
+                    format!("cannot clean up {} {}: {e}", resource.kind, object.name),
+                )
             };
             match policy {
                 DeletionPolicy::Delete => {
                     remaining += 1;
                     if !object.deleting {
                         writer
-                            .delete(resource.clone(), object.namespace.clone(), object.name.clone())
+                            .delete(
+                                resource.clone(),
+                                object.namespace.clone(),
+                                object.name.clone(),
+                            )
                             .await
                             .map_err(failed)?;
                     }
                 }
                 DeletionPolicy::Orphan => {
                     writer
-                        .merge_patch(resource.clone(), object.namespace.clone(), object.name.clone(), detach_patch(owner, &object.owner_references))
+                        .merge_patch(
+                            resource.clone(),
+                            object.namespace.clone(),
+                            object.name.clone(),
+                            detach_patch(owner, &object.owner_references),
+                        )
                         .await
                         .map_err(failed)?;
                 }
             }
         }
     }
-    Ok(if remaining == 0 { Cleanup::Done } else { Cleanup::Waiting { remaining } })
+    Ok(if remaining == 0 {
+        Cleanup::Done
+    } else {
+        Cleanup::Waiting { remaining }
+    })
 }
 
 /// Removes the owner labels and this DBQR's owner reference, so the garbage

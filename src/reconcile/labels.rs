@@ -81,7 +81,10 @@ impl Owner {
                 "controller": true,
                 "blockOwnerDeletion": true,
             });
-            let mut refs = metadata["ownerReferences"].as_array().cloned().unwrap_or_default();
+            let mut refs = metadata["ownerReferences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             refs.retain(|r| r["uid"] != self.uid.as_str());
             refs.push(reference);
             metadata["ownerReferences"] = Json::Array(refs);
@@ -104,7 +107,11 @@ mod tests {
 
     #[test]
     fn decorate_adds_labels_and_owner_reference_only_in_own_namespace() {
-        let owner = Owner { name: "users".into(), namespace: "apps".into(), uid: "u1".into() };
+        let owner = Owner {
+            name: "users".into(),
+            namespace: "apps".into(),
+            uid: "u1".into(),
+        };
         let mut same = json!({"metadata": {"name": "x", "labels": {"keep": "me"}}});
         owner.decorate(&mut same, Some("apps"));
         assert_eq!(same["metadata"]["labels"]["keep"], "me");

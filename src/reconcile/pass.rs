@@ -20,8 +20,8 @@ use crate::api::DatabaseQueryResourceSpec;
 use crate::db::{self, ConnectError, QueryOptions};
 use crate::kube_api::{resource_for, KindInfo, KubeError};
 use crate::render::{
-    render_rows, GroupKind, Metadata, ObjectKey, ObjectPolicy, RenderOutcome, RenderedObject, RowTemplate, Scope,
-    ScopeLookup,
+    render_rows, GroupKind, Metadata, ObjectKey, ObjectPolicy, RenderOutcome, RenderedObject,
+    RowTemplate, Scope, ScopeLookup,
 };
 
 /// Everything fixed for the life of one spec.
@@ -121,7 +121,10 @@ pub fn parse_managed_kind(s: &str) -> Option<GroupVersionKind> {
     Some(GroupVersionKind::gvk(group, version, kind))
 }
 
-fn resource(kinds: &HashMap<GroupKind, KindInfo>, gvk: &GroupVersionKind) -> Result<ApiResource, KubeError> {
+fn resource(
+    kinds: &HashMap<GroupKind, KindInfo>,
+    gvk: &GroupVersionKind,
+) -> Result<ApiResource, KubeError> {
     kinds
         .get(&GroupKind::new(gvk.group.clone(), gvk.kind.clone()))
         .map(|info| resource_for(gvk, info))
@@ -130,9 +133,16 @@ fn resource(kinds: &HashMap<GroupKind, KindInfo>, gvk: &GroupVersionKind) -> Res
         })
 }
 
-async fn pool<W: Writer>(config: &PassConfig, state: &mut PassState, writer: &W) -> Result<Pool, Problem> {
+async fn pool<W: Writer>(
+    config: &PassConfig,
+    state: &mut PassState,
+    writer: &W,
+) -> Result<Pool, Problem> {
     let reference = &config.spec.database.connection_secret_ref;
-    let namespace = reference.namespace.clone().unwrap_or_else(|| config.owner.namespace.clone());
+    let namespace = reference
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.owner.namespace.clone());
     if namespace != config.owner.namespace && !config.allow_cross_namespace_secrets {
         return Err(Problem::new(
             "SecretNotAllowed",
@@ -150,10 +160,15 @@ async fn pool<W: Writer>(config: &PassConfig, state: &mut PassState, writer: &W)
             return Ok(pool.clone());
         }
     }
-    let info = db::conninfo_from_secret(&label, &data, reference).map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+    let info = db::conninfo_from_secret(&label, &data, reference)
+        .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
     let pool_spec = &config.spec.database.pool;
-    let pool = db::build_pool(&info, pool_spec.max_connections as usize, pool_spec.connect_timeout.get())
-        .map_err(|e| Problem::new("TlsConfigError", e.to_string()))?;
+    let pool = db::build_pool(
+        &info,
+        pool_spec.max_connections as usize,
+        pool_spec.connect_timeout.get(),
+    )
+    .map_err(|e| Problem::new("TlsConfigError", e.to_string()))?;
     if let Some((_, old)) = state.pool.replace((version, pool.clone())) {
         old.close();
     }
@@ -173,7 +188,12 @@ fn pool_problem(e: deadpool_postgres::PoolError) -> Problem {
 }
 
 /// Runs one full pass. `now` is what templates see as `now`.
-pub async fn run_pass<W: Writer>(config: &PassConfig, state: &mut PassState, writer: &W, now: &str) -> PassReport {
+pub async fn run_pass<W: Writer>(
+    config: &PassConfig,
+    state: &mut PassState,
+    writer: &W,
+    now: &str,
+) -> PassReport {
     let mut report = PassReport {
         managed_kinds: state.managed_kinds.iter().cloned().collect(),
         ..PassReport::default()
@@ -212,12 +232,19 @@ pub async fn run_pass<W: Writer>(config: &PassConfig, state: &mut PassState, wri
     let mut kinds = match writer.kinds(false).await {
         Ok(kinds) => kinds,
         Err(e) => {
-            report.sync = Some(Err(Problem::new(e.reason(), format!("discovery failed: {e}"))));
+            report.sync = Some(Err(Problem::new(
+                e.reason(),
+                format!("discovery failed: {e}"),
+            )));
             return report;
         }
     };
     let mut outcome = render(config, &rows, &kinds, now);
-    if outcome.failures.iter().any(|f| f.error.reason() == "UnknownKind") {
+    if outcome
+        .failures
+        .iter()
+        .any(|f| f.error.reason() == "UnknownKind")
+    {
         // A CRD may have been installed since the last discovery.
         if let Ok(fresh) = writer.kinds(true).await {
             kinds = fresh;
@@ -230,7 +257,10 @@ pub async fn run_pass<W: Writer>(config: &PassConfig, state: &mut PassState, wri
         .iter()
         .map(|f| format!("row {}: {}", f.row.index, f.error))
         .collect();
-    let mut first_reason = outcome.failures.first().map(|f| f.error.reason().to_owned());
+    let mut first_reason = outcome
+        .failures
+        .first()
+        .map(|f| f.error.reason().to_owned());
     let produced: HashSet<ObjectKey> = outcome.objects.iter().map(RenderedObject::key).collect();
     report.objects = produced.len();
 
@@ -254,7 +284,10 @@ pub async fn run_pass<W: Writer>(config: &PassConfig, state: &mut PassState, wri
         if count > 1 {
             message.push_str(&format!("; {}", failures[1]));
         }
-        report.sync = Some(Err(Problem::new(first_reason.as_deref().unwrap_or("SyncFailed"), truncate(message))));
+        report.sync = Some(Err(Problem::new(
+            first_reason.as_deref().unwrap_or("SyncFailed"),
+            truncate(message),
+        )));
         return report;
     }
 
@@ -278,7 +311,14 @@ pub async fn run_pass<W: Writer>(config: &PassConfig, state: &mut PassState, wri
     report.managed_kinds = state.managed_kinds.iter().cloned().collect();
     report.sync = Some(match prune_failures.first() {
         None => Ok(()),
-        Some(p) => Err(Problem::new("PruneFailed", truncate(format!("{} kind(s) not pruned; {}", prune_failures.len(), p.message)))),
+        Some(p) => Err(Problem::new(
+            "PruneFailed",
+            truncate(format!(
+                "{} kind(s) not pruned; {}",
+                prune_failures.len(),
+                p.message
+            )),
+        )),
     });
     report
 }
@@ -296,8 +336,20 @@ fn truncate(mut message: String) -> String {
     message
 }
 
-fn render(config: &PassConfig, rows: &[serde_json::Map<String, Json>], kinds: &HashMap<GroupKind, KindInfo>, now: &str) -> RenderOutcome {
-    render_rows(&config.template, rows, &config.metadata, now, &config.policy, &DiscoveredScopes(kinds))
+fn render(
+    config: &PassConfig,
+    rows: &[serde_json::Map<String, Json>],
+    kinds: &HashMap<GroupKind, KindInfo>,
+    now: &str,
+) -> RenderOutcome {
+    render_rows(
+        &config.template,
+        rows,
+        &config.metadata,
+        now,
+        &config.policy,
+        &DiscoveredScopes(kinds),
+    )
 }
 
 struct ApplyOutcome {
@@ -322,7 +374,9 @@ async fn apply_all<W: Writer>(
     };
     let mut pending = Vec::new();
     for mut object in objects {
-        config.owner.decorate(&mut object.manifest, object.namespace.as_deref());
+        config
+            .owner
+            .decorate(&mut object.manifest, object.namespace.as_deref());
         let hash = manifest_hash(&object.manifest);
         let key = object.key();
         outcome.kinds.insert(api_version_kind(&object));
@@ -333,17 +387,23 @@ async fn apply_all<W: Writer>(
             }
         }
         let gvk = match object.api_version.rsplit_once('/') {
-            Some((group, version)) => GroupVersionKind::gvk(group, version, &object.group_kind.kind),
+            Some((group, version)) => {
+                GroupVersionKind::gvk(group, version, &object.group_kind.kind)
+            }
             None => GroupVersionKind::gvk("", &object.api_version, &object.group_kind.kind),
         };
         let known = state.last_applied.contains_key(&key);
         pending.push((object, key, hash, gvk, known));
     }
 
-    let results = join_all(pending.into_iter().map(|(object, key, hash, gvk, known)| async move {
-        let result = apply_one(config, writer, kinds, &object, &gvk, known).await;
-        (object.row, key, hash, result)
-    }))
+    let results = join_all(
+        pending
+            .into_iter()
+            .map(|(object, key, hash, gvk, known)| async move {
+                let result = apply_one(config, writer, kinds, &object, &gvk, known).await;
+                (object.row, key, hash, result)
+            }),
+    )
     .await;
     for (row, key, hash, result) in results {
         match result {
@@ -374,11 +434,18 @@ async fn apply_one<W: Writer>(
     if !known {
         // First time this process writes the object: never take over another owner's.
         let live = writer
-            .get(resource.clone(), object.namespace.clone(), object.name.clone())
+            .get(
+                resource.clone(),
+                object.namespace.clone(),
+                object.name.clone(),
+            )
             .await
             .map_err(|e| Problem::new(e.reason(), format!("cannot read {what}: {e}")))?;
         if let Some(live) = live {
-            let foreign_controller = live.controller_uid.as_ref().is_some_and(|uid| *uid != config.owner.uid);
+            let foreign_controller = live
+                .controller_uid
+                .as_ref()
+                .is_some_and(|uid| *uid != config.owner.uid);
             if config.owner.is_foreign(&live.labels) || foreign_controller {
                 return Err(Problem::new(
                     "ObjectOwnedElsewhere",
@@ -388,7 +455,12 @@ async fn apply_one<W: Writer>(
         }
     }
     writer
-        .apply(resource, object.namespace.clone(), object.name.clone(), object.manifest.clone())
+        .apply(
+            resource,
+            object.namespace.clone(),
+            object.name.clone(),
+            object.manifest.clone(),
+        )
         .await
         .map_err(|e| Problem::new(e.reason(), format!("cannot apply {what}: {e}")))
 }
@@ -400,7 +472,8 @@ async fn prune_kind<W: Writer>(
     kind: &str,
     produced: &HashSet<ObjectKey>,
 ) -> Result<usize, Problem> {
-    let gvk = parse_managed_kind(kind).ok_or_else(|| Problem::new("PruneFailed", format!("bad managed kind {kind:?}")))?;
+    let gvk = parse_managed_kind(kind)
+        .ok_or_else(|| Problem::new("PruneFailed", format!("bad managed kind {kind:?}")))?;
     let resource = resource(kinds, &gvk).map_err(|e| Problem::new(e.reason(), e.to_string()))?;
     let live = writer
         .list(resource.clone(), config.owner.selector())
@@ -418,9 +491,18 @@ async fn prune_kind<W: Writer>(
             continue;
         }
         writer
-            .delete(resource.clone(), object.namespace.clone(), object.name.clone())
+            .delete(
+                resource.clone(),
+                object.namespace.clone(),
+                object.name.clone(),
+            )
             .await
-            .map_err(|e| Problem::new(e.reason(), format!("cannot delete {} {}: {e}", group_kind, object.name)))?;
+            .map_err(|e| {
+                Problem::new(
+                    e.reason(),
+                    format!("cannot delete {} {}: {e}", group_kind, object.name),
+                )
+            })?;
         pruned += 1;
     }
     Ok(pruned)

@@ -91,7 +91,10 @@ fn verdicts(outcome: &Outcome<'_>) -> [(&'static str, Verdict); 3] {
     let ready = if database.status == "True" && synced.status == "True" {
         Verdict::ok("Ready", synced.message.clone())
     } else if synced.status != "True" && database.status == "True" {
-        Verdict { status: "False", ..synced.clone() }
+        Verdict {
+            status: "False",
+            ..synced.clone()
+        }
     } else {
         Verdict {
             status: "False",
@@ -99,7 +102,11 @@ fn verdicts(outcome: &Outcome<'_>) -> [(&'static str, Verdict); 3] {
             message: database.message.clone(),
         }
     };
-    [(READY, ready), (DATABASE_CONNECTED, database), (SYNCED, synced)]
+    [
+        (READY, ready),
+        (DATABASE_CONNECTED, database),
+        (SYNCED, synced),
+    ]
 }
 
 /// The next status and the Events it warrants, or `None` when nothing changed.
@@ -174,11 +181,24 @@ mod tests {
 
     #[test]
     fn a_steady_state_writes_nothing() {
-        let (first, events) = next_status(None, &Outcome::Pass(&ok_report(3)), Some(1), time(10)).unwrap();
+        let (first, events) =
+            next_status(None, &Outcome::Pass(&ok_report(3)), Some(1), time(10)).unwrap();
         assert_eq!(events.len(), 2, "DatabaseConnected and Synced appear");
         assert_eq!(first.last_poll_time, Some(time(10)));
-        assert!(next_status(Some(&first), &Outcome::Pass(&ok_report(3)), Some(1), time(20)).is_none());
-        let (second, events) = next_status(Some(&first), &Outcome::Pass(&ok_report(4)), Some(1), time(30)).unwrap();
+        assert!(next_status(
+            Some(&first),
+            &Outcome::Pass(&ok_report(3)),
+            Some(1),
+            time(20)
+        )
+        .is_none());
+        let (second, events) = next_status(
+            Some(&first),
+            &Outcome::Pass(&ok_report(4)),
+            Some(1),
+            time(30),
+        )
+        .unwrap();
         assert!(events.is_empty(), "same reasons, no events");
         assert_eq!(second.object_count, Some(4));
         let ready = second.conditions.iter().find(|c| c.type_ == READY).unwrap();
@@ -192,9 +212,20 @@ mod tests {
             database: Some(Err(Problem::new("ConnectionFailed", "cannot connect"))),
             ..PassReport::default()
         };
-        let (failed, events) = next_status(Some(&ok), &Outcome::Pass(&down), Some(1), time(20)).unwrap();
-        let get = |t: &str| failed.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
-        assert_eq!((get(READY).status.as_str(), get(READY).reason.as_str()), ("False", "ConnectionFailed"));
+        let (failed, events) =
+            next_status(Some(&ok), &Outcome::Pass(&down), Some(1), time(20)).unwrap();
+        let get = |t: &str| {
+            failed
+                .conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            (get(READY).status.as_str(), get(READY).reason.as_str()),
+            ("False", "ConnectionFailed")
+        );
         assert_eq!(get(SYNCED).reason, "DatabaseUnavailable");
         assert_eq!(failed.object_count, Some(3));
         assert_eq!(failed.last_poll_time, Some(time(10)));

@@ -2,7 +2,10 @@
 //! implements it; the pass only sees this trait.
 #![allow(async_fn_in_trait)] // implemented and awaited on the actor runtime only, never boxed or sent
 
-use std::{collections::{BTreeMap, HashMap}, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use kube::api::ApiResource;
 use serde_json::Value as Json;
@@ -15,10 +18,40 @@ pub type Kinds = Arc<HashMap<GroupKind, KindInfo>>;
 pub trait Writer {
     /// Discovery: every served kind. `refresh` asks for a new discovery run.
     async fn kinds(&self, refresh: bool) -> Result<Kinds, KubeError>;
-    async fn get(&self, resource: ApiResource, namespace: Option<String>, name: String) -> Result<Option<LiveObject>, KubeError>;
-    async fn apply(&self, resource: ApiResource, namespace: Option<String>, name: String, manifest: Json) -> Result<(), KubeError>;
-    async fn list(&self, resource: ApiResource, selector: String) -> Result<Vec<LiveObject>, KubeError>;
-    async fn delete(&self, resource: ApiResource, namespace: Option<String>, name: String) -> Result<(), KubeError>;
-    async fn merge_patch(&self, resource: ApiResource, namespace: Option<String>, name: String, patch: Json) -> Result<(), KubeError>;
-    async fn read_secret(&self, namespace: String, name: String) -> Result<Option<(String, BTreeMap<String, Vec<u8>>)>, KubeError>;
+    async fn get(
+        &self,
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+    ) -> Result<Option<LiveObject>, KubeError>;
+    async fn apply(
+        &self,
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+        manifest: Json,
+    ) -> Result<(), KubeError>;
+    async fn list(
+        &self,
+        resource: ApiResource,
+        selector: String,
+    ) -> Result<Vec<LiveObject>, KubeError>;
+    async fn delete(
+        &self,
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+    ) -> Result<(), KubeError>;
+    async fn merge_patch(
+        &self,
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+        patch: Json,
+    ) -> Result<(), KubeError>;
+    async fn read_secret(
+        &self,
+        namespace: String,
+        name: String,
+    ) -> Result<Option<(String, BTreeMap<String, Vec<u8>>)>, KubeError>;
 }

@@ -56,6 +56,18 @@ impl Supervised {
         args: &[String],
         log: PathBuf,
     ) -> Result<Self, Error> {
+        Self::start_with_env(name, prefix, program, args, &[], log)
+    }
+
+    /// Like [`Supervised::start`], with extra environment variables.
+    pub fn start_with_env(
+        name: &'static str,
+        prefix: &[String],
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Result<Self, Error> {
         let out =
             File::create(&log).map_err(|e| Error::io(format!("create {}", log.display()), e))?;
         let err = out
@@ -67,6 +79,7 @@ impl Supervised {
             .args(["--pdeathsig", "KILL", "--"])
             .arg(program)
             .args(args)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

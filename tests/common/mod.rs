@@ -18,6 +18,8 @@ use tokio_postgres::NoTls;
 
 pub use dbqo_testenv::shared;
 
+pub mod operator;
+
 /// A name unique within this test run: `<prefix>-<pid>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

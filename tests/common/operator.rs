@@ -1,0 +1,243 @@
+//! Running the real operator binary against the shared environment, and the
+//! objects tests create for it.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use dbqo::api::DatabaseQueryResource;
+use dbqo_testenv::process::Supervised;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{
+    api::{Api, ListParams, Patch, PatchParams, PostParams},
+    Client,
+};
+use serde_json::{json, Value};
+
+use super::{eventually, shared, unique};
+
+/// The label tests put on their DBQRs; each operator only sees its test's.
+pub const TEST_LABEL: &str = "dbqo.dev/test";
+
+/// A running `db-query-operator run`, stopped when dropped.
+pub struct Operator {
+    pub id: String,
+    process: Supervised,
+}
+
+impl Operator {
+    /// Starts the operator for DBQRs labelled with a fresh test id.
+    pub fn start(extra_args: &[&str]) -> Self {
+        let id = unique("op");
+        Self::start_with_id(&id, extra_args)
+    }
+
+    pub fn start_with_id(id: &str, extra_args: &[&str]) -> Self {
+        let env = shared();
+        let log = std::env::temp_dir().join(format!("{id}.operator.log"));
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--label-selector".into(),
+            format!("{TEST_LABEL}={id}"),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let kubeconfig = env.control_plane.kubeconfig.to_string_lossy().into_owned();
+        let process = Supervised::start_with_env(
+            "db-query-operator",
+            &[],
+            &PathBuf::from(env!("CARGO_BIN_EXE_db-query-operator")),
+            &args,
+            &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "info,dbqo=debug")],
+            log,
+        )
+        .expect("start the operator");
+        Self {
+            id: id.to_owned(),
+            process,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.ensure_running().is_ok()
+    }
+}
+
+/// A DBQR manifest for tests.
+pub struct DbqrBuilder {
+    value: Value,
+}
+
+impl DbqrBuilder {
+    pub fn new(name: &str, operator: &Operator) -> Self {
+        Self {
+            value: json!({
+                "apiVersion": "dbqo.dev/v1alpha1",
+                "kind": "DatabaseQueryResource",
+                "metadata": { "name": name, "labels": { TEST_LABEL: operator.id } },
+                "spec": {
+                    "pollInterval": "1s",
+                    "database": { "connectionSecretRef": { "name": "db" } },
+                    "query": "SELECT 1 AS id",
+                    "template": "",
+                }
+            }),
+        }
+    }
+
+    pub fn query(mut self, sql: &str) -> Self {
+        self.value["spec"]["query"] = json!(sql);
+        self
+    }
+
+    pub fn template(mut self, template: &str) -> Self {
+        self.value["spec"]["template"] = json!(template);
+        self
+    }
+
+    pub fn secret(mut self, name: &str) -> Self {
+        self.value["spec"]["database"]["connectionSecretRef"]["name"] = json!(name);
+        self
+    }
+
+    /// Sets any spec field by JSON pointer below `spec`, e.g. `/deletionPolicy`.
+    pub fn set(mut self, pointer: &str, value: Value) -> Self {
+        let mut target = &mut self.value["spec"];
+        let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            target = &mut target[*part];
+        }
+        target[parts[parts.len() - 1]] = value;
+        self
+    }
+
+    pub async fn create(self, client: &Client, namespace: &str) -> DatabaseQueryResource {
+        let dbqr: DatabaseQueryResource = serde_json::from_value(self.value).expect("a valid DBQR");
+        Api::<DatabaseQueryResource>::namespaced(client.clone(), namespace)
+            .create(&PostParams::default(), &dbqr)
+            .await
+            .expect("create the DBQR")
+    }
+}
+
+/// A connection Secret with individual keys for a database URL of the test PostgreSQL.
+pub async fn create_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    data: BTreeMap<&str, String>,
+) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "stringData": data,
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::apply("dbqo-tests").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .expect("apply the secret");
+}
+
+/// Secret keys pointing at `database` on the shared PostgreSQL.
+pub fn secret_keys(database_url: &str) -> BTreeMap<&'static str, String> {
+    let env = shared();
+    let dbname = database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    BTreeMap::from([
+        ("host", env.postgres.host.clone()),
+        ("port", env.postgres.port.to_string()),
+        ("username", env.postgres.user.clone()),
+        ("password", env.postgres.password.clone()),
+        ("dbname", dbname),
+        ("sslmode", "disable".to_owned()),
+    ])
+}
+
+/// ConfigMaps in `namespace` by name, their data.
+pub async fn configmaps(
+    client: &Client,
+    namespace: &str,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list configmaps")
+        .items
+        .into_iter()
+        .filter(|cm| cm.metadata.name.as_deref() != Some("kube-root-ca.crt"))
+        .map(|cm| {
+            (
+                cm.metadata.name.unwrap_or_default(),
+                cm.data.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the ConfigMap names in `namespace` are exactly `names`.
+pub async fn wait_for_configmaps(
+    client: &Client,
+    namespace: &str,
+    names: &[&str],
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut expected: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    eventually(
+        Duration::from_secs(30),
+        &format!("configmaps {expected:?} in {namespace}"),
+        || async {
+            let cms = configmaps(client, namespace).await;
+            (cms.keys().cloned().collect::<Vec<_>>() == expected).then_some(cms)
+        },
+    )
+    .await
+}
+
+/// A condition of a DBQR as (status, reason, message).
+pub async fn condition(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let dbqr = Api::<DatabaseQueryResource>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .ok()??;
+    dbqr.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status, c.reason, c.message))
+}
+
+/// Waits for `type_` to have `status` and `reason`; returns its message.
+pub async fn wait_for_condition(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> String {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{name}: {type_}={status} ({reason})"),
+        || async {
+            let (s, r, m) = condition(client, namespace, name, type_).await?;
+            (s == status && r == reason).then_some(m)
+        },
+    )
+    .await
+}

@@ -1,0 +1,391 @@
+//! The operator loop end to end: the real binary, API server, controller
+//! manager and PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::operator::{
+    condition, configmaps, create_secret, secret_keys, wait_for_condition, wait_for_configmaps,
+    DbqrBuilder, Operator,
+};
+use common::{eventually, kube_client};
+use dbqo::api::DatabaseQueryResource;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
+use kube::{
+    api::{Api, DeleteParams, Patch, PatchParams},
+    Client,
+};
+use serde_json::json;
+
+struct Setup {
+    client: Client,
+    namespace: String,
+    url: String,
+    db: tokio_postgres::Client,
+}
+
+/// A namespace, a database with `schema`, and a Secret `db` pointing at it.
+async fn setup(prefix: &str, schema: &str) -> Setup {
+    let client = kube_client().await;
+    common::install_crd(&client).await;
+    let namespace = common::namespace(&client, prefix).await;
+    let url = common::database(prefix).await;
+    let db = common::connect(&url).await;
+    db.batch_execute(schema).await.expect("schema");
+    create_secret(&client, &namespace, "db", secret_keys(&url)).await;
+    Setup {
+        client,
+        namespace,
+        url,
+        db,
+    }
+}
+
+const USERS: &str = "CREATE TABLE users (id int PRIMARY KEY, username text NOT NULL, email text, active bool NOT NULL DEFAULT true);
+INSERT INTO users VALUES (1, 'alice', 'alice@example.com', true), (2, 'bob', NULL, true);";
+
+const USER_CM: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: \"user-{{Row.username}}\"
+data:
+  email: \"{{default Row.email \"none\"}}\"
+";
+
+#[tokio::test]
+async fn the_peer_walk_through_creates_updates_and_prunes() {
+    let s = setup("walk", USERS).await;
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("users", &operator)
+        .query("SELECT id, username, email FROM users WHERE active ORDER BY id")
+        .template(USER_CM)
+        .create(&s.client, &s.namespace)
+        .await;
+
+    let cms = wait_for_configmaps(&s.client, &s.namespace, &["user-alice", "user-bob"]).await;
+    assert_eq!(cms["user-bob"]["email"], "none");
+    wait_for_condition(&s.client, &s.namespace, "users", "Ready", "True", "Ready").await;
+
+    // Labels and owner reference per SPEC §4 step 5.
+    let cm = Api::<ConfigMap>::namespaced(s.client.clone(), &s.namespace)
+        .get("user-alice")
+        .await
+        .unwrap();
+    let labels = cm.metadata.labels.unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "db-query-operator");
+    assert_eq!(labels["dbqo.dev/owner-name"], "users");
+    assert_eq!(labels["dbqo.dev/owner-namespace"], s.namespace);
+    let owner = &cm.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("DatabaseQueryResource", Some(true))
+    );
+    let managers: Vec<_> = cm
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        managers.contains(&"db-query-operator".to_string()),
+        "{managers:?}"
+    );
+
+    s.db.batch_execute("INSERT INTO users VALUES (3, 'carol', 'c@example.com', true)")
+        .await
+        .unwrap();
+    wait_for_configmaps(
+        &s.client,
+        &s.namespace,
+        &["user-alice", "user-bob", "user-carol"],
+    )
+    .await;
+
+    s.db.batch_execute("UPDATE users SET email = 'bob@example.com' WHERE id = 2")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "bob's email to change", || async {
+        let cms = configmaps(&s.client, &s.namespace).await;
+        (cms.get("user-bob")?.get("email")? == "bob@example.com").then_some(())
+    })
+    .await;
+
+    s.db.batch_execute("UPDATE users SET active = false WHERE id = 1")
+        .await
+        .unwrap();
+    wait_for_configmaps(&s.client, &s.namespace, &["user-bob", "user-carol"]).await;
+    s.db.batch_execute("DELETE FROM users WHERE id = 3")
+        .await
+        .unwrap();
+    wait_for_configmaps(&s.client, &s.namespace, &["user-bob"]).await;
+
+    let dbqr = Api::<DatabaseQueryResource>::namespaced(s.client.clone(), &s.namespace)
+        .get("users")
+        .await
+        .unwrap();
+    let status = dbqr.status.unwrap();
+    assert_eq!(status.object_count, Some(1));
+    assert_eq!(status.managed_kinds, vec!["v1/ConfigMap".to_string()]);
+    assert_eq!(status.observed_generation, Some(1));
+    assert!(dbqr
+        .metadata
+        .finalizers
+        .unwrap()
+        .contains(&"dbqo.dev/finalizer".to_string()));
+}
+
+#[tokio::test]
+async fn deployments_from_a_cnpg_uri_secret_with_a_multi_statement_query() {
+    let s = setup(
+        "deploy",
+        include_str!("../examples/deployment-per-row/schema.sql"),
+    )
+    .await;
+    let operator = Operator::start(&[]);
+    // CloudNativePG's app Secret carries the whole URI under `fqdn-uri`.
+    let uri = s.url.clone();
+    create_secret(
+        &s.client,
+        &s.namespace,
+        "pg-app",
+        [("fqdn-uri", uri), ("username", "ignored".into())].into(),
+    )
+    .await;
+    let example: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../examples/deployment-per-row/dbqr.yaml")).unwrap();
+    DbqrBuilder::new("apps", &operator)
+        .query(example["spec"]["query"].as_str().unwrap())
+        .template(example["spec"]["template"].as_str().unwrap())
+        .secret("pg-app")
+        .set("/database/connectionSecretRef/uriKey", json!("fqdn-uri"))
+        .create(&s.client, &s.namespace)
+        .await;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
+    let web = eventually(Duration::from_secs(30), "deployment web", || async {
+        deployments.get_opt("web").await.ok()?
+    })
+    .await;
+    assert_eq!(web.spec.as_ref().unwrap().replicas, Some(2));
+    let env = web.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let greeting = env.iter().find(|e| e.name == "GREETING").unwrap();
+    assert_eq!(
+        greeting.value.as_deref(),
+        Some("say \"hi\"\nthen: leave"),
+        "hostile env value arrives verbatim"
+    );
+    eventually(Duration::from_secs(30), "deployment worker", || async {
+        deployments.get_opt("worker").await.ok()?
+    })
+    .await;
+    // The real deployment controller acts on what we applied.
+    eventually(
+        Duration::from_secs(30),
+        "the deployment controller to report status",
+        || async {
+            let web = deployments.get("web").await.ok()?;
+            (web.status?.observed_generation? >= 1).then_some(())
+        },
+    )
+    .await;
+    wait_for_condition(&s.client, &s.namespace, "apps", "Synced", "True", "Synced").await;
+}
+
+#[tokio::test]
+async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
+    let s = setup("badrow", USERS).await;
+    let operator = Operator::start(&[]);
+    let template =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{Row.prefix}}-{{Row.username}}\"\n";
+    DbqrBuilder::new("first", &operator)
+        .query("SELECT 'a' AS prefix, username FROM users ORDER BY id")
+        .template(template)
+        .create(&s.client, &s.namespace)
+        .await;
+    DbqrBuilder::new("second", &operator)
+        .query("SELECT 'b' AS prefix, username FROM users ORDER BY id")
+        .template(template)
+        .create(&s.client, &s.namespace)
+        .await;
+    wait_for_configmaps(
+        &s.client,
+        &s.namespace,
+        &["a-alice", "a-bob", "b-alice", "b-bob"],
+    )
+    .await;
+
+    // A row whose name is not a valid object name, and a row that is gone.
+    s.db.batch_execute("UPDATE users SET username = 'Not Valid!' WHERE id = 1; INSERT INTO users VALUES (3, 'carol', NULL, true)")
+        .await
+        .unwrap();
+    let message = wait_for_condition(
+        &s.client,
+        &s.namespace,
+        "first",
+        "Synced",
+        "False",
+        "InvalidName",
+    )
+    .await;
+    assert!(message.contains("row 0"), "{message}");
+    assert!(
+        !message.contains("Not Valid"),
+        "no row data in conditions: {message}"
+    );
+    // `first` applied the good rows but pruned nothing (a-alice stays); `second` as well.
+    let cms = wait_for_configmaps(
+        &s.client,
+        &s.namespace,
+        &["a-alice", "a-bob", "a-carol", "b-alice", "b-bob", "b-carol"],
+    )
+    .await;
+    assert_eq!(cms.len(), 6);
+    // An Event carries the reason change.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(s.client.clone(), &s.namespace);
+    eventually(Duration::from_secs(20), "an InvalidName event", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("InvalidName"))
+            .then_some(())
+    })
+    .await;
+
+    s.db.batch_execute("UPDATE users SET username = 'alice2' WHERE id = 1")
+        .await
+        .unwrap();
+    wait_for_configmaps(
+        &s.client,
+        &s.namespace,
+        &[
+            "a-alice2", "a-bob", "a-carol", "b-alice2", "b-bob", "b-carol",
+        ],
+    )
+    .await;
+    wait_for_condition(&s.client, &s.namespace, "first", "Ready", "True", "Ready").await;
+}
+
+#[tokio::test]
+async fn deletion_policies_and_contested_objects() {
+    let s = setup("delete", USERS).await;
+    let operator = Operator::start(&["--allowed-namespaces", "*"]);
+    let other = common::namespace(&s.client, "delete-other").await;
+    let template = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n  namespace: {other}\n"
+    );
+    let query = "SELECT username FROM users ORDER BY id";
+    DbqrBuilder::new("del", &operator)
+        .query(query)
+        .template(&template)
+        .create(&s.client, &s.namespace)
+        .await;
+    DbqrBuilder::new("orph", &operator)
+        .query(query)
+        .template(&template)
+        .set("/deletionPolicy", json!("Orphan"))
+        .create(&s.client, &s.namespace)
+        .await;
+    let mine = ["del-alice", "del-bob", "orph-alice", "orph-bob"];
+    wait_for_configmaps(&s.client, &s.namespace, &mine).await;
+    wait_for_configmaps(&s.client, &other, &mine).await;
+
+    let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &s.namespace);
+    dbqrs.delete("del", &DeleteParams::default()).await.unwrap();
+    dbqrs
+        .delete("orph", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "both DBQRs to be released",
+        || async {
+            (dbqrs.get_opt("del").await.ok()?.is_none()
+                && dbqrs.get_opt("orph").await.ok()?.is_none())
+            .then_some(())
+        },
+    )
+    .await;
+    // Delete removed its objects everywhere; Orphan's stay, detached, and the
+    // real garbage collector leaves them alone.
+    let remaining = ["orph-alice", "orph-bob"];
+    wait_for_configmaps(&s.client, &other, &remaining).await;
+    wait_for_configmaps(&s.client, &s.namespace, &remaining).await;
+    let cm = Api::<ConfigMap>::namespaced(s.client.clone(), &s.namespace)
+        .get("orph-alice")
+        .await
+        .unwrap();
+    assert!(cm.metadata.owner_references.unwrap_or_default().is_empty());
+    assert!(!cm
+        .metadata
+        .labels
+        .unwrap_or_default()
+        .contains_key("dbqo.dev/owner-name"));
+
+    // Two DBQRs rendering the same object: the second does not take it over.
+    let same = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\ndata:\n  by: \"{{Metadata.Name}}\"\n";
+    DbqrBuilder::new("owner-a", &operator)
+        .query("SELECT 1 AS id")
+        .template(same)
+        .create(&s.client, &s.namespace)
+        .await;
+    wait_for_condition(&s.client, &s.namespace, "owner-a", "Ready", "True", "Ready").await;
+    DbqrBuilder::new("owner-b", &operator)
+        .query("SELECT 1 AS id")
+        .template(same)
+        .create(&s.client, &s.namespace)
+        .await;
+    let message = wait_for_condition(
+        &s.client,
+        &s.namespace,
+        "owner-b",
+        "Synced",
+        "False",
+        "ObjectOwnedElsewhere",
+    )
+    .await;
+    assert!(message.contains("another owner"), "{message}");
+    let cms = configmaps(&s.client, &s.namespace).await;
+    assert_eq!(cms["shared"]["by"], "owner-a");
+}
+
+#[tokio::test]
+async fn twenty_dbqrs_in_twenty_namespaces() {
+    let s = setup("many", USERS).await;
+    let operator = Operator::start(&[]);
+    let mut namespaces = Vec::new();
+    for i in 0..20 {
+        let ns = common::namespace(&s.client, &format!("many{i}")).await;
+        create_secret(&s.client, &ns, "db", secret_keys(&s.url)).await;
+        DbqrBuilder::new("users", &operator)
+            .query("SELECT id, username, email FROM users ORDER BY id")
+            .template(USER_CM)
+            .create(&s.client, &ns)
+            .await;
+        namespaces.push(ns);
+    }
+    for ns in &namespaces {
+        wait_for_configmaps(&s.client, ns, &["user-alice", "user-bob"]).await;
+        wait_for_condition(&s.client, ns, "users", "Ready", "True", "Ready").await;
+    }
+    // A spec change restarts the actor with the new spec; the old objects are pruned.
+    let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &namespaces[0]);
+    let patch =
+        json!({ "spec": { "query": "SELECT id, username, email FROM users WHERE id = 2" } });
+    dbqrs
+        .patch("users", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for_configmaps(&s.client, &namespaces[0], &["user-bob"]).await;
+    eventually(Duration::from_secs(20), "observedGeneration 2", || async {
+        let status = dbqrs.get("users").await.ok()?.status?;
+        (status.observed_generation == Some(2)).then_some(())
+    })
+    .await;
+    assert_eq!(configmaps(&s.client, &namespaces[1]).await.len(), 2);
+    let _ = condition(&s.client, &namespaces[0], "users", "Ready").await;
+}
