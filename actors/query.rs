@@ -103,7 +103,8 @@ impl QueryActor {
         tracing::info!(
             dbqr = %self.dbqr.name_any(), namespace = %self.dbqr.namespace().unwrap_or_default(), pass,
             rows = report.rows, objects = report.objects, applied = report.applied, skipped = report.skipped,
-            pruned = report.pruned, ok = report.succeeded(), "pass finished"
+            pruned = report.pruned, ok = report.succeeded(), reason = report.failure_reason().unwrap_or(""),
+            "pass finished"
         );
         self.publish(Outcome::Pass(&report), ctx);
         let poll = self.dbqr.spec.poll_interval.get();

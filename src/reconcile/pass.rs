@@ -95,6 +95,14 @@ impl PassReport {
     pub fn succeeded(&self) -> bool {
         matches!(self.sync, Some(Ok(())))
     }
+
+    /// The stable reason of the first failure, if any.
+    pub fn failure_reason(&self) -> Option<&str> {
+        match (&self.database, &self.sync) {
+            (Some(Err(p)), _) | (_, Some(Err(p))) => Some(&p.reason),
+            _ => None,
+        }
+    }
 }
 
 struct DiscoveredScopes<'a>(&'a HashMap<GroupKind, KindInfo>);
