@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs inside `testenv run` (see sandbox.sh): DBQO_TESTENV and KUBECONFIG are set.
 set -euo pipefail
+TMPDIR_SANDBOX=$(dirname "$DBQO_TESTENV")
 BIN="$CARGO_TARGET_DIR/debug/db-query-operator"
 PG_PORT=$(jq -r .postgres.port "$DBQO_TESTENV")
 PG_PASSWORD=$(jq -r .postgres.password "$DBQO_TESTENV")
@@ -21,6 +22,24 @@ kubectl create secret generic users-db \
 kubectl apply -f examples/configmap-per-row/dbqr.yaml
 kubectl get dbqr
 
-echo "== The objects the DBQR's rows become (db-query-operator render --database-url ...)"
-"$BIN" render -f examples/configmap-per-row/dbqr.yaml \
-  --database-url "postgresql://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/sandbox?sslmode=disable"
+echo "== The operator (log: $TMPDIR_SANDBOX/operator.log)"
+"$BIN" run > "$TMPDIR_SANDBOX/operator.log" 2>&1 &
+OPERATOR=$!
+trap 'kill $OPERATOR 2>/dev/null || true' EXIT
+wait_for() { for _ in $(seq 1 100); do if eval "$1" >/dev/null 2>&1; then return 0; fi; sleep 0.2; done; echo "timed out: $1"; exit 1; }
+wait_for "kubectl get configmap user-alice"
+kubectl wait --for condition=Ready --timeout=30s dbqr/users
+kubectl get dbqr users
+kubectl get configmaps -l app.kubernetes.io/managed-by=db-query-operator -L dbqo.dev/owner-name
+
+echo "== Poll every 2s instead of 30s (a spec change restarts the DBQR's actor)"
+kubectl patch dbqr users --type merge -p '{"spec":{"pollInterval":"2s"}}'
+echo "== A new active user row ..."
+psql_admin sandbox -c "INSERT INTO users (username, email) VALUES ('dave', 'dave@example.com')"
+wait_for "kubectl get configmap user-dave"
+echo "== ... becomes a ConfigMap"
+kubectl get configmap user-dave -o yaml | sed -n '/^data:/,/^kind:/p'
+
+echo "== Deleting the DBQR deletes its objects (finalizer)"
+kubectl delete dbqr users --timeout=30s
+kubectl get configmaps -l app.kubernetes.io/managed-by=db-query-operator

@@ -93,6 +93,12 @@ async fn the_peer_walk_through_creates_updates_and_prunes() {
         "{managers:?}"
     );
 
+    // Converged: later passes send nothing.
+    eventually(Duration::from_secs(20), "a pass that skips every object", || async {
+        operator.log().contains("applied=0 skipped=2 pruned=0 ok=true").then_some(())
+    })
+    .await;
+
     s.db.batch_execute("INSERT INTO users VALUES (3, 'carol', 'c@example.com', true)")
         .await
         .unwrap();
@@ -273,11 +279,12 @@ async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
 #[tokio::test]
 async fn deletion_policies_and_contested_objects() {
     let s = setup("delete", USERS).await;
-    let operator = Operator::start(&["--allowed-namespaces", "*"]);
+    let operator = Operator::start(&["--allowed-namespaces", "*", "--allowed-kinds", "ConfigMap,Namespace"]);
     let other = common::namespace(&s.client, "delete-other").await;
     let template = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n  namespace: {other}\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n  namespace: {other}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: \"{{{{Metadata.Namespace}}}}-{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n"
     );
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(s.client.clone());
     let query = "SELECT username FROM users ORDER BY id";
     DbqrBuilder::new("del", &operator)
         .query(query)
@@ -293,6 +300,11 @@ async fn deletion_policies_and_contested_objects() {
     let mine = ["del-alice", "del-bob", "orph-alice", "orph-bob"];
     wait_for_configmaps(&s.client, &s.namespace, &mine).await;
     wait_for_configmaps(&s.client, &other, &mine).await;
+    let cluster_scoped = format!("{}-del-alice", s.namespace);
+    assert!(namespaces.get_opt(&cluster_scoped).await.unwrap().is_some(), "cluster-scoped objects are created");
+    let connections = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'db-query-operator'";
+    let open: i64 = s.db.query_one(connections, &[]).await.unwrap().get(0);
+    assert!(open >= 2, "both DBQRs hold pooled connections: {open}");
 
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &s.namespace);
     dbqrs.delete("del", &DeleteParams::default()).await.unwrap();
@@ -315,6 +327,19 @@ async fn deletion_policies_and_contested_objects() {
     let remaining = ["orph-alice", "orph-bob"];
     wait_for_configmaps(&s.client, &other, &remaining).await;
     wait_for_configmaps(&s.client, &s.namespace, &remaining).await;
+    let gone = namespaces.get_opt(&cluster_scoped).await.unwrap();
+    assert!(
+        gone.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+        "Delete removes cluster-scoped objects too"
+    );
+    let orphaned_ns = format!("{}-orph-alice", s.namespace);
+    assert!(namespaces.get_opt(&orphaned_ns).await.unwrap().is_some());
+    // The actors stopped and their pools closed.
+    eventually(Duration::from_secs(20), "the pools to close", || async {
+        let open: i64 = s.db.query_one(connections, &[]).await.ok()?.get(0);
+        (open == 0).then_some(())
+    })
+    .await;
     let cm = Api::<ConfigMap>::namespaced(s.client.clone(), &s.namespace)
         .get("orph-alice")
         .await
