@@ -53,3 +53,15 @@ pub async fn run(
     drop(writer);
     Ok(())
 }
+
+/// Runs the operator on a new actix system until a signal stops it.
+pub fn run_system(settings: Settings, drain: std::time::Duration) -> Result<(), String> {
+    actix::System::new().block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+        run(client, settings, drain)
+            .await
+            .map_err(|e| format!("cannot install signal handlers: {e}"))
+    })
+}

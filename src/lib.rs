@@ -1,9 +1,10 @@
 //! db-query-operator: rows of a SQL database become Kubernetes objects.
 //!
-//! The domain lives here, free of actix: the API types ([`api`]), SQL text
-//! handling ([`sql`]), PostgreSQL access and row decoding ([`db`]), and
-//! rendering with validation ([`render`]). The actor shells that drive it in
-//! the running operator are in the `dbqo-actors` crate (`actors/`).
+//! The domain lives here as plain Rust: the API types ([`api`]), SQL text
+//! handling ([`sql`]), PostgreSQL access and row decoding ([`db`]), rendering
+//! with validation ([`render`]) and the reconcile pass ([`reconcile`]). The
+//! actor shells that schedule it are mounted from `actors/` as [`actors`],
+//! the only module that uses the actor framework.
 #![forbid(unsafe_code)]
 
 #[path = "../actors/mod.rs"]

@@ -94,9 +94,16 @@ async fn the_peer_walk_through_creates_updates_and_prunes() {
     );
 
     // Converged: later passes send nothing.
-    eventually(Duration::from_secs(20), "a pass that skips every object", || async {
-        operator.log().contains("applied=0 skipped=2 pruned=0 ok=true").then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "a pass that skips every object",
+        || async {
+            operator
+                .log()
+                .contains("applied=0 skipped=2 pruned=0 ok=true")
+                .then_some(())
+        },
+    )
     .await;
 
     s.db.batch_execute("INSERT INTO users VALUES (3, 'carol', 'c@example.com', true)")
@@ -279,7 +286,12 @@ async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
 #[tokio::test]
 async fn deletion_policies_and_contested_objects() {
     let s = setup("delete", USERS).await;
-    let operator = Operator::start(&["--allowed-namespaces", "*", "--allowed-kinds", "ConfigMap,Namespace"]);
+    let operator = Operator::start(&[
+        "--allowed-namespaces",
+        "*",
+        "--allowed-kinds",
+        "ConfigMap,Namespace",
+    ]);
     let other = common::namespace(&s.client, "delete-other").await;
     let template = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n  namespace: {other}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: \"{{{{Metadata.Namespace}}}}-{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n"
@@ -301,7 +313,10 @@ async fn deletion_policies_and_contested_objects() {
     wait_for_configmaps(&s.client, &s.namespace, &mine).await;
     wait_for_configmaps(&s.client, &other, &mine).await;
     let cluster_scoped = format!("{}-del-alice", s.namespace);
-    assert!(namespaces.get_opt(&cluster_scoped).await.unwrap().is_some(), "cluster-scoped objects are created");
+    assert!(
+        namespaces.get_opt(&cluster_scoped).await.unwrap().is_some(),
+        "cluster-scoped objects are created"
+    );
     let connections = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'db-query-operator'";
     let open: i64 = s.db.query_one(connections, &[]).await.unwrap().get(0);
     assert!(open >= 2, "both DBQRs hold pooled connections: {open}");

@@ -50,7 +50,7 @@ pub fn run(cli: Cli) -> i32 {
                 1
             }
         },
-        // The actors run on actix's own runtime.
+        // The actors bring their own runtime.
         Command::Run(args) => run::run(args),
     }
 }

@@ -55,7 +55,7 @@ impl RunArgs {
     }
 }
 
-/// Runs the operator on an actix system until a signal stops it.
+/// Runs the operator until a signal stops it.
 pub fn run(args: RunArgs) -> i32 {
     let settings = match args.settings() {
         Ok(s) => s,
@@ -64,15 +64,7 @@ pub fn run(args: RunArgs) -> i32 {
             return 2;
         }
     };
-    let system = actix::System::new();
-    let outcome = system.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
-        crate::actors::run(client, settings, Duration::from_secs(10))
-            .await
-            .map_err(|e| format!("cannot install signal handlers: {e}"))
-    });
+    let outcome = crate::actors::run_system(settings, Duration::from_secs(10));
     match outcome {
         Ok(()) => 0,
         Err(e) => {
