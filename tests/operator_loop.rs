@@ -147,6 +147,11 @@ async fn the_peer_walk_through_creates_updates_and_prunes() {
         .finalizers
         .unwrap()
         .contains(&"dbqo.dev/finalizer".to_string()));
+    let log = operator.log();
+    let password = common::shared().postgres.password.clone();
+    for leak in ["alice@example.com", "bob@example.com", password.as_str()] {
+        assert!(!log.contains(leak), "the operator log leaks {leak:?}");
+    }
 }
 
 #[tokio::test]
