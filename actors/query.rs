@@ -5,13 +5,18 @@
 
 use std::{sync::Arc, time::Duration};
 
-use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle, StreamHandler,
+    WrapFuture,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{api::ApiResource, Resource, ResourceExt};
 use rand::Rng;
 
 use super::writer::{Op, WriterHandle};
-use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
+use crate::api::{ChangeDetectionMode, DatabaseQueryResource, DatabaseQueryResourceStatus};
+use crate::db::{listen, ConnInfo, Listener};
+use crate::reconcile::change::{probe, probe_sql};
 use crate::reconcile::{
     run_pass,
     status::{next_status, Outcome},
@@ -29,7 +34,33 @@ pub struct QueryActor {
     writer: WriterHandle,
     failures: u32,
     pass: u64,
+    /// A change arrived while a pass ran: run again right after it.
+    dirty: bool,
+    /// The armed timer of the next pass.
+    next_pass: Option<SpawnHandle>,
+    /// Change detection runs once a pass has made a pool.
+    detection: Detection,
+    /// The pool and connection of the last pass, for probes during a pass.
+    last_connection: Option<(deadpool_postgres::Pool, ConnInfo)>,
 }
+
+enum Detection {
+    Off,
+    NotStarted,
+    /// Timestamp mode: the last value the probe saw (`None` before the first probe).
+    Probing {
+        last: Option<Option<String>>,
+    },
+    /// Notify mode: the LISTEN connection, while it is up.
+    Listening {
+        listener: Option<Listener>,
+        failures: u32,
+    },
+}
+
+/// Notifications are collapsed over this window: a burst of row changes
+/// costs one or two passes, not one per statement.
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Ends the actor (DBQR deleted or replaced by a new spec).
 #[derive(Message)]
@@ -62,6 +93,7 @@ fn pass_config(dbqr: &DatabaseQueryResource, settings: &Settings) -> Result<Pass
 impl QueryActor {
     pub fn new(dbqr: DatabaseQueryResource, settings: &Settings, writer: WriterHandle) -> Self {
         let config = pass_config(&dbqr, settings).map(Arc::new);
+        let dbqr_detection = dbqr.spec.change_detection.clone().filter(|cd| cd.enabled);
         let status = dbqr.status.clone();
         let managed = status
             .as_ref()
@@ -71,11 +103,158 @@ impl QueryActor {
             dbqr,
             config,
             state: Some(PassState::with_managed_kinds(managed)),
+            last_connection: None,
             status,
             writer,
             failures: 0,
             pass: 0,
+            dirty: false,
+            next_pass: None,
+            detection: match &dbqr_detection {
+                Some(_) => Detection::NotStarted,
+                None => Detection::Off,
+            },
         }
+    }
+
+    /// Something changed in the database: run a pass soon.
+    fn trigger(&mut self, ctx: &mut Context<Self>) {
+        if self.state.is_none() {
+            self.dirty = true;
+        } else {
+            self.schedule(DEBOUNCE, ctx);
+        }
+    }
+
+    fn schedule(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.next_pass.take() {
+            ctx.cancel_future(handle);
+        }
+        self.next_pass = Some(ctx.run_later(delay, |actor, ctx| {
+            actor.next_pass = None;
+            actor.start_pass(ctx);
+        }));
+    }
+
+    fn start_detection(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.detection, Detection::NotStarted) {
+            return;
+        }
+        let Some(spec) = self
+            .dbqr
+            .spec
+            .change_detection
+            .clone()
+            .filter(|cd| cd.enabled)
+        else {
+            self.detection = Detection::Off;
+            return;
+        };
+        match spec.mode {
+            ChangeDetectionMode::Timestamp => {
+                self.detection = Detection::Probing { last: None };
+                ctx.run_later(spec.change_poll_interval.get(), |actor, ctx| {
+                    actor.probe(ctx)
+                });
+            }
+            ChangeDetectionMode::Notify => {
+                self.detection = Detection::Listening {
+                    listener: None,
+                    failures: 0,
+                };
+                self.listen(ctx);
+            }
+        }
+    }
+
+    /// Timestamp mode: one probe; a new maximum triggers a pass. The next
+    /// probe is armed when this one has ended.
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        let Some(cd) = self.dbqr.spec.change_detection.clone() else {
+            return;
+        };
+        let (Some(sql), Some((pool, _))) = (
+            probe_sql(&cd),
+            self.state
+                .as_ref()
+                .and_then(PassState::connection)
+                .or_else(|| self.last_connection.clone()),
+        ) else {
+            ctx.run_later(cd.change_poll_interval.get(), |actor, ctx| actor.probe(ctx));
+            return;
+        };
+        let timeout = self.dbqr.spec.database.statement_timeout.get();
+        ctx.spawn(async move { probe(&pool, &sql, timeout).await }.into_actor(self).map(move |result, actor, ctx| {
+            match result {
+                Ok(value) => {
+                    if let Detection::Probing { last } = &mut actor.detection {
+                        if last.as_ref() != Some(&value) {
+                            tracing::debug!(dbqr = %actor.dbqr.name_any(), "change probe saw a new maximum");
+                            *last = Some(value);
+                            actor.trigger(ctx);
+                        }
+                    }
+                }
+                Err(problem) => {
+                    tracing::info!(dbqr = %actor.dbqr.name_any(), reason = %problem.reason, "change probe failed");
+                    let report = PassReport {
+                        database: Some(Ok(())),
+                        sync: Some(Err(problem)),
+                        managed_kinds: actor.status.as_ref().map(|s| s.managed_kinds.clone()).unwrap_or_default(),
+                        ..PassReport::default()
+                    };
+                    actor.publish(Outcome::Pass(&report), ctx);
+                }
+            }
+            ctx.run_later(cd.change_poll_interval.get(), |actor, ctx| actor.probe(ctx));
+        }));
+    }
+
+    /// Notify mode: (re)connects the LISTEN connection. A pass follows every
+    /// reconnect, since notifications may have been missed while it was down.
+    fn listen(&mut self, ctx: &mut Context<Self>) {
+        let Some(channel) = self
+            .dbqr
+            .spec
+            .change_detection
+            .as_ref()
+            .and_then(|cd| cd.channel.clone())
+        else {
+            return;
+        };
+        let Some((_, info)) = self
+            .state
+            .as_ref()
+            .and_then(PassState::connection)
+            .or_else(|| self.last_connection.clone())
+        else {
+            ctx.run_later(Duration::from_secs(1), |actor, ctx| actor.listen(ctx));
+            return;
+        };
+        ctx.spawn(async move { listen(&info, &channel).await }.into_actor(self).map(|result, actor, ctx| {
+            let Detection::Listening { listener, failures } = &mut actor.detection else { return };
+            match result {
+                Ok(mut connected) => {
+                    let first = *failures == 0 && listener.is_none();
+                    *failures = 0;
+                    let notifications = std::mem::replace(&mut connected.notifications, tokio::sync::mpsc::channel(1).1);
+                    *listener = Some(connected);
+                    ctx.add_stream(futures_util::stream::unfold(notifications, |mut rx| async move {
+                        rx.recv().await.map(|()| (Notified, rx))
+                    }));
+                    tracing::debug!(dbqr = %actor.dbqr.name_any(), "listening for notifications");
+                    if !first {
+                        actor.trigger(ctx);
+                    }
+                }
+                Err(error) => {
+                    *failures = failures.saturating_add(1);
+                    tracing::info!(dbqr = %actor.dbqr.name_any(), reason = error.reason(), "LISTEN connection failed");
+                    let delay = backoff(*failures, Duration::from_secs(30));
+                    ctx.run_later(delay, |actor, ctx| actor.listen(ctx));
+                }
+            }
+        }));
     }
 
     fn start_pass(&mut self, ctx: &mut Context<Self>) {
@@ -115,7 +294,14 @@ impl QueryActor {
             self.failures = self.failures.saturating_add(1);
             backoff(self.failures, poll)
         };
-        ctx.run_later(delay, |actor, ctx| actor.start_pass(ctx));
+        if report.database == Some(Ok(())) {
+            self.start_detection(ctx);
+        }
+        if std::mem::take(&mut self.dirty) {
+            self.schedule(DEBOUNCE, ctx);
+        } else {
+            self.schedule(delay, ctx);
+        }
     }
 
     /// Writes the status if it changed, with Events for changed reasons.
@@ -191,6 +377,25 @@ impl Actor for QueryActor {
     fn stopped(&mut self, _: &mut Self::Context) {
         if let Some(state) = self.state.take() {
             state.close();
+        }
+    }
+}
+
+/// A notification arrived on the LISTEN connection.
+struct Notified;
+
+impl StreamHandler<Notified> for QueryActor {
+    fn handle(&mut self, _: Notified, ctx: &mut Context<Self>) {
+        self.trigger(ctx);
+    }
+
+    /// The LISTEN connection ended: reconnect.
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if let Detection::Listening { listener, failures } = &mut self.detection {
+            *listener = None;
+            *failures = failures.saturating_add(1);
+            tracing::info!(dbqr = %self.dbqr.name_any(), "LISTEN connection lost; reconnecting");
+            ctx.run_later(Duration::from_millis(200), |actor, ctx| actor.listen(ctx));
         }
     }
 }

@@ -27,6 +27,16 @@ pub enum Command {
     /// Preview the objects a DBQR would produce, offline: rows come from a
     /// JSON file or from running the DBQR's query against a live database.
     Render(RenderArgs),
+    /// Print SQL installing a statement-level trigger that notifies CHANNEL on
+    /// every INSERT, UPDATE, DELETE or TRUNCATE of TABLE (for `changeDetection.mode: notify`).
+    TriggerSql {
+        /// Table to watch; may be schema-qualified (`app.flags`).
+        #[arg(long)]
+        table: String,
+        /// Channel the DBQR listens on (`spec.changeDetection.channel`).
+        #[arg(long)]
+        channel: String,
+    },
     /// Run the operator (kubeconfig from KUBECONFIG or ~/.kube/config, or in-cluster).
     Run(RunArgs),
 }
@@ -41,6 +51,10 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Crd => {
             print!("{}", crd_yaml());
+            0
+        }
+        Command::TriggerSql { table, channel } => {
+            print!("{}", crate::sql::notify_trigger_sql(&table, &channel));
             0
         }
         Command::Render(args) => match tokio() {

@@ -4,12 +4,14 @@
 mod connect;
 mod conninfo;
 pub mod decode;
+mod listen;
 mod pool;
 mod query;
 mod secret;
 
 pub use connect::{connect, connect_error, tls_connector, ConnectError};
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
+pub use listen::{listen, Listener};
 pub use pool::{build_pool, PoolError};
 pub use query::{run_query, QueryError, QueryOptions, QueryResult};
 pub use secret::{conninfo_from_secret, SecretError};

@@ -2,6 +2,7 @@
 //! plan, the owner labels, status conditions and deletion clean-up. Plain
 //! async Rust over the [`Writer`] trait; the actors only schedule it.
 
+pub mod change;
 pub mod cleanup;
 pub mod labels;
 pub mod pass;

@@ -40,12 +40,19 @@ pub struct PassConfig {
 #[derive(Default)]
 pub struct PassState {
     pool: Option<(String, Pool)>,
+    /// The connection the pool was built from (for the LISTEN connection).
+    conninfo: Option<crate::db::ConnInfo>,
     last_applied: HashMap<ObjectKey, (u64, Instant)>,
     /// `apiVersion/Kind` of everything this DBQR has written and not yet pruned.
     pub managed_kinds: BTreeSet<String>,
 }
 
 impl PassState {
+    /// The current pool and the connection it was built from, once a pass has made them.
+    pub fn connection(&self) -> Option<(Pool, crate::db::ConnInfo)> {
+        Some((self.pool.as_ref()?.1.clone(), self.conninfo.clone()?))
+    }
+
     /// Closes the connection pool; idle connections go at once, busy ones when returned.
     pub fn close(self) {
         if let Some((_, pool)) = self.pool {
@@ -177,6 +184,7 @@ async fn pool<W: Writer>(
         pool_spec.connect_timeout.get(),
     )
     .map_err(|e| Problem::new("TlsConfigError", e.to_string()))?;
+    state.conninfo = Some(info);
     if let Some((_, old)) = state.pool.replace((version, pool.clone())) {
         old.close();
     }

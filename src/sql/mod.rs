@@ -2,8 +2,10 @@
 //! query and quoting identifiers.
 
 mod split;
+mod trigger;
 
 pub use split::{split_statements, SplitError};
+pub use trigger::{notify_trigger_sql, quote_literal};
 
 /// Quotes one identifier the way PostgreSQL's `quote_ident` does, always.
 pub fn quote_ident(ident: &str) -> String {

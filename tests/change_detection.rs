@@ -1,0 +1,192 @@
+//! Change detection (SPEC §5): timestamp probes and LISTEN/NOTIFY, with the
+//! full poll set to an hour so only change detection can explain a reaction.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::operator::{
+    create_secret, secret_keys, wait_for_condition, wait_for_configmaps, DbqrBuilder, Operator,
+};
+use common::{eventually, kube_client};
+use serde_json::json;
+
+const FLAG_CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"flag-{{Row.key}}\"\ndata:\n  value: \"{{Row.value}}\"\n";
+
+async fn setup(prefix: &str, schema: &str) -> (kube::Client, String, tokio_postgres::Client) {
+    let client = kube_client().await;
+    common::install_crd(&client).await;
+    let namespace = common::namespace(&client, prefix).await;
+    let url = common::database(prefix).await;
+    let db = common::connect(&url).await;
+    db.batch_execute(schema).await.expect("schema");
+    create_secret(&client, &namespace, "db", secret_keys(&url)).await;
+    (client, namespace, db)
+}
+
+async fn value_of(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+    common::operator::configmaps(client, ns)
+        .await
+        .get(name)?
+        .get("value")
+        .cloned()
+}
+
+#[tokio::test]
+async fn timestamp_mode_reacts_within_the_change_poll_interval() {
+    let schema = "CREATE TABLE flags (key text PRIMARY KEY, value text, updated_at timestamptz NOT NULL DEFAULT now());
+        CREATE INDEX ON flags (updated_at);
+        INSERT INTO flags (key, value) VALUES ('a', '1');";
+    let (client, ns, db) = setup("tsmode", schema).await;
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("flags", &operator)
+        .query("SELECT key, value FROM flags ORDER BY key")
+        .template(FLAG_CM)
+        .set("/pollInterval", json!("1h"))
+        .set("/changeDetection", json!({ "tableName": "public.flags", "timestampColumn": "updated_at", "changePollInterval": "1s" }))
+        .create(&client, &ns)
+        .await;
+    wait_for_configmaps(&client, &ns, &["flag-a"]).await;
+
+    db.batch_execute("UPDATE flags SET value = '2', updated_at = now() WHERE key = 'a'")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "the update to arrive", || async {
+        (value_of(&client, &ns, "flag-a").await? == "2").then_some(())
+    })
+    .await;
+    db.batch_execute("INSERT INTO flags (key, value) VALUES ('b', 'x')")
+        .await
+        .unwrap();
+    wait_for_configmaps(&client, &ns, &["flag-a", "flag-b"]).await;
+    // An update that does not bump the column is invisible to the probe until the full poll.
+    assert!(operator.log().contains("change probe saw a new maximum"));
+}
+
+#[tokio::test]
+async fn timestamp_probe_failures_are_reported() {
+    let (client, ns, _db) = setup(
+        "tsfail",
+        "CREATE TABLE flags (key text PRIMARY KEY, value text);",
+    )
+    .await;
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("flags", &operator)
+        .query("SELECT key, value FROM flags")
+        .template(FLAG_CM)
+        .set("/pollInterval", json!("1h"))
+        .set("/changeDetection", json!({ "tableName": "missing_table", "timestampColumn": "updated_at", "changePollInterval": "500ms" }))
+        .create(&client, &ns)
+        .await;
+    let message = wait_for_condition(&client, &ns, "flags", "Synced", "False", "QueryFailed").await;
+    assert!(
+        message.contains("change probe failed") && message.contains("missing_table"),
+        "{message}"
+    );
+}
+
+fn trigger_sql(table: &str, channel: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
+        .args(["trigger-sql", "--table", table, "--channel", channel])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
+    let (client, ns, db) = setup("notify", "CREATE TABLE flags (key text PRIMARY KEY, value text); INSERT INTO flags VALUES ('a', '1');").await;
+    db.batch_execute(&trigger_sql("public.flags", "flags changed"))
+        .await
+        .unwrap();
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("flags", &operator)
+        .query("SELECT key, value FROM flags ORDER BY key")
+        .template(FLAG_CM)
+        .set("/pollInterval", json!("1h"))
+        .set(
+            "/changeDetection",
+            json!({ "mode": "notify", "channel": "flags changed" }),
+        )
+        .create(&client, &ns)
+        .await;
+    wait_for_configmaps(&client, &ns, &["flag-a"]).await;
+    eventually(Duration::from_secs(10), "the LISTEN connection", || async {
+        operator
+            .log()
+            .contains("listening for notifications")
+            .then_some(())
+    })
+    .await;
+
+    let quick = Duration::from_secs(3);
+    db.batch_execute("INSERT INTO flags VALUES ('b', '1')")
+        .await
+        .unwrap();
+    eventually(quick, "insert", || async {
+        value_of(&client, &ns, "flag-b").await
+    })
+    .await;
+    db.batch_execute("UPDATE flags SET value = '2' WHERE key = 'b'")
+        .await
+        .unwrap();
+    eventually(quick, "update", || async {
+        (value_of(&client, &ns, "flag-b").await? == "2").then_some(())
+    })
+    .await;
+    db.batch_execute("DELETE FROM flags WHERE key = 'a'")
+        .await
+        .unwrap();
+    eventually(quick, "delete", || async {
+        (common::operator::configmaps(&client, &ns)
+            .await
+            .keys()
+            .collect::<Vec<_>>()
+            == ["flag-b"])
+        .then_some(())
+    })
+    .await;
+    db.batch_execute("TRUNCATE flags").await.unwrap();
+    eventually(quick, "truncate", || async {
+        common::operator::configmaps(&client, &ns)
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    // A burst of a thousand statements costs a handful of passes.
+    let passes_before = operator.log().matches("pass finished").count();
+    let burst: String = (0..1000)
+        .map(|i| format!("INSERT INTO flags VALUES ('k{i}', '{i}');"))
+        .collect();
+    db.simple_query(&burst).await.unwrap();
+    eventually(Duration::from_secs(30), "the burst's objects", || async {
+        (common::operator::configmaps(&client, &ns).await.len() == 1000).then_some(())
+    })
+    .await;
+    let passes = operator.log().matches("pass finished").count() - passes_before;
+    assert!(passes <= 10, "{passes} passes for one burst");
+
+    // The LISTEN connection dies: the operator reconnects and runs a pass, since a notification may be lost.
+    db.batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the reconnect", || async {
+        operator
+            .log()
+            .contains("LISTEN connection lost")
+            .then_some(())
+    })
+    .await;
+    db.batch_execute("DELETE FROM flags WHERE key <> 'k0'")
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the delete after reconnecting",
+        || async { (common::operator::configmaps(&client, &ns).await.len() == 1).then_some(()) },
+    )
+    .await;
+}
