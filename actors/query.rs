@@ -13,10 +13,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{api::ApiResource, Resource, ResourceExt};
 use rand::Rng;
 
-use super::writer::{Op, WriterHandle};
+use super::writer::{Drifted, Op, Subscribe, WriterHandle};
 use crate::api::{ChangeDetectionMode, DatabaseQueryResource, DatabaseQueryResourceStatus};
 use crate::db::{listen, ConnInfo, Listener};
 use crate::reconcile::change::{probe, probe_sql};
+use crate::reconcile::labels::label_value;
+use crate::reconcile::pass::repair;
 use crate::reconcile::{
     run_pass,
     status::{next_status, Outcome},
@@ -40,6 +42,8 @@ pub struct QueryActor {
     next_pass: Option<SpawnHandle>,
     /// Change detection runs once a pass has made a pool.
     detection: Detection,
+    /// Objects reported changed while a pass ran.
+    drifted: std::collections::HashSet<crate::render::ObjectKey>,
     /// The pool and connection of the last pass, for probes during a pass.
     last_connection: Option<(deadpool_postgres::Pool, ConnInfo)>,
 }
@@ -86,7 +90,6 @@ fn pass_config(dbqr: &DatabaseQueryResource, settings: &Settings) -> Result<Pass
         template,
         policy: settings.policy.clone(),
         allow_cross_namespace_secrets: settings.allow_cross_namespace_secrets,
-        drift_repair_interval: settings.drift_repair_interval,
     })
 }
 
@@ -104,6 +107,7 @@ impl QueryActor {
             config,
             state: Some(PassState::with_managed_kinds(managed)),
             last_connection: None,
+            drifted: Default::default(),
             status,
             writer,
             failures: 0,
@@ -272,8 +276,12 @@ impl QueryActor {
         ctx.spawn(
             work.into_actor(self)
                 .map(move |(report, state), actor, ctx| {
+                    actor.last_connection = state.connection();
                     actor.state = Some(state);
                     actor.finish_pass(pass, report, ctx);
+                    for key in std::mem::take(&mut actor.drifted) {
+                        ctx.notify(Drifted { key });
+                    }
                 }),
         );
     }
@@ -364,6 +372,12 @@ impl Actor for QueryActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if let Ok(config) = &self.config {
+            self.writer.0.do_send(Subscribe {
+                owner: owner_key(&config.owner),
+                recipient: Some(ctx.address().recipient()),
+            });
+        }
         match &self.config {
             Ok(_) => self.start_pass(ctx),
             Err(problem) => {
@@ -375,9 +389,49 @@ impl Actor for QueryActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        if let Ok(config) = &self.config {
+            self.writer.0.do_send(Subscribe {
+                owner: owner_key(&config.owner),
+                recipient: None,
+            });
+        }
         if let Some(state) = self.state.take() {
             state.close();
         }
+    }
+}
+
+/// The writer's subscription key: the owner label values.
+fn owner_key(owner: &Owner) -> (String, String) {
+    (label_value(&owner.namespace), label_value(&owner.name))
+}
+
+impl Handler<Drifted> for QueryActor {
+    type Result = ();
+
+    /// A managed object changed or vanished: put it back if it no longer
+    /// matches. During a pass the pass itself compares against the cache.
+    fn handle(&mut self, Drifted { key }: Drifted, ctx: &mut Context<Self>) {
+        let Some(state) = &self.state else {
+            // Checked once the pass has ended (most are the pass's own writes).
+            self.drifted.insert(key);
+            return;
+        };
+        let Some(wanted) = state.applied(&key) else {
+            return;
+        };
+        let writer = self.writer.clone();
+        let name = self.dbqr.name_any();
+        ctx.spawn(
+            async move {
+                match repair(&writer, &wanted).await {
+                    Ok(true) => tracing::info!(dbqr = %name, kind = %key.group_kind, object = %key.name, "repaired drift"),
+                    Ok(false) => {}
+                    Err(problem) => tracing::warn!(dbqr = %name, reason = %problem.reason, "drift repair failed"),
+                }
+            }
+            .into_actor(self),
+        );
     }
 }
 

@@ -8,19 +8,31 @@ use std::{
     time::Duration,
 };
 
-use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
+use std::collections::HashMap;
+
+use actix::{
+    Actor, Addr, AsyncContext, Context, Handler, Message, Recipient, ResponseFuture, StreamHandler,
+};
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
-    api::ApiResource,
-    runtime::events::{Event, EventType, Recorder, Reporter},
-    Client,
+    api::{Api, ApiResource, DynamicObject},
+    runtime::{
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, store::Writer as StoreWriter, ObjectRef, Store},
+        watcher, WatchStreamExt,
+    },
+    Client, ResourceExt,
 };
+use reflector::reflector;
 use serde_json::Value as Json;
 use tokio::sync::Semaphore;
 
 use crate::kube_api::{self, KubeError, LiveObject};
+use crate::reconcile::labels::{MANAGED_BY, MANAGED_BY_VALUE, OWNER_NAME, OWNER_NAMESPACE};
 use crate::reconcile::status::StatusEvent;
 use crate::reconcile::writer::{Kinds, Writer};
+use crate::render::{GroupKind, ObjectKey};
 
 /// One request to the API server.
 pub enum Op {
@@ -67,6 +79,18 @@ pub enum Op {
         reference: ObjectReference,
         event: StatusEvent,
     },
+    Watch {
+        resource: ApiResource,
+    },
+    Cached {
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+    },
+    CachedList {
+        resource: ApiResource,
+        selector: String,
+    },
 }
 
 pub enum Reply {
@@ -74,7 +98,28 @@ pub enum Reply {
     Object(Option<LiveObject>),
     Objects(Vec<LiveObject>),
     Secret(Option<(String, BTreeMap<String, Vec<u8>>)>),
+    Manifest(Option<Json>),
     Done,
+}
+
+/// A managed object changed or disappeared; sent to the DBQR that owns it.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Drifted {
+    pub key: ObjectKey,
+}
+
+/// Registers a DBQR (by its owner label values) for [`Drifted`] notices.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub owner: (String, String),
+    pub recipient: Option<Recipient<Drifted>>,
+}
+
+/// One cached kind: the store its reflector fills.
+struct Watched {
+    store: Store<DynamicObject>,
 }
 
 impl Message for Op {
@@ -88,6 +133,8 @@ pub struct KubeWriter {
     mailbox: usize,
     kinds: Arc<Mutex<Option<Kinds>>>,
     recorder: Recorder,
+    watches: HashMap<GroupKind, Watched>,
+    subscribers: HashMap<(String, String), Recipient<Drifted>>,
 }
 
 impl KubeWriter {
@@ -103,6 +150,91 @@ impl KubeWriter {
             timeout,
             mailbox,
             kinds: Arc::default(),
+            watches: HashMap::new(),
+            subscribers: HashMap::new(),
+        }
+    }
+}
+
+impl KubeWriter {
+    fn store(&self, resource: &ApiResource) -> Option<Store<DynamicObject>> {
+        let gk = GroupKind::new(resource.group.clone(), resource.kind.clone());
+        self.watches.get(&gk).map(|w| w.store.clone())
+    }
+
+    /// Starts one label-selected watch per kind (shared by every DBQR) unless it runs already.
+    fn watch(&mut self, resource: ApiResource, ctx: &mut Context<Self>) -> Store<DynamicObject> {
+        let gk = GroupKind::new(resource.group.clone(), resource.kind.clone());
+        if let Some(watched) = self.watches.get(&gk) {
+            return watched.store.clone();
+        }
+        let writer = StoreWriter::<DynamicObject>::new(resource.clone());
+        let store = writer.as_reader();
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+        let config = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
+        let events = reflector(writer, watcher(api, config).default_backoff());
+        let kind = gk.clone();
+        ctx.add_stream(events.map(move |event| (kind.clone(), event)).boxed_local());
+        tracing::debug!(kind = %gk, "watching managed objects");
+        self.watches.insert(
+            gk,
+            Watched {
+                store: store.clone(),
+            },
+        );
+        store
+    }
+
+    fn notify(&self, group_kind: &GroupKind, object: &DynamicObject) {
+        let labels = object.labels();
+        let (Some(name), Some(namespace)) = (labels.get(OWNER_NAME), labels.get(OWNER_NAMESPACE))
+        else {
+            return;
+        };
+        if let Some(recipient) = self.subscribers.get(&(namespace.clone(), name.clone())) {
+            let key = ObjectKey {
+                group_kind: group_kind.clone(),
+                namespace: object.namespace(),
+                name: object.name_any(),
+            };
+            // A full mailbox drops the notice; the next pass compares against the cache anyway.
+            let _ = recipient.try_send(Drifted { key });
+        }
+    }
+}
+
+type WatchItem = (
+    GroupKind,
+    Result<watcher::Event<DynamicObject>, watcher::Error>,
+);
+
+impl StreamHandler<WatchItem> for KubeWriter {
+    fn handle(&mut self, (kind, event): WatchItem, _: &mut Context<Self>) {
+        match event {
+            Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                self.notify(&kind, &object)
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%kind, %error, "watch of managed objects failed; retrying")
+            }
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Handler<Subscribe> for KubeWriter {
+    type Result = ();
+
+    fn handle(&mut self, Subscribe { owner, recipient }: Subscribe, _: &mut Context<Self>) {
+        match recipient {
+            Some(r) => {
+                self.subscribers.insert(owner, r);
+            }
+            None => {
+                self.subscribers.remove(&owner);
+            }
         }
     }
 }
@@ -119,12 +251,61 @@ impl Actor for KubeWriter {
 impl Handler<Op> for KubeWriter {
     type Result = ResponseFuture<Result<Reply, KubeError>>;
 
-    fn handle(&mut self, op: Op, _: &mut Self::Context) -> Self::Result {
-        if let Op::Kinds { refresh: false } = op {
-            if let Some(kinds) = self.kinds.lock().ok().and_then(|k| k.clone()) {
-                return Box::pin(async move { Ok(Reply::Kinds(kinds)) });
+    fn handle(&mut self, op: Op, ctx: &mut Self::Context) -> Self::Result {
+        let op = match op {
+            Op::Kinds { refresh: false } => match self.kinds.lock().ok().and_then(|k| k.clone()) {
+                Some(kinds) => return Box::pin(async move { Ok(Reply::Kinds(kinds)) }),
+                None => Op::Kinds { refresh: false },
+            },
+            // Cache reads cost no API request and take no permit.
+            Op::Watch { resource } => {
+                let store = self.watch(resource, ctx);
+                return Box::pin(async move {
+                    store
+                        .wait_until_ready()
+                        .await
+                        .map_err(|_| KubeError::Closed)?;
+                    Ok(Reply::Done)
+                });
             }
-        }
+            Op::Cached {
+                resource,
+                namespace,
+                name,
+            } => {
+                let found = self.store(&resource).and_then(|store| {
+                    let mut key = ObjectRef::new_with(&name, resource.clone());
+                    if let Some(ns) = &namespace {
+                        key = key.within(ns);
+                    }
+                    store.get(&key)
+                });
+                let manifest = found.and_then(|o| serde_json::to_value(&*o).ok());
+                return Box::pin(async move { Ok(Reply::Manifest(manifest)) });
+            }
+            Op::CachedList { resource, selector } => {
+                let wanted: Vec<(String, String)> = selector
+                    .split(',')
+                    .filter_map(|kv| {
+                        kv.split_once('=')
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    })
+                    .collect();
+                let objects = self
+                    .store(&resource)
+                    .map(|store| {
+                        store
+                            .state()
+                            .into_iter()
+                            .filter(|o| wanted.iter().all(|(k, v)| o.labels().get(k) == Some(v)))
+                            .map(|o| LiveObject::from((*o).clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return Box::pin(async move { Ok(Reply::Objects(objects)) });
+            }
+            other => other,
+        };
         let client = self.client.clone();
         let permits = self.permits.clone();
         let timeout = self.timeout;
@@ -201,6 +382,7 @@ impl Handler<Op> for KubeWriter {
                     Op::ReadSecret { namespace, name } => {
                         Reply::Secret(kube_api::read_secret(&client, &namespace, &name).await?)
                     }
+                    Op::Watch { .. } | Op::Cached { .. } | Op::CachedList { .. } => Reply::Done,
                     Op::Event { reference, event } => {
                         let event = Event {
                             type_: if event.warning {
@@ -247,6 +429,40 @@ fn unexpected() -> KubeError {
 }
 
 impl Writer for WriterHandle {
+    async fn watch(&self, resource: ApiResource) -> Result<(), KubeError> {
+        self.done(Op::Watch { resource }).await
+    }
+
+    async fn cached(
+        &self,
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+    ) -> Result<Option<Json>, KubeError> {
+        match self
+            .call(Op::Cached {
+                resource,
+                namespace,
+                name,
+            })
+            .await?
+        {
+            Reply::Manifest(m) => Ok(m),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn cached_list(
+        &self,
+        resource: ApiResource,
+        selector: String,
+    ) -> Result<Vec<LiveObject>, KubeError> {
+        match self.call(Op::CachedList { resource, selector }).await? {
+            Reply::Objects(o) => Ok(o),
+            _ => Err(unexpected()),
+        }
+    }
+
     async fn kinds(&self, refresh: bool) -> Result<Kinds, KubeError> {
         match self.call(Op::Kinds { refresh }).await? {
             Reply::Kinds(k) => Ok(k),

@@ -18,6 +18,4 @@ pub struct Settings {
     pub api_timeout: Duration,
     /// Requests the writer queues before producers wait.
     pub mailbox: usize,
-    /// Unchanged objects are re-sent after this long, repairing drift.
-    pub drift_repair_interval: Duration,
 }

@@ -32,9 +32,6 @@ pub struct RunArgs {
     /// Timeout of each API request, in seconds.
     #[arg(long, env = "DBQO_API_TIMEOUT_SECONDS", default_value_t = 30)]
     pub api_timeout_seconds: u64,
-    /// Unchanged objects are re-applied after this many seconds, repairing drift.
-    #[arg(long, env = "DBQO_DRIFT_REPAIR_SECONDS", default_value_t = 600)]
-    pub drift_repair_seconds: u64,
     /// Log format.
     #[arg(long, env = "DBQO_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -50,7 +47,6 @@ impl RunArgs {
             concurrency: self.concurrency.max(1),
             api_timeout: Duration::from_secs(self.api_timeout_seconds.max(1)),
             mailbox: 1024,
-            drift_repair_interval: Duration::from_secs(self.drift_repair_seconds),
         })
     }
 }

@@ -6,19 +6,17 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
-    time::{Duration, Instant},
 };
 
 use deadpool_postgres::Pool;
 use futures_util::future::join_all;
 use kube::api::{ApiResource, GroupVersionKind};
 use serde_json::Value as Json;
-use sha2::{Digest, Sha256};
 
 use super::{labels::Owner, writer::Writer};
 use crate::api::DatabaseQueryResourceSpec;
 use crate::db::{self, ConnectError, QueryOptions};
-use crate::kube_api::{resource_for, KindInfo, KubeError};
+use crate::kube_api::{resource_for, KindInfo, KubeError, LiveObject};
 use crate::render::{
     render_rows, GroupKind, Metadata, ObjectKey, ObjectPolicy, RenderOutcome, RenderedObject,
     RowTemplate, Scope, ScopeLookup,
@@ -32,8 +30,6 @@ pub struct PassConfig {
     pub template: RowTemplate,
     pub policy: Arc<ObjectPolicy>,
     pub allow_cross_namespace_secrets: bool,
-    /// Unchanged objects are re-sent after this long anyway, repairing drift.
-    pub drift_repair_interval: Duration,
 }
 
 /// Carried from pass to pass.
@@ -42,12 +38,28 @@ pub struct PassState {
     pool: Option<(String, Pool)>,
     /// The connection the pool was built from (for the LISTEN connection).
     conninfo: Option<crate::db::ConnInfo>,
-    last_applied: HashMap<ObjectKey, (u64, Instant)>,
+    /// What this process applied (or found already in place), per object:
+    /// the reference for drift repair between passes.
+    applied: HashMap<ObjectKey, Applied>,
     /// `apiVersion/Kind` of everything this DBQR has written and not yet pruned.
     pub managed_kinds: BTreeSet<String>,
 }
 
+/// An object as this DBQR wants it, and where it lives.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub resource: ApiResource,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub manifest: Json,
+}
+
 impl PassState {
+    /// The wanted state of `key`, if this DBQR produced it in the last pass.
+    pub fn applied(&self, key: &ObjectKey) -> Option<Applied> {
+        self.applied.get(key).cloned()
+    }
+
     /// The current pool and the connection it was built from, once a pass has made them.
     pub fn connection(&self) -> Option<(Pool, crate::db::ConnInfo)> {
         Some((self.pool.as_ref()?.1.clone(), self.conninfo.clone()?))
@@ -118,11 +130,6 @@ impl ScopeLookup for DiscoveredScopes<'_> {
     fn scope(&self, gk: &GroupKind) -> Option<Scope> {
         self.0.get(gk).map(|k| k.scope)
     }
-}
-
-fn manifest_hash(manifest: &Json) -> u64 {
-    let digest = Sha256::digest(manifest.to_string().as_bytes());
-    u64::from_be_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"))
 }
 
 fn api_version_kind(object: &RenderedObject) -> String {
@@ -281,6 +288,8 @@ pub async fn run_pass<W: Writer>(
     report.objects = produced.len();
 
     let applied = apply_all(config, state, writer, &kinds, outcome.objects).await;
+    // Only what this pass produced is worth repairing; pruned or failed rows' objects are not.
+    state.applied.retain(|key, _| produced.contains(key));
     report.applied = applied.applied;
     report.skipped = applied.skipped;
     for (row, problem) in &applied.failures {
@@ -375,6 +384,22 @@ struct ApplyOutcome {
     kinds: BTreeSet<String>,
 }
 
+/// Whether `live` holds every field of `desired` with the same value: what a
+/// server-side apply of `desired` would leave unchanged. Fields others added
+/// (status, defaults, other managers' fields) do not matter.
+pub fn covers(live: &Json, desired: &Json) -> bool {
+    match (live, desired) {
+        (Json::Object(l), Json::Object(d)) => d
+            .iter()
+            .all(|(k, v)| l.get(k).is_some_and(|lv| covers(lv, v))),
+        (Json::Array(l), Json::Array(d)) => {
+            l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| covers(lv, dv))
+        }
+        (Json::Number(l), Json::Number(d)) => l == d || l.as_f64() == d.as_f64(),
+        _ => live == desired,
+    }
+}
+
 async fn apply_all<W: Writer>(
     config: &PassConfig,
     state: &mut PassState,
@@ -388,47 +413,71 @@ async fn apply_all<W: Writer>(
         failures: Vec::new(),
         kinds: BTreeSet::new(),
     };
+    let mut watched = HashSet::new();
     let mut pending = Vec::new();
     for mut object in objects {
         config
             .owner
             .decorate(&mut object.manifest, object.namespace.as_deref());
-        let hash = manifest_hash(&object.manifest);
-        let key = object.key();
         outcome.kinds.insert(api_version_kind(&object));
-        if let Some((last, at)) = state.last_applied.get(&key) {
-            if *last == hash && at.elapsed() < config.drift_repair_interval {
-                outcome.skipped += 1;
-                continue;
-            }
-        }
         let gvk = match object.api_version.rsplit_once('/') {
             Some((group, version)) => {
                 GroupVersionKind::gvk(group, version, &object.group_kind.kind)
             }
             None => GroupVersionKind::gvk("", &object.api_version, &object.group_kind.kind),
         };
-        let known = state.last_applied.contains_key(&key);
-        pending.push((object, key, hash, gvk, known));
+        let resource = match resource(kinds, &gvk) {
+            Ok(r) => r,
+            Err(e) => {
+                outcome
+                    .failures
+                    .push((object.row, Problem::new(e.reason(), e.to_string())));
+                continue;
+            }
+        };
+        if watched.insert(object.group_kind.clone()) {
+            if let Err(e) = writer.watch(resource.clone()).await {
+                outcome.failures.push((
+                    object.row,
+                    Problem::new(
+                        e.reason(),
+                        format!("cannot watch {}: {e}", object.group_kind),
+                    ),
+                ));
+                continue;
+            }
+        }
+        pending.push((object, resource));
     }
 
-    let results = join_all(
-        pending
-            .into_iter()
-            .map(|(object, key, hash, gvk, known)| async move {
-                let result = apply_one(config, writer, kinds, &object, &gvk, known).await;
-                (object.row, key, hash, result)
-            }),
-    )
+    let results = join_all(pending.into_iter().map(|(object, resource)| async move {
+        let result = apply_one(config, writer, &resource, &object).await;
+        let applied = Applied {
+            resource,
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+            manifest: object.manifest,
+        };
+        (object.row, object.group_kind, applied, result)
+    }))
     .await;
-    for (row, key, hash, result) in results {
+    for (row, group_kind, applied, result) in results {
+        let key = ObjectKey {
+            group_kind,
+            namespace: applied.namespace.clone(),
+            name: applied.name.clone(),
+        };
         match result {
-            Ok(()) => {
-                outcome.applied += 1;
-                state.last_applied.insert(key, (hash, Instant::now()));
+            Ok(sent) => {
+                if sent {
+                    outcome.applied += 1;
+                } else {
+                    outcome.skipped += 1;
+                }
+                state.applied.insert(key, applied);
             }
             Err(problem) => {
-                state.last_applied.remove(&key);
+                state.applied.remove(&key);
                 outcome.failures.push((row, problem));
             }
         }
@@ -437,48 +486,99 @@ async fn apply_all<W: Writer>(
     outcome
 }
 
+/// Applies `object` unless the watch cache shows it already in place.
+/// Returns whether a write was sent.
 async fn apply_one<W: Writer>(
     config: &PassConfig,
     writer: &W,
-    kinds: &HashMap<GroupKind, KindInfo>,
+    resource: &ApiResource,
     object: &RenderedObject,
-    gvk: &GroupVersionKind,
-    known: bool,
-) -> Result<(), Problem> {
-    let resource = resource(kinds, gvk).map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+) -> Result<bool, Problem> {
     let what = format!("{} {}", object.group_kind, object.name);
-    if !known {
-        // First time this process writes the object: never take over another owner's.
-        let live = writer
+    let cached = writer
+        .cached(
+            resource.clone(),
+            object.namespace.clone(),
+            object.name.clone(),
+        )
+        .await
+        .map_err(|e| Problem::new(e.reason(), format!("cannot read {what}: {e}")))?;
+    let live = match cached {
+        Some(live) => Some(LiveObject::from(
+            serde_json::from_value::<kube::api::DynamicObject>(live.clone())
+                .map_err(|e| Problem::new("InvalidObject", e.to_string()))?,
+        ))
+        .map(|l| (l, Some(live))),
+        // Not labelled as ours (or not there): one GET, so we never take over someone else's object.
+        None => writer
             .get(
                 resource.clone(),
                 object.namespace.clone(),
                 object.name.clone(),
             )
             .await
-            .map_err(|e| Problem::new(e.reason(), format!("cannot read {what}: {e}")))?;
-        if let Some(live) = live {
-            let foreign_controller = live
-                .controller_uid
-                .as_ref()
-                .is_some_and(|uid| *uid != config.owner.uid);
-            if config.owner.is_foreign(&live.labels) || foreign_controller {
-                return Err(Problem::new(
-                    "ObjectOwnedElsewhere",
-                    format!("{what} exists and belongs to another owner; not taken over"),
-                ));
-            }
+            .map_err(|e| Problem::new(e.reason(), format!("cannot read {what}: {e}")))?
+            .map(|l| (l, None)),
+    };
+    if let Some((live, manifest)) = live {
+        let foreign_controller = live
+            .controller_uid
+            .as_ref()
+            .is_some_and(|uid| *uid != config.owner.uid);
+        if config.owner.is_foreign(&live.labels) || foreign_controller {
+            return Err(Problem::new(
+                "ObjectOwnedElsewhere",
+                format!("{what} exists and belongs to another owner; not taken over"),
+            ));
+        }
+        if manifest.is_some_and(|m| !live.deleting && covers(&m, &object.manifest)) {
+            return Ok(false);
         }
     }
     writer
         .apply(
-            resource,
+            resource.clone(),
             object.namespace.clone(),
             object.name.clone(),
             object.manifest.clone(),
         )
         .await
-        .map_err(|e| Problem::new(e.reason(), format!("cannot apply {what}: {e}")))
+        .map_err(|e| Problem::new(e.reason(), format!("cannot apply {what}: {e}")))?;
+    Ok(true)
+}
+
+/// Puts one object back the way this DBQR wants it if the cache shows it
+/// deleted or changed. Returns whether a write was sent.
+pub async fn repair<W: Writer>(writer: &W, wanted: &Applied) -> Result<bool, Problem> {
+    let live = writer
+        .cached(
+            wanted.resource.clone(),
+            wanted.namespace.clone(),
+            wanted.name.clone(),
+        )
+        .await
+        .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+    if live.as_ref().is_some_and(|l| covers(l, &wanted.manifest)) {
+        return Ok(false);
+    }
+    writer
+        .apply(
+            wanted.resource.clone(),
+            wanted.namespace.clone(),
+            wanted.name.clone(),
+            wanted.manifest.clone(),
+        )
+        .await
+        .map_err(|e| {
+            Problem::new(
+                e.reason(),
+                format!(
+                    "cannot repair {} {}: {e}",
+                    wanted.resource.kind, wanted.name
+                ),
+            )
+        })?;
+    Ok(true)
 }
 
 async fn prune_kind<W: Writer>(
@@ -491,8 +591,12 @@ async fn prune_kind<W: Writer>(
     let gvk = parse_managed_kind(kind)
         .ok_or_else(|| Problem::new("PruneFailed", format!("bad managed kind {kind:?}")))?;
     let resource = resource(kinds, &gvk).map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+    writer
+        .watch(resource.clone())
+        .await
+        .map_err(|e| Problem::new(e.reason(), format!("cannot watch {kind}: {e}")))?;
     let live = writer
-        .list(resource.clone(), config.owner.selector())
+        .cached_list(resource.clone(), config.owner.selector())
         .await
         .map_err(|e| Problem::new(e.reason(), format!("cannot list {kind}: {e}")))?;
     let group_kind = GroupKind::new(gvk.group.clone(), gvk.kind.clone());

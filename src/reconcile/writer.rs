@@ -54,4 +54,21 @@ pub trait Writer {
         namespace: String,
         name: String,
     ) -> Result<Option<(String, BTreeMap<String, Vec<u8>>)>, KubeError>;
+    /// Makes sure the managed objects of this kind are watched and cached;
+    /// returns once the cache is filled.
+    async fn watch(&self, resource: ApiResource) -> Result<(), KubeError>;
+    /// A managed object from the watch cache (objects without the operator's
+    /// label are not cached).
+    async fn cached(
+        &self,
+        resource: ApiResource,
+        namespace: Option<String>,
+        name: String,
+    ) -> Result<Option<Json>, KubeError>;
+    /// The cached objects of a kind carrying all of `selector`'s labels (`k=v,k=v`).
+    async fn cached_list(
+        &self,
+        resource: ApiResource,
+        selector: String,
+    ) -> Result<Vec<LiveObject>, KubeError>;
 }

@@ -32,8 +32,12 @@ pub fn unique(prefix: &str) -> String {
 
 /// A client of the shared control plane, as cluster admin.
 pub async fn kube_client() -> Client {
-    let env = shared();
-    let kubeconfig = Kubeconfig::read_from(&env.control_plane.kubeconfig).expect("read kubeconfig");
+    kube_client_for(&shared().control_plane.kubeconfig).await
+}
+
+/// A client of the control plane behind `kubeconfig`.
+pub async fn kube_client_for(kubeconfig: &std::path::Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig is usable");

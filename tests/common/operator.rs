@@ -31,7 +31,11 @@ impl Operator {
     }
 
     pub fn start_with_id(id: &str, extra_args: &[&str]) -> Self {
-        let env = shared();
+        Self::start_on(&shared().control_plane.kubeconfig, id, extra_args)
+    }
+
+    /// Starts the operator against the control plane of `kubeconfig`.
+    pub fn start_on(kubeconfig: &std::path::Path, id: &str, extra_args: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{id}.operator.log"));
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -39,7 +43,7 @@ impl Operator {
             format!("{TEST_LABEL}={id}"),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let kubeconfig = env.control_plane.kubeconfig.to_string_lossy().into_owned();
+        let kubeconfig = kubeconfig.to_string_lossy().into_owned();
         let process = Supervised::start_with_env(
             "db-query-operator",
             &[],

@@ -1,0 +1,196 @@
+//! Watch-based drift repair and the cost of a steady state, measured by the
+//! API server's own request counters.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::operator::{
+    create_secret, secret_keys, wait_for_condition, wait_for_configmaps, DbqrBuilder, Operator,
+};
+use common::{eventually, kube_client};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::json;
+
+const ITEM_CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"item-{{Row.id}}\"\ndata:\n  value: \"{{Row.value}}\"\n";
+
+#[tokio::test]
+async fn deleted_or_edited_objects_are_repaired_within_two_seconds() {
+    let client = kube_client().await;
+    common::install_crd(&client).await;
+    let ns = common::namespace(&client, "drift").await;
+    let url = common::database("drift").await;
+    common::connect(&url)
+        .await
+        .batch_execute("CREATE TABLE items (id int, value text); INSERT INTO items VALUES (1, 'one'), (2, 'two');")
+        .await
+        .unwrap();
+    create_secret(&client, &ns, "db", secret_keys(&url)).await;
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("items", &operator)
+        .query("SELECT id, value FROM items")
+        .template(ITEM_CM)
+        .set("/pollInterval", json!("1h"))
+        .create(&client, &ns)
+        .await;
+    wait_for_configmaps(&client, &ns, &["item-1", "item-2"]).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+
+    cms.delete("item-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(2), "item-1 to come back", || async {
+        cms.get_opt("item-1")
+            .await
+            .ok()?
+            .filter(|cm| cm.metadata.deletion_timestamp.is_none())
+    })
+    .await;
+
+    let edit = json!({ "data": { "value": "tampered", "extra": "kept" } });
+    cms.patch("item-2", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    let repaired = eventually(
+        Duration::from_secs(2),
+        "item-2's value to be reverted",
+        || async {
+            let data = cms.get("item-2").await.ok()?.data?;
+            (data.get("value")? == "two").then_some(data)
+        },
+    )
+    .await;
+    // Fields the operator does not manage are left alone.
+    assert_eq!(repaired.get("extra").map(String::as_str), Some("kept"));
+    assert!(operator.log().contains("repaired drift"));
+}
+
+/// `apiserver_request_total` summed by (verb, resource).
+async fn request_counts(client: &kube::Client) -> BTreeMap<(String, String), f64> {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(request).await.expect("read /metrics");
+    let mut counts = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *counts
+            .entry((label("verb"), label("resource")))
+            .or_insert(0.0) += value;
+    }
+    counts
+}
+
+fn delta(
+    before: &BTreeMap<(String, String), f64>,
+    after: &BTreeMap<(String, String), f64>,
+    verbs: &[&str],
+    resources: &[&str],
+) -> f64 {
+    after
+        .iter()
+        .filter(|((verb, resource), _)| {
+            verbs.contains(&verb.as_str()) && resources.contains(&resource.as_str())
+        })
+        .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
+        .sum()
+}
+
+/// 200 converged objects, a full poll every 10 s, 60 s of nothing changing:
+/// not one write and not one per-object read reaches the API server.
+#[tokio::test]
+async fn a_steady_state_costs_no_writes_and_no_object_reads() {
+    // A private control plane, so other tests' requests do not count.
+    let dir = dbqo_testenv::run_dir().with_extension("idle-kube");
+    let control_plane = tokio::task::spawn_blocking(move || {
+        dbqo_testenv::ControlPlane::start(&dir, &dbqo_testenv::assets().unwrap()).unwrap()
+    })
+    .await
+    .unwrap();
+    let kubeconfig = control_plane.info.kubeconfig.clone();
+    let client = common::kube_client_for(&kubeconfig).await;
+    common::install_crd(&client).await;
+    let ns = "idle";
+    let ns_object: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::all(client.clone())
+        .create(&Default::default(), &ns_object)
+        .await
+        .unwrap();
+    let url = common::database("idle").await;
+    common::connect(&url)
+        .await
+        .batch_execute("CREATE TABLE items AS SELECT i AS id, 'v' || i AS value FROM generate_series(1, 200) i")
+        .await
+        .unwrap();
+    create_secret(&client, ns, "db", secret_keys(&url)).await;
+    let operator = Operator::start_on(&kubeconfig, &common::unique("idle"), &[]);
+    DbqrBuilder::new("items", &operator)
+        .query("SELECT id, value FROM items")
+        .template(ITEM_CM)
+        .set("/pollInterval", json!("10s"))
+        .create(&client, ns)
+        .await;
+    wait_for_condition(&client, ns, "items", "Ready", "True", "Ready").await;
+    eventually(Duration::from_secs(60), "200 configmaps", || async {
+        (common::operator::configmaps(&client, ns).await.len() == 200).then_some(())
+    })
+    .await;
+    // Let the status and event writes of convergence land before measuring.
+    eventually(
+        Duration::from_secs(30),
+        "a pass that skips all 200",
+        || async {
+            operator
+                .log()
+                .contains("applied=0 skipped=200 pruned=0 ok=true")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let passes_before = operator.log().matches("pass finished").count();
+    let before = request_counts(&client).await;
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(90), "60 s of full polls", || async {
+        (started.elapsed() >= Duration::from_secs(60)).then_some(())
+    })
+    .await;
+    let after = request_counts(&client).await;
+    let passes = operator.log().matches("pass finished").count() - passes_before;
+    assert!(passes >= 5, "the full poll kept running: {passes} passes");
+
+    let writes = [
+        "POST",
+        "PUT",
+        "PATCH",
+        "DELETE",
+        "APPLY",
+        "DELETECOLLECTION",
+    ];
+    let ours = ["configmaps", "databasequeryresources", "events"];
+    assert_eq!(
+        delta(&before, &after, &writes, &ours),
+        0.0,
+        "write requests while idle"
+    );
+    assert_eq!(
+        delta(&before, &after, &["GET", "LIST"], &["configmaps"]),
+        0.0,
+        "object reads while idle"
+    );
+    drop(control_plane);
+}
