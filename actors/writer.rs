@@ -117,9 +117,12 @@ pub struct Subscribe {
     pub recipient: Option<Recipient<Drifted>>,
 }
 
-/// One cached kind: the store its reflector fills.
+/// One cached kind: the store its reflector fills, and whether the first
+/// list has landed. (The store's own readiness future wakes only one waiter
+/// when several passes wait at once, so readiness is tracked here.)
 struct Watched {
     store: Store<DynamicObject>,
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Message for Op {
@@ -163,10 +166,14 @@ impl KubeWriter {
     }
 
     /// Starts one label-selected watch per kind (shared by every DBQR) unless it runs already.
-    fn watch(&mut self, resource: ApiResource, ctx: &mut Context<Self>) -> Store<DynamicObject> {
+    fn watch(
+        &mut self,
+        resource: ApiResource,
+        ctx: &mut Context<Self>,
+    ) -> tokio::sync::watch::Receiver<bool> {
         let gk = GroupKind::new(resource.group.clone(), resource.kind.clone());
         if let Some(watched) = self.watches.get(&gk) {
-            return watched.store.clone();
+            return watched.ready.subscribe();
         }
         let writer = StoreWriter::<DynamicObject>::new(resource.clone());
         let store = writer.as_reader();
@@ -176,13 +183,9 @@ impl KubeWriter {
         let kind = gk.clone();
         ctx.add_stream(events.map(move |event| (kind.clone(), event)).boxed_local());
         tracing::debug!(kind = %gk, "watching managed objects");
-        self.watches.insert(
-            gk,
-            Watched {
-                store: store.clone(),
-            },
-        );
-        store
+        let (ready, waiting) = tokio::sync::watch::channel(false);
+        self.watches.insert(gk, Watched { store, ready });
+        waiting
     }
 
     fn notify(&self, group_kind: &GroupKind, object: &DynamicObject) {
@@ -213,6 +216,11 @@ impl StreamHandler<WatchItem> for KubeWriter {
         match event {
             Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
                 self.notify(&kind, &object)
+            }
+            Ok(watcher::Event::InitDone) => {
+                if let Some(watched) = self.watches.get(&kind) {
+                    watched.ready.send_replace(true);
+                }
             }
             Ok(_) => {}
             Err(error) => {
@@ -259,10 +267,10 @@ impl Handler<Op> for KubeWriter {
             },
             // Cache reads cost no API request and take no permit.
             Op::Watch { resource } => {
-                let store = self.watch(resource, ctx);
+                let mut ready = self.watch(resource, ctx);
                 return Box::pin(async move {
-                    store
-                        .wait_until_ready()
+                    ready
+                        .wait_for(|ready| *ready)
                         .await
                         .map_err(|_| KubeError::Closed)?;
                     Ok(Reply::Done)
