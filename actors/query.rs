@@ -19,13 +19,16 @@ use crate::db::{listen, ConnInfo, Listener};
 use crate::reconcile::change::{probe, probe_sql};
 use crate::reconcile::labels::label_value;
 use crate::reconcile::pass::repair;
+use crate::reconcile::Writer as _;
 use crate::reconcile::{
     run_pass,
     status::{next_status, Outcome},
     Owner, PassConfig, PassReport, PassState, Problem,
 };
+use crate::render::ObjectKey;
 use crate::render::{Metadata, RowTemplate};
 use crate::settings::Settings;
+use crate::writeback::{self, StatusTemplate};
 
 pub struct QueryActor {
     dbqr: DatabaseQueryResource,
@@ -42,6 +45,14 @@ pub struct QueryActor {
     next_pass: Option<SpawnHandle>,
     /// Change detection runs once a pass has made a pool.
     detection: Detection,
+    /// Objects whose status SQL waits for the debounce window.
+    writeback_pending: std::collections::HashSet<ObjectKey>,
+    /// Fingerprint of each object's status at its last successful write-back.
+    status_seen: std::collections::HashMap<ObjectKey, [u8; 32]>,
+    /// Outcome of the last status write-back batch, for the StatusWriteBack condition.
+    writeback: Option<Result<(), Problem>>,
+    /// The last pass report, so write-back results can be published alone.
+    last_report: PassReport,
     /// Objects reported changed while a pass ran.
     drifted: std::collections::HashSet<crate::render::ObjectKey>,
     /// The pool and connection of the last pass, for probes during a pass.
@@ -79,6 +90,13 @@ fn pass_config(dbqr: &DatabaseQueryResource, settings: &Settings) -> Result<Pass
     }
     let template = RowTemplate::compile(&dbqr.spec.template)
         .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
+    let status_template = dbqr
+        .spec
+        .status_update_query_template
+        .as_deref()
+        .map(StatusTemplate::compile)
+        .transpose()
+        .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
     Ok(PassConfig {
         owner: Owner {
             name: dbqr.name_any(),
@@ -90,6 +108,7 @@ fn pass_config(dbqr: &DatabaseQueryResource, settings: &Settings) -> Result<Pass
         template,
         policy: settings.policy.clone(),
         allow_cross_namespace_secrets: settings.allow_cross_namespace_secrets,
+        status_template,
     })
 }
 
@@ -108,6 +127,10 @@ impl QueryActor {
             state: Some(PassState::with_managed_kinds(managed)),
             last_connection: None,
             drifted: Default::default(),
+            writeback_pending: Default::default(),
+            status_seen: Default::default(),
+            writeback: None,
+            last_report: PassReport::default(),
             status,
             writer,
             failures: 0,
@@ -294,6 +317,7 @@ impl QueryActor {
             "pass finished"
         );
         self.publish(Outcome::Pass(&report), ctx);
+        self.last_report = report.clone();
         let poll = self.dbqr.spec.poll_interval.get();
         let delay = if report.succeeded() {
             self.failures = 0;
@@ -318,6 +342,7 @@ impl QueryActor {
         let Some((status, events)) = next_status(
             self.status.as_ref(),
             &outcome,
+            self.writeback.as_ref(),
             self.dbqr.metadata.generation,
             now,
         ) else {
@@ -422,6 +447,7 @@ impl Handler<Drifted> for QueryActor {
         };
         let writer = self.writer.clone();
         let name = self.dbqr.name_any();
+        let writes_back = matches!(&self.config, Ok(c) if c.status_template.is_some());
         ctx.spawn(
             async move {
                 match repair(&writer, &wanted).await {
@@ -429,8 +455,93 @@ impl Handler<Drifted> for QueryActor {
                     Ok(false) => {}
                     Err(problem) => tracing::warn!(dbqr = %name, reason = %problem.reason, "drift repair failed"),
                 }
+                key
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |key, actor, ctx| {
+                if writes_back {
+                    actor.queue_writeback(key, ctx);
+                }
+            }),
+        );
+    }
+}
+
+/// Status changes of one object within this window cost one write-back.
+const WRITEBACK_DEBOUNCE: Duration = Duration::from_millis(100);
+
+impl QueryActor {
+    fn queue_writeback(&mut self, key: ObjectKey, ctx: &mut Context<Self>) {
+        let first = self.writeback_pending.is_empty();
+        self.writeback_pending.insert(key);
+        if first {
+            ctx.run_later(WRITEBACK_DEBOUNCE, |actor, ctx| actor.flush_writebacks(ctx));
+        }
+    }
+
+    /// Runs the status SQL for every queued object whose status changed since
+    /// its last write-back. Runs beside passes and never blocks them.
+    fn flush_writebacks(&mut self, ctx: &mut Context<Self>) {
+        let (Ok(config), Some(state)) = (self.config.clone(), self.state.as_ref()) else {
+            // A pass holds the state; try again when it is likely done.
+            ctx.run_later(WRITEBACK_DEBOUNCE, |actor, ctx| actor.flush_writebacks(ctx));
+            return;
+        };
+        let Some((pool, _)) = state.connection() else {
+            return;
+        };
+        let work: Vec<_> = std::mem::take(&mut self.writeback_pending)
+            .into_iter()
+            .filter_map(|key| {
+                let wanted = state.applied(&key)?;
+                let row = state.row(&key)?.clone();
+                let seen = self.status_seen.get(&key).copied();
+                Some((key, wanted, row, seen))
+            })
+            .collect();
+        let writer = self.writer.clone();
+        ctx.spawn(
+            async move {
+                let Some(template) = config.status_template.as_ref() else { return Vec::new() };
+                let mut results = Vec::new();
+                for (key, wanted, row, seen) in work {
+                    let live = match writer.cached(wanted.resource.clone(), wanted.namespace.clone(), wanted.name.clone()).await {
+                        Ok(Some(live)) => live,
+                        _ => continue,
+                    };
+                    let Some(fingerprint) = writeback::status_fingerprint(&live) else { continue };
+                    if seen == Some(fingerprint) {
+                        continue;
+                    }
+                    let outcome = match template.render(&live, &row, &config.metadata) {
+                        Ok(bound) => writeback::execute(&pool, &bound).await.map(|_| ()),
+                        Err(e) => Err(e),
+                    };
+                    results.push((key, fingerprint, outcome));
+                }
+                results
+            }
+            .into_actor(self)
+            .map(|results, actor, ctx| {
+                if results.is_empty() {
+                    return;
+                }
+                let mut verdict = Ok(());
+                for (key, fingerprint, outcome) in results {
+                    match outcome {
+                        Ok(()) => {
+                            actor.status_seen.insert(key, fingerprint);
+                        }
+                        Err(e) => {
+                            tracing::warn!(dbqr = %actor.dbqr.name_any(), object = %key.name, reason = e.reason(), "status write-back failed");
+                            verdict = Err(Problem::new(e.reason(), format!("{} {}: {e}", key.group_kind, key.name)));
+                        }
+                    }
+                }
+                actor.writeback = Some(verdict);
+                let report = actor.last_report.clone();
+                actor.publish(Outcome::Pass(&report), ctx);
+            }),
         );
     }
 }

@@ -17,3 +17,4 @@ pub mod reconcile;
 pub mod render;
 pub mod settings;
 pub mod sql;
+pub mod writeback;

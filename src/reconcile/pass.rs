@@ -30,6 +30,8 @@ pub struct PassConfig {
     pub template: RowTemplate,
     pub policy: Arc<ObjectPolicy>,
     pub allow_cross_namespace_secrets: bool,
+    /// `statusUpdateQueryTemplate`, compiled.
+    pub status_template: Option<crate::writeback::StatusTemplate>,
 }
 
 /// Carried from pass to pass.
@@ -41,6 +43,8 @@ pub struct PassState {
     /// What this process applied (or found already in place), per object:
     /// the reference for drift repair between passes.
     applied: HashMap<ObjectKey, Applied>,
+    /// The row that produced each object in the last pass (for status write-back).
+    rows: HashMap<ObjectKey, serde_json::Map<String, Json>>,
     /// `apiVersion/Kind` of everything this DBQR has written and not yet pruned.
     pub managed_kinds: BTreeSet<String>,
 }
@@ -55,6 +59,11 @@ pub struct Applied {
 }
 
 impl PassState {
+    /// The row that produced `key` in the last pass.
+    pub fn row(&self, key: &ObjectKey) -> Option<&serde_json::Map<String, Json>> {
+        self.rows.get(key)
+    }
+
     /// The wanted state of `key`, if this DBQR produced it in the last pass.
     pub fn applied(&self, key: &ObjectKey) -> Option<Applied> {
         self.applied.get(key).cloned()
@@ -285,6 +294,11 @@ pub async fn run_pass<W: Writer>(
         .first()
         .map(|f| f.error.reason().to_owned());
     let produced: HashSet<ObjectKey> = outcome.objects.iter().map(RenderedObject::key).collect();
+    state.rows = outcome
+        .objects
+        .iter()
+        .map(|o| (o.key(), rows[o.row].clone()))
+        .collect();
     report.objects = produced.len();
 
     let applied = apply_all(config, state, writer, &kinds, outcome.objects).await;

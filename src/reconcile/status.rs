@@ -13,6 +13,7 @@ use crate::api::DatabaseQueryResourceStatus;
 pub const READY: &str = "Ready";
 pub const DATABASE_CONNECTED: &str = "DatabaseConnected";
 pub const SYNCED: &str = "Synced";
+pub const STATUS_WRITE_BACK: &str = "StatusWriteBack";
 
 /// An Event to publish about the DBQR.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +62,10 @@ pub enum Outcome<'a> {
     InvalidSpec(Problem),
 }
 
-fn verdicts(outcome: &Outcome<'_>) -> [(&'static str, Verdict); 3] {
+fn verdicts(
+    outcome: &Outcome<'_>,
+    writeback: Option<&Result<(), Problem>>,
+) -> Vec<(&'static str, Verdict)> {
     let (database, synced) = match outcome {
         Outcome::InvalidSpec(p) => (
             Verdict::unknown("NotChecked", "the spec is invalid"),
@@ -102,17 +106,28 @@ fn verdicts(outcome: &Outcome<'_>) -> [(&'static str, Verdict); 3] {
             message: database.message.clone(),
         }
     };
-    [
+    let mut all = vec![
         (READY, ready),
         (DATABASE_CONNECTED, database),
         (SYNCED, synced),
-    ]
+    ];
+    // Write-back failures are reported beside, never instead of, the sync state.
+    match writeback {
+        Some(Ok(())) => all.push((
+            STATUS_WRITE_BACK,
+            Verdict::ok("Written", "object status written back to the database"),
+        )),
+        Some(Err(p)) => all.push((STATUS_WRITE_BACK, Verdict::failed(p))),
+        None => {}
+    }
+    all
 }
 
 /// The next status and the Events it warrants, or `None` when nothing changed.
 pub fn next_status(
     previous: Option<&DatabaseQueryResourceStatus>,
     outcome: &Outcome<'_>,
+    writeback: Option<&Result<(), Problem>>,
     generation: Option<i64>,
     now: Time,
 ) -> Option<(DatabaseQueryResourceStatus, Vec<StatusEvent>)> {
@@ -120,7 +135,7 @@ pub fn next_status(
     let mut next = old.clone();
     let mut events = Vec::new();
     next.observed_generation = generation;
-    next.conditions = verdicts(outcome)
+    next.conditions = verdicts(outcome, writeback)
         .into_iter()
         .map(|(type_, v)| {
             let before = old.conditions.iter().find(|c| c.type_ == type_);
@@ -182,12 +197,13 @@ mod tests {
     #[test]
     fn a_steady_state_writes_nothing() {
         let (first, events) =
-            next_status(None, &Outcome::Pass(&ok_report(3)), Some(1), time(10)).unwrap();
+            next_status(None, &Outcome::Pass(&ok_report(3)), None, Some(1), time(10)).unwrap();
         assert_eq!(events.len(), 2, "DatabaseConnected and Synced appear");
         assert_eq!(first.last_poll_time, Some(time(10)));
         assert!(next_status(
             Some(&first),
             &Outcome::Pass(&ok_report(3)),
+            None,
             Some(1),
             time(20)
         )
@@ -195,6 +211,7 @@ mod tests {
         let (second, events) = next_status(
             Some(&first),
             &Outcome::Pass(&ok_report(4)),
+            None,
             Some(1),
             time(30),
         )
@@ -207,13 +224,14 @@ mod tests {
 
     #[test]
     fn failures_flip_conditions_and_keep_the_object_count() {
-        let (ok, _) = next_status(None, &Outcome::Pass(&ok_report(3)), Some(1), time(10)).unwrap();
+        let (ok, _) =
+            next_status(None, &Outcome::Pass(&ok_report(3)), None, Some(1), time(10)).unwrap();
         let down = PassReport {
             database: Some(Err(Problem::new("ConnectionFailed", "cannot connect"))),
             ..PassReport::default()
         };
         let (failed, events) =
-            next_status(Some(&ok), &Outcome::Pass(&down), Some(1), time(20)).unwrap();
+            next_status(Some(&ok), &Outcome::Pass(&down), None, Some(1), time(20)).unwrap();
         let get = |t: &str| {
             failed
                 .conditions

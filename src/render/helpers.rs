@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::escape::yaml_double_quoted;
 use super::tracking::{
-    emit_fragment, escape_value, note_structured, now as tracking_now, structured_value, Fragment,
+    emit_fragment, note_structured, now as tracking_now, structured_value, Fragment,
 };
 
 type HelperFn = fn(&Helper<'_>) -> Result<Json, RenderError>;
@@ -87,7 +87,30 @@ impl HelperDef for SilentLog {
 }
 
 /// Registers every helper on `registry`.
-pub(super) fn register(registry: &mut Handlebars<'_>) {
+/// Where helper output goes: into a YAML manifest (YAML-producing helpers
+/// are tracked fragments) or into SQL (every output is a bound parameter).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HelperMode {
+    Yaml,
+    Sql,
+}
+
+/// A YAML-producing helper used in SQL: its text is just a value, bound like any other.
+struct TextHelper(FragmentFn);
+
+impl HelperDef for TextHelper {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        (self.0)(h).map(|f| ScopedJson::Derived(Json::String(f.text)))
+    }
+}
+
+pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) {
     let value_helpers: &[(&str, HelperFn)] = &[
         ("lower", |h| Ok(Json::String(text(h, 0)?.to_lowercase()))),
         ("upper", |h| Ok(Json::String(text(h, 0)?.to_uppercase()))),
@@ -281,22 +304,23 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
         ("nindent", |h| indent_helper(h, true)),
     ];
     for (name, f) in yaml_helpers {
-        registry.register_helper(name, Box::new(YamlHelper(*f)));
+        match mode {
+            HelperMode::Yaml => registry.register_helper(name, Box::new(YamlHelper(*f))),
+            HelperMode::Sql => registry.register_helper(name, Box::new(TextHelper(*f))),
+        }
     }
 
+    // The pass's time while a manifest renders; the current time in SQL.
     registry.register_helper(
         "now",
-        Box::new(
-            |_: &Helper<'_>,
-             _: &Handlebars<'_>,
-             _: &Context,
-             _: &mut RenderContext<'_, '_>,
-             out: &mut dyn Output|
-             -> HelperResult {
-                out.write(&escape_value(&tracking_now()))?;
-                Ok(())
-            },
-        ),
+        Box::new(ValueHelper(|_| {
+            let pass = tracking_now();
+            Ok(Json::String(if pass.is_empty() {
+                Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            } else {
+                pass
+            }))
+        })),
     );
     registry.register_helper("log", Box::new(SilentLog));
 }

@@ -6,7 +6,7 @@
 
 mod error;
 mod escape;
-mod helpers;
+pub(crate) mod helpers;
 mod object;
 mod tracking;
 
@@ -72,7 +72,7 @@ impl RowTemplate {
         registry.set_strict_mode(true);
         registry.set_prevent_indent(true);
         registry.register_escape_fn(tracking::escape_value);
-        helpers::register(&mut registry);
+        helpers::register(&mut registry, helpers::HelperMode::Yaml);
         registry
             .register_template_string(TEMPLATE_NAME, source)
             .map_err(|e| TemplateError(e.to_string()))?;

@@ -1,0 +1,242 @@
+//! Status write-back: `statusUpdateQueryTemplate` rendered with every
+//! `{{expr}}` as a bound parameter.
+//!
+//! Values never become SQL text. Each `{{expr}}` turns into `$1`, `$2`, ...;
+//! the values are sent in text form and PostgreSQL converts them with the
+//! input function of the type it infers for each parameter, so an integer
+//! column gets an integer and a value that is not one is a clear error.
+//! Identifiers and keywords come only from the template's own text.
+
+use std::{cell::RefCell, error::Error as StdError};
+
+use bytes::BytesMut;
+use deadpool_postgres::Pool;
+use handlebars::Handlebars;
+use serde_json::{json, Map, Value as Json};
+use sha2::{Digest, Sha256};
+use tokio_postgres::types::{Format, IsNull, ToSql, Type};
+
+use crate::render::{helpers, Metadata};
+use crate::sql::split_statements;
+
+const NAME: &str = "status";
+
+/// Why a status write-back did not happen. Messages hold no values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WritebackError {
+    #[error("statusUpdateQueryTemplate does not parse: {0}")]
+    Template(String),
+    #[error("statusUpdateQueryTemplate must not use {{{{{{...}}}}}} or {{{{&...}}}}: values are bound as parameters, never spliced")]
+    RawExpression,
+    #[error("statusUpdateQueryTemplate must be exactly one statement, found {0}")]
+    Statements(usize),
+    #[error("status SQL render failed: {0}")]
+    Render(String),
+    #[error("status SQL failed: {0}")]
+    Database(String),
+}
+
+impl WritebackError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Template(_) | Self::RawExpression | Self::Statements(_) => {
+                "StatusTemplateInvalid"
+            }
+            Self::Render(_) | Self::Database(_) => "StatusWriteBackFailed",
+        }
+    }
+}
+
+thread_local! {
+    static PARAMS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// The escape function of the SQL registry: each value becomes the next placeholder.
+fn bind(value: &str) -> String {
+    PARAMS.with(|p| match p.borrow_mut().as_mut() {
+        Some(params) => {
+            params.push(value.to_owned());
+            format!("${}", params.len())
+        }
+        // Never splice: outside a render there is nothing to bind to.
+        None => "NULL".to_owned(),
+    })
+}
+
+/// A compiled status SQL template.
+pub struct StatusTemplate {
+    registry: Handlebars<'static>,
+}
+
+impl std::fmt::Debug for StatusTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusTemplate").finish_non_exhaustive()
+    }
+}
+
+/// A statement ready to run: SQL with placeholders and the values, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundStatement {
+    pub sql: String,
+    pub params: Vec<String>,
+}
+
+impl StatusTemplate {
+    pub fn compile(source: &str) -> Result<Self, WritebackError> {
+        if source.contains("{{{") || source.contains("{{&") || source.contains("{{~{") {
+            return Err(WritebackError::RawExpression);
+        }
+        let mut registry = Handlebars::new();
+        registry.set_strict_mode(false);
+        registry.register_escape_fn(bind);
+        helpers::register(&mut registry, helpers::HelperMode::Sql);
+        registry
+            .register_template_string(NAME, source)
+            .map_err(|e| WritebackError::Template(e.to_string()))?;
+        // The statement count does not depend on values: check it with placeholders now.
+        let probe = Self { registry };
+        let shape = probe.render_with(&json!({}))?;
+        let count = split_statements(&shape.sql).map(|s| s.len()).unwrap_or(0);
+        if count != 1 {
+            return Err(WritebackError::Statements(count));
+        }
+        Ok(probe)
+    }
+
+    fn render_with(&self, context: &Json) -> Result<BoundStatement, WritebackError> {
+        PARAMS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+        let rendered = self.registry.render(NAME, context);
+        let params = PARAMS.with(|p| p.borrow_mut().take()).unwrap_or_default();
+        let sql = rendered.map_err(|e| WritebackError::Render(e.reason().to_string()))?;
+        Ok(BoundStatement { sql, params })
+    }
+
+    /// Renders for one object: `Resource` (Secret data removed), `Row`, `Metadata`.
+    pub fn render(
+        &self,
+        resource: &Json,
+        row: &Map<String, Json>,
+        metadata: &Metadata,
+    ) -> Result<BoundStatement, WritebackError> {
+        let context = json!({ "Resource": sanitize(resource), "Row": row, "Metadata": metadata });
+        let bound = self.render_with(&context)?;
+        let count = split_statements(&bound.sql).map(|s| s.len()).unwrap_or(0);
+        if count != 1 {
+            return Err(WritebackError::Statements(count));
+        }
+        Ok(bound)
+    }
+}
+
+/// The object as the template sees it: no Secret payload, no managedFields.
+pub fn sanitize(resource: &Json) -> Json {
+    let mut resource = resource.clone();
+    if let Some(object) = resource.as_object_mut() {
+        if object.get("kind").and_then(Json::as_str) == Some("Secret") {
+            object.remove("data");
+            object.remove("stringData");
+        }
+        if let Some(metadata) = object.get_mut("metadata").and_then(Json::as_object_mut) {
+            metadata.remove("managedFields");
+        }
+    }
+    resource
+}
+
+/// A fingerprint of an object's status; `None` when it has none.
+pub fn status_fingerprint(resource: &Json) -> Option<[u8; 32]> {
+    let status = resource.get("status").filter(|s| !s.is_null())?;
+    Some(Sha256::digest(status.to_string().as_bytes()).into())
+}
+
+/// A parameter in text form. An empty value is NULL for non-text types (an
+/// empty string is no integer, boolean, timestamp or JSON anyway) and the
+/// empty string for text types.
+#[derive(Debug)]
+struct TextParam<'a>(&'a str);
+
+impl ToSql for TextParam<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        let textual = matches!(
+            *ty,
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+        ) || ty.name() == "citext";
+        if self.0.is_empty() && !textual {
+            return Ok(IsNull::Yes);
+        }
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &Type) -> Format {
+        Format::Text
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Runs a bound statement; returns the rows it affected.
+pub async fn execute(pool: &Pool, statement: &BoundStatement) -> Result<u64, WritebackError> {
+    let failed = |e: tokio_postgres::Error| WritebackError::Database(crate::db::describe(&e));
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| WritebackError::Database(e.to_string()))?;
+    let prepared = client
+        .prepare_cached(&statement.sql)
+        .await
+        .map_err(failed)?;
+    let params: Vec<TextParam<'_>> = statement.params.iter().map(|p| TextParam(p)).collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    client.execute(&prepared, &refs).await.map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_expression_becomes_a_parameter() {
+        let t = StatusTemplate::compile(
+            "UPDATE apps SET ready = {{default Resource.status.readyReplicas 0}}, note = {{Resource.metadata.annotations.note}} WHERE name = {{Row.name}}",
+        )
+        .unwrap();
+        let resource = json!({"status": {"readyReplicas": 2}, "metadata": {"annotations": {"note": "'); DROP TABLE apps; --"}}});
+        let row = json!({"name": "web"}).as_object().unwrap().clone();
+        let bound = t.render(&resource, &row, &Metadata::default()).unwrap();
+        assert_eq!(
+            bound.sql,
+            "UPDATE apps SET ready = $1, note = $2 WHERE name = $3"
+        );
+        assert_eq!(bound.params, ["2", "'); DROP TABLE apps; --", "web"]);
+    }
+
+    #[test]
+    fn raw_forms_and_several_statements_are_refused() {
+        assert_eq!(
+            StatusTemplate::compile("UPDATE t SET a = {{{Row.a}}}").unwrap_err(),
+            WritebackError::RawExpression
+        );
+        assert_eq!(
+            StatusTemplate::compile("UPDATE t SET a = {{Row.a}}; DELETE FROM t").unwrap_err(),
+            WritebackError::Statements(2)
+        );
+    }
+
+    #[test]
+    fn secret_payloads_never_reach_the_template() {
+        let secret = json!({"kind": "Secret", "data": {"k": "c2VjcmV0"}, "stringData": {"k": "s"}, "metadata": {"name": "s", "managedFields": []}});
+        assert_eq!(
+            sanitize(&secret),
+            json!({"kind": "Secret", "metadata": {"name": "s"}})
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Status write-back (SPEC §4 step 7): the real deployment controller sets
+//! status, the operator writes it to the row with bound parameters.
+
+mod common;
+
+use std::time::Duration;
+
+use common::operator::{create_secret, secret_keys, wait_for_condition, DbqrBuilder, Operator};
+use common::{eventually, kube_client};
+use serde_json::json;
+
+async fn setup(prefix: &str, schema: &str) -> (kube::Client, String, tokio_postgres::Client) {
+    let client = kube_client().await;
+    common::install_crd(&client).await;
+    let namespace = common::namespace(&client, prefix).await;
+    let url = common::database(prefix).await;
+    let db = common::connect(&url).await;
+    db.batch_execute(schema).await.expect("schema");
+    create_secret(&client, &namespace, "db", secret_keys(&url)).await;
+    (client, namespace, db)
+}
+
+#[tokio::test]
+async fn deployment_status_is_written_back_to_its_row() {
+    let (client, ns, db) = setup(
+        "wb",
+        include_str!("../examples/deployment-per-row/schema.sql"),
+    )
+    .await;
+    let example: serde_yaml::Value =
+        serde_yaml::from_str(include_str!("../examples/deployment-per-row/dbqr.yaml")).unwrap();
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("apps", &operator)
+        .query(example["spec"]["query"].as_str().unwrap())
+        .template(example["spec"]["template"].as_str().unwrap())
+        .set(
+            "/statusUpdateQueryTemplate",
+            json!(example["spec"]["statusUpdateQueryTemplate"]
+                .as_str()
+                .unwrap()),
+        )
+        .set("/pollInterval", json!("1h"))
+        .create(&client, &ns)
+        .await;
+    // No kubelet runs here, so every replica the controller wants stays unavailable.
+    let rows = eventually(
+        Duration::from_secs(30),
+        "unavailable_replicas in the table",
+        || async {
+            let rows = db
+                .query(
+                    "SELECT name, ready_replicas, unavailable_replicas FROM apps ORDER BY name",
+                    &[],
+                )
+                .await
+                .ok()?;
+            let values: Vec<(String, Option<i32>, Option<i32>)> = rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            (values.iter().all(|(_, _, u)| u.is_some())).then_some(values)
+        },
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![
+            ("web".to_string(), Some(0), Some(2)),
+            ("worker".to_string(), Some(0), Some(1))
+        ]
+    );
+    wait_for_condition(&client, &ns, "apps", "StatusWriteBack", "True", "Written").await;
+}
+
+#[tokio::test]
+async fn hostile_object_fields_are_written_back_as_data() {
+    let schema = "CREATE TABLE notes (id int PRIMARY KEY, note text NOT NULL, echoed text, replicas int);
+        INSERT INTO notes VALUES (1, $$'); DROP TABLE notes; -- \"quoted\" \\back\\slash O'Brien$$);";
+    let (client, ns, db) = setup("inject", schema).await;
+    let operator = Operator::start(&[]);
+    let template = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: \"note-{{Row.id}}\"
+  annotations:
+    note: \"{{Row.note}}\"
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: \"note-{{Row.id}}\"}}
+  template:
+    metadata: {labels: {app: \"note-{{Row.id}}\"}}
+    spec: {containers: [{name: c, image: busybox}]}
+";
+    DbqrBuilder::new("notes", &operator)
+        .query("SELECT id, note FROM notes")
+        .template(template)
+        .set(
+            "/statusUpdateQueryTemplate",
+            json!("UPDATE notes SET echoed = {{Resource.metadata.annotations.note}}, replicas = {{Resource.status.replicas}} WHERE id = {{Row.id}}"),
+        )
+        .set("/pollInterval", json!("1h"))
+        .create(&client, &ns)
+        .await;
+    let (note, echoed) = eventually(
+        Duration::from_secs(30),
+        "the annotation written back",
+        || async {
+            let row = db
+                .query_opt(
+                    "SELECT note, echoed FROM notes WHERE id = 1 AND replicas = 1",
+                    &[],
+                )
+                .await
+                .ok()??;
+            Some((row.get::<_, String>(0), row.get::<_, Option<String>>(1)?))
+        },
+    )
+    .await;
+    assert_eq!(echoed, note, "written verbatim, as data");
+    assert!(
+        echoed.contains("DROP TABLE")
+            && echoed.contains("O'Brien")
+            && echoed.contains("\\back\\slash")
+    );
+    let tables: i64 = db
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'notes'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 1, "the table survives");
+}
+
+#[tokio::test]
+async fn a_status_template_with_two_statements_is_refused() {
+    let (client, ns, _db) = setup("twostmt", "CREATE TABLE t (id int, x int);").await;
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("two", &operator)
+        .query("SELECT 1 AS id")
+        .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"two-{{Row.id}}\"\n")
+        .set(
+            "/statusUpdateQueryTemplate",
+            json!("UPDATE t SET x = {{Row.id}}; DELETE FROM t"),
+        )
+        .create(&client, &ns)
+        .await;
+    let message = wait_for_condition(
+        &client,
+        &ns,
+        "two",
+        "Synced",
+        "False",
+        "StatusTemplateInvalid",
+    )
+    .await;
+    assert!(message.contains("exactly one statement"), "{message}");
+    let raw = DbqrBuilder::new("raw", &operator)
+        .query("SELECT 1 AS id")
+        .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"raw-{{Row.id}}\"\n")
+        .set(
+            "/statusUpdateQueryTemplate",
+            json!("UPDATE t SET x = {{{Row.id}}}"),
+        );
+    raw.create(&client, &ns).await;
+    let message = wait_for_condition(
+        &client,
+        &ns,
+        "raw",
+        "Synced",
+        "False",
+        "StatusTemplateInvalid",
+    )
+    .await;
+    assert!(message.contains("bound as parameters"), "{message}");
+}
+
+#[tokio::test]
+async fn a_value_that_does_not_convert_is_a_clear_error() {
+    let (client, ns, _db) = setup("convert", "CREATE TABLE t (id int, x int);").await;
+    let operator = Operator::start(&[]);
+    let template = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: \"conv-{{Row.id}}\"
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: conv}}
+  template:
+    metadata: {labels: {app: conv}}
+    spec: {containers: [{name: c, image: busybox}]}
+";
+    DbqrBuilder::new("conv", &operator)
+        .query("SELECT 1 AS id")
+        .template(template)
+        .set(
+            "/statusUpdateQueryTemplate",
+            json!("UPDATE t SET x = {{Resource.metadata.name}} WHERE id = {{Row.id}}"),
+        )
+        .create(&client, &ns)
+        .await;
+    let message = wait_for_condition(
+        &client,
+        &ns,
+        "conv",
+        "StatusWriteBack",
+        "False",
+        "StatusWriteBackFailed",
+    )
+    .await;
+    assert!(
+        message.contains("invalid input syntax for type integer"),
+        "{message}"
+    );
+    // Reconciliation is not blocked by it.
+    wait_for_condition(&client, &ns, "conv", "Synced", "True", "Synced").await;
+}
