@@ -5,23 +5,15 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use common::operator::{
-    create_secret, secret_keys, wait_for_condition, wait_for_configmaps, DbqrBuilder, Operator,
-};
-use common::{eventually, kube_client};
+use common::eventually;
+use common::operator::{wait_for_condition, wait_for_configmaps, DbqrBuilder, Operator};
 use serde_json::json;
 
 const FLAG_CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"flag-{{Row.key}}\"\ndata:\n  value: \"{{Row.value}}\"\n";
 
 async fn setup(prefix: &str, schema: &str) -> (kube::Client, String, tokio_postgres::Client) {
-    let client = kube_client().await;
-    common::install_crd(&client).await;
-    let namespace = common::namespace(&client, prefix).await;
-    let url = common::database(prefix).await;
-    let db = common::connect(&url).await;
-    db.batch_execute(schema).await.expect("schema");
-    create_secret(&client, &namespace, "db", secret_keys(&url)).await;
-    (client, namespace, db)
+    let s = common::operator::setup(prefix, schema).await;
+    (s.client, s.namespace, s.db)
 }
 
 async fn value_of(client: &kube::Client, ns: &str, name: &str) -> Option<String> {

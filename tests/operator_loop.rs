@@ -5,42 +5,17 @@ mod common;
 
 use std::time::Duration;
 
+use common::eventually;
 use common::operator::{
     condition, configmaps, create_secret, secret_keys, wait_for_condition, wait_for_configmaps,
     DbqrBuilder, Operator,
 };
-use common::{eventually, kube_client};
 use dbqo::api::DatabaseQueryResource;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
-use kube::{
-    api::{Api, DeleteParams, Patch, PatchParams},
-    Client,
-};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
-struct Setup {
-    client: Client,
-    namespace: String,
-    url: String,
-    db: tokio_postgres::Client,
-}
-
-/// A namespace, a database with `schema`, and a Secret `db` pointing at it.
-async fn setup(prefix: &str, schema: &str) -> Setup {
-    let client = kube_client().await;
-    common::install_crd(&client).await;
-    let namespace = common::namespace(&client, prefix).await;
-    let url = common::database(prefix).await;
-    let db = common::connect(&url).await;
-    db.batch_execute(schema).await.expect("schema");
-    create_secret(&client, &namespace, "db", secret_keys(&url)).await;
-    Setup {
-        client,
-        namespace,
-        url,
-        db,
-    }
-}
+use common::operator::setup;
 
 const USERS: &str = "CREATE TABLE users (id int PRIMARY KEY, username text NOT NULL, email text, active bool NOT NULL DEFAULT true);
 INSERT INTO users VALUES (1, 'alice', 'alice@example.com', true), (2, 'bob', NULL, true);";

@@ -5,19 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::operator::{create_secret, secret_keys, wait_for_condition, DbqrBuilder, Operator};
-use common::{eventually, kube_client};
+use common::eventually;
+use common::operator::{wait_for_condition, DbqrBuilder, Operator};
 use serde_json::json;
 
 async fn setup(prefix: &str, schema: &str) -> (kube::Client, String, tokio_postgres::Client) {
-    let client = kube_client().await;
-    common::install_crd(&client).await;
-    let namespace = common::namespace(&client, prefix).await;
-    let url = common::database(prefix).await;
-    let db = common::connect(&url).await;
-    db.batch_execute(schema).await.expect("schema");
-    create_secret(&client, &namespace, "db", secret_keys(&url)).await;
-    (client, namespace, db)
+    let s = common::operator::setup(prefix, schema).await;
+    (s.client, s.namespace, s.db)
 }
 
 #[tokio::test]

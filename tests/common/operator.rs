@@ -245,3 +245,28 @@ pub async fn wait_for_condition(
     )
     .await
 }
+
+/// What most operator tests start from.
+pub struct Setup {
+    pub client: Client,
+    pub namespace: String,
+    pub url: String,
+    pub db: tokio_postgres::Client,
+}
+
+/// A namespace, a database holding `schema`, and a Secret `db` pointing at it.
+pub async fn setup(prefix: &str, schema: &str) -> Setup {
+    let client = super::kube_client().await;
+    super::install_crd(&client).await;
+    let namespace = super::namespace(&client, prefix).await;
+    let url = super::database(prefix).await;
+    let db = super::connect(&url).await;
+    db.batch_execute(schema).await.expect("schema");
+    create_secret(&client, &namespace, "db", secret_keys(&url)).await;
+    Setup {
+        client,
+        namespace,
+        url,
+        db,
+    }
+}
