@@ -268,10 +268,13 @@ impl Handler<Op> for KubeWriter {
             // Cache reads cost no API request and take no permit.
             Op::Watch { resource } => {
                 let mut ready = self.watch(resource, ctx);
+                let timeout = self.timeout;
+                // A kind the operator may not list never becomes ready: fail the
+                // pass (and retry it) instead of waiting forever.
                 return Box::pin(async move {
-                    ready
-                        .wait_for(|ready| *ready)
+                    tokio::time::timeout(timeout, ready.wait_for(|ready| *ready))
                         .await
+                        .map_err(|_| KubeError::Timeout)?
                         .map_err(|_| KubeError::Closed)?;
                     Ok(Reply::Done)
                 });
