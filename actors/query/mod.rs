@@ -1,25 +1,26 @@
 //! `QueryActor`: one per DBQR. Owns the pass state (connection pool, last
 //! applied objects) and the full-poll timer. A timer is armed only after the
 //! previous pass ended; failures back off exponentially with jitter, capped by
-//! the poll interval.
+//! the poll interval. Change detection and status write-back live in the
+//! child modules.
+
+mod detection;
+mod writeback;
 
 use std::{sync::Arc, time::Duration};
 
 use actix::{
-    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle, StreamHandler,
-    WrapFuture,
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{api::ApiResource, Resource, ResourceExt};
 use rand::Rng;
 
 use super::writer::{Drifted, Op, Subscribe, WriterHandle};
-use crate::api::{ChangeDetectionMode, DatabaseQueryResource, DatabaseQueryResourceStatus};
-use crate::db::{listen, ConnInfo, Listener};
-use crate::reconcile::change::{probe, probe_sql};
+use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
+use crate::db::ConnInfo;
 use crate::reconcile::labels::label_value;
 use crate::reconcile::pass::repair;
-use crate::reconcile::Writer as _;
 use crate::reconcile::{
     run_pass,
     status::{next_status, Outcome},
@@ -28,7 +29,8 @@ use crate::reconcile::{
 use crate::render::ObjectKey;
 use crate::render::{Metadata, RowTemplate};
 use crate::settings::Settings;
-use crate::writeback::{self, StatusTemplate};
+use crate::writeback::StatusTemplate;
+use detection::Detection;
 
 pub struct QueryActor {
     dbqr: DatabaseQueryResource,
@@ -57,20 +59,6 @@ pub struct QueryActor {
     drifted: std::collections::HashSet<crate::render::ObjectKey>,
     /// The pool and connection of the last pass, for probes during a pass.
     last_connection: Option<(deadpool_postgres::Pool, ConnInfo)>,
-}
-
-enum Detection {
-    Off,
-    NotStarted,
-    /// Timestamp mode: the last value the probe saw (`None` before the first probe).
-    Probing {
-        last: Option<Option<String>>,
-    },
-    /// Notify mode: the LISTEN connection, while it is up.
-    Listening {
-        listener: Option<Listener>,
-        failures: u32,
-    },
 }
 
 /// Notifications are collapsed over this window: a burst of row changes
@@ -160,127 +148,6 @@ impl QueryActor {
         self.next_pass = Some(ctx.run_later(delay, |actor, ctx| {
             actor.next_pass = None;
             actor.start_pass(ctx);
-        }));
-    }
-
-    fn start_detection(&mut self, ctx: &mut Context<Self>) {
-        if !matches!(self.detection, Detection::NotStarted) {
-            return;
-        }
-        let Some(spec) = self
-            .dbqr
-            .spec
-            .change_detection
-            .clone()
-            .filter(|cd| cd.enabled)
-        else {
-            self.detection = Detection::Off;
-            return;
-        };
-        match spec.mode {
-            ChangeDetectionMode::Timestamp => {
-                self.detection = Detection::Probing { last: None };
-                ctx.run_later(spec.change_poll_interval.get(), |actor, ctx| {
-                    actor.probe(ctx)
-                });
-            }
-            ChangeDetectionMode::Notify => {
-                self.detection = Detection::Listening {
-                    listener: None,
-                    failures: 0,
-                };
-                self.listen(ctx);
-            }
-        }
-    }
-
-    /// Timestamp mode: one probe; a new maximum triggers a pass. The next
-    /// probe is armed when this one has ended.
-    fn probe(&mut self, ctx: &mut Context<Self>) {
-        let Some(cd) = self.dbqr.spec.change_detection.clone() else {
-            return;
-        };
-        let (Some(sql), Some((pool, _))) = (
-            probe_sql(&cd),
-            self.state
-                .as_ref()
-                .and_then(PassState::connection)
-                .or_else(|| self.last_connection.clone()),
-        ) else {
-            ctx.run_later(cd.change_poll_interval.get(), |actor, ctx| actor.probe(ctx));
-            return;
-        };
-        let timeout = self.dbqr.spec.database.statement_timeout.get();
-        ctx.spawn(async move { probe(&pool, &sql, timeout).await }.into_actor(self).map(move |result, actor, ctx| {
-            match result {
-                Ok(value) => {
-                    if let Detection::Probing { last } = &mut actor.detection {
-                        if last.as_ref() != Some(&value) {
-                            tracing::debug!(dbqr = %actor.dbqr.name_any(), "change probe saw a new maximum");
-                            *last = Some(value);
-                            actor.trigger(ctx);
-                        }
-                    }
-                }
-                Err(problem) => {
-                    tracing::info!(dbqr = %actor.dbqr.name_any(), reason = %problem.reason, "change probe failed");
-                    let report = PassReport {
-                        database: Some(Ok(())),
-                        sync: Some(Err(problem)),
-                        managed_kinds: actor.status.as_ref().map(|s| s.managed_kinds.clone()).unwrap_or_default(),
-                        ..PassReport::default()
-                    };
-                    actor.publish(Outcome::Pass(&report), ctx);
-                }
-            }
-            ctx.run_later(cd.change_poll_interval.get(), |actor, ctx| actor.probe(ctx));
-        }));
-    }
-
-    /// Notify mode: (re)connects the LISTEN connection. A pass follows every
-    /// reconnect, since notifications may have been missed while it was down.
-    fn listen(&mut self, ctx: &mut Context<Self>) {
-        let Some(channel) = self
-            .dbqr
-            .spec
-            .change_detection
-            .as_ref()
-            .and_then(|cd| cd.channel.clone())
-        else {
-            return;
-        };
-        let Some((_, info)) = self
-            .state
-            .as_ref()
-            .and_then(PassState::connection)
-            .or_else(|| self.last_connection.clone())
-        else {
-            ctx.run_later(Duration::from_secs(1), |actor, ctx| actor.listen(ctx));
-            return;
-        };
-        ctx.spawn(async move { listen(&info, &channel).await }.into_actor(self).map(|result, actor, ctx| {
-            let Detection::Listening { listener, failures } = &mut actor.detection else { return };
-            match result {
-                Ok(mut connected) => {
-                    let first = *failures == 0 && listener.is_none();
-                    *failures = 0;
-                    let notifications = std::mem::replace(&mut connected.notifications, tokio::sync::mpsc::channel(1).1);
-                    *listener = Some(connected);
-                    ctx.add_stream(futures_util::stream::unfold(notifications, |mut rx| async move {
-                        rx.recv().await.map(|()| (Notified, rx))
-                    }));
-                    tracing::debug!(dbqr = %actor.dbqr.name_any(), "listening for notifications");
-                    if !first {
-                        actor.trigger(ctx);
-                    }
-                }
-                Err(error) => {
-                    *failures = failures.saturating_add(1);
-                    tracing::info!(dbqr = %actor.dbqr.name_any(), reason = error.reason(), "LISTEN connection failed");
-                    let delay = backoff(*failures, Duration::from_secs(30));
-                    ctx.run_later(delay, |actor, ctx| actor.listen(ctx));
-                }
-            }
         }));
     }
 
@@ -464,104 +331,6 @@ impl Handler<Drifted> for QueryActor {
                 }
             }),
         );
-    }
-}
-
-/// Status changes of one object within this window cost one write-back.
-const WRITEBACK_DEBOUNCE: Duration = Duration::from_millis(100);
-
-impl QueryActor {
-    fn queue_writeback(&mut self, key: ObjectKey, ctx: &mut Context<Self>) {
-        let first = self.writeback_pending.is_empty();
-        self.writeback_pending.insert(key);
-        if first {
-            ctx.run_later(WRITEBACK_DEBOUNCE, |actor, ctx| actor.flush_writebacks(ctx));
-        }
-    }
-
-    /// Runs the status SQL for every queued object whose status changed since
-    /// its last write-back. Runs beside passes and never blocks them.
-    fn flush_writebacks(&mut self, ctx: &mut Context<Self>) {
-        let (Ok(config), Some(state)) = (self.config.clone(), self.state.as_ref()) else {
-            // A pass holds the state; try again when it is likely done.
-            ctx.run_later(WRITEBACK_DEBOUNCE, |actor, ctx| actor.flush_writebacks(ctx));
-            return;
-        };
-        let Some((pool, _)) = state.connection() else {
-            return;
-        };
-        let work: Vec<_> = std::mem::take(&mut self.writeback_pending)
-            .into_iter()
-            .filter_map(|key| {
-                let wanted = state.applied(&key)?;
-                let row = state.row(&key)?.clone();
-                let seen = self.status_seen.get(&key).copied();
-                Some((key, wanted, row, seen))
-            })
-            .collect();
-        let writer = self.writer.clone();
-        ctx.spawn(
-            async move {
-                let Some(template) = config.status_template.as_ref() else { return Vec::new() };
-                let mut results = Vec::new();
-                for (key, wanted, row, seen) in work {
-                    let live = match writer.cached(wanted.resource.clone(), wanted.namespace.clone(), wanted.name.clone()).await {
-                        Ok(Some(live)) => live,
-                        _ => continue,
-                    };
-                    let Some(fingerprint) = writeback::status_fingerprint(&live) else { continue };
-                    if seen == Some(fingerprint) {
-                        continue;
-                    }
-                    let outcome = match template.render(&live, &row, &config.metadata) {
-                        Ok(bound) => writeback::execute(&pool, &bound).await.map(|_| ()),
-                        Err(e) => Err(e),
-                    };
-                    results.push((key, fingerprint, outcome));
-                }
-                results
-            }
-            .into_actor(self)
-            .map(|results, actor, ctx| {
-                if results.is_empty() {
-                    return;
-                }
-                let mut verdict = Ok(());
-                for (key, fingerprint, outcome) in results {
-                    match outcome {
-                        Ok(()) => {
-                            actor.status_seen.insert(key, fingerprint);
-                        }
-                        Err(e) => {
-                            tracing::warn!(dbqr = %actor.dbqr.name_any(), object = %key.name, reason = e.reason(), "status write-back failed");
-                            verdict = Err(Problem::new(e.reason(), format!("{} {}: {e}", key.group_kind, key.name)));
-                        }
-                    }
-                }
-                actor.writeback = Some(verdict);
-                let report = actor.last_report.clone();
-                actor.publish(Outcome::Pass(&report), ctx);
-            }),
-        );
-    }
-}
-
-/// A notification arrived on the LISTEN connection.
-struct Notified;
-
-impl StreamHandler<Notified> for QueryActor {
-    fn handle(&mut self, _: Notified, ctx: &mut Context<Self>) {
-        self.trigger(ctx);
-    }
-
-    /// The LISTEN connection ended: reconnect.
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        if let Detection::Listening { listener, failures } = &mut self.detection {
-            *listener = None;
-            *failures = failures.saturating_add(1);
-            tracing::info!(dbqr = %self.dbqr.name_any(), "LISTEN connection lost; reconnecting");
-            ctx.run_later(Duration::from_millis(200), |actor, ctx| actor.listen(ctx));
-        }
     }
 }
 
