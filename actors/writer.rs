@@ -28,7 +28,7 @@ use reflector::reflector;
 use serde_json::Value as Json;
 use tokio::sync::Semaphore;
 
-use crate::kube_api::{self, KubeError, LiveObject};
+use crate::kube_api::{self, CachedObject, KubeError, LiveObject};
 use crate::reconcile::labels::{MANAGED_BY, MANAGED_BY_VALUE, OWNER_NAME, OWNER_NAMESPACE};
 use crate::reconcile::status::StatusEvent;
 use crate::reconcile::writer::{Kinds, Writer};
@@ -98,7 +98,7 @@ pub enum Reply {
     Object(Option<LiveObject>),
     Objects(Vec<LiveObject>),
     Secret(Option<(String, BTreeMap<String, Vec<u8>>)>),
-    Manifest(Option<Json>),
+    Cached(Option<CachedObject>),
     Done,
 }
 
@@ -291,8 +291,13 @@ impl Handler<Op> for KubeWriter {
                     }
                     store.get(&key)
                 });
-                let manifest = found.and_then(|o| serde_json::to_value(&*o).ok());
-                return Box::pin(async move { Ok(Reply::Manifest(manifest)) });
+                let cached = found.and_then(|o| {
+                    Some(CachedObject {
+                        manifest: serde_json::to_value(&*o).ok()?,
+                        live: LiveObject::from((*o).clone()),
+                    })
+                });
+                return Box::pin(async move { Ok(Reply::Cached(cached)) });
             }
             Op::CachedList { resource, selector } => {
                 let wanted: Vec<(String, String)> = selector
@@ -449,7 +454,7 @@ impl Writer for WriterHandle {
         resource: ApiResource,
         namespace: Option<String>,
         name: String,
-    ) -> Result<Option<Json>, KubeError> {
+    ) -> Result<Option<CachedObject>, KubeError> {
         match self
             .call(Op::Cached {
                 resource,
@@ -458,7 +463,7 @@ impl Writer for WriterHandle {
             })
             .await?
         {
-            Reply::Manifest(m) => Ok(m),
+            Reply::Cached(c) => Ok(c),
             _ => Err(unexpected()),
         }
     }

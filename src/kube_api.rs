@@ -147,6 +147,14 @@ impl From<DynamicObject> for LiveObject {
     }
 }
 
+/// A managed object from the watch cache: its metadata, and the whole object
+/// for comparing with what a DBQR renders.
+#[derive(Debug, Clone)]
+pub struct CachedObject {
+    pub live: LiveObject,
+    pub manifest: Json,
+}
+
 pub async fn get(
     client: &Client,
     resource: &ApiResource,

@@ -11,7 +11,7 @@ use crate::api::ChangeDetectionMode;
 use crate::db::{listen, Listener};
 use crate::reconcile::change::{probe, probe_sql};
 use crate::reconcile::status::Outcome;
-use crate::reconcile::{PassReport, PassState};
+use crate::reconcile::PassReport;
 
 /// Where change detection stands for one DBQR.
 pub(super) enum Detection {
@@ -66,13 +66,7 @@ impl QueryActor {
         let Some(cd) = self.dbqr.spec.change_detection.clone() else {
             return;
         };
-        let (Some(sql), Some((pool, _))) = (
-            probe_sql(&cd),
-            self.state
-                .as_ref()
-                .and_then(PassState::connection)
-                .or_else(|| self.last_connection.clone()),
-        ) else {
+        let (Some(sql), Some((pool, _))) = (probe_sql(&cd), self.last_connection.clone()) else {
             ctx.run_later(cd.change_poll_interval.get(), |actor, ctx| actor.probe(ctx));
             return;
         };
@@ -115,12 +109,7 @@ impl QueryActor {
         else {
             return;
         };
-        let Some((_, info)) = self
-            .state
-            .as_ref()
-            .and_then(PassState::connection)
-            .or_else(|| self.last_connection.clone())
-        else {
+        let Some((_, info)) = self.last_connection.clone() else {
             ctx.run_later(Duration::from_secs(1), |actor, ctx| actor.listen(ctx));
             return;
         };

@@ -57,7 +57,8 @@ pub struct QueryActor {
     last_report: PassReport,
     /// Objects reported changed while a pass ran.
     drifted: std::collections::HashSet<crate::render::ObjectKey>,
-    /// The pool and connection of the last pass, for probes during a pass.
+    /// The pool and connection the last pass used (a pass holds `state`, so
+    /// probes and the LISTEN connection read them here).
     last_connection: Option<(deadpool_postgres::Pool, ConnInfo)>,
 }
 

@@ -51,7 +51,7 @@ impl QueryActor {
                 let mut results = Vec::new();
                 for (key, wanted, row, seen) in work {
                     let live = match writer.cached(wanted.resource.clone(), wanted.namespace.clone(), wanted.name.clone()).await {
-                        Ok(Some(live)) => live,
+                        Ok(Some(cached)) => cached.manifest,
                         _ => continue,
                     };
                     let Some(fingerprint) = writeback::status_fingerprint(&live) else { continue };

@@ -16,7 +16,7 @@ use serde_json::Value as Json;
 use super::{labels::Owner, writer::Writer};
 use crate::api::DatabaseQueryResourceSpec;
 use crate::db::{self, ConnectError, QueryOptions};
-use crate::kube_api::{resource_for, KindInfo, KubeError, LiveObject};
+use crate::kube_api::{resource_for, CachedObject, KindInfo, KubeError};
 use crate::render::{
     render_rows, GroupKind, Metadata, ObjectKey, ObjectPolicy, RenderOutcome, RenderedObject,
     RowTemplate, Scope, ScopeLookup,
@@ -518,11 +518,7 @@ async fn apply_one<W: Writer>(
         .await
         .map_err(|e| Problem::new(e.reason(), format!("cannot read {what}: {e}")))?;
     let live = match cached {
-        Some(live) => Some(LiveObject::from(
-            serde_json::from_value::<kube::api::DynamicObject>(live.clone())
-                .map_err(|e| Problem::new("InvalidObject", e.to_string()))?,
-        ))
-        .map(|l| (l, Some(live))),
+        Some(CachedObject { live, manifest }) => Some((live, Some(manifest))),
         // Not labelled as ours (or not there): one GET, so we never take over someone else's object.
         None => writer
             .get(
@@ -572,7 +568,7 @@ pub async fn repair<W: Writer>(writer: &W, wanted: &Applied) -> Result<bool, Pro
         )
         .await
         .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
-    if live.as_ref().is_some_and(|l| covers(l, &wanted.manifest)) {
+    if live.is_some_and(|l| covers(&l.manifest, &wanted.manifest)) {
         return Ok(false);
     }
     writer

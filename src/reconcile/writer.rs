@@ -10,7 +10,7 @@ use std::{
 use kube::api::ApiResource;
 use serde_json::Value as Json;
 
-use crate::kube_api::{KindInfo, KubeError, LiveObject};
+use crate::kube_api::{CachedObject, KindInfo, KubeError, LiveObject};
 use crate::render::GroupKind;
 
 pub type Kinds = Arc<HashMap<GroupKind, KindInfo>>;
@@ -64,7 +64,7 @@ pub trait Writer {
         resource: ApiResource,
         namespace: Option<String>,
         name: String,
-    ) -> Result<Option<Json>, KubeError>;
+    ) -> Result<Option<CachedObject>, KubeError>;
     /// The cached objects of a kind carrying all of `selector`'s labels (`k=v,k=v`).
     async fn cached_list(
         &self,

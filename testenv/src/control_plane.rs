@@ -30,9 +30,10 @@ pub struct ControlPlaneInfo {
 /// A running control plane; stopped when dropped (controller-manager first).
 pub struct ControlPlane {
     pub info: ControlPlaneInfo,
-    controller_manager: Supervised,
-    apiserver: Supervised,
-    etcd: Supervised,
+    // Held only to be stopped on drop, in field order: controller-manager first.
+    _controller_manager: Supervised,
+    _apiserver: Supervised,
+    _etcd: Supervised,
 }
 
 fn api_ready(info: &ControlPlaneInfo) -> bool {
@@ -153,24 +154,9 @@ impl ControlPlane {
         controller_manager.wait_until(Duration::from_secs(5), || true)?;
         Ok(Self {
             info,
-            controller_manager,
-            apiserver,
-            etcd,
+            _controller_manager: controller_manager,
+            _apiserver: apiserver,
+            _etcd: etcd,
         })
-    }
-
-    /// Checks all three processes are still alive.
-    pub fn ensure_running(&mut self) -> Result<(), Error> {
-        self.etcd.ensure_running()?;
-        self.apiserver.ensure_running()?;
-        self.controller_manager.ensure_running()
-    }
-
-    pub fn log_dir(&self) -> PathBuf {
-        self.info
-            .kubeconfig
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
     }
 }

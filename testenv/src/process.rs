@@ -169,10 +169,6 @@ impl Supervised {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Stops the process: SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
         if let Ok(None) = self.child.try_wait() {

@@ -62,10 +62,6 @@ impl Operator {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
-
-    pub fn is_running(&mut self) -> bool {
-        self.process.ensure_running().is_ok()
-    }
 }
 
 /// A DBQR manifest for tests.
