@@ -1,5 +1,7 @@
 //! `Supervisor`: watches DBQRs, keeps one `QueryActor` per DBQR at its current
 //! generation, adds the finalizer, and runs the clean-up of deleted DBQRs.
+//! If the DBQR watch ever ends, the operator is blind: it reports
+//! [`Fatal::WatchEnded`] so the process exits and Kubernetes restarts it.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,23 +12,27 @@ use std::{
     time::Duration,
 };
 
-use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, StreamHandler, WrapFuture};
-use futures_util::StreamExt;
-use kube::{
-    api::{Api, ApiResource},
-    runtime::{watcher, WatchStreamExt},
-    Client, ResourceExt,
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
+    ResponseActFuture, StreamHandler, WrapFuture,
 };
-use serde_json::json;
+use futures_util::stream::LocalBoxStream;
+use kube::{runtime::watcher, ResourceExt};
 
-use super::query::{QueryActor, Stop};
-use super::writer::{Op, WriterHandle};
-use crate::api::{DatabaseQueryResource, FINALIZER};
-use crate::reconcile::{
+use crate::query::{QueryActor, Stop};
+use crate::writer::WriterHandle;
+use crate::Fatal;
+use dbqo::api::{DatabaseQueryResource, FINALIZER};
+use dbqo::reconcile::{
     cleanup::{clean_up, Cleanup},
     Owner, Writer,
 };
-use crate::settings::Settings;
+use dbqo::render::Gvk;
+use dbqo::settings::Settings;
+
+/// What the DBQR watch yields.
+pub type DbqrEvents =
+    LocalBoxStream<'static, Result<watcher::Event<DatabaseQueryResource>, watcher::Error>>;
 
 type Key = (String, String);
 
@@ -37,28 +43,41 @@ struct Running {
 }
 
 pub struct Supervisor {
-    client: Client,
+    /// Taken when the actor starts.
+    events: Option<DbqrEvents>,
     writer: WriterHandle,
     settings: Arc<Settings>,
     actors: HashMap<Key, Running>,
     cleaning: HashSet<String>,
     ready: Arc<AtomicBool>,
+    fatal: tokio::sync::mpsc::UnboundedSender<Fatal>,
+    /// Set once shutdown began: no new actors.
+    stopping: bool,
 }
+
+/// Stops every QueryActor (timers, LISTEN connections, pools) and then the
+/// supervisor; resolves when they have all stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
 
 impl Supervisor {
     pub fn new(
-        client: Client,
+        events: DbqrEvents,
         writer: WriterHandle,
         settings: Arc<Settings>,
         ready: Arc<AtomicBool>,
+        fatal: tokio::sync::mpsc::UnboundedSender<Fatal>,
     ) -> Self {
         Self {
-            client,
+            events: Some(events),
             writer,
             settings,
             actors: HashMap::new(),
             cleaning: HashSet::new(),
             ready,
+            fatal,
+            stopping: false,
         }
     }
 
@@ -73,6 +92,9 @@ impl Supervisor {
     }
 
     fn on_change(&mut self, dbqr: DatabaseQueryResource, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
         let key = Self::key(&dbqr);
         let has_finalizer = dbqr.finalizers().iter().any(|f| f == FINALIZER);
         if dbqr.metadata.deletion_timestamp.is_some() {
@@ -86,7 +108,7 @@ impl Supervisor {
             // The change event that follows starts the actor.
             let mut finalizers = dbqr.finalizers().to_vec();
             finalizers.push(FINALIZER.to_owned());
-            self.patch_metadata(&dbqr, json!({ "finalizers": finalizers }), ctx);
+            self.set_finalizers(&dbqr, finalizers, ctx);
             return;
         }
         let uid = dbqr.uid().unwrap_or_default();
@@ -112,25 +134,21 @@ impl Supervisor {
         );
     }
 
-    fn patch_metadata(
+    fn set_finalizers(
         &self,
         dbqr: &DatabaseQueryResource,
-        metadata: serde_json::Value,
+        finalizers: Vec<String>,
         ctx: &mut Context<Self>,
     ) {
         let writer = self.writer.clone();
         let (namespace, name) = Self::key(dbqr);
-        let mut metadata = metadata;
-        // Optimistic concurrency: a stale view must not overwrite newer finalizers.
-        metadata["resourceVersion"] = json!(dbqr.resource_version());
+        let version = dbqr.resource_version();
         ctx.spawn(
             async move {
-                let resource = ApiResource::erase::<DatabaseQueryResource>(&());
-                let patch = json!({ "metadata": metadata });
-                if let Err(error) = writer
-                    .merge_patch(resource, Some(namespace), name, patch)
-                    .await
-                {
+                let result = writer
+                    .set_dbqr_finalizers(&namespace, &name, version.as_deref(), &finalizers)
+                    .await;
+                if let Err(error) = result {
                     tracing::debug!(%error, "finalizer update deferred to the next event");
                 }
             }
@@ -143,17 +161,14 @@ impl Supervisor {
         if !self.cleaning.insert(uid.clone()) {
             return;
         }
-        let owner = Owner {
-            name: dbqr.name_any(),
-            namespace: dbqr.namespace().unwrap_or_default(),
-            uid: uid.clone(),
-        };
+        let owner = Owner::of(&dbqr);
         let policy = dbqr.spec.deletion_policy;
         let managed = dbqr
             .status
-            .as_ref()
-            .map(|s| s.managed_kinds.clone())
-            .unwrap_or_default();
+            .iter()
+            .flat_map(|s| &s.managed_kinds)
+            .filter_map(|k| k.parse::<Gvk>().ok())
+            .collect();
         let allowed = self.settings.policy.allowed_kinds.clone();
         let writer = self.writer.clone();
         let work = async move { clean_up(&owner, policy, &managed, &allowed, &writer).await };
@@ -163,14 +178,14 @@ impl Supervisor {
                 Ok(Cleanup::Done) => {
                     let finalizers: Vec<String> = dbqr.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
                     tracing::info!(dbqr = %dbqr.name_any(), ?policy, "clean-up done, releasing the DBQR");
-                    supervisor.patch_metadata(&dbqr, json!({ "finalizers": finalizers }), ctx);
+                    supervisor.set_finalizers(&dbqr, finalizers, ctx);
                 }
                 Ok(Cleanup::Waiting { remaining }) => {
                     tracing::debug!(dbqr = %dbqr.name_any(), remaining, "waiting for objects to go");
                     ctx.run_later(Duration::from_millis(500), move |s, ctx| s.start_cleanup(dbqr, ctx));
                 }
-                Err(problem) => {
-                    tracing::warn!(dbqr = %dbqr.name_any(), reason = %problem.reason, "clean-up failed; retrying");
+                Err(error) => {
+                    tracing::warn!(dbqr = %dbqr.name_any(), reason = error.reason(), "clean-up failed; retrying");
                     ctx.run_later(Duration::from_secs(2), move |s, ctx| s.start_cleanup(dbqr, ctx));
                 }
             }
@@ -182,20 +197,14 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let api: Api<DatabaseQueryResource> = match &self.settings.watch_namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        };
-        let mut config = watcher::Config::default();
-        if let Some(selector) = &self.settings.label_selector {
-            config = config.labels(selector);
+        if let Some(events) = self.events.take() {
+            ctx.add_stream(events);
         }
-        ctx.add_stream(watcher(api, config).default_backoff().boxed_local());
         // Warm the discovery cache before the first pass needs it.
         let writer = self.writer.clone();
         ctx.spawn(
             async move {
-                if let Err(error) = writer.call(Op::Kinds { refresh: true }).await {
+                if let Err(error) = writer.kinds(true).await {
                     tracing::warn!(%error, "initial discovery failed");
                 }
             }
@@ -207,6 +216,28 @@ impl Actor for Supervisor {
         for (_, running) in self.actors.drain() {
             running.actor.do_send(Stop);
         }
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        let stops: Vec<_> = self
+            .actors
+            .drain()
+            .map(|(_, running)| running.actor.send(Stop))
+            .collect();
+        let count = stops.len();
+        Box::pin(
+            futures_util::future::join_all(stops)
+                .into_actor(self)
+                .map(move |_, _, ctx| {
+                    tracing::info!(actors = count, "query actors stopped");
+                    ctx.stop();
+                }),
+        )
     }
 }
 
@@ -234,7 +265,9 @@ impl StreamHandler<Result<watcher::Event<DatabaseQueryResource>, watcher::Error>
         }
     }
 
-    fn finished(&mut self, _: &mut Context<Self>) {
+    fn finished(&mut self, ctx: &mut Context<Self>) {
         tracing::error!("DBQR watch ended");
+        let _ = self.fatal.send(Fatal::WatchEnded);
+        ctx.stop();
     }
 }

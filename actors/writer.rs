@@ -1,14 +1,20 @@
 //! `KubeWriter`: the one actor that talks to the API server. It owns the
-//! client, the discovery cache, a bounded mailbox and a concurrency limit;
-//! every call runs under a timeout.
+//! client, the discovery cache, one label-selected watch + cache per managed
+//! kind, a bounded mailbox and a concurrency limit; every call runs under a
+//! timeout.
+//!
+//! [`WriterHandle`] implements the domain's `Writer` trait, the one list of
+//! what the operator asks of Kubernetes. Each API call is one typed
+//! [`Request`] whose body is the plain `kube_api` function; cache reads go
+//! straight to the reflector stores and cost no message.
 
 use std::{
-    collections::BTreeMap,
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
 };
-
-use std::collections::HashMap;
 
 use actix::{
     Actor, Addr, AsyncContext, Context, Handler, Message, Recipient, ResponseFuture, StreamHandler,
@@ -18,89 +24,39 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     api::{Api, ApiResource, DynamicObject},
     runtime::{
-        events::{Event, EventType, Recorder, Reporter},
+        events::Reporter,
         reflector::{self, store::Writer as StoreWriter, ObjectRef, Store},
         watcher, WatchStreamExt,
     },
     Client, ResourceExt,
 };
-use reflector::reflector;
 use serde_json::Value as Json;
 use tokio::sync::Semaphore;
 
-use crate::kube_api::{self, CachedObject, KubeError, LiveObject};
-use crate::reconcile::labels::{MANAGED_BY, MANAGED_BY_VALUE, OWNER_NAME, OWNER_NAMESPACE};
-use crate::reconcile::status::StatusEvent;
-use crate::reconcile::writer::{Kinds, Writer};
-use crate::render::{GroupKind, ObjectKey};
+use dbqo::api::DatabaseQueryResourceStatus;
+use dbqo::kube_api::{
+    self, CachedObject, DbqrEvent, KubeError, Labels, LiveObject, SecretData, Target,
+};
+use dbqo::reconcile::labels::{MANAGED_BY, MANAGED_BY_VALUE, OWNER_NAME, OWNER_NAMESPACE};
+use dbqo::reconcile::writer::{Kinds, Writer};
+use dbqo::render::{GroupKind, ObjectKey};
 
-/// One request to the API server.
-pub enum Op {
-    Kinds {
-        refresh: bool,
-    },
-    Get {
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-    },
-    Apply {
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-        manifest: Json,
-    },
-    List {
-        resource: ApiResource,
-        selector: String,
-    },
-    Delete {
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-    },
-    MergePatch {
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-        patch: Json,
-    },
-    PatchStatus {
-        resource: ApiResource,
-        namespace: String,
-        name: String,
-        status: Json,
-    },
-    ReadSecret {
-        namespace: String,
-        name: String,
-    },
-    Event {
-        reference: ObjectReference,
-        event: StatusEvent,
-    },
-    Watch {
-        resource: ApiResource,
-    },
-    Cached {
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-    },
-    CachedList {
-        resource: ApiResource,
-        selector: String,
-    },
+type Work<T> = Pin<Box<dyn Future<Output = Result<T, KubeError>>>>;
+
+/// One API request: a plain `kube_api` call the writer runs under a permit
+/// and its timeout. The result type is the call's own; nothing is downcast.
+pub struct Request<T> {
+    call: Box<dyn FnOnce(Client) -> Work<T> + Send>,
 }
 
-pub enum Reply {
-    Kinds(Kinds),
-    Object(Option<LiveObject>),
-    Objects(Vec<LiveObject>),
-    Secret(Option<(String, BTreeMap<String, Vec<u8>>)>),
-    Cached(Option<CachedObject>),
-    Done,
+impl<T: Send + 'static> Message for Request<T> {
+    type Result = Result<T, KubeError>;
 }
+
+/// Starts (or joins) the watch of a managed kind; answers with its readiness.
+#[derive(Message)]
+#[rtype(result = "tokio::sync::watch::Receiver<bool>")]
+struct Watch(ApiResource);
 
 /// A managed object changed or disappeared; sent to the DBQR that owns it.
 #[derive(Message, Clone)]
@@ -109,60 +65,70 @@ pub struct Drifted {
     pub key: ObjectKey,
 }
 
-/// Registers a DBQR (by its owner label values) for [`Drifted`] notices.
+/// Registers a DBQR (by its owner label values) for [`Drifted`] notices, or
+/// withdraws the registration of exactly that recipient.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Subscribe {
-    pub owner: (String, String),
-    pub recipient: Option<Recipient<Drifted>>,
+pub enum Subscription {
+    Subscribe((String, String), Recipient<Drifted>),
+    Unsubscribe((String, String), Recipient<Drifted>),
 }
 
-/// One cached kind: the store its reflector fills, and whether the first
-/// list has landed. (The store's own readiness future wakes only one waiter
-/// when several passes wait at once, so readiness is tracked here.)
+/// Resolves once every request handed to the writer before it has finished.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// One watched kind: whether the first list has landed in its store. (The
+/// store's own readiness future wakes only one waiter when several passes
+/// wait at once, so readiness is tracked here.)
 struct Watched {
-    store: Store<DynamicObject>,
     ready: tokio::sync::watch::Sender<bool>,
 }
 
-impl Message for Op {
-    type Result = Result<Reply, KubeError>;
-}
+type Stores = Arc<Mutex<HashMap<GroupKind, Store<DynamicObject>>>>;
 
 pub struct KubeWriter {
     client: Client,
     permits: Arc<Semaphore>,
+    concurrency: u32,
     timeout: Duration,
     mailbox: usize,
-    kinds: Arc<Mutex<Option<Kinds>>>,
-    recorder: Recorder,
     watches: HashMap<GroupKind, Watched>,
+    stores: Stores,
     subscribers: HashMap<(String, String), Recipient<Drifted>>,
 }
 
 impl KubeWriter {
-    pub fn new(client: Client, concurrency: usize, timeout: Duration, mailbox: usize) -> Self {
-        let reporter = Reporter {
-            controller: "db-query-operator".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
+    /// Starts the writer; returns the handle the rest of the operator uses.
+    pub fn start(
+        client: Client,
+        concurrency: usize,
+        timeout: Duration,
+        mailbox: usize,
+    ) -> WriterHandle {
+        let concurrency = concurrency.clamp(1, Semaphore::MAX_PERMITS) as u32;
+        let stores = Stores::default();
+        let writer = Self {
             client,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency as usize)),
+            concurrency,
             timeout,
             mailbox,
-            kinds: Arc::default(),
             watches: HashMap::new(),
+            stores: stores.clone(),
             subscribers: HashMap::new(),
+        };
+        WriterHandle {
+            addr: writer.start(),
+            stores,
+            kinds: Arc::default(),
+            timeout,
+            reporter: Reporter {
+                controller: "db-query-operator".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
         }
-    }
-}
-
-impl KubeWriter {
-    fn store(&self, resource: &ApiResource) -> Option<Store<DynamicObject>> {
-        let gk = GroupKind::new(resource.group.clone(), resource.kind.clone());
-        self.watches.get(&gk).map(|w| w.store.clone())
     }
 
     /// Starts one label-selected watch per kind (shared by every DBQR) unless it runs already.
@@ -179,12 +145,15 @@ impl KubeWriter {
         let store = writer.as_reader();
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
         let config = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
-        let events = reflector(writer, watcher(api, config).default_backoff());
+        let events = reflector::reflector(writer, watcher(api, config).default_backoff());
         let kind = gk.clone();
         ctx.add_stream(events.map(move |event| (kind.clone(), event)).boxed_local());
         tracing::debug!(kind = %gk, "watching managed objects");
+        if let Ok(mut stores) = self.stores.lock() {
+            stores.insert(gk.clone(), store);
+        }
         let (ready, waiting) = tokio::sync::watch::channel(false);
-        self.watches.insert(gk, Watched { store, ready });
+        self.watches.insert(gk, Watched { ready });
         waiting
     }
 
@@ -203,6 +172,74 @@ impl KubeWriter {
             // A full mailbox drops the notice; the next pass compares against the cache anyway.
             let _ = recipient.try_send(Drifted { key });
         }
+    }
+}
+
+impl Actor for KubeWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Producers `send` and wait when the writer is saturated.
+        ctx.set_mailbox_capacity(self.mailbox);
+    }
+}
+
+impl<T: Send + 'static> Handler<Request<T>> for KubeWriter {
+    type Result = ResponseFuture<Result<T, KubeError>>;
+
+    fn handle(&mut self, request: Request<T>, _: &mut Context<Self>) -> Self::Result {
+        let client = self.client.clone();
+        let permits = self.permits.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|_| KubeError::Closed)?;
+            tokio::time::timeout(timeout, (request.call)(client))
+                .await
+                .map_err(|_| KubeError::Timeout)?
+        })
+    }
+}
+
+impl Handler<Watch> for KubeWriter {
+    type Result = actix::MessageResult<Watch>;
+
+    fn handle(&mut self, Watch(resource): Watch, ctx: &mut Context<Self>) -> Self::Result {
+        actix::MessageResult(self.watch(resource, ctx))
+    }
+}
+
+impl Handler<Subscription> for KubeWriter {
+    type Result = ();
+
+    fn handle(&mut self, subscription: Subscription, _: &mut Context<Self>) {
+        match subscription {
+            Subscription::Subscribe(owner, recipient) => {
+                self.subscribers.insert(owner, recipient);
+            }
+            // A stopping actor must not unsubscribe the successor that took its place.
+            Subscription::Unsubscribe(owner, recipient) => {
+                if self.subscribers.get(&owner) == Some(&recipient) {
+                    self.subscribers.remove(&owner);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Drain> for KubeWriter {
+    type Result = ResponseFuture<()>;
+
+    /// Every request queued before this one has taken or is waiting for a
+    /// permit; holding all permits means they have all finished.
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+        let permits = self.permits.clone();
+        let all = self.concurrency;
+        Box::pin(async move {
+            let _ = permits.acquire_many(all).await;
+        })
     }
 }
 
@@ -232,344 +269,198 @@ impl StreamHandler<WatchItem> for KubeWriter {
     fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
-impl Handler<Subscribe> for KubeWriter {
-    type Result = ();
-
-    fn handle(&mut self, Subscribe { owner, recipient }: Subscribe, _: &mut Context<Self>) {
-        match recipient {
-            Some(r) => {
-                self.subscribers.insert(owner, r);
-            }
-            None => {
-                self.subscribers.remove(&owner);
-            }
-        }
-    }
-}
-
-impl Actor for KubeWriter {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // Producers `send` and wait when the writer is saturated.
-        ctx.set_mailbox_capacity(self.mailbox);
-    }
-}
-
-impl Handler<Op> for KubeWriter {
-    type Result = ResponseFuture<Result<Reply, KubeError>>;
-
-    fn handle(&mut self, op: Op, ctx: &mut Self::Context) -> Self::Result {
-        let op = match op {
-            Op::Kinds { refresh: false } => match self.kinds.lock().ok().and_then(|k| k.clone()) {
-                Some(kinds) => return Box::pin(async move { Ok(Reply::Kinds(kinds)) }),
-                None => Op::Kinds { refresh: false },
-            },
-            // Cache reads cost no API request and take no permit.
-            Op::Watch { resource } => {
-                let mut ready = self.watch(resource, ctx);
-                let timeout = self.timeout;
-                // A kind the operator may not list never becomes ready: fail the
-                // pass (and retry it) instead of waiting forever.
-                return Box::pin(async move {
-                    tokio::time::timeout(timeout, ready.wait_for(|ready| *ready))
-                        .await
-                        .map_err(|_| KubeError::Timeout)?
-                        .map_err(|_| KubeError::Closed)?;
-                    Ok(Reply::Done)
-                });
-            }
-            Op::Cached {
-                resource,
-                namespace,
-                name,
-            } => {
-                let found = self.store(&resource).and_then(|store| {
-                    let mut key = ObjectRef::new_with(&name, resource.clone());
-                    if let Some(ns) = &namespace {
-                        key = key.within(ns);
-                    }
-                    store.get(&key)
-                });
-                let cached = found.and_then(|o| {
-                    Some(CachedObject {
-                        manifest: serde_json::to_value(&*o).ok()?,
-                        live: LiveObject::from((*o).clone()),
-                    })
-                });
-                return Box::pin(async move { Ok(Reply::Cached(cached)) });
-            }
-            Op::CachedList { resource, selector } => {
-                let wanted: Vec<(String, String)> = selector
-                    .split(',')
-                    .filter_map(|kv| {
-                        kv.split_once('=')
-                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    })
-                    .collect();
-                let objects = self
-                    .store(&resource)
-                    .map(|store| {
-                        store
-                            .state()
-                            .into_iter()
-                            .filter(|o| wanted.iter().all(|(k, v)| o.labels().get(k) == Some(v)))
-                            .map(|o| LiveObject::from((*o).clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                return Box::pin(async move { Ok(Reply::Objects(objects)) });
-            }
-            other => other,
-        };
-        let client = self.client.clone();
-        let permits = self.permits.clone();
-        let timeout = self.timeout;
-        let cache = self.kinds.clone();
-        let recorder = self.recorder.clone();
-        Box::pin(async move {
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .map_err(|_| KubeError::Closed)?;
-            let work = async {
-                Ok(match op {
-                    Op::Kinds { .. } => {
-                        let kinds: Kinds = Arc::new(kube_api::discover(&client).await?);
-                        if let Ok(mut slot) = cache.lock() {
-                            *slot = Some(kinds.clone());
-                        }
-                        Reply::Kinds(kinds)
-                    }
-                    Op::Get {
-                        resource,
-                        namespace,
-                        name,
-                    } => Reply::Object(
-                        kube_api::get(&client, &resource, namespace.as_deref(), &name).await?,
-                    ),
-                    Op::Apply {
-                        resource,
-                        namespace,
-                        name,
-                        manifest,
-                    } => {
-                        kube_api::apply(&client, &resource, namespace.as_deref(), &name, &manifest)
-                            .await?;
-                        Reply::Done
-                    }
-                    Op::List { resource, selector } => {
-                        Reply::Objects(kube_api::list(&client, &resource, &selector).await?)
-                    }
-                    Op::Delete {
-                        resource,
-                        namespace,
-                        name,
-                    } => {
-                        kube_api::delete(&client, &resource, namespace.as_deref(), &name).await?;
-                        Reply::Done
-                    }
-                    Op::MergePatch {
-                        resource,
-                        namespace,
-                        name,
-                        patch,
-                    } => {
-                        kube_api::merge_patch(
-                            &client,
-                            &resource,
-                            namespace.as_deref(),
-                            &name,
-                            &patch,
-                        )
-                        .await?;
-                        Reply::Done
-                    }
-                    Op::PatchStatus {
-                        resource,
-                        namespace,
-                        name,
-                        status,
-                    } => {
-                        kube_api::patch_status(&client, &resource, &namespace, &name, &status)
-                            .await?;
-                        Reply::Done
-                    }
-                    Op::ReadSecret { namespace, name } => {
-                        Reply::Secret(kube_api::read_secret(&client, &namespace, &name).await?)
-                    }
-                    Op::Watch { .. } | Op::Cached { .. } | Op::CachedList { .. } => Reply::Done,
-                    Op::Event { reference, event } => {
-                        let event = Event {
-                            type_: if event.warning {
-                                EventType::Warning
-                            } else {
-                                EventType::Normal
-                            },
-                            reason: event.reason,
-                            note: Some(event.message),
-                            action: "Reconcile".into(),
-                            secondary: None,
-                        };
-                        recorder
-                            .publish(&event, &reference)
-                            .await
-                            .map_err(KubeError::from)?;
-                        Reply::Done
-                    }
-                })
-            };
-            tokio::time::timeout(timeout, work)
-                .await
-                .map_err(|_| KubeError::Timeout)?
-        })
-    }
-}
-
-/// The [`Writer`] the reconcile code sees: requests to the writer actor.
+/// What the rest of the operator holds of the writer: its address, the
+/// discovery cache and the watch caches (read without a message).
 #[derive(Clone)]
-pub struct WriterHandle(pub Addr<KubeWriter>);
+pub struct WriterHandle {
+    addr: Addr<KubeWriter>,
+    stores: Stores,
+    kinds: Arc<Mutex<Option<Kinds>>>,
+    timeout: Duration,
+    reporter: Reporter,
+}
 
 impl WriterHandle {
-    pub async fn call(&self, op: Op) -> Result<Reply, KubeError> {
-        self.0.send(op).await.map_err(|_| KubeError::Closed)?
+    async fn request<T, F, Fut>(&self, call: F) -> Result<T, KubeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, KubeError>> + 'static,
+    {
+        let request = Request {
+            call: Box::new(move |client| Box::pin(call(client))),
+        };
+        self.addr
+            .send(request)
+            .await
+            .map_err(|_| KubeError::Closed)?
     }
 
-    async fn done(&self, op: Op) -> Result<(), KubeError> {
-        self.call(op).await.map(|_| ())
+    fn store(&self, resource: &ApiResource) -> Option<Store<DynamicObject>> {
+        let gk = GroupKind::new(resource.group.clone(), resource.kind.clone());
+        self.stores.lock().ok()?.get(&gk).cloned()
     }
-}
 
-fn unexpected() -> KubeError {
-    KubeError::Transport("writer returned an unexpected reply".into())
+    pub fn subscription(&self, subscription: Subscription) {
+        self.addr.do_send(subscription);
+    }
+
+    /// Waits until every request sent so far has finished.
+    pub async fn drain(&self) {
+        let _ = self.addr.send(Drain).await;
+    }
 }
 
 impl Writer for WriterHandle {
-    async fn watch(&self, resource: ApiResource) -> Result<(), KubeError> {
-        self.done(Op::Watch { resource }).await
-    }
-
-    async fn cached(
-        &self,
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-    ) -> Result<Option<CachedObject>, KubeError> {
-        match self
-            .call(Op::Cached {
-                resource,
-                namespace,
-                name,
-            })
-            .await?
-        {
-            Reply::Cached(c) => Ok(c),
-            _ => Err(unexpected()),
-        }
-    }
-
-    async fn cached_list(
-        &self,
-        resource: ApiResource,
-        selector: String,
-    ) -> Result<Vec<LiveObject>, KubeError> {
-        match self.call(Op::CachedList { resource, selector }).await? {
-            Reply::Objects(o) => Ok(o),
-            _ => Err(unexpected()),
-        }
-    }
-
     async fn kinds(&self, refresh: bool) -> Result<Kinds, KubeError> {
-        match self.call(Op::Kinds { refresh }).await? {
-            Reply::Kinds(k) => Ok(k),
-            _ => Err(unexpected()),
+        if !refresh {
+            if let Some(kinds) = self.kinds.lock().ok().and_then(|k| k.clone()) {
+                return Ok(kinds);
+            }
         }
+        let kinds: Kinds = Arc::new(
+            self.request(|client| async move { kube_api::discover(&client).await })
+                .await?,
+        );
+        if let Ok(mut slot) = self.kinds.lock() {
+            *slot = Some(kinds.clone());
+        }
+        Ok(kinds)
     }
 
-    async fn get(
-        &self,
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-    ) -> Result<Option<LiveObject>, KubeError> {
-        match self
-            .call(Op::Get {
-                resource,
-                namespace,
-                name,
-            })
-            .await?
-        {
-            Reply::Object(o) => Ok(o),
-            _ => Err(unexpected()),
-        }
+    async fn watch(&self, resource: &ApiResource) -> Result<(), KubeError> {
+        let mut ready = self
+            .addr
+            .send(Watch(resource.clone()))
+            .await
+            .map_err(|_| KubeError::Closed)?;
+        // A kind the operator may not list never becomes ready: fail the pass
+        // (and retry it) instead of waiting forever.
+        tokio::time::timeout(self.timeout, ready.wait_for(|ready| *ready))
+            .await
+            .map_err(|_| KubeError::Timeout)?
+            .map_err(|_| KubeError::Closed)?;
+        Ok(())
     }
 
-    async fn apply(
-        &self,
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-        manifest: Json,
-    ) -> Result<(), KubeError> {
-        self.done(Op::Apply {
-            resource,
-            namespace,
-            name,
-            manifest,
+    fn cached(&self, target: &Target) -> Option<CachedObject> {
+        let mut key = ObjectRef::new_with(&target.name, target.resource.clone());
+        if let Some(ns) = &target.namespace {
+            key = key.within(ns);
+        }
+        let object = self.store(&target.resource)?.get(&key)?;
+        Some(CachedObject {
+            manifest: serde_json::to_value(&*object).ok()?,
+            live: LiveObject::from((*object).clone()),
         })
-        .await
+    }
+
+    fn cached_list(&self, resource: &ApiResource, labels: &Labels) -> Vec<LiveObject> {
+        let Some(store) = self.store(resource) else {
+            return Vec::new();
+        };
+        store
+            .state()
+            .into_iter()
+            .filter(|o| {
+                let have = o.labels();
+                labels.iter().all(|(k, v)| have.get(k) == Some(v))
+            })
+            .map(|o| LiveObject::from((*o).clone()))
+            .collect()
+    }
+
+    async fn get(&self, target: &Target) -> Result<Option<LiveObject>, KubeError> {
+        let target = target.clone();
+        self.request(|client| async move { kube_api::get(&client, &target).await })
+            .await
+    }
+
+    async fn apply(&self, target: &Target, manifest: &Json) -> Result<(), KubeError> {
+        let (target, manifest) = (target.clone(), manifest.clone());
+        self.request(|client| async move { kube_api::apply(&client, &target, &manifest).await })
+            .await
     }
 
     async fn list(
         &self,
-        resource: ApiResource,
-        selector: String,
+        resource: &ApiResource,
+        labels: &Labels,
     ) -> Result<Vec<LiveObject>, KubeError> {
-        match self.call(Op::List { resource, selector }).await? {
-            Reply::Objects(o) => Ok(o),
-            _ => Err(unexpected()),
-        }
+        let (resource, labels) = (resource.clone(), labels.clone());
+        self.request(|client| async move { kube_api::list(&client, &resource, &labels).await })
+            .await
     }
 
-    async fn delete(
-        &self,
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-    ) -> Result<(), KubeError> {
-        self.done(Op::Delete {
-            resource,
-            namespace,
-            name,
-        })
-        .await
+    async fn delete(&self, target: &Target) -> Result<(), KubeError> {
+        let target = target.clone();
+        self.request(|client| async move { kube_api::delete(&client, &target).await })
+            .await
     }
 
-    async fn merge_patch(
-        &self,
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-        patch: Json,
-    ) -> Result<(), KubeError> {
-        self.done(Op::MergePatch {
-            resource,
-            namespace,
-            name,
-            patch,
-        })
-        .await
+    async fn merge_patch(&self, target: &Target, patch: &Json) -> Result<(), KubeError> {
+        let (target, patch) = (target.clone(), patch.clone());
+        self.request(|client| async move { kube_api::merge_patch(&client, &target, &patch).await })
+            .await
     }
 
     async fn read_secret(
         &self,
-        namespace: String,
-        name: String,
-    ) -> Result<Option<(String, BTreeMap<String, Vec<u8>>)>, KubeError> {
-        match self.call(Op::ReadSecret { namespace, name }).await? {
-            Reply::Secret(s) => Ok(s),
-            _ => Err(unexpected()),
-        }
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<SecretData>, KubeError> {
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        self.request(
+            |client| async move { kube_api::read_secret(&client, &namespace, &name).await },
+        )
+        .await
+    }
+
+    async fn patch_dbqr_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &DatabaseQueryResourceStatus,
+    ) -> Result<(), KubeError> {
+        let (namespace, name, status) = (namespace.to_owned(), name.to_owned(), status.clone());
+        self.request(|client| async move {
+            kube_api::patch_dbqr_status(&client, &namespace, &name, &status).await
+        })
+        .await
+    }
+
+    async fn set_dbqr_finalizers(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: Option<&str>,
+        finalizers: &[String],
+    ) -> Result<(), KubeError> {
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        let (version, finalizers) = (resource_version.map(str::to_owned), finalizers.to_vec());
+        self.request(|client| async move {
+            kube_api::set_dbqr_finalizers(
+                &client,
+                &namespace,
+                &name,
+                version.as_deref(),
+                &finalizers,
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn publish_event(
+        &self,
+        regarding: &ObjectReference,
+        event: &DbqrEvent,
+    ) -> Result<(), KubeError> {
+        let (regarding, event, reporter) =
+            (regarding.clone(), event.clone(), self.reporter.clone());
+        self.request(|client| async move {
+            kube_api::publish_event(&client, &reporter, &regarding, &event).await
+        })
+        .await
     }
 }

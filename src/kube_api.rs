@@ -5,16 +5,17 @@
 use std::collections::{BTreeMap, HashMap};
 
 use kube::{
-    api::{
-        Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-        PatchParams,
-    },
+    api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
     discovery::{Discovery, Scope as DiscoveryScope},
     Client,
 };
 use serde_json::Value as Json;
 
-use crate::render::{GroupKind, Scope};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
+use crate::render::{GroupKind, Gvk, Scope};
 
 /// Field manager of every write.
 pub const FIELD_MANAGER: &str = "db-query-operator";
@@ -97,15 +98,57 @@ pub async fn discover(client: &Client) -> Result<HashMap<GroupKind, KindInfo>, K
 }
 
 /// The resource for an exact group/version/kind (the version a manifest names).
-pub fn resource_for(gvk: &GroupVersionKind, known: &KindInfo) -> ApiResource {
+pub fn resource_for(gvk: &Gvk, known: &KindInfo) -> ApiResource {
     let mut resource = known.resource.clone();
     resource.version = gvk.version.clone();
-    resource.api_version = if gvk.group.is_empty() {
-        gvk.version.clone()
-    } else {
-        format!("{}/{}", gvk.group, gvk.version)
-    };
+    resource.api_version = gvk.api_version();
     resource
+}
+
+/// The resource of `gvk` if the API server serves its kind.
+pub fn resolve(kinds: &HashMap<GroupKind, KindInfo>, gvk: &Gvk) -> Result<ApiResource, KubeError> {
+    kinds
+        .get(&gvk.group_kind())
+        .map(|info| resource_for(gvk, info))
+        .ok_or_else(|| KubeError::UnknownKind {
+            kind: gvk.to_string(),
+        })
+}
+
+/// One object in the cluster: how to address its kind, and its name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub resource: ApiResource,
+    /// `None` for cluster-scoped objects.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// Labels an object must all carry (a label selector of `k=v` terms).
+pub type Labels = BTreeMap<String, String>;
+
+/// `k=v,k=v`: the API's form of an equality label selector.
+pub fn selector(labels: &Labels) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A Secret's data and the resourceVersion it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretData {
+    pub resource_version: String,
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+/// An Event about a DBQR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbqrEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
 }
 
 fn api(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -113,6 +156,10 @@ fn api(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<
         Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
         None => Api::all_with(client.clone(), resource),
     }
+}
+
+fn target_api(client: &Client, target: &Target) -> Api<DynamicObject> {
+    api(client, &target.resource, target.namespace.as_deref())
 }
 
 /// The metadata of a live object the operator cares about.
@@ -155,29 +202,18 @@ pub struct CachedObject {
     pub manifest: Json,
 }
 
-pub async fn get(
-    client: &Client,
-    resource: &ApiResource,
-    namespace: Option<&str>,
-    name: &str,
-) -> Result<Option<LiveObject>, KubeError> {
-    Ok(api(client, resource, namespace)
-        .get_opt(name)
+pub async fn get(client: &Client, target: &Target) -> Result<Option<LiveObject>, KubeError> {
+    Ok(target_api(client, target)
+        .get_opt(&target.name)
         .await?
         .map(LiveObject::from))
 }
 
 /// Server-side apply, forcing conflicts: the database is the source of truth.
-pub async fn apply(
-    client: &Client,
-    resource: &ApiResource,
-    namespace: Option<&str>,
-    name: &str,
-    manifest: &Json,
-) -> Result<(), KubeError> {
-    api(client, resource, namespace)
+pub async fn apply(client: &Client, target: &Target, manifest: &Json) -> Result<(), KubeError> {
+    target_api(client, target)
         .patch(
-            name,
+            &target.name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(manifest),
         )
@@ -185,14 +221,14 @@ pub async fn apply(
     Ok(())
 }
 
-/// Objects of a kind, in every namespace, matching `selector`.
+/// Objects of a kind, in every namespace, carrying all of `labels`.
 pub async fn list(
     client: &Client,
     resource: &ApiResource,
-    selector: &str,
+    labels: &Labels,
 ) -> Result<Vec<LiveObject>, KubeError> {
     let list = api(client, resource, None)
-        .list_metadata(&ListParams::default().labels(selector))
+        .list_metadata(&ListParams::default().labels(&selector(labels)))
         .await?;
     Ok(list
         .items
@@ -209,14 +245,9 @@ pub async fn list(
 
 /// Deletes in the background (dependents follow via garbage collection); a
 /// missing object counts as deleted.
-pub async fn delete(
-    client: &Client,
-    resource: &ApiResource,
-    namespace: Option<&str>,
-    name: &str,
-) -> Result<(), KubeError> {
-    match api(client, resource, namespace)
-        .delete(name, &DeleteParams::background())
+pub async fn delete(client: &Client, target: &Target) -> Result<(), KubeError> {
+    match target_api(client, target)
+        .delete(&target.name, &DeleteParams::background())
         .await
     {
         Ok(_) => Ok(()),
@@ -232,28 +263,25 @@ pub async fn delete(
 }
 
 /// JSON merge patch (metadata edits such as finalizers, labels, owner references).
-pub async fn merge_patch(
-    client: &Client,
-    resource: &ApiResource,
-    namespace: Option<&str>,
-    name: &str,
-    patch: &Json,
-) -> Result<(), KubeError> {
-    api(client, resource, namespace)
-        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+pub async fn merge_patch(client: &Client, target: &Target, patch: &Json) -> Result<(), KubeError> {
+    target_api(client, target)
+        .patch(&target.name, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     Ok(())
 }
 
-/// Merge patch of a status subresource.
-pub async fn patch_status(
+fn dbqrs(client: &Client, namespace: &str) -> Api<DatabaseQueryResource> {
+    Api::namespaced(client.clone(), namespace)
+}
+
+/// Merge patch of a DBQR's status subresource.
+pub async fn patch_dbqr_status(
     client: &Client,
-    resource: &ApiResource,
     namespace: &str,
     name: &str,
-    status: &Json,
+    status: &DatabaseQueryResourceStatus,
 ) -> Result<(), KubeError> {
-    Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource)
+    dbqrs(client, namespace)
         .patch_status(
             name,
             &PatchParams::default(),
@@ -263,22 +291,63 @@ pub async fn patch_status(
     Ok(())
 }
 
+/// Replaces a DBQR's finalizers, if it is still at `resource_version`
+/// (optimistic concurrency: a stale view must not overwrite newer finalizers).
+pub async fn set_dbqr_finalizers(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    resource_version: Option<&str>,
+    finalizers: &[String],
+) -> Result<(), KubeError> {
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": resource_version }
+    });
+    dbqrs(client, namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Publishes an Event about the object `regarding`.
+pub async fn publish_event(
+    client: &Client,
+    reporter: &Reporter,
+    regarding: &ObjectReference,
+    event: &DbqrEvent,
+) -> Result<(), KubeError> {
+    let event = Event {
+        type_: if event.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: event.reason.to_owned(),
+        note: Some(event.message.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    Recorder::new(client.clone(), reporter.clone())
+        .publish(&event, regarding)
+        .await?;
+    Ok(())
+}
+
 /// A Secret's data and resourceVersion, if it exists.
 pub async fn read_secret(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<Option<(String, BTreeMap<String, Vec<u8>>)>, KubeError> {
+) -> Result<Option<SecretData>, KubeError> {
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(client.clone(), namespace);
-    Ok(secrets.get_opt(name).await?.map(|s| {
-        let version = s.metadata.resource_version.unwrap_or_default();
-        let data = s
+    Ok(secrets.get_opt(name).await?.map(|s| SecretData {
+        resource_version: s.metadata.resource_version.unwrap_or_default(),
+        data: s
             .data
             .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| (k, v.0))
-            .collect();
-        (version, data)
+            .collect(),
     }))
 }

@@ -3,12 +3,10 @@
 //! The domain lives here as plain Rust: the API types ([`api`]), SQL text
 //! handling ([`sql`]), PostgreSQL access and row decoding ([`db`]), rendering
 //! with validation ([`render`]) and the reconcile pass ([`reconcile`]). The
-//! actor shells that schedule it are mounted from `actors/` as [`actors`],
-//! the only module that uses the actor framework.
+//! actor shells that schedule it are the `db-query-operator` package in
+//! `actors/`; this crate does not depend on the actor framework at all.
 #![forbid(unsafe_code)]
 
-#[path = "../actors/mod.rs"]
-pub mod actors;
 pub mod api;
 pub mod cli;
 pub mod db;

@@ -2,7 +2,22 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::render::ObjectPolicy;
+use crate::render::{InvalidGvk, ObjectPolicy};
+
+/// Settings the operator refuses to start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--allowed-kinds: {0}")]
+    AllowedKind(#[from] InvalidGvk),
+}
+
+impl ConfigError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::AllowedKind(_) => "InvalidAllowedKind",
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -18,4 +33,6 @@ pub struct Settings {
     pub api_timeout: Duration,
     /// Requests the writer queues before producers wait.
     pub mailbox: usize,
+    /// How long in-flight API calls may take to finish after SIGTERM.
+    pub drain: Duration,
 }

@@ -1,32 +1,110 @@
-//! The domain stays free of actix (README, Architecture): only `actors/` uses it.
+//! The architecture holds in Cargo terms (README, Architecture): the domain
+//! package `dbqo` does not depend on actix at all, directly or through any
+//! other crate; only the `db-query-operator` package (actors/) does.
 
-use std::path::Path;
+use std::{collections::BTreeSet, process::Command};
 
-fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
+use serde_json::Value as Json;
+
+fn metadata() -> Json {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON")
+}
+
+fn package_id(metadata: &Json, name: &str) -> String {
+    metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name && p["source"].is_null())
+        .unwrap_or_else(|| panic!("workspace package {name}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Names of every package `root` pulls in as a normal (non-dev, non-build) dependency.
+fn normal_closure(metadata: &Json, root: &str) -> BTreeSet<String> {
+    let nodes = metadata["resolve"]["nodes"].as_array().unwrap();
+    let node = |id: &str| nodes.iter().find(|n| n["id"] == id).unwrap();
+    let name_of = |id: &str| {
+        metadata["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![root.to_owned()];
+    while let Some(id) = todo.pop() {
+        for dep in node(&id)["deps"].as_array().unwrap() {
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kind"].is_null());
+            let dep_id = dep["pkg"].as_str().unwrap().to_owned();
+            if normal && seen.insert(dep_id.clone()) {
+                todo.push(dep_id);
+            }
         }
     }
+    seen.iter().map(|id| name_of(id)).collect()
 }
 
 #[test]
-fn only_the_actors_use_actix() {
-    let mut files = Vec::new();
-    rust_files(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut files,
+fn the_domain_does_not_depend_on_actix() {
+    let metadata = metadata();
+    let domain = normal_closure(&metadata, &package_id(&metadata, "dbqo"));
+    assert!(
+        domain.contains("kube"),
+        "the closure was computed: {domain:?}"
     );
-    assert!(files.len() > 10);
-    let offenders: Vec<_> = files
+    let actix: Vec<_> = domain.iter().filter(|n| n.starts_with("actix")).collect();
+    assert!(actix.is_empty(), "dbqo depends on {actix:?}");
+
+    let operator = normal_closure(&metadata, &package_id(&metadata, "db-query-operator"));
+    assert!(operator.contains("actix") && operator.contains("dbqo"));
+}
+
+#[test]
+fn every_acceptance_test_file_is_a_test_target() {
+    let metadata = metadata();
+    let package = metadata["packages"]
+        .as_array()
+        .unwrap()
         .iter()
-        .filter(|f| {
-            let text = std::fs::read_to_string(f).unwrap();
-            text.contains("actix::") || text.contains("use actix") || text.contains("actix_rt")
-        })
+        .find(|p| p["name"] == "db-query-operator")
+        .unwrap();
+    let targets: BTreeSet<String> = package["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"][0] == "test")
+        .map(|t| t["name"].as_str().unwrap().to_owned())
         .collect();
-    assert!(offenders.is_empty(), "actix outside actors/: {offenders:?}");
+    let files: BTreeSet<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".rs").map(str::to_owned)
+            })
+            .collect();
+    assert_eq!(files, targets, "tests/*.rs and actors/Cargo.toml [[test]]");
 }

@@ -209,7 +209,7 @@ async fn renders_rows_from_a_live_database_read_only() {
         .unwrap();
     let manifest = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/examples/configmap-per-row/dbqr.yaml"
+        "/../examples/configmap-per-row/dbqr.yaml"
     ))
     .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -9,13 +9,15 @@ use dbqo::api::DatabaseQueryResource;
 use kube::api::{Api, DeleteParams, PostParams};
 
 fn examples() -> Vec<std::path::PathBuf> {
-    let mut dirs: Vec<_> =
-        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("dbqr.yaml").exists())
-            .collect();
+    let mut dirs: Vec<_> = std::fs::read_dir(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples"
+    )))
+    .unwrap()
+    .flatten()
+    .map(|e| e.path())
+    .filter(|p| p.join("dbqr.yaml").exists())
+    .collect();
     dirs.sort();
     assert!(
         dirs.len() >= 4,
@@ -27,7 +29,7 @@ fn examples() -> Vec<std::path::PathBuf> {
 #[test]
 fn committed_crd_matches_the_rust_types() {
     let committed = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .join("chart/crds/databasequeryresources.dbqo.dev.yaml"),
     )
     .unwrap();

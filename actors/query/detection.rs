@@ -1,17 +1,17 @@
 //! Change detection of a `QueryActor`: the timestamp probe loop and the
-//! LISTEN connection.
+//! LISTEN connection. The probe itself is `reconcile::change::probe`.
 
 use std::time::Duration;
 
 use actix::{ActorFutureExt, AsyncContext, Context, StreamHandler, WrapFuture};
 use kube::ResourceExt;
 
-use super::{backoff, QueryActor};
-use crate::api::ChangeDetectionMode;
-use crate::db::{listen, Listener};
-use crate::reconcile::change::{probe, probe_sql};
-use crate::reconcile::status::Outcome;
-use crate::reconcile::PassReport;
+use super::QueryActor;
+use dbqo::api::{ChangeDetectionMode, DatabaseQueryResourceSpec};
+use dbqo::db::{listen, Listener};
+use dbqo::reconcile::backoff::backoff;
+use dbqo::reconcile::change::{probe, probe_sql};
+use dbqo::reconcile::status::Outcome;
 
 /// Where change detection stands for one DBQR.
 pub(super) enum Detection {
@@ -28,18 +28,21 @@ pub(super) enum Detection {
     },
 }
 
+impl Detection {
+    pub(super) fn for_spec(spec: &DatabaseQueryResourceSpec) -> Self {
+        match &spec.change_detection {
+            Some(cd) if cd.enabled => Self::NotStarted,
+            _ => Self::Off,
+        }
+    }
+}
+
 impl QueryActor {
     pub(super) fn start_detection(&mut self, ctx: &mut Context<Self>) {
         if !matches!(self.detection, Detection::NotStarted) {
             return;
         }
-        let Some(spec) = self
-            .dbqr
-            .spec
-            .change_detection
-            .clone()
-            .filter(|cd| cd.enabled)
-        else {
+        let Some(spec) = self.dbqr.spec.change_detection.clone() else {
             self.detection = Detection::Off;
             return;
         };
@@ -66,12 +69,14 @@ impl QueryActor {
         let Some(cd) = self.dbqr.spec.change_detection.clone() else {
             return;
         };
-        let (Some(sql), Some((pool, _))) = (probe_sql(&cd), self.last_connection.clone()) else {
-            ctx.run_later(cd.change_poll_interval.get(), |actor, ctx| actor.probe(ctx));
+        let interval = cd.change_poll_interval.get();
+        let (Some(sql), Some(connection)) = (probe_sql(&cd), self.connection.clone()) else {
+            ctx.run_later(interval, |actor, ctx| actor.probe(ctx));
             return;
         };
         let timeout = self.dbqr.spec.database.statement_timeout.get();
-        ctx.spawn(async move { probe(&pool, &sql, timeout).await }.into_actor(self).map(move |result, actor, ctx| {
+        let work = async move { probe(&connection.pool, &sql, timeout).await };
+        ctx.spawn(work.into_actor(self).map(move |result, actor, ctx| {
             match result {
                 Ok(value) => {
                     if let Detection::Probing { last } = &mut actor.detection {
@@ -82,18 +87,12 @@ impl QueryActor {
                         }
                     }
                 }
-                Err(problem) => {
-                    tracing::info!(dbqr = %actor.dbqr.name_any(), reason = %problem.reason, "change probe failed");
-                    let report = PassReport {
-                        database: Some(Ok(())),
-                        sync: Some(Err(problem)),
-                        managed_kinds: actor.status.as_ref().map(|s| s.managed_kinds.clone()).unwrap_or_default(),
-                        ..PassReport::default()
-                    };
-                    actor.publish(Outcome::Pass(&report), ctx);
+                Err(error) => {
+                    tracing::info!(dbqr = %actor.dbqr.name_any(), reason = error.reason(), "change probe failed");
+                    actor.publish(Outcome::ProbeFailed(&error), ctx);
                 }
             }
-            ctx.run_later(cd.change_poll_interval.get(), |actor, ctx| actor.probe(ctx));
+            ctx.run_later(interval, |actor, ctx| actor.probe(ctx));
         }));
     }
 
@@ -109,21 +108,28 @@ impl QueryActor {
         else {
             return;
         };
-        let Some((_, info)) = self.last_connection.clone() else {
+        let Some(connection) = self.connection.clone() else {
             ctx.run_later(Duration::from_secs(1), |actor, ctx| actor.listen(ctx));
             return;
         };
-        ctx.spawn(async move { listen(&info, &channel).await }.into_actor(self).map(|result, actor, ctx| {
-            let Detection::Listening { listener, failures } = &mut actor.detection else { return };
+        let work = async move { listen(&connection.info, &channel).await };
+        ctx.spawn(work.into_actor(self).map(|result, actor, ctx| {
+            let Detection::Listening { listener, failures } = &mut actor.detection else {
+                return;
+            };
             match result {
                 Ok(mut connected) => {
                     let first = *failures == 0 && listener.is_none();
                     *failures = 0;
-                    let notifications = std::mem::replace(&mut connected.notifications, tokio::sync::mpsc::channel(1).1);
+                    let notifications = std::mem::replace(
+                        &mut connected.notifications,
+                        tokio::sync::mpsc::channel(1).1,
+                    );
                     *listener = Some(connected);
-                    ctx.add_stream(futures_util::stream::unfold(notifications, |mut rx| async move {
-                        rx.recv().await.map(|()| (Notified, rx))
-                    }));
+                    ctx.add_stream(futures_util::stream::unfold(
+                        notifications,
+                        |mut rx| async move { rx.recv().await.map(|()| (Notified, rx)) },
+                    ));
                     tracing::debug!(dbqr = %actor.dbqr.name_any(), "listening for notifications");
                     if !first {
                         actor.trigger(ctx);

@@ -1,42 +1,42 @@
-//! `QueryActor`: one per DBQR. Owns the pass state (connection pool, last
-//! applied objects) and the full-poll timer. A timer is armed only after the
-//! previous pass ended; failures back off exponentially with jitter, capped by
-//! the poll interval. Change detection and status write-back live in the
-//! child modules.
+//! `QueryActor`: one per DBQR. Holds the pass state, the connection pool and
+//! the full-poll timer, and schedules: a pass runs `reconcile::run_pass`, the
+//! next timer is armed only after it ended, failures back off with
+//! `reconcile::backoff`. Change detection and status write-back live in the
+//! child modules; every decision they take is a plain function in `dbqo`.
 
 mod detection;
 mod writeback;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use actix::{
-    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle,
+    WrapFuture,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{api::ApiResource, Resource, ResourceExt};
-use rand::Rng;
+use kube::{Resource, ResourceExt};
 
-use super::writer::{Drifted, Op, Subscribe, WriterHandle};
-use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
-use crate::db::ConnInfo;
-use crate::reconcile::labels::label_value;
-use crate::reconcile::pass::repair;
-use crate::reconcile::{
-    run_pass,
-    status::{next_status, Outcome},
-    Owner, PassConfig, PassReport, PassState, Problem,
+use crate::writer::{Drifted, Subscription, WriterHandle};
+use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
+use dbqo::reconcile::{
+    backoff::backoff,
+    repair, run_pass,
+    status::{next_status, Outcome, WriteBackResult},
+    writeback::Fingerprints,
+    Connection, PassConfig, PassError, PassReport, PassState, Writer as _,
 };
-use crate::render::ObjectKey;
-use crate::render::{Metadata, RowTemplate};
-use crate::settings::Settings;
-use crate::writeback::StatusTemplate;
+use dbqo::render::{Gvk, ObjectKey};
+use dbqo::settings::Settings;
 use detection::Detection;
 
 pub struct QueryActor {
     dbqr: DatabaseQueryResource,
-    config: Result<Arc<PassConfig>, Problem>,
+    config: Result<Arc<PassConfig>, Arc<PassError>>,
     /// `None` while a pass holds it.
     state: Option<PassState>,
+    /// The pool (and its connection settings) the last pass used; probes,
+    /// the LISTEN connection and write-back use it too.
+    connection: Option<Connection>,
     status: Option<DatabaseQueryResourceStatus>,
     writer: WriterHandle,
     failures: u32,
@@ -48,18 +48,17 @@ pub struct QueryActor {
     /// Change detection runs once a pass has made a pool.
     detection: Detection,
     /// Objects whose status SQL waits for the debounce window.
-    writeback_pending: std::collections::HashSet<ObjectKey>,
-    /// Fingerprint of each object's status at its last successful write-back.
-    status_seen: std::collections::HashMap<ObjectKey, [u8; 32]>,
+    writeback_pending: HashSet<ObjectKey>,
+    /// Status fingerprint of each object at its last successful write-back.
+    status_seen: Fingerprints,
     /// Outcome of the last status write-back batch, for the StatusWriteBack condition.
-    writeback: Option<Result<(), Problem>>,
+    writeback: Option<WriteBackResult>,
     /// The last pass report, so write-back results can be published alone.
     last_report: PassReport,
     /// Objects reported changed while a pass ran.
-    drifted: std::collections::HashSet<crate::render::ObjectKey>,
-    /// The pool and connection the last pass used (a pass holds `state`, so
-    /// probes and the LISTEN connection read them here).
-    last_connection: Option<(deadpool_postgres::Pool, ConnInfo)>,
+    drifted: HashSet<ObjectKey>,
+    /// Connections and subscriptions have been let go (the actor is stopping).
+    released: bool,
 }
 
 /// Notifications are collapsed over this window: a burst of row changes
@@ -71,65 +70,37 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 #[rtype(result = "()")]
 pub struct Stop;
 
-fn pass_config(dbqr: &DatabaseQueryResource, settings: &Settings) -> Result<PassConfig, Problem> {
-    let problems = dbqr.spec.validate();
-    if let Some(first) = problems.first() {
-        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        return Err(Problem::new(first.reason(), all.join("; ")));
-    }
-    let template = RowTemplate::compile(&dbqr.spec.template)
-        .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
-    let status_template = dbqr
-        .spec
-        .status_update_query_template
-        .as_deref()
-        .map(StatusTemplate::compile)
-        .transpose()
-        .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
-    Ok(PassConfig {
-        owner: Owner {
-            name: dbqr.name_any(),
-            namespace: dbqr.namespace().unwrap_or_default(),
-            uid: dbqr.uid().unwrap_or_default(),
-        },
-        metadata: Metadata::of(dbqr),
-        spec: dbqr.spec.clone(),
-        template,
-        policy: settings.policy.clone(),
-        allow_cross_namespace_secrets: settings.allow_cross_namespace_secrets,
-        status_template,
-    })
-}
-
 impl QueryActor {
     pub fn new(dbqr: DatabaseQueryResource, settings: &Settings, writer: WriterHandle) -> Self {
-        let config = pass_config(&dbqr, settings).map(Arc::new);
-        let dbqr_detection = dbqr.spec.change_detection.clone().filter(|cd| cd.enabled);
+        let config = PassConfig::new(&dbqr, settings)
+            .map(Arc::new)
+            .map_err(Arc::new);
         let status = dbqr.status.clone();
+        // What earlier lives of the operator wrote: the prune inventory.
         let managed = status
-            .as_ref()
-            .map(|s| s.managed_kinds.clone())
-            .unwrap_or_default();
+            .iter()
+            .flat_map(|s| &s.managed_kinds)
+            .filter_map(|k| k.parse::<Gvk>().ok())
+            .collect();
+        let detection = Detection::for_spec(&dbqr.spec);
         Self {
             dbqr,
             config,
-            state: Some(PassState::with_managed_kinds(managed)),
-            last_connection: None,
-            drifted: Default::default(),
-            writeback_pending: Default::default(),
-            status_seen: Default::default(),
-            writeback: None,
-            last_report: PassReport::default(),
+            state: Some(PassState::new(managed)),
+            connection: None,
             status,
             writer,
             failures: 0,
             pass: 0,
             dirty: false,
             next_pass: None,
-            detection: match &dbqr_detection {
-                Some(_) => Detection::NotStarted,
-                None => Detection::Off,
-            },
+            detection,
+            writeback_pending: HashSet::new(),
+            status_seen: Fingerprints::new(),
+            writeback: None,
+            last_report: PassReport::default(),
+            drifted: HashSet::new(),
+            released: false,
         }
     }
 
@@ -159,16 +130,17 @@ impl QueryActor {
         self.pass += 1;
         let writer = self.writer.clone();
         let pass = self.pass;
+        let mut connection = self.connection.clone();
         let work = async move {
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let report = run_pass(&config, &mut state, &writer, &now).await;
-            (report, state)
+            let now = dbqo::reconcile::pass::template_now();
+            let report = run_pass(&config, &mut state, &mut connection, &writer, &now).await;
+            (report, state, connection)
         };
         ctx.spawn(
             work.into_actor(self)
-                .map(move |(report, state), actor, ctx| {
-                    actor.last_connection = state.connection();
+                .map(move |(report, state, connection), actor, ctx| {
                     actor.state = Some(state);
+                    actor.connection = connection;
                     actor.finish_pass(pass, report, ctx);
                     for key in std::mem::take(&mut actor.drifted) {
                         ctx.notify(Drifted { key });
@@ -181,11 +153,10 @@ impl QueryActor {
         tracing::info!(
             dbqr = %self.dbqr.name_any(), namespace = %self.dbqr.namespace().unwrap_or_default(), pass,
             rows = report.rows, objects = report.objects, applied = report.applied, skipped = report.skipped,
-            pruned = report.pruned, ok = report.succeeded(), reason = report.failure_reason().unwrap_or(""),
+            pruned = report.pruned, ok = report.succeeded(), reason = report.failure().map_or("", |e| e.reason()),
             "pass finished"
         );
         self.publish(Outcome::Pass(&report), ctx);
-        self.last_report = report.clone();
         let poll = self.dbqr.spec.poll_interval.get();
         let delay = if report.succeeded() {
             self.failures = 0;
@@ -194,9 +165,10 @@ impl QueryActor {
             self.failures = self.failures.saturating_add(1);
             backoff(self.failures, poll)
         };
-        if report.database == Some(Ok(())) {
+        if matches!(report.database, Some(Ok(()))) {
             self.start_detection(ctx);
         }
+        self.last_report = report;
         if std::mem::take(&mut self.dirty) {
             self.schedule(DEBOUNCE, ctx);
         } else {
@@ -220,83 +192,67 @@ impl QueryActor {
         let writer = self.writer.clone();
         let namespace = self.dbqr.namespace().unwrap_or_default();
         let name = self.dbqr.name_any();
-        let reference = self.dbqr.object_ref(&());
+        let regarding = self.dbqr.object_ref(&());
         ctx.spawn(
             async move {
-                let status = serde_json::to_value(&status).unwrap_or_default();
-                let resource = ApiResource::erase::<DatabaseQueryResource>(&());
-                if let Err(error) = writer
-                    .call(Op::PatchStatus {
-                        resource,
-                        namespace,
-                        name,
-                        status,
-                    })
-                    .await
-                {
-                    tracing::warn!(%error, "cannot write DBQR status");
+                if let Err(error) = writer.patch_dbqr_status(&namespace, &name, &status).await {
+                    tracing::warn!(dbqr = %name, reason = error.reason(), "cannot write DBQR status");
                 }
                 for event in events {
-                    if let Err(error) = writer
-                        .call(Op::Event {
-                            reference: reference.clone(),
-                            event,
-                        })
-                        .await
-                    {
-                        tracing::warn!(%error, "cannot publish event");
+                    if let Err(error) = writer.publish_event(&regarding, &event).await {
+                        tracing::warn!(dbqr = %name, reason = error.reason(), "cannot publish event");
                     }
                 }
             }
             .into_actor(self),
         );
     }
-}
 
-/// 1s, 2s, 4s ... capped at the poll interval, with ±20% jitter so DBQRs
-/// sharing a failing database do not retry in lockstep.
-fn backoff(failures: u32, cap: Duration) -> Duration {
-    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(10)).min(cap);
-    let factor = rand::rng().random_range(0.8..1.2);
-    base.mul_f64(factor)
+    /// Lets go of everything outside the actor: drift notices, the LISTEN
+    /// connection (dropped with `detection`) and the pool. Timers and
+    /// in-flight work go with the context when it stops.
+    fn release(&mut self, ctx: &mut Context<Self>) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        self.subscription(ctx, false);
+        self.detection = Detection::Off;
+        if let Some(connection) = self.connection.take() {
+            connection.close();
+        }
+        tracing::debug!(dbqr = %self.dbqr.name_any(), "query actor released its connections");
+    }
+
+    fn subscription(&self, ctx: &mut Context<Self>, subscribe: bool) {
+        if let Ok(config) = &self.config {
+            let (owner, me) = (config.owner.label_key(), ctx.address().recipient());
+            self.writer.subscription(if subscribe {
+                Subscription::Subscribe(owner, me)
+            } else {
+                Subscription::Unsubscribe(owner, me)
+            });
+        }
+    }
 }
 
 impl Actor for QueryActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Ok(config) = &self.config {
-            self.writer.0.do_send(Subscribe {
-                owner: owner_key(&config.owner),
-                recipient: Some(ctx.address().recipient()),
-            });
-        }
+        self.subscription(ctx, true);
         match &self.config {
             Ok(_) => self.start_pass(ctx),
-            Err(problem) => {
-                tracing::warn!(dbqr = %self.dbqr.name_any(), reason = %problem.reason, "invalid spec");
-                let problem = problem.clone();
-                self.publish(Outcome::InvalidSpec(problem), ctx);
+            Err(error) => {
+                tracing::warn!(dbqr = %self.dbqr.name_any(), reason = error.reason(), "invalid spec");
+                let error = error.clone();
+                self.publish(Outcome::InvalidSpec(&error), ctx);
             }
         }
     }
 
-    fn stopped(&mut self, _: &mut Self::Context) {
-        if let Ok(config) = &self.config {
-            self.writer.0.do_send(Subscribe {
-                owner: owner_key(&config.owner),
-                recipient: None,
-            });
-        }
-        if let Some(state) = self.state.take() {
-            state.close();
-        }
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.release(ctx);
     }
-}
-
-/// The writer's subscription key: the owner label values.
-fn owner_key(owner: &Owner) -> (String, String) {
-    (label_value(&owner.namespace), label_value(&owner.name))
 }
 
 impl Handler<Drifted> for QueryActor {
@@ -310,7 +266,7 @@ impl Handler<Drifted> for QueryActor {
             self.drifted.insert(key);
             return;
         };
-        let Some(wanted) = state.applied(&key) else {
+        let Some(wanted) = state.applied(&key).cloned() else {
             return;
         };
         let writer = self.writer.clone();
@@ -321,7 +277,7 @@ impl Handler<Drifted> for QueryActor {
                 match repair(&writer, &wanted).await {
                     Ok(true) => tracing::info!(dbqr = %name, kind = %key.group_kind, object = %key.name, "repaired drift"),
                     Ok(false) => {}
-                    Err(problem) => tracing::warn!(dbqr = %name, reason = %problem.reason, "drift repair failed"),
+                    Err(error) => tracing::warn!(dbqr = %name, reason = error.reason(), "drift repair failed"),
                 }
                 key
             }
@@ -338,8 +294,10 @@ impl Handler<Drifted> for QueryActor {
 impl Handler<Stop> for QueryActor {
     type Result = ();
 
+    /// Releases connections before answering, so whoever awaits the stop
+    /// knows the pool is closed.
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
-        use actix::ActorContext;
+        self.release(ctx);
         ctx.stop();
     }
 }

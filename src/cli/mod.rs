@@ -41,8 +41,9 @@ pub enum Command {
     Run(RunArgs),
 }
 
-/// Runs the parsed command; returns the process exit code.
-pub fn run(cli: Cli) -> i32 {
+/// Runs the parsed command; returns the process exit code. `operator` runs
+/// the `run` subcommand: the actor system lives outside this crate.
+pub fn run(cli: Cli, operator: impl FnOnce(RunArgs) -> i32) -> i32 {
     let tokio = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -64,7 +65,6 @@ pub fn run(cli: Cli) -> i32 {
                 1
             }
         },
-        // The actors bring their own runtime.
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => operator(args),
     }
 }

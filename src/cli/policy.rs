@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use clap::Args;
 
-use crate::render::{GroupKind, ObjectPolicy, DEFAULT_KINDS};
+use crate::render::{GroupKind, InvalidGvk, ObjectPolicy, DEFAULT_KINDS};
 
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
@@ -18,7 +18,7 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    pub fn policy(&self) -> Result<ObjectPolicy, String> {
+    pub fn policy(&self) -> Result<ObjectPolicy, InvalidGvk> {
         let allowed_kinds = self
             .allowed_kinds
             .iter()

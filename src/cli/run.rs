@@ -1,11 +1,12 @@
-//! `run`: the operator.
+//! `run`: the operator's settings. The actor system that runs it lives in the
+//! `db-query-operator` package (actors/).
 
 use std::{sync::Arc, time::Duration};
 
 use clap::{Args, ValueEnum};
 
 use super::policy::PolicyArgs;
-use crate::settings::Settings;
+use crate::settings::{ConfigError, Settings};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -32,13 +33,16 @@ pub struct RunArgs {
     /// Timeout of each API request, in seconds.
     #[arg(long, env = "DBQO_API_TIMEOUT_SECONDS", default_value_t = 30)]
     pub api_timeout_seconds: u64,
+    /// Seconds in-flight API calls may take to finish after SIGTERM before the process exits.
+    #[arg(long, env = "DBQO_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub shutdown_timeout_seconds: u64,
     /// Log format.
     #[arg(long, env = "DBQO_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
 
 impl RunArgs {
-    pub fn settings(&self) -> Result<Settings, String> {
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
         Ok(Settings {
             policy: Arc::new(self.policy.policy()?),
             allow_cross_namespace_secrets: self.allow_cross_namespace_secrets,
@@ -47,25 +51,7 @@ impl RunArgs {
             concurrency: self.concurrency.max(1),
             api_timeout: Duration::from_secs(self.api_timeout_seconds.max(1)),
             mailbox: 1024,
+            drain: Duration::from_secs(self.shutdown_timeout_seconds),
         })
-    }
-}
-
-/// Runs the operator until a signal stops it.
-pub fn run(args: RunArgs) -> i32 {
-    let settings = match args.settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
-    let outcome = crate::actors::run_system(settings, Duration::from_secs(10));
-    match outcome {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
     }
 }

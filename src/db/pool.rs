@@ -15,6 +15,16 @@ pub enum PoolError {
     Build(String),
 }
 
+impl PoolError {
+    /// Stable reason for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Tls(e) => e.reason(),
+            Self::Build(_) => "PoolBuildFailed",
+        }
+    }
+}
+
 /// Builds a pool of at most `max_size` connections. Connections are made
 /// lazily; each is reset on return (`RESET ALL` and friends), so session
 /// settings a query's setup statements make never leak into the next pass.

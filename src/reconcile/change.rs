@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
-use super::pass::Problem;
+use super::error::PassError;
 use crate::api::{ChangeDetectionMode, ChangeDetectionSpec};
 use crate::sql::{quote_ident, quote_qualified};
 
@@ -27,12 +27,9 @@ pub fn probe_sql(spec: &ChangeDetectionSpec) -> Option<String> {
 }
 
 /// Runs the probe; `None` is an empty table.
-pub async fn probe(pool: &Pool, sql: &str, timeout: Duration) -> Result<Option<String>, Problem> {
+pub async fn probe(pool: &Pool, sql: &str, timeout: Duration) -> Result<Option<String>, PassError> {
     let work = async {
-        let client = pool
-            .get()
-            .await
-            .map_err(|e| Problem::new("ConnectionFailed", format!("change probe: {e}")))?;
+        let client = pool.get().await.map_err(PassError::from_pool)?;
         let statement = client.prepare_cached(sql).await.map_err(probe_failed)?;
         let row = client
             .query_one(&statement, &[])
@@ -42,14 +39,11 @@ pub async fn probe(pool: &Pool, sql: &str, timeout: Duration) -> Result<Option<S
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| Problem::new("QueryTimeout", "change probe timed out"))?
+        .map_err(|_| PassError::ProbeTimeout)?
 }
 
-fn probe_failed(e: tokio_postgres::Error) -> Problem {
-    Problem::new(
-        "QueryFailed",
-        format!("change probe failed: {}", crate::db::describe(&e)),
-    )
+fn probe_failed(e: tokio_postgres::Error) -> PassError {
+    PassError::Probe(crate::db::describe(&e))
 }
 
 #[cfg(test)]

@@ -9,11 +9,40 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value as Json};
 
 use super::labels::{Owner, MANAGED_BY, OWNER_NAME, OWNER_NAMESPACE};
-use super::pass::{parse_managed_kind, Problem};
 use super::writer::Writer;
 use crate::api::DeletionPolicy;
-use crate::kube_api::resource_for;
-use crate::render::GroupKind;
+use crate::kube_api::{resource_for, KubeError, Target};
+use crate::render::{GroupKind, Gvk};
+
+/// Why clean-up could not finish (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error("discovery failed: {0}")]
+    Discovery(#[source] KubeError),
+    #[error("cannot list {kind}: {source}")]
+    List {
+        kind: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("cannot clean up {kind} {name}: {source}")]
+    Object {
+        kind: String,
+        name: String,
+        #[source]
+        source: KubeError,
+    },
+}
+
+impl CleanupError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Discovery(e) | Self::List { source: e, .. } | Self::Object { source: e, .. } => {
+                e.reason()
+            }
+        }
+    }
+}
 
 /// Where clean-up stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,28 +54,23 @@ pub enum Cleanup {
 }
 
 /// Deletes (policy `Delete`) or detaches (policy `Orphan`) every object of
-/// `owner` among `managed_kinds` (`apiVersion/Kind`) and `allowed_kinds`.
+/// `owner` among `managed_kinds` and `allowed_kinds`.
 pub async fn clean_up<W: Writer>(
     owner: &Owner,
     policy: DeletionPolicy,
-    managed_kinds: &[String],
+    managed_kinds: &BTreeSet<Gvk>,
     allowed_kinds: &BTreeSet<GroupKind>,
     writer: &W,
-) -> Result<Cleanup, Problem> {
-    let kinds = writer
-        .kinds(false)
-        .await
-        .map_err(|e| Problem::new(e.reason(), format!("discovery failed: {e}")))?;
+) -> Result<Cleanup, CleanupError> {
+    let kinds = writer.kinds(false).await.map_err(CleanupError::Discovery)?;
     let mut group_kinds: BTreeSet<GroupKind> = allowed_kinds.clone();
     let mut resources = Vec::new();
-    for kind in managed_kinds {
-        if let Some(gvk) = parse_managed_kind(kind) {
-            let gk = GroupKind::new(gvk.group.clone(), gvk.kind.clone());
-            if let Some(info) = kinds.get(&gk) {
-                resources.push(resource_for(&gvk, info));
-            }
-            group_kinds.remove(&gk);
+    for gvk in managed_kinds {
+        let gk = gvk.group_kind();
+        if let Some(info) = kinds.get(&gk) {
+            resources.push(resource_for(gvk, info));
         }
+        group_kinds.remove(&gk);
     }
     // Allowed kinds that are not served (no CRD installed) hold no objects.
     resources.extend(
@@ -56,43 +80,37 @@ pub async fn clean_up<W: Writer>(
             .map(|info| info.resource.clone()),
     );
 
+    let labels = owner.labels();
     let mut remaining = 0;
     for resource in resources {
         let live = writer
-            .list(resource.clone(), owner.selector())
+            .list(&resource, &labels)
             .await
-            .map_err(|e| Problem::new(e.reason(), format!("cannot list {}: {e}", resource.kind)))?;
+            .map_err(|source| CleanupError::List {
+                kind: resource.kind.clone(),
+                source,
+            })?;
         for object in live.into_iter().filter(|o| owner.owns(&o.labels)) {
-            let failed = |e: crate::kube_api::KubeError| {
-                Problem::new(
-                    e.reason(),
-                    format!("cannot clean up {} {}: {e}", resource.kind, object.name),
-                )
+            let failed = |source| CleanupError::Object {
+                kind: resource.kind.clone(),
+                name: object.name.clone(),
+                source,
+            };
+            let target = Target {
+                resource: resource.clone(),
+                namespace: object.namespace.clone(),
+                name: object.name.clone(),
             };
             match policy {
                 DeletionPolicy::Delete => {
                     remaining += 1;
                     if !object.deleting {
-                        writer
-                            .delete(
-                                resource.clone(),
-                                object.namespace.clone(),
-                                object.name.clone(),
-                            )
-                            .await
-                            .map_err(failed)?;
+                        writer.delete(&target).await.map_err(failed)?;
                     }
                 }
                 DeletionPolicy::Orphan => {
-                    writer
-                        .merge_patch(
-                            resource.clone(),
-                            object.namespace.clone(),
-                            object.name.clone(),
-                            detach_patch(owner, &object.owner_references),
-                        )
-                        .await
-                        .map_err(failed)?;
+                    let patch = detach_patch(owner, &object.owner_references);
+                    writer.merge_patch(&target, &patch).await.map_err(failed)?;
                 }
             }
         }

@@ -35,6 +35,16 @@ pub fn label_value(s: &str) -> String {
 }
 
 impl Owner {
+    pub fn of(dbqr: &crate::api::DatabaseQueryResource) -> Self {
+        use kube::ResourceExt;
+        Self {
+            name: dbqr.name_any(),
+            namespace: dbqr.namespace().unwrap_or_default(),
+            uid: dbqr.uid().unwrap_or_default(),
+        }
+    }
+
+    /// The labels every object of this DBQR carries: the selector that finds them.
     pub fn labels(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             (MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
@@ -43,13 +53,9 @@ impl Owner {
         ])
     }
 
-    /// Label selector matching exactly this DBQR's objects.
-    pub fn selector(&self) -> String {
-        self.labels()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
+    /// The writer's key for drift notices: the owner label values.
+    pub fn label_key(&self) -> (String, String) {
+        (label_value(&self.namespace), label_value(&self.name))
     }
 
     /// Whether `labels` say the object belongs to this DBQR.

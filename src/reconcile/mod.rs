@@ -1,14 +1,27 @@
-//! One reconcile pass of a DBQR and what follows from it: the apply/skip/prune
-//! plan, the owner labels, status conditions and deletion clean-up. Plain
-//! async Rust over the [`Writer`] trait; the actors only schedule it.
+//! One reconcile pass of a DBQR and what follows from it, in the order a row
+//! travels: [`pass`] (connect, query, render, gather) -> [`plan`] (apply /
+//! skip / refuse / prune, pure) -> the [`Writer`]; then [`status`]
+//! (conditions, Events), [`writeback`] (status SQL), [`change`] (timestamp
+//! probe) and [`cleanup`] (deletion policies). Plain async Rust over the
+//! [`Writer`] trait; the actors only schedule it.
 
+pub mod backoff;
 pub mod change;
 pub mod cleanup;
+pub mod error;
 pub mod labels;
 pub mod pass;
+pub mod plan;
 pub mod status;
+pub mod writeback;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
+pub use error::{ObjectError, PassError, PruneFailure, RowFailure};
 pub use labels::Owner;
-pub use pass::{run_pass, PassConfig, PassReport, PassState, Problem};
+pub use pass::{
+    reconcile_rows, repair, run_pass, Connection, PassConfig, PassReport, PassState, Row,
+};
 pub use writer::Writer;

@@ -1,26 +1,35 @@
-//! A full pass: connect, query, render, validate, plan, apply, prune.
+//! A full pass, in a straight line: connect, query, render, gather what the
+//! cluster holds, [`plan`](super::plan::plan), carry the plan out.
 //!
 //! Pruning happens only after a fully successful pass; any failure before it
 //! (database, query, a row, an apply) means nothing is deleted.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
 };
 
 use deadpool_postgres::Pool;
 use futures_util::future::join_all;
-use kube::api::{ApiResource, GroupVersionKind};
+use kube::api::ApiResource;
 use serde_json::Value as Json;
 
-use super::{labels::Owner, writer::Writer};
-use crate::api::DatabaseQueryResourceSpec;
-use crate::db::{self, ConnectError, QueryOptions};
-use crate::kube_api::{resource_for, CachedObject, KindInfo, KubeError};
+use super::error::{ObjectError, PassError, PruneFailure, RowFailure};
+use super::labels::Owner;
+use super::plan::{self, covers, Desired, Inputs, Live, Owned, Plan};
+use super::writer::{Kinds, Writer};
+use crate::api::{DatabaseQueryResource, DatabaseQueryResourceSpec};
+use crate::db::{self, ConnInfo, QueryOptions};
+use crate::kube_api::{resolve, KindInfo, KubeError, Target};
 use crate::render::{
-    render_rows, GroupKind, Metadata, ObjectKey, ObjectPolicy, RenderOutcome, RenderedObject,
+    render_rows, GroupKind, Gvk, Metadata, ObjectKey, ObjectPolicy, RenderOutcome, RenderedObject,
     RowTemplate, Scope, ScopeLookup,
 };
+use crate::settings::Settings;
+use crate::writeback::StatusTemplate;
+
+/// A row as the query returned it.
+pub type Row = serde_json::Map<String, Json>;
 
 /// Everything fixed for the life of one spec.
 pub struct PassConfig {
@@ -31,77 +40,80 @@ pub struct PassConfig {
     pub policy: Arc<ObjectPolicy>,
     pub allow_cross_namespace_secrets: bool,
     /// `statusUpdateQueryTemplate`, compiled.
-    pub status_template: Option<crate::writeback::StatusTemplate>,
+    pub status_template: Option<StatusTemplate>,
+}
+
+impl PassConfig {
+    /// Validates and compiles a DBQR's spec; an invalid spec never runs a pass.
+    pub fn new(dbqr: &DatabaseQueryResource, settings: &Settings) -> Result<Self, PassError> {
+        let problems = dbqr.spec.validate();
+        if !problems.is_empty() {
+            return Err(PassError::InvalidSpec(problems));
+        }
+        let template = RowTemplate::compile(&dbqr.spec.template)?;
+        let status_template = dbqr
+            .spec
+            .status_update_query_template
+            .as_deref()
+            .map(StatusTemplate::compile)
+            .transpose()
+            .map_err(PassError::StatusTemplate)?;
+        Ok(Self {
+            owner: Owner::of(dbqr),
+            metadata: Metadata::of(dbqr),
+            spec: dbqr.spec.clone(),
+            template,
+            policy: settings.policy.clone(),
+            allow_cross_namespace_secrets: settings.allow_cross_namespace_secrets,
+            status_template,
+        })
+    }
+}
+
+/// A DBQR's connection pool and the connection settings it was built from
+/// (the LISTEN connection uses them too), for one version of its Secret.
+#[derive(Clone)]
+pub struct Connection {
+    pub pool: Pool,
+    pub info: ConnInfo,
+    secret_version: String,
+}
+
+impl Connection {
+    /// Closes the pool: idle connections go at once, busy ones when returned.
+    pub fn close(&self) {
+        self.pool.close();
+    }
 }
 
 /// Carried from pass to pass.
 #[derive(Default)]
 pub struct PassState {
-    pool: Option<(String, Pool)>,
-    /// The connection the pool was built from (for the LISTEN connection).
-    conninfo: Option<crate::db::ConnInfo>,
-    /// What this process applied (or found already in place), per object:
-    /// the reference for drift repair between passes.
-    applied: HashMap<ObjectKey, Applied>,
+    /// What this DBQR wants of each object it produced in the last pass: the
+    /// reference for drift repair between passes.
+    applied: HashMap<ObjectKey, Desired>,
     /// The row that produced each object in the last pass (for status write-back).
-    rows: HashMap<ObjectKey, serde_json::Map<String, Json>>,
-    /// `apiVersion/Kind` of everything this DBQR has written and not yet pruned.
-    pub managed_kinds: BTreeSet<String>,
-}
-
-/// An object as this DBQR wants it, and where it lives.
-#[derive(Debug, Clone)]
-pub struct Applied {
-    pub resource: ApiResource,
-    pub namespace: Option<String>,
-    pub name: String,
-    pub manifest: Json,
+    rows: HashMap<ObjectKey, Row>,
+    /// The kinds this DBQR has written and not yet pruned.
+    pub managed_kinds: BTreeSet<Gvk>,
 }
 
 impl PassState {
+    pub fn new(managed_kinds: BTreeSet<Gvk>) -> Self {
+        Self {
+            managed_kinds,
+            ..Self::default()
+        }
+    }
+
     /// The row that produced `key` in the last pass.
-    pub fn row(&self, key: &ObjectKey) -> Option<&serde_json::Map<String, Json>> {
+    pub fn row(&self, key: &ObjectKey) -> Option<&Row> {
         self.rows.get(key)
     }
 
     /// The wanted state of `key`, if this DBQR produced it in the last pass.
-    pub fn applied(&self, key: &ObjectKey) -> Option<Applied> {
-        self.applied.get(key).cloned()
-    }
-
-    /// The current pool and the connection it was built from, once a pass has made them.
-    pub fn connection(&self) -> Option<(Pool, crate::db::ConnInfo)> {
-        Some((self.pool.as_ref()?.1.clone(), self.conninfo.clone()?))
-    }
-
-    /// Closes the connection pool; idle connections go at once, busy ones when returned.
-    pub fn close(self) {
-        if let Some((_, pool)) = self.pool {
-            pool.close();
-        }
-    }
-
-    pub fn with_managed_kinds(kinds: impl IntoIterator<Item = String>) -> Self {
-        Self {
-            managed_kinds: kinds.into_iter().collect(),
-            ..Self::default()
-        }
-    }
-}
-
-/// A failure with its stable reason and a message fit for a condition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub reason: String,
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            reason: reason.to_owned(),
-            message: message.into(),
-        }
+    pub fn applied(&self, key: &ObjectKey) -> Option<&Desired> {
+        self.applied.get(key)
     }
 }
 
@@ -109,14 +121,15 @@ impl Problem {
 #[derive(Debug, Clone, Default)]
 pub struct PassReport {
     /// `None` when the pass never got as far as the database.
-    pub database: Option<Result<(), Problem>>,
-    pub sync: Option<Result<(), Problem>>,
+    pub database: Option<Result<(), Arc<PassError>>>,
+    /// `None` when the pass never got past the database.
+    pub sync: Option<Result<(), Arc<PassError>>>,
     pub rows: usize,
     pub objects: usize,
     pub applied: usize,
     pub skipped: usize,
     pub pruned: usize,
-    pub managed_kinds: Vec<String>,
+    pub managed_kinds: BTreeSet<Gvk>,
 }
 
 impl PassReport {
@@ -124,13 +137,18 @@ impl PassReport {
         matches!(self.sync, Some(Ok(())))
     }
 
-    /// The stable reason of the first failure, if any.
-    pub fn failure_reason(&self) -> Option<&str> {
+    /// The failure of the pass, if any.
+    pub fn failure(&self) -> Option<&PassError> {
         match (&self.database, &self.sync) {
-            (Some(Err(p)), _) | (_, Some(Err(p))) => Some(&p.reason),
+            (Some(Err(e)), _) | (_, Some(Err(e))) => Some(e),
             _ => None,
         }
     }
+}
+
+/// What templates see as `now`: the start of the pass, to the second.
+pub fn template_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 struct DiscoveredScopes<'a>(&'a HashMap<GroupKind, KindInfo>);
@@ -141,106 +159,30 @@ impl ScopeLookup for DiscoveredScopes<'_> {
     }
 }
 
-fn api_version_kind(object: &RenderedObject) -> String {
-    format!("{}/{}", object.api_version, object.group_kind.kind)
-}
-
-/// `v1/ConfigMap`, `apps/v1/Deployment` → group/version/kind.
-pub fn parse_managed_kind(s: &str) -> Option<GroupVersionKind> {
-    let (api_version, kind) = s.rsplit_once('/')?;
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    Some(GroupVersionKind::gvk(group, version, kind))
-}
-
-fn resource(
-    kinds: &HashMap<GroupKind, KindInfo>,
-    gvk: &GroupVersionKind,
-) -> Result<ApiResource, KubeError> {
-    kinds
-        .get(&GroupKind::new(gvk.group.clone(), gvk.kind.clone()))
-        .map(|info| resource_for(gvk, info))
-        .ok_or_else(|| KubeError::UnknownKind {
-            kind: format!("{}/{}", gvk.group, gvk.kind),
-        })
-}
-
-async fn pool<W: Writer>(
-    config: &PassConfig,
-    state: &mut PassState,
-    writer: &W,
-) -> Result<Pool, Problem> {
-    let reference = &config.spec.database.connection_secret_ref;
-    let namespace = reference
-        .namespace
-        .clone()
-        .unwrap_or_else(|| config.owner.namespace.clone());
-    if namespace != config.owner.namespace && !config.allow_cross_namespace_secrets {
-        return Err(Problem::new(
-            "SecretNotAllowed",
-            format!("secrets in other namespaces ({namespace}) are not allowed by the operator"),
-        ));
-    }
-    let label = format!("{namespace}/{}", reference.name);
-    let (version, data) = writer
-        .read_secret(namespace, reference.name.clone())
-        .await
-        .map_err(|e| Problem::new(e.reason(), format!("cannot read secret {label}: {e}")))?
-        .ok_or_else(|| Problem::new("SecretNotFound", format!("secret {label} not found")))?;
-    if let Some((cached, pool)) = &state.pool {
-        if *cached == version {
-            return Ok(pool.clone());
-        }
-    }
-    let info = db::conninfo_from_secret(&label, &data, reference)
-        .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
-    let pool_spec = &config.spec.database.pool;
-    let pool = db::build_pool(
-        &info,
-        pool_spec.max_connections as usize,
-        pool_spec.connect_timeout.get(),
-    )
-    .map_err(|e| Problem::new("TlsConfigError", e.to_string()))?;
-    state.conninfo = Some(info);
-    if let Some((_, old)) = state.pool.replace((version, pool.clone())) {
-        old.close();
-    }
-    Ok(pool)
-}
-
-fn pool_problem(e: deadpool_postgres::PoolError) -> Problem {
-    use deadpool_postgres::PoolError as E;
-    match e {
-        E::Backend(e) => {
-            let e: ConnectError = db::connect_error(&e);
-            Problem::new(e.reason(), e.to_string())
-        }
-        E::Timeout(_) => Problem::new("ConnectionFailed", "timed out connecting to the database"),
-        other => Problem::new("ConnectionFailed", other.to_string()),
-    }
-}
-
-/// Runs one full pass. `now` is what templates see as `now`.
+/// Runs one full pass. `connection` is the DBQR's pool, built or rebuilt
+/// here when its Secret is new; `now` is what templates see as `now`.
 pub async fn run_pass<W: Writer>(
     config: &PassConfig,
     state: &mut PassState,
+    connection: &mut Option<Connection>,
     writer: &W,
     now: &str,
 ) -> PassReport {
     let mut report = PassReport {
-        managed_kinds: state.managed_kinds.iter().cloned().collect(),
+        managed_kinds: state.managed_kinds.clone(),
         ..PassReport::default()
     };
-    let pool = match pool(config, state, writer).await {
+    let pool = match connect(config, connection, writer).await {
         Ok(pool) => pool,
-        Err(problem) => {
-            report.database = Some(Err(problem));
+        Err(e) => {
+            report.database = Some(Err(Arc::new(e)));
             return report;
         }
     };
     let mut client = match pool.get().await {
         Ok(client) => client,
         Err(e) => {
-            report.database = Some(Err(pool_problem(e)));
+            report.database = Some(Err(Arc::new(PassError::from_pool(e))));
             return report;
         }
     };
@@ -252,135 +194,112 @@ pub async fn run_pass<W: Writer>(
     };
     let result = db::run_query(&mut client, &config.spec.query, &options).await;
     drop(client);
-    let rows = match result {
-        Ok(result) => result.rows,
-        Err(e) => {
-            report.sync = Some(Err(Problem::new(e.reason(), e.to_string())));
-            return report;
-        }
-    };
-    report.rows = rows.len();
-
-    let mut kinds = match writer.kinds(false).await {
-        Ok(kinds) => kinds,
-        Err(e) => {
-            report.sync = Some(Err(Problem::new(
-                e.reason(),
-                format!("discovery failed: {e}"),
-            )));
-            return report;
-        }
-    };
-    let mut outcome = render(config, &rows, &kinds, now);
-    if outcome
-        .failures
-        .iter()
-        .any(|f| f.error.reason() == "UnknownKind")
-    {
-        // A CRD may have been installed since the last discovery.
-        if let Ok(fresh) = writer.kinds(true).await {
-            kinds = fresh;
-            outcome = render(config, &rows, &kinds, now);
-        }
+    match result {
+        Ok(result) => reconcile_rows(config, state, writer, &result.rows, now, &mut report).await,
+        Err(e) => report.sync = Some(Err(Arc::new(e.into()))),
     }
-
-    let mut failures: Vec<String> = outcome
-        .failures
-        .iter()
-        .map(|f| format!("row {}: {}", f.row.index, f.error))
-        .collect();
-    let mut first_reason = outcome
-        .failures
-        .first()
-        .map(|f| f.error.reason().to_owned());
-    let produced: HashSet<ObjectKey> = outcome.objects.iter().map(RenderedObject::key).collect();
-    state.rows = outcome
-        .objects
-        .iter()
-        .map(|o| (o.key(), rows[o.row].clone()))
-        .collect();
-    report.objects = produced.len();
-
-    let applied = apply_all(config, state, writer, &kinds, outcome.objects).await;
-    // Only what this pass produced is worth repairing; pruned or failed rows' objects are not.
-    state.applied.retain(|key, _| produced.contains(key));
-    report.applied = applied.applied;
-    report.skipped = applied.skipped;
-    for (row, problem) in &applied.failures {
-        first_reason.get_or_insert_with(|| problem.reason.clone());
-        failures.push(format!("row {row}: {}", problem.message));
-    }
-    let mut written_kinds = applied.kinds;
-
-    if !failures.is_empty() {
-        // Keep everything we knew about plus what we wrote: nothing is pruned
-        // this pass, so nothing may drop out of the inventory either.
-        written_kinds.extend(state.managed_kinds.iter().cloned());
-        state.managed_kinds = written_kinds;
-        report.managed_kinds = state.managed_kinds.iter().cloned().collect();
-        let count = failures.len();
-        let mut message = format!("{count} problem(s), nothing pruned; {}", failures[0]);
-        if count > 1 {
-            message.push_str(&format!("; {}", failures[1]));
-        }
-        report.sync = Some(Err(Problem::new(
-            first_reason.as_deref().unwrap_or("SyncFailed"),
-            truncate(message),
-        )));
-        return report;
-    }
-
-    let mut to_check: BTreeSet<String> = state.managed_kinds.clone();
-    to_check.extend(written_kinds.iter().cloned());
-    let mut prune_failures = Vec::new();
-    if config.spec.prune {
-        for kind in &to_check {
-            match prune_kind(config, writer, &kinds, kind, &produced).await {
-                Ok(n) => report.pruned += n,
-                Err(problem) => {
-                    written_kinds.insert(kind.clone());
-                    prune_failures.push(problem);
-                }
-            }
-        }
-    } else {
-        written_kinds = to_check;
-    }
-    state.managed_kinds = written_kinds;
-    report.managed_kinds = state.managed_kinds.iter().cloned().collect();
-    report.sync = Some(match prune_failures.first() {
-        None => Ok(()),
-        Some(p) => Err(Problem::new(
-            "PruneFailed",
-            truncate(format!(
-                "{} kind(s) not pruned; {}",
-                prune_failures.len(),
-                p.message
-            )),
-        )),
-    });
     report
 }
 
-fn truncate(mut message: String) -> String {
-    const LIMIT: usize = 1000;
-    if message.len() > LIMIT {
-        let mut cut = LIMIT;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str("...");
+/// The pool for the DBQR's Secret as it is now: the current one while the
+/// Secret's resourceVersion is unchanged, a new one (the old one closed) when
+/// it changed.
+async fn connect<W: Writer>(
+    config: &PassConfig,
+    connection: &mut Option<Connection>,
+    writer: &W,
+) -> Result<Pool, PassError> {
+    let reference = &config.spec.database.connection_secret_ref;
+    let namespace = reference
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.owner.namespace.clone());
+    if namespace != config.owner.namespace && !config.allow_cross_namespace_secrets {
+        return Err(PassError::SecretNotAllowed(namespace));
     }
-    message
+    let secret = format!("{namespace}/{}", reference.name);
+    let found = writer
+        .read_secret(&namespace, &reference.name)
+        .await
+        .map_err(|source| PassError::SecretUnreadable {
+            secret: secret.clone(),
+            source,
+        })?
+        .ok_or_else(|| PassError::SecretNotFound(secret.clone()))?;
+    if let Some(current) = connection {
+        if current.secret_version == found.resource_version {
+            return Ok(current.pool.clone());
+        }
+    }
+    let info = db::conninfo_from_secret(&secret, &found.data, reference)?;
+    let pool_spec = &config.spec.database.pool;
+    let pool = db::build_pool(
+        &info,
+        pool_spec.max_connections as usize,
+        pool_spec.connect_timeout.get(),
+    )?;
+    let fresh = Connection {
+        pool: pool.clone(),
+        info,
+        secret_version: found.resource_version,
+    };
+    if let Some(old) = connection.replace(fresh) {
+        old.close();
+    }
+    Ok(pool)
 }
 
-fn render(
+/// From the rows to the cluster: render, gather, plan, carry out. Fills the
+/// sync part of `report`.
+pub async fn reconcile_rows<W: Writer>(
     config: &PassConfig,
-    rows: &[serde_json::Map<String, Json>],
-    kinds: &HashMap<GroupKind, KindInfo>,
+    state: &mut PassState,
+    writer: &W,
+    rows: &[Row],
     now: &str,
-) -> RenderOutcome {
+    report: &mut PassReport,
+) {
+    report.rows = rows.len();
+    let mut kinds = match writer.kinds(false).await {
+        Ok(kinds) => kinds,
+        Err(e) => {
+            report.sync = Some(Err(Arc::new(PassError::Discovery(e))));
+            return;
+        }
+    };
+    let mut rendered = render(config, rows, &kinds, now);
+    if rendered.failures.iter().any(|f| f.is_unknown_kind()) {
+        // A CRD may have been installed since the last discovery.
+        if let Ok(fresh) = writer.kinds(true).await {
+            kinds = fresh;
+            rendered = render(config, rows, &kinds, now);
+        }
+    }
+    let failed = rendered
+        .failures
+        .into_iter()
+        .map(RowFailure::from)
+        .collect();
+    let inputs = gather(
+        config,
+        writer,
+        &kinds,
+        rendered.objects,
+        failed,
+        &state.managed_kinds,
+    )
+    .await;
+    let plan = plan::plan(inputs);
+    state.rows = plan
+        .apply
+        .iter()
+        .chain(&plan.skip)
+        .map(|d| (d.key(), rows[d.row].clone()))
+        .collect();
+    execute(state, writer, plan, report).await;
+}
+
+fn render(config: &PassConfig, rows: &[Row], kinds: &Kinds, now: &str) -> RenderOutcome {
     render_rows(
         &config.template,
         rows,
@@ -391,249 +310,241 @@ fn render(
     )
 }
 
-struct ApplyOutcome {
-    applied: usize,
-    skipped: usize,
-    failures: Vec<(usize, Problem)>,
-    kinds: BTreeSet<String>,
-}
-
-/// Whether `live` holds every field of `desired` with the same value: what a
-/// server-side apply of `desired` would leave unchanged. Fields others added
-/// (status, defaults, other managers' fields) do not matter.
-pub fn covers(live: &Json, desired: &Json) -> bool {
-    match (live, desired) {
-        (Json::Object(l), Json::Object(d)) => d
-            .iter()
-            .all(|(k, v)| l.get(k).is_some_and(|lv| covers(lv, v))),
-        (Json::Array(l), Json::Array(d)) => {
-            l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| covers(lv, dv))
+/// Everything the plan is decided from: each rendered object decorated and
+/// resolved, every involved kind watched, the live state of each object (the
+/// watch cache; a GET only for objects it does not hold, so an object of
+/// someone else is never taken over), and this DBQR's objects per kind.
+async fn gather<'a, W: Writer>(
+    config: &'a PassConfig,
+    writer: &W,
+    kinds: &Kinds,
+    objects: Vec<RenderedObject>,
+    mut failed: Vec<RowFailure>,
+    inventory: &'a BTreeSet<Gvk>,
+) -> Inputs<'a> {
+    let owner = &config.owner;
+    let mut desired = Vec::with_capacity(objects.len());
+    for mut object in objects {
+        owner.decorate(&mut object.manifest, object.namespace.as_deref());
+        match resolve(kinds, &object.gvk) {
+            Ok(resource) => desired.push(Desired {
+                row: object.row,
+                target: Target {
+                    resource,
+                    namespace: object.namespace,
+                    name: object.name,
+                },
+                gvk: object.gvk,
+                manifest: object.manifest,
+            }),
+            Err(e) => failed.push(RowFailure {
+                row: object.row,
+                error: ObjectError::UnknownKind(e),
+            }),
         }
-        (Json::Number(l), Json::Number(d)) => l == d || l.as_f64() == d.as_f64(),
-        _ => live == desired,
+    }
+
+    // Every kind involved, once: what the rows render and what was written before.
+    let mut involved: BTreeMap<GroupKind, (Gvk, Result<ApiResource, KubeError>)> = BTreeMap::new();
+    for object in &desired {
+        involved
+            .entry(object.gvk.group_kind())
+            .or_insert_with(|| (object.gvk.clone(), Ok(object.target.resource.clone())));
+    }
+    for gvk in inventory {
+        involved
+            .entry(gvk.group_kind())
+            .or_insert_with(|| (gvk.clone(), resolve(kinds, gvk)));
+    }
+    let mut watch_failed: HashMap<GroupKind, KubeError> = HashMap::new();
+    for (group_kind, (_, resource)) in &involved {
+        if let Ok(resource) = resource {
+            if let Err(e) = writer.watch(resource).await {
+                watch_failed.insert(group_kind.clone(), e);
+            }
+        }
+    }
+    desired.retain(|object| {
+        let group_kind = object.gvk.group_kind();
+        match watch_failed.get(&group_kind) {
+            Some(e) => {
+                failed.push(RowFailure {
+                    row: object.row,
+                    error: ObjectError::Watch {
+                        kind: group_kind,
+                        source: e.clone(),
+                    },
+                });
+                false
+            }
+            None => true,
+        }
+    });
+
+    let mut live = HashMap::with_capacity(desired.len());
+    let mut uncached = Vec::new();
+    for object in &desired {
+        match writer.cached(&object.target) {
+            Some(cached) => {
+                live.insert(object.key(), Live::Cached(cached));
+            }
+            None => uncached.push(object),
+        }
+    }
+    let reads = join_all(uncached.iter().map(|o| writer.get(&o.target))).await;
+    let mut unreadable = BTreeSet::new();
+    for (object, read) in uncached.into_iter().zip(reads) {
+        match read {
+            Ok(Some(found)) => {
+                live.insert(object.key(), Live::Unmanaged(found));
+            }
+            Ok(None) => {
+                live.insert(object.key(), Live::Absent);
+            }
+            Err(source) => {
+                unreadable.insert(object.key());
+                failed.push(RowFailure {
+                    row: object.row,
+                    error: ObjectError::Read {
+                        kind: object.gvk.group_kind(),
+                        name: object.target.name.clone(),
+                        source,
+                    },
+                });
+            }
+        }
+    }
+    desired.retain(|o| !unreadable.contains(&o.key()));
+
+    let labels = owner.labels();
+    let owned = involved
+        .into_iter()
+        .map(|(group_kind, (gvk, resource))| {
+            let listing = match resource {
+                Err(e) => Err(PruneFailure::UnknownKind(e)),
+                Ok(resource) => match watch_failed.remove(&group_kind) {
+                    Some(source) => Err(PruneFailure::Watch {
+                        gvk: gvk.clone(),
+                        source,
+                    }),
+                    None => {
+                        let objects = writer.cached_list(&resource, &labels);
+                        Ok((resource, objects))
+                    }
+                },
+            };
+            (group_kind, Owned { gvk, listing })
+        })
+        .collect();
+
+    Inputs {
+        owner,
+        desired,
+        failed,
+        live,
+        owned,
+        inventory,
+        prune: config.spec.prune,
     }
 }
 
-async fn apply_all<W: Writer>(
-    config: &PassConfig,
+/// Carries out `plan`: applies concurrently, then, only if every row and
+/// every apply succeeded, deletes what the plan prunes.
+async fn execute<W: Writer>(
     state: &mut PassState,
     writer: &W,
-    kinds: &HashMap<GroupKind, KindInfo>,
-    objects: Vec<RenderedObject>,
-) -> ApplyOutcome {
-    let mut outcome = ApplyOutcome {
-        applied: 0,
-        skipped: 0,
-        failures: Vec::new(),
-        kinds: BTreeSet::new(),
-    };
-    let mut watched = HashSet::new();
-    let mut pending = Vec::new();
-    for mut object in objects {
-        config
-            .owner
-            .decorate(&mut object.manifest, object.namespace.as_deref());
-        outcome.kinds.insert(api_version_kind(&object));
-        let gvk = match object.api_version.rsplit_once('/') {
-            Some((group, version)) => {
-                GroupVersionKind::gvk(group, version, &object.group_kind.kind)
-            }
-            None => GroupVersionKind::gvk("", &object.api_version, &object.group_kind.kind),
-        };
-        let resource = match resource(kinds, &gvk) {
-            Ok(r) => r,
-            Err(e) => {
-                outcome
-                    .failures
-                    .push((object.row, Problem::new(e.reason(), e.to_string())));
-                continue;
-            }
-        };
-        if watched.insert(object.group_kind.clone()) {
-            if let Err(e) = writer.watch(resource.clone()).await {
-                outcome.failures.push((
-                    object.row,
-                    Problem::new(
-                        e.reason(),
-                        format!("cannot watch {}: {e}", object.group_kind),
-                    ),
-                ));
-                continue;
-            }
-        }
-        pending.push((object, resource));
-    }
-
-    let results = join_all(pending.into_iter().map(|(object, resource)| async move {
-        let result = apply_one(config, writer, &resource, &object).await;
-        let applied = Applied {
-            resource,
-            namespace: object.namespace.clone(),
-            name: object.name.clone(),
-            manifest: object.manifest,
-        };
-        (object.row, object.group_kind, applied, result)
-    }))
+    plan: Plan,
+    report: &mut PassReport,
+) {
+    report.objects = plan.produced.len();
+    report.skipped = plan.skip.len();
+    let results = join_all(
+        plan.apply
+            .iter()
+            .map(|o| writer.apply(&o.target, &o.manifest)),
+    )
     .await;
-    for (row, group_kind, applied, result) in results {
-        let key = ObjectKey {
-            group_kind,
-            namespace: applied.namespace.clone(),
-            name: applied.name.clone(),
-        };
-        match result {
-            Ok(sent) => {
-                if sent {
-                    outcome.applied += 1;
-                } else {
-                    outcome.skipped += 1;
-                }
-                state.applied.insert(key, applied);
-            }
-            Err(problem) => {
-                state.applied.remove(&key);
-                outcome.failures.push((row, problem));
-            }
-        }
-    }
-    outcome.failures.sort_by_key(|(row, _)| *row);
-    outcome
-}
 
-/// Applies `object` unless the watch cache shows it already in place.
-/// Returns whether a write was sent.
-async fn apply_one<W: Writer>(
-    config: &PassConfig,
-    writer: &W,
-    resource: &ApiResource,
-    object: &RenderedObject,
-) -> Result<bool, Problem> {
-    let what = format!("{} {}", object.group_kind, object.name);
-    let cached = writer
-        .cached(
-            resource.clone(),
-            object.namespace.clone(),
-            object.name.clone(),
-        )
-        .await
-        .map_err(|e| Problem::new(e.reason(), format!("cannot read {what}: {e}")))?;
-    let live = match cached {
-        Some(CachedObject { live, manifest }) => Some((live, Some(manifest))),
-        // Not labelled as ours (or not there): one GET, so we never take over someone else's object.
-        None => writer
-            .get(
-                resource.clone(),
-                object.namespace.clone(),
-                object.name.clone(),
-            )
-            .await
-            .map_err(|e| Problem::new(e.reason(), format!("cannot read {what}: {e}")))?
-            .map(|l| (l, None)),
-    };
-    if let Some((live, manifest)) = live {
-        let foreign_controller = live
-            .controller_uid
-            .as_ref()
-            .is_some_and(|uid| *uid != config.owner.uid);
-        if config.owner.is_foreign(&live.labels) || foreign_controller {
-            return Err(Problem::new(
-                "ObjectOwnedElsewhere",
-                format!("{what} exists and belongs to another owner; not taken over"),
-            ));
-        }
-        if manifest.is_some_and(|m| !live.deleting && covers(&m, &object.manifest)) {
-            return Ok(false);
+    // Only what this pass produced is worth repairing; failed rows' objects are not.
+    state.applied.retain(|key, _| plan.produced.contains(key));
+    for object in &plan.skip {
+        state.applied.insert(object.key(), object.clone());
+    }
+    let mut failures: Vec<RowFailure> = Vec::new();
+    for (object, result) in plan.apply.iter().zip(results) {
+        match result {
+            Ok(()) => {
+                report.applied += 1;
+                state.applied.insert(object.key(), object.clone());
+            }
+            Err(source) => {
+                state.applied.remove(&object.key());
+                failures.push(RowFailure {
+                    row: object.row,
+                    error: ObjectError::Apply {
+                        kind: object.gvk.group_kind(),
+                        name: object.target.name.clone(),
+                        source,
+                    },
+                });
+            }
         }
     }
-    writer
-        .apply(
-            resource.clone(),
-            object.namespace.clone(),
-            object.name.clone(),
-            object.manifest.clone(),
-        )
-        .await
-        .map_err(|e| Problem::new(e.reason(), format!("cannot apply {what}: {e}")))?;
-    Ok(true)
+    if !failures.is_empty() || !plan.refuse.is_empty() {
+        let inventory = plan.next_inventory(true, []);
+        state.managed_kinds = inventory.clone();
+        report.managed_kinds = inventory;
+        failures.extend(plan.refuse);
+        failures.sort_by_key(|f| f.row);
+        report.sync = Some(Err(Arc::new(PassError::Rows(failures))));
+        return;
+    }
+
+    let deletions = join_all(plan.prune.iter().map(|(_, target)| writer.delete(target))).await;
+    let mut delete_failures = Vec::new();
+    let mut unpruned = Vec::new();
+    for ((gvk, target), result) in plan.prune.iter().zip(deletions) {
+        match result {
+            Ok(()) => report.pruned += 1,
+            Err(source) => {
+                unpruned.push(gvk);
+                delete_failures.push(PruneFailure::Delete {
+                    kind: gvk.group_kind(),
+                    name: target.name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    let inventory = plan.next_inventory(false, unpruned);
+    state.managed_kinds = inventory.clone();
+    report.managed_kinds = inventory;
+    let mut prune_failures: Vec<PruneFailure> =
+        plan.prune_failures.into_iter().map(|(_, f)| f).collect();
+    prune_failures.extend(delete_failures);
+    report.sync = Some(if prune_failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Arc::new(PassError::Prune(prune_failures)))
+    });
 }
 
 /// Puts one object back the way this DBQR wants it if the cache shows it
 /// deleted or changed. Returns whether a write was sent.
-pub async fn repair<W: Writer>(writer: &W, wanted: &Applied) -> Result<bool, Problem> {
-    let live = writer
-        .cached(
-            wanted.resource.clone(),
-            wanted.namespace.clone(),
-            wanted.name.clone(),
-        )
-        .await
-        .map_err(|e| Problem::new(e.reason(), e.to_string()))?;
-    if live.is_some_and(|l| covers(&l.manifest, &wanted.manifest)) {
+pub async fn repair<W: Writer>(writer: &W, wanted: &Desired) -> Result<bool, ObjectError> {
+    if writer
+        .cached(&wanted.target)
+        .is_some_and(|live| covers(&live.manifest, &wanted.manifest))
+    {
         return Ok(false);
     }
     writer
-        .apply(
-            wanted.resource.clone(),
-            wanted.namespace.clone(),
-            wanted.name.clone(),
-            wanted.manifest.clone(),
-        )
+        .apply(&wanted.target, &wanted.manifest)
         .await
-        .map_err(|e| {
-            Problem::new(
-                e.reason(),
-                format!(
-                    "cannot repair {} {}: {e}",
-                    wanted.resource.kind, wanted.name
-                ),
-            )
+        .map_err(|source| ObjectError::Apply {
+            kind: wanted.gvk.group_kind(),
+            name: wanted.target.name.clone(),
+            source,
         })?;
     Ok(true)
-}
-
-async fn prune_kind<W: Writer>(
-    config: &PassConfig,
-    writer: &W,
-    kinds: &HashMap<GroupKind, KindInfo>,
-    kind: &str,
-    produced: &HashSet<ObjectKey>,
-) -> Result<usize, Problem> {
-    let gvk = parse_managed_kind(kind)
-        .ok_or_else(|| Problem::new("PruneFailed", format!("bad managed kind {kind:?}")))?;
-    let resource = resource(kinds, &gvk).map_err(|e| Problem::new(e.reason(), e.to_string()))?;
-    writer
-        .watch(resource.clone())
-        .await
-        .map_err(|e| Problem::new(e.reason(), format!("cannot watch {kind}: {e}")))?;
-    let live = writer
-        .cached_list(resource.clone(), config.owner.selector())
-        .await
-        .map_err(|e| Problem::new(e.reason(), format!("cannot list {kind}: {e}")))?;
-    let group_kind = GroupKind::new(gvk.group.clone(), gvk.kind.clone());
-    let mut pruned = 0;
-    for object in live {
-        let key = ObjectKey {
-            group_kind: group_kind.clone(),
-            namespace: object.namespace.clone(),
-            name: object.name.clone(),
-        };
-        if produced.contains(&key) || object.deleting || !config.owner.owns(&object.labels) {
-            continue;
-        }
-        writer
-            .delete(
-                resource.clone(),
-                object.namespace.clone(),
-                object.name.clone(),
-            )
-            .await
-            .map_err(|e| {
-                Problem::new(
-                    e.reason(),
-                    format!("cannot delete {} {}: {e}", group_kind, object.name),
-                )
-            })?;
-        pruned += 1;
-    }
-    Ok(pruned)
 }

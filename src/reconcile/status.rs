@@ -5,76 +5,105 @@
 //! `lastPollTime` moves only with a status change: a steady state costs no
 //! write at all, so it tells when the DBQR last changed state, not every poll.
 
+use std::sync::Arc;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::pass::{PassReport, Problem};
+use super::error::PassError;
+use super::pass::PassReport;
 use crate::api::DatabaseQueryResourceStatus;
+use crate::kube_api::DbqrEvent;
 
 pub const READY: &str = "Ready";
 pub const DATABASE_CONNECTED: &str = "DatabaseConnected";
 pub const SYNCED: &str = "Synced";
 pub const STATUS_WRITE_BACK: &str = "StatusWriteBack";
 
-/// An Event to publish about the DBQR.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusEvent {
-    pub warning: bool,
-    pub reason: String,
-    pub message: String,
-}
+/// The outcome of the last status write-back batch.
+pub type WriteBackResult = Result<(), Arc<PassError>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Verdict {
     status: &'static str,
-    reason: String,
+    reason: &'static str,
     message: String,
 }
 
 impl Verdict {
-    fn ok(reason: &str, message: impl Into<String>) -> Self {
+    fn ok(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             status: "True",
-            reason: reason.to_owned(),
+            reason,
             message: message.into(),
         }
     }
 
-    fn failed(p: &Problem) -> Self {
+    fn failed(e: &PassError) -> Self {
         Self {
             status: "False",
-            reason: p.reason.clone(),
-            message: p.message.clone(),
+            reason: e.reason(),
+            message: truncate(e.to_string()),
         }
     }
 
-    fn unknown(reason: &str, message: &str) -> Self {
+    fn unknown(reason: &'static str, message: &str) -> Self {
         Self {
             status: "Unknown",
-            reason: reason.to_owned(),
+            reason,
             message: message.to_owned(),
         }
     }
 }
 
-/// What a DBQR's status should say after `report` (or after a spec problem).
+/// Condition messages stay short: the first problems, not all of them.
+fn truncate(mut message: String) -> String {
+    const LIMIT: usize = 1000;
+    if message.len() > LIMIT {
+        let mut cut = LIMIT;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
+}
+
+/// What a DBQR's status should say.
 pub enum Outcome<'a> {
+    /// A pass ended.
     Pass(&'a PassReport),
-    InvalidSpec(Problem),
+    /// The spec cannot run.
+    InvalidSpec(&'a PassError),
+    /// A change probe failed between passes; the rest of the status stands.
+    ProbeFailed(&'a PassError),
 }
 
 fn verdicts(
     outcome: &Outcome<'_>,
-    writeback: Option<&Result<(), Problem>>,
+    writeback: Option<&WriteBackResult>,
 ) -> Vec<(&'static str, Verdict)> {
     let (database, synced) = match outcome {
-        Outcome::InvalidSpec(p) => (
+        Outcome::InvalidSpec(e) => (
             Verdict::unknown("NotChecked", "the spec is invalid"),
-            Verdict::failed(p),
+            Verdict::failed(e),
+        ),
+        Outcome::ProbeFailed(e) if e.is_database() => (
+            Verdict::failed(e),
+            Verdict {
+                status: "False",
+                reason: "DatabaseUnavailable",
+                message: "not synced: the database is unavailable".into(),
+            },
+        ),
+        Outcome::ProbeFailed(e) => (
+            Verdict::ok("Connected", "connected to the database"),
+            Verdict::failed(e),
         ),
         Outcome::Pass(report) => {
             let database = match &report.database {
                 Some(Ok(())) => Verdict::ok("Connected", "connected to the database"),
-                Some(Err(p)) => Verdict::failed(p),
+                Some(Err(e)) => Verdict::failed(e),
                 None => Verdict::unknown("NotChecked", "no connection attempted"),
             };
             let synced = match &report.sync {
@@ -82,10 +111,10 @@ fn verdicts(
                     "Synced",
                     format!("{} objects from {} rows", report.objects, report.rows),
                 ),
-                Some(Err(p)) => Verdict::failed(p),
+                Some(Err(e)) => Verdict::failed(e),
                 None => Verdict {
                     status: "False",
-                    reason: "DatabaseUnavailable".into(),
+                    reason: "DatabaseUnavailable",
                     message: "not synced: the database is unavailable".into(),
                 },
             };
@@ -102,7 +131,7 @@ fn verdicts(
     } else {
         Verdict {
             status: "False",
-            reason: database.reason.clone(),
+            reason: database.reason,
             message: database.message.clone(),
         }
     };
@@ -117,7 +146,7 @@ fn verdicts(
             STATUS_WRITE_BACK,
             Verdict::ok("Written", "object status written back to the database"),
         )),
-        Some(Err(p)) => all.push((STATUS_WRITE_BACK, Verdict::failed(p))),
+        Some(Err(e)) => all.push((STATUS_WRITE_BACK, Verdict::failed(e))),
         None => {}
     }
     all
@@ -127,10 +156,10 @@ fn verdicts(
 pub fn next_status(
     previous: Option<&DatabaseQueryResourceStatus>,
     outcome: &Outcome<'_>,
-    writeback: Option<&Result<(), Problem>>,
+    writeback: Option<&WriteBackResult>,
     generation: Option<i64>,
     now: Time,
-) -> Option<(DatabaseQueryResourceStatus, Vec<StatusEvent>)> {
+) -> Option<(DatabaseQueryResourceStatus, Vec<DbqrEvent>)> {
     let old = previous.cloned().unwrap_or_default();
     let mut next = old.clone();
     let mut events = Vec::new();
@@ -139,10 +168,10 @@ pub fn next_status(
         .into_iter()
         .map(|(type_, v)| {
             let before = old.conditions.iter().find(|c| c.type_ == type_);
-            if type_ != READY && before.map(|c| c.reason.as_str()) != Some(v.reason.as_str()) {
-                events.push(StatusEvent {
+            if type_ != READY && before.map(|c| c.reason.as_str()) != Some(v.reason) {
+                events.push(DbqrEvent {
                     warning: v.status == "False",
-                    reason: v.reason.clone(),
+                    reason: v.reason,
                     message: format!("{type_}: {}", v.message),
                 });
             }
@@ -153,7 +182,7 @@ pub fn next_status(
             Condition {
                 type_: type_.to_owned(),
                 status: v.status.to_owned(),
-                reason: v.reason,
+                reason: v.reason.to_owned(),
                 message: v.message,
                 last_transition_time: transition,
                 observed_generation: generation,
@@ -161,7 +190,11 @@ pub fn next_status(
         })
         .collect();
     if let Outcome::Pass(report) = outcome {
-        next.managed_kinds = report.managed_kinds.clone();
+        next.managed_kinds = report
+            .managed_kinds
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         if report.succeeded() {
             next.object_count = Some(report.objects as i64);
         }
@@ -189,7 +222,7 @@ mod tests {
             sync: Some(Ok(())),
             rows: objects,
             objects,
-            managed_kinds: vec!["v1/ConfigMap".into()],
+            managed_kinds: ["v1/ConfigMap".parse().unwrap()].into(),
             ..PassReport::default()
         }
     }
@@ -227,7 +260,7 @@ mod tests {
         let (ok, _) =
             next_status(None, &Outcome::Pass(&ok_report(3)), None, Some(1), time(10)).unwrap();
         let down = PassReport {
-            database: Some(Err(Problem::new("ConnectionFailed", "cannot connect"))),
+            database: Some(Err(Arc::new(PassError::ConnectTimeout))),
             ..PassReport::default()
         };
         let (failed, events) =

@@ -1,16 +1,19 @@
-//! What a reconcile pass needs from Kubernetes. The shared writer actor
-//! implements it; the pass only sees this trait.
+//! Everything the operator asks of Kubernetes, as one trait. The shared
+//! writer actor implements it (each method one request under the writer's
+//! permits and timeout); the reconcile code sees only this trait, and the
+//! unit tests implement it in memory.
 #![allow(async_fn_in_trait)] // implemented and awaited on the actor runtime only, never boxed or sent
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::ApiResource;
 use serde_json::Value as Json;
 
-use crate::kube_api::{CachedObject, KindInfo, KubeError, LiveObject};
+use crate::api::DatabaseQueryResourceStatus;
+use crate::kube_api::{
+    CachedObject, DbqrEvent, KindInfo, KubeError, Labels, LiveObject, SecretData, Target,
+};
 use crate::render::GroupKind;
 
 pub type Kinds = Arc<HashMap<GroupKind, KindInfo>>;
@@ -18,57 +21,57 @@ pub type Kinds = Arc<HashMap<GroupKind, KindInfo>>;
 pub trait Writer {
     /// Discovery: every served kind. `refresh` asks for a new discovery run.
     async fn kinds(&self, refresh: bool) -> Result<Kinds, KubeError>;
-    async fn get(
-        &self,
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-    ) -> Result<Option<LiveObject>, KubeError>;
-    async fn apply(
-        &self,
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-        manifest: Json,
-    ) -> Result<(), KubeError>;
-    async fn list(
-        &self,
-        resource: ApiResource,
-        selector: String,
-    ) -> Result<Vec<LiveObject>, KubeError>;
-    async fn delete(
-        &self,
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-    ) -> Result<(), KubeError>;
-    async fn merge_patch(
-        &self,
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-        patch: Json,
-    ) -> Result<(), KubeError>;
-    async fn read_secret(
-        &self,
-        namespace: String,
-        name: String,
-    ) -> Result<Option<(String, BTreeMap<String, Vec<u8>>)>, KubeError>;
+
     /// Makes sure the managed objects of this kind are watched and cached;
     /// returns once the cache is filled.
-    async fn watch(&self, resource: ApiResource) -> Result<(), KubeError>;
+    async fn watch(&self, resource: &ApiResource) -> Result<(), KubeError>;
     /// A managed object from the watch cache (objects without the operator's
-    /// label are not cached).
-    async fn cached(
+    /// `managed-by` label are not cached). Costs no API request.
+    fn cached(&self, target: &Target) -> Option<CachedObject>;
+    /// The cached objects of a kind carrying all of `labels`.
+    fn cached_list(&self, resource: &ApiResource, labels: &Labels) -> Vec<LiveObject>;
+
+    /// One object, read from the API server.
+    async fn get(&self, target: &Target) -> Result<Option<LiveObject>, KubeError>;
+    /// Server-side apply, forced, as the operator's field manager.
+    async fn apply(&self, target: &Target, manifest: &Json) -> Result<(), KubeError>;
+    /// Objects of a kind in every namespace carrying all of `labels`, read from the API server.
+    async fn list(
         &self,
-        resource: ApiResource,
-        namespace: Option<String>,
-        name: String,
-    ) -> Result<Option<CachedObject>, KubeError>;
-    /// The cached objects of a kind carrying all of `selector`'s labels (`k=v,k=v`).
-    async fn cached_list(
-        &self,
-        resource: ApiResource,
-        selector: String,
+        resource: &ApiResource,
+        labels: &Labels,
     ) -> Result<Vec<LiveObject>, KubeError>;
+    /// Deletes in the background; an object already gone counts as deleted.
+    async fn delete(&self, target: &Target) -> Result<(), KubeError>;
+    /// JSON merge patch (detaching an orphaned object).
+    async fn merge_patch(&self, target: &Target, patch: &Json) -> Result<(), KubeError>;
+
+    /// A connection Secret.
+    async fn read_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<SecretData>, KubeError>;
+
+    /// Writes a DBQR's status subresource.
+    async fn patch_dbqr_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &DatabaseQueryResourceStatus,
+    ) -> Result<(), KubeError>;
+    /// Replaces a DBQR's finalizers if it is still at `resource_version`.
+    async fn set_dbqr_finalizers(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: Option<&str>,
+        finalizers: &[String],
+    ) -> Result<(), KubeError>;
+    /// An Event about a DBQR.
+    async fn publish_event(
+        &self,
+        regarding: &ObjectReference,
+        event: &DbqrEvent,
+    ) -> Result<(), KubeError>;
 }

@@ -21,8 +21,8 @@ pub use error::{ObjectProblem, RowError, TemplateError};
 pub use escape::yaml_double_quoted;
 pub use helpers::dns_label;
 pub use object::{
-    dns_label_problem, dns_subdomain_problem, validate_object, BuiltinScopes, GroupKind, ObjectKey,
-    ObjectPolicy, RenderedObject, Scope, ScopeLookup, DEFAULT_KINDS,
+    dns_label_problem, dns_subdomain_problem, validate_object, BuiltinScopes, GroupKind, Gvk,
+    InvalidGvk, ObjectKey, ObjectPolicy, RenderedObject, Scope, ScopeLookup, DEFAULT_KINDS,
 };
 pub use tracking::Divergence;
 
@@ -207,6 +207,20 @@ impl std::fmt::Display for RowRef {
 pub struct RowFailure {
     pub row: RowRef,
     pub error: RowError,
+}
+
+impl RowFailure {
+    /// The row names a kind discovery did not know: a CRD may have been
+    /// installed since, so discovery is worth refreshing.
+    pub fn is_unknown_kind(&self) -> bool {
+        matches!(
+            &self.error,
+            RowError::Object {
+                problem: ObjectProblem::UnknownKind(_),
+                ..
+            }
+        )
+    }
 }
 
 /// Everything one pass rendered.

@@ -34,7 +34,7 @@ impl std::fmt::Display for GroupKind {
 }
 
 impl std::str::FromStr for GroupKind {
-    type Err = String;
+    type Err = InvalidGvk;
 
     /// `Kind` for the core group, `group/Kind` otherwise.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -43,11 +43,80 @@ impl std::str::FromStr for GroupKind {
             || !kind.chars().all(|c| c.is_ascii_alphanumeric())
             || group.contains('/')
         {
-            return Err(format!("{s:?} is not Kind or group/Kind"));
+            return Err(InvalidGvk(s.to_owned()));
         }
         Ok(Self::new(group, kind))
     }
 }
+
+/// A kind at one version: what a manifest names (`apiVersion` + `kind`), what
+/// discovery resolves, and what the prune inventory records.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Gvk {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+}
+
+impl Gvk {
+    pub fn new(
+        group: impl Into<String>,
+        version: impl Into<String>,
+        kind: impl Into<String>,
+    ) -> Self {
+        Self {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+        }
+    }
+
+    /// From a manifest's `apiVersion` (`v1`, `apps/v1`) and `kind`.
+    pub fn from_api_version(api_version: &str, kind: &str) -> Option<Self> {
+        let (group, version) = match api_version.split('/').collect::<Vec<_>>()[..] {
+            [version] if !version.is_empty() => ("", version),
+            [group, version] if !group.is_empty() && !version.is_empty() => (group, version),
+            _ => return None,
+        };
+        Some(Self::new(group, version, kind))
+    }
+
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn group_kind(&self) -> GroupKind {
+        GroupKind::new(self.group.clone(), self.kind.clone())
+    }
+}
+
+/// `v1/ConfigMap`, `apps/v1/Deployment`: the form `status.managedKinds` holds.
+impl std::fmt::Display for Gvk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.api_version(), self.kind)
+    }
+}
+
+impl std::str::FromStr for Gvk {
+    type Err = InvalidGvk;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (api_version, kind) = s.rsplit_once('/').ok_or_else(|| InvalidGvk(s.to_owned()))?;
+        if kind.is_empty() {
+            return Err(InvalidGvk(s.to_owned()));
+        }
+        Self::from_api_version(api_version, kind).ok_or_else(|| InvalidGvk(s.to_owned()))
+    }
+}
+
+/// A kind that is not `Kind`/`group/Kind` (or `apiVersion/Kind` for a [`Gvk`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a valid kind")]
+pub struct InvalidGvk(pub String);
 
 /// Whether objects of a kind live in a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +201,7 @@ pub const DEFAULT_KINDS: &[&str] = &[
 pub struct RenderedObject {
     /// Index of the row that produced it.
     pub row: usize,
-    pub api_version: String,
+    pub gvk: Gvk,
     pub group_kind: GroupKind,
     /// `None` for cluster-scoped kinds.
     pub namespace: Option<String>,
@@ -186,12 +255,9 @@ pub fn validate_object(
         .filter(|s| !s.is_empty())
         .ok_or(ObjectProblem::MissingField("metadata.name"))?
         .to_owned();
-    let group = match api_version.split('/').collect::<Vec<_>>()[..] {
-        [_version] => String::new(),
-        [group, version] if !group.is_empty() && !version.is_empty() => group.to_owned(),
-        _ => return Err(ObjectProblem::BadApiVersion(api_version)),
-    };
-    let group_kind = GroupKind::new(group, kind.clone());
+    let gvk = Gvk::from_api_version(&api_version, &kind)
+        .ok_or(ObjectProblem::BadApiVersion(api_version))?;
+    let group_kind = gvk.group_kind();
     if !policy.allowed_kinds.contains(&group_kind) {
         return Err(ObjectProblem::KindNotAllowed(group_kind.to_string()));
     }
@@ -231,7 +297,7 @@ pub fn validate_object(
     };
     Ok(RenderedObject {
         row,
-        api_version,
+        gvk,
         group_kind,
         namespace,
         name,

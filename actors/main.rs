@@ -16,5 +16,5 @@ fn main() {
         Command::Run(args) if matches!(args.log_format, LogFormat::Json) => builder.json().init(),
         _ => builder.init(),
     }
-    std::process::exit(cli::run(cli));
+    std::process::exit(cli::run(cli, dbqo_actors::run));
 }

@@ -1,0 +1,209 @@
+//! The actor shells of the running operator. They hold state, timers and the
+//! Kubernetes client and call the plain domain code of the `dbqo` crate
+//! (`reconcile`, `render`, `db`); this package is the only one that depends
+//! on actix.
+//!
+//! - [`supervisor::Supervisor`] watches DBQRs and keeps one actor per DBQR.
+//! - [`query::QueryActor`] owns one DBQR's pool and timers and runs its passes.
+//! - [`writer::KubeWriter`] is the one place that talks to the API server.
+#![forbid(unsafe_code)]
+
+pub mod query;
+pub mod supervisor;
+pub mod writer;
+
+use std::{
+    sync::{atomic::AtomicBool, Arc},
+    time::Instant,
+};
+
+use actix::Actor;
+use futures_util::StreamExt;
+use kube::{
+    api::Api,
+    runtime::{watcher, WatchStreamExt},
+};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use dbqo::api::DatabaseQueryResource;
+use dbqo::cli::RunArgs;
+use dbqo::settings::Settings;
+
+/// Why the operator cannot go on; the process exits non-zero so that
+/// Kubernetes restarts it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    #[error("the DBQR watch ended")]
+    WatchEnded,
+    #[error("a task panicked at {0}")]
+    Panicked(String),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(String),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(String),
+}
+
+/// `db-query-operator run`: runs the operator until SIGTERM or SIGINT (exit
+/// code 0 once drained) or until something fatal happens (exit code 1).
+pub fn run(args: RunArgs) -> i32 {
+    let settings = match args.settings() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let (fatal, fatal_rx) = unbounded_channel();
+    report_panics(fatal.clone());
+    match actix::System::new().block_on(operate(settings, fatal, fatal_rx)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "the operator stops");
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// A panic anywhere (an actor's handler, a spawned future) is a bug: the
+/// task that hit it is gone, so the process must not carry on without it.
+pub fn report_panics(fatal: UnboundedSender<Fatal>) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        let place = info
+            .location()
+            .map_or_else(|| "an unknown place".to_owned(), ToString::to_string);
+        let _ = fatal.send(Fatal::Panicked(place));
+    }));
+}
+
+/// Starts the writer and the supervisor and runs until a signal (then stops
+/// every actor and drains the writer within `settings.drain`) or a fatal event.
+async fn operate(
+    settings: Settings,
+    fatal: UnboundedSender<Fatal>,
+    mut fatal_rx: UnboundedReceiver<Fatal>,
+) -> Result<(), Fatal> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| Fatal::Client(e.to_string()))?;
+    let settings = Arc::new(settings);
+    let writer = writer::KubeWriter::start(
+        client.clone(),
+        settings.concurrency,
+        settings.api_timeout,
+        settings.mailbox,
+    );
+    let api: Api<DatabaseQueryResource> = match &settings.watch_namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &settings.label_selector {
+        config = config.labels(selector);
+    }
+    let events = watcher(api, config).default_backoff().boxed_local();
+    let ready = Arc::new(AtomicBool::new(false));
+    let supervisor =
+        supervisor::Supervisor::new(events, writer.clone(), settings.clone(), ready, fatal).start();
+
+    let stop = shutdown_signal().map_err(|e| Fatal::Signals(e.to_string()))?;
+    tokio::select! {
+        () = stop => {}
+        Some(fatal) = fatal_rx.recv() => return Err(fatal),
+    }
+    let started = Instant::now();
+    tracing::info!(drain = ?settings.drain, "shutting down");
+    let drained = tokio::time::timeout(settings.drain, async {
+        let _ = supervisor.send(supervisor::Shutdown).await;
+        writer.drain().await;
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!(took = ?started.elapsed(), "stopped"),
+        Err(_) => tracing::warn!(drain = ?settings.drain, "drain deadline passed; exiting anyway"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// How long to wait for something that should be quick.
+    const TEST_DEADLINE: Duration = Duration::from_secs(5);
+
+    fn offline_writer() -> writer::WriterHandle {
+        // Nothing listens there: requests fail fast, which these tests do not mind.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        writer::KubeWriter::start(client, 1, Duration::from_secs(1), 8)
+    }
+
+    /// The settings of `run` without flags.
+    fn settings() -> Settings {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Run {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        Run::parse_from(["run"]).args.settings().unwrap()
+    }
+
+    #[test]
+    fn the_end_of_the_dbqr_watch_is_fatal() {
+        actix::System::new().block_on(async {
+            let (fatal, mut fatal_rx) = unbounded_channel();
+            let events = futures_util::stream::empty().boxed_local();
+            let _supervisor = supervisor::Supervisor::new(
+                events,
+                offline_writer(),
+                Arc::new(settings()),
+                Arc::default(),
+                fatal,
+            )
+            .start();
+            let got = tokio::time::timeout(TEST_DEADLINE, fatal_rx.recv()).await;
+            assert_eq!(got.unwrap(), Some(Fatal::WatchEnded));
+        });
+    }
+
+    #[test]
+    fn a_panicking_actor_is_fatal() {
+        struct Crashes;
+        impl Actor for Crashes {
+            type Context = actix::Context<Self>;
+            fn started(&mut self, _: &mut Self::Context) {
+                panic!("a bug");
+            }
+        }
+        actix::System::new().block_on(async {
+            let (fatal, mut fatal_rx) = unbounded_channel();
+            report_panics(fatal);
+            Crashes.start();
+            let got = tokio::time::timeout(TEST_DEADLINE, fatal_rx.recv()).await;
+            let _ = std::panic::take_hook();
+            assert!(
+                matches!(got, Ok(Some(Fatal::Panicked(place))) if place.contains("lib.rs")),
+                "the panic was reported"
+            );
+        });
+    }
+}

@@ -1,0 +1,211 @@
+//! Why a pass, or one of its objects, failed. Each error wraps the layer
+//! error it came from and has a stable [`PassError::reason`] used as the
+//! condition reason, the Event reason and (later) the metric label. Messages
+//! name rows by index and objects by kind and name, never row values.
+
+use crate::api::SpecError;
+use crate::db::{ConnectError, PoolError, QueryError, SecretError};
+use crate::kube_api::KubeError;
+use crate::render::{GroupKind, Gvk, RowError, TemplateError};
+use crate::writeback::WritebackError;
+
+/// A failure of a DBQR's spec, database, query or objects.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("{}", join(.0))]
+    InvalidSpec(Vec<SpecError>),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    StatusTemplate(WritebackError),
+    #[error("secrets in other namespaces ({0}) are not allowed by the operator")]
+    SecretNotAllowed(String),
+    #[error("secret {0} not found")]
+    SecretNotFound(String),
+    #[error("cannot read secret {secret}: {source}")]
+    SecretUnreadable {
+        secret: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("timed out connecting to the database")]
+    ConnectTimeout,
+    #[error("the connection pool is closed")]
+    PoolClosed,
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("{kind} {name}: {source}")]
+    WriteBack {
+        kind: GroupKind,
+        name: String,
+        #[source]
+        source: WritebackError,
+    },
+    #[error("change probe failed: {0}")]
+    Probe(String),
+    #[error("change probe timed out")]
+    ProbeTimeout,
+    #[error("discovery failed: {0}")]
+    Discovery(#[source] KubeError),
+    #[error("{}", rows_message(.0))]
+    Rows(Vec<RowFailure>),
+    #[error("{} kind(s) not pruned; {}", .0.len(), .0[0])]
+    Prune(Vec<PruneFailure>),
+}
+
+impl PassError {
+    /// Stable reason for conditions, Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidSpec(_) => "InvalidSpec",
+            Self::Template(e) => e.reason(),
+            Self::StatusTemplate(e) => e.reason(),
+            Self::SecretNotAllowed(_) => "SecretNotAllowed",
+            Self::SecretNotFound(_) => "SecretNotFound",
+            Self::SecretUnreadable { source, .. } => source.reason(),
+            Self::Secret(e) => e.reason(),
+            Self::Pool(e) => e.reason(),
+            Self::Connect(e) => e.reason(),
+            Self::ConnectTimeout => "ConnectionFailed",
+            Self::PoolClosed => "PoolClosed",
+            Self::Query(e) => e.reason(),
+            Self::WriteBack { source, .. } => source.reason(),
+            Self::Probe(_) => "QueryFailed",
+            Self::ProbeTimeout => "QueryTimeout",
+            Self::Discovery(e) => e.reason(),
+            Self::Rows(failures) => failures.first().map_or("SyncFailed", |f| f.error.reason()),
+            Self::Prune(_) => "PruneFailed",
+        }
+    }
+
+    /// Whether the database (or the way to reach it) failed, as opposed to
+    /// the query, the template or the objects.
+    pub fn is_database(&self) -> bool {
+        matches!(
+            self,
+            Self::SecretNotAllowed(_)
+                | Self::SecretNotFound(_)
+                | Self::SecretUnreadable { .. }
+                | Self::Secret(_)
+                | Self::Pool(_)
+                | Self::Connect(_)
+                | Self::ConnectTimeout
+                | Self::PoolClosed
+        )
+    }
+
+    /// A connection could not be taken from the pool.
+    pub fn from_pool(e: deadpool_postgres::PoolError) -> Self {
+        use deadpool_postgres::PoolError as E;
+        match e {
+            E::Backend(e) => Self::Connect(crate::db::connect_error(&e)),
+            E::Timeout(_) => Self::ConnectTimeout,
+            E::Closed => Self::PoolClosed,
+            E::NoRuntimeSpecified | E::PostCreateHook(_) => Self::PoolClosed,
+        }
+    }
+}
+
+fn join(errors: &[SpecError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn rows_message(failures: &[RowFailure]) -> String {
+    let mut message = format!("{} problem(s), nothing pruned", failures.len());
+    for failure in failures.iter().take(2) {
+        message.push_str(&format!("; {failure}"));
+    }
+    message
+}
+
+/// One row whose objects were not (all) applied.
+#[derive(Debug, thiserror::Error)]
+#[error("row {row}: {error}")]
+pub struct RowFailure {
+    /// Index of the row in the query result.
+    pub row: usize,
+    pub error: ObjectError,
+}
+
+impl From<crate::render::RowFailure> for RowFailure {
+    fn from(f: crate::render::RowFailure) -> Self {
+        Self {
+            row: f.row.index,
+            error: ObjectError::Render(f.error),
+        }
+    }
+}
+
+/// Why a row's object was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error(transparent)]
+    Render(RowError),
+    #[error("{0}")]
+    UnknownKind(#[source] KubeError),
+    #[error("cannot watch {kind}: {source}")]
+    Watch {
+        kind: GroupKind,
+        #[source]
+        source: KubeError,
+    },
+    #[error("cannot read {kind} {name}: {source}")]
+    Read {
+        kind: GroupKind,
+        name: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("{kind} {name} exists and belongs to another owner; not taken over")]
+    OwnedElsewhere { kind: GroupKind, name: String },
+    #[error("cannot apply {kind} {name}: {source}")]
+    Apply {
+        kind: GroupKind,
+        name: String,
+        #[source]
+        source: KubeError,
+    },
+}
+
+impl ObjectError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Render(e) => e.reason(),
+            Self::UnknownKind(e) => e.reason(),
+            Self::Watch { source, .. } | Self::Read { source, .. } | Self::Apply { source, .. } => {
+                source.reason()
+            }
+            Self::OwnedElsewhere { .. } => "ObjectOwnedElsewhere",
+        }
+    }
+}
+
+/// A kind whose objects could not be pruned.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneFailure {
+    #[error("{0}")]
+    UnknownKind(#[source] KubeError),
+    #[error("cannot watch {gvk}: {source}")]
+    Watch {
+        gvk: Gvk,
+        #[source]
+        source: KubeError,
+    },
+    #[error("cannot delete {kind} {name}: {source}")]
+    Delete {
+        kind: GroupKind,
+        name: String,
+        #[source]
+        source: KubeError,
+    },
+}

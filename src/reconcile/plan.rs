@@ -1,0 +1,226 @@
+//! The decision of a pass, as a pure function: from what the rows rendered,
+//! what the cluster holds (the watch cache, and a GET for objects it does not
+//! hold) and what this DBQR has written before, to what to apply, skip,
+//! refuse and prune. No I/O: `pass.rs` gathers the inputs and carries out the
+//! plan, so every rule here is a unit test away.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use kube::api::ApiResource;
+use serde_json::Value as Json;
+
+use super::error::{ObjectError, PruneFailure, RowFailure};
+use super::labels::Owner;
+use crate::kube_api::{CachedObject, LiveObject, Target};
+use crate::render::{GroupKind, Gvk, ObjectKey};
+
+/// One rendered object, decorated with its owner's labels and resolved to
+/// its API resource: what this DBQR wants in the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// Index of the row that produced it.
+    pub row: usize,
+    pub gvk: Gvk,
+    pub target: Target,
+    pub manifest: Json,
+}
+
+impl Desired {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            group_kind: self.gvk.group_kind(),
+            namespace: self.target.namespace.clone(),
+            name: self.target.name.clone(),
+        }
+    }
+}
+
+/// What the cluster shows of one desired object.
+#[derive(Debug, Clone)]
+pub enum Live {
+    /// In the watch cache (it carries the `managed-by` label): the whole object.
+    Cached(CachedObject),
+    /// Not in the cache but present (read with a GET): nobody labelled it ours.
+    Unmanaged(LiveObject),
+    /// Not there.
+    Absent,
+}
+
+/// This DBQR's live objects of one kind, from the watch cache, or why they
+/// cannot be looked at.
+#[derive(Debug)]
+pub struct Owned {
+    pub gvk: Gvk,
+    pub listing: Result<(ApiResource, Vec<LiveObject>), PruneFailure>,
+}
+
+/// Everything the plan is decided from.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub owner: &'a Owner,
+    /// The objects the rows produced, resolved.
+    pub desired: Vec<Desired>,
+    /// Rows that failed before planning (rendering, unknown kinds, watches,
+    /// reads). Any of them means nothing is pruned.
+    pub failed: Vec<RowFailure>,
+    /// The live state of each desired object, by key.
+    pub live: HashMap<ObjectKey, Live>,
+    /// This DBQR's objects of every kind it wrote before or renders now.
+    pub owned: BTreeMap<GroupKind, Owned>,
+    /// The kinds this DBQR had written before this pass (`status.managedKinds`).
+    pub inventory: &'a BTreeSet<Gvk>,
+    /// `spec.prune`.
+    pub prune: bool,
+}
+
+/// What a pass does.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Objects whose live copy is missing or differs in a rendered field.
+    pub apply: Vec<Desired>,
+    /// Objects the cache shows already in place.
+    pub skip: Vec<Desired>,
+    /// Rows that fail, sorted by row.
+    pub refuse: Vec<RowFailure>,
+    /// Owned objects no row produced, with their kind; deleted only if every
+    /// apply succeeds.
+    pub prune: Vec<(Gvk, Target)>,
+    /// Kinds whose objects could not be looked at for pruning.
+    pub prune_failures: Vec<(Gvk, PruneFailure)>,
+    /// Whether this pass prunes: `spec.prune` and no refused row.
+    pub pruning: bool,
+    /// The kinds written before this pass.
+    pub inventory: BTreeSet<Gvk>,
+    /// The kinds this pass renders (applied or skipped).
+    pub written: BTreeSet<Gvk>,
+    /// Every object identity the rows produced.
+    pub produced: HashSet<ObjectKey>,
+}
+
+impl Plan {
+    /// `status.managedKinds` after the pass: what may still hold objects of
+    /// this DBQR. After any failure nothing was pruned, so nothing drops out;
+    /// kinds that failed to prune stay too.
+    ///
+    /// `apply_failed`: an apply of this plan failed (so nothing was pruned);
+    /// `unpruned`: kinds a deletion failed for.
+    pub fn next_inventory<'a>(
+        &self,
+        apply_failed: bool,
+        unpruned: impl IntoIterator<Item = &'a Gvk>,
+    ) -> BTreeSet<Gvk> {
+        let mut next = self.written.clone();
+        if apply_failed || !self.pruning {
+            next.extend(self.inventory.iter().cloned());
+        }
+        next.extend(self.prune_failures.iter().map(|(gvk, _)| gvk.clone()));
+        next.extend(unpruned.into_iter().cloned());
+        next
+    }
+}
+
+/// Whether `live` holds every field of `desired` with the same value: what a
+/// server-side apply of `desired` would leave unchanged. Fields others added
+/// (status, defaults, other managers' fields) do not matter.
+pub fn covers(live: &Json, desired: &Json) -> bool {
+    match (live, desired) {
+        (Json::Object(l), Json::Object(d)) => d
+            .iter()
+            .all(|(k, v)| l.get(k).is_some_and(|lv| covers(lv, v))),
+        (Json::Array(l), Json::Array(d)) => {
+            l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| covers(lv, dv))
+        }
+        (Json::Number(l), Json::Number(d)) => l == d || l.as_f64() == d.as_f64(),
+        _ => live == desired,
+    }
+}
+
+/// Whether an object with `live`'s metadata belongs to someone other than `owner`:
+/// another DBQR's labels, or another controller.
+fn owned_elsewhere(owner: &Owner, live: &LiveObject) -> bool {
+    owner.is_foreign(&live.labels)
+        || live
+            .controller_uid
+            .as_ref()
+            .is_some_and(|uid| *uid != owner.uid)
+}
+
+/// Decides the pass.
+pub fn plan(inputs: Inputs<'_>) -> Plan {
+    let Inputs {
+        owner,
+        desired,
+        failed,
+        live,
+        owned,
+        inventory,
+        prune,
+    } = inputs;
+    let mut plan = Plan {
+        refuse: failed,
+        inventory: inventory.clone(),
+        ..Plan::default()
+    };
+    plan.produced = desired.iter().map(Desired::key).collect();
+
+    for object in desired {
+        let key = object.key();
+        let state = live.get(&key).unwrap_or(&Live::Absent);
+        let metadata = match state {
+            Live::Cached(cached) => Some(&cached.live),
+            Live::Unmanaged(live) => Some(live),
+            Live::Absent => None,
+        };
+        if metadata.is_some_and(|m| owned_elsewhere(owner, m)) {
+            plan.refuse.push(RowFailure {
+                row: object.row,
+                error: ObjectError::OwnedElsewhere {
+                    kind: key.group_kind,
+                    name: key.name,
+                },
+            });
+            continue;
+        }
+        plan.written.insert(object.gvk.clone());
+        let in_place = matches!(state, Live::Cached(c) if !c.live.deleting && covers(&c.manifest, &object.manifest));
+        if in_place {
+            plan.skip.push(object);
+        } else {
+            plan.apply.push(object);
+        }
+    }
+    plan.refuse.sort_by_key(|f| f.row);
+
+    // A refused row might be the one that produces an object: prune only
+    // after a pass in which every row rendered and was planned.
+    plan.pruning = prune && plan.refuse.is_empty();
+    if !plan.pruning {
+        return plan;
+    }
+    for (group_kind, Owned { gvk, listing }) in owned {
+        let (resource, objects) = match listing {
+            Ok(listing) => listing,
+            Err(failure) => {
+                plan.prune_failures.push((gvk, failure));
+                continue;
+            }
+        };
+        for object in objects {
+            let key = ObjectKey {
+                group_kind: group_kind.clone(),
+                namespace: object.namespace.clone(),
+                name: object.name.clone(),
+            };
+            if plan.produced.contains(&key) || object.deleting || !owner.owns(&object.labels) {
+                continue;
+            }
+            let target = Target {
+                resource: resource.clone(),
+                namespace: object.namespace,
+                name: object.name,
+            };
+            plan.prune.push((gvk.clone(), target));
+        }
+    }
+    plan
+}

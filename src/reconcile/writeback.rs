@@ -1,0 +1,114 @@
+//! Status write-back decisions: which objects' status SQL is due (their
+//! status changed since their last write-back), running it, and what the
+//! `StatusWriteBack` condition says about a batch. The actor only debounces
+//! and holds the fingerprints between batches.
+
+use std::{collections::HashMap, sync::Arc};
+
+use deadpool_postgres::Pool;
+use serde_json::Value as Json;
+
+use super::error::PassError;
+use super::pass::{PassConfig, PassState, Row};
+use super::status::WriteBackResult;
+use super::writer::Writer;
+use crate::render::ObjectKey;
+use crate::writeback::{self, WritebackError};
+
+/// Fingerprint of an object's status at its last successful write-back.
+pub type Fingerprints = HashMap<ObjectKey, [u8; 32]>;
+
+/// One object whose status SQL is due.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub key: ObjectKey,
+    resource: Json,
+    row: Row,
+    fingerprint: [u8; 32],
+}
+
+/// The objects among `keys` that this DBQR produced in its last pass, that
+/// the watch cache holds, and whose status differs from the last one written.
+pub fn due<W: Writer>(
+    writer: &W,
+    state: &PassState,
+    seen: &Fingerprints,
+    keys: impl IntoIterator<Item = ObjectKey>,
+) -> Vec<Due> {
+    keys.into_iter()
+        .filter_map(|key| {
+            let wanted = state.applied(&key)?;
+            let row = state.row(&key)?.clone();
+            let resource = writer.cached(&wanted.target)?.manifest;
+            let fingerprint = writeback::status_fingerprint(&resource)?;
+            (seen.get(&key) != Some(&fingerprint)).then_some(Due {
+                key,
+                resource,
+                row,
+                fingerprint,
+            })
+        })
+        .collect()
+}
+
+/// The result of one object's status SQL.
+pub struct Written {
+    key: ObjectKey,
+    fingerprint: [u8; 32],
+    result: Result<(), WritebackError>,
+}
+
+/// Runs the status SQL of every due object, one after another on the pool.
+pub async fn run(config: &PassConfig, pool: &Pool, due: Vec<Due>) -> Vec<Written> {
+    let Some(template) = config.status_template.as_ref() else {
+        return Vec::new();
+    };
+    let mut written = Vec::with_capacity(due.len());
+    for Due {
+        key,
+        resource,
+        row,
+        fingerprint,
+    } in due
+    {
+        let result = match template.render(&resource, &row, &config.metadata) {
+            Ok(bound) => writeback::execute(pool, &bound).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        written.push(Written {
+            key,
+            fingerprint,
+            result,
+        });
+    }
+    written
+}
+
+/// Records what was written in `seen` (a failed object is tried again on its
+/// next status change); returns the batch's verdict for the
+/// `StatusWriteBack` condition, or `None` when nothing ran.
+pub fn record(seen: &mut Fingerprints, written: Vec<Written>) -> Option<WriteBackResult> {
+    let mut verdict = None;
+    for Written {
+        key,
+        fingerprint,
+        result,
+    } in written
+    {
+        match result {
+            Ok(()) => {
+                seen.insert(key, fingerprint);
+                verdict.get_or_insert(Ok(()));
+            }
+            Err(source) => {
+                tracing::warn!(object = %key.name, reason = source.reason(), "status write-back failed");
+                verdict = Some(Err(Arc::new(PassError::WriteBack {
+                    kind: key.group_kind,
+                    name: key.name,
+                    source,
+                })));
+            }
+        }
+    }
+    verdict
+}
