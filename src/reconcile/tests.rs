@@ -1,1 +1,660 @@
+//! The pass and its plan against a recording in-memory [`Writer`]: the
+//! guards that keep a pass from deleting or taking over what it must not.
+//! (The real API server is exercised by the acceptance tests in `tests/`.)
 
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures_util::FutureExt as _;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
+use kube::api::{ApiResource, DynamicObject};
+use serde_json::{json, Value as Json};
+
+use super::labels::{MANAGED_BY, MANAGED_BY_VALUE, OWNER_NAME, OWNER_NAMESPACE};
+use super::plan::{self, covers, Desired, Inputs, Live, Owned};
+use super::writer::{Kinds, Writer};
+use super::*;
+use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
+use crate::kube_api::{
+    CachedObject, DbqrEvent, KindInfo, KubeError, Labels, LiveObject, SecretData, Target,
+};
+use crate::render::{GroupKind, Gvk, ObjectKey, ObjectPolicy, Scope};
+use crate::settings::Settings;
+
+/// Cluster objects by (kind, namespace, name), as JSON.
+type Objects = BTreeMap<(String, Option<String>, String), Json>;
+
+/// A cluster in memory. Objects carrying the `managed-by` label are in the
+/// "watch cache"; applies land there at once, as the watch would put them.
+#[derive(Default)]
+struct FakeWriter {
+    objects: RefCell<Objects>,
+    /// Every API request, as `verb kind namespace/name`.
+    calls: RefCell<Vec<String>>,
+    /// Names whose apply the API server refuses.
+    refuse_apply: HashSet<String>,
+}
+
+fn kinds() -> Kinds {
+    let mut kinds = HashMap::new();
+    kinds.insert(
+        GroupKind::new("", "ConfigMap"),
+        KindInfo {
+            scope: Scope::Namespaced,
+            resource: ApiResource::erase::<ConfigMap>(&()),
+        },
+    );
+    kinds.insert(
+        GroupKind::new("apps", "Deployment"),
+        KindInfo {
+            scope: Scope::Namespaced,
+            resource: ApiResource::erase::<Deployment>(&()),
+        },
+    );
+    Arc::new(kinds)
+}
+
+fn slot(target: &Target) -> (String, Option<String>, String) {
+    (
+        target.resource.kind.clone(),
+        target.namespace.clone(),
+        target.name.clone(),
+    )
+}
+
+fn live(object: &Json) -> LiveObject {
+    let object: DynamicObject = serde_json::from_value(object.clone()).unwrap();
+    LiveObject::from(object)
+}
+
+fn managed(object: &Json) -> bool {
+    object["metadata"]["labels"][MANAGED_BY] == MANAGED_BY_VALUE
+}
+
+impl FakeWriter {
+    fn record(&self, verb: &str, target: &Target) {
+        self.calls.borrow_mut().push(format!(
+            "{verb} {} {}/{}",
+            target.resource.kind,
+            target.namespace.as_deref().unwrap_or(""),
+            target.name
+        ));
+    }
+
+    fn put(&self, kind: &str, namespace: &str, name: &str, object: Json) {
+        self.objects
+            .borrow_mut()
+            .insert((kind.into(), Some(namespace.into()), name.into()), object);
+    }
+
+    fn writes(&self) -> Vec<String> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|c| c.starts_with("apply") || c.starts_with("delete"))
+            .cloned()
+            .collect()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.objects.borrow().keys().map(|k| k.2.clone()).collect()
+    }
+}
+
+impl Writer for FakeWriter {
+    async fn kinds(&self, _refresh: bool) -> Result<Kinds, KubeError> {
+        Ok(kinds())
+    }
+
+    async fn watch(&self, _resource: &ApiResource) -> Result<(), KubeError> {
+        Ok(())
+    }
+
+    fn cached(&self, target: &Target) -> Option<CachedObject> {
+        let objects = self.objects.borrow();
+        let object = objects.get(&slot(target)).filter(|o| managed(o))?;
+        Some(CachedObject {
+            live: live(object),
+            manifest: object.clone(),
+        })
+    }
+
+    fn cached_list(&self, resource: &ApiResource, labels: &Labels) -> Vec<LiveObject> {
+        self.objects
+            .borrow()
+            .iter()
+            .filter(|(k, o)| k.0 == resource.kind && managed(o))
+            .map(|(_, o)| live(o))
+            .filter(|l| labels.iter().all(|(k, v)| l.labels.get(k) == Some(v)))
+            .collect()
+    }
+
+    async fn get(&self, target: &Target) -> Result<Option<LiveObject>, KubeError> {
+        self.record("get", target);
+        Ok(self.objects.borrow().get(&slot(target)).map(live))
+    }
+
+    async fn apply(&self, target: &Target, manifest: &Json) -> Result<(), KubeError> {
+        self.record("apply", target);
+        if self.refuse_apply.contains(&target.name) {
+            return Err(KubeError::Api {
+                code: 422,
+                reason: "Invalid".into(),
+                message: "refused".into(),
+            });
+        }
+        let mut objects = self.objects.borrow_mut();
+        let object = objects.entry(slot(target)).or_insert_with(|| json!({}));
+        merge(object, manifest);
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        resource: &ApiResource,
+        labels: &Labels,
+    ) -> Result<Vec<LiveObject>, KubeError> {
+        Ok(self.cached_list(resource, labels))
+    }
+
+    async fn delete(&self, target: &Target) -> Result<(), KubeError> {
+        self.record("delete", target);
+        self.objects.borrow_mut().remove(&slot(target));
+        Ok(())
+    }
+
+    async fn merge_patch(&self, target: &Target, patch: &Json) -> Result<(), KubeError> {
+        self.record("patch", target);
+        if let Some(object) = self.objects.borrow_mut().get_mut(&slot(target)) {
+            merge(object, patch);
+        }
+        Ok(())
+    }
+
+    async fn read_secret(&self, _: &str, _: &str) -> Result<Option<SecretData>, KubeError> {
+        unreachable!("these tests start after the query")
+    }
+
+    async fn patch_dbqr_status(
+        &self,
+        _: &str,
+        _: &str,
+        _: &DatabaseQueryResourceStatus,
+    ) -> Result<(), KubeError> {
+        unreachable!("a pass does not write the DBQR status")
+    }
+
+    async fn set_dbqr_finalizers(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&str>,
+        _: &[String],
+    ) -> Result<(), KubeError> {
+        unreachable!("a pass does not touch finalizers")
+    }
+
+    async fn publish_event(
+        &self,
+        _: &k8s_openapi::api::core::v1::ObjectReference,
+        _: &DbqrEvent,
+    ) -> Result<(), KubeError> {
+        unreachable!("a pass does not publish Events")
+    }
+}
+
+/// What a forced server-side apply does to the fields it names (enough for these tests).
+fn merge(into: &mut Json, from: &Json) {
+    match (into, from) {
+        (Json::Object(a), Json::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Json::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+const TEMPLATE: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: "{{Row.name}}"
+data:
+  value: "{{Row.value}}"
+"#;
+
+fn config(prune: bool) -> PassConfig {
+    let dbqr: DatabaseQueryResource = serde_json::from_value(json!({
+        "apiVersion": "dbqo.dev/v1alpha1",
+        "kind": "DatabaseQueryResource",
+        "metadata": { "name": "users", "namespace": "apps", "uid": "uid-users" },
+        "spec": {
+            "pollInterval": "10s",
+            "prune": prune,
+            "database": { "connectionSecretRef": { "name": "db" } },
+            "query": "SELECT name, value FROM t",
+            "template": TEMPLATE,
+        }
+    }))
+    .unwrap();
+    let settings = Settings {
+        policy: Arc::new(ObjectPolicy::default()),
+        allow_cross_namespace_secrets: false,
+        watch_namespace: None,
+        label_selector: None,
+        concurrency: 1,
+        api_timeout: Duration::from_secs(1),
+        mailbox: 1,
+        drain: Duration::from_secs(1),
+    };
+    PassConfig::new(&dbqr, &settings).unwrap()
+}
+
+fn rows(rows: &[(&str, &str)]) -> Vec<Row> {
+    rows.iter()
+        .map(|(name, value)| {
+            json!({ "name": name, "value": value })
+                .as_object()
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
+
+/// Runs the part of a pass after the query; the fake answers at once.
+fn pass(
+    config: &PassConfig,
+    state: &mut PassState,
+    writer: &FakeWriter,
+    rows: &[Row],
+) -> PassReport {
+    let mut report = PassReport::default();
+    reconcile_rows(
+        config,
+        state,
+        writer,
+        rows,
+        "2024-01-01T00:00:00Z",
+        &mut report,
+    )
+    .now_or_never()
+    .expect("the fake writer never waits");
+    report
+}
+
+fn cm_gvk() -> Gvk {
+    "v1/ConfigMap".parse().unwrap()
+}
+
+fn owner_labels(name: &str) -> Json {
+    json!({ MANAGED_BY: MANAGED_BY_VALUE, OWNER_NAME: name, OWNER_NAMESPACE: "apps" })
+}
+
+#[test]
+fn a_converged_pass_writes_nothing_and_reads_nothing() {
+    let (config, writer) = (config(true), FakeWriter::default());
+    let mut state = PassState::default();
+    let first = pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("b", "2")]),
+    );
+    assert!(first.succeeded(), "{:?}", first.failure());
+    assert_eq!((first.applied, first.skipped), (2, 0));
+    writer.calls.borrow_mut().clear();
+
+    let second = pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("b", "2")]),
+    );
+    assert_eq!((second.applied, second.skipped, second.pruned), (0, 2, 0));
+    assert!(
+        writer.calls.borrow().is_empty(),
+        "{:?}",
+        writer.calls.borrow()
+    );
+    assert_eq!(state.managed_kinds, BTreeSet::from([cm_gvk()]));
+}
+
+#[test]
+fn a_changed_row_is_applied_and_a_removed_row_pruned() {
+    let (config, writer) = (config(true), FakeWriter::default());
+    let mut state = PassState::default();
+    pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("b", "2")]),
+    );
+    writer.calls.borrow_mut().clear();
+
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "changed")]));
+    assert!(report.succeeded());
+    assert_eq!((report.applied, report.pruned), (1, 1));
+    assert_eq!(
+        writer.writes(),
+        ["apply ConfigMap apps/a", "delete ConfigMap apps/b"]
+    );
+}
+
+#[test]
+fn nothing_is_pruned_after_a_row_fails() {
+    let (config, writer) = (config(true), FakeWriter::default());
+    let mut state = PassState::default();
+    pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("b", "2")]),
+    );
+    writer.calls.borrow_mut().clear();
+
+    // Row 1 renders an invalid name; "b" is gone from the rows.
+    let report = pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("Not_Valid", "x")]),
+    );
+    assert!(!report.succeeded());
+    assert_eq!(report.failure().unwrap().reason(), "InvalidName");
+    assert!(writer.writes().is_empty(), "{:?}", writer.writes());
+    assert_eq!(writer.names(), ["a", "b"]);
+}
+
+#[test]
+fn nothing_is_pruned_after_an_apply_fails() {
+    let (config, mut writer) = (config(true), FakeWriter::default());
+    let mut state = PassState::default();
+    pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("b", "2")]),
+    );
+    writer.refuse_apply.insert("a".into());
+
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "new")]));
+    let failure = report.failure().expect("the refused apply fails the pass");
+    assert_eq!(failure.reason(), "Invalid");
+    assert!(failure
+        .to_string()
+        .contains("row 0: cannot apply ConfigMap a"));
+    assert!(!writer.writes().iter().any(|w| w.starts_with("delete")));
+    assert_eq!(writer.names(), ["a", "b"]);
+}
+
+#[test]
+fn an_object_of_another_owner_is_not_taken_over() {
+    let (config, writer) = (config(true), FakeWriter::default());
+    // Another DBQR's object, in the cache.
+    writer.put(
+        "ConfigMap",
+        "apps",
+        "a",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "a", "namespace": "apps", "labels": owner_labels("other")},
+               "data": {"value": "theirs"}}),
+    );
+    // An object someone else's controller owns, not labelled (read with a GET).
+    writer.put(
+        "ConfigMap",
+        "apps",
+        "b",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "b", "namespace": "apps", "ownerReferences": [
+                   {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "uid-rs", "controller": true}]}}),
+    );
+    let mut state = PassState::default();
+    let report = pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("b", "2"), ("c", "3")]),
+    );
+
+    let failure = report.failure().expect("both rows fail");
+    assert_eq!(failure.reason(), "ObjectOwnedElsewhere");
+    assert!(failure
+        .to_string()
+        .starts_with("2 problem(s), nothing pruned; row 0"));
+    assert_eq!(writer.writes(), ["apply ConfigMap apps/c"]);
+    assert_eq!(
+        writer.objects.borrow()[&("ConfigMap".into(), Some("apps".into()), "a".into())]["data"]
+            ["value"],
+        "theirs"
+    );
+    assert!(writer
+        .calls
+        .borrow()
+        .contains(&"get ConfigMap apps/b".to_owned()));
+}
+
+#[test]
+fn the_inventory_is_kept_when_a_pass_fails() {
+    let (config, writer) = (config(true), FakeWriter::default());
+    let deployments: Gvk = "apps/v1/Deployment".parse().unwrap();
+    let mut state = PassState::new(BTreeSet::from([deployments.clone()]));
+    let report = pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("Not_Valid", "x")]),
+    );
+    assert!(!report.succeeded());
+    assert_eq!(
+        state.managed_kinds,
+        BTreeSet::from([cm_gvk(), deployments.clone()])
+    );
+    assert_eq!(report.managed_kinds, state.managed_kinds);
+
+    // Once a pass succeeds and finds no Deployment of this DBQR, the kind drops out.
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    assert!(report.succeeded());
+    assert_eq!(state.managed_kinds, BTreeSet::from([cm_gvk()]));
+}
+
+#[test]
+fn a_cached_object_holding_every_rendered_field_is_skipped() {
+    let (config, writer) = (config(true), FakeWriter::default());
+    let mut state = PassState::default();
+    pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    // Fields others add (annotations, status, defaults) do not matter ...
+    merge(
+        writer.objects.borrow_mut().values_mut().next().unwrap(),
+        &json!({"metadata": {"annotations": {"someone": "else"}, "resourceVersion": "7"}, "data": {"extra": "x"}}),
+    );
+    writer.calls.borrow_mut().clear();
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    assert_eq!((report.applied, report.skipped), (0, 1));
+    assert!(writer.calls.borrow().is_empty());
+
+    // ... a rendered field that differs does.
+    merge(
+        writer.objects.borrow_mut().values_mut().next().unwrap(),
+        &json!({"data": {"value": "edited"}}),
+    );
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    assert_eq!((report.applied, report.skipped), (1, 0));
+}
+
+#[test]
+fn without_prune_nothing_is_deleted_and_kinds_accumulate() {
+    let (config, writer) = (config(false), FakeWriter::default());
+    let mut state = PassState::default();
+    pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("b", "2")]),
+    );
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    assert!(report.succeeded());
+    assert!(!writer.writes().iter().any(|w| w.starts_with("delete")));
+    assert_eq!(state.managed_kinds, BTreeSet::from([cm_gvk()]));
+}
+
+// The plan on its own.
+
+fn desired(name: &str, row: usize) -> Desired {
+    let mut manifest = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "apps", "labels": owner_labels("users")},
+        "data": {"value": "1"}});
+    manifest["metadata"]["labels"] = owner_labels("users");
+    Desired {
+        row,
+        gvk: cm_gvk(),
+        target: Target {
+            resource: ApiResource::erase::<ConfigMap>(&()),
+            namespace: Some("apps".into()),
+            name: name.into(),
+        },
+        manifest,
+    }
+}
+
+fn owner() -> Owner {
+    Owner {
+        name: "users".into(),
+        namespace: "apps".into(),
+        uid: "uid-users".into(),
+    }
+}
+
+fn live_cm(name: &str, labels: Json, deleting: bool) -> LiveObject {
+    let mut object = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "apps", "labels": labels}});
+    if deleting {
+        object["metadata"]["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
+    }
+    live(&object)
+}
+
+fn owned(objects: Vec<LiveObject>) -> BTreeMap<GroupKind, Owned> {
+    BTreeMap::from([(
+        GroupKind::new("", "ConfigMap"),
+        Owned {
+            gvk: cm_gvk(),
+            listing: Ok((ApiResource::erase::<ConfigMap>(&()), objects)),
+        },
+    )])
+}
+
+fn inputs<'a>(owner: &'a Owner, inventory: &'a BTreeSet<Gvk>) -> Inputs<'a> {
+    Inputs {
+        owner,
+        desired: Vec::new(),
+        failed: Vec::new(),
+        live: HashMap::new(),
+        owned: BTreeMap::new(),
+        inventory,
+        prune: true,
+    }
+}
+
+#[test]
+fn plan_applies_an_object_the_cache_shows_being_deleted() {
+    let (owner, inventory) = (owner(), BTreeSet::new());
+    let wanted = desired("a", 0);
+    let mut cached = live(&wanted.manifest);
+    cached.deleting = true;
+    let mut input = inputs(&owner, &inventory);
+    input.live = HashMap::from([(
+        wanted.key(),
+        Live::Cached(CachedObject {
+            live: cached,
+            manifest: wanted.manifest.clone(),
+        }),
+    )]);
+    input.desired = vec![wanted];
+    let plan = plan::plan(input);
+    assert_eq!((plan.apply.len(), plan.skip.len()), (1, 0));
+}
+
+#[test]
+fn plan_prunes_only_this_owners_objects_not_produced_and_not_going() {
+    let (owner, inventory) = (owner(), BTreeSet::from([cm_gvk()]));
+    let mut input = inputs(&owner, &inventory);
+    input.desired = vec![desired("keep", 0)];
+    input.live = HashMap::from([(desired("keep", 0).key(), Live::Absent)]);
+    input.owned = owned(vec![
+        live_cm("keep", owner_labels("users"), false),
+        live_cm("gone", owner_labels("users"), false),
+        live_cm("going", owner_labels("users"), true),
+        live_cm("theirs", owner_labels("other"), false),
+    ]);
+    let plan = plan::plan(input);
+    let pruned: Vec<_> = plan.prune.iter().map(|(_, t)| t.name.as_str()).collect();
+    assert_eq!(pruned, ["gone"]);
+    assert_eq!(plan.next_inventory(false, []), BTreeSet::from([cm_gvk()]));
+}
+
+#[test]
+fn plan_prunes_nothing_when_a_row_failed_and_keeps_the_inventory() {
+    let deployments: Gvk = "apps/v1/Deployment".parse().unwrap();
+    let (owner, inventory) = (owner(), BTreeSet::from([deployments.clone()]));
+    let mut input = inputs(&owner, &inventory);
+    input.failed = vec![RowFailure {
+        row: 3,
+        error: ObjectError::OwnedElsewhere {
+            kind: GroupKind::new("", "ConfigMap"),
+            name: "x".into(),
+        },
+    }];
+    input.owned = owned(vec![live_cm("gone", owner_labels("users"), false)]);
+    let plan = plan::plan(input);
+    assert!(plan.prune.is_empty() && !plan.pruning);
+    assert_eq!(
+        plan.next_inventory(false, []),
+        BTreeSet::from([deployments])
+    );
+}
+
+#[test]
+fn plan_keeps_a_kind_it_could_not_look_at() {
+    let old: Gvk = "example.com/v1/Widget".parse().unwrap();
+    let (owner, inventory) = (owner(), BTreeSet::from([old.clone()]));
+    let mut input = inputs(&owner, &inventory);
+    input.owned = BTreeMap::from([(
+        old.group_kind(),
+        Owned {
+            gvk: old.clone(),
+            listing: Err(PruneFailure::UnknownKind(KubeError::UnknownKind {
+                kind: old.to_string(),
+            })),
+        },
+    )]);
+    let plan = plan::plan(input);
+    assert_eq!(plan.prune_failures.len(), 1);
+    assert_eq!(plan.next_inventory(false, []), BTreeSet::from([old]));
+}
+
+#[test]
+fn covers_ignores_what_others_added_but_not_a_changed_or_missing_field() {
+    let desired = json!({"data": {"a": "1"}, "spec": {"replicas": 2, "ports": [{"port": 80}]}});
+    let live = json!({"data": {"a": "1", "b": "2"}, "status": {},
+        "spec": {"replicas": 2.0, "ports": [{"port": 80, "protocol": "TCP"}]}});
+    assert!(covers(&live, &desired));
+    assert!(!covers(
+        &json!({"data": {"a": "2"}}),
+        &json!({"data": {"a": "1"}})
+    ));
+    assert!(!covers(&json!({}), &json!({"data": {"a": "1"}})));
+    assert!(!covers(
+        &json!({"spec": {"ports": [{"port": 80}, {"port": 81}]}}),
+        &json!({"spec": {"ports": [{"port": 80}]}})
+    ));
+}
+
+#[test]
+fn object_keys_ignore_the_api_version() {
+    let key: ObjectKey = desired("a", 0).key();
+    assert_eq!(key.group_kind, GroupKind::new("", "ConfigMap"));
+}
