@@ -150,28 +150,22 @@ async fn a_steady_state_costs_no_writes_and_no_object_reads() {
     })
     .await;
     // Let the status and event writes of convergence land before measuring.
-    eventually(
-        Duration::from_secs(30),
-        "a pass that skips all 200",
-        || async {
-            operator
-                .log()
-                .contains("applied=0 skipped=200 pruned=0 ok=true")
-                .then_some(())
-        },
-    )
-    .await;
+    operator
+        .wait_for_pass(0, "a pass that skips all 200", |p| p.converged(200))
+        .await;
 
-    let passes_before = operator.log().matches("pass finished").count();
+    let passes_before = operator.passes().len();
     let before = request_counts(&client).await;
-    let started = std::time::Instant::now();
-    eventually(Duration::from_secs(90), "60 s of full polls", || async {
-        (started.elapsed() >= Duration::from_secs(60)).then_some(())
-    })
-    .await;
+    // Six full polls, 10 s apart: a minute of nothing changing.
+    operator
+        .wait_for_passes(passes_before, 6, Duration::from_secs(90))
+        .await;
     let after = request_counts(&client).await;
-    let passes = operator.log().matches("pass finished").count() - passes_before;
-    assert!(passes >= 5, "the full poll kept running: {passes} passes");
+    let idle: Vec<_> = operator.passes().into_iter().skip(passes_before).collect();
+    assert!(
+        idle.iter().all(|p| p.converged(200)),
+        "every idle pass skipped all objects: {idle:?}"
+    );
 
     let writes = [
         "POST",

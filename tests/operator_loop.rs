@@ -69,17 +69,11 @@ async fn the_peer_walk_through_creates_updates_and_prunes() {
     );
 
     // Converged: later passes send nothing.
-    eventually(
-        Duration::from_secs(20),
-        "a pass that skips every object",
-        || async {
-            operator
-                .log()
-                .contains("applied=0 skipped=2 pruned=0 ok=true")
-                .then_some(())
-        },
-    )
-    .await;
+    operator
+        .wait_for_pass(0, "a pass that skips every object", |p| {
+            p.dbqr == "users" && p.converged(2)
+        })
+        .await;
 
     s.db.batch_execute("INSERT INTO users VALUES (3, 'carol', 'c@example.com', true)")
         .await
@@ -407,5 +401,7 @@ async fn twenty_dbqrs_in_twenty_namespaces() {
     })
     .await;
     assert_eq!(configmaps(&s.client, &namespaces[1]).await.len(), 2);
-    let _ = condition(&s.client, &namespaces[0], "users", "Ready").await;
+    let ready =
+        wait_for_condition(&s.client, &namespaces[0], "users", "Ready", "True", "Ready").await;
+    assert_eq!(ready, "1 objects from 1 rows");
 }

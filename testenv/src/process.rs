@@ -137,6 +137,26 @@ impl Supervised {
         }
     }
 
+    /// The process id (`setpriv` execs the program, so it is the program's).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or `None`
+    /// if it is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// Signal [`Supervised::stop`] sends first (PostgreSQL wants INT: fast shutdown).
     pub fn with_stop_signal(mut self, signal: &'static str) -> Self {
         self.stop_signal = signal;

@@ -37,8 +37,11 @@ impl Operator {
     /// Starts the operator against the control plane of `kubeconfig`.
     pub fn start_on(kubeconfig: &std::path::Path, id: &str, extra_args: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{id}.operator.log"));
+        // JSON logs: tests read the operator's structured pass records.
         let mut args: Vec<String> = vec![
             "run".into(),
+            "--log-format".into(),
+            "json".into(),
             "--label-selector".into(),
             format!("{TEST_LABEL}={id}"),
         ];
@@ -49,7 +52,10 @@ impl Operator {
             &[],
             &PathBuf::from(env!("CARGO_BIN_EXE_db-query-operator")),
             &args,
-            &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "info,dbqo=debug")],
+            &[
+                ("KUBECONFIG", &kubeconfig),
+                ("RUST_LOG", "info,dbqo=debug,dbqo_actors=debug"),
+            ],
             log,
         )
         .expect("start the operator");
@@ -61,6 +67,69 @@ impl Operator {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.process.log).unwrap_or_default()
+    }
+
+    /// Every "pass finished" record so far, in order.
+    pub fn passes(&self) -> Vec<PassRecord> {
+        self.log()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|entry| entry["fields"]["message"] == "pass finished")
+            .filter_map(|entry| serde_json::from_value(entry["fields"].clone()).ok())
+            .collect()
+    }
+
+    /// Waits for a pass after the first `since` passes that satisfies `check`.
+    pub async fn wait_for_pass(
+        &self,
+        since: usize,
+        what: &str,
+        check: impl Fn(&PassRecord) -> bool,
+    ) -> PassRecord {
+        eventually(Duration::from_secs(60), what, || async {
+            self.passes().into_iter().skip(since).find(|p| check(p))
+        })
+        .await
+    }
+
+    /// Waits until `count` more passes than `since` have finished.
+    pub async fn wait_for_passes(&self, since: usize, count: usize, timeout: Duration) {
+        eventually(timeout, &format!("{count} more passes"), || async {
+            (self.passes().len() >= since + count).then_some(())
+        })
+        .await
+    }
+
+    /// The operator's process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Waits for the process to exit; its exit status, or `None` on timeout.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.process.wait_timeout(timeout)
+    }
+}
+
+/// What the operator logs when a pass ends (`--log-format json`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PassRecord {
+    pub dbqr: String,
+    pub namespace: String,
+    pub pass: u64,
+    pub rows: u64,
+    pub objects: u64,
+    pub applied: u64,
+    pub skipped: u64,
+    pub pruned: u64,
+    pub ok: bool,
+    pub reason: String,
+}
+
+impl PassRecord {
+    /// A successful pass that sent no write: the DBQR is converged.
+    pub fn converged(&self, objects: u64) -> bool {
+        self.ok && self.applied == 0 && self.pruned == 0 && self.skipped == objects
     }
 }
 
