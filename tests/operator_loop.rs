@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::eventually;
 use common::operator::{
-    condition, configmaps, create_secret, secret_keys, wait_for_condition, wait_for_configmaps,
-    DbqrBuilder, Operator,
+    configmaps, create_secret, secret_keys, wait_for_condition, wait_for_configmaps, DbqrBuilder,
+    Operator,
 };
 use dbqo::api::DatabaseQueryResource;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};

@@ -36,33 +36,31 @@ async fn deployment_status_is_written_back_to_its_row() {
         .set("/pollInterval", json!("1h"))
         .create(&client, &ns)
         .await;
-    // No kubelet runs here, so every replica the controller wants stays unavailable.
-    let rows = eventually(
-        Duration::from_secs(30),
-        "unavailable_replicas in the table",
-        || async {
-            let rows = db
-                .query(
-                    "SELECT name, ready_replicas, unavailable_replicas FROM apps ORDER BY name",
-                    &[],
-                )
-                .await
-                .ok()?;
-            let values: Vec<(String, Option<i32>, Option<i32>)> = rows
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
-                .collect();
-            (values.iter().all(|(_, _, u)| u.is_some())).then_some(values)
-        },
-    )
-    .await;
-    assert_eq!(
-        rows,
-        vec![
-            ("web".to_string(), Some(0), Some(2)),
-            ("worker".to_string(), Some(0), Some(1))
-        ]
-    );
+    // No kubelet runs here, so every replica the controller wants stays
+    // unavailable. The controller fills the status in steps (replicas first,
+    // unavailableReplicas later), so wait for the final values.
+    let expected = vec![
+        ("web".to_string(), Some(0), Some(2)),
+        ("worker".to_string(), Some(0), Some(1)),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let written = loop {
+        let rows: Vec<(String, Option<i32>, Option<i32>)> = db
+            .query(
+                "SELECT name, ready_replicas, unavailable_replicas FROM apps ORDER BY name",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        if rows == expected || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(written, expected, "the final status, written back");
     wait_for_condition(&client, &ns, "apps", "StatusWriteBack", "True", "Written").await;
 }
 
