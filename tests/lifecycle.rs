@@ -81,3 +81,17 @@ async fn sigterm_stops_every_actor_and_exits_zero_within_the_deadline() {
     })
     .await;
 }
+
+#[test]
+fn a_bad_flag_is_a_clear_error_with_exit_code_two() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
+        .args(["run", "--allowed-kinds", "ConfigMap,not a kind"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--allowed-kinds: \"not a kind\" is not a valid kind"),
+        "{stderr}"
+    );
+}

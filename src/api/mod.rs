@@ -210,10 +210,12 @@ pub struct DatabaseQueryResourceStatus {
     /// `Ready`, `DatabaseConnected` and `Synced`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// End of the last successful full poll.
+    /// When a successful pass last changed this status (a converged DBQR's
+    /// passes write nothing, so this is not refreshed by every poll).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_poll_time: Option<Time>,
-    /// End of the last successful change probe.
+    /// Reserved: not written, since a time per change probe would cost a status
+    /// write per probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change_check_time: Option<Time>,
     /// Objects produced by the last successful pass.

@@ -31,7 +31,7 @@ pub enum SpecError {
 }
 
 impl SpecError {
-    /// Stable reason, used as condition reason, Event reason and metric label.
+    /// Stable reason, used as condition reason and Event reason.
     pub fn reason(&self) -> &'static str {
         "InvalidSpec"
     }

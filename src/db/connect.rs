@@ -26,7 +26,7 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// Stable reason for conditions, Events and metrics.
+    /// Stable reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::ReadRootCert { .. } | Self::RootCert(_) | Self::Tls(_) => "TlsConfigError",

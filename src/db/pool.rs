@@ -16,7 +16,7 @@ pub enum PoolError {
 }
 
 impl PoolError {
-    /// Stable reason for conditions, Events and metrics.
+    /// Stable reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Tls(e) => e.reason(),

@@ -48,7 +48,7 @@ pub enum QueryError {
 }
 
 impl QueryError {
-    /// Stable reason for conditions, Events and metrics.
+    /// Stable reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::TooManyRows(_) => "TooManyRows",

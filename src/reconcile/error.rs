@@ -1,6 +1,6 @@
 //! Why a pass, or one of its objects, failed. Each error wraps the layer
 //! error it came from and has a stable [`PassError::reason`] used as the
-//! condition reason, the Event reason and (later) the metric label. Messages
+//! condition reason and the Event reason. Messages
 //! name rows by index and objects by kind and name, never row values.
 
 use crate::api::SpecError;
@@ -60,7 +60,7 @@ pub enum PassError {
 }
 
 impl PassError {
-    /// Stable reason for conditions, Events and metrics.
+    /// Stable reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidSpec(_) => "InvalidSpec",

@@ -286,6 +286,16 @@ fn pass(
     report
 }
 
+/// A DBQR whose first pass applied `first`; the writer's record is cleared.
+fn converged(prune: bool, first: &[(&str, &str)]) -> (PassConfig, FakeWriter, PassState) {
+    let (config, writer) = (config(prune), FakeWriter::default());
+    let mut state = PassState::default();
+    let report = pass(&config, &mut state, &writer, &rows(first));
+    assert!(report.succeeded(), "{:?}", report.failure());
+    writer.calls.borrow_mut().clear();
+    (config, writer, state)
+}
+
 fn cm_gvk() -> Gvk {
     "v1/ConfigMap".parse().unwrap()
 }
@@ -325,15 +335,7 @@ fn a_converged_pass_writes_nothing_and_reads_nothing() {
 
 #[test]
 fn a_changed_row_is_applied_and_a_removed_row_pruned() {
-    let (config, writer) = (config(true), FakeWriter::default());
-    let mut state = PassState::default();
-    pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("b", "2")]),
-    );
-    writer.calls.borrow_mut().clear();
+    let (config, writer, mut state) = converged(true, &[("a", "1"), ("b", "2")]);
 
     let report = pass(&config, &mut state, &writer, &rows(&[("a", "changed")]));
     assert!(report.succeeded());
@@ -346,15 +348,7 @@ fn a_changed_row_is_applied_and_a_removed_row_pruned() {
 
 #[test]
 fn nothing_is_pruned_after_a_row_fails() {
-    let (config, writer) = (config(true), FakeWriter::default());
-    let mut state = PassState::default();
-    pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("b", "2")]),
-    );
-    writer.calls.borrow_mut().clear();
+    let (config, writer, mut state) = converged(true, &[("a", "1"), ("b", "2")]);
 
     // Row 1 renders an invalid name; "b" is gone from the rows.
     let report = pass(
@@ -371,14 +365,7 @@ fn nothing_is_pruned_after_a_row_fails() {
 
 #[test]
 fn nothing_is_pruned_after_an_apply_fails() {
-    let (config, mut writer) = (config(true), FakeWriter::default());
-    let mut state = PassState::default();
-    pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("b", "2")]),
-    );
+    let (config, mut writer, mut state) = converged(true, &[("a", "1"), ("b", "2")]);
     writer.refuse_apply.insert("a".into());
 
     let report = pass(&config, &mut state, &writer, &rows(&[("a", "new")]));
@@ -463,9 +450,7 @@ fn the_inventory_is_kept_when_a_pass_fails() {
 
 #[test]
 fn a_cached_object_holding_every_rendered_field_is_skipped() {
-    let (config, writer) = (config(true), FakeWriter::default());
-    let mut state = PassState::default();
-    pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    let (config, writer, mut state) = converged(true, &[("a", "1")]);
     // Fields others add (annotations, status, defaults) do not matter ...
     merge(
         writer.objects.borrow_mut().values_mut().next().unwrap(),
@@ -487,14 +472,7 @@ fn a_cached_object_holding_every_rendered_field_is_skipped() {
 
 #[test]
 fn without_prune_nothing_is_deleted_and_kinds_accumulate() {
-    let (config, writer) = (config(false), FakeWriter::default());
-    let mut state = PassState::default();
-    pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("b", "2")]),
-    );
+    let (config, writer, mut state) = converged(false, &[("a", "1"), ("b", "2")]);
     let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
     assert!(report.succeeded());
     assert!(!writer.writes().iter().any(|w| w.starts_with("delete")));

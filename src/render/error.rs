@@ -42,7 +42,7 @@ pub enum RowError {
 }
 
 impl RowError {
-    /// Stable reason for conditions, Events and metrics.
+    /// Stable reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Render(_) => "RenderFailed",
