@@ -20,7 +20,7 @@ use super::plan::{self, covers, Desired, Inputs, Live, Owned, Plan};
 use super::writer::{Kinds, Writer};
 use crate::api::{DatabaseQueryResource, DatabaseQueryResourceSpec};
 use crate::db::{self, ConnInfo, QueryOptions};
-use crate::kube_api::{resolve, KindInfo, KubeError, Target};
+use crate::kube_api::{resolve, KindInfo, Target};
 use crate::render::{
     render_rows, GroupKind, Gvk, Metadata, ObjectKey, ObjectPolicy, RenderOutcome, RenderedObject,
     RowTemplate, Scope, ScopeLookup,
@@ -323,6 +323,44 @@ async fn gather<'a, W: Writer>(
     inventory: &'a BTreeSet<Gvk>,
 ) -> Inputs<'a> {
     let owner = &config.owner;
+    let mut desired = resolve_objects(owner, kinds, objects, &mut failed);
+    let involved = watch_kinds(writer, kinds, &mut desired, inventory, &mut failed).await;
+    let live = read_live(writer, &mut desired, &mut failed).await;
+    let labels = owner.labels();
+    let owned = involved
+        .into_iter()
+        .map(|(group_kind, kind)| {
+            let listing = kind.resource.map(|resource| {
+                let objects = writer.cached_list(&resource, &labels);
+                (resource, objects)
+            });
+            (
+                group_kind,
+                Owned {
+                    gvk: kind.gvk,
+                    listing,
+                },
+            )
+        })
+        .collect();
+    Inputs {
+        owner,
+        desired,
+        failed,
+        live,
+        owned,
+        inventory,
+        prune: config.spec.prune,
+    }
+}
+
+/// Decorates each rendered object with the owner's labels and resolves its kind.
+fn resolve_objects(
+    owner: &Owner,
+    kinds: &Kinds,
+    objects: Vec<RenderedObject>,
+    failed: &mut Vec<RowFailure>,
+) -> Vec<Desired> {
     let mut desired = Vec::with_capacity(objects.len());
     for mut object in objects {
         owner.decorate(&mut object.manifest, object.namespace.as_deref());
@@ -343,47 +381,79 @@ async fn gather<'a, W: Writer>(
             }),
         }
     }
+    desired
+}
 
-    // Every kind involved, once: what the rows render and what was written before.
-    let mut involved: BTreeMap<GroupKind, (Gvk, Result<ApiResource, KubeError>)> = BTreeMap::new();
-    for object in &desired {
+/// A kind a pass touches, and whether its watch cache can be read.
+struct Involved {
+    gvk: Gvk,
+    resource: Result<ApiResource, PruneFailure>,
+}
+
+/// Makes sure every kind involved (what the rows render and what was written
+/// before) is watched and cached. Objects of a kind that cannot be watched
+/// fail their rows.
+async fn watch_kinds<W: Writer>(
+    writer: &W,
+    kinds: &Kinds,
+    desired: &mut Vec<Desired>,
+    inventory: &BTreeSet<Gvk>,
+    failed: &mut Vec<RowFailure>,
+) -> BTreeMap<GroupKind, Involved> {
+    let mut involved: BTreeMap<GroupKind, Involved> = BTreeMap::new();
+    for object in desired.iter() {
         involved
             .entry(object.gvk.group_kind())
-            .or_insert_with(|| (object.gvk.clone(), Ok(object.target.resource.clone())));
+            .or_insert_with(|| Involved {
+                gvk: object.gvk.clone(),
+                resource: Ok(object.target.resource.clone()),
+            });
     }
     for gvk in inventory {
         involved
             .entry(gvk.group_kind())
-            .or_insert_with(|| (gvk.clone(), resolve(kinds, gvk)));
+            .or_insert_with(|| Involved {
+                gvk: gvk.clone(),
+                resource: resolve(kinds, gvk).map_err(PruneFailure::UnknownKind),
+            });
     }
-    let mut watch_failed: HashMap<GroupKind, KubeError> = HashMap::new();
-    for (group_kind, (_, resource)) in &involved {
-        if let Ok(resource) = resource {
-            if let Err(e) = writer.watch(resource).await {
-                watch_failed.insert(group_kind.clone(), e);
+    for kind in involved.values_mut() {
+        if let Ok(resource) = &kind.resource {
+            if let Err(source) = writer.watch(resource).await {
+                let gvk = kind.gvk.clone();
+                kind.resource = Err(PruneFailure::Watch { gvk, source });
             }
         }
     }
     desired.retain(|object| {
         let group_kind = object.gvk.group_kind();
-        match watch_failed.get(&group_kind) {
-            Some(e) => {
+        match involved.get(&group_kind).map(|k| &k.resource) {
+            Some(Err(PruneFailure::Watch { source, .. })) => {
                 failed.push(RowFailure {
                     row: object.row,
                     error: ObjectError::Watch {
                         kind: group_kind,
-                        source: e.clone(),
+                        source: source.clone(),
                     },
                 });
                 false
             }
-            None => true,
+            _ => true,
         }
     });
+    involved
+}
 
+/// The live state of each desired object: the watch cache, or one GET for an
+/// object it does not hold. Objects that cannot be read fail their rows.
+async fn read_live<W: Writer>(
+    writer: &W,
+    desired: &mut Vec<Desired>,
+    failed: &mut Vec<RowFailure>,
+) -> HashMap<ObjectKey, Live> {
     let mut live = HashMap::with_capacity(desired.len());
     let mut uncached = Vec::new();
-    for object in &desired {
+    for object in desired.iter() {
         match writer.cached(&object.target) {
             Some(cached) => {
                 live.insert(object.key(), Live::Cached(cached));
@@ -394,13 +464,9 @@ async fn gather<'a, W: Writer>(
     let reads = join_all(uncached.iter().map(|o| writer.get(&o.target))).await;
     let mut unreadable = BTreeSet::new();
     for (object, read) in uncached.into_iter().zip(reads) {
-        match read {
-            Ok(Some(found)) => {
-                live.insert(object.key(), Live::Unmanaged(found));
-            }
-            Ok(None) => {
-                live.insert(object.key(), Live::Absent);
-            }
+        let state = match read {
+            Ok(Some(found)) => Live::Unmanaged(found),
+            Ok(None) => Live::Absent,
             Err(source) => {
                 unreadable.insert(object.key());
                 failed.push(RowFailure {
@@ -411,41 +477,13 @@ async fn gather<'a, W: Writer>(
                         source,
                     },
                 });
+                continue;
             }
-        }
+        };
+        live.insert(object.key(), state);
     }
     desired.retain(|o| !unreadable.contains(&o.key()));
-
-    let labels = owner.labels();
-    let owned = involved
-        .into_iter()
-        .map(|(group_kind, (gvk, resource))| {
-            let listing = match resource {
-                Err(e) => Err(PruneFailure::UnknownKind(e)),
-                Ok(resource) => match watch_failed.remove(&group_kind) {
-                    Some(source) => Err(PruneFailure::Watch {
-                        gvk: gvk.clone(),
-                        source,
-                    }),
-                    None => {
-                        let objects = writer.cached_list(&resource, &labels);
-                        Ok((resource, objects))
-                    }
-                },
-            };
-            (group_kind, Owned { gvk, listing })
-        })
-        .collect();
-
-    Inputs {
-        owner,
-        desired,
-        failed,
-        live,
-        owned,
-        inventory,
-        prune: config.spec.prune,
-    }
+    live
 }
 
 /// Carries out `plan`: applies concurrently, then, only if every row and
