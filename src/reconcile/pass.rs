@@ -503,8 +503,9 @@ async fn execute<W: Writer>(
     )
     .await;
 
-    // Only what this pass produced is worth repairing; failed rows' objects are not.
-    state.applied.retain(|key, _| plan.produced.contains(key));
+    // Only what this pass put (or found) in place is worth repairing: not
+    // objects of failed rows, and never an object another owner holds.
+    state.applied.clear();
     for object in &plan.skip {
         state.applied.insert(object.key(), object.clone());
     }
@@ -516,7 +517,6 @@ async fn execute<W: Writer>(
                 state.applied.insert(object.key(), object.clone());
             }
             Err(source) => {
-                state.applied.remove(&object.key());
                 failures.push(RowFailure {
                     row: object.row,
                     error: ObjectError::Apply {

@@ -425,6 +425,31 @@ fn an_object_of_another_owner_is_not_taken_over() {
 }
 
 #[test]
+fn an_object_another_owner_took_is_no_longer_repaired() {
+    let (config, writer, mut state) = converged(true, &[("a", "1")]);
+    let key = ObjectKey {
+        group_kind: GroupKind::new("", "ConfigMap"),
+        namespace: Some("apps".into()),
+        name: "a".into(),
+    };
+    assert!(
+        state.applied(&key).is_some(),
+        "a converged object is repaired"
+    );
+    merge(
+        writer.objects.borrow_mut().values_mut().next().unwrap(),
+        &json!({"metadata": {"labels": owner_labels("other")}}),
+    );
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    assert_eq!(report.failure().unwrap().reason(), "ObjectOwnedElsewhere");
+    assert!(
+        state.applied(&key).is_none(),
+        "drift repair must not take it back"
+    );
+    assert!(writer.writes().is_empty());
+}
+
+#[test]
 fn the_inventory_is_kept_when_a_pass_fails() {
     let (config, writer) = (config(true), FakeWriter::default());
     let deployments: Gvk = "apps/v1/Deployment".parse().unwrap();
