@@ -194,12 +194,47 @@ impl From<DynamicObject> for LiveObject {
     }
 }
 
-/// A managed object from the watch cache: its metadata, and the whole object
-/// for comparing with what a DBQR renders.
+/// A managed object from the watch cache: its metadata, the object for
+/// comparing with what a DBQR renders and for status write-back, and the
+/// fields the operator's field manager owns (`fieldsV1` of its apply).
 #[derive(Debug, Clone)]
 pub struct CachedObject {
     pub live: LiveObject,
     pub manifest: Json,
+    pub owned_fields: Option<Json>,
+}
+
+impl CachedObject {
+    pub fn of(object: &DynamicObject) -> Option<Self> {
+        let owned_fields = object
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .find(|m| is_ours(m))
+            .and_then(|m| serde_json::to_value(m.fields_v1.as_ref()?).ok());
+        let mut manifest = serde_json::to_value(object).ok()?;
+        if let Some(metadata) = manifest["metadata"].as_object_mut() {
+            metadata.remove("managedFields");
+        }
+        Some(Self {
+            live: LiveObject::from(object.clone()),
+            manifest,
+            owned_fields,
+        })
+    }
+}
+
+fn is_ours(entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry) -> bool {
+    entry.manager.as_deref() == Some(FIELD_MANAGER) && entry.operation.as_deref() == Some("Apply")
+}
+
+/// What the watch cache keeps of a managed object: everything but the other
+/// managers' entries in `managedFields` (which can outweigh the object).
+pub fn trim_for_cache(object: &mut DynamicObject) {
+    if let Some(entries) = object.metadata.managed_fields.as_mut() {
+        entries.retain(is_ours);
+    }
 }
 
 pub async fn get(client: &Client, target: &Target) -> Result<Option<LiveObject>, KubeError> {
@@ -333,21 +368,16 @@ pub async fn publish_event(
     Ok(())
 }
 
-/// A Secret's data and resourceVersion, if it exists.
-pub async fn read_secret(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<SecretData>, KubeError> {
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), namespace);
-    Ok(secrets.get_opt(name).await?.map(|s| SecretData {
-        resource_version: s.metadata.resource_version.unwrap_or_default(),
-        data: s
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect(),
-    }))
+impl SecretData {
+    pub fn of(secret: &k8s_openapi::api::core::v1::Secret) -> Self {
+        Self {
+            resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
+            data: secret
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
+        }
+    }
 }

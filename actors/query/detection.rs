@@ -96,6 +96,17 @@ impl QueryActor {
         }));
     }
 
+    /// The pool was rebuilt from a changed Secret: the LISTEN connection
+    /// follows at once.
+    pub(super) fn reconnect_listener(&mut self, ctx: &mut Context<Self>) {
+        if let Detection::Listening { listener, .. } = &mut self.detection {
+            if listener.take().is_some() {
+                tracing::debug!(dbqr = %self.dbqr.name_any(), "reconnecting LISTEN with the new Secret");
+                self.listen(ctx);
+            }
+        }
+    }
+
     /// Notify mode: (re)connects the LISTEN connection. A pass follows every
     /// reconnect, since notifications may have been missed while it was down.
     fn listen(&mut self, ctx: &mut Context<Self>) {

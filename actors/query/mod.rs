@@ -16,7 +16,7 @@ use actix::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Resource, ResourceExt};
 
-use crate::writer::{Drifted, Subscription, WriterHandle};
+use crate::writer::{Drifted, SecretChanged, SecretSubscription, Subscription, WriterHandle};
 use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
 use dbqo::reconcile::{
     backoff::backoff,
@@ -140,7 +140,13 @@ impl QueryActor {
             work.into_actor(self)
                 .map(move |(report, state, connection), actor, ctx| {
                     actor.state = Some(state);
+                    let version =
+                        |c: &Option<Connection>| c.as_ref().map(|c| c.secret_version().to_owned());
+                    let rebuilt = version(&actor.connection) != version(&connection);
                     actor.connection = connection;
+                    if rebuilt {
+                        actor.reconnect_listener(ctx);
+                    }
                     actor.finish_pass(pass, report, ctx);
                     for key in std::mem::take(&mut actor.drifted) {
                         ctx.notify(Drifted { key });
@@ -223,13 +229,24 @@ impl QueryActor {
         tracing::debug!(dbqr = %self.dbqr.name_any(), "query actor released its connections");
     }
 
+    /// (Un)registers for drift notices of this DBQR's objects and change
+    /// notices of its connection Secret.
     fn subscription(&self, ctx: &mut Context<Self>, subscribe: bool) {
-        if let Ok(config) = &self.config {
-            let (owner, me) = (config.owner.label_key(), ctx.address().recipient());
-            self.writer.subscription(if subscribe {
-                Subscription::Subscribe(owner, me)
+        let Ok(config) = &self.config else {
+            return;
+        };
+        let (owner, me) = (config.owner.label_key(), ctx.address().recipient());
+        self.writer.subscription(if subscribe {
+            Subscription::Subscribe(owner, me)
+        } else {
+            Subscription::Unsubscribe(owner, me)
+        });
+        if let Ok(secret) = config.secret() {
+            let me = ctx.address().recipient();
+            self.writer.secret_subscription(if subscribe {
+                SecretSubscription::Subscribe(secret, me)
             } else {
-                Subscription::Unsubscribe(owner, me)
+                SecretSubscription::Unsubscribe(secret, me)
             });
         }
     }
@@ -288,6 +305,17 @@ impl Handler<Drifted> for QueryActor {
                 }
             }),
         );
+    }
+}
+
+impl Handler<SecretChanged> for QueryActor {
+    type Result = ();
+
+    /// The connection Secret changed: the next pass rebuilds the pool (and
+    /// then the LISTEN connection) from it, so run it now.
+    fn handle(&mut self, _: SecretChanged, ctx: &mut Context<Self>) {
+        tracing::debug!(dbqr = %self.dbqr.name_any(), "connection Secret changed");
+        self.trigger(ctx);
     }
 }
 

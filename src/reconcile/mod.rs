@@ -1,6 +1,7 @@
 //! One reconcile pass of a DBQR and what follows from it, in the order a row
 //! travels: [`pass`] (connect, query, render, gather) -> [`plan`] (apply /
-//! skip / refuse / prune, pure) -> the [`Writer`]; then [`status`]
+//! skip / refuse / prune, pure, with [`compare`] deciding what is in place) ->
+//! the [`Writer`]; then [`status`]
 //! (conditions, Events), [`writeback`] (status SQL), [`change`] (timestamp
 //! probe) and [`cleanup`] (deletion policies). Plain async Rust over the
 //! [`Writer`] trait; the actors only schedule it.
@@ -8,6 +9,7 @@
 pub mod backoff;
 pub mod change;
 pub mod cleanup;
+pub mod compare;
 pub mod error;
 pub mod labels;
 pub mod pass;

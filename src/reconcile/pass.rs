@@ -14,9 +14,10 @@ use futures_util::future::join_all;
 use kube::api::ApiResource;
 use serde_json::Value as Json;
 
+use super::compare::{in_place, stamp};
 use super::error::{ObjectError, PassError, PruneFailure, RowFailure};
 use super::labels::Owner;
-use super::plan::{self, covers, Desired, Inputs, Live, Owned, Plan};
+use super::plan::{self, Desired, Inputs, Live, Owned, Plan};
 use super::writer::{Kinds, Writer};
 use crate::api::{DatabaseQueryResource, DatabaseQueryResourceSpec};
 use crate::db::{self, ConnInfo, QueryOptions};
@@ -70,6 +71,22 @@ impl PassConfig {
     }
 }
 
+impl PassConfig {
+    /// The connection Secret (namespace, name), or the namespace it is in
+    /// when the operator does not allow Secrets from other namespaces.
+    pub fn secret(&self) -> Result<(String, String), PassError> {
+        let reference = &self.spec.database.connection_secret_ref;
+        let namespace = reference
+            .namespace
+            .clone()
+            .unwrap_or_else(|| self.owner.namespace.clone());
+        if namespace != self.owner.namespace && !self.allow_cross_namespace_secrets {
+            return Err(PassError::SecretNotAllowed(namespace));
+        }
+        Ok((namespace, reference.name.clone()))
+    }
+}
+
 /// A DBQR's connection pool and the connection settings it was built from
 /// (the LISTEN connection uses them too), for one version of its Secret.
 #[derive(Clone)]
@@ -80,6 +97,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The resourceVersion of the Secret the connection was built from.
+    pub fn secret_version(&self) -> &str {
+        &self.secret_version
+    }
+
     /// Closes the pool: idle connections go at once, busy ones when returned.
     pub fn close(&self) {
         self.pool.close();
@@ -210,16 +232,10 @@ async fn connect<W: Writer>(
     writer: &W,
 ) -> Result<Pool, PassError> {
     let reference = &config.spec.database.connection_secret_ref;
-    let namespace = reference
-        .namespace
-        .clone()
-        .unwrap_or_else(|| config.owner.namespace.clone());
-    if namespace != config.owner.namespace && !config.allow_cross_namespace_secrets {
-        return Err(PassError::SecretNotAllowed(namespace));
-    }
-    let secret = format!("{namespace}/{}", reference.name);
+    let (namespace, name) = config.secret()?;
+    let secret = format!("{namespace}/{name}");
     let found = writer
-        .read_secret(&namespace, &reference.name)
+        .read_secret(&namespace, &name)
         .await
         .map_err(|source| PassError::SecretUnreadable {
             secret: secret.clone(),
@@ -364,6 +380,7 @@ fn resolve_objects(
     let mut desired = Vec::with_capacity(objects.len());
     for mut object in objects {
         owner.decorate(&mut object.manifest, object.namespace.as_deref());
+        stamp(&mut object.manifest);
         match resolve(kinds, &object.gvk) {
             Ok(resource) => desired.push(Desired {
                 row: object.row,
@@ -572,7 +589,7 @@ async fn execute<W: Writer>(
 pub async fn repair<W: Writer>(writer: &W, wanted: &Desired) -> Result<bool, ObjectError> {
     if writer
         .cached(&wanted.target)
-        .is_some_and(|live| covers(&live.manifest, &wanted.manifest))
+        .is_some_and(|live| in_place(&live, &wanted.manifest))
     {
         return Ok(false);
     }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use kube::api::ApiResource;
 use serde_json::Value as Json;
 
+use super::compare::in_place;
 use super::error::{ObjectError, PruneFailure, RowFailure};
 use super::labels::Owner;
 use crate::kube_api::{CachedObject, LiveObject, Target};
@@ -119,22 +120,6 @@ impl Plan {
     }
 }
 
-/// Whether `live` holds every field of `desired` with the same value: what a
-/// server-side apply of `desired` would leave unchanged. Fields others added
-/// (status, defaults, other managers' fields) do not matter.
-pub fn covers(live: &Json, desired: &Json) -> bool {
-    match (live, desired) {
-        (Json::Object(l), Json::Object(d)) => d
-            .iter()
-            .all(|(k, v)| l.get(k).is_some_and(|lv| covers(lv, v))),
-        (Json::Array(l), Json::Array(d)) => {
-            l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| covers(lv, dv))
-        }
-        (Json::Number(l), Json::Number(d)) => l == d || l.as_f64() == d.as_f64(),
-        _ => live == desired,
-    }
-}
-
 /// Whether an object with `live`'s metadata belongs to someone other than `owner`:
 /// another DBQR's labels, or another controller.
 fn owned_elsewhere(owner: &Owner, live: &LiveObject) -> bool {
@@ -182,7 +167,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
             continue;
         }
         plan.written.insert(object.gvk.clone());
-        let in_place = matches!(state, Live::Cached(c) if !c.live.deleting && covers(&c.manifest, &object.manifest));
+        let in_place = matches!(state, Live::Cached(c) if in_place(c, &object.manifest));
         if in_place {
             plan.skip.push(object);
         } else {

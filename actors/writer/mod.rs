@@ -8,6 +8,10 @@
 //! [`Request`] whose body is the plain `kube_api` function; cache reads go
 //! straight to the reflector stores and cost no message.
 
+mod secrets;
+
+pub use secrets::{SecretChanged, SecretKey, SecretSubscription};
+
 use std::{
     collections::HashMap,
     future::Future,
@@ -90,6 +94,8 @@ type Stores = Arc<Mutex<HashMap<GroupKind, Store<DynamicObject>>>>;
 
 pub struct KubeWriter {
     client: Client,
+    secrets: HashMap<SecretKey, secrets::WatchedSecret>,
+    secret_stores: secrets::SecretStores,
     permits: Arc<Semaphore>,
     concurrency: u32,
     timeout: Duration,
@@ -109,8 +115,11 @@ impl KubeWriter {
     ) -> WriterHandle {
         let concurrency = concurrency.clamp(1, Semaphore::MAX_PERMITS) as u32;
         let stores = Stores::default();
+        let secret_stores = secrets::SecretStores::default();
         let writer = Self {
             client,
+            secrets: HashMap::new(),
+            secret_stores: secret_stores.clone(),
             permits: Arc::new(Semaphore::new(concurrency as usize)),
             concurrency,
             timeout,
@@ -122,6 +131,7 @@ impl KubeWriter {
         WriterHandle {
             addr: writer.start(),
             stores,
+            secret_stores,
             kinds: Arc::default(),
             timeout,
             reporter: Reporter {
@@ -145,7 +155,12 @@ impl KubeWriter {
         let store = writer.as_reader();
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
         let config = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
-        let events = reflector::reflector(writer, watcher(api, config).default_backoff());
+        let events = reflector::reflector(
+            writer,
+            watcher(api, config)
+                .default_backoff()
+                .modify(kube_api::trim_for_cache),
+        );
         let kind = gk.clone();
         ctx.add_stream(events.map(move |event| (kind.clone(), event)).boxed_local());
         tracing::debug!(kind = %gk, "watching managed objects");
@@ -275,6 +290,7 @@ impl StreamHandler<WatchItem> for KubeWriter {
 pub struct WriterHandle {
     addr: Addr<KubeWriter>,
     stores: Stores,
+    secret_stores: secrets::SecretStores,
     kinds: Arc<Mutex<Option<Kinds>>>,
     timeout: Duration,
     reporter: Reporter,
@@ -305,6 +321,20 @@ impl WriterHandle {
         self.addr.do_send(subscription);
     }
 
+    pub fn secret_subscription(&self, subscription: SecretSubscription) {
+        self.addr.do_send(subscription);
+    }
+
+    /// Waits for a watch to have listed once, failing after the API timeout
+    /// (a kind or Secret the operator may not list never becomes ready).
+    async fn ready(&self, mut ready: tokio::sync::watch::Receiver<bool>) -> Result<(), KubeError> {
+        tokio::time::timeout(self.timeout, ready.wait_for(|ready| *ready))
+            .await
+            .map_err(|_| KubeError::Timeout)?
+            .map_err(|_| KubeError::Closed)?;
+        Ok(())
+    }
+
     /// Waits until every request sent so far has finished.
     pub async fn drain(&self) {
         let _ = self.addr.send(Drain).await;
@@ -329,18 +359,12 @@ impl Writer for WriterHandle {
     }
 
     async fn watch(&self, resource: &ApiResource) -> Result<(), KubeError> {
-        let mut ready = self
+        let ready = self
             .addr
             .send(Watch(resource.clone()))
             .await
             .map_err(|_| KubeError::Closed)?;
-        // A kind the operator may not list never becomes ready: fail the pass
-        // (and retry it) instead of waiting forever.
-        tokio::time::timeout(self.timeout, ready.wait_for(|ready| *ready))
-            .await
-            .map_err(|_| KubeError::Timeout)?
-            .map_err(|_| KubeError::Closed)?;
-        Ok(())
+        self.ready(ready).await
     }
 
     fn cached(&self, target: &Target) -> Option<CachedObject> {
@@ -348,11 +372,7 @@ impl Writer for WriterHandle {
         if let Some(ns) = &target.namespace {
             key = key.within(ns);
         }
-        let object = self.store(&target.resource)?.get(&key)?;
-        Some(CachedObject {
-            manifest: serde_json::to_value(&*object).ok()?,
-            live: LiveObject::from((*object).clone()),
-        })
+        CachedObject::of(&*self.store(&target.resource)?.get(&key)?)
     }
 
     fn cached_list(&self, resource: &ApiResource, labels: &Labels) -> Vec<LiveObject> {
@@ -409,11 +429,14 @@ impl Writer for WriterHandle {
         namespace: &str,
         name: &str,
     ) -> Result<Option<SecretData>, KubeError> {
-        let (namespace, name) = (namespace.to_owned(), name.to_owned());
-        self.request(
-            |client| async move { kube_api::read_secret(&client, &namespace, &name).await },
-        )
-        .await
+        let key = (namespace.to_owned(), name.to_owned());
+        let ready = self
+            .addr
+            .send(secrets::WatchSecret(key.clone()))
+            .await
+            .map_err(|_| KubeError::Closed)?;
+        self.ready(ready).await?;
+        Ok(secrets::read(&self.secret_stores, &key))
     }
 
     async fn patch_dbqr_status(
