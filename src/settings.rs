@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::db::{ConnectionBudget, Listeners};
 use crate::render::{InvalidGvk, ObjectPolicy};
 
 /// Settings the operator refuses to start with.
@@ -35,4 +36,8 @@ pub struct Settings {
     pub mailbox: usize,
     /// How long in-flight API calls may take to finish after SIGTERM.
     pub drain: Duration,
+    /// Connections per database server (host, port, database, user), shared by every DBQR.
+    pub budget: ConnectionBudget,
+    /// The shared LISTEN connections, one per connection identity.
+    pub listeners: Listeners,
 }

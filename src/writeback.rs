@@ -9,8 +9,8 @@
 
 use std::{cell::RefCell, error::Error as StdError};
 
+use crate::db::Pool;
 use bytes::BytesMut;
-use deadpool_postgres::Pool;
 use handlebars::Handlebars;
 use serde_json::{json, Map, Value as Json};
 use sha2::{Digest, Sha256};

@@ -105,10 +105,11 @@ async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
         .await;
     wait_for_configmaps(&client, &ns, &["flag-a"]).await;
     eventually(Duration::from_secs(10), "the LISTEN connection", || async {
-        operator
-            .log()
-            .contains("listening for notifications")
-            .then_some(())
+        let row = db
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE '%(listen)'", &[])
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) == 1).then_some(())
     })
     .await;
 
@@ -162,7 +163,7 @@ async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
     assert!(passes <= 10, "{passes} passes for one burst");
 
     // The LISTEN connection dies: the operator reconnects and runs a pass, since a notification may be lost.
-    db.batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()")
+    db.batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE '%(listen)'")
         .await
         .unwrap();
     eventually(Duration::from_secs(10), "the reconnect", || async {

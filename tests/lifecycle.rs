@@ -14,7 +14,7 @@ const ITEM_CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"ite
 /// Connections the operator holds to `database`: its pool and its LISTEN connection.
 async fn backends(db: &tokio_postgres::Client, listening: bool) -> i64 {
     let sql = if listening {
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'LISTEN%'"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE '%(listen)'"
     } else {
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     };
@@ -67,7 +67,7 @@ async fn sigterm_stops_every_actor_and_exits_zero_within_the_deadline() {
         .expect("every query actor stopped");
     let released = log
         .find("query actor released its connections")
-        .expect("the query actor closed its pool and LISTEN connection");
+        .expect("the query actor closed its pool and left the LISTEN connection");
     assert!(
         released < stopped,
         "connections went before the actors reported stopped"

@@ -103,12 +103,14 @@ async fn the_peer_walk_through_creates_updates_and_prunes() {
         .unwrap();
     wait_for_configmaps(&s.client, &s.namespace, &["user-bob"]).await;
 
-    let dbqr = Api::<DatabaseQueryResource>::namespaced(s.client.clone(), &s.namespace)
-        .get("users")
-        .await
-        .unwrap();
+    // The status is written after the pass that pruned: wait for it.
+    let dbqrs = Api::<DatabaseQueryResource>::namespaced(s.client.clone(), &s.namespace);
+    let dbqr = eventually(Duration::from_secs(10), "objectCount 1", || async {
+        let dbqr = dbqrs.get("users").await.ok()?;
+        (dbqr.status.as_ref()?.object_count == Some(1)).then_some(dbqr)
+    })
+    .await;
     let status = dbqr.status.unwrap();
-    assert_eq!(status.object_count, Some(1));
     assert_eq!(status.managed_kinds, vec!["v1/ConfigMap".to_string()]);
     assert_eq!(status.observed_generation, Some(1));
     assert!(dbqr

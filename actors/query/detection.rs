@@ -1,15 +1,13 @@
-//! Change detection of a `QueryActor`: the timestamp probe loop and the
-//! LISTEN connection. The probe itself is `reconcile::change::probe`.
-
-use std::time::Duration;
+//! Change detection of a `QueryActor`: the timestamp probe loop, and the
+//! subscription to the shared LISTEN connection of its connection identity.
+//! The probe is `reconcile::change::probe`, the connection `db::Listeners`.
 
 use actix::{ActorFutureExt, AsyncContext, Context, StreamHandler, WrapFuture};
 use kube::ResourceExt;
 
 use super::QueryActor;
 use dbqo::api::{ChangeDetectionMode, DatabaseQueryResourceSpec};
-use dbqo::db::{listen, Listener};
-use dbqo::reconcile::backoff::backoff;
+use dbqo::db::Notice;
 use dbqo::reconcile::change::{probe, probe_sql};
 use dbqo::reconcile::status::Outcome;
 
@@ -21,10 +19,10 @@ pub(super) enum Detection {
     Probing {
         last: Option<Option<String>>,
     },
-    /// Notify mode: the LISTEN connection, while it is up.
+    /// Notify mode: the subscription to the shared LISTEN connection, and
+    /// the stream that delivers its notices.
     Listening {
-        listener: Option<Listener>,
-        failures: u32,
+        subscribed: Option<actix::SpawnHandle>,
     },
 }
 
@@ -54,10 +52,7 @@ impl QueryActor {
                 });
             }
             ChangeDetectionMode::Notify => {
-                self.detection = Detection::Listening {
-                    listener: None,
-                    failures: 0,
-                };
+                self.detection = Detection::Listening { subscribed: None };
                 self.listen(ctx);
             }
         }
@@ -96,82 +91,58 @@ impl QueryActor {
         }));
     }
 
-    /// The pool was rebuilt from a changed Secret: the LISTEN connection
-    /// follows at once.
+    /// The pool was rebuilt from a changed Secret: the LISTEN subscription
+    /// follows at once (the shared connection reconnects with the new settings).
     pub(super) fn reconnect_listener(&mut self, ctx: &mut Context<Self>) {
-        if let Detection::Listening { listener, .. } = &mut self.detection {
-            if listener.take().is_some() {
-                tracing::debug!(dbqr = %self.dbqr.name_any(), "reconnecting LISTEN with the new Secret");
+        if let Detection::Listening { subscribed } = &mut self.detection {
+            if let Some(handle) = subscribed.take() {
+                ctx.cancel_future(handle);
+                tracing::debug!(dbqr = %self.dbqr.name_any(), "LISTEN subscription renewed with the new Secret");
                 self.listen(ctx);
             }
         }
     }
 
-    /// Notify mode: (re)connects the LISTEN connection. A pass follows every
-    /// reconnect, since notifications may have been missed while it was down.
+    /// Notify mode: subscribes to this DBQR's channel on the LISTEN
+    /// connection of its connection identity.
     fn listen(&mut self, ctx: &mut Context<Self>) {
-        let Some(channel) = self
-            .dbqr
-            .spec
-            .change_detection
-            .as_ref()
-            .and_then(|cd| cd.channel.clone())
-        else {
+        let (Some(channel), Some(connection), Ok(config)) = (
+            self.dbqr
+                .spec
+                .change_detection
+                .as_ref()
+                .and_then(|cd| cd.channel.clone()),
+            self.connection.clone(),
+            self.config.clone(),
+        ) else {
             return;
         };
-        let Some(connection) = self.connection.clone() else {
-            ctx.run_later(Duration::from_secs(1), |actor, ctx| actor.listen(ctx));
+        let Detection::Listening { subscribed } = &mut self.detection else {
             return;
         };
-        let work = async move { listen(&connection.info, &channel).await };
-        ctx.spawn(work.into_actor(self).map(|result, actor, ctx| {
-            let Detection::Listening { listener, failures } = &mut actor.detection else {
-                return;
-            };
-            match result {
-                Ok(mut connected) => {
-                    let first = *failures == 0 && listener.is_none();
-                    *failures = 0;
-                    let notifications = std::mem::replace(
-                        &mut connected.notifications,
-                        tokio::sync::mpsc::channel(1).1,
-                    );
-                    *listener = Some(connected);
-                    ctx.add_stream(futures_util::stream::unfold(
-                        notifications,
-                        |mut rx| async move { rx.recv().await.map(|()| (Notified, rx)) },
-                    ));
-                    tracing::debug!(dbqr = %actor.dbqr.name_any(), "listening for notifications");
-                    if !first {
-                        actor.trigger(ctx);
-                    }
-                }
-                Err(error) => {
-                    *failures = failures.saturating_add(1);
-                    tracing::info!(dbqr = %actor.dbqr.name_any(), reason = error.reason(), "LISTEN connection failed");
-                    let delay = backoff(*failures, Duration::from_secs(30));
-                    ctx.run_later(delay, |actor, ctx| actor.listen(ctx));
-                }
-            }
-        }));
+        let subscription = config
+            .listeners
+            .subscribe(&connection.info, &channel, &config.budget);
+        let notices = futures_util::stream::unfold(subscription, |mut s| async move {
+            let notice = s.notices.recv().await?;
+            Some((Heard(notice), s))
+        });
+        *subscribed = Some(ctx.add_stream(notices));
+        tracing::debug!(dbqr = %self.dbqr.name_any(), "subscribed to notifications");
     }
 }
 
-/// A notification arrived on the LISTEN connection.
-struct Notified;
+/// A notice of the shared LISTEN connection for this DBQR's channel.
+struct Heard(Notice);
 
-impl StreamHandler<Notified> for QueryActor {
-    fn handle(&mut self, _: Notified, ctx: &mut Context<Self>) {
+impl StreamHandler<Heard> for QueryActor {
+    fn handle(&mut self, Heard(notice): Heard, ctx: &mut Context<Self>) {
+        if notice == Notice::Reconnected {
+            tracing::info!(dbqr = %self.dbqr.name_any(), "LISTEN connection re-established; running a pass");
+        }
         self.trigger(ctx);
     }
 
-    /// The LISTEN connection ended: reconnect.
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        if let Detection::Listening { listener, failures } = &mut self.detection {
-            *listener = None;
-            *failures = failures.saturating_add(1);
-            tracing::info!(dbqr = %self.dbqr.name_any(), "LISTEN connection lost; reconnecting");
-            ctx.run_later(Duration::from_millis(200), |actor, ctx| actor.listen(ctx));
-        }
-    }
+    /// The subscription ends only when the actor drops it.
+    fn finished(&mut self, _: &mut Context<Self>) {}
 }

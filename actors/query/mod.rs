@@ -222,7 +222,14 @@ impl QueryActor {
             return;
         }
         self.subscription(ctx, false);
-        self.detection = Detection::Off;
+        if let Detection::Listening {
+            subscribed: Some(handle),
+        } = std::mem::replace(&mut self.detection, Detection::Off)
+        {
+            // Drops the subscription: the shared LISTEN connection closes
+            // when its last subscriber is gone.
+            ctx.cancel_future(handle);
+        }
         if let Some(connection) = self.connection.take() {
             connection.close();
         }

@@ -33,6 +33,11 @@ pub struct RunArgs {
     /// Timeout of each API request, in seconds.
     #[arg(long, env = "DBQO_API_TIMEOUT_SECONDS", default_value_t = 30)]
     pub api_timeout_seconds: u64,
+    /// Connections the operator opens to one database server (host, port,
+    /// database, user) at most, across every DBQR, pass, probe, status
+    /// write-back and LISTEN connection.
+    #[arg(long, env = "DBQO_MAX_CONNECTIONS_PER_DATABASE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_database: u32,
     /// Seconds in-flight API calls may take to finish after SIGTERM before the process exits.
     #[arg(long, env = "DBQO_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
     pub shutdown_timeout_seconds: u64,
@@ -52,6 +57,8 @@ impl RunArgs {
             api_timeout: Duration::from_secs(self.api_timeout_seconds.max(1)),
             mailbox: 1024,
             drain: Duration::from_secs(self.shutdown_timeout_seconds),
+            budget: crate::db::ConnectionBudget::new(self.max_connections_per_database as usize),
+            listeners: crate::db::Listeners::default(),
         })
     }
 }

@@ -21,6 +21,8 @@ pub enum ConnectError {
     Tls(#[source] native_tls::Error),
     #[error("authentication failed: {0}")]
     Authentication(String),
+    #[error("the database server has no connection to spare: {0}")]
+    TooManyConnections(String),
     #[error("cannot connect: {0}")]
     Connect(String),
 }
@@ -31,6 +33,7 @@ impl ConnectError {
         match self {
             Self::ReadRootCert { .. } | Self::RootCert(_) | Self::Tls(_) => "TlsConfigError",
             Self::Authentication(_) => "AuthenticationFailed",
+            Self::TooManyConnections(_) => "TooManyConnections",
             Self::Connect(_) => "ConnectionFailed",
         }
     }
@@ -102,9 +105,12 @@ pub fn wire_config(info: &ConnInfo) -> tokio_postgres::Config {
 
 /// Maps a tokio-postgres connect failure to its stable kind.
 pub fn connect_error(e: &tokio_postgres::Error) -> ConnectError {
-    let auth = e.code().is_some_and(|c| c.code().starts_with("28"));
-    if auth {
+    let code = e.code().map(|c| c.code()).unwrap_or_default();
+    if code.starts_with("28") {
         ConnectError::Authentication(super::describe(e))
+    } else if code == "53300" {
+        // too_many_connections: back-pressure, not a credentials problem.
+        ConnectError::TooManyConnections(super::describe(e))
     } else {
         ConnectError::Connect(super::describe(e))
     }

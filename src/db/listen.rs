@@ -1,52 +1,405 @@
-//! A dedicated LISTEN connection for `changeDetection.mode: notify`.
-//!
-//! One per DBQR: it uses that DBQR's own Secret and fails on its own, so one
-//! DBQR's credentials or outage never affects another's notifications. The
-//! cost is one idle connection per notify-mode DBQR.
+//! LISTEN connections for `changeDetection.mode: notify`: one per connection
+//! identity (host, port, database, user), shared by every DBQR of that
+//! identity, channels multiplexed. Credentials are never shared across
+//! identities. The connection takes a slot of the connection budget, uses TCP
+//! keepalive and a round trip every [`PING`] so a half-open connection is
+//! noticed within a minute, reconnects with backoff and then tells every
+//! subscriber (a notification may have been missed). A subscriber with newer
+//! connection settings (a changed Secret) makes it reconnect with them.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
+use super::budget::{ConnectionBudget, ServerKey};
 use super::connect::{connect_error, tls_connector, wire_config, ConnectError};
 use super::conninfo::ConnInfo;
 use crate::sql::quote_ident;
 
-/// Keeps the LISTEN connection open; dropping it closes the connection.
-pub struct Listener {
-    _client: tokio_postgres::Client,
-    /// One message per notification; closes when the connection ends.
-    pub notifications: mpsc::Receiver<()>,
+/// How often the LISTEN connection proves it is alive.
+pub const PING: Duration = Duration::from_secs(20);
+/// How long a ping may take before the connection counts as lost.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a budget slot before trying again.
+const SLOT_WAIT: Duration = Duration::from_secs(10);
+
+/// What a subscriber hears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// A notification arrived on the subscriber's channel.
+    Notified,
+    /// The connection was re-established: notifications may have been missed.
+    Reconnected,
 }
 
-/// Connects and LISTENs on `channel`.
-pub async fn listen(info: &ConnInfo, channel: &str) -> Result<Listener, ConnectError> {
-    let config = wire_config(info);
+/// Every shared LISTEN connection of the operator.
+#[derive(Clone, Default)]
+pub struct Listeners {
+    hubs: Arc<Mutex<HashMap<ServerKey, mpsc::UnboundedSender<Command>>>>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A subscription to one channel; unsubscribes when dropped.
+pub struct Subscription {
+    pub notices: mpsc::Receiver<Notice>,
+    id: u64,
+    channel: String,
+    hub: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.hub.send(Command::Unsubscribe {
+            id: self.id,
+            channel: std::mem::take(&mut self.channel),
+        });
+    }
+}
+
+enum Command {
+    Subscribe {
+        id: u64,
+        channel: String,
+        info: Box<ConnInfo>,
+        notices: mpsc::Sender<Notice>,
+    },
+    Unsubscribe {
+        id: u64,
+        channel: String,
+    },
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners").finish_non_exhaustive()
+    }
+}
+
+impl Listeners {
+    /// Subscribes to `channel` on the LISTEN connection of `info`'s identity,
+    /// starting that connection if there is none. Must be called on a tokio runtime.
+    pub fn subscribe(
+        &self,
+        info: &ConnInfo,
+        channel: &str,
+        budget: &ConnectionBudget,
+    ) -> Subscription {
+        let key = ServerKey::of(&info.config);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Notices only mean "run a pass": one pending is as good as many.
+        let (tx, notices) = mpsc::channel(1);
+        let mut hubs = self.hubs.lock().unwrap_or_else(|e| e.into_inner());
+        let hub = hubs
+            .get(&key)
+            .filter(|hub| !hub.is_closed())
+            .cloned()
+            .unwrap_or_else(|| {
+                let (hub, commands) = mpsc::unbounded_channel();
+                let registry = Registry {
+                    hubs: self.hubs.clone(),
+                    key: key.clone(),
+                    hub: hub.clone(),
+                };
+                tokio::spawn(run_hub(registry, budget.clone(), commands));
+                hubs.insert(key.clone(), hub.clone());
+                hub
+            });
+        let _ = hub.send(Command::Subscribe {
+            id,
+            channel: channel.to_owned(),
+            info: Box::new(info.clone()),
+            notices: tx,
+        });
+        Subscription {
+            notices,
+            id,
+            channel: channel.to_owned(),
+            hub,
+        }
+    }
+
+    /// LISTEN connections open now (one per identity with subscribers).
+    pub fn open(&self) -> usize {
+        let hubs = self.hubs.lock().unwrap_or_else(|e| e.into_inner());
+        hubs.values().filter(|h| !h.is_closed()).count()
+    }
+}
+
+/// Subscribers by channel.
+type Channels = HashMap<String, Vec<(u64, mpsc::Sender<Notice>)>>;
+
+/// A hub's entry in the registry.
+struct Registry {
+    hubs: Arc<Mutex<HashMap<ServerKey, mpsc::UnboundedSender<Command>>>>,
+    key: ServerKey,
+    hub: mpsc::UnboundedSender<Command>,
+}
+
+impl Registry {
+    /// The hub has no subscriber left: it leaves the registry and ends, unless
+    /// a command arrived meanwhile (returned, to be applied). `subscribe`
+    /// sends under the same lock, so no subscription can be lost in between.
+    fn retire(&self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Vec<Command> {
+        let mut hubs = self.hubs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = Vec::new();
+        while let Ok(command) = commands.try_recv() {
+            pending.push(command);
+        }
+        if pending.is_empty()
+            && hubs
+                .get(&self.key)
+                .is_some_and(|h| h.same_channel(&self.hub))
+        {
+            hubs.remove(&self.key);
+        }
+        pending
+    }
+}
+
+/// One identity's LISTEN connection, for as long as it has subscribers.
+async fn run_hub(
+    registry: Registry,
+    budget: ConnectionBudget,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut channels: Channels = HashMap::new();
+    let mut info: Option<ConnInfo> = None;
+    let mut connected_before = false;
+    let mut failures = 0u32;
+    loop {
+        // Gather commands until there is something to connect with.
+        while channels.is_empty() {
+            let command = if info.is_none() {
+                commands.recv().await
+            } else {
+                let mut pending = registry.retire(&mut commands).into_iter();
+                let Some(first) = pending.next() else { return };
+                for command in pending {
+                    apply(command, &mut channels, &mut info, None).await;
+                }
+                Some(first)
+            };
+            match command {
+                Some(command) => apply(command, &mut channels, &mut info, None).await,
+                None => return,
+            }
+        }
+        let Some(current) = info.clone() else {
+            continue;
+        };
+        let Some(slot) = budget
+            .server(&registry.key)
+            .acquire_dedicated(SLOT_WAIT)
+            .await
+        else {
+            tracing::info!("no connection slot for the LISTEN connection yet");
+            continue;
+        };
+        let connection = match connect(&current, channels.keys()).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                tracing::info!(reason = error.reason(), "LISTEN connection failed");
+                drop(slot);
+                let delay = crate::reconcile::backoff::backoff(failures, Duration::from_secs(30));
+                wait_applying(&mut commands, &mut channels, &mut info, delay).await;
+                continue;
+            }
+        };
+        failures = 0;
+        tracing::info!(channels = channels.len(), "listening for notifications");
+        if connected_before {
+            tracing::info!(
+                channels = channels.len(),
+                "LISTEN connection re-established"
+            );
+            for subscribers in channels.values() {
+                for (_, tx) in subscribers {
+                    let _ = tx.try_send(Notice::Reconnected);
+                }
+            }
+        }
+        connected_before = true;
+        let Connection {
+            client,
+            mut notifications,
+        } = connection;
+        let mut ping = tokio::time::interval(PING);
+        ping.tick().await;
+        let lost = loop {
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    let before = info.as_ref().map(settings);
+                    apply(command, &mut channels, &mut info, Some(&client)).await;
+                    if channels.is_empty() {
+                        break "no subscriber is left";
+                    }
+                    if info.as_ref().map(settings) != before {
+                        break "the connection settings changed";
+                    }
+                }
+                channel = notifications.recv() => {
+                    let Some(channel) = channel else { break "the connection ended" };
+                    for (_, tx) in channels.get(&channel).into_iter().flatten() {
+                        let _ = tx.try_send(Notice::Notified);
+                    }
+                }
+                _ = ping.tick() => {
+                    let alive = tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await;
+                    if !matches!(alive, Ok(Ok(_))) {
+                        break "a ping went unanswered";
+                    }
+                }
+            }
+        };
+        tracing::info!(why = lost, "LISTEN connection lost; reconnecting");
+        drop(client);
+        drop(slot);
+    }
+}
+
+/// What identifies the connection settings (a changed Secret changes them).
+fn settings(info: &ConnInfo) -> String {
+    format!(
+        "{:?}{:?}{:?}",
+        info.config.get_password(),
+        info.ssl_mode,
+        info.root_cert
+    )
+}
+
+/// Applies a command; on a live connection, LISTENs or UNLISTENs as needed.
+async fn apply(
+    command: Command,
+    channels: &mut Channels,
+    info: &mut Option<ConnInfo>,
+    client: Option<&tokio_postgres::Client>,
+) {
+    match command {
+        Command::Subscribe {
+            id,
+            channel,
+            info: newer,
+            notices,
+        } => {
+            *info = Some(*newer);
+            let subscribers = channels.entry(channel.clone()).or_default();
+            if subscribers.is_empty() {
+                if let Some(client) = client {
+                    let _ = client
+                        .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
+                        .await;
+                }
+            }
+            subscribers.push((id, notices));
+        }
+        Command::Unsubscribe { id, channel } => {
+            let Some(subscribers) = channels.get_mut(&channel) else {
+                return;
+            };
+            subscribers.retain(|(i, _)| *i != id);
+            if subscribers.is_empty() {
+                channels.remove(&channel);
+                if let Some(client) = client {
+                    let _ = client
+                        .batch_execute(&format!("UNLISTEN {}", quote_ident(&channel)))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps `delay` while still taking commands (or until no subscriber is left).
+async fn wait_applying(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    channels: &mut Channels,
+    info: &mut Option<ConnInfo>,
+    delay: Duration,
+) {
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return,
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                apply(command, channels, info, None).await;
+                if channels.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// An open LISTEN connection: the client, and the channels notifications arrive on.
+struct Connection {
+    client: tokio_postgres::Client,
+    notifications: mpsc::UnboundedReceiver<String>,
+}
+
+/// Connects with keepalive and LISTENs on every channel.
+async fn connect<'a>(
+    info: &ConnInfo,
+    channels: impl Iterator<Item = &'a String>,
+) -> Result<Connection, ConnectError> {
+    let mut config = wire_config(info);
+    // Told apart from the pools' connections in pg_stat_activity.
+    let name = format!(
+        "{} (listen)",
+        info.config
+            .get_application_name()
+            .unwrap_or("db-query-operator")
+    );
+    config.application_name(&name);
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(20));
+    config.keepalives_interval(Duration::from_secs(5));
+    config.keepalives_retries(4);
     let (client, mut connection) = config
         .connect(tls_connector(info)?)
         .await
         .map_err(|e| connect_error(&e))?;
-    // Notifications only matter as "something changed": a small buffer and
-    // dropping extras on a full channel is the debounce's first stage.
-    let (tx, notifications) = mpsc::channel(8);
+    // Unbounded: dropping one channel's notification because another's
+    // flooded the buffer would lose a change; the hub drains it at once.
+    let (tx, notifications) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    let _ = tx.try_send(());
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n.channel().to_owned());
+                }
+                Ok(AsyncMessage::Notice(notice)) => {
+                    tracing::debug!(
+                        code = notice.code().code(),
+                        "notice on the LISTEN connection"
+                    );
                 }
                 Ok(_) => {}
                 Err(_) => break,
             }
         }
     });
+    let statements: String = channels
+        .map(|c| format!("LISTEN {};", quote_ident(c)))
+        .collect();
     client
-        .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+        .batch_execute(&statements)
         .await
         .map_err(|e| connect_error(&e))?;
-    Ok(Listener {
-        _client: client,
+    Ok(Connection {
+        client,
         notifications,
     })
 }

@@ -1,6 +1,7 @@
 //! PostgreSQL access: connection strings, connecting, running the query and
 //! decoding its rows.
 
+mod budget;
 mod connect;
 mod conninfo;
 pub mod decode;
@@ -9,10 +10,11 @@ mod pool;
 mod query;
 mod secret;
 
+pub use budget::{ConnectionBudget, ServerKey, Slot, IDLE_TIMEOUT};
 pub use connect::{connect, connect_error, tls_connector, ConnectError};
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
-pub use listen::{listen, Listener};
-pub use pool::{build_pool, PoolError};
+pub use listen::{Listeners, Notice, Subscription, PING};
+pub use pool::{build_pool, Pool, PoolConnectError, PoolError, PoolGetError};
 pub use query::{run_query, QueryError, QueryOptions, QueryResult};
 pub use secret::{conninfo_from_secret, SecretError};
 

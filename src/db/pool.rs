@@ -1,9 +1,12 @@
-//! A bounded connection pool per DBQR.
+//! A bounded connection pool per DBQR whose connections draw on the
+//! operator-wide [`ConnectionBudget`](super::budget::ConnectionBudget).
 
-use std::time::Duration;
+use std::{ops::Deref, sync::Arc, time::Duration};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool::managed::{self, Metrics, RecycleResult};
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, RecyclingMethod};
 
+use super::budget::{ConnectionBudget, Server, ServerKey, Slot};
 use super::connect::{tls_connector, wire_config, ConnectError};
 use super::conninfo::ConnInfo;
 
@@ -25,29 +28,118 @@ impl PoolError {
     }
 }
 
-/// Builds a pool of at most `max_size` connections. Connections are made
-/// lazily; each is reset on return (`RESET ALL` and friends), so session
-/// settings a query's setup statements make never leak into the next pass.
+/// Why a pooled connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolConnectError {
+    #[error("no connection slot to this database server came free within {0:?} (--max-connections-per-database)")]
+    Budget(Duration),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// A DBQR's pool.
+pub type Pool = managed::Pool<BudgetedManager>;
+/// Taking a connection from a [`Pool`] failed.
+pub type PoolGetError = managed::PoolError<PoolConnectError>;
+
+/// A pooled connection and its slot in the server's budget.
+pub struct Budgeted {
+    client: ClientWrapper,
+    _slot: Slot,
+}
+
+impl Deref for Budgeted {
+    type Target = ClientWrapper;
+
+    fn deref(&self) -> &ClientWrapper {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Budgeted {
+    fn deref_mut(&mut self) -> &mut ClientWrapper {
+        &mut self.client
+    }
+}
+
+/// deadpool-postgres' manager, with every new connection taking a slot first.
+pub struct BudgetedManager {
+    inner: Manager,
+    server: Arc<Server>,
+    wait: Duration,
+}
+
+impl managed::Manager for BudgetedManager {
+    type Type = Budgeted;
+    type Error = PoolConnectError;
+
+    async fn create(&self) -> Result<Budgeted, PoolConnectError> {
+        let slot = self
+            .server
+            .acquire(self.wait)
+            .await
+            .ok_or(PoolConnectError::Budget(self.wait))?;
+        let client = managed::Manager::create(&self.inner).await?;
+        Ok(Budgeted {
+            client,
+            _slot: slot,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        object: &mut Budgeted,
+        metrics: &Metrics,
+    ) -> RecycleResult<PoolConnectError> {
+        managed::Manager::recycle(&self.inner, &mut object.client, metrics)
+            .await
+            .map_err(|e| match e {
+                managed::RecycleError::Message(m) => managed::RecycleError::Message(m),
+                managed::RecycleError::Backend(e) => managed::RecycleError::Backend(e.into()),
+            })
+    }
+
+    fn detach(&self, object: &mut Budgeted) {
+        managed::Manager::detach(&self.inner, &mut object.client);
+    }
+}
+
+/// Builds a pool of at most `max_size` connections to `info`'s server, each
+/// holding a slot of `budget` while open. Connections are made lazily, wait
+/// at most `budget_wait` for a slot, and are reset on return (`RESET ALL`
+/// and friends), so session settings a query's setup statements make never
+/// leak into the next pass.
 pub fn build_pool(
     info: &ConnInfo,
     max_size: usize,
     connect_timeout: Duration,
+    budget: &ConnectionBudget,
+    budget_wait: Duration,
 ) -> Result<Pool, PoolError> {
     let mut config = wire_config(info);
     config.connect_timeout(connect_timeout);
-    let manager = Manager::from_config(
+    let server = budget.server(&ServerKey::of(&config));
+    let inner = Manager::from_config(
         config,
         tls_connector(info)?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Clean,
         },
     );
-    Pool::builder(manager)
+    let manager = BudgetedManager {
+        inner,
+        server: server.clone(),
+        wait: budget_wait,
+    };
+    // No create timeout here: connecting has its own (connect_timeout) and
+    // waiting for a slot its own (budget_wait).
+    let pool = Pool::builder(manager)
         .max_size(max_size)
-        .runtime(Runtime::Tokio1)
-        .create_timeout(Some(connect_timeout))
-        .wait_timeout(Some(connect_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(budget_wait + connect_timeout))
         .recycle_timeout(Some(connect_timeout))
         .build()
-        .map_err(|e| PoolError::Build(e.to_string()))
+        .map_err(|e| PoolError::Build(e.to_string()))?;
+    server.register(&pool);
+    Ok(pool)
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use crate::db::Pool;
 
 use super::error::PassError;
 use crate::api::{ChangeDetectionMode, ChangeDetectionSpec};

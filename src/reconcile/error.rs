@@ -4,7 +4,7 @@
 //! name rows by index and objects by kind and name, never row values.
 
 use crate::api::SpecError;
-use crate::db::{ConnectError, PoolError, QueryError, SecretError};
+use crate::db::{ConnectError, PoolConnectError, PoolError, PoolGetError, QueryError, SecretError};
 use crate::kube_api::KubeError;
 use crate::render::{GroupKind, Gvk, RowError, TemplateError};
 use crate::writeback::WritebackError;
@@ -38,6 +38,8 @@ pub enum PassError {
     ConnectTimeout,
     #[error("the connection pool is closed")]
     PoolClosed,
+    #[error("{0}")]
+    ConnectionBudget(String),
     #[error(transparent)]
     Query(#[from] QueryError),
     #[error("{kind} {name}: {source}")]
@@ -74,6 +76,7 @@ impl PassError {
             Self::Connect(e) => e.reason(),
             Self::ConnectTimeout => "ConnectionFailed",
             Self::PoolClosed => "PoolClosed",
+            Self::ConnectionBudget(_) => "WaitingForConnection",
             Self::Query(e) => e.reason(),
             Self::WriteBack { source, .. } => source.reason(),
             Self::Probe(_) => "QueryFailed",
@@ -101,13 +104,17 @@ impl PassError {
     }
 
     /// A connection could not be taken from the pool.
-    pub fn from_pool(e: deadpool_postgres::PoolError) -> Self {
-        use deadpool_postgres::PoolError as E;
+    pub fn from_pool(e: PoolGetError) -> Self {
+        use deadpool::managed::PoolError as E;
         match e {
-            E::Backend(e) => Self::Connect(crate::db::connect_error(&e)),
+            E::Backend(PoolConnectError::Postgres(e)) => {
+                Self::Connect(crate::db::connect_error(&e))
+            }
+            E::Backend(budget @ PoolConnectError::Budget(_)) => {
+                Self::ConnectionBudget(budget.to_string())
+            }
             E::Timeout(_) => Self::ConnectTimeout,
-            E::Closed => Self::PoolClosed,
-            E::NoRuntimeSpecified | E::PostCreateHook(_) => Self::PoolClosed,
+            E::Closed | E::NoRuntimeSpecified | E::PostCreateHook(_) => Self::PoolClosed,
         }
     }
 }

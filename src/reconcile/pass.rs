@@ -7,9 +7,9 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
+    time::Duration,
 };
 
-use deadpool_postgres::Pool;
 use futures_util::future::join_all;
 use kube::api::ApiResource;
 use serde_json::Value as Json;
@@ -20,7 +20,7 @@ use super::labels::Owner;
 use super::plan::{self, Desired, Inputs, Live, Owned, Plan};
 use super::writer::{Kinds, Writer};
 use crate::api::{DatabaseQueryResource, DatabaseQueryResourceSpec};
-use crate::db::{self, ConnInfo, QueryOptions};
+use crate::db::{self, ConnInfo, ConnectionBudget, Pool, QueryOptions};
 use crate::kube_api::{resolve, KindInfo, Target};
 use crate::render::{
     render_rows, GroupKind, Gvk, Metadata, ObjectKey, ObjectPolicy, RenderOutcome, RenderedObject,
@@ -40,6 +40,10 @@ pub struct PassConfig {
     pub template: RowTemplate,
     pub policy: Arc<ObjectPolicy>,
     pub allow_cross_namespace_secrets: bool,
+    /// Connections per database server, shared by every DBQR.
+    pub budget: ConnectionBudget,
+    /// The shared LISTEN connections.
+    pub listeners: crate::db::Listeners,
     /// `statusUpdateQueryTemplate`, compiled.
     pub status_template: Option<StatusTemplate>,
 }
@@ -66,6 +70,8 @@ impl PassConfig {
             template,
             policy: settings.policy.clone(),
             allow_cross_namespace_secrets: settings.allow_cross_namespace_secrets,
+            budget: settings.budget.clone(),
+            listeners: settings.listeners.clone(),
             status_template,
         })
     }
@@ -168,6 +174,10 @@ impl PassReport {
     }
 }
 
+/// How long a pass waits for a slot of the connection budget before it
+/// reports the wait (and backs off).
+pub const BUDGET_WAIT: Duration = Duration::from_secs(60);
+
 /// What templates see as `now`: the start of the pass, to the second.
 pub fn template_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -204,7 +214,14 @@ pub async fn run_pass<W: Writer>(
     let mut client = match pool.get().await {
         Ok(client) => client,
         Err(e) => {
-            report.database = Some(Err(Arc::new(PassError::from_pool(e))));
+            let e = PassError::from_pool(e);
+            // No free slot in the budget is this operator's limit, not the database's.
+            if e.is_database() {
+                report.database = Some(Err(Arc::new(e)));
+            } else {
+                report.database = Some(Ok(()));
+                report.sync = Some(Err(Arc::new(e)));
+            }
             return report;
         }
     };
@@ -253,6 +270,8 @@ async fn connect<W: Writer>(
         &info,
         pool_spec.max_connections as usize,
         pool_spec.connect_timeout.get(),
+        &config.budget,
+        BUDGET_WAIT,
     )?;
     let fresh = Connection {
         pool: pool.clone(),

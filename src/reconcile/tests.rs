@@ -251,6 +251,8 @@ fn config(prune: bool) -> PassConfig {
         api_timeout: Duration::from_secs(1),
         mailbox: 1,
         drain: Duration::from_secs(1),
+        budget: crate::db::ConnectionBudget::new(1),
+        listeners: Default::default(),
     };
     PassConfig::new(&dbqr, &settings).unwrap()
 }

@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use deadpool_postgres::Pool;
+use crate::db::Pool;
 use serde_json::Value as Json;
 
 use super::error::PassError;

@@ -1,0 +1,195 @@
+//! The operator-wide connection budget: at most N connections to any one
+//! database server (host, port, database, user), whichever DBQR, pass, change
+//! probe, status write-back or LISTEN connection holds them.
+//!
+//! Each DBQR keeps its own pool, but a pooled connection holds a [`Slot`] of
+//! its server's budget for as long as it is open. Connections open lazily.
+//! When the budget is exhausted, a new connection first asks every pool of
+//! that server to close its idle connections, then waits (bounded) for a
+//! slot; idle connections are also closed after [`IDLE_TIMEOUT`], so an idle
+//! install holds few connections.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::pool::{BudgetedManager, Pool};
+
+/// Connections idle this long are closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often idle connections are looked for.
+const SWEEP: Duration = Duration::from_secs(5);
+
+/// Who a connection is to: what a server counts as one client identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerKey {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+}
+
+impl ServerKey {
+    pub fn of(config: &tokio_postgres::Config) -> Self {
+        let host = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        Self {
+            host,
+            port: config.get_ports().first().copied().unwrap_or(5432),
+            dbname: config.get_dbname().unwrap_or_default().to_owned(),
+            user: config.get_user().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// A connection's place in its server's budget; given back when dropped.
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+/// The budget of every server the operator talks to.
+#[derive(Clone)]
+pub struct ConnectionBudget {
+    per_server: usize,
+    servers: Arc<Mutex<HashMap<ServerKey, Arc<Server>>>>,
+}
+
+impl std::fmt::Debug for ConnectionBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionBudget")
+            .field("per_server", &self.per_server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One server's budget and the pools drawing from it.
+pub struct Server {
+    slots: Arc<Semaphore>,
+    per_server: usize,
+    pools: Mutex<Vec<deadpool::managed::WeakPool<BudgetedManager>>>,
+    sweeping: std::sync::atomic::AtomicBool,
+}
+
+impl ConnectionBudget {
+    pub fn new(per_server: usize) -> Self {
+        Self {
+            per_server: per_server.max(1),
+            servers: Arc::default(),
+        }
+    }
+
+    pub fn per_server(&self) -> usize {
+        self.per_server
+    }
+
+    /// The budget of one server.
+    pub fn server(&self, key: &ServerKey) -> Arc<Server> {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        servers
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Server {
+                    slots: Arc::new(Semaphore::new(self.per_server)),
+                    per_server: self.per_server,
+                    pools: Mutex::default(),
+                    sweeping: Default::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// Connections open to `key`'s server now.
+    pub fn in_use(&self, key: &ServerKey) -> usize {
+        let servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        servers.get(key).map_or(0, |s| s.in_use())
+    }
+}
+
+impl Server {
+    pub fn in_use(&self) -> usize {
+        self.per_server - self.slots.available_permits()
+    }
+
+    /// Lets `pool` draw from this budget (and give back idle connections).
+    pub(super) fn register(self: &Arc<Self>, pool: &Pool) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|p| p.upgrade().is_some_and(|p| !p.is_closed()));
+        pools.push(pool.weak());
+        drop(pools);
+        self.start_sweeping();
+    }
+
+    /// A slot for a new connection: at once if one is free; otherwise after
+    /// asking every pool to close its idle connections, waiting up to `wait`.
+    pub(super) async fn acquire(&self, wait: Duration) -> Option<Slot> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(Slot(permit));
+        }
+        self.close_idle(Duration::ZERO);
+        tokio::time::timeout(wait, self.slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+            .map(Slot)
+    }
+
+    /// A slot held outside any pool (a LISTEN connection), waiting up to `wait`.
+    pub async fn acquire_dedicated(&self, wait: Duration) -> Option<Slot> {
+        self.acquire(wait).await
+    }
+
+    /// Closes the idle connections of every pool that were idle at least `idle`.
+    fn close_idle(&self, idle: Duration) {
+        let pools: Vec<Pool> = {
+            let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            pools.iter().filter_map(|p| p.upgrade()).collect()
+        };
+        for pool in pools {
+            // Dropping the removed connections gives their slots back.
+            drop(pool.retain(|_, metrics| metrics.last_used() < idle));
+        }
+    }
+
+    /// Closes connections idle longer than [`IDLE_TIMEOUT`], every few
+    /// seconds, while any pool of this server lives.
+    fn start_sweeping(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.sweeping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sweeping.store(false, Ordering::SeqCst);
+            return;
+        };
+        let server: Weak<Self> = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP).await;
+                let Some(server) = server.upgrade() else {
+                    return;
+                };
+                {
+                    // Decided under the lock `register` pushes under, so a
+                    // pool registered meanwhile starts a new sweeper.
+                    let mut pools = server.pools.lock().unwrap_or_else(|e| e.into_inner());
+                    pools.retain(|p| p.upgrade().is_some());
+                    if pools.is_empty() {
+                        server.sweeping.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                server.close_idle(IDLE_TIMEOUT);
+            }
+        });
+    }
+}
