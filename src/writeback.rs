@@ -186,8 +186,7 @@ impl ToSql for TextParam<'_> {
 /// Runs a bound statement; returns the rows it affected.
 pub async fn execute(pool: &Pool, statement: &BoundStatement) -> Result<u64, WritebackError> {
     let failed = |e: tokio_postgres::Error| WritebackError::Database(crate::db::describe(&e));
-    let client = pool
-        .get()
+    let client = crate::db::checkout(pool)
         .await
         .map_err(|e| WritebackError::Database(e.to_string()))?;
     let prepared = client

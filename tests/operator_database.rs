@@ -118,7 +118,7 @@ async fn wrong_password_unknown_host_and_tls_mismatch_have_clear_reasons() {
     // A server without TLS, and a client that requires it.
     let dir = dbqo_testenv::run_dir().with_extension("plain-pg");
     let plain =
-        tokio::task::spawn_blocking(move || Postgres::start(&dir, PostgresOptions { tls: false }))
+        tokio::task::spawn_blocking(move || Postgres::start(&dir, PostgresOptions::default()))
             .await
             .unwrap()
             .unwrap();

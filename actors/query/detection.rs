@@ -137,8 +137,9 @@ struct Heard(Notice);
 
 impl StreamHandler<Heard> for QueryActor {
     fn handle(&mut self, Heard(notice): Heard, ctx: &mut Context<Self>) {
-        if notice == Notice::Reconnected {
-            tracing::info!(dbqr = %self.dbqr.name_any(), "LISTEN connection re-established; running a pass");
+        if notice == Notice::Listening {
+            // Changes before the LISTEN took effect may have been missed.
+            tracing::debug!(dbqr = %self.dbqr.name_any(), "listening; running a pass");
         }
         self.trigger(ctx);
     }

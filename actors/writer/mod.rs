@@ -291,7 +291,8 @@ pub struct WriterHandle {
     addr: Addr<KubeWriter>,
     stores: Stores,
     secret_stores: secrets::SecretStores,
-    kinds: Arc<Mutex<Option<Kinds>>>,
+    /// Discovery, run by one caller at a time: the others wait for its answer.
+    kinds: Arc<tokio::sync::Mutex<Option<(Kinds, std::time::Instant)>>>,
     timeout: Duration,
     reporter: Reporter,
 }
@@ -343,18 +344,18 @@ impl WriterHandle {
 
 impl Writer for WriterHandle {
     async fn kinds(&self, refresh: bool) -> Result<Kinds, KubeError> {
-        if !refresh {
-            if let Some(kinds) = self.kinds.lock().ok().and_then(|k| k.clone()) {
-                return Ok(kinds);
-            }
+        let asked = std::time::Instant::now();
+        let mut cache = self.kinds.lock().await;
+        // A refresh is satisfied by a discovery that ran while this caller waited.
+        let fresh = cache.as_ref().filter(|(_, at)| !refresh || *at >= asked);
+        if let Some((kinds, _)) = fresh {
+            return Ok(kinds.clone());
         }
         let kinds: Kinds = Arc::new(
             self.request(|client| async move { kube_api::discover(&client).await })
                 .await?,
         );
-        if let Ok(mut slot) = self.kinds.lock() {
-            *slot = Some(kinds.clone());
-        }
+        *cache = Some((kinds.clone(), std::time::Instant::now()));
         Ok(kinds)
     }
 

@@ -78,6 +78,8 @@ pub struct Server {
     per_server: usize,
     pools: Mutex<Vec<deadpool::managed::WeakPool<BudgetedManager>>>,
     sweeping: std::sync::atomic::AtomicBool,
+    /// Connections being made that wait for a slot.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl ConnectionBudget {
@@ -103,6 +105,7 @@ impl ConnectionBudget {
                     per_server: self.per_server,
                     pools: Mutex::default(),
                     sweeping: Default::default(),
+                    waiting: Default::default(),
                 })
             })
             .clone()
@@ -132,15 +135,23 @@ impl Server {
     /// A slot for a new connection: at once if one is free; otherwise after
     /// asking every pool to close its idle connections, waiting up to `wait`.
     pub(super) async fn acquire(&self, wait: Duration) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Some(Slot(permit));
         }
+        // From now on, connections in use close instead of going back to
+        // their pools (see `pool::Checkout`), and the semaphore hands the
+        // freed slots out in arrival order.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         self.close_idle(Duration::ZERO);
-        tokio::time::timeout(wait, self.slots.clone().acquire_owned())
-            .await
-            .ok()?
-            .ok()
-            .map(Slot)
+        let slot = tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        slot.ok()?.ok().map(Slot)
+    }
+
+    /// Whether a new connection to this server waits for a slot.
+    pub(super) fn contended(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 
     /// A slot held outside any pool (a LISTEN connection), waiting up to `wait`.

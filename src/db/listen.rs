@@ -3,8 +3,9 @@
 //! identity, channels multiplexed. Credentials are never shared across
 //! identities. The connection takes a slot of the connection budget, uses TCP
 //! keepalive and a round trip every [`PING`] so a half-open connection is
-//! noticed within a minute, reconnects with backoff and then tells every
-//! subscriber (a notification may have been missed). A subscriber with newer
+//! noticed within a minute, reconnects with backoff, and tells a subscriber
+//! each time its channel is listened to (first, and after every reconnect):
+//! a notification may have been missed before. A subscriber with newer
 //! connection settings (a changed Secret) makes it reconnect with them.
 
 use std::{
@@ -34,8 +35,9 @@ const SLOT_WAIT: Duration = Duration::from_secs(10);
 pub enum Notice {
     /// A notification arrived on the subscriber's channel.
     Notified,
-    /// The connection was re-established: notifications may have been missed.
-    Reconnected,
+    /// The channel is listened to now (first, or again after a reconnect):
+    /// changes before this moment may have been missed.
+    Listening,
 }
 
 /// Every shared LISTEN connection of the operator.
@@ -172,7 +174,6 @@ async fn run_hub(
 ) {
     let mut channels: Channels = HashMap::new();
     let mut info: Option<ConnInfo> = None;
-    let mut connected_before = false;
     let mut failures = 0u32;
     loop {
         // Gather commands until there is something to connect with.
@@ -192,15 +193,19 @@ async fn run_hub(
                 None => return,
             }
         }
-        let Some(current) = info.clone() else {
-            continue;
-        };
         let Some(slot) = budget
             .server(&registry.key)
             .acquire_dedicated(SLOT_WAIT)
             .await
         else {
             tracing::info!("no connection slot for the LISTEN connection yet");
+            continue;
+        };
+        // Whatever arrived while waiting for the slot is LISTENed at once.
+        while let Ok(command) = commands.try_recv() {
+            apply(command, &mut channels, &mut info, None).await;
+        }
+        let Some(current) = info.clone().filter(|_| !channels.is_empty()) else {
             continue;
         };
         let connection = match connect(&current, channels.keys()).await {
@@ -216,18 +221,11 @@ async fn run_hub(
         };
         failures = 0;
         tracing::info!(channels = channels.len(), "listening for notifications");
-        if connected_before {
-            tracing::info!(
-                channels = channels.len(),
-                "LISTEN connection re-established"
-            );
-            for subscribers in channels.values() {
-                for (_, tx) in subscribers {
-                    let _ = tx.try_send(Notice::Reconnected);
-                }
+        for subscribers in channels.values() {
+            for (_, tx) in subscribers {
+                let _ = tx.try_send(Notice::Listening);
             }
         }
-        connected_before = true;
         let Connection {
             client,
             mut notifications,
@@ -293,11 +291,14 @@ async fn apply(
         } => {
             *info = Some(*newer);
             let subscribers = channels.entry(channel.clone()).or_default();
-            if subscribers.is_empty() {
-                if let Some(client) = client {
-                    let _ = client
+            if let Some(client) = client {
+                let listening = !subscribers.is_empty()
+                    || client
                         .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
-                        .await;
+                        .await
+                        .is_ok();
+                if listening {
+                    let _ = notices.try_send(Notice::Listening);
                 }
             }
             subscribers.push((id, notices));

@@ -14,7 +14,7 @@ pub use budget::{ConnectionBudget, ServerKey, Slot, IDLE_TIMEOUT};
 pub use connect::{connect, connect_error, tls_connector, ConnectError};
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
 pub use listen::{Listeners, Notice, Subscription, PING};
-pub use pool::{build_pool, Pool, PoolConnectError, PoolError, PoolGetError};
+pub use pool::{build_pool, checkout, Checkout, Pool, PoolConnectError, PoolError, PoolGetError};
 pub use query::{run_query, QueryError, QueryOptions, QueryResult};
 pub use secret::{conninfo_from_secret, SecretError};
 

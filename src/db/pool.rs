@@ -39,6 +39,48 @@ pub enum PoolConnectError {
 
 /// A DBQR's pool.
 pub type Pool = managed::Pool<BudgetedManager>;
+
+/// A connection taken from a [`Pool`]. Dropping it returns it to the pool,
+/// unless another connection to the same server waits for a slot: then it
+/// closes, so a tight budget moves between DBQRs instead of idling in one.
+pub struct Checkout {
+    object: Option<managed::Object<BudgetedManager>>,
+    server: Arc<Server>,
+}
+
+/// Takes a connection from `pool`, connecting (within the budget) if none is idle.
+pub async fn checkout(pool: &Pool) -> Result<Checkout, PoolGetError> {
+    let object = pool.get().await?;
+    Ok(Checkout {
+        object: Some(object),
+        server: pool.manager().server.clone(),
+    })
+}
+
+impl Deref for Checkout {
+    type Target = ClientWrapper;
+
+    fn deref(&self) -> &ClientWrapper {
+        // Present until drop.
+        &self.object.as_ref().expect("a live checkout").client
+    }
+}
+
+impl std::ops::DerefMut for Checkout {
+    fn deref_mut(&mut self) -> &mut ClientWrapper {
+        &mut self.object.as_mut().expect("a live checkout").client
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(object) = self.object.take() {
+            if self.server.contended() {
+                drop(managed::Object::take(object));
+            }
+        }
+    }
+}
 /// Taking a connection from a [`Pool`] failed.
 pub type PoolGetError = managed::PoolError<PoolConnectError>;
 

@@ -29,7 +29,9 @@ pub fn probe_sql(spec: &ChangeDetectionSpec) -> Option<String> {
 /// Runs the probe; `None` is an empty table.
 pub async fn probe(pool: &Pool, sql: &str, timeout: Duration) -> Result<Option<String>, PassError> {
     let work = async {
-        let client = pool.get().await.map_err(PassError::from_pool)?;
+        let client = crate::db::checkout(pool)
+            .await
+            .map_err(PassError::from_pool)?;
         let statement = client.prepare_cached(sql).await.map_err(probe_failed)?;
         let row = client
             .query_one(&statement, &[])

@@ -211,7 +211,7 @@ pub async fn run_pass<W: Writer>(
             return report;
         }
     };
-    let mut client = match pool.get().await {
+    let mut client = match db::checkout(&pool).await {
         Ok(client) => client,
         Err(e) => {
             let e = PassError::from_pool(e);

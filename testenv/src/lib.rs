@@ -74,8 +74,15 @@ impl TestEnv {
         let assets = assets()?;
         // Both start in parallel: the control plane takes the longest.
         let pg_dir = dir.join("postgres");
-        let pg =
-            std::thread::spawn(move || Postgres::start(&pg_dir, PostgresOptions { tls: true }));
+        let pg = std::thread::spawn(move || {
+            Postgres::start(
+                &pg_dir,
+                PostgresOptions {
+                    tls: true,
+                    ..PostgresOptions::default()
+                },
+            )
+        });
         let control_plane = ControlPlane::start(&dir.join("kube"), &assets)?;
         let postgres = pg
             .join()

@@ -23,6 +23,8 @@ pub const SUPERUSER_PASSWORD: &str = "dbqo-test-password";
 pub struct PostgresOptions {
     /// Serve TLS with a certificate for `127.0.0.1`/`localhost` signed by a test CA.
     pub tls: bool,
+    /// `max_connections` (default 400, enough for a whole parallel test run).
+    pub max_connections: Option<u32>,
 }
 
 /// How to reach a running server.
@@ -201,7 +203,10 @@ impl Postgres {
             format!("port = {port}"),
             "listen_addresses = '127.0.0.1'".into(),
             format!("unix_socket_directories = '{}'", socket_dir.display()),
-            "max_connections = 400".into(),
+            format!(
+                "max_connections = {}",
+                options.max_connections.unwrap_or(400)
+            ),
             "fsync = off".into(),
             "synchronous_commit = off".into(),
             "full_page_writes = off".into(),
