@@ -140,8 +140,12 @@ impl QueryActor {
             work.into_actor(self)
                 .map(move |(report, state, connection), actor, ctx| {
                     // Per-object memory follows the objects this DBQR manages now.
-                    actor.status_seen.retain(|key, _| state.applied(key).is_some());
-                    actor.writeback_pending.retain(|key| state.applied(key).is_some());
+                    actor
+                        .status_seen
+                        .retain(|key, _| state.applied(key).is_some());
+                    actor
+                        .writeback_pending
+                        .retain(|key| state.applied(key).is_some());
                     actor.state = Some(state);
                     let version =
                         |c: &Option<Connection>| c.as_ref().map(|c| c.secret_version().to_owned());
