@@ -355,3 +355,76 @@ async fn operator_id(client: &Client, namespace: &str) -> String {
         .remove(0);
     first.metadata.labels.unwrap()[common::operator::TEST_LABEL].clone()
 }
+
+/// A server that answers "too many clients" is back-pressure: a clear reason,
+/// backoff, and recovery once connections free up; never a credentials problem.
+#[tokio::test]
+async fn a_server_with_no_connection_to_spare_is_reported_and_recovers() {
+    let (client, ns) = cluster("busy").await;
+    let dir = dbqo_testenv::run_dir().with_extension("busy-pg");
+    // Six connections, three of them reserved for superusers: the admin
+    // connection below and two of `app` take the other three.
+    let server = tokio::task::spawn_blocking(move || {
+        Postgres::start(
+            &dir,
+            PostgresOptions {
+                max_connections: Some(6),
+                ..PostgresOptions::default()
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .expect("a private PostgreSQL");
+    let admin = common::connect(&server.info.url("postgres")).await;
+    admin
+        .batch_execute(&format!(
+            "{ITEMS} CREATE ROLE app LOGIN PASSWORD 'app-pw'; GRANT SELECT ON items TO app;"
+        ))
+        .await
+        .unwrap();
+    let app_url = format!(
+        "postgresql://app:app-pw@{}:{}/postgres?sslmode=disable",
+        server.info.host, server.info.port
+    );
+    let held = [
+        common::connect(&app_url).await,
+        common::connect(&app_url).await,
+    ];
+    let mut keys = secret_keys(&app_url);
+    keys.insert("port", server.info.port.to_string());
+    keys.insert("username", "app".into());
+    keys.insert("password", "app-pw".into());
+    keys.insert("dbname", "postgres".into());
+    create_secret(&client, &ns, "db", keys).await;
+
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("items", &operator)
+        .query("SELECT name FROM items")
+        .template(ITEM_CM)
+        .create(&client, &ns)
+        .await;
+    let message = wait_for_condition(
+        &client,
+        &ns,
+        "items",
+        "DatabaseConnected",
+        "False",
+        "TooManyConnections",
+    )
+    .await;
+    assert!(!message.contains("app-pw"), "{message}");
+    drop(held);
+    wait_for_configmaps(&client, &ns, &["item-one", "item-two"]).await;
+    wait_for_condition(
+        &client,
+        &ns,
+        "items",
+        "DatabaseConnected",
+        "True",
+        "Connected",
+    )
+    .await;
+    drop(operator);
+    drop(admin);
+}

@@ -17,7 +17,7 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::pool::{BudgetedManager, Pool};
+use super::pool::{BudgetedManager, PoolError, SharedPool};
 
 /// Connections idle this long are closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,6 +62,8 @@ pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 pub struct ConnectionBudget {
     per_server: usize,
     servers: Arc<Mutex<HashMap<ServerKey, Arc<Server>>>>,
+    /// The shared pool of each set of connection settings, while some DBQR uses it.
+    pools: Arc<Mutex<HashMap<String, deadpool::managed::WeakPool<BudgetedManager>>>>,
 }
 
 impl std::fmt::Debug for ConnectionBudget {
@@ -87,7 +89,25 @@ impl ConnectionBudget {
         Self {
             per_server: per_server.max(1),
             servers: Arc::default(),
+            pools: Arc::default(),
         }
+    }
+
+    /// The shared pool for the connection settings `key`, made by `make` if
+    /// no DBQR uses one now.
+    pub(super) fn shared_pool(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Result<SharedPool, PoolError>,
+    ) -> Result<SharedPool, PoolError> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|_, p| p.upgrade().is_some());
+        if let Some(pool) = pools.get(key).and_then(|p| p.upgrade()) {
+            return Ok(pool);
+        }
+        let pool = make()?;
+        pools.insert(key.to_owned(), pool.weak());
+        Ok(pool)
     }
 
     pub fn per_server(&self) -> usize {
@@ -124,7 +144,7 @@ impl Server {
     }
 
     /// Lets `pool` draw from this budget (and give back idle connections).
-    pub(super) fn register(self: &Arc<Self>, pool: &Pool) {
+    pub(super) fn register(self: &Arc<Self>, pool: &SharedPool) {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.retain(|p| p.upgrade().is_some_and(|p| !p.is_closed()));
         pools.push(pool.weak());
@@ -161,7 +181,7 @@ impl Server {
 
     /// Closes the idle connections of every pool that were idle at least `idle`.
     fn close_idle(&self, idle: Duration) {
-        let pools: Vec<Pool> = {
+        let pools: Vec<SharedPool> = {
             let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
             pools.iter().filter_map(|p| p.upgrade()).collect()
         };
@@ -202,5 +222,62 @@ impl Server {
                 server.close_idle(IDLE_TIMEOUT);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(user: &str) -> ServerKey {
+        ServerKey {
+            host: "db".into(),
+            port: 5432,
+            dbname: "app".into(),
+            user: user.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_hands_out_at_most_its_budget_and_waits_bounded() {
+        let budget = ConnectionBudget::new(2);
+        let server = budget.server(&key("app"));
+        let a = server.acquire(Duration::ZERO).await.expect("first slot");
+        let _b = server.acquire(Duration::ZERO).await.expect("second slot");
+        assert_eq!(budget.in_use(&key("app")), 2);
+        assert!(
+            server.acquire(Duration::from_millis(50)).await.is_none(),
+            "a third waits, then gives up"
+        );
+        // Another identity has its own budget.
+        assert!(budget
+            .server(&key("other"))
+            .acquire(Duration::ZERO)
+            .await
+            .is_some());
+        // A slot given back goes to the next waiter.
+        let waiter = tokio::spawn({
+            let server = server.clone();
+            async move { server.acquire(Duration::from_secs(5)).await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        drop(a);
+        assert!(waiter.await.unwrap());
+    }
+
+    #[test]
+    fn the_identity_is_host_port_database_and_user() {
+        let config: tokio_postgres::Config = "host=db port=6432 dbname=app user=u password=secret"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            ServerKey::of(&config),
+            ServerKey {
+                host: "db".into(),
+                port: 6432,
+                dbname: "app".into(),
+                user: "u".into()
+            }
+        );
     }
 }

@@ -1,10 +1,17 @@
-//! A bounded connection pool per DBQR whose connections draw on the
-//! operator-wide [`ConnectionBudget`](super::budget::ConnectionBudget).
+//! Connection pools. DBQRs with the same connection settings (the same
+//! Secret, typically) share one pool of up to the server's budget, so a
+//! thousand DBQRs of one Secret reuse a handful of connections instead of
+//! opening and closing their own; each DBQR still has its own [`Pool`], which
+//! caps how many connections it uses at a time (`spec.database.pool`). Every
+//! connection holds a slot of the operator-wide
+//! [`ConnectionBudget`](super::budget::ConnectionBudget).
 
 use std::{ops::Deref, sync::Arc, time::Duration};
 
 use deadpool::managed::{self, Metrics, RecycleResult};
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, RecyclingMethod};
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::budget::{ConnectionBudget, Server, ServerKey, Slot};
 use super::connect::{tls_connector, wire_config, ConnectError};
@@ -37,23 +44,46 @@ pub enum PoolConnectError {
     Postgres(#[from] tokio_postgres::Error),
 }
 
-/// A DBQR's pool.
-pub type Pool = managed::Pool<BudgetedManager>;
+/// The pool every DBQR with the same connection settings shares.
+pub type SharedPool = managed::Pool<BudgetedManager>;
 
-/// A connection taken from a [`Pool`]. Dropping it returns it to the pool,
-/// unless another connection to the same server waits for a slot: then it
-/// closes, so a tight budget moves between DBQRs instead of idling in one.
+/// A DBQR's pool: the shared pool of its connection settings, of which it
+/// uses at most `spec.database.pool.maxConnections` connections at a time.
+#[derive(Clone)]
+pub struct Pool {
+    shared: SharedPool,
+    own: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl Pool {
+    /// No more connections for this DBQR; the shared pool lives on while
+    /// other DBQRs use it (and its idle connections close after a while).
+    pub fn close(&self) {
+        self.own.close();
+    }
+}
+
+/// A connection taken from a [`Pool`]. Dropping it returns it to the shared
+/// pool, unless a connection with other settings to the same server waits
+/// for a slot: then it closes, so a tight budget moves between them.
 pub struct Checkout {
     object: Option<managed::Object<BudgetedManager>>,
     server: Arc<Server>,
+    _own: OwnedSemaphorePermit,
 }
 
 /// Takes a connection from `pool`, connecting (within the budget) if none is idle.
 pub async fn checkout(pool: &Pool) -> Result<Checkout, PoolGetError> {
-    let object = pool.get().await?;
+    let own = tokio::time::timeout(pool.wait, pool.own.clone().acquire_owned())
+        .await
+        .map_err(|_| managed::PoolError::Timeout(managed::TimeoutType::Wait))?
+        .map_err(|_| managed::PoolError::Closed)?;
+    let object = pool.shared.get().await?;
     Ok(Checkout {
         object: Some(object),
-        server: pool.manager().server.clone(),
+        server: pool.shared.manager().server.clone(),
+        _own: own,
     })
 }
 
@@ -146,11 +176,12 @@ impl managed::Manager for BudgetedManager {
     }
 }
 
-/// Builds a pool of at most `max_size` connections to `info`'s server, each
-/// holding a slot of `budget` while open. Connections are made lazily, wait
-/// at most `budget_wait` for a slot, and are reset on return (`RESET ALL`
-/// and friends), so session settings a query's setup statements make never
-/// leak into the next pass.
+/// A DBQR's pool of at most `max_size` connections at a time, on the shared
+/// pool of `info`'s settings (made here if it is the first). Connections are
+/// made lazily, hold a slot of `budget` while open, wait at most
+/// `budget_wait` for one, and are reset on return (`RESET ALL` and friends),
+/// so session settings a query's setup statements make never leak into
+/// another pass or another DBQR.
 pub fn build_pool(
     info: &ConnInfo,
     max_size: usize,
@@ -158,6 +189,34 @@ pub fn build_pool(
     budget: &ConnectionBudget,
     budget_wait: Duration,
 ) -> Result<Pool, PoolError> {
+    let shared = budget.shared_pool(&settings_key(info), || {
+        shared_pool(info, connect_timeout, budget, budget_wait)
+    })?;
+    Ok(Pool {
+        shared,
+        own: Arc::new(Semaphore::new(max_size.max(1))),
+        wait: budget_wait + connect_timeout,
+    })
+}
+
+/// What makes two connections interchangeable: the whole connection
+/// configuration, password included (hashed, so the key holds no secret).
+fn settings_key(info: &ConnInfo) -> String {
+    let mut hash = Sha256::new();
+    hash.update(format!(
+        "{:?}|{:?}|{:?}",
+        info.config, info.ssl_mode, info.root_cert
+    ));
+    hash.update(info.config.get_password().unwrap_or_default());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn shared_pool(
+    info: &ConnInfo,
+    connect_timeout: Duration,
+    budget: &ConnectionBudget,
+    budget_wait: Duration,
+) -> Result<SharedPool, PoolError> {
     let mut config = wire_config(info);
     config.connect_timeout(connect_timeout);
     let server = budget.server(&ServerKey::of(&config));
@@ -175,8 +234,8 @@ pub fn build_pool(
     };
     // No create timeout here: connecting has its own (connect_timeout) and
     // waiting for a slot its own (budget_wait).
-    let pool = Pool::builder(manager)
-        .max_size(max_size)
+    let pool = SharedPool::builder(manager)
+        .max_size(budget.per_server())
         .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(budget_wait + connect_timeout))
         .recycle_timeout(Some(connect_timeout))

@@ -113,6 +113,10 @@ impl PassError {
             E::Backend(budget @ PoolConnectError::Budget(_)) => {
                 Self::ConnectionBudget(budget.to_string())
             }
+            // Waiting for a connection of the (shared) pool: the budget is busy.
+            E::Timeout(deadpool::managed::TimeoutType::Wait) => {
+                Self::ConnectionBudget("no connection came free in time".into())
+            }
             E::Timeout(_) => Self::ConnectTimeout,
             E::Closed | E::NoRuntimeSpecified | E::PostCreateHook(_) => Self::PoolClosed,
         }
