@@ -102,10 +102,19 @@ fn a_killed_testenv_takes_its_servers_with_it() {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    let servers = processes_mentioning(&run_dir);
+    // kube-controller-manager is the last to start; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let servers = loop {
+        let servers = processes_mentioning(&run_dir);
+        if servers.len() >= 4 || Instant::now() > deadline {
+            break servers;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         servers.len() >= 4,
-        "etcd, kube-apiserver, kube-controller-manager and postgres run: {servers:?}"
+        "etcd, kube-apiserver, kube-controller-manager and postgres run: {servers:?}; controller manager log:\n{}",
+        dbqo_testenv::process::tail(&Path::new(&run_dir).join("kube/kube-controller-manager.log"), 20)
     );
 
     Command::new("kill")
