@@ -183,3 +183,74 @@ async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
     )
     .await;
 }
+
+/// A LISTEN connection that stops answering without closing (a half-open
+/// connection) is noticed by its ping and replaced; the DBQR runs a pass
+/// once it listens again, so a change made meanwhile arrives.
+#[tokio::test]
+async fn a_half_open_listen_connection_is_replaced_within_a_minute() {
+    let (client, ns, db) = setup("halfopen", "CREATE TABLE flags (key text PRIMARY KEY, value text); INSERT INTO flags VALUES ('a', '1');").await;
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("flags", &operator)
+        .query("SELECT key, value FROM flags ORDER BY key")
+        .template(FLAG_CM)
+        .set("/pollInterval", json!("1h"))
+        .set(
+            "/changeDetection",
+            json!({ "mode": "notify", "channel": "flags" }),
+        )
+        .create(&client, &ns)
+        .await;
+    wait_for_configmaps(&client, &ns, &["flag-a"]).await;
+    let listener = || async {
+        db.query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE '%(listen)' ORDER BY backend_start DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .ok()?
+        .map(|row| row.get::<_, i32>(0))
+    };
+    let stuck = eventually(Duration::from_secs(10), "the LISTEN connection", listener).await;
+
+    // The backend stops answering; its socket stays open.
+    let stopped = Stopped(stuck);
+    assert!(signal("-STOP", stuck));
+    db.batch_execute("INSERT INTO flags VALUES ('b', '2'); NOTIFY flags;")
+        .await
+        .unwrap();
+    let arrived = eventually(
+        Duration::from_secs(60),
+        "the change, over a new LISTEN connection",
+        || async { value_of(&client, &ns, "flag-b").await },
+    )
+    .await;
+    assert_eq!(arrived, "2");
+    let replaced = listener().await;
+    assert!(
+        replaced.is_some() && replaced != Some(stuck),
+        "a new LISTEN connection"
+    );
+    assert!(operator.log().contains("a ping went unanswered"));
+    drop(stopped);
+    db.batch_execute(&format!("SELECT pg_terminate_backend({stuck})"))
+        .await
+        .unwrap();
+}
+
+fn signal(sig: &str, pid: i32) -> bool {
+    std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A stopped process, continued when the test ends however it ends (a
+/// stopped backend would hold up the server's shutdown).
+struct Stopped(i32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
