@@ -212,6 +212,11 @@ async fn a_half_open_listen_connection_is_replaced_within_a_minute() {
         .map(|row| row.get::<_, i32>(0))
     };
     let stuck = eventually(Duration::from_secs(10), "the LISTEN connection", listener).await;
+    // The pass that follows the first LISTEN is done: from now on only the
+    // LISTEN connection (or its replacement) can start one.
+    operator
+        .wait_for_passes(0, 2, Duration::from_secs(10))
+        .await;
 
     // The backend stops answering; its socket stays open.
     let stopped = Stopped(stuck);
