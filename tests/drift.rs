@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 use common::operator::{
     create_secret, secret_keys, wait_for_condition, wait_for_configmaps, DbqrBuilder, Operator,
 };
-use common::{eventually, kube_client};
+use common::{eventually, kube_client, request_counts, RequestCounts};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
@@ -66,46 +66,11 @@ async fn deleted_or_edited_objects_are_repaired_within_two_seconds() {
     assert!(operator.log().contains("repaired drift"));
 }
 
-/// `apiserver_request_total` of JSON clients, summed by (verb, resource).
-/// The control plane's own clients speak protobuf (the API server GETs the
-/// `kubernetes` Service every 10 s, the controllers list and watch), the
-/// operator speaks JSON: counting JSON requests counts the operator's (and
-/// this test's, which makes none while measuring).
-async fn request_counts(client: &kube::Client) -> BTreeMap<(String, String), f64> {
-    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let text = client.request_text(request).await.expect("read /metrics");
-    let mut counts = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |name: &str| {
-            line.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
-        if label("contentType") != "application/json" {
-            continue;
-        }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *counts
-            .entry((label("verb"), label("resource")))
-            .or_insert(0.0) += value;
-    }
-    counts
-}
-
 /// The requests of `verbs` on `resources` made between the two readings,
 /// by (verb, resource); empty when there were none.
 fn delta(
-    before: &BTreeMap<(String, String), f64>,
-    after: &BTreeMap<(String, String), f64>,
+    before: &RequestCounts,
+    after: &RequestCounts,
     verbs: &[&str],
     resources: &[&str],
 ) -> BTreeMap<(String, String), f64> {
@@ -123,23 +88,8 @@ fn delta(
 /// not one write and not one per-object read reaches the API server.
 #[tokio::test]
 async fn a_steady_state_costs_no_writes_and_no_object_reads() {
-    // A private control plane, so other tests' requests do not count.
-    let dir = dbqo_testenv::run_dir().with_extension("idle-kube");
-    let control_plane = tokio::task::spawn_blocking(move || {
-        dbqo_testenv::ControlPlane::start(&dir, &dbqo_testenv::assets().unwrap()).unwrap()
-    })
-    .await
-    .unwrap();
-    let kubeconfig = control_plane.info.kubeconfig.clone();
-    let client = common::kube_client_for(&kubeconfig).await;
-    common::install_crd(&client).await;
     let ns = "idle";
-    let ns_object: k8s_openapi::api::core::v1::Namespace =
-        serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
-    Api::all(client.clone())
-        .create(&Default::default(), &ns_object)
-        .await
-        .unwrap();
+    let (control_plane, client, kubeconfig) = common::private_cluster(ns).await;
     let url = common::database("idle").await;
     common::connect(&url)
         .await
@@ -286,22 +236,8 @@ const FIVE_RESOURCES: [&str; 5] = ["configmaps", "secrets", "services", "deploym
 /// read no object, and drift is still repaired within two seconds.
 #[tokio::test]
 async fn after_a_restart_a_steady_state_costs_no_writes_and_no_reads() {
-    let dir = dbqo_testenv::run_dir().with_extension("restart-kube");
-    let control_plane = tokio::task::spawn_blocking(move || {
-        dbqo_testenv::ControlPlane::start(&dir, &dbqo_testenv::assets().unwrap()).unwrap()
-    })
-    .await
-    .unwrap();
-    let kubeconfig = control_plane.info.kubeconfig.clone();
-    let client = common::kube_client_for(&kubeconfig).await;
-    common::install_crd(&client).await;
     let ns = "restart";
-    let ns_object: k8s_openapi::api::core::v1::Namespace =
-        serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
-    Api::all(client.clone())
-        .create(&Default::default(), &ns_object)
-        .await
-        .unwrap();
+    let (control_plane, client, kubeconfig) = common::private_cluster(ns).await;
     let url = common::database("restart").await;
     common::connect(&url)
         .await

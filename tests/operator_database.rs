@@ -391,11 +391,9 @@ async fn a_server_with_no_connection_to_spare_is_reported_and_recovers() {
         common::connect(&app_url).await,
         common::connect(&app_url).await,
     ];
-    let mut keys = secret_keys(&app_url);
-    keys.insert("port", server.info.port.to_string());
+    let mut keys = common::server_secret_keys(&server.info, "postgres");
     keys.insert("username", "app".into());
     keys.insert("password", "app-pw".into());
-    keys.insert("dbname", "postgres".into());
     create_secret(&client, &ns, "db", keys).await;
 
     let operator = Operator::start(&[]);

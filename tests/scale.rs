@@ -99,15 +99,13 @@ async fn two_hundred_dbqrs_stay_within_the_connection_budget() {
     let client = kube_client().await;
     common::install_crd(&client).await;
     let ns = namespace(&client, "budget").await;
-    let keys = [
-        ("host", server.info.host.clone()),
-        ("port", server.info.port.to_string()),
-        ("username", server.info.user.clone()),
-        ("password", server.info.password.clone()),
-        ("dbname", "postgres".to_owned()),
-        ("sslmode", "disable".to_owned()),
-    ];
-    create_secret(&client, &ns, "db", keys.into_iter().collect()).await;
+    create_secret(
+        &client,
+        &ns,
+        "db",
+        common::server_secret_keys(&server.info, "postgres"),
+    )
+    .await;
 
     // Samples the operator's connections, each time as a new client.
     let peak = Arc::new(AtomicI64::new(0));

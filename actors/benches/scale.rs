@@ -66,42 +66,7 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// `apiserver_request_total` of JSON clients (the operator), by (verb, resource).
-async fn requests(client: &kube::Client) -> std::collections::BTreeMap<(String, String), f64> {
-    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let text = client.request_text(request).await.expect("read /metrics");
-    let mut counts = std::collections::BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |name: &str| {
-            line.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
-        if label("contentType") != "application/json" {
-            continue;
-        }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *counts
-            .entry((label("verb"), label("resource")))
-            .or_insert(0.0) += value;
-    }
-    counts
-}
-
-fn sum(
-    before: &std::collections::BTreeMap<(String, String), f64>,
-    after: &std::collections::BTreeMap<(String, String), f64>,
-    verbs: &[&str],
-) -> f64 {
+fn sum(before: &common::RequestCounts, after: &common::RequestCounts, verbs: &[&str]) -> f64 {
     after
         .iter()
         .filter(|((verb, _), _)| verbs.contains(&verb.as_str()))
@@ -222,7 +187,13 @@ async fn main() {
     let rss_empty = rss_mib(operator.pid());
 
     let ns = common::namespace(&client, "bench").await;
-    create_secret(&client, &ns, "db", keys_for(&server)).await;
+    create_secret(
+        &client,
+        &ns,
+        "db",
+        common::server_secret_keys(&server.info, "postgres"),
+    )
+    .await;
     let sampler = Sampler::start(url.clone());
 
     // N DBQRs x R rows.
@@ -249,10 +220,10 @@ async fn main() {
 
     // Idle: nothing changes for `idle` seconds.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let before = requests(&client).await;
+    let before = common::request_counts(&client).await;
     let peak_converge = sampler.peak.swap(0, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(args.idle)).await;
-    let after = requests(&client).await;
+    let after = common::request_counts(&client).await;
     let minutes = args.idle as f64 / 60.0;
     let idle_writes = sum(
         &before,
@@ -266,7 +237,13 @@ async fn main() {
 
     // One DBQR x `big` rows, alone.
     let big_ns = common::namespace(&client, "bench-big").await;
-    create_secret(&client, &big_ns, "db", keys_for(&server)).await;
+    create_secret(
+        &client,
+        &big_ns,
+        "db",
+        common::server_secret_keys(&server.info, "postgres"),
+    )
+    .await;
     let t1 = Instant::now();
     DbqrBuilder::new("big", &operator)
         .query("SELECT grp, id, value FROM big ORDER BY id")
@@ -312,17 +289,4 @@ async fn main() {
     );
     drop(operator);
     drop(server);
-}
-
-fn keys_for(server: &Postgres) -> std::collections::BTreeMap<&'static str, String> {
-    [
-        ("host", server.info.host.clone()),
-        ("port", server.info.port.to_string()),
-        ("username", server.info.user.clone()),
-        ("password", server.info.password.clone()),
-        ("dbname", "postgres".to_owned()),
-        ("sslmode", "disable".to_owned()),
-    ]
-    .into_iter()
-    .collect()
 }

@@ -126,3 +126,77 @@ pub async fn install_crd(client: &Client) {
     })
     .await;
 }
+
+/// A control plane of its own (so no other test's requests count), with the
+/// CRD and namespace `ns`; the control plane stops when dropped.
+pub async fn private_cluster(ns: &str) -> (dbqo_testenv::ControlPlane, Client, std::path::PathBuf) {
+    let dir = dbqo_testenv::run_dir().with_extension(format!("{ns}-kube"));
+    let control_plane = tokio::task::spawn_blocking(move || {
+        dbqo_testenv::ControlPlane::start(&dir, &dbqo_testenv::assets().unwrap()).unwrap()
+    })
+    .await
+    .unwrap();
+    let kubeconfig = control_plane.info.kubeconfig.clone();
+    let client = kube_client_for(&kubeconfig).await;
+    install_crd(&client).await;
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create namespace");
+    (control_plane, client, kubeconfig)
+}
+
+/// API requests counted by (verb, resource).
+pub type RequestCounts = std::collections::BTreeMap<(String, String), f64>;
+
+/// `apiserver_request_total` of JSON clients, summed by (verb, resource).
+/// The control plane's own clients speak protobuf (the API server GETs the
+/// `kubernetes` Service every 10 s, the controllers list and watch), the
+/// operator speaks JSON: counting JSON requests counts the operator's (and
+/// the test's, which makes none while measuring).
+pub async fn request_counts(client: &Client) -> RequestCounts {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(request).await.expect("read /metrics");
+    let mut counts = RequestCounts::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        if label("contentType") != "application/json" {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *counts
+            .entry((label("verb"), label("resource")))
+            .or_insert(0.0) += value;
+    }
+    counts
+}
+
+/// Connection Secret keys for database `dbname` on a PostgreSQL of a test's own.
+pub fn server_secret_keys(
+    server: &dbqo_testenv::PostgresInfo,
+    dbname: &str,
+) -> std::collections::BTreeMap<&'static str, String> {
+    std::collections::BTreeMap::from([
+        ("host", server.host.clone()),
+        ("port", server.port.to_string()),
+        ("username", server.user.clone()),
+        ("password", server.password.clone()),
+        ("dbname", dbname.to_owned()),
+        ("sslmode", "disable".to_owned()),
+    ])
+}
