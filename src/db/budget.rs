@@ -152,9 +152,10 @@ impl Server {
         self.start_sweeping();
     }
 
-    /// A slot for a new connection: at once if one is free; otherwise after
-    /// asking every pool to close its idle connections, waiting up to `wait`.
-    pub(super) async fn acquire(&self, wait: Duration) -> Option<Slot> {
+    /// A slot for a new connection (pooled, or held outside any pool like
+    /// the LISTEN connection): at once if one is free; otherwise after asking
+    /// every pool to close its idle connections, waiting up to `wait`.
+    pub async fn acquire(&self, wait: Duration) -> Option<Slot> {
         use std::sync::atomic::Ordering;
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Some(Slot(permit));
@@ -172,11 +173,6 @@ impl Server {
     /// Whether a new connection to this server waits for a slot.
     pub(super) fn contended(&self) -> bool {
         self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
-    }
-
-    /// A slot held outside any pool (a LISTEN connection), waiting up to `wait`.
-    pub async fn acquire_dedicated(&self, wait: Duration) -> Option<Slot> {
-        self.acquire(wait).await
     }
 
     /// Closes the idle connections of every pool that were idle at least `idle`.

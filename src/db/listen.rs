@@ -127,12 +127,6 @@ impl Listeners {
             hub,
         }
     }
-
-    /// LISTEN connections open now (one per identity with subscribers).
-    pub fn open(&self) -> usize {
-        let hubs = self.hubs.lock().unwrap_or_else(|e| e.into_inner());
-        hubs.values().filter(|h| !h.is_closed()).count()
-    }
 }
 
 /// Subscribers by channel.
@@ -193,11 +187,7 @@ async fn run_hub(
                 None => return,
             }
         }
-        let Some(slot) = budget
-            .server(&registry.key)
-            .acquire_dedicated(SLOT_WAIT)
-            .await
-        else {
+        let Some(slot) = budget.server(&registry.key).acquire(SLOT_WAIT).await else {
             tracing::info!("no connection slot for the LISTEN connection yet");
             continue;
         };
