@@ -9,7 +9,6 @@ use common::operator::{
     create_secret, secret_keys, wait_for_condition, wait_for_configmaps, DbqrBuilder, Operator,
 };
 use common::{eventually, kube_client, shared};
-use dbqo_testenv::{Postgres, PostgresOptions};
 use kube::{
     api::{Api, Patch, PatchParams},
     Client,
@@ -30,12 +29,7 @@ async fn cluster(prefix: &str) -> (Client, String) {
 #[tokio::test]
 async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
     let (client, ns) = cluster("outage").await;
-    let dir = dbqo_testenv::run_dir().with_extension("outage-pg");
-    let mut server =
-        tokio::task::spawn_blocking(move || Postgres::start(&dir, PostgresOptions::default()))
-            .await
-            .unwrap()
-            .expect("a private PostgreSQL");
+    let mut server = common::private_postgres("outage", None).await;
     let url = server.info.url("postgres");
     common::connect(&url)
         .await
@@ -116,12 +110,7 @@ async fn wrong_password_unknown_host_and_tls_mismatch_have_clear_reasons() {
     create_secret(&client, &ns, "unknown-host", unknown_host).await;
 
     // A server without TLS, and a client that requires it.
-    let dir = dbqo_testenv::run_dir().with_extension("plain-pg");
-    let plain =
-        tokio::task::spawn_blocking(move || Postgres::start(&dir, PostgresOptions::default()))
-            .await
-            .unwrap()
-            .unwrap();
+    let plain = common::private_postgres("plain", None).await;
     let mut requires_tls = secret_keys(&url);
     requires_tls.insert("port", plain.info.port.to_string());
     requires_tls.insert("dbname", "postgres".into());
@@ -361,21 +350,9 @@ async fn operator_id(client: &Client, namespace: &str) -> String {
 #[tokio::test]
 async fn a_server_with_no_connection_to_spare_is_reported_and_recovers() {
     let (client, ns) = cluster("busy").await;
-    let dir = dbqo_testenv::run_dir().with_extension("busy-pg");
     // Six connections, three of them reserved for superusers: the admin
     // connection below and two of `app` take the other three.
-    let server = tokio::task::spawn_blocking(move || {
-        Postgres::start(
-            &dir,
-            PostgresOptions {
-                max_connections: Some(6),
-                ..PostgresOptions::default()
-            },
-        )
-    })
-    .await
-    .unwrap()
-    .expect("a private PostgreSQL");
+    let server = common::private_postgres("busy", Some(6)).await;
     let admin = common::connect(&server.info.url("postgres")).await;
     admin
         .batch_execute(&format!(

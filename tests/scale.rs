@@ -15,7 +15,6 @@ use std::{
 use common::operator::{create_secret, DbqrBuilder, Operator};
 use common::{eventually, kube_client, namespace};
 use dbqo::api::DatabaseQueryResource;
-use dbqo_testenv::{Postgres, PostgresOptions};
 use futures_util::StreamExt;
 use kube::api::Api;
 use serde_json::json;
@@ -77,19 +76,7 @@ async fn wait_all_ready(client: &kube::Client, ns: &str, count: usize) {
 /// another client can connect throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_dbqrs_stay_within_the_connection_budget() {
-    let dir = dbqo_testenv::run_dir().with_extension("scale-pg");
-    let server = tokio::task::spawn_blocking(move || {
-        Postgres::start(
-            &dir,
-            PostgresOptions {
-                max_connections: Some(20),
-                ..PostgresOptions::default()
-            },
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let server = common::private_postgres("scale", Some(20)).await;
     let url = server.info.url("postgres");
     common::connect(&url)
         .await

@@ -24,7 +24,6 @@ use std::{
 
 use common::operator::{create_secret, DbqrBuilder, Operator};
 use dbqo::api::DatabaseQueryResource;
-use dbqo_testenv::{Postgres, PostgresOptions};
 use futures_util::StreamExt;
 use kube::api::Api;
 use serde_json::json;
@@ -153,19 +152,7 @@ const ITEM_CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"g{{
 async fn main() {
     let args = args();
     let started = Instant::now();
-    let dir = dbqo_testenv::run_dir().with_extension("bench-pg");
-    let server = tokio::task::spawn_blocking(move || {
-        Postgres::start(
-            &dir,
-            PostgresOptions {
-                max_connections: Some(100),
-                ..PostgresOptions::default()
-            },
-        )
-    })
-    .await
-    .unwrap()
-    .expect("start PostgreSQL");
+    let server = common::private_postgres("bench", Some(100)).await;
     let url = server.info.url("postgres");
     let db = common::connect(&url).await;
     db.batch_execute(&format!(

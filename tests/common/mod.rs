@@ -200,3 +200,17 @@ pub fn server_secret_keys(
         ("sslmode", "disable".to_owned()),
     ])
 }
+
+/// A PostgreSQL of the test's own (`name` tells its directory apart), with
+/// `max_connections` when given; stopped when dropped.
+pub async fn private_postgres(name: &str, max_connections: Option<u32>) -> dbqo_testenv::Postgres {
+    let dir = dbqo_testenv::run_dir().with_extension(format!("{name}-pg"));
+    let options = dbqo_testenv::PostgresOptions {
+        max_connections,
+        ..dbqo_testenv::PostgresOptions::default()
+    };
+    tokio::task::spawn_blocking(move || dbqo_testenv::Postgres::start(&dir, options))
+        .await
+        .unwrap()
+        .expect("a private PostgreSQL")
+}
