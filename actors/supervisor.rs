@@ -19,7 +19,7 @@ use actix::{
 use futures_util::stream::LocalBoxStream;
 use kube::{runtime::watcher, ResourceExt};
 
-use crate::query::{QueryActor, Stop};
+use crate::query::{MetadataChanged, QueryActor, Stop};
 use crate::writer::WriterHandle;
 use crate::Fatal;
 use dbqo::api::{DatabaseQueryResource, FINALIZER};
@@ -27,7 +27,7 @@ use dbqo::reconcile::{
     cleanup::{clean_up, Cleanup},
     Owner, Writer,
 };
-use dbqo::render::Gvk;
+use dbqo::render::{Gvk, Metadata};
 use dbqo::settings::Settings;
 
 /// What the DBQR watch yields.
@@ -39,6 +39,9 @@ type Key = (String, String);
 struct Running {
     uid: String,
     generation: Option<i64>,
+    /// Labels and annotations templates see as `Metadata` (they change
+    /// without a new generation).
+    metadata: Metadata,
     actor: Addr<QueryActor>,
 }
 
@@ -112,23 +115,30 @@ impl Supervisor {
             return;
         }
         let uid = dbqr.uid().unwrap_or_default();
-        if let Some(running) = self.actors.get(&key) {
+        if let Some(running) = self.actors.get_mut(&key) {
             if running.uid == uid
                 && running.generation == dbqr.metadata.generation
                 && running.actor.connected()
             {
+                let metadata = Metadata::of(&dbqr);
+                if running.metadata != metadata {
+                    running.metadata = metadata;
+                    running.actor.do_send(MetadataChanged(Box::new(dbqr)));
+                }
                 return;
             }
         }
         self.stop(&key);
         tracing::info!(dbqr = %key.1, namespace = %key.0, generation = ?dbqr.metadata.generation, "starting query actor");
         let generation = dbqr.metadata.generation;
-        let actor = QueryActor::new(dbqr, &self.settings, self.writer.clone()).start();
+        let metadata = Metadata::of(&dbqr);
+        let actor = QueryActor::new(dbqr, self.settings.clone(), self.writer.clone()).start();
         self.actors.insert(
             key,
             Running {
                 uid,
                 generation,
+                metadata,
                 actor,
             },
         );

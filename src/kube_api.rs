@@ -64,11 +64,38 @@ impl From<kube::Error> for KubeError {
             kube::Error::Api(status) => Self::Api {
                 code: status.code,
                 reason: status.reason.clone(),
-                message: status.message.clone(),
+                message: redact_quoted(&status.message),
             },
             other => Self::Transport(other.to_string()),
         }
     }
+}
+
+/// An API server message with every double-quoted part blanked out. A 422
+/// answer echoes the rejected value (`Invalid value: "<label value>"`), and
+/// that value came from a row; the object's kind and name are known to the
+/// caller, so nothing useful is lost.
+pub fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' {
+            continue;
+        }
+        // Skip to the closing quote, honouring Go's backslash escapes.
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => break,
+                _ => {}
+            }
+        }
+        out.push_str("…\"");
+    }
+    out
 }
 
 /// What discovery knows about a kind: its scope and how to address it.
@@ -379,5 +406,22 @@ impl SecretData {
                 .map(|(k, v)| (k.clone(), v.0.clone()))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_quoted;
+
+    #[test]
+    fn quoted_values_leave_api_messages() {
+        let message = r#"ConfigMap "c" is invalid: metadata.labels: Invalid value: "m4rker \"x\" ok": a valid label must be 63 characters"#;
+        let redacted = redact_quoted(message);
+        assert!(!redacted.contains("m4rker"), "{redacted}");
+        assert_eq!(
+            redacted,
+            r#"ConfigMap "…" is invalid: metadata.labels: Invalid value: "…": a valid label must be 63 characters"#
+        );
+        assert_eq!(redact_quoted("unterminated \"m4rker"), "unterminated \"…\"");
     }
 }

@@ -3,10 +3,12 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use common::eventually;
-use common::operator::{wait_for_condition, wait_for_configmaps, DbqrBuilder, Operator};
+use common::operator::{
+    trigger_sql, wait_for_condition, wait_for_configmaps, DbqrBuilder, Operator,
+};
 use serde_json::json;
 
 const FLAG_CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"flag-{{Row.key}}\"\ndata:\n  value: \"{{Row.value}}\"\n";
@@ -77,15 +79,6 @@ async fn timestamp_probe_failures_are_reported() {
     );
 }
 
-fn trigger_sql(table: &str, channel: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
-        .args(["trigger-sql", "--table", table, "--channel", channel])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
     let (client, ns, db) = setup("notify", "CREATE TABLE flags (key text PRIMARY KEY, value text); INSERT INTO flags VALUES ('a', '1');").await;
@@ -101,6 +94,9 @@ async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
             "/changeDetection",
             json!({ "mode": "notify", "channel": "flags changed" }),
         )
+        // The TRUNCATE below is meant to empty the namespace at once; the
+        // prune guard that would hold it has tests of its own.
+        .set("/pruneGuard", json!({ "confirmationInterval": "0s" }))
         .create(&client, &ns)
         .await;
     wait_for_configmaps(&client, &ns, &["flag-a"]).await;
@@ -173,13 +169,14 @@ async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
             .then_some(())
     })
     .await;
-    db.batch_execute("DELETE FROM flags WHERE key <> 'k0'")
+    // 111 of 1,000 rows (k1, k10..k19, k100..k199): a prune the guard lets through.
+    db.batch_execute("DELETE FROM flags WHERE key LIKE 'k1%'")
         .await
         .unwrap();
     eventually(
         Duration::from_secs(10),
         "the delete after reconnecting",
-        || async { (common::operator::configmaps(&client, &ns).await.len() == 1).then_some(()) },
+        || async { (common::operator::configmaps(&client, &ns).await.len() == 889).then_some(()) },
     )
     .await;
 }

@@ -14,12 +14,14 @@ use actix::{
     WrapFuture,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{Resource, ResourceExt};
+use kube::{api::ApiResource, Resource, ResourceExt};
 
 use crate::writer::{Drifted, SecretChanged, SecretSubscription, Subscription, WriterHandle};
 use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
+use dbqo::kube_api::Target;
 use dbqo::reconcile::{
     backoff::backoff,
+    guard::RELEASE_ANNOTATION,
     repair, run_pass,
     status::{next_status, Outcome, WriteBackResult},
     writeback::Fingerprints,
@@ -32,6 +34,7 @@ use detection::Detection;
 pub struct QueryActor {
     dbqr: DatabaseQueryResource,
     config: Result<Arc<PassConfig>, Arc<PassError>>,
+    settings: Arc<Settings>,
     /// `None` while a pass holds it.
     state: Option<PassState>,
     /// The pool (and its connection settings) the last pass used; probes,
@@ -70,9 +73,15 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 #[rtype(result = "()")]
 pub struct Stop;
 
+/// The DBQR's labels or annotations changed (same generation): templates
+/// see them as `Metadata`, and the release annotation acts on the next pass.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MetadataChanged(pub Box<DatabaseQueryResource>);
+
 impl QueryActor {
-    pub fn new(dbqr: DatabaseQueryResource, settings: &Settings, writer: WriterHandle) -> Self {
-        let config = PassConfig::new(&dbqr, settings)
+    pub fn new(dbqr: DatabaseQueryResource, settings: Arc<Settings>, writer: WriterHandle) -> Self {
+        let config = PassConfig::new(&dbqr, &settings)
             .map(Arc::new)
             .map_err(Arc::new);
         let status = dbqr.status.clone();
@@ -86,6 +95,7 @@ impl QueryActor {
         Self {
             dbqr,
             config,
+            settings,
             state: Some(PassState::new(managed)),
             connection: None,
             status,
@@ -166,7 +176,7 @@ impl QueryActor {
         tracing::info!(
             dbqr = %self.dbqr.name_any(), namespace = %self.dbqr.namespace().unwrap_or_default(), pass,
             rows = report.rows, objects = report.objects, applied = report.applied, skipped = report.skipped,
-            pruned = report.pruned, ok = report.succeeded(), reason = report.failure().map_or("", |e| e.reason()),
+            pruned = report.pruned, held = report.guard.map_or(0, |g| g.held), ok = report.succeeded(), reason = report.failure().map_or("", |e| e.reason()),
             "pass finished"
         );
         self.publish(Outcome::Pass(&report), ctx);
@@ -178,6 +188,15 @@ impl QueryActor {
             self.failures = self.failures.saturating_add(1);
             backoff(self.failures, poll)
         };
+        // A held prune is confirmed by a pass once its interval has passed,
+        // whatever the poll interval.
+        let delay = match report.guard.and_then(|g| g.confirm_in) {
+            Some(confirm_in) => delay.min(confirm_in),
+            None => delay,
+        };
+        if report.guard.is_some_and(|g| g.released) {
+            self.clear_release_annotation(ctx);
+        }
         if matches!(report.database, Some(Ok(()))) {
             self.start_detection(ctx);
         }
@@ -215,6 +234,27 @@ impl QueryActor {
                     if let Err(error) = writer.publish_event(&regarding, &event).await {
                         tracing::warn!(dbqr = %name, reason = error.reason(), "cannot publish event");
                     }
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    /// The release annotation did its work in the pass that saw it; left in
+    /// place it would switch the prune guard off for good.
+    fn clear_release_annotation(&self, ctx: &mut Context<Self>) {
+        let writer = self.writer.clone();
+        let name = self.dbqr.name_any();
+        let target = Target {
+            resource: ApiResource::erase::<DatabaseQueryResource>(&()),
+            namespace: self.dbqr.namespace(),
+            name: name.clone(),
+        };
+        ctx.spawn(
+            async move {
+                let patch = serde_json::json!({"metadata": {"annotations": {RELEASE_ANNOTATION: null}}});
+                if let Err(error) = writer.merge_patch(&target, &patch).await {
+                    tracing::warn!(dbqr = %name, reason = error.reason(), "cannot remove the release annotation");
                 }
             }
             .into_actor(self),
@@ -329,6 +369,23 @@ impl Handler<SecretChanged> for QueryActor {
     /// then the LISTEN connection) from it, so run it now.
     fn handle(&mut self, _: SecretChanged, ctx: &mut Context<Self>) {
         tracing::debug!(dbqr = %self.dbqr.name_any(), "connection Secret changed");
+        self.trigger(ctx);
+    }
+}
+
+impl Handler<MetadataChanged> for QueryActor {
+    type Result = ();
+
+    fn handle(&mut self, MetadataChanged(dbqr): MetadataChanged, ctx: &mut Context<Self>) {
+        self.dbqr.metadata = dbqr.metadata;
+        if self.config.is_err() {
+            return;
+        }
+        // Same spec: only `Metadata` differs, so the rebuilt config is valid too.
+        self.config = PassConfig::new(&self.dbqr, &self.settings)
+            .map(Arc::new)
+            .map_err(Arc::new);
+        tracing::debug!(dbqr = %self.dbqr.name_any(), "labels or annotations changed");
         self.trigger(ctx);
     }
 }

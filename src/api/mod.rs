@@ -41,6 +41,10 @@ pub struct DatabaseQueryResourceSpec {
     #[serde(default = "default_true")]
     #[schemars(default = "default_true")]
     pub prune: bool,
+    /// Holds large deletions until a later pass confirms them (a table reloaded with TRUNCATE
+    /// then INSERT, a lagging replica or row-level security can make a query return too little).
+    #[serde(default)]
+    pub prune_guard: PruneGuardSpec,
     /// Where the rows come from.
     pub database: DatabaseSpec,
     /// SQL returning one row per object (or group of objects). Several statements may be given
@@ -68,6 +72,32 @@ pub struct DatabaseQueryResourceSpec {
     /// What happens to the generated objects when this DBQR is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+/// When a pass's deletions are held back.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneGuardSpec {
+    /// A pass that would delete all of this DBQR's objects, or more than this percentage of them,
+    /// holds those deletions (condition `PruneHeld`, an Event).
+    #[serde(default = "default_max_prune_percent")]
+    #[schemars(default = "default_max_prune_percent", range(min = 0, max = 100))]
+    pub max_prune_percent: u32,
+    /// Held deletions are carried out by a full pass at least this long after they were first
+    /// held, if the rows still do not produce those objects. `0s` prunes at once (no guard).
+    /// The annotation `dbqo.dev/release-prune` releases a held prune at once.
+    #[serde(default = "default_confirmation_interval")]
+    #[schemars(default = "default_confirmation_interval")]
+    pub confirmation_interval: Duration,
+}
+
+impl Default for PruneGuardSpec {
+    fn default() -> Self {
+        Self {
+            max_prune_percent: default_max_prune_percent(),
+            confirmation_interval: default_confirmation_interval(),
+        }
+    }
 }
 
 /// Connection to the database the query runs against.
@@ -228,6 +258,14 @@ pub struct DatabaseQueryResourceStatus {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_max_prune_percent() -> u32 {
+    50
+}
+
+fn default_confirmation_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_max_rows() -> u32 {

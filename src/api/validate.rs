@@ -24,6 +24,8 @@ pub enum SpecError {
         "spec.changeDetection.channel {0:?} is not a valid PostgreSQL channel name (1-63 bytes)"
     )]
     InvalidChannel(String),
+    #[error("spec.{field} is {value}; it must be between 0 and 100")]
+    PercentOutOfRange { field: &'static str, value: u32 },
     #[error("spec.query is empty")]
     EmptyQuery,
     #[error("spec.template is empty")]
@@ -58,6 +60,11 @@ const CONNECT_TIMEOUT: Bounds = Bounds {
     min: Duration::from_millis(100),
     max: Duration::from_secs(300),
 };
+const CONFIRMATION_INTERVAL: Bounds = Bounds {
+    field: "pruneGuard.confirmationInterval",
+    min: Duration::from_secs(0),
+    max: Duration::from_secs(7 * 24 * 3600),
+};
 const STATEMENT_TIMEOUT: Bounds = Bounds {
     field: "database.statementTimeout",
     min: Duration::from_millis(1),
@@ -90,6 +97,13 @@ impl DatabaseQueryResourceSpec {
         push(POLL_INTERVAL.check(self.poll_interval));
         push(CONNECT_TIMEOUT.check(self.database.pool.connect_timeout));
         push(STATEMENT_TIMEOUT.check(self.database.statement_timeout));
+        push(CONFIRMATION_INTERVAL.check(self.prune_guard.confirmation_interval));
+        if self.prune_guard.max_prune_percent > 100 {
+            push(Err(SpecError::PercentOutOfRange {
+                field: "pruneGuard.maxPrunePercent",
+                value: self.prune_guard.max_prune_percent,
+            }));
+        }
         if self.query.trim().is_empty() {
             push(Err(SpecError::EmptyQuery));
         }

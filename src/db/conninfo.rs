@@ -79,9 +79,7 @@ impl FromStr for ConnInfo {
         } else {
             split_key_value(s)?
         };
-        let config = tokio_postgres::Config::from_str(&rest)
-            // tokio-postgres' message names the bad key but never echoes values.
-            .map_err(|e| ConnInfoError::Invalid(e.to_string()))?;
+        let config = tokio_postgres::Config::from_str(&rest).map_err(|e| parse_error(&e))?;
         let mut info = ConnInfo {
             config,
             ssl_mode: SslMode::default(),
@@ -95,6 +93,24 @@ impl FromStr for ConnInfo {
         }
         Ok(info)
     }
+}
+
+/// tokio-postgres' parse error, without what it quotes of the input: an
+/// "unknown option" can be the tail of a password holding `?`, `&` or `=`.
+/// Only its "invalid value for option `<name>`" names one of its own options.
+fn parse_error(e: &tokio_postgres::Error) -> ConnInfoError {
+    let text = e.to_string();
+    let known = text
+        .split_once("invalid value for option `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(name, _)| name)
+        .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+    ConnInfoError::Invalid(match known {
+        Some(option) => format!("invalid value for option {option}"),
+        None => "cannot parse it (in a URI, percent-encode any of : / ? # @ & = in the user \
+                 name or password)"
+            .into(),
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -155,9 +171,10 @@ fn split_key_value(s: &str) -> Result<(String, Vec<(String, String)>), ConnInfoE
             std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(ConnInfoError::Invalid(format!(
-                "missing \"=\" after {key:?}"
-            )));
+            // The "key" may be the tail of a password with a space in it.
+            return Err(ConnInfoError::Invalid(
+                "a word without \"=\" (quote values that hold spaces: password='...')".into(),
+            ));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -168,9 +185,9 @@ fn split_key_value(s: &str) -> Result<(String, Vec<(String, String)>), ConnInfoE
                     Some('\'') => break,
                     Some(c) => value.push(c),
                     None => {
-                        return Err(ConnInfoError::Invalid(format!(
-                            "unterminated quoted value for {key:?}"
-                        )))
+                        return Err(ConnInfoError::Invalid(
+                            "a quoted value is not terminated".into(),
+                        ))
                     }
                 }
             }
@@ -236,5 +253,24 @@ mod tests {
             .parse::<ConnInfo>()
             .unwrap_err();
         assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_never_echo_the_input() {
+        let mut refused = 0;
+        for bad in [
+            "postgresql://u:pa?m4rker=1@h/d",
+            "postgresql://u:pa&m4rker@h/d?x=1&m4rker",
+            "host=h password=pa m4rker",
+            "host=h password='m4rker",
+            "postgresql://u:m4rker@h:notaport/d",
+        ] {
+            // Some of these parse (into nonsense the server will refuse).
+            if let Err(err) = bad.parse::<ConnInfo>() {
+                refused += 1;
+                assert!(!err.to_string().contains("m4rker"), "{bad}: {err}");
+            }
+        }
+        assert!(refused >= 3, "{refused}");
     }
 }

@@ -9,6 +9,7 @@ mod listen;
 mod pool;
 mod query;
 mod secret;
+pub mod sqlstate;
 
 pub use budget::{ConnectionBudget, ServerKey, Slot, IDLE_TIMEOUT};
 pub use connect::{connect, connect_error, tls_connector, ConnectError};
@@ -20,10 +21,11 @@ pub use secret::{conninfo_from_secret, SecretError};
 
 /// A tokio-postgres error as one line: the server's message and SQLSTATE when
 /// it answered (its `Display` says only "db error"), the client's otherwise.
-/// DETAIL is left out: it can quote row values.
+/// Messages of data-dependent SQLSTATEs are replaced by the condition name,
+/// and DETAIL is left out: both can quote row values.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        Some(db) => sqlstate::server_error_line(db.code().code(), db.message()),
         None => {
             let mut text = e.to_string();
             let mut source = std::error::Error::source(e);

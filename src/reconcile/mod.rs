@@ -11,6 +11,7 @@ pub mod change;
 pub mod cleanup;
 pub mod compare;
 pub mod error;
+pub mod guard;
 pub mod labels;
 pub mod pass;
 pub mod plan;

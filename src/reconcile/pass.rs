@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::future::join_all;
@@ -16,6 +16,7 @@ use serde_json::Value as Json;
 
 use super::compare::{in_place, stamp};
 use super::error::{ObjectError, PassError, PruneFailure, RowFailure};
+use super::guard::{Held, PruneGuard, Ruling, RELEASE_ANNOTATION};
 use super::labels::Owner;
 use super::plan::{self, Desired, Inputs, Live, Owned, Plan};
 use super::writer::{Kinds, Writer};
@@ -46,6 +47,8 @@ pub struct PassConfig {
     pub listeners: crate::db::Listeners,
     /// `statusUpdateQueryTemplate`, compiled.
     pub status_template: Option<StatusTemplate>,
+    /// `spec.pruneGuard`.
+    pub guard: PruneGuard,
 }
 
 impl PassConfig {
@@ -73,7 +76,13 @@ impl PassConfig {
             budget: settings.budget.clone(),
             listeners: settings.listeners.clone(),
             status_template,
+            guard: PruneGuard::from(&dbqr.spec.prune_guard),
         })
+    }
+
+    /// The DBQR carries the annotation that releases a held prune.
+    pub fn release_requested(&self) -> bool {
+        self.metadata.annotations.contains_key(RELEASE_ANNOTATION)
     }
 }
 
@@ -124,6 +133,8 @@ pub struct PassState {
     rows: HashMap<ObjectKey, Row>,
     /// The kinds this DBQR has written and not yet pruned.
     pub managed_kinds: BTreeSet<Gvk>,
+    /// Deletions the prune guard holds, and since when.
+    held: Held,
 }
 
 impl PassState {
@@ -158,6 +169,24 @@ pub struct PassReport {
     pub skipped: usize,
     pub pruned: usize,
     pub managed_kinds: BTreeSet<Gvk>,
+    /// What the prune guard decided, when the pass got as far as pruning.
+    pub guard: Option<GuardReport>,
+}
+
+/// The prune guard's ruling on a pass, for status and scheduling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardReport {
+    pub ruling: Ruling,
+    /// Deletions held back.
+    pub held: usize,
+    /// Objects this DBQR owns.
+    pub owned: usize,
+    /// When the earliest held deletion can be confirmed, from the end of the pass.
+    pub confirm_in: Option<Duration>,
+    /// The confirmation interval.
+    pub confirmation: Duration,
+    /// The pass saw the release annotation.
+    pub released: bool,
 }
 
 impl PassReport {
@@ -331,7 +360,7 @@ pub async fn reconcile_rows<W: Writer>(
         .chain(&plan.skip)
         .map(|d| (d.key(), rows[d.row].clone()))
         .collect();
-    execute(state, writer, plan, report).await;
+    execute(config, state, writer, plan, report).await;
 }
 
 fn render(config: &PassConfig, rows: &[Row], kinds: &Kinds, now: &str) -> RenderOutcome {
@@ -523,11 +552,13 @@ async fn read_live<W: Writer>(
 }
 
 /// Carries out `plan`: applies concurrently, then, only if every row and
-/// every apply succeeded, deletes what the plan prunes.
+/// every apply succeeded, deletes what the plan prunes and the prune guard
+/// lets through.
 async fn execute<W: Writer>(
+    config: &PassConfig,
     state: &mut PassState,
     writer: &W,
-    plan: Plan,
+    mut plan: Plan,
     report: &mut PassReport,
 ) {
     report.objects = plan.produced.len();
@@ -574,10 +605,32 @@ async fn execute<W: Writer>(
         return;
     }
 
-    let deletions = join_all(plan.prune.iter().map(|(_, target)| writer.delete(target))).await;
+    let released = config.release_requested();
+    let verdict = config.guard.rule(
+        std::mem::take(&mut plan.prune),
+        plan.owned,
+        &mut state.held,
+        Instant::now(),
+        released,
+    );
+    report.guard = Some(GuardReport {
+        ruling: verdict.ruling,
+        held: verdict.held,
+        owned: verdict.owned,
+        confirm_in: verdict.confirm_in,
+        confirmation: config.guard.confirmation,
+        released,
+    });
+    let deletions = join_all(
+        verdict
+            .delete
+            .iter()
+            .map(|(_, target)| writer.delete(target)),
+    )
+    .await;
     let mut delete_failures = Vec::new();
     let mut unpruned = Vec::new();
-    for ((gvk, target), result) in plan.prune.iter().zip(deletions) {
+    for ((gvk, target), result) in verdict.delete.iter().zip(deletions) {
         match result {
             Ok(()) => report.pruned += 1,
             Err(source) => {
@@ -590,7 +643,13 @@ async fn execute<W: Writer>(
             }
         }
     }
-    let inventory = plan.next_inventory(false, unpruned);
+    // Held deletions keep their kinds in the inventory.
+    let held_kinds: Vec<&Gvk> = if verdict.held > 0 {
+        plan.inventory.iter().collect()
+    } else {
+        Vec::new()
+    };
+    let inventory = plan.next_inventory(false, unpruned.into_iter().chain(held_kinds));
     state.managed_kinds = inventory.clone();
     report.managed_kinds = inventory;
     let mut prune_failures: Vec<PruneFailure> =

@@ -90,6 +90,9 @@ pub struct Plan {
     pub prune_failures: Vec<(Gvk, PruneFailure)>,
     /// Whether this pass prunes: `spec.prune` and no refused row.
     pub pruning: bool,
+    /// How many live objects this DBQR owns, produced or not (counted only
+    /// when pruning): the base of the prune guard's share.
+    pub owned: usize,
     /// The kinds written before this pass.
     pub inventory: BTreeSet<Gvk>,
     /// The kinds this pass renders (applied or skipped).
@@ -196,7 +199,11 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
                 namespace: object.namespace.clone(),
                 name: object.name.clone(),
             };
-            if plan.produced.contains(&key) || object.deleting || !owner.owns(&object.labels) {
+            if object.deleting || !owner.owns(&object.labels) {
+                continue;
+            }
+            plan.owned += 1;
+            if plan.produced.contains(&key) {
                 continue;
             }
             let target = Target {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::error::PassError;
-use super::pass::PassReport;
+use super::guard::{Ruling, RELEASE_ANNOTATION};
+use super::pass::{GuardReport, PassReport};
 use crate::api::DatabaseQueryResourceStatus;
 use crate::kube_api::DbqrEvent;
 
@@ -18,6 +19,7 @@ pub const READY: &str = "Ready";
 pub const DATABASE_CONNECTED: &str = "DatabaseConnected";
 pub const SYNCED: &str = "Synced";
 pub const STATUS_WRITE_BACK: &str = "StatusWriteBack";
+pub const PRUNE_HELD: &str = "PruneHeld";
 
 /// The outcome of the last status write-back batch.
 pub type WriteBackResult = Result<(), Arc<PassError>>;
@@ -107,6 +109,15 @@ fn verdicts(
                 None => Verdict::unknown("NotChecked", "no connection attempted"),
             };
             let synced = match &report.sync {
+                // The cluster still holds objects the rows no longer produce.
+                Some(Ok(())) if report.guard.is_some_and(|g| g.held > 0) => Verdict {
+                    status: "False",
+                    reason: "PruneHeld",
+                    message: format!(
+                        "{} objects from {} rows; deletions held (see PruneHeld)",
+                        report.objects, report.rows
+                    ),
+                },
                 Some(Ok(())) => Verdict::ok(
                     "Synced",
                     format!("{} objects from {} rows", report.objects, report.rows),
@@ -140,6 +151,14 @@ fn verdicts(
         (DATABASE_CONNECTED, database),
         (SYNCED, synced),
     ];
+    if let Outcome::Pass(PassReport {
+        guard: Some(guard), ..
+    }) = outcome
+    {
+        if let Some(verdict) = prune_held(guard) {
+            all.push((PRUNE_HELD, verdict));
+        }
+    }
     // Write-back failures are reported beside, never instead of, the sync state.
     match writeback {
         Some(Ok(())) => all.push((
@@ -150,6 +169,43 @@ fn verdicts(
         None => {}
     }
     all
+}
+
+/// The `PruneHeld` condition after a pass that got as far as pruning: True
+/// while deletions are held; once it has appeared, False with what ended
+/// the hold. Absent for a DBQR that never had a prune held (`None` here
+/// keeps whatever the status holds).
+fn prune_held(guard: &GuardReport) -> Option<Verdict> {
+    match guard.ruling {
+        Ruling::Holding => Some(Verdict {
+            status: "True",
+            reason: "PruneHeld",
+            message: format!(
+                "holding the deletion of {} of {} objects: more than the allowed share of this \
+                 DBQR's objects would go; they are deleted if a pass at least {:?} later still \
+                 does not produce them, or at once with the annotation {RELEASE_ANNOTATION}",
+                guard.held, guard.owned, guard.confirmation
+            ),
+        }),
+        Ruling::Confirmed => Some(Verdict {
+            status: "False",
+            reason: "PruneConfirmed",
+            message: format!(
+                "held deletions confirmed after {:?} and carried out",
+                guard.confirmation
+            ),
+        }),
+        Ruling::Released => Some(Verdict {
+            status: "False",
+            reason: "PruneReleased",
+            message: format!("held deletions released by the annotation {RELEASE_ANNOTATION}"),
+        }),
+        Ruling::Nothing | Ruling::Immediate => Some(Verdict {
+            status: "False",
+            reason: "NothingHeld",
+            message: "no deletion is held".into(),
+        }),
+    }
 }
 
 /// The next status and the Events it warrants, or `None` when nothing changed.
@@ -164,13 +220,19 @@ pub fn next_status(
     let mut next = old.clone();
     let mut events = Vec::new();
     next.observed_generation = generation;
-    next.conditions = verdicts(outcome, writeback)
+    let had = |type_: &str| old.conditions.iter().any(|c| c.type_ == type_);
+    let mut verdicts = verdicts(outcome, writeback);
+    // PruneHeld appears with the first hold; "nothing held" alone is noise.
+    verdicts.retain(|(type_, v)| *type_ != PRUNE_HELD || v.status == "True" || had(PRUNE_HELD));
+    next.conditions = verdicts
         .into_iter()
         .map(|(type_, v)| {
             let before = old.conditions.iter().find(|c| c.type_ == type_);
             if type_ != READY && before.map(|c| c.reason.as_str()) != Some(v.reason) {
+                // PruneHeld is the one condition whose True is bad news.
+                let bad = if type_ == PRUNE_HELD { "True" } else { "False" };
                 events.push(DbqrEvent {
-                    warning: v.status == "False",
+                    warning: v.status == bad,
                     reason: v.reason,
                     message: format!("{type_}: {}", v.message),
                 });
@@ -188,7 +250,14 @@ pub fn next_status(
                 observed_generation: generation,
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // An outcome that did not reach pruning leaves the hold as it was.
+    let ruled = matches!(outcome, Outcome::Pass(r) if r.guard.is_some());
+    if !ruled {
+        if let Some(held) = old.conditions.iter().find(|c| c.type_ == PRUNE_HELD) {
+            next.conditions.push(held.clone());
+        }
+    }
     if let Outcome::Pass(report) = outcome {
         next.managed_kinds = report
             .managed_kinds

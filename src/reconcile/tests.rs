@@ -14,6 +14,7 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::{json, Value as Json};
 
+use super::guard::{Ruling, RELEASE_ANNOTATION};
 use super::labels::{MANAGED_BY, MANAGED_BY_VALUE, OWNER_NAME, OWNER_NAMESPACE};
 use super::plan::{self, Desired, Inputs, Live, Owned};
 use super::writer::{Kinds, Writer};
@@ -347,6 +348,65 @@ fn a_changed_row_is_applied_and_a_removed_row_pruned() {
         writer.writes(),
         ["apply ConfigMap apps/a", "delete ConfigMap apps/b"]
     );
+}
+
+#[test]
+fn an_empty_result_holds_every_deletion_until_a_later_pass_confirms_it() {
+    let (config, writer, mut state) = converged(true, &[("a", "1"), ("b", "2"), ("c", "3")]);
+
+    // TRUNCATE committed, INSERT not yet: nothing is deleted.
+    let report = pass(&config, &mut state, &writer, &[]);
+    assert!(report.succeeded(), "{:?}", report.failure());
+    let guard = report.guard.unwrap();
+    assert_eq!((report.pruned, guard.held, guard.owned), (0, 3, 3));
+    assert_eq!(guard.ruling, Ruling::Holding);
+    assert!(guard
+        .confirm_in
+        .is_some_and(|d| d <= Duration::from_secs(30)));
+    assert!(writer.writes().is_empty(), "{:?}", writer.writes());
+    assert_eq!(
+        state.managed_kinds,
+        BTreeSet::from([cm_gvk()]),
+        "the inventory stays"
+    );
+
+    // The rows are back: the hold ends, nothing was ever deleted.
+    let report = pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("b", "2"), ("c", "3")]),
+    );
+    assert_eq!(report.guard.unwrap().ruling, Ruling::Nothing);
+    assert!(writer.writes().is_empty(), "{:?}", writer.writes());
+
+    // A deleted row (a small prune) goes at once.
+    let report = pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("b", "2")]),
+    );
+    assert_eq!(report.pruned, 1);
+    assert_eq!(writer.writes(), ["delete ConfigMap apps/c"]);
+}
+
+#[test]
+fn the_release_annotation_and_a_zero_interval_prune_at_once() {
+    let (mut config, writer, mut state) = converged(true, &[("a", "1"), ("b", "2")]);
+    config
+        .metadata
+        .annotations
+        .insert(RELEASE_ANNOTATION.into(), "true".into());
+    let report = pass(&config, &mut state, &writer, &[]);
+    assert_eq!(report.pruned, 2);
+    assert_eq!(report.guard.unwrap().ruling, Ruling::Released);
+    assert!(report.guard.unwrap().released);
+
+    let (mut config, writer, mut state) = converged(true, &[("a", "1"), ("b", "2")]);
+    config.guard.confirmation = Duration::ZERO;
+    let report = pass(&config, &mut state, &writer, &[]);
+    assert_eq!((report.pruned, report.guard.unwrap().held), (2, 0));
 }
 
 #[test]

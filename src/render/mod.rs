@@ -31,7 +31,7 @@ use crate::api::DatabaseQueryResource;
 const TEMPLATE_NAME: &str = "template";
 
 /// What a template sees of its DBQR as `Metadata`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Metadata {
     pub name: String,

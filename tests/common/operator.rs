@@ -122,6 +122,9 @@ pub struct PassRecord {
     pub applied: u64,
     pub skipped: u64,
     pub pruned: u64,
+    /// Deletions the prune guard holds after the pass.
+    #[serde(default)]
+    pub held: u64,
     pub ok: bool,
     pub reason: String,
 }
@@ -334,4 +337,35 @@ pub async fn setup(prefix: &str, schema: &str) -> Setup {
         url,
         db,
     }
+}
+
+/// The SQL of `db-query-operator trigger-sql` for `table` and `channel`.
+pub fn trigger_sql(table: &str, channel: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
+        .args(["trigger-sql", "--table", table, "--channel", channel])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Waits until the operator LISTENs on `db`'s database.
+pub async fn wait_for_listen(db: &tokio_postgres::Client) {
+    eventually(Duration::from_secs(10), "the LISTEN connection", || async {
+        let row = db
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE '%(listen)'", &[])
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) == 1).then_some(())
+    })
+    .await;
+}
+
+/// Event reasons about objects in `namespace`.
+pub async fn event_reasons(client: &Client, namespace: &str) -> Vec<String> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items.into_iter().filter_map(|e| e.reason).collect())
+        .unwrap_or_default()
 }

@@ -1,0 +1,281 @@
+//! The prune guard: a pass can succeed and still be wrong. A table reloaded
+//! with TRUNCATE then INSERT in two transactions, a replica that lags after a
+//! failover or row-level security after a role change all return too few rows
+//! without any error. Deleting on such a result is an outage (Namespaces,
+//! Deployments), so a pass that would delete all of a DBQR's objects, or more
+//! than a set share of them, holds those deletions. A held object is deleted
+//! only by a pass at least the confirmation interval after it was first held
+//! that still does not produce it. Small prunes (a deleted row) stay immediate.
+//!
+//! Holds live in the QueryActor's memory: an operator restart starts their
+//! clocks again, which can only delay a deletion, never hasten it.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use crate::api::PruneGuardSpec;
+use crate::kube_api::Target;
+use crate::render::{Gvk, ObjectKey};
+
+/// Annotation on a DBQR that releases its held prune at once. The operator
+/// removes it after the pass that saw it.
+pub const RELEASE_ANNOTATION: &str = "dbqo.dev/release-prune";
+
+/// An owned object no row produced, with its kind.
+pub type Candidate = (Gvk, Target);
+
+/// The guard's settings (`spec.pruneGuard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneGuard {
+    pub max_percent: u32,
+    pub confirmation: Duration,
+}
+
+impl From<&PruneGuardSpec> for PruneGuard {
+    fn from(spec: &PruneGuardSpec) -> Self {
+        Self {
+            max_percent: spec.max_prune_percent,
+            confirmation: spec.confirmation_interval.get(),
+        }
+    }
+}
+
+/// Objects held back, with when each was first held. Carried from pass to pass.
+#[derive(Debug, Default, Clone)]
+pub struct Held(HashMap<ObjectKey, Instant>);
+
+impl Held {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Why the guard let deletions through or held them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ruling {
+    /// Nothing to delete.
+    Nothing,
+    /// A small prune, or the guard is off: deleted at once.
+    Immediate,
+    /// A large prune: `held` objects wait; any others had waited long enough.
+    Holding,
+    /// Every held object waited the confirmation interval and is still not produced.
+    Confirmed,
+    /// The release annotation let everything through.
+    Released,
+}
+
+/// What the guard decided for one pass.
+#[derive(Debug)]
+pub struct Verdict {
+    pub delete: Vec<Candidate>,
+    /// How many deletions wait.
+    pub held: usize,
+    /// How many objects this DBQR owns (the base of the percentage).
+    pub owned: usize,
+    /// When the earliest held object may be deleted, from now.
+    pub confirm_in: Option<Duration>,
+    pub ruling: Ruling,
+}
+
+fn key(gvk: &Gvk, target: &Target) -> ObjectKey {
+    ObjectKey {
+        group_kind: gvk.group_kind(),
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+    }
+}
+
+impl PruneGuard {
+    /// Whether deleting `count` of `owned` objects is a large prune.
+    pub fn is_large(&self, count: usize, owned: usize) -> bool {
+        count > 0 && (count >= owned || count * 100 > owned * self.max_percent as usize)
+    }
+
+    /// Rules on the deletions of a successful pass. `owned`: the objects this
+    /// DBQR owns now, produced or not; `released`: the DBQR carries
+    /// [`RELEASE_ANNOTATION`]. Updates `held` for the next pass.
+    pub fn rule(
+        &self,
+        candidates: Vec<Candidate>,
+        owned: usize,
+        held: &mut Held,
+        now: Instant,
+        released: bool,
+    ) -> Verdict {
+        let verdict = |delete: Vec<Candidate>, ruling| Verdict {
+            delete,
+            held: 0,
+            owned,
+            confirm_in: None,
+            ruling,
+        };
+        if candidates.is_empty() {
+            held.0.clear();
+            return verdict(candidates, Ruling::Nothing);
+        }
+        if released || self.confirmation.is_zero() {
+            held.0.clear();
+            let ruling = if released {
+                Ruling::Released
+            } else {
+                Ruling::Immediate
+            };
+            return verdict(candidates, ruling);
+        }
+        if !self.is_large(candidates.len(), owned) {
+            // What was held and is still missing is part of a small prune now.
+            held.0.clear();
+            return verdict(candidates, Ruling::Immediate);
+        }
+        // An object produced again (the reload finished) is no longer held.
+        let keys: HashMap<ObjectKey, ()> = candidates
+            .iter()
+            .map(|(gvk, target)| (key(gvk, target), ()))
+            .collect();
+        held.0.retain(|k, _| keys.contains_key(k));
+        let mut delete = Vec::new();
+        let mut waiting = 0;
+        let mut confirm_in: Option<Duration> = None;
+        for (gvk, target) in candidates {
+            let since = *held.0.entry(key(&gvk, &target)).or_insert(now);
+            let waited = now.saturating_duration_since(since);
+            if waited >= self.confirmation {
+                delete.push((gvk, target));
+            } else {
+                waiting += 1;
+                let left = self.confirmation - waited;
+                confirm_in = Some(confirm_in.map_or(left, |c| c.min(left)));
+            }
+        }
+        for (gvk, target) in &delete {
+            held.0.remove(&key(gvk, target));
+        }
+        let ruling = if waiting == 0 {
+            Ruling::Confirmed
+        } else {
+            Ruling::Holding
+        };
+        Verdict {
+            delete,
+            held: waiting,
+            owned,
+            confirm_in,
+            ruling,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ApiResource;
+
+    fn candidates(names: &[&str]) -> Vec<Candidate> {
+        let gvk: Gvk = "v1/ConfigMap".parse().unwrap();
+        names
+            .iter()
+            .map(|name| {
+                (
+                    gvk.clone(),
+                    Target {
+                        resource: ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+                        namespace: Some("ns".into()),
+                        name: name.to_string(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    const GUARD: PruneGuard = PruneGuard {
+        max_percent: 50,
+        confirmation: Duration::from_secs(30),
+    };
+
+    #[test]
+    fn small_prunes_are_immediate() {
+        let mut held = Held::default();
+        let v = GUARD.rule(candidates(&["a"]), 10, &mut held, Instant::now(), false);
+        assert_eq!(
+            (v.delete.len(), v.held, v.ruling),
+            (1, 0, Ruling::Immediate)
+        );
+        let v = GUARD.rule(candidates(&["a", "b"]), 4, &mut held, Instant::now(), false);
+        assert_eq!(v.delete.len(), 2, "exactly half is not more than half");
+    }
+
+    #[test]
+    fn all_or_most_is_held_until_confirmed_by_a_later_pass() {
+        let mut held = Held::default();
+        let start = Instant::now();
+        let v = GUARD.rule(candidates(&["a", "b", "c"]), 3, &mut held, start, false);
+        assert_eq!((v.delete.len(), v.held, v.ruling), (0, 3, Ruling::Holding));
+        assert_eq!(v.confirm_in, Some(Duration::from_secs(30)));
+        let later = start + Duration::from_secs(29);
+        let v = GUARD.rule(candidates(&["a", "b", "c"]), 3, &mut held, later, false);
+        assert_eq!(v.held, 3);
+        assert_eq!(v.confirm_in, Some(Duration::from_secs(1)));
+        let v = GUARD.rule(
+            candidates(&["a", "b", "c"]),
+            3,
+            &mut held,
+            start + Duration::from_secs(30),
+            false,
+        );
+        assert_eq!(
+            (v.delete.len(), v.held, v.ruling),
+            (3, 0, Ruling::Confirmed)
+        );
+        assert!(held.is_empty());
+        // Two of three over half of the owned objects.
+        let v = GUARD.rule(candidates(&["a", "b"]), 3, &mut held, start, false);
+        assert_eq!(v.held, 2);
+    }
+
+    #[test]
+    fn an_object_produced_again_starts_over() {
+        let mut held = Held::default();
+        let start = Instant::now();
+        GUARD.rule(candidates(&["a", "b"]), 2, &mut held, start, false);
+        // The reload finished: nothing to delete, the holds go.
+        let v = GUARD.rule(
+            Vec::new(),
+            2,
+            &mut held,
+            start + Duration::from_secs(1),
+            false,
+        );
+        assert_eq!(v.ruling, Ruling::Nothing);
+        let v = GUARD.rule(
+            candidates(&["a", "b"]),
+            2,
+            &mut held,
+            start + Duration::from_secs(40),
+            false,
+        );
+        assert_eq!((v.delete.len(), v.held), (0, 2), "the clock restarted");
+    }
+
+    #[test]
+    fn release_and_a_zero_interval_delete_at_once() {
+        let mut held = Held::default();
+        let now = Instant::now();
+        GUARD.rule(candidates(&["a", "b"]), 2, &mut held, now, false);
+        let v = GUARD.rule(candidates(&["a", "b"]), 2, &mut held, now, true);
+        assert_eq!((v.delete.len(), v.ruling), (2, Ruling::Released));
+        assert!(held.is_empty());
+        let off = PruneGuard {
+            confirmation: Duration::ZERO,
+            ..GUARD
+        };
+        let v = off.rule(candidates(&["a", "b"]), 2, &mut held, now, false);
+        assert_eq!((v.delete.len(), v.ruling), (2, Ruling::Immediate));
+    }
+}
