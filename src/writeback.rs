@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value as Json};
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type};
 
-use crate::render::{helpers, Metadata};
+use crate::render::{helpers, values, Metadata};
 use crate::sql::split_statements;
 
 const NAME: &str = "status";
@@ -48,18 +48,31 @@ impl WritebackError {
 }
 
 thread_local! {
-    static PARAMS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    static PARAMS: RefCell<Option<Vec<Option<String>>>> = const { RefCell::new(None) };
 }
 
 /// The escape function of the SQL registry: each value becomes the next placeholder.
 fn bind(value: &str) -> String {
+    bind_param(Some(value.to_owned()))
+}
+
+fn bind_param(value: Option<String>) -> String {
     PARAMS.with(|p| match p.borrow_mut().as_mut() {
         Some(params) => {
-            params.push(value.to_owned());
+            params.push(value);
             format!("${}", params.len())
         }
         // Never splice: outside a render there is nothing to bind to.
         None => "NULL".to_owned(),
+    })
+}
+
+/// A plain `{{expr}}`: a missing or null value binds NULL (never nothing,
+/// which would be a syntax error), a structured one fails the render.
+fn bind_value(scalar: values::Scalar) -> Result<String, handlebars::RenderError> {
+    Ok(match scalar {
+        values::Scalar::Missing(_) | values::Scalar::Null => bind_param(None),
+        values::Scalar::Text(text) => bind_param(Some(text)),
     })
 }
 
@@ -78,7 +91,8 @@ impl std::fmt::Debug for StatusTemplate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoundStatement {
     pub sql: String,
-    pub params: Vec<String>,
+    /// `None` binds NULL.
+    pub params: Vec<Option<String>>,
 }
 
 impl StatusTemplate {
@@ -89,10 +103,15 @@ impl StatusTemplate {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(false);
         registry.register_escape_fn(bind);
-        helpers::register(&mut registry, helpers::HelperMode::Sql);
-        registry
-            .register_template_string(NAME, source)
-            .map_err(|e| WritebackError::Template(e.to_string()))?;
+        let helpers = helpers::register(&mut registry, helpers::HelperMode::Sql);
+        values::register(
+            &mut registry,
+            NAME,
+            source,
+            &helpers,
+            values::ValueHelper(bind_value),
+        )
+        .map_err(|e| WritebackError::Template(e.to_string()))?;
         // The statement count does not depend on values: check it with placeholders now.
         let probe = Self { registry };
         let shape = probe.render_with(&json!({}))?;
@@ -151,9 +170,9 @@ pub fn status_fingerprint(resource: &Json) -> Option<[u8; 32]> {
 
 /// A parameter in text form. An empty value is NULL for non-text types (an
 /// empty string is no integer, boolean, timestamp or JSON anyway) and the
-/// empty string for text types.
+/// empty string for text types; `None` is NULL.
 #[derive(Debug)]
-struct TextParam<'a>(&'a str);
+struct TextParam<'a>(Option<&'a str>);
 
 impl ToSql for TextParam<'_> {
     fn to_sql(
@@ -165,10 +184,10 @@ impl ToSql for TextParam<'_> {
             *ty,
             Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
         ) || ty.name() == "citext";
-        if self.0.is_empty() && !textual {
+        let Some(text) = self.0.filter(|t| textual || !t.is_empty()) else {
             return Ok(IsNull::Yes);
-        }
-        out.extend_from_slice(self.0.as_bytes());
+        };
+        out.extend_from_slice(text.as_bytes());
         Ok(IsNull::No)
     }
 
@@ -193,7 +212,11 @@ pub async fn execute(pool: &Pool, statement: &BoundStatement) -> Result<u64, Wri
         .prepare_cached(&statement.sql)
         .await
         .map_err(failed)?;
-    let params: Vec<TextParam<'_>> = statement.params.iter().map(|p| TextParam(p)).collect();
+    let params: Vec<TextParam<'_>> = statement
+        .params
+        .iter()
+        .map(|p| TextParam(p.as_deref()))
+        .collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     client.execute(&prepared, &refs).await.map_err(failed)
 }
@@ -215,7 +238,8 @@ mod tests {
             bound.sql,
             "UPDATE apps SET ready = $1, note = $2 WHERE name = $3"
         );
-        assert_eq!(bound.params, ["2", "'); DROP TABLE apps; --", "web"]);
+        let params: Vec<_> = bound.params.iter().map(|p| p.as_deref().unwrap()).collect();
+        assert_eq!(params, ["2", "'); DROP TABLE apps; --", "web"]);
     }
 
     #[test]
@@ -237,5 +261,37 @@ mod tests {
             sanitize(&secret),
             json!({"kind": "Secret", "metadata": {"name": "s"}})
         );
+    }
+
+    #[test]
+    fn missing_and_null_values_bind_null_and_structured_ones_fail() {
+        let t = StatusTemplate::compile(
+            "UPDATE apps SET ready = {{Resource.status.readyReplicas}}, note = {{Row.note}} WHERE name = {{Row.name}}",
+        )
+        .unwrap();
+        let row = json!({"name": "web", "note": null})
+            .as_object()
+            .unwrap()
+            .clone();
+        let bound = t.render(&json!({}), &row, &Metadata::default()).unwrap();
+        assert_eq!(
+            bound.sql,
+            "UPDATE apps SET ready = $1, note = $2 WHERE name = $3"
+        );
+        assert_eq!(bound.params, [None, None, Some("web".to_owned())]);
+
+        let row = json!({"name": {"m4rker": 1}, "note": "x"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let err = t
+            .render(&json!({}), &row, &Metadata::default())
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("{{Row.name}} is a JSON object") && message.contains("toJson"),
+            "{message}"
+        );
+        assert!(!message.contains("m4rker"), "{message}");
     }
 }

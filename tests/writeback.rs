@@ -201,10 +201,12 @@ spec:
         "StatusWriteBackFailed",
     )
     .await;
+    // Named by its condition; the value (the object's name) is not quoted.
     assert!(
-        message.contains("invalid input syntax for type integer"),
+        message.contains("invalid_text_representation (SQLSTATE 22P02"),
         "{message}"
     );
+    assert!(!message.contains("\"conv-1\""), "{message}");
     // Reconciliation is not blocked by it.
     wait_for_condition(&client, &ns, "conv", "Synced", "True", "Synced").await;
 }

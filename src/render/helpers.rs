@@ -110,7 +110,10 @@ impl HelperDef for TextHelper {
     }
 }
 
-pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) {
+/// Registers every helper; returns their names (handlebars does not tell
+/// which names are helpers, and a plain `{{name}}` may be either).
+pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&'static str> {
+    let mut names = vec!["now", "log"];
     let value_helpers: &[(&str, HelperFn)] = &[
         ("lower", |h| Ok(Json::String(text(h, 0)?.to_lowercase()))),
         ("upper", |h| Ok(Json::String(text(h, 0)?.to_uppercase()))),
@@ -264,6 +267,7 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) {
         }),
     ];
     for (name, f) in value_helpers {
+        names.push(name);
         registry.register_helper(name, Box::new(ValueHelper(*f)));
     }
 
@@ -304,6 +308,7 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) {
         ("nindent", |h| indent_helper(h, true)),
     ];
     for (name, f) in yaml_helpers {
+        names.push(name);
         match mode {
             HelperMode::Yaml => registry.register_helper(name, Box::new(YamlHelper(*f))),
             HelperMode::Sql => registry.register_helper(name, Box::new(TextHelper(*f))),
@@ -323,6 +328,7 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) {
         })),
     );
     registry.register_helper("log", Box::new(SilentLog));
+    names
 }
 
 fn indent_helper(h: &Helper<'_>, leading_newline: bool) -> Result<Fragment, RenderError> {

@@ -9,6 +9,7 @@ mod escape;
 pub(crate) mod helpers;
 mod object;
 mod tracking;
+pub(crate) mod values;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -72,9 +73,15 @@ impl RowTemplate {
         registry.set_strict_mode(true);
         registry.set_prevent_indent(true);
         registry.register_escape_fn(tracking::escape_value);
-        helpers::register(&mut registry, helpers::HelperMode::Yaml);
-        registry
-            .register_template_string(TEMPLATE_NAME, source)
+        let helpers = helpers::register(&mut registry, helpers::HelperMode::Yaml);
+        let value = values::ValueHelper(|scalar| match scalar {
+            values::Scalar::Missing(path) => {
+                Err(RenderErrorReason::MissingVariable(Some(path)).into())
+            }
+            values::Scalar::Null => Ok(tracking::escape_value("")),
+            values::Scalar::Text(text) => Ok(tracking::escape_value(&text)),
+        });
+        values::register(&mut registry, TEMPLATE_NAME, source, &helpers, value)
             .map_err(|e| TemplateError(e.to_string()))?;
         Ok(Self { registry })
     }

@@ -519,3 +519,35 @@ fn two_rows_producing_one_object_both_fail() {
     assert_eq!(failed, [(0, "DuplicateObject"), (2, "DuplicateObject")]);
     assert_eq!(outcome.failures[0].row.to_string(), "row 0 (id=1)");
 }
+
+#[test]
+fn a_structured_value_rendered_directly_fails_the_row_and_names_the_expression() {
+    for (value, kind) in [
+        (json!({"m4rker": 1}), "a JSON object"),
+        (json!(["m4rker", 2]), "a JSON array"),
+    ] {
+        let err = render(
+            &format!("{HEADER}data:\n  key: \"{{{{Row.obj}}}}\"\n"),
+            json!({"obj": value}),
+        )
+        .unwrap_err();
+        let message = err.to_string();
+        assert_eq!(err.reason(), "RenderFailed");
+        assert!(
+            message.contains("{{Row.obj}} is ") && message.contains(kind),
+            "{message}"
+        );
+        assert!(message.contains("toJson Row.obj"), "{message}");
+        assert!(!message.contains("m4rker"), "{message}");
+    }
+    // The same value through toJson, and the scalars of an array one by one, render.
+    let docs = render(
+        &format!(
+            "{HEADER}data:\n  json: {{{{toJson Row.obj}}}}\n  items: \"{{{{#each Row.arr}}}}{{{{@index}}}}={{{{this}}}};{{{{/each}}}}\"\n  now: \"{{{{now}}}}\"\n"
+        ),
+        json!({"obj": {"a": 1}, "arr": ["x", 2]}),
+    )
+    .unwrap();
+    assert_eq!(docs[0]["data"]["json"], json!({"a": 1}));
+    assert_eq!(docs[0]["data"]["items"], json!("0=x;1=2;"));
+}
