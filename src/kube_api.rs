@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use kube::{
     api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
-    discovery::{Discovery, Scope as DiscoveryScope},
+    discovery::Scope as DiscoveryScope,
     Client,
 };
 use serde_json::Value as Json;
@@ -25,6 +25,8 @@ pub const FIELD_MANAGER: &str = "db-query-operator";
 pub enum KubeError {
     #[error("{kind} is not served by the API server")]
     UnknownKind { kind: String },
+    #[error("{kind}: the API server does not serve this version of the kind (it serves {served})")]
+    VersionNotServed { kind: String, served: String },
     #[error("API server refused ({code}): {message}")]
     Api {
         code: u16,
@@ -43,6 +45,7 @@ impl KubeError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::UnknownKind { .. } => "UnknownKind",
+            Self::VersionNotServed { .. } => "VersionNotServed",
             Self::Api { code: 403, .. } => "Forbidden",
             Self::Api { code: 409, .. } => "Conflict",
             Self::Api { code: 422, .. } => "Invalid",
@@ -98,30 +101,91 @@ pub fn redact_quoted(message: &str) -> String {
     out
 }
 
-/// What discovery knows about a kind: its scope and how to address it.
+/// What discovery knows about a kind: its scope, how to address it at the
+/// version the API server prefers, and every version it serves.
 #[derive(Debug, Clone)]
 pub struct KindInfo {
     pub scope: Scope,
+    /// At the preferred version: what watches and lookups use, so every
+    /// DBQR shares one watch per kind whatever version it renders.
     pub resource: ApiResource,
+    pub versions: Vec<String>,
 }
 
-/// Every kind the API server serves, by group and kind, at its preferred version.
-pub async fn discover(client: &Client) -> Result<HashMap<GroupKind, KindInfo>, KubeError> {
-    let discovery = Discovery::new(client.clone()).run().await?;
-    let mut kinds = HashMap::new();
-    for group in discovery.groups() {
-        for (resource, caps) in group.recommended_resources() {
+/// Every kind the API server serves, and the API groups it could not
+/// describe (an aggregated API whose backend is down).
+#[derive(Debug, Clone, Default)]
+pub struct Discovered {
+    pub kinds: HashMap<GroupKind, KindInfo>,
+    pub unavailable: std::collections::BTreeSet<String>,
+}
+
+impl Discovered {
+    pub fn get(&self, group_kind: &GroupKind) -> Option<&KindInfo> {
+        self.kinds.get(group_kind)
+    }
+
+    /// Whether discovery confirms that `group_kind` is not served: its
+    /// group answered and does not list it.
+    pub fn confirms_absent(&self, group_kind: &GroupKind) -> bool {
+        !self.kinds.contains_key(group_kind) && !self.unavailable.contains(&group_kind.group)
+    }
+}
+
+/// Discovery, one request per group version (as kube's `Discovery::run`
+/// makes), but a group version that fails (an aggregated API whose backend
+/// is down) marks its group unavailable instead of failing the whole run.
+pub async fn discover(client: &Client) -> Result<Discovered, KubeError> {
+    use kube::core::GroupVersion;
+    let core = client.list_core_api_versions().await?;
+    let groups = client.list_api_groups().await?;
+    // (group, version, whether it is the group's preferred version)
+    let mut versions: Vec<(String, String, bool)> = core
+        .versions
+        .iter()
+        .map(|v| (String::new(), v.clone(), v == "v1"))
+        .collect();
+    for group in groups.groups {
+        let preferred = group.preferred_version.map(|p| p.version);
+        for v in group.versions {
+            let is_preferred = preferred.as_deref() == Some(v.version.as_str());
+            versions.push((group.name.clone(), v.version, is_preferred));
+        }
+    }
+    let answers = futures_util::future::join_all(versions.iter().map(|(group, version, _)| {
+        let gv = GroupVersion::gv(group, version);
+        async move { kube::discovery::pinned_group(client, &gv).await }
+    }))
+    .await;
+    let mut discovered = Discovered::default();
+    for ((group, version, preferred), answer) in versions.iter().zip(answers) {
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                let reason = KubeError::from(error).reason();
+                tracing::debug!(%group, %version, reason, "API group version unavailable");
+                discovered.unavailable.insert(group.clone());
+                continue;
+            }
+        };
+        for (resource, caps) in answer.versioned_resources(version) {
             let scope = match caps.scope {
                 DiscoveryScope::Cluster => Scope::Cluster,
                 DiscoveryScope::Namespaced => Scope::Namespaced,
             };
-            kinds.insert(
-                GroupKind::new(resource.group.clone(), resource.kind.clone()),
-                KindInfo { scope, resource },
-            );
+            let key = GroupKind::new(resource.group.clone(), resource.kind.clone());
+            let info = discovered.kinds.entry(key).or_insert_with(|| KindInfo {
+                scope,
+                resource: resource.clone(),
+                versions: Vec::new(),
+            });
+            if *preferred {
+                info.resource = resource;
+            }
+            info.versions.push(version.clone());
         }
     }
-    Ok(kinds)
+    Ok(discovered)
 }
 
 /// The resource for an exact group/version/kind (the version a manifest names).
@@ -132,14 +196,20 @@ pub fn resource_for(gvk: &Gvk, known: &KindInfo) -> ApiResource {
     resource
 }
 
-/// The resource of `gvk` if the API server serves its kind.
-pub fn resolve(kinds: &HashMap<GroupKind, KindInfo>, gvk: &Gvk) -> Result<ApiResource, KubeError> {
-    kinds
+/// The resource of `gvk` if the API server serves its kind at that version.
+pub fn resolve(kinds: &Discovered, gvk: &Gvk) -> Result<ApiResource, KubeError> {
+    let info = kinds
         .get(&gvk.group_kind())
-        .map(|info| resource_for(gvk, info))
         .ok_or_else(|| KubeError::UnknownKind {
             kind: gvk.to_string(),
-        })
+        })?;
+    if !info.versions.iter().any(|v| *v == gvk.version) {
+        return Err(KubeError::VersionNotServed {
+            kind: gvk.to_string(),
+            served: info.versions.join(", "),
+        });
+    }
+    Ok(resource_for(gvk, info))
 }
 
 /// One object in the cluster: how to address its kind, and its name.

@@ -90,7 +90,8 @@ struct Watched {
     ready: tokio::sync::watch::Sender<bool>,
 }
 
-type Stores = Arc<Mutex<HashMap<GroupKind, Store<DynamicObject>>>>;
+/// The cache of each watched kind, with the resource (preferred version) it watches.
+type Stores = Arc<Mutex<HashMap<GroupKind, (ApiResource, Store<DynamicObject>)>>>;
 
 pub struct KubeWriter {
     client: Client,
@@ -165,7 +166,7 @@ impl KubeWriter {
         ctx.add_stream(events.map(move |event| (kind.clone(), event)).boxed_local());
         tracing::debug!(kind = %gk, "watching managed objects");
         if let Ok(mut stores) = self.stores.lock() {
-            stores.insert(gk.clone(), store);
+            stores.insert(gk.clone(), (resource.clone(), store));
         }
         let (ready, waiting) = tokio::sync::watch::channel(false);
         self.watches.insert(gk, Watched { ready });
@@ -313,7 +314,8 @@ impl WriterHandle {
             .map_err(|_| KubeError::Closed)?
     }
 
-    fn store(&self, resource: &ApiResource) -> Option<Store<DynamicObject>> {
+    /// The cache of `resource`'s kind and the resource (version) it holds.
+    fn store(&self, resource: &ApiResource) -> Option<(ApiResource, Store<DynamicObject>)> {
         let gk = GroupKind::new(resource.group.clone(), resource.kind.clone());
         self.stores.lock().ok()?.get(&gk).cloned()
     }
@@ -342,12 +344,19 @@ impl WriterHandle {
     }
 }
 
+/// Discovery runs at most this often on request.
+const DISCOVERY_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Writer for WriterHandle {
     async fn kinds(&self, refresh: bool) -> Result<Kinds, KubeError> {
         let asked = std::time::Instant::now();
         let mut cache = self.kinds.lock().await;
-        // A refresh is satisfied by a discovery that ran while this caller waited.
-        let fresh = cache.as_ref().filter(|(_, at)| !refresh || *at >= asked);
+        // A refresh is satisfied by a discovery that ran while this caller
+        // waited, or a few seconds before: rows of an unknown kind ask for
+        // one on every pass, and discovery costs a request per API group.
+        let fresh = cache
+            .as_ref()
+            .filter(|(_, at)| !refresh || *at >= asked || at.elapsed() < DISCOVERY_MIN_INTERVAL);
         if let Some((kinds, _)) = fresh {
             return Ok(kinds.clone());
         }
@@ -369,15 +378,17 @@ impl Writer for WriterHandle {
     }
 
     fn cached(&self, target: &Target) -> Option<CachedObject> {
-        let mut key = ObjectRef::new_with(&target.name, target.resource.clone());
+        // Keys carry the version: look up at the one the cache watches.
+        let (watched, store) = self.store(&target.resource)?;
+        let mut key = ObjectRef::new_with(&target.name, watched);
         if let Some(ns) = &target.namespace {
             key = key.within(ns);
         }
-        CachedObject::of(&*self.store(&target.resource)?.get(&key)?)
+        CachedObject::of(&*store.get(&key)?)
     }
 
     fn cached_list(&self, resource: &ApiResource, labels: &Labels) -> Vec<LiveObject> {
-        let Some(store) = self.store(resource) else {
+        let Some((_, store)) = self.store(resource) else {
             return Vec::new();
         };
         store

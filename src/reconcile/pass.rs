@@ -22,7 +22,7 @@ use super::plan::{self, Desired, Inputs, Live, Owned, Plan};
 use super::writer::{Kinds, Writer};
 use crate::api::{DatabaseQueryResource, DatabaseQueryResourceSpec};
 use crate::db::{self, ConnInfo, ConnectionBudget, Pool, QueryOptions};
-use crate::kube_api::{resolve, KindInfo, Target};
+use crate::kube_api::{resolve, Discovered, KubeError, Target};
 use crate::render::{
     render_rows, GroupKind, Gvk, Metadata, ObjectKey, ObjectPolicy, RenderOutcome, RenderedObject,
     RowTemplate, Scope, ScopeLookup,
@@ -212,7 +212,7 @@ pub fn template_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-struct DiscoveredScopes<'a>(&'a HashMap<GroupKind, KindInfo>);
+struct DiscoveredScopes<'a>(&'a Discovered);
 
 impl ScopeLookup for DiscoveredScopes<'_> {
     fn scope(&self, gk: &GroupKind) -> Option<Scope> {
@@ -465,21 +465,38 @@ async fn watch_kinds<W: Writer>(
     inventory: &BTreeSet<Gvk>,
     failed: &mut Vec<RowFailure>,
 ) -> BTreeMap<GroupKind, Involved> {
+    // Watches and lookups use the version discovery prefers: one watch per
+    // kind, whatever version each DBQR renders.
+    let preferred = |gvk: &Gvk| {
+        kinds
+            .get(&gvk.group_kind())
+            .map(|info| info.resource.clone())
+            .ok_or_else(|| {
+                PruneFailure::UnknownKind(KubeError::UnknownKind {
+                    kind: gvk.to_string(),
+                })
+            })
+    };
     let mut involved: BTreeMap<GroupKind, Involved> = BTreeMap::new();
     for object in desired.iter() {
         involved
             .entry(object.gvk.group_kind())
             .or_insert_with(|| Involved {
                 gvk: object.gvk.clone(),
-                resource: Ok(object.target.resource.clone()),
+                resource: preferred(&object.gvk),
             });
     }
     for gvk in inventory {
+        // A kind discovery confirms is gone holds no objects any more; one
+        // of a group that did not answer may still hold some.
+        if kinds.confirms_absent(&gvk.group_kind()) {
+            continue;
+        }
         involved
             .entry(gvk.group_kind())
             .or_insert_with(|| Involved {
                 gvk: gvk.clone(),
-                resource: resolve(kinds, gvk).map_err(PruneFailure::UnknownKind),
+                resource: preferred(gvk),
             });
     }
     for kind in involved.values_mut() {

@@ -38,6 +38,8 @@ struct FakeWriter {
     calls: RefCell<Vec<String>>,
     /// Names whose apply the API server refuses.
     refuse_apply: HashSet<String>,
+    /// API groups discovery could not describe.
+    unavailable: BTreeSet<String>,
 }
 
 fn kinds() -> Kinds {
@@ -47,6 +49,7 @@ fn kinds() -> Kinds {
         KindInfo {
             scope: Scope::Namespaced,
             resource: ApiResource::erase::<ConfigMap>(&()),
+            versions: vec!["v1".into()],
         },
     );
     kinds.insert(
@@ -54,9 +57,13 @@ fn kinds() -> Kinds {
         KindInfo {
             scope: Scope::Namespaced,
             resource: ApiResource::erase::<Deployment>(&()),
+            versions: vec!["v1".into()],
         },
     );
-    Arc::new(kinds)
+    Arc::new(crate::kube_api::Discovered {
+        kinds,
+        unavailable: Default::default(),
+    })
 }
 
 fn slot(target: &Target) -> (String, Option<String>, String) {
@@ -108,7 +115,9 @@ impl FakeWriter {
 
 impl Writer for FakeWriter {
     async fn kinds(&self, _refresh: bool) -> Result<Kinds, KubeError> {
-        Ok(kinds())
+        let mut kinds = (*kinds()).clone();
+        kinds.unavailable = self.unavailable.clone();
+        Ok(Arc::new(kinds))
     }
 
     async fn watch(&self, _resource: &ApiResource) -> Result<(), KubeError> {
@@ -510,6 +519,41 @@ fn an_object_another_owner_took_is_no_longer_repaired() {
         "drift repair must not take it back"
     );
     assert!(writer.writes().is_empty());
+}
+
+#[test]
+fn a_kind_discovery_confirms_gone_drops_out_and_one_of_an_unavailable_group_stays() {
+    let (config, writer) = (config(true), FakeWriter::default());
+    // Served by no group that answered: its CRD was deleted.
+    let widgets: Gvk = "example.com/v1/Widget".parse().unwrap();
+    let mut state = PassState::new(BTreeSet::from([cm_gvk(), widgets]));
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    assert!(report.succeeded(), "{:?}", report.failure());
+    assert_eq!(state.managed_kinds, BTreeSet::from([cm_gvk()]));
+
+    // Its group did not answer discovery: it may still hold objects.
+    let writer = FakeWriter {
+        unavailable: ["metrics.example.com".to_owned()].into(),
+        ..FakeWriter::default()
+    };
+    let gauges: Gvk = "metrics.example.com/v1/Gauge".parse().unwrap();
+    let mut state = PassState::new(BTreeSet::from([cm_gvk(), gauges.clone()]));
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    assert_eq!(report.failure().map(|e| e.reason()), Some("PruneFailed"));
+    assert!(state.managed_kinds.contains(&gauges));
+}
+
+#[test]
+fn a_version_that_is_not_served_fails_only_its_rows() {
+    let (config, writer) = (config(true), FakeWriter::default());
+    let mut state = PassState::default();
+    let kinds = kinds();
+    let gvk: Gvk = "v2/ConfigMap".parse().unwrap();
+    let err = crate::kube_api::resolve(&kinds, &gvk).unwrap_err();
+    assert_eq!(err.reason(), "VersionNotServed");
+    assert!(err.to_string().contains("serves v1"), "{err}");
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    assert!(report.succeeded());
 }
 
 #[test]

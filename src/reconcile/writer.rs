@@ -4,7 +4,7 @@
 //! unit tests implement it in memory.
 #![allow(async_fn_in_trait)] // implemented and awaited on the actor runtime only, never boxed or sent
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::ApiResource;
@@ -12,11 +12,10 @@ use serde_json::Value as Json;
 
 use crate::api::DatabaseQueryResourceStatus;
 use crate::kube_api::{
-    CachedObject, DbqrEvent, KindInfo, KubeError, Labels, LiveObject, SecretData, Target,
+    CachedObject, DbqrEvent, Discovered, KubeError, Labels, LiveObject, SecretData, Target,
 };
-use crate::render::GroupKind;
 
-pub type Kinds = Arc<HashMap<GroupKind, KindInfo>>;
+pub type Kinds = Arc<Discovered>;
 
 pub trait Writer {
     /// Discovery: every served kind. `refresh` asks for a new discovery run.
