@@ -203,7 +203,7 @@ pub fn resolve(kinds: &Discovered, gvk: &Gvk) -> Result<ApiResource, KubeError> 
         .ok_or_else(|| KubeError::UnknownKind {
             kind: gvk.to_string(),
         })?;
-    if !info.versions.iter().any(|v| *v == gvk.version) {
+    if !info.versions.contains(&gvk.version) {
         return Err(KubeError::VersionNotServed {
             kind: gvk.to_string(),
             served: info.versions.join(", "),
@@ -417,10 +417,21 @@ pub async fn patch_dbqr_status(
         .patch_status(
             name,
             &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({ "status": status })),
+            &Patch::Merge(&status_patch(status)),
         )
         .await?;
     Ok(())
+}
+
+/// The merge patch that makes the DBQR's status `status`. A merge patch
+/// keeps what it does not mention, so an inventory that became empty is
+/// written as `null` (removed), not left out.
+pub fn status_patch(status: &DatabaseQueryResourceStatus) -> Json {
+    let mut body = serde_json::to_value(status).unwrap_or_default();
+    if let Some(fields) = body.as_object_mut() {
+        fields.entry("managedKinds").or_insert(Json::Null);
+    }
+    serde_json::json!({ "status": body })
 }
 
 /// Replaces a DBQR's finalizers, if it is still at `resource_version`
@@ -481,7 +492,17 @@ impl SecretData {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_quoted;
+    use super::{redact_quoted, status_patch};
+
+    #[test]
+    fn an_empty_inventory_is_written_not_left_out() {
+        let patch = status_patch(&Default::default());
+        assert_eq!(patch["status"]["managedKinds"], serde_json::Value::Null);
+        assert!(patch["status"]
+            .as_object()
+            .unwrap()
+            .contains_key("managedKinds"));
+    }
 
     #[test]
     fn quoted_values_leave_api_messages() {

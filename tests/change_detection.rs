@@ -59,11 +59,12 @@ async fn timestamp_mode_reacts_within_the_change_poll_interval() {
 
 #[tokio::test]
 async fn timestamp_probe_failures_are_reported() {
-    let (client, ns, _db) = setup(
+    let s = common::operator::setup(
         "tsfail",
         "CREATE TABLE flags (key text PRIMARY KEY, value text);",
     )
     .await;
+    let (client, ns, url) = (s.client, s.namespace, s.url);
     let operator = Operator::start(&[]);
     DbqrBuilder::new("flags", &operator)
         .query("SELECT key, value FROM flags")
@@ -77,6 +78,14 @@ async fn timestamp_probe_failures_are_reported() {
         message.contains("change probe failed") && message.contains("missing_table"),
         "{message}"
     );
+    // A good probe clears it (the full poll is an hour away).
+    common::connect(&url)
+        .await
+        .batch_execute("CREATE TABLE missing_table (updated_at timestamptz)")
+        .await
+        .unwrap();
+    wait_for_condition(&client, &ns, "flags", "Synced", "True", "Synced").await;
+    wait_for_condition(&client, &ns, "flags", "Ready", "True", "Ready").await;
 }
 
 #[tokio::test]

@@ -163,6 +163,13 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
     )
     .await;
     wait_for_condition(&client, ns, "items", "Ready", "True", "Ready").await;
+    // Nothing is left of any kind: the inventory is written empty, not left as it was.
+    let dbqrs = Api::<DatabaseQueryResource>::namespaced(client.clone(), ns);
+    eventually(Duration::from_secs(10), "an empty managedKinds", || async {
+        let status = dbqrs.get("items").await.ok()?.status?;
+        status.managed_kinds.is_empty().then_some(())
+    })
+    .await;
 }
 
 /// The default interval is 30 s; the annotation releases a held prune at

@@ -74,6 +74,11 @@ impl QueryActor {
         ctx.spawn(work.into_actor(self).map(move |result, actor, ctx| {
             match result {
                 Ok(value) => {
+                    // The status still shows the failed probe: a pass
+                    // writes what is true now.
+                    if std::mem::take(&mut actor.probe_failed) {
+                        actor.trigger(ctx);
+                    }
                     if let Detection::Probing { last } = &mut actor.detection {
                         if last.as_ref() != Some(&value) {
                             tracing::debug!(dbqr = %actor.dbqr.name_any(), "change probe saw a new maximum");
@@ -84,6 +89,7 @@ impl QueryActor {
                 }
                 Err(error) => {
                     tracing::info!(dbqr = %actor.dbqr.name_any(), reason = error.reason(), "change probe failed");
+                    actor.probe_failed = true;
                     actor.publish(Outcome::ProbeFailed(&error), ctx);
                 }
             }

@@ -18,7 +18,7 @@ use kube::{api::ApiResource, Resource, ResourceExt};
 
 use crate::writer::{Drifted, SecretChanged, SecretSubscription, Subscription, WriterHandle};
 use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
-use dbqo::kube_api::Target;
+use dbqo::kube_api::{DbqrEvent, Target};
 use dbqo::reconcile::{
     backoff::backoff,
     guard::RELEASE_ANNOTATION,
@@ -62,7 +62,16 @@ pub struct QueryActor {
     drifted: HashSet<ObjectKey>,
     /// Connections and subscriptions have been let go (the actor is stopping).
     released: bool,
+    /// Counts status writes, so a retry knows whether a newer one replaced it.
+    status_version: u64,
+    /// Failed status patches in a row.
+    status_failures: u32,
+    /// The last change probe failed (and the status says so).
+    probe_failed: bool,
 }
+
+/// Failed status patches are retried at least this often.
+const STATUS_RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// Notifications are collapsed over this window: a burst of row changes
 /// costs one or two passes, not one per statement.
@@ -111,6 +120,9 @@ impl QueryActor {
             last_report: PassReport::default(),
             drifted: HashSet::new(),
             released: false,
+            status_version: 0,
+            status_failures: 0,
+            probe_failed: false,
         }
     }
 
@@ -220,23 +232,54 @@ impl QueryActor {
         ) else {
             return;
         };
-        self.status = Some(status.clone());
+        self.write_status(status, events, ctx);
+    }
+
+    /// Patches the status; the actor's copy (what the next status is
+    /// compared with) changes only once the API server has it. A failed
+    /// patch is retried with backoff unless a newer status replaced it.
+    fn write_status(
+        &mut self,
+        status: DatabaseQueryResourceStatus,
+        events: Vec<DbqrEvent>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.status_version += 1;
+        let version = self.status_version;
         let writer = self.writer.clone();
         let namespace = self.dbqr.namespace().unwrap_or_default();
         let name = self.dbqr.name_any();
         let regarding = self.dbqr.object_ref(&());
         ctx.spawn(
             async move {
-                if let Err(error) = writer.patch_dbqr_status(&namespace, &name, &status).await {
-                    tracing::warn!(dbqr = %name, reason = error.reason(), "cannot write DBQR status");
-                }
-                for event in events {
-                    if let Err(error) = writer.publish_event(&regarding, &event).await {
-                        tracing::warn!(dbqr = %name, reason = error.reason(), "cannot publish event");
+                let result = writer.patch_dbqr_status(&namespace, &name, &status).await;
+                if result.is_ok() {
+                    for event in &events {
+                        if let Err(error) = writer.publish_event(&regarding, event).await {
+                            tracing::warn!(dbqr = %name, reason = error.reason(), "cannot publish event");
+                        }
                     }
                 }
+                (result, status, events)
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |(result, status, events), actor, ctx| match result {
+                Ok(()) => {
+                    actor.status_failures = 0;
+                    actor.status = Some(status);
+                }
+                Err(error) => {
+                    actor.status_failures = actor.status_failures.saturating_add(1);
+                    let delay = backoff(actor.status_failures, STATUS_RETRY_CAP);
+                    tracing::warn!(dbqr = %actor.dbqr.name_any(), reason = error.reason(), retry_in = ?delay, "cannot write DBQR status");
+                    ctx.run_later(delay, move |actor, ctx| {
+                        // A newer status was written (or is being written) meanwhile.
+                        if actor.status_version == version {
+                            actor.write_status(status, events, ctx);
+                        }
+                    });
+                }
+            }),
         );
     }
 

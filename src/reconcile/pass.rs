@@ -455,6 +455,19 @@ struct Involved {
     resource: Result<ApiResource, PruneFailure>,
 }
 
+/// The resource of `gvk`'s kind at the version discovery prefers.
+fn preferred_resource(kinds: &Discovered, gvk: &Gvk) -> Option<ApiResource> {
+    kinds
+        .get(&gvk.group_kind())
+        .map(|info| info.resource.clone())
+}
+
+fn not_served(gvk: &Gvk) -> PruneFailure {
+    PruneFailure::UnknownKind(KubeError::UnknownKind {
+        kind: gvk.to_string(),
+    })
+}
+
 /// Makes sure every kind involved (what the rows render and what was written
 /// before) is watched and cached. Objects of a kind that cannot be watched
 /// fail their rows.
@@ -467,23 +480,14 @@ async fn watch_kinds<W: Writer>(
 ) -> BTreeMap<GroupKind, Involved> {
     // Watches and lookups use the version discovery prefers: one watch per
     // kind, whatever version each DBQR renders.
-    let preferred = |gvk: &Gvk| {
-        kinds
-            .get(&gvk.group_kind())
-            .map(|info| info.resource.clone())
-            .ok_or_else(|| {
-                PruneFailure::UnknownKind(KubeError::UnknownKind {
-                    kind: gvk.to_string(),
-                })
-            })
-    };
     let mut involved: BTreeMap<GroupKind, Involved> = BTreeMap::new();
     for object in desired.iter() {
         involved
             .entry(object.gvk.group_kind())
             .or_insert_with(|| Involved {
                 gvk: object.gvk.clone(),
-                resource: preferred(&object.gvk),
+                resource: preferred_resource(kinds, &object.gvk)
+                    .ok_or_else(|| not_served(&object.gvk)),
             });
     }
     for gvk in inventory {
@@ -496,7 +500,7 @@ async fn watch_kinds<W: Writer>(
             .entry(gvk.group_kind())
             .or_insert_with(|| Involved {
                 gvk: gvk.clone(),
-                resource: preferred(gvk),
+                resource: preferred_resource(kinds, gvk).ok_or_else(|| not_served(gvk)),
             });
     }
     for kind in involved.values_mut() {
