@@ -17,14 +17,16 @@ use actix::{
     ResponseActFuture, StreamHandler, WrapFuture,
 };
 use futures_util::stream::LocalBoxStream;
-use kube::{runtime::watcher, ResourceExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{runtime::watcher, Resource, ResourceExt};
 
 use crate::query::{MetadataChanged, QueryActor, Stop};
 use crate::writer::WriterHandle;
 use crate::Fatal;
-use dbqo::api::{DatabaseQueryResource, FINALIZER};
+use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus, FINALIZER};
 use dbqo::reconcile::{
-    cleanup::{clean_up, Cleanup},
+    backoff::backoff,
+    cleanup::{blocked_status, clean_up, release, Cleanup, CleanupError},
     Owner, Writer,
 };
 use dbqo::render::{Gvk, Metadata};
@@ -52,11 +54,24 @@ pub struct Supervisor {
     settings: Arc<Settings>,
     actors: HashMap<Key, Running>,
     cleaning: HashSet<String>,
+    /// Clean-ups that failed, by DBQR uid.
+    blocked: HashMap<String, Blocked>,
     ready: Arc<AtomicBool>,
     fatal: tokio::sync::mpsc::UnboundedSender<Fatal>,
     /// Set once shutdown began: no new actors.
     stopping: bool,
 }
+
+/// A clean-up that keeps failing.
+struct Blocked {
+    failures: u32,
+    /// The DBQR status as last written (the watch copy of a deleting DBQR
+    /// may be older).
+    status: Option<DatabaseQueryResourceStatus>,
+}
+
+/// Blocked clean-ups are retried at least this often.
+const CLEANUP_RETRY_CAP: Duration = Duration::from_secs(300);
 
 /// Stops every QueryActor (timers, LISTEN connections, pools) and then the
 /// supervisor; resolves when they have all stopped.
@@ -78,6 +93,7 @@ impl Supervisor {
             settings,
             actors: HashMap::new(),
             cleaning: HashSet::new(),
+            blocked: HashMap::new(),
             ready,
             fatal,
             stopping: false,
@@ -166,11 +182,18 @@ impl Supervisor {
         );
     }
 
+    /// Starts the clean-up of a deleted DBQR unless it runs already. Later
+    /// events of the same DBQR do not start another: one loop per DBQR runs
+    /// until the finalizer is gone (removing it re-reads the DBQR when the
+    /// copy the loop holds is stale).
     fn start_cleanup(&mut self, dbqr: DatabaseQueryResource, ctx: &mut Context<Self>) {
-        let uid = dbqr.uid().unwrap_or_default();
-        if !self.cleaning.insert(uid.clone()) {
-            return;
+        if self.cleaning.insert(dbqr.uid().unwrap_or_default()) {
+            self.run_cleanup(dbqr, ctx);
         }
+    }
+
+    fn run_cleanup(&mut self, dbqr: DatabaseQueryResource, ctx: &mut Context<Self>) {
+        let uid = dbqr.uid().unwrap_or_default();
         let owner = Owner::of(&dbqr);
         let policy = dbqr.spec.deletion_policy;
         let managed = dbqr
@@ -181,25 +204,74 @@ impl Supervisor {
             .collect();
         let allowed = self.settings.policy.allowed_kinds.clone();
         let writer = self.writer.clone();
-        let work = async move { clean_up(&owner, policy, &managed, &allowed, &writer).await };
+        let work = async move {
+            match clean_up(&owner, policy, &managed, &allowed, &writer).await {
+                Ok(Cleanup::Done) => release(&writer, &dbqr)
+                    .await
+                    .map(|()| Cleanup::Done)
+                    .map_err(CleanupError::Release),
+                other => other,
+            }
+            .map_err(|e| (e, dbqr.clone()))
+            .map(|done| (done, dbqr))
+        };
         ctx.spawn(work.into_actor(self).map(move |result, supervisor, ctx| {
-            supervisor.cleaning.remove(&uid);
             match result {
-                Ok(Cleanup::Done) => {
-                    let finalizers: Vec<String> = dbqr.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-                    tracing::info!(dbqr = %dbqr.name_any(), ?policy, "clean-up done, releasing the DBQR");
-                    supervisor.set_finalizers(&dbqr, finalizers, ctx);
+                Ok((Cleanup::Done, dbqr)) => {
+                    supervisor.cleaning.remove(&uid);
+                    supervisor.blocked.remove(&uid);
+                    tracing::info!(dbqr = %dbqr.name_any(), ?policy, "clean-up done, DBQR released");
                 }
-                Ok(Cleanup::Waiting { remaining }) => {
+                Ok((Cleanup::Waiting { remaining }, dbqr)) => {
                     tracing::debug!(dbqr = %dbqr.name_any(), remaining, "waiting for objects to go");
-                    ctx.run_later(Duration::from_millis(500), move |s, ctx| s.start_cleanup(dbqr, ctx));
+                    ctx.run_later(Duration::from_millis(500), move |s, ctx| s.run_cleanup(dbqr, ctx));
                 }
-                Err(error) => {
-                    tracing::warn!(dbqr = %dbqr.name_any(), reason = error.reason(), "clean-up failed; retrying");
-                    ctx.run_later(Duration::from_secs(2), move |s, ctx| s.start_cleanup(dbqr, ctx));
-                }
+                Err((error, dbqr)) => supervisor.cleanup_blocked(&uid, dbqr, &error, ctx),
             }
         }));
+    }
+
+    /// Clean-up failed (no permission, an API error): the DBQR says so in
+    /// condition `CleanupBlocked` and an Event, and clean-up is retried with
+    /// exponential backoff.
+    fn cleanup_blocked(
+        &mut self,
+        uid: &str,
+        dbqr: DatabaseQueryResource,
+        error: &CleanupError,
+        ctx: &mut Context<Self>,
+    ) {
+        let blocked = self
+            .blocked
+            .entry(uid.to_owned())
+            .or_insert_with(|| Blocked {
+                failures: 0,
+                status: dbqr.status.clone(),
+            });
+        blocked.failures = blocked.failures.saturating_add(1);
+        let delay = backoff(blocked.failures, CLEANUP_RETRY_CAP);
+        tracing::warn!(dbqr = %dbqr.name_any(), reason = error.reason(), retry_in = ?delay, "clean-up blocked");
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        if let Some((status, event)) = blocked_status(blocked.status.as_ref(), error, now) {
+            blocked.status = Some(status.clone());
+            let writer = self.writer.clone();
+            let (namespace, name) = Self::key(&dbqr);
+            let regarding = dbqr.object_ref(&());
+            ctx.spawn(
+                async move {
+                    if let Err(e) = writer.patch_dbqr_status(&namespace, &name, &status).await {
+                        tracing::debug!(reason = e.reason(), "cannot report the blocked clean-up");
+                    }
+                    if let Some(event) = event {
+                        if let Err(e) = writer.publish_event(&regarding, &event).await {
+                            tracing::debug!(reason = e.reason(), "cannot publish event");
+                        }
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        ctx.run_later(delay, move |s, ctx| s.run_cleanup(dbqr, ctx));
     }
 }
 

@@ -56,6 +56,11 @@ impl KubeError {
         }
     }
 
+    /// The object changed since the resourceVersion the request named.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Api { code: 409, .. })
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Api { code: 404, .. })
     }
@@ -404,6 +409,15 @@ pub async fn merge_patch(client: &Client, target: &Target, patch: &Json) -> Resu
 
 fn dbqrs(client: &Client, namespace: &str) -> Api<DatabaseQueryResource> {
     Api::namespaced(client.clone(), namespace)
+}
+
+/// A DBQR as the API server has it now.
+pub async fn read_dbqr(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<DatabaseQueryResource>, KubeError> {
+    Ok(dbqrs(client, namespace).get_opt(name).await?)
 }
 
 /// Merge patch of a DBQR's status subresource.

@@ -37,7 +37,7 @@ use kube::{
 use serde_json::Value as Json;
 use tokio::sync::Semaphore;
 
-use dbqo::api::DatabaseQueryResourceStatus;
+use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
 use dbqo::kube_api::{
     self, CachedObject, DbqrEvent, KubeError, Labels, LiveObject, SecretData, Target,
 };
@@ -462,6 +462,16 @@ impl Writer for WriterHandle {
             kube_api::patch_dbqr_status(&client, &namespace, &name, &status).await
         })
         .await
+    }
+
+    async fn read_dbqr(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<DatabaseQueryResource>, KubeError> {
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        self.request(|client| async move { kube_api::read_dbqr(&client, &namespace, &name).await })
+            .await
     }
 
     async fn set_dbqr_finalizers(

@@ -8,10 +8,15 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value as Json};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
 use super::labels::{Owner, MANAGED_BY, OWNER_NAME, OWNER_NAMESPACE};
 use super::writer::Writer;
-use crate::api::DeletionPolicy;
-use crate::kube_api::{resource_for, KubeError, Target};
+use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus, DeletionPolicy, FINALIZER};
+
+/// Condition of a DBQR whose deletion waits on a clean-up that fails.
+pub const CLEANUP_BLOCKED: &str = "CleanupBlocked";
+use crate::kube_api::{DbqrEvent, KubeError, Target};
 use crate::render::{GroupKind, Gvk};
 
 /// Why clean-up could not finish (it is retried).
@@ -32,14 +37,17 @@ pub enum CleanupError {
         #[source]
         source: KubeError,
     },
+    #[error("cannot remove the finalizer: {0}")]
+    Release(#[source] KubeError),
 }
 
 impl CleanupError {
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Discovery(e) | Self::List { source: e, .. } | Self::Object { source: e, .. } => {
-                e.reason()
-            }
+            Self::Discovery(e)
+            | Self::List { source: e, .. }
+            | Self::Object { source: e, .. }
+            | Self::Release(e) => e.reason(),
         }
     }
 }
@@ -63,33 +71,33 @@ pub async fn clean_up<W: Writer>(
     writer: &W,
 ) -> Result<Cleanup, CleanupError> {
     let kinds = writer.kinds(false).await.map_err(CleanupError::Discovery)?;
-    let mut group_kinds: BTreeSet<GroupKind> = allowed_kinds.clone();
-    let mut resources = Vec::new();
-    for gvk in managed_kinds {
-        let gk = gvk.group_kind();
-        if let Some(info) = kinds.get(&gk) {
-            resources.push(resource_for(gvk, info));
-        }
-        group_kinds.remove(&gk);
-    }
-    // Allowed kinds that are not served (no CRD installed) hold no objects.
-    resources.extend(
-        group_kinds
-            .iter()
-            .filter_map(|gk| kinds.get(gk))
-            .map(|info| info.resource.clone()),
-    );
+    // Every kind at the version the API server prefers (a recorded version
+    // may no longer be served). Kinds that are not served (a CRD deleted or
+    // never installed) hold no objects.
+    let group_kinds: BTreeSet<GroupKind> = allowed_kinds
+        .iter()
+        .cloned()
+        .chain(managed_kinds.iter().map(Gvk::group_kind))
+        .collect();
+    let resources = group_kinds
+        .iter()
+        .filter_map(|gk| kinds.get(gk))
+        .map(|info| info.resource.clone());
 
     let labels = owner.labels();
     let mut remaining = 0;
     for resource in resources {
-        let live = writer
-            .list(&resource, &labels)
-            .await
-            .map_err(|source| CleanupError::List {
-                kind: resource.kind.clone(),
-                source,
-            })?;
+        let live = match writer.list(&resource, &labels).await {
+            Ok(live) => live,
+            // Gone since discovery ran: nothing of it is left to clean up.
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(source) => {
+                return Err(CleanupError::List {
+                    kind: resource.kind.clone(),
+                    source,
+                })
+            }
+        };
         for object in live.into_iter().filter(|o| owner.owns(&o.labels)) {
             let failed = |source| CleanupError::Object {
                 kind: resource.kind.clone(),
@@ -122,6 +130,84 @@ pub async fn clean_up<W: Writer>(
     })
 }
 
+/// The DBQR status that reports a blocked clean-up: condition
+/// `CleanupBlocked` (True, with the failure's reason) and an Event when the
+/// reason is new; `None` when the status already says so.
+pub fn blocked_status(
+    previous: Option<&DatabaseQueryResourceStatus>,
+    error: &CleanupError,
+    now: Time,
+) -> Option<(DatabaseQueryResourceStatus, Option<DbqrEvent>)> {
+    let mut status = previous.cloned().unwrap_or_default();
+    let message = format!("the DBQR is kept until its objects are cleaned up: {error}");
+    let before = status
+        .conditions
+        .iter()
+        .position(|c| c.type_ == CLEANUP_BLOCKED);
+    if let Some(i) = before {
+        let c = &status.conditions[i];
+        if c.status == "True" && c.reason == error.reason() && c.message == message {
+            return None;
+        }
+    }
+    let event = match before {
+        Some(i) if status.conditions[i].reason == error.reason() => None,
+        _ => Some(DbqrEvent {
+            warning: true,
+            reason: error.reason(),
+            message: format!("{CLEANUP_BLOCKED}: {message}"),
+        }),
+    };
+    let condition = Condition {
+        type_: CLEANUP_BLOCKED.to_owned(),
+        status: "True".to_owned(),
+        reason: error.reason().to_owned(),
+        message,
+        last_transition_time: now,
+        observed_generation: None,
+    };
+    match before {
+        Some(i) => status.conditions[i] = condition,
+        None => status.conditions.push(condition),
+    }
+    Some((status, event))
+}
+
+/// Removes the DBQR's finalizer. A conflict (the DBQR changed since it was
+/// read) is retried with a fresh read, a few times; a DBQR already gone, or
+/// no longer carrying the finalizer, counts as done.
+pub async fn release<W: Writer>(writer: &W, seen: &DatabaseQueryResource) -> Result<(), KubeError> {
+    const REREADS: usize = 4;
+    let namespace = seen.metadata.namespace.clone().unwrap_or_default();
+    let name = seen.metadata.name.clone().unwrap_or_default();
+    let mut current = seen.clone();
+    let mut rereads = 0;
+    loop {
+        let finalizers = current.metadata.finalizers.clone().unwrap_or_default();
+        if !finalizers.iter().any(|f| f == FINALIZER) {
+            return Ok(());
+        }
+        let kept: Vec<String> = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
+        let version = current.metadata.resource_version.as_deref();
+        match writer
+            .set_dbqr_finalizers(&namespace, &name, version, &kept)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) if e.is_conflict() && rereads < REREADS => {
+                rereads += 1;
+                match writer.read_dbqr(&namespace, &name).await? {
+                    Some(fresh) if fresh.metadata.uid == seen.metadata.uid => current = fresh,
+                    // Gone, or another DBQR of the same name.
+                    _ => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Removes the owner labels and this DBQR's owner reference, so the garbage
 /// collector keeps the object once the DBQR is gone.
 fn detach_patch(owner: &Owner, owner_references: &[Json]) -> Json {
@@ -136,4 +222,50 @@ fn detach_patch(owner: &Owner, owner_references: &[Json]) -> Json {
             "ownerReferences": if kept.is_empty() { Json::Null } else { Json::Array(kept) },
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forbidden() -> CleanupError {
+        CleanupError::Object {
+            kind: "ConfigMap".into(),
+            name: "cm-1".into(),
+            source: KubeError::Api {
+                code: 403,
+                reason: "Forbidden".into(),
+                message: "no".into(),
+            },
+        }
+    }
+
+    fn now() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(10).unwrap())
+    }
+
+    #[test]
+    fn a_blocked_clean_up_is_reported_once_per_reason() {
+        let (status, event) = blocked_status(None, &forbidden(), now()).unwrap();
+        let condition = &status.conditions[0];
+        assert_eq!(
+            (
+                condition.type_.as_str(),
+                condition.status.as_str(),
+                condition.reason.as_str()
+            ),
+            (CLEANUP_BLOCKED, "True", "Forbidden")
+        );
+        assert!(
+            condition.message.contains("ConfigMap cm-1"),
+            "{}",
+            condition.message
+        );
+        assert_eq!(event.unwrap().reason, "Forbidden");
+        assert!(blocked_status(Some(&status), &forbidden(), now()).is_none());
+        let gone = CleanupError::Discovery(KubeError::Timeout);
+        let (next, event) = blocked_status(Some(&status), &gone, now()).unwrap();
+        assert_eq!(next.conditions.len(), 1);
+        assert_eq!(event.unwrap().reason, "ApiTimeout");
+    }
 }

@@ -199,6 +199,14 @@ impl Writer for FakeWriter {
         unreachable!("a pass does not write the DBQR status")
     }
 
+    async fn read_dbqr(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<DatabaseQueryResource>, KubeError> {
+        unreachable!("a pass does not read DBQRs")
+    }
+
     async fn set_dbqr_finalizers(
         &self,
         _: &str,

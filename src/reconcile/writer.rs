@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::ApiResource;
 use serde_json::Value as Json;
 
-use crate::api::DatabaseQueryResourceStatus;
+use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
 use crate::kube_api::{
     CachedObject, DbqrEvent, Discovered, KubeError, Labels, LiveObject, SecretData, Target,
 };
@@ -59,6 +59,12 @@ pub trait Writer {
         name: &str,
         status: &DatabaseQueryResourceStatus,
     ) -> Result<(), KubeError>;
+    /// A DBQR, read from the API server (not the watch).
+    async fn read_dbqr(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<DatabaseQueryResource>, KubeError>;
     /// Replaces a DBQR's finalizers if it is still at `resource_version`.
     async fn set_dbqr_finalizers(
         &self,
