@@ -1,7 +1,5 @@
 //! etcd + kube-apiserver + kube-controller-manager on loopback, envtest-style.
-//! Clients authenticate with a static bearer token in `system:masters`; a
-//! second token names a user with no rights at all, for tests of what the
-//! operator does when RBAC refuses it.
+//! Clients authenticate with a static bearer token in `system:masters`.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,9 +14,6 @@ use crate::{
 };
 
 const ADMIN_TOKEN: &str = "dbqo-testenv-admin-token";
-/// A user in no group: it may do only what a test grants it by RBAC.
-pub const LIMITED_USER: &str = "dbqo-limited";
-pub const LIMITED_TOKEN: &str = "dbqo-testenv-limited-token";
 
 /// How to reach a running control plane.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,9 +88,7 @@ impl ControlPlane {
         )?;
         std::fs::write(
             dir.join("tokens.csv"),
-            format!(
-                "{ADMIN_TOKEN},admin,admin,\"system:masters\"\n{LIMITED_TOKEN},{LIMITED_USER},{LIMITED_USER}\n"
-            ),
+            format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n"),
         )
         .map_err(|e| Error::io("write tokens.csv", e))?;
 
