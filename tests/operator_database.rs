@@ -255,6 +255,87 @@ async fn tls_modes_behave_as_libpq_defines() {
     wait_for_configmaps(&client, &ns, &["item-one", "item-two", "item-uri"]).await;
 }
 
+/// Every verifying sslmode with the server's CA and with an unrelated one,
+/// as libpq defines them: `require` verifies the chain when it is given a
+/// CA; `verify-ca` needs a CA; `sslrootcert=system` verifies fully against
+/// the system store (which does not hold the test CA).
+#[tokio::test]
+async fn every_verifying_mode_with_a_right_and_a_wrong_ca() {
+    let (client, ns) = cluster("tlsmatrix").await;
+    let url = common::database("tlsmatrix").await;
+    let env = shared();
+    let right = std::fs::read_to_string(env.postgres.ca_cert.as_ref().unwrap()).unwrap();
+    let wrong = include_str!("fixtures/unrelated-ca.pem").to_owned();
+    let operator = Operator::start(&[]);
+    let dbqr = |name: &str| {
+        // A row only over TLS, so a plain connection could not pass.
+        DbqrBuilder::new(name, &operator)
+            .query(&format!(
+                "SELECT '{name}' AS name WHERE (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())"
+            ))
+            .template(ITEM_CM)
+            .secret(name)
+    };
+    let mut converged = Vec::new();
+    let mut refused = Vec::new();
+    for mode in ["require", "verify-ca", "verify-full"] {
+        for (which, ca) in [("right", &right), ("wrong", &wrong)] {
+            let name = format!("{mode}-{which}");
+            let mut keys = secret_keys(&url);
+            keys.insert("sslmode", mode.into());
+            keys.insert("ca.crt", ca.clone());
+            create_secret(&client, &ns, &name, keys).await;
+            dbqr(&name)
+                .set("/database/connectionSecretRef/caCertKey", json!("ca.crt"))
+                .create(&client, &ns)
+                .await;
+            if which == "right" {
+                converged.push(format!("item-{name}"));
+            } else {
+                refused.push(name);
+            }
+        }
+    }
+    let mut keys = secret_keys(&url);
+    keys.insert("sslmode", "verify-ca".into());
+    create_secret(&client, &ns, "no-ca", keys).await;
+    dbqr("no-ca").create(&client, &ns).await;
+    let system = url.replace("sslmode=disable", "sslrootcert=system");
+    create_secret(&client, &ns, "system", BTreeMap::from([("uri", system)])).await;
+    dbqr("system")
+        .set("/database/connectionSecretRef/uriKey", json!("uri"))
+        .create(&client, &ns)
+        .await;
+
+    let names: Vec<&str> = converged.iter().map(String::as_str).collect();
+    wait_for_configmaps(&client, &ns, &names).await;
+    for name in refused.iter().map(String::as_str).chain(["system"]) {
+        let m = wait_for_condition(
+            &client,
+            &ns,
+            name,
+            "DatabaseConnected",
+            "False",
+            "ConnectionFailed",
+        )
+        .await;
+        assert!(m.to_lowercase().contains("certificate"), "{name}: {m}");
+    }
+    let m = wait_for_condition(
+        &client,
+        &ns,
+        "no-ca",
+        "DatabaseConnected",
+        "False",
+        "TlsConfigError",
+    )
+    .await;
+    assert!(
+        m.contains("sslmode=verify-ca") && m.contains("caCertKey"),
+        "{m}"
+    );
+}
+
 #[tokio::test]
 async fn secret_changes_are_picked_up_and_cross_namespace_secrets_are_refused() {
     let (client, ns) = cluster("secrets").await;

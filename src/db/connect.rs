@@ -19,6 +19,10 @@ pub enum ConnectError {
     RootCert(#[source] native_tls::Error),
     #[error("cannot set up TLS: {0}")]
     Tls(#[source] native_tls::Error),
+    #[error("sslmode={0} verifies the server against a CA, and none is given: set caCertKey (a CA bundle in the Secret), or sslrootcert=system with sslmode=verify-full for the system's CA store")]
+    RootCertRequired(&'static str),
+    #[error("sslrootcert=system trusts every public CA, so it needs sslmode=verify-full (which checks the host name), not {0}")]
+    WeakModeWithSystemRoots(&'static str),
     #[error("authentication failed: {0}")]
     Authentication(String),
     #[error("the database server has no connection to spare: {0}")]
@@ -31,7 +35,11 @@ impl ConnectError {
     /// Stable reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::ReadRootCert { .. } | Self::RootCert(_) | Self::Tls(_) => "TlsConfigError",
+            Self::ReadRootCert { .. }
+            | Self::RootCert(_)
+            | Self::Tls(_)
+            | Self::RootCertRequired(_)
+            | Self::WeakModeWithSystemRoots(_) => "TlsConfigError",
             Self::Authentication(_) => "AuthenticationFailed",
             Self::TooManyConnections(_) => "TooManyConnections",
             Self::Connect(_) => "ConnectionFailed",
@@ -39,40 +47,63 @@ impl ConnectError {
     }
 }
 
+/// What to verify of the server's certificate.
+enum Verify {
+    Nothing,
+    /// The chain, against these roots; not the host name.
+    Chain(Vec<u8>),
+    /// Chain and host name, against these roots (`None`: the system store).
+    Full(Option<Vec<u8>>),
+}
+
+/// libpq's rules: `disable`/`prefer` verify nothing; `require` verifies the
+/// chain when a CA is given (and nothing otherwise); `verify-ca` and
+/// `verify-full` need a CA; `sslrootcert=system` needs `verify-full`.
+fn verification(info: &ConnInfo) -> Result<Verify, ConnectError> {
+    let mode = info.effective_ssl_mode();
+    let roots = match &info.root_cert {
+        Some(RootCert::Pem(pem)) => Some(Some(pem.clone())),
+        Some(RootCert::File(path)) => Some(Some(std::fs::read(path).map_err(|source| {
+            ConnectError::ReadRootCert {
+                path: path.clone(),
+                source,
+            }
+        })?)),
+        Some(RootCert::System) => Some(None),
+        None => None,
+    };
+    Ok(match (mode, roots) {
+        (SslMode::Disable | SslMode::Prefer, _) | (SslMode::Require, None) => Verify::Nothing,
+        (SslMode::VerifyFull, Some(roots)) => Verify::Full(roots),
+        (mode, Some(None)) => return Err(ConnectError::WeakModeWithSystemRoots(mode.as_str())),
+        (SslMode::Require | SslMode::VerifyCa, Some(Some(pem))) => Verify::Chain(pem),
+        (mode @ (SslMode::VerifyCa | SslMode::VerifyFull), None) => {
+            return Err(ConnectError::RootCertRequired(mode.as_str()))
+        }
+    })
+}
+
 /// TLS as libpq's sslmode defines it for `info`.
 pub fn tls_connector(info: &ConnInfo) -> Result<MakeTlsConnector, ConnectError> {
     let mut builder = TlsConnector::builder();
-    match info.ssl_mode {
-        // libpq does not verify in these modes; neither do we.
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => {
+    let roots = match verification(info)? {
+        Verify::Nothing => {
             builder.danger_accept_invalid_certs(true);
+            None
         }
-        SslMode::VerifyCa => {
+        Verify::Chain(pem) => {
             builder.danger_accept_invalid_hostnames(true);
+            Some(pem)
         }
-        SslMode::VerifyFull => {}
-    }
-    if matches!(info.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) {
-        let pem = match &info.root_cert {
-            Some(RootCert::Pem(pem)) => Some(pem.clone()),
-            Some(RootCert::File(path)) => {
-                Some(
-                    std::fs::read(path).map_err(|source| ConnectError::ReadRootCert {
-                        path: path.clone(),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
-        if let Some(pem) = pem {
-            // A bundle may hold several certificates; trust each and only them.
-            builder.disable_built_in_roots(true);
-            for cert in pem_certificates(&pem) {
-                builder.add_root_certificate(
-                    Certificate::from_pem(&cert).map_err(ConnectError::RootCert)?,
-                );
-            }
+        Verify::Full(roots) => roots,
+    };
+    if let Some(pem) = roots {
+        // A bundle may hold several certificates; trust each and only them.
+        builder.disable_built_in_roots(true);
+        for cert in pem_certificates(&pem) {
+            builder.add_root_certificate(
+                Certificate::from_pem(&cert).map_err(ConnectError::RootCert)?,
+            );
         }
     }
     Ok(MakeTlsConnector::new(
@@ -95,7 +126,7 @@ fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
 /// The tokio-postgres configuration with the wire-level sslmode for `info`.
 pub fn wire_config(info: &ConnInfo) -> tokio_postgres::Config {
     let mut config = info.config.clone();
-    config.ssl_mode(match info.ssl_mode {
+    config.ssl_mode(match info.effective_ssl_mode() {
         SslMode::Disable => WireSslMode::Disable,
         SslMode::Prefer => WireSslMode::Prefer,
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => WireSslMode::Require,
@@ -127,4 +158,67 @@ pub async fn connect(info: &ConnInfo) -> Result<Client, ConnectError> {
         }
     });
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(s: &str) -> ConnInfo {
+        s.parse().unwrap()
+    }
+
+    fn with_ca(s: &str) -> ConnInfo {
+        let mut info = info(s);
+        info.root_cert = Some(RootCert::Pem(b"PEM".to_vec()));
+        info
+    }
+
+    fn rule(info: &ConnInfo) -> Result<&'static str, String> {
+        verification(info)
+            .map(|v| match v {
+                Verify::Nothing => "nothing",
+                Verify::Chain(_) => "chain",
+                Verify::Full(Some(_)) => "full",
+                Verify::Full(None) => "full, system store",
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn verification_follows_libpq() {
+        let base = "postgresql://u@h/d?sslmode=";
+        assert_eq!(rule(&info(&format!("{base}prefer"))), Ok("nothing"));
+        assert_eq!(rule(&with_ca(&format!("{base}prefer"))), Ok("nothing"));
+        assert_eq!(rule(&info(&format!("{base}require"))), Ok("nothing"));
+        assert_eq!(
+            rule(&with_ca(&format!("{base}require"))),
+            Ok("chain"),
+            "require with a CA verifies it"
+        );
+        assert_eq!(rule(&with_ca(&format!("{base}verify-ca"))), Ok("chain"));
+        assert_eq!(rule(&with_ca(&format!("{base}verify-full"))), Ok("full"));
+        for mode in ["verify-ca", "verify-full"] {
+            let err = rule(&info(&format!("{base}{mode}"))).unwrap_err();
+            assert!(err.contains("caCertKey") && err.contains(mode), "{err}");
+        }
+        assert_eq!(
+            rule(&info("postgresql://u@h/d?sslrootcert=system")),
+            Ok("full, system store"),
+            "system roots verify fully by default"
+        );
+        assert_eq!(
+            rule(&info(
+                "postgresql://u@h/d?sslrootcert=system&sslmode=verify-full"
+            )),
+            Ok("full, system store")
+        );
+        for weak in ["require", "verify-ca"] {
+            let err = rule(&info(&format!(
+                "postgresql://u@h/d?sslrootcert=system&sslmode={weak}"
+            )))
+            .unwrap_err();
+            assert!(err.contains("needs sslmode=verify-full"), "{err}");
+        }
+    }
 }

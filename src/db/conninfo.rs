@@ -36,6 +36,18 @@ impl FromStr for SslMode {
     }
 }
 
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
 /// Where the CA bundle for verification comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootCert {
@@ -43,6 +55,8 @@ pub enum RootCert {
     File(String),
     /// PEM text, e.g. from a Secret's `caCertKey`.
     Pem(Vec<u8>),
+    /// `sslrootcert=system`: the system's CA store (libpq 16).
+    System,
 }
 
 /// A parsed connection string.
@@ -51,6 +65,18 @@ pub struct ConnInfo {
     pub config: tokio_postgres::Config,
     pub ssl_mode: SslMode,
     pub root_cert: Option<RootCert>,
+}
+
+impl ConnInfo {
+    /// The sslmode in force: with `sslrootcert=system` and no stronger mode
+    /// asked for, libpq verifies fully (a public CA signs certificates for
+    /// anyone, so only the host name check makes it safe).
+    pub fn effective_ssl_mode(&self) -> SslMode {
+        match (self.ssl_mode, &self.root_cert) {
+            (SslMode::Prefer, Some(RootCert::System)) => SslMode::VerifyFull,
+            (mode, _) => mode,
+        }
+    }
 }
 
 /// A connection string that cannot be used. Never carries the password.
@@ -88,6 +114,7 @@ impl FromStr for ConnInfo {
         for (key, value) in tls {
             match key.as_str() {
                 "sslmode" => info.ssl_mode = value.parse()?,
+                _ if value == "system" => info.root_cert = Some(RootCert::System),
                 _ => info.root_cert = Some(RootCert::File(value)),
             }
         }
