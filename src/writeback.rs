@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type};
 
 use crate::render::{helpers, values, Metadata};
-use crate::sql::split_statements;
+use crate::sql::{opaque_parts, split_statements};
 
 const NAME: &str = "status";
 
@@ -30,6 +30,8 @@ pub enum WritebackError {
     RawExpression,
     #[error("statusUpdateQueryTemplate must be exactly one statement, found {0}")]
     Statements(usize),
+    #[error("statusUpdateQueryTemplate has {{{{...}}}} inside a {0}: every value is bound as a parameter, so write it outside quotes (`name = {{{{Row.name}}}}`, not `name = '{{{{Row.name}}}}'`)")]
+    QuotedExpression(&'static str),
     #[error("status SQL render failed: {0}")]
     Render(String),
     #[error("status SQL failed: {0}")]
@@ -39,9 +41,10 @@ pub enum WritebackError {
 impl WritebackError {
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Template(_) | Self::RawExpression | Self::Statements(_) => {
-                "StatusTemplateInvalid"
-            }
+            Self::Template(_)
+            | Self::RawExpression
+            | Self::Statements(_)
+            | Self::QuotedExpression(_) => "StatusTemplateInvalid",
             Self::Render(_) | Self::Database(_) => "StatusWriteBackFailed",
         }
     }
@@ -115,10 +118,7 @@ impl StatusTemplate {
         // The statement count does not depend on values: check it with placeholders now.
         let probe = Self { registry };
         let shape = probe.render_with(&json!({}))?;
-        let count = split_statements(&shape.sql).map(|s| s.len()).unwrap_or(0);
-        if count != 1 {
-            return Err(WritebackError::Statements(count));
-        }
+        check_shape(&shape)?;
         Ok(probe)
     }
 
@@ -139,12 +139,35 @@ impl StatusTemplate {
     ) -> Result<BoundStatement, WritebackError> {
         let context = json!({ "Resource": sanitize(resource), "Row": row, "Metadata": metadata });
         let bound = self.render_with(&context)?;
-        let count = split_statements(&bound.sql).map(|s| s.len()).unwrap_or(0);
-        if count != 1 {
-            return Err(WritebackError::Statements(count));
-        }
+        check_shape(&bound)?;
         Ok(bound)
     }
+}
+
+/// One statement, and no placeholder where PostgreSQL would read it as text
+/// (inside a literal, a quoted identifier, a dollar quote or a comment), so
+/// every value is a parameter and nothing else.
+fn check_shape(bound: &BoundStatement) -> Result<(), WritebackError> {
+    let count = split_statements(&bound.sql).map(|s| s.len()).unwrap_or(0);
+    if count != 1 {
+        return Err(WritebackError::Statements(count));
+    }
+    let parts = opaque_parts(&bound.sql).map_err(|e| WritebackError::Template(e.to_string()))?;
+    for part in parts {
+        let text = &bound.sql[part.range];
+        let placeholder = (1..=bound.params.len()).any(|n| holds_placeholder(text, n));
+        if placeholder {
+            return Err(WritebackError::QuotedExpression(part.what));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `text` holds `$n` not followed by another digit.
+fn holds_placeholder(text: &str, n: usize) -> bool {
+    let needle = format!("${n}");
+    text.match_indices(&needle)
+        .any(|(at, _)| !text[at + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
 }
 
 /// The object as the template sees it: no Secret payload, no managedFields.
@@ -202,23 +225,33 @@ impl ToSql for TextParam<'_> {
     tokio_postgres::types::to_sql_checked!();
 }
 
-/// Runs a bound statement; returns the rows it affected.
-pub async fn execute(pool: &Pool, statement: &BoundStatement) -> Result<u64, WritebackError> {
+/// Runs a bound statement under `timeout` (the DBQR's statement timeout);
+/// returns the rows it affected.
+pub async fn execute(
+    pool: &Pool,
+    statement: &BoundStatement,
+    timeout: std::time::Duration,
+) -> Result<u64, WritebackError> {
     let failed = |e: tokio_postgres::Error| WritebackError::Database(crate::db::describe(&e));
-    let client = crate::db::checkout(pool)
+    let mut client = crate::db::checkout(pool)
         .await
         .map_err(|e| WritebackError::Database(e.to_string()))?;
-    let prepared = client
-        .prepare_cached(&statement.sql)
+    let tx = client.transaction().await.map_err(failed)?;
+    // SET LOCAL ends with the transaction, so the pooled connection keeps no state.
+    let timeout_ms = timeout.as_millis().max(1);
+    tx.batch_execute(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
         .await
         .map_err(failed)?;
+    let prepared = tx.prepare_cached(&statement.sql).await.map_err(failed)?;
     let params: Vec<TextParam<'_>> = statement
         .params
         .iter()
         .map(|p| TextParam(p.as_deref()))
         .collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    client.execute(&prepared, &refs).await.map_err(failed)
+    let rows = tx.execute(&prepared, &refs).await.map_err(failed)?;
+    tx.commit().await.map_err(failed)?;
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -293,5 +326,33 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains("m4rker"), "{message}");
+    }
+
+    #[test]
+    fn expressions_inside_quotes_are_refused_when_the_template_is_read() {
+        for (template, what) in [
+            (
+                "UPDATE t SET a = '{{Row.a}}' WHERE id = {{Row.id}}",
+                "string literal",
+            ),
+            (
+                "UPDATE t SET a = $$x {{Row.a}}$$ WHERE id = 1",
+                "dollar-quoted string",
+            ),
+            ("UPDATE t SET a = $q${{Row.a}}$q$", "dollar-quoted string"),
+            ("UPDATE t SET \"{{Row.col}}\" = 1", "quoted identifier"),
+            ("UPDATE t SET a = 1 -- {{Row.a}}", "line comment"),
+        ] {
+            let err = StatusTemplate::compile(template).unwrap_err();
+            assert_eq!(err, WritebackError::QuotedExpression(what), "{template}");
+            assert_eq!(err.reason(), "StatusTemplateInvalid");
+            assert!(err.to_string().contains("outside quotes"), "{err}");
+        }
+        // Literals without expressions are fine; one that happens to read
+        // like a placeholder in use is refused as well.
+        StatusTemplate::compile("UPDATE t SET a = 'x$1y', b = {{Row.b}} WHERE c = $$lit$$")
+            .unwrap_err();
+        StatusTemplate::compile("UPDATE t SET a = 'fixed', b = {{Row.b}} WHERE c = $$lit$$")
+            .unwrap();
     }
 }

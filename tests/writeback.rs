@@ -210,3 +210,150 @@ spec:
     // Reconciliation is not blocked by it.
     wait_for_condition(&client, &ns, "conv", "Synced", "True", "Synced").await;
 }
+
+const APP_DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: \"app-{{Row.id}}\"
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: \"app-{{Row.id}}\"}}
+  template:
+    metadata: {labels: {app: \"app-{{Row.id}}\"}}
+    spec: {containers: [{name: c, image: busybox}]}
+";
+
+async fn replicas_column(db: &tokio_postgres::Client) -> Vec<Option<i32>> {
+    db.query("SELECT replicas FROM apps ORDER BY id", &[])
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
+}
+
+/// The status SQL fails (its column is missing) while the objects' status
+/// no longer changes: the write-back is retried until it works. After an
+/// operator restart every object's status is written once, so a row that
+/// lost it while the operator was down gets it back.
+#[tokio::test]
+async fn failed_write_backs_are_retried_and_a_restart_writes_every_status_once() {
+    let s = common::operator::setup(
+        "wbretry",
+        "CREATE TABLE apps (id int PRIMARY KEY); INSERT INTO apps VALUES (1), (2);",
+    )
+    .await;
+    let id = common::unique("wbretry");
+    let first = Operator::start_with_id(&id, &[]);
+    DbqrBuilder::new("apps", &first)
+        .query("SELECT id FROM apps ORDER BY id")
+        .template(APP_DEPLOYMENT)
+        .set(
+            "/statusUpdateQueryTemplate",
+            json!("UPDATE apps SET replicas = {{Resource.status.replicas}} WHERE id = {{Row.id}}"),
+        )
+        .set("/pollInterval", json!("1h"))
+        .create(&s.client, &s.namespace)
+        .await;
+    let message = wait_for_condition(
+        &s.client,
+        &s.namespace,
+        "apps",
+        "StatusWriteBack",
+        "False",
+        "StatusWriteBackFailed",
+    )
+    .await;
+    assert!(message.contains("42703"), "{message}");
+    s.db.batch_execute("ALTER TABLE apps ADD COLUMN replicas int")
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the retried write-back",
+        || async { (replicas_column(&s.db).await == [Some(1), Some(1)]).then_some(()) },
+    )
+    .await;
+    wait_for_condition(
+        &s.client,
+        &s.namespace,
+        "apps",
+        "StatusWriteBack",
+        "True",
+        "Written",
+    )
+    .await;
+
+    drop(first);
+    s.db.batch_execute("UPDATE apps SET replicas = NULL")
+        .await
+        .unwrap();
+    let second = Operator::start_with_id(&id, &[]);
+    eventually(
+        Duration::from_secs(30),
+        "every status written once after the restart",
+        || async { (replicas_column(&s.db).await == [Some(1), Some(1)]).then_some(()) },
+    )
+    .await;
+    assert_eq!(second.passes().len(), 1, "no pass but the first one ran");
+}
+
+/// Every write-back statement runs under the DBQR's statement timeout.
+#[tokio::test]
+async fn a_slow_write_back_is_cancelled_by_the_statement_timeout() {
+    let s = common::operator::setup(
+        "wbslow",
+        "CREATE TABLE apps (id int PRIMARY KEY, replicas int); INSERT INTO apps VALUES (1);",
+    )
+    .await;
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("apps", &operator)
+        .query("SELECT id FROM apps")
+        .template(APP_DEPLOYMENT)
+        .set(
+            "/statusUpdateQueryTemplate",
+            json!("UPDATE apps SET replicas = {{Resource.status.replicas}} WHERE id = {{Row.id}} AND (SELECT true FROM pg_sleep(20))"),
+        )
+        .set("/database/statementTimeout", json!("500ms"))
+        .create(&s.client, &s.namespace)
+        .await;
+    let message = wait_for_condition(
+        &s.client,
+        &s.namespace,
+        "apps",
+        "StatusWriteBack",
+        "False",
+        "StatusWriteBackFailed",
+    )
+    .await;
+    assert!(message.contains("57014"), "{message}");
+}
+
+/// `{{...}}` inside quotes would be text, not a parameter: refused when
+/// the DBQR is read, with a message that says what to write instead.
+#[tokio::test]
+async fn an_expression_inside_quotes_is_refused_when_the_dbqr_is_read() {
+    let s = common::operator::setup("wbquoted", "CREATE TABLE apps (id int, note text);").await;
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("apps", &operator)
+        .query("SELECT 1 AS id")
+        .template(APP_DEPLOYMENT)
+        .set(
+            "/statusUpdateQueryTemplate",
+            json!("UPDATE apps SET note = 'ready: {{Resource.status.replicas}}' WHERE id = {{Row.id}}"),
+        )
+        .create(&s.client, &s.namespace)
+        .await;
+    let message = wait_for_condition(
+        &s.client,
+        &s.namespace,
+        "apps",
+        "Synced",
+        "False",
+        "StatusTemplateInvalid",
+    )
+    .await;
+    assert!(
+        message.contains("inside a string literal") && message.contains("outside quotes"),
+        "{message}"
+    );
+    assert!(operator.passes().is_empty(), "an invalid spec runs no pass");
+}

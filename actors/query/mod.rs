@@ -50,8 +50,8 @@ pub struct QueryActor {
     next_pass: Option<SpawnHandle>,
     /// Change detection runs once a pass has made a pool.
     detection: Detection,
-    /// Objects whose status SQL waits for the debounce window.
-    writeback_pending: HashSet<ObjectKey>,
+    /// Objects whose status SQL waits, and how write-back stands.
+    writeback_queue: writeback::WritebackQueue,
     /// Status fingerprint of each object at its last successful write-back.
     status_seen: Fingerprints,
     /// Outcome of the last status write-back batch, for the StatusWriteBack condition.
@@ -114,7 +114,7 @@ impl QueryActor {
             dirty: false,
             next_pass: None,
             detection,
-            writeback_pending: HashSet::new(),
+            writeback_queue: Default::default(),
             status_seen: Fingerprints::new(),
             writeback: None,
             last_report: PassReport::default(),
@@ -166,7 +166,7 @@ impl QueryActor {
                         .status_seen
                         .retain(|key, _| state.applied(key).is_some());
                     actor
-                        .writeback_pending
+                        .writeback_queue
                         .retain(|key| state.applied(key).is_some());
                     actor.state = Some(state);
                     let version =
@@ -209,6 +209,7 @@ impl QueryActor {
         if report.guard.is_some_and(|g| g.released) {
             self.clear_release_annotation(ctx);
         }
+        self.writeback_after_pass(report.succeeded(), ctx);
         if matches!(report.database, Some(Ok(()))) {
             self.start_detection(ctx);
         }
@@ -385,7 +386,7 @@ impl Handler<Drifted> for QueryActor {
         };
         let writer = self.writer.clone();
         let name = self.dbqr.name_any();
-        let writes_back = matches!(&self.config, Ok(c) if c.status_template.is_some());
+        let writes_back = self.writes_back();
         ctx.spawn(
             async move {
                 match repair(&writer, &wanted).await {

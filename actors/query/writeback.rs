@@ -1,47 +1,121 @@
-//! Status write-back of a `QueryActor`: debounced per object, run beside
-//! passes, reported in the `StatusWriteBack` condition. What is due, running
-//! it and the verdict are `reconcile::writeback`'s.
+//! Status write-back of a `QueryActor`: notices are coalesced per object
+//! (a set of pending objects, flushed after a short debounce), one batch
+//! runs at a time beside passes, failed objects are retried with backoff,
+//! and after the actor's first successful pass every object it manages is
+//! written once (an operator restart may have missed status changes).
+//! What is due, running it and the verdict are `reconcile::writeback`'s.
 
 use std::time::Duration;
 
 use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
 
 use super::QueryActor;
-use dbqo::reconcile::status::Outcome;
-use dbqo::reconcile::writeback;
+use dbqo::reconcile::{backoff::backoff, status::Outcome, writeback};
 use dbqo::render::ObjectKey;
 
 /// Status changes of one object within this window cost one write-back.
 const WRITEBACK_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Failed write-backs are retried at least this often.
+const WRITEBACK_RETRY_CAP: Duration = Duration::from_secs(60);
+
+/// Where the write-back of one actor stands.
+#[derive(Debug, Default)]
+pub(super) struct WritebackQueue {
+    /// Objects whose status SQL waits; a set, so a burst of notices for
+    /// one object costs one statement.
+    pending: std::collections::HashSet<ObjectKey>,
+    /// A flush is armed.
+    scheduled: bool,
+    /// A batch runs; its end arms the next flush.
+    running: bool,
+    /// Failed batches in a row.
+    failures: u32,
+    /// Every managed object was queued once after the first good pass.
+    synced: bool,
+}
+
+impl WritebackQueue {
+    /// Forgets objects this DBQR no longer manages.
+    pub(super) fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
+        self.pending.retain(|key| keep(key));
+    }
+}
 
 impl QueryActor {
+    pub(super) fn writes_back(&self) -> bool {
+        matches!(&self.config, Ok(c) if c.status_template.is_some())
+    }
+
     pub(super) fn queue_writeback(&mut self, key: ObjectKey, ctx: &mut Context<Self>) {
-        let first = self.writeback_pending.is_empty();
-        self.writeback_pending.insert(key);
-        if first {
-            ctx.run_later(WRITEBACK_DEBOUNCE, |actor, ctx| actor.flush_writebacks(ctx));
+        self.writeback_queue.pending.insert(key);
+        self.schedule_writeback(WRITEBACK_DEBOUNCE, ctx);
+    }
+
+    /// After a pass: the first good one queues every managed object once;
+    /// objects that waited for the pass are flushed now.
+    pub(super) fn writeback_after_pass(&mut self, succeeded: bool, ctx: &mut Context<Self>) {
+        if !self.writes_back() {
+            return;
+        }
+        if succeeded && !self.writeback_queue.synced {
+            if let Some(state) = &self.state {
+                self.writeback_queue.synced = true;
+                let keys: Vec<ObjectKey> = state.produced().cloned().collect();
+                self.writeback_queue.pending.extend(keys);
+            }
+        }
+        if !self.writeback_queue.pending.is_empty() {
+            self.schedule_writeback(WRITEBACK_DEBOUNCE, ctx);
         }
     }
 
-    /// Runs the status SQL of every queued object whose status changed since
-    /// its last write-back. Runs beside passes and never blocks them.
+    fn schedule_writeback(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        let queue = &mut self.writeback_queue;
+        if queue.scheduled || queue.running {
+            return;
+        }
+        queue.scheduled = true;
+        ctx.run_later(delay, |actor, ctx| {
+            actor.writeback_queue.scheduled = false;
+            actor.flush_writebacks(ctx);
+        });
+    }
+
+    /// Runs the status SQL of every pending object whose status changed
+    /// since its last write-back. Runs beside passes and never blocks them;
+    /// while a pass holds the state (or before one made a pool) the
+    /// objects wait for the end of the pass.
     fn flush_writebacks(&mut self, ctx: &mut Context<Self>) {
-        let (Ok(config), Some(state)) = (self.config.clone(), self.state.as_ref()) else {
-            // A pass holds the state; try again when it is likely done.
-            ctx.run_later(WRITEBACK_DEBOUNCE, |actor, ctx| actor.flush_writebacks(ctx));
+        let (Ok(config), Some(state), Some(connection)) = (
+            self.config.clone(),
+            self.state.as_ref(),
+            self.connection.clone(),
+        ) else {
             return;
         };
-        let Some(connection) = self.connection.clone() else {
-            return;
-        };
-        let keys = std::mem::take(&mut self.writeback_pending);
+        let keys = std::mem::take(&mut self.writeback_queue.pending);
         let due = writeback::due(&self.writer, state, &self.status_seen, keys);
         if due.is_empty() {
             return;
         }
+        self.writeback_queue.running = true;
         let work = async move { writeback::run(&config, &connection.pool, due).await };
         ctx.spawn(work.into_actor(self).map(|written, actor, ctx| {
-            if let Some(verdict) = writeback::record(&mut actor.status_seen, written) {
+            actor.writeback_queue.running = false;
+            let (verdict, failed) = writeback::record(&mut actor.status_seen, written);
+            let queue = &mut actor.writeback_queue;
+            let delay = if failed.is_empty() {
+                queue.failures = 0;
+                WRITEBACK_DEBOUNCE
+            } else {
+                queue.failures = queue.failures.saturating_add(1);
+                queue.pending.extend(failed);
+                backoff(queue.failures, WRITEBACK_RETRY_CAP)
+            };
+            if !queue.pending.is_empty() {
+                actor.schedule_writeback(delay, ctx);
+            }
+            if let Some(verdict) = verdict {
                 actor.writeback = Some(verdict);
                 let report = actor.last_report.clone();
                 actor.publish(Outcome::Pass(&report), ctx);

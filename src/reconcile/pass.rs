@@ -150,6 +150,12 @@ impl PassState {
         self.rows.get(key)
     }
 
+    /// Every object this DBQR produced (and applied or found in place) in
+    /// the last pass.
+    pub fn produced(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.applied.keys()
+    }
+
     /// The wanted state of `key`, if this DBQR produced it in the last pass.
     pub fn applied(&self, key: &ObjectKey) -> Option<&Desired> {
         self.applied.get(key)

@@ -63,6 +63,7 @@ pub async fn run(config: &PassConfig, pool: &Pool, due: Vec<Due>) -> Vec<Written
     let Some(template) = config.status_template.as_ref() else {
         return Vec::new();
     };
+    let timeout = config.spec.database.statement_timeout.get();
     let mut written = Vec::with_capacity(due.len());
     for Due {
         key,
@@ -72,7 +73,7 @@ pub async fn run(config: &PassConfig, pool: &Pool, due: Vec<Due>) -> Vec<Written
     } in due
     {
         let result = match template.render(&resource, &row, &config.metadata) {
-            Ok(bound) => writeback::execute(pool, &bound).await.map(|_| ()),
+            Ok(bound) => writeback::execute(pool, &bound, timeout).await.map(|_| ()),
             Err(e) => Err(e),
         };
         written.push(Written {
@@ -84,11 +85,15 @@ pub async fn run(config: &PassConfig, pool: &Pool, due: Vec<Due>) -> Vec<Written
     written
 }
 
-/// Records what was written in `seen` (a failed object is tried again on its
-/// next status change); returns the batch's verdict for the
-/// `StatusWriteBack` condition, or `None` when nothing ran.
-pub fn record(seen: &mut Fingerprints, written: Vec<Written>) -> Option<WriteBackResult> {
+/// Records what was written in `seen`; returns the batch's verdict for the
+/// `StatusWriteBack` condition (`None` when nothing ran) and the objects
+/// whose write-back failed, to be tried again.
+pub fn record(
+    seen: &mut Fingerprints,
+    written: Vec<Written>,
+) -> (Option<WriteBackResult>, Vec<ObjectKey>) {
     let mut verdict = None;
+    let mut failed = Vec::new();
     for Written {
         key,
         fingerprint,
@@ -101,7 +106,8 @@ pub fn record(seen: &mut Fingerprints, written: Vec<Written>) -> Option<WriteBac
                 verdict.get_or_insert(Ok(()));
             }
             Err(source) => {
-                tracing::warn!(object = %key.name, reason = source.reason(), "status write-back failed");
+                tracing::debug!(object = %key.name, reason = source.reason(), "status write-back failed");
+                failed.push(key.clone());
                 verdict = Some(Err(Arc::new(PassError::WriteBack {
                     kind: key.group_kind,
                     name: key.name,
@@ -110,5 +116,5 @@ pub fn record(seen: &mut Fingerprints, written: Vec<Written>) -> Option<WriteBac
             }
         }
     }
-    verdict
+    (verdict, failed)
 }

@@ -4,7 +4,7 @@
 mod split;
 mod trigger;
 
-pub use split::{split_statements, SplitError};
+pub use split::{opaque_parts, split_statements, Opaque, SplitError};
 pub use trigger::{notify_trigger_sql, quote_literal};
 
 /// Quotes one identifier the way PostgreSQL's `quote_ident` does, always.

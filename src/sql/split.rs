@@ -10,6 +10,71 @@ pub enum SplitError {
     Empty,
 }
 
+/// Text that is not SQL code: a comment, a string literal, a quoted
+/// identifier or a dollar-quoted string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opaque {
+    pub what: &'static str,
+    pub range: std::ops::Range<usize>,
+}
+
+impl Opaque {
+    fn is_comment(&self) -> bool {
+        self.what.ends_with("comment")
+    }
+}
+
+/// The opaque part of `sql` that starts at byte `i`, if one does.
+fn opaque_at(sql: &str, i: usize) -> Result<Option<Opaque>, SplitError> {
+    let bytes = sql.as_bytes();
+    let next = bytes.get(i + 1).copied();
+    let (what, end) = match bytes[i] {
+        b'-' if next == Some(b'-') => (
+            "line comment",
+            bytes[i..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |p| i + p + 1),
+        ),
+        b'/' if next == Some(b'*') => ("block comment", skip_block_comment(bytes, i)?),
+        b'\'' => {
+            let escapes = is_escape_string_prefix(bytes, i);
+            let what = "string literal";
+            (what, skip_quoted(bytes, i, b'\'', escapes, what)?)
+        }
+        b'"' => {
+            let what = "quoted identifier";
+            (what, skip_quoted(bytes, i, b'"', false, what)?)
+        }
+        b'$' => match dollar_quote_end(sql, i)? {
+            Some(end) => ("dollar-quoted string", end),
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some(Opaque {
+        what,
+        range: i..end,
+    }))
+}
+
+/// Every comment, literal, quoted identifier and dollar-quoted string of
+/// `sql`, in order.
+pub fn opaque_parts(sql: &str) -> Result<Vec<Opaque>, SplitError> {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < sql.len() {
+        match opaque_at(sql, i)? {
+            Some(part) => {
+                i = part.range.end;
+                parts.push(part);
+            }
+            None => i += 1,
+        }
+    }
+    Ok(parts)
+}
+
 /// Returns the statements of `sql` in order, trimmed, without the ones that
 /// hold only whitespace and comments.
 pub fn split_statements(sql: &str) -> Result<Vec<&str>, SplitError> {
@@ -19,51 +84,21 @@ pub fn split_statements(sql: &str) -> Result<Vec<&str>, SplitError> {
     let mut has_code = false;
     let mut i = 0;
     while i < bytes.len() {
-        let c = bytes[i];
-        let next = bytes.get(i + 1).copied();
-        match c {
-            b'-' if next == Some(b'-') => {
-                i = bytes[i..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(bytes.len(), |p| i + p + 1);
-                continue;
-            }
-            b'/' if next == Some(b'*') => {
-                i = skip_block_comment(bytes, i)?;
-                continue;
-            }
-            b'\'' => {
-                let escapes = is_escape_string_prefix(bytes, i);
-                i = skip_quoted(bytes, i, b'\'', escapes, "string literal")?;
-                has_code = true;
-                continue;
-            }
-            b'"' => {
-                i = skip_quoted(bytes, i, b'"', false, "quoted identifier")?;
-                has_code = true;
-                continue;
-            }
-            b'$' => {
-                if let Some(end) = dollar_quote_end(sql, i)? {
-                    i = end;
-                    has_code = true;
-                    continue;
-                }
-            }
+        if let Some(part) = opaque_at(sql, i)? {
+            has_code |= !part.is_comment();
+            i = part.range.end;
+            continue;
+        }
+        match bytes[i] {
             b';' => {
                 if has_code {
                     statements.push(sql[start..i].trim());
                 }
                 start = i + 1;
                 has_code = false;
-                i += 1;
-                continue;
             }
+            c if !c.is_ascii_whitespace() => has_code = true,
             _ => {}
-        }
-        if !c.is_ascii_whitespace() {
-            has_code = true;
         }
         i += 1;
     }
