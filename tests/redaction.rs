@@ -24,7 +24,9 @@ async fn row_values_and_passwords_never_reach_conditions_events_or_info_logs() {
          CREATE TABLE src (email text);
          INSERT INTO src VALUES ('{MARKER}-dup'), ('{MARKER}-dup');
          CREATE TABLE l (v text);
-         INSERT INTO l VALUES ('{MARKER} not a label!');"
+         INSERT INTO l VALUES ('{MARKER} not a label!');
+         CREATE FUNCTION chatty(v text) RETURNS text LANGUAGE plpgsql AS $$
+         BEGIN RAISE NOTICE 'looking at %', v; RETURN v; END $$;"
     );
     let s = common::operator::setup("redact", &schema).await;
     let (client, ns) = (&s.client, s.namespace.as_str());
@@ -50,6 +52,12 @@ async fn row_values_and_passwords_never_reach_conditions_events_or_info_logs() {
         .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"label-{{Row.id}}\"\n  labels:\n    tier: \"{{Row.v}}\"\n")
         .create(client, ns)
         .await;
+    // A user function that raises NOTICEs quoting the row (the pass works).
+    DbqrBuilder::new("notice", &operator)
+        .query("SELECT 1 AS id, chatty(value) AS v FROM t")
+        .template(cm)
+        .create(client, ns)
+        .await;
     // A password with a space, unquoted: the connection string breaks right at it.
     let env = common::shared();
     let uri = format!(
@@ -64,6 +72,7 @@ async fn row_values_and_passwords_never_reach_conditions_events_or_info_logs() {
         .create(client, ns)
         .await;
 
+    wait_for_condition(client, ns, "notice", "Ready", "True", "Ready").await;
     let cast = wait_for_condition(client, ns, "cast", "Synced", "False", "QueryFailed").await;
     assert!(
         cast.contains("invalid_text_representation (SQLSTATE 22P02"),

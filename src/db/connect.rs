@@ -147,17 +147,60 @@ pub fn connect_error(e: &tokio_postgres::Error) -> ConnectError {
     }
 }
 
+/// Drives a connection on the current tokio runtime, message by message:
+/// left to itself, tokio-postgres logs every NOTICE (a user function's
+/// `RAISE NOTICE 'value %', ...`) at info, text and all; here a notice is
+/// logged at debug, by code only.
+pub fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>) -> tokio::task::JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notice(notice)) => {
+                    tracing::debug!(code = notice.code().code(), "notice from the database");
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(reason = %error, "database connection closed");
+                    break;
+                }
+            }
+        }
+    })
+}
+
 /// Connects and drives the connection on the current tokio runtime.
 pub async fn connect(info: &ConnInfo) -> Result<Client, ConnectError> {
     let config = wire_config(info);
     let tls = tls_connector(info)?;
     let (client, connection) = config.connect(tls).await.map_err(|e| connect_error(&e))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "database connection closed");
-        }
-    });
+    drive(connection);
     Ok(client)
+}
+
+/// How pooled connections are made: as [`connect`] makes them, driven by [`drive`].
+pub struct PoolConnect {
+    pub tls: MakeTlsConnector,
+}
+
+impl deadpool_postgres::Connect for PoolConnect {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let (tls, config) = (self.tls.clone(), config.clone());
+        Box::pin(async move {
+            let (client, connection) = config.connect(tls).await?;
+            Ok((client, drive(connection)))
+        })
+    }
 }
 
 #[cfg(test)]

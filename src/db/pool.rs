@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::budget::{ConnectionBudget, Server, ServerKey, Slot};
-use super::connect::{tls_connector, wire_config, ConnectError};
+use super::connect::{tls_connector, wire_config, ConnectError, PoolConnect};
 use super::conninfo::ConnInfo;
 
 #[derive(Debug, thiserror::Error)]
@@ -220,9 +220,11 @@ fn shared_pool(
     let mut config = wire_config(info);
     config.connect_timeout(connect_timeout);
     let server = budget.server(&ServerKey::of(&config));
-    let inner = Manager::from_config(
+    let inner = Manager::from_connect(
         config,
-        tls_connector(info)?,
+        PoolConnect {
+            tls: tls_connector(info)?,
+        },
         ManagerConfig {
             recycling_method: RecyclingMethod::Clean,
         },
