@@ -407,3 +407,50 @@ async fn twenty_dbqrs_in_twenty_namespaces() {
         wait_for_condition(&s.client, &namespaces[0], "users", "Ready", "True", "Ready").await;
     assert_eq!(ready, "1 objects from 1 rows");
 }
+
+/// A DBQR whose name is longer than a label value carries a hashed label
+/// value; another DBQR named exactly like that value carries the same
+/// labels. The controller reference's uid tells their objects apart, so
+/// neither prunes the other's.
+#[tokio::test]
+async fn a_dbqr_named_like_anothers_hashed_label_value_prunes_nothing_of_it() {
+    let s = setup(
+        "lookalike",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);",
+    )
+    .await;
+    let operator = Operator::start(&[]);
+    let long = format!("long-{}", "x".repeat(70));
+    let lookalike = dbqo::reconcile::labels::label_value(&long);
+    assert_ne!(lookalike, long);
+    DbqrBuilder::new(&long, &operator)
+        .query("SELECT id FROM t")
+        .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"a-{{Row.id}}\"\n")
+        .create(&s.client, &s.namespace)
+        .await;
+    DbqrBuilder::new(&lookalike, &operator)
+        .query("SELECT 1 AS id")
+        .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"b-{{Row.id}}\"\n")
+        // Prunes at once, so the guard cannot be what saves the other's objects.
+        .set("/pruneGuard", json!({"confirmationInterval": "0s"}))
+        .create(&s.client, &s.namespace)
+        .await;
+    wait_for_configmaps(&s.client, &s.namespace, &["a-1", "a-2", "b-1"]).await;
+    let passes = operator.passes().len();
+    // Both run converged passes with the other's objects in their label selection.
+    for name in [&long, &lookalike] {
+        let objects = if *name == long { 2 } else { 1 };
+        operator
+            .wait_for_pass(passes, "a converged pass of each", |p| {
+                p.dbqr == **name && p.converged(objects)
+            })
+            .await;
+    }
+    wait_for_configmaps(&s.client, &s.namespace, &["a-1", "a-2", "b-1"]).await;
+    let pruning: Vec<_> = operator
+        .passes()
+        .into_iter()
+        .filter(|p| p.pruned > 0)
+        .collect();
+    assert!(pruning.is_empty(), "no pass deleted anything: {pruning:?}");
+}

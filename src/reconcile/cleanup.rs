@@ -98,7 +98,7 @@ pub async fn clean_up<W: Writer>(
                 })
             }
         };
-        for object in live.into_iter().filter(|o| owner.owns(&o.labels)) {
+        for object in live.into_iter().filter(|o| owner.owns_object(o)) {
             let failed = |source| CleanupError::Object {
                 kind: resource.kind.clone(),
                 name: object.name.clone(),

@@ -64,6 +64,18 @@ impl Owner {
     }
 
     /// Whether `labels` say the object belongs to some other DBQR.
+    /// Whether a live object is this DBQR's: its labels, and its controller
+    /// reference's uid where it has one. Labels alone are not enough: a
+    /// long DBQR name becomes a hashed label value, and a DBQR named like
+    /// that value would carry the same labels.
+    pub fn owns_object(&self, object: &crate::kube_api::LiveObject) -> bool {
+        self.owns(&object.labels)
+            && object
+                .controller_uid
+                .as_ref()
+                .is_none_or(|uid| *uid == self.uid)
+    }
+
     pub fn is_foreign(&self, labels: &BTreeMap<String, String>) -> bool {
         labels.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE) && !self.owns(labels)
     }

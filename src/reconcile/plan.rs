@@ -199,7 +199,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
                 namespace: object.namespace.clone(),
                 name: object.name.clone(),
             };
-            if object.deleting || !owner.owns(&object.labels) {
+            if object.deleting || !owner.owns_object(&object) {
                 continue;
             }
             plan.owned += 1;

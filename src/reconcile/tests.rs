@@ -708,10 +708,16 @@ fn plan_prunes_only_this_owners_objects_not_produced_and_not_going() {
         live_cm("gone", owner_labels("users"), false),
         live_cm("going", owner_labels("users"), true),
         live_cm("theirs", owner_labels("other"), false),
+        // Our labels (another DBQR named like our hashed label value), not our uid.
+        LiveObject {
+            controller_uid: Some("uid-of-another".into()),
+            ..live_cm("lookalike", owner_labels("users"), false)
+        },
     ]);
     let plan = plan::plan(input);
     let pruned: Vec<_> = plan.prune.iter().map(|(_, t)| t.name.as_str()).collect();
     assert_eq!(pruned, ["gone"]);
+    assert_eq!(plan.owned, 2, "keep and gone");
     assert_eq!(plan.next_inventory(false, []), BTreeSet::from([cm_gvk()]));
 }
 
