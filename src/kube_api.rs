@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use kube::{
-    api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
+    api::{
+        Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+    },
     discovery::Scope as DiscoveryScope,
     Client,
 };
@@ -355,6 +357,19 @@ pub async fn apply(client: &Client, target: &Target, manifest: &Json) -> Result<
             &Patch::Apply(manifest),
         )
         .await?;
+    Ok(())
+}
+
+/// Creates an object as the operator's field manager; an object of that
+/// name already there is a 409 (`AlreadyExists`), never overwritten.
+pub async fn create(client: &Client, target: &Target, manifest: &Json) -> Result<(), KubeError> {
+    let object: DynamicObject = serde_json::from_value(manifest.clone())
+        .map_err(|e| KubeError::Transport(format!("manifest is not an object: {e}")))?;
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    target_api(client, target).create(&params, &object).await?;
     Ok(())
 }
 

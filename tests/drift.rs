@@ -64,6 +64,33 @@ async fn deleted_or_edited_objects_are_repaired_within_two_seconds() {
     // Fields the operator does not manage are left alone.
     assert_eq!(repaired.get("extra").map(String::as_str), Some("kept"));
     assert!(operator.log().contains("repaired drift"));
+
+    // A new spec starts a new actor; the old one, stopping, must not
+    // unsubscribe its successor from drift notices.
+    let dbqrs: Api<dbqo::api::DatabaseQueryResource> = Api::namespaced(client.clone(), &ns);
+    let spec = json!({"spec": {"template": ITEM_CM.replace("{{Row.value}}", "v2-{{Row.value}}")}});
+    dbqrs
+        .patch("items", &PatchParams::default(), &Patch::Merge(&spec))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the new spec applied", || async {
+        (cms.get("item-1").await.ok()?.data?.get("value")? == "v2-one").then_some(())
+    })
+    .await;
+    cms.delete("item-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(2),
+        "item-1 back under the new actor",
+        || async {
+            cms.get_opt("item-1")
+                .await
+                .ok()?
+                .filter(|cm| cm.metadata.deletion_timestamp.is_none())
+        },
+    )
+    .await;
 }
 
 /// The requests of `verbs` on `resources` made between the two readings,

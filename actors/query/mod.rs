@@ -25,7 +25,7 @@ use dbqo::reconcile::{
     repair, run_pass,
     status::{next_status, Outcome, WriteBackResult},
     writeback::Fingerprints,
-    Connection, PassConfig, PassError, PassReport, PassState, Writer as _,
+    Connection, PassConfig, PassError, PassReport, PassState, Repair, Writer as _,
 };
 use dbqo::render::{Gvk, ObjectKey};
 use dbqo::settings::Settings;
@@ -68,6 +68,10 @@ pub struct QueryActor {
     status_failures: u32,
     /// The last change probe failed (and the status says so).
     probe_failed: bool,
+    /// Drift repairs under way; a pass waits for them.
+    repairs: usize,
+    /// A pass is due once the repairs are done.
+    pass_waits: bool,
 }
 
 /// Failed status patches are retried at least this often.
@@ -123,6 +127,8 @@ impl QueryActor {
             status_version: 0,
             status_failures: 0,
             probe_failed: false,
+            repairs: 0,
+            pass_waits: false,
         }
     }
 
@@ -146,6 +152,11 @@ impl QueryActor {
     }
 
     fn start_pass(&mut self, ctx: &mut Context<Self>) {
+        if self.repairs > 0 {
+            // Runs when the last repair is done.
+            self.pass_waits = true;
+            return;
+        }
         let (Ok(config), Some(mut state)) = (self.config.clone(), self.state.take()) else {
             return;
         };
@@ -374,9 +385,11 @@ impl Handler<Drifted> for QueryActor {
     type Result = ();
 
     /// A managed object changed or vanished: put it back if it no longer
-    /// matches. During a pass the pass itself compares against the cache.
+    /// matches. During a pass the pass itself compares against the cache;
+    /// repairs and passes never overlap, so a pass that prunes an object
+    /// never races a repair that would bring it back.
     fn handle(&mut self, Drifted { key }: Drifted, ctx: &mut Context<Self>) {
-        let Some(state) = &self.state else {
+        let (Some(state), Ok(config)) = (&self.state, &self.config) else {
             // Checked once the pass has ended (most are the pass's own writes).
             self.drifted.insert(key);
             return;
@@ -384,20 +397,28 @@ impl Handler<Drifted> for QueryActor {
         let Some(wanted) = state.applied(&key).cloned() else {
             return;
         };
+        let owner = config.owner.clone();
         let writer = self.writer.clone();
         let name = self.dbqr.name_any();
         let writes_back = self.writes_back();
+        self.repairs += 1;
         ctx.spawn(
             async move {
-                match repair(&writer, &wanted).await {
-                    Ok(true) => tracing::info!(dbqr = %name, kind = %key.group_kind, object = %key.name, "repaired drift"),
-                    Ok(false) => {}
+                let (kind, object) = (&key.group_kind, &key.name);
+                match repair(&writer, &owner, &wanted).await {
+                    Ok(Repair::Nothing) => {}
+                    Ok(Repair::TakenElsewhere) => tracing::info!(dbqr = %name, %kind, %object, "a deleted object was created again by someone else; not taken over"),
+                    Ok(done) => tracing::info!(dbqr = %name, %kind, %object, ?done, "repaired drift"),
                     Err(error) => tracing::warn!(dbqr = %name, reason = error.reason(), "drift repair failed"),
                 }
                 key
             }
             .into_actor(self)
             .map(move |key, actor, ctx| {
+                actor.repairs -= 1;
+                if actor.repairs == 0 && std::mem::take(&mut actor.pass_waits) {
+                    actor.start_pass(ctx);
+                }
                 if writes_back {
                     actor.queue_writeback(key, ctx);
                 }

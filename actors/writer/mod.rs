@@ -414,6 +414,12 @@ impl Writer for WriterHandle {
             .await
     }
 
+    async fn create(&self, target: &Target, manifest: &Json) -> Result<(), KubeError> {
+        let (target, manifest) = (target.clone(), manifest.clone());
+        self.request(|client| async move { kube_api::create(&client, &target, &manifest).await })
+            .await
+    }
+
     async fn list(
         &self,
         resource: &ApiResource,

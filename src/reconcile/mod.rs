@@ -25,6 +25,6 @@ mod tests;
 pub use error::{ObjectError, PassError, PruneFailure, RowFailure};
 pub use labels::Owner;
 pub use pass::{
-    reconcile_rows, repair, run_pass, Connection, PassConfig, PassReport, PassState, Row,
+    reconcile_rows, repair, run_pass, Connection, PassConfig, PassReport, PassState, Repair, Row,
 };
 pub use writer::Writer;

@@ -689,22 +689,48 @@ async fn execute<W: Writer>(
     });
 }
 
+/// What a drift repair did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// The object is as wanted (or is another owner's now): nothing sent.
+    Nothing,
+    /// Changed fields put back with an apply.
+    Reapplied,
+    /// The deleted object created again.
+    Recreated,
+    /// Someone else created an object of that name meanwhile; not taken over.
+    TakenElsewhere,
+}
+
 /// Puts one object back the way this DBQR wants it if the cache shows it
-/// deleted or changed. Returns whether a write was sent.
-pub async fn repair<W: Writer>(writer: &W, wanted: &Desired) -> Result<bool, ObjectError> {
-    if writer
-        .cached(&wanted.target)
-        .is_some_and(|live| in_place(&live, &wanted.manifest))
-    {
-        return Ok(false);
+/// deleted or changed. A changed object of this DBQR is applied again; a
+/// missing one is created, never applied: an apply would take over an
+/// object of the same name that someone else created since.
+pub async fn repair<W: Writer>(
+    writer: &W,
+    owner: &Owner,
+    wanted: &Desired,
+) -> Result<Repair, ObjectError> {
+    let failed = |source| ObjectError::Apply {
+        kind: wanted.gvk.group_kind(),
+        name: wanted.target.name.clone(),
+        source,
+    };
+    match writer.cached(&wanted.target) {
+        Some(live) if in_place(&live, &wanted.manifest) => Ok(Repair::Nothing),
+        // Another DBQR's or controller's now: the next pass reports it.
+        Some(live) if plan::owned_elsewhere(owner, &live.live) => Ok(Repair::Nothing),
+        Some(_) => {
+            writer
+                .apply(&wanted.target, &wanted.manifest)
+                .await
+                .map_err(failed)?;
+            Ok(Repair::Reapplied)
+        }
+        None => match writer.create(&wanted.target, &wanted.manifest).await {
+            Ok(()) => Ok(Repair::Recreated),
+            Err(e) if e.is_conflict() => Ok(Repair::TakenElsewhere),
+            Err(e) => Err(failed(e)),
+        },
     }
-    writer
-        .apply(&wanted.target, &wanted.manifest)
-        .await
-        .map_err(|source| ObjectError::Apply {
-            kind: wanted.gvk.group_kind(),
-            name: wanted.target.name.clone(),
-            source,
-        })?;
-    Ok(true)
 }

@@ -125,7 +125,7 @@ impl Plan {
 
 /// Whether an object with `live`'s metadata belongs to someone other than `owner`:
 /// another DBQR's labels, or another controller.
-fn owned_elsewhere(owner: &Owner, live: &LiveObject) -> bool {
+pub(crate) fn owned_elsewhere(owner: &Owner, live: &LiveObject) -> bool {
     owner.is_foreign(&live.labels)
         || live
             .controller_uid

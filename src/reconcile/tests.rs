@@ -103,7 +103,11 @@ impl FakeWriter {
         self.calls
             .borrow()
             .iter()
-            .filter(|c| c.starts_with("apply") || c.starts_with("delete"))
+            .filter(|c| {
+                ["apply", "create", "delete"]
+                    .iter()
+                    .any(|v| c.starts_with(v))
+            })
             .cloned()
             .collect()
     }
@@ -161,6 +165,20 @@ impl Writer for FakeWriter {
         let mut objects = self.objects.borrow_mut();
         let object = objects.entry(slot(target)).or_insert_with(|| json!({}));
         merge(object, manifest);
+        Ok(())
+    }
+
+    async fn create(&self, target: &Target, manifest: &Json) -> Result<(), KubeError> {
+        self.record("create", target);
+        let mut objects = self.objects.borrow_mut();
+        if objects.contains_key(&slot(target)) {
+            return Err(KubeError::Api {
+                code: 409,
+                reason: "AlreadyExists".into(),
+                message: "exists".into(),
+            });
+        }
+        objects.insert(slot(target), manifest.clone());
         Ok(())
     }
 
@@ -502,6 +520,48 @@ fn an_object_of_another_owner_is_not_taken_over() {
         .calls
         .borrow()
         .contains(&"get ConfigMap apps/b".to_owned()));
+}
+
+#[test]
+fn repair_recreates_a_deleted_object_but_never_takes_over_one_created_meanwhile() {
+    let (config, writer, state) = converged(true, &[("a", "1")]);
+    let key = ObjectKey {
+        group_kind: GroupKind::new("", "ConfigMap"),
+        namespace: Some("apps".into()),
+        name: "a".into(),
+    };
+    let wanted = state.applied(&key).unwrap().clone();
+    let run = |w: &FakeWriter| {
+        repair(w, &config.owner, &wanted)
+            .now_or_never()
+            .expect("the fake writer never waits")
+            .unwrap()
+    };
+    assert_eq!(run(&writer), Repair::Nothing, "in place");
+
+    // Edited: applied again.
+    merge(
+        writer.objects.borrow_mut().values_mut().next().unwrap(),
+        &json!({"data": {"value": "edited"}}),
+    );
+    assert_eq!(run(&writer), Repair::Reapplied);
+
+    // Deleted: created again.
+    writer.objects.borrow_mut().clear();
+    writer.calls.borrow_mut().clear();
+    assert_eq!(run(&writer), Repair::Recreated);
+    assert_eq!(writer.writes(), ["create ConfigMap apps/a"]);
+
+    // Deleted, and someone else created one of that name (unlabelled, so
+    // not in the cache): left alone.
+    writer.objects.borrow_mut().clear();
+    writer.objects.borrow_mut().insert(
+        ("ConfigMap".into(), Some("apps".into()), "a".into()),
+        json!({"metadata": {"name": "a"}, "data": {"value": "theirs"}}),
+    );
+    assert_eq!(run(&writer), Repair::TakenElsewhere);
+    let objects = writer.objects.borrow();
+    assert_eq!(objects.values().next().unwrap()["data"]["value"], "theirs");
 }
 
 #[test]

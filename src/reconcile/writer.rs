@@ -34,6 +34,8 @@ pub trait Writer {
     async fn get(&self, target: &Target) -> Result<Option<LiveObject>, KubeError>;
     /// Server-side apply, forced, as the operator's field manager.
     async fn apply(&self, target: &Target, manifest: &Json) -> Result<(), KubeError>;
+    /// Creates an object; one of that name already there is an error (409).
+    async fn create(&self, target: &Target, manifest: &Json) -> Result<(), KubeError>;
     /// Objects of a kind in every namespace carrying all of `labels`, read from the API server.
     async fn list(
         &self,
