@@ -89,3 +89,69 @@ async fn an_unserved_version_fails_only_its_dbqr_and_the_served_one_converges() 
         ("False", "VersionNotServed")
     );
 }
+
+/// An aggregated API whose backend is down (its APIService points at a
+/// Service with nothing behind it) makes its group fail discovery; every
+/// other kind is still served and DBQRs converge.
+#[tokio::test]
+async fn an_unavailable_api_group_does_not_stop_discovery() {
+    let ns = "aggregated";
+    let (_control_plane, client, kubeconfig) = common::private_cluster(ns).await;
+    let apiservice: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": "v1.broken.dbqo.dev"},
+        "spec": {
+            "group": "broken.dbqo.dev",
+            "version": "v1",
+            "service": {"namespace": "default", "name": "nothing-here"},
+            "insecureSkipTLSVerify": true,
+            "groupPriorityMinimum": 1000,
+            "versionPriority": 15,
+        }
+    }))
+    .unwrap();
+    let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "apiregistration.k8s.io",
+        "v1",
+        "APIService",
+    ));
+    Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource)
+        .create(&Default::default(), &apiservice)
+        .await
+        .unwrap();
+    // The group is listed, and asking it fails.
+    eventually(
+        Duration::from_secs(20),
+        "the broken group to be listed",
+        || async {
+            let groups = client.list_api_groups().await.ok()?;
+            groups
+                .groups
+                .iter()
+                .any(|g| g.name == "broken.dbqo.dev")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(client
+        .list_api_group_resources("broken.dbqo.dev/v1")
+        .await
+        .is_err());
+
+    let url = common::database("aggregated").await;
+    common::connect(&url)
+        .await
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+        .await
+        .unwrap();
+    common::operator::create_secret(&client, ns, "db", common::operator::secret_keys(&url)).await;
+    let operator = Operator::start_on(&kubeconfig, &common::unique("aggregated"), &[]);
+    DbqrBuilder::new("items", &operator)
+        .query("SELECT id FROM t")
+        .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"item-{{Row.id}}\"\n")
+        .create(&client, ns)
+        .await;
+    wait_for_condition(&client, ns, "items", "Ready", "True", "Ready").await;
+    common::operator::wait_for_configmaps(&client, ns, &["item-1"]).await;
+}

@@ -454,3 +454,44 @@ async fn a_dbqr_named_like_anothers_hashed_label_value_prunes_nothing_of_it() {
         .collect();
     assert!(pruning.is_empty(), "no pass deleted anything: {pruning:?}");
 }
+
+/// Templates see the DBQR's labels and annotations as `Metadata`; editing
+/// them (no new generation) re-renders the objects.
+#[tokio::test]
+async fn a_label_edit_of_the_dbqr_re_renders_its_objects() {
+    let s = setup(
+        "relabel",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
+    )
+    .await;
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("tiered", &operator)
+        .query("SELECT id FROM t")
+        .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{Row.id}}\"\ndata:\n  tier: \"{{default Metadata.Labels.tier \"none\"}}\"\n")
+        .set("/pollInterval", json!("1h"))
+        .create(&s.client, &s.namespace)
+        .await;
+    let tier = |cms: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, String>,
+    >| { cms.get("cm-1").and_then(|d| d.get("tier").cloned()) };
+    let cms = wait_for_configmaps(&s.client, &s.namespace, &["cm-1"]).await;
+    assert_eq!(tier(cms).as_deref(), Some("none"));
+    Api::<DatabaseQueryResource>::namespaced(s.client.clone(), &s.namespace)
+        .patch(
+            "tiered",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tier": "gold"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the new label rendered",
+        || async {
+            let cms = common::operator::configmaps(&s.client, &s.namespace).await;
+            (tier(cms).as_deref() == Some("gold")).then_some(())
+        },
+    )
+    .await;
+}
