@@ -155,3 +155,90 @@ async fn an_unavailable_api_group_does_not_stop_discovery() {
     wait_for_condition(&client, ns, "items", "Ready", "True", "Ready").await;
     common::operator::wait_for_configmaps(&client, ns, &["item-1"]).await;
 }
+
+/// A DBQR wrote objects of a custom kind whose CRD is then deleted: once
+/// discovery confirms the kind is gone, it drops out of `managedKinds`
+/// instead of failing every prune.
+#[tokio::test]
+async fn a_kind_whose_crd_is_deleted_drops_out_of_the_inventory() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let s = common::operator::setup(
+        "crdgone",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
+    )
+    .await;
+    let group = format!("{}.dbqo.dev", common::unique("g"));
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("gadgets.{group}")},
+        "spec": {
+            "group": group,
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "scope": "Namespaced",
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
+        }
+    }))
+    .unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(s.client.clone());
+    crds.create(&Default::default(), &crd).await.unwrap();
+    eventually(Duration::from_secs(20), "the CRD to be served", || async {
+        s.client
+            .list_api_group_resources(&format!("{group}/v1"))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+
+    let allowed = format!("ConfigMap,{group}/Gadget");
+    let operator = Operator::start(&["--allowed-kinds", &allowed]);
+    let both = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{{{Row.id}}}}\"\n---\napiVersion: {group}/v1\nkind: Gadget\nmetadata:\n  name: \"g-{{{{Row.id}}}}\"\n"
+    );
+    DbqrBuilder::new("gadgets", &operator)
+        .query("SELECT id FROM t")
+        .template(&both)
+        .create(&s.client, &s.namespace)
+        .await;
+    wait_for_condition(&s.client, &s.namespace, "gadgets", "Ready", "True", "Ready").await;
+    let dbqrs: Api<dbqo::api::DatabaseQueryResource> =
+        Api::namespaced(s.client.clone(), &s.namespace);
+    let kinds = || async {
+        let dbqr = dbqrs.get("gadgets").await.unwrap();
+        dbqr.status.unwrap_or_default().managed_kinds
+    };
+    assert_eq!(
+        kinds().await,
+        ["v1/ConfigMap".to_owned(), format!("{group}/v1/Gadget")]
+    );
+
+    crds.delete(&format!("gadgets.{group}"), &Default::default())
+        .await
+        .unwrap();
+    // The rows still render Gadgets: they fail, and the operator rediscovers.
+    wait_for_condition(
+        &s.client,
+        &s.namespace,
+        "gadgets",
+        "Synced",
+        "False",
+        "UnknownKind",
+    )
+    .await;
+    dbqrs
+        .patch(
+            "gadgets",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"template":
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{Row.id}}\"\n"}})),
+        )
+        .await
+        .unwrap();
+    wait_for_condition(&s.client, &s.namespace, "gadgets", "Ready", "True", "Ready").await;
+    eventually(
+        Duration::from_secs(10),
+        "the Gadget kind to drop out",
+        || async { (kinds().await == ["v1/ConfigMap"]).then_some(()) },
+    )
+    .await;
+}

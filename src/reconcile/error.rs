@@ -189,6 +189,17 @@ pub enum ObjectError {
 }
 
 impl ObjectError {
+    /// The API server answered 404 for a request about this object: for an
+    /// apply or a watch that means its resource is not served (any more).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Self::Watch { source, .. } | Self::Read { source, .. } | Self::Apply { source, .. } => {
+                source.is_not_found()
+            }
+            _ => false,
+        }
+    }
+
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Render(e) => e.reason(),

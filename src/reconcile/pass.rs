@@ -135,6 +135,9 @@ pub struct PassState {
     pub managed_kinds: BTreeSet<Gvk>,
     /// Deletions the prune guard holds, and since when.
     held: Held,
+    /// A request of the last pass found no such resource (a CRD deleted,
+    /// a version withdrawn): the next one asks for a fresh discovery.
+    rediscover: bool,
 }
 
 impl PassState {
@@ -330,7 +333,9 @@ pub async fn reconcile_rows<W: Writer>(
     report: &mut PassReport,
 ) {
     report.rows = rows.len();
-    let mut kinds = match writer.kinds(false).await {
+    // The last pass met a resource the API server no longer serves.
+    let rediscover = std::mem::take(&mut state.rediscover);
+    let mut kinds = match writer.kinds(rediscover).await {
         Ok(kinds) => kinds,
         Err(e) => {
             report.sync = Some(Err(Arc::new(PassError::Discovery(e))));
@@ -622,6 +627,10 @@ async fn execute<W: Writer>(
             }
         }
     }
+    state.rediscover = failures
+        .iter()
+        .chain(&plan.refuse)
+        .any(|f| f.error.is_not_found());
     if !failures.is_empty() || !plan.refuse.is_empty() {
         let inventory = plan.next_inventory(true, []);
         state.managed_kinds = inventory.clone();
