@@ -194,6 +194,11 @@ impl Supervisor {
 
     fn run_cleanup(&mut self, dbqr: DatabaseQueryResource, ctx: &mut Context<Self>) {
         let uid = dbqr.uid().unwrap_or_default();
+        if !self.cleaning.contains(&uid) {
+            // The DBQR is gone (its finalizer removed by someone else).
+            self.blocked.remove(&uid);
+            return;
+        }
         let owner = Owner::of(&dbqr);
         let policy = dbqr.spec.deletion_policy;
         let managed = dbqr
@@ -336,6 +341,7 @@ impl StreamHandler<Result<watcher::Event<DatabaseQueryResource>, watcher::Error>
             Ok(watcher::Event::Delete(dbqr)) => {
                 let key = Self::key(&dbqr);
                 self.stop(&key);
+                self.cleaning.remove(&dbqr.uid().unwrap_or_default());
             }
             Ok(watcher::Event::Init) => {}
             Ok(watcher::Event::InitDone) => {

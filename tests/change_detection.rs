@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::eventually;
 use common::operator::{
-    trigger_sql, wait_for_condition, wait_for_configmaps, DbqrBuilder, Operator,
+    trigger_sql, wait_for_condition, wait_for_configmaps, wait_for_listen, DbqrBuilder, Operator,
 };
 use serde_json::json;
 
@@ -109,14 +109,7 @@ async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
         .create(&client, &ns)
         .await;
     wait_for_configmaps(&client, &ns, &["flag-a"]).await;
-    eventually(Duration::from_secs(10), "the LISTEN connection", || async {
-        let row = db
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE '%(listen)'", &[])
-            .await
-            .ok()?;
-        (row.get::<_, i64>(0) == 1).then_some(())
-    })
-    .await;
+    wait_for_listen(&db).await;
 
     let quick = Duration::from_secs(3);
     db.batch_execute("INSERT INTO flags VALUES ('b', '1')")

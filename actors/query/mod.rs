@@ -64,6 +64,8 @@ pub struct QueryActor {
     released: bool,
     /// Counts status writes, so a retry knows whether a newer one replaced it.
     status_version: u64,
+    /// The status being written (by version), until the API server answers.
+    status_writing: Option<(u64, DatabaseQueryResourceStatus)>,
     /// Failed status patches in a row.
     status_failures: u32,
     /// The last change probe failed (and the status says so).
@@ -125,6 +127,7 @@ impl QueryActor {
             drifted: HashSet::new(),
             released: false,
             status_version: 0,
+            status_writing: None,
             status_failures: 0,
             probe_failed: false,
             repairs: 0,
@@ -235,8 +238,14 @@ impl QueryActor {
     /// Writes the status if it changed, with Events for changed reasons.
     fn publish(&mut self, outcome: Outcome<'_>, ctx: &mut Context<Self>) {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
+        // Compared with what is being written, if anything: the same change
+        // is not written (nor announced) twice.
+        let current = match &self.status_writing {
+            Some((_, writing)) => Some(writing),
+            None => self.status.as_ref(),
+        };
         let Some((status, events)) = next_status(
-            self.status.as_ref(),
+            current,
             &outcome,
             self.writeback.as_ref(),
             self.dbqr.metadata.generation,
@@ -258,6 +267,7 @@ impl QueryActor {
     ) {
         self.status_version += 1;
         let version = self.status_version;
+        self.status_writing = Some((version, status.clone()));
         let writer = self.writer.clone();
         let namespace = self.dbqr.namespace().unwrap_or_default();
         let name = self.dbqr.name_any();
@@ -275,24 +285,39 @@ impl QueryActor {
                 (result, status, events)
             }
             .into_actor(self)
-            .map(move |(result, status, events), actor, ctx| match result {
-                Ok(()) => {
-                    actor.status_failures = 0;
-                    actor.status = Some(status);
+            .map(move |(result, status, events), actor, ctx| {
+                if actor.status_writing.as_ref().is_some_and(|(v, _)| *v == version) {
+                    actor.status_writing = None;
                 }
-                Err(error) => {
-                    actor.status_failures = actor.status_failures.saturating_add(1);
-                    let delay = backoff(actor.status_failures, STATUS_RETRY_CAP);
-                    tracing::warn!(dbqr = %actor.dbqr.name_any(), reason = error.reason(), retry_in = ?delay, "cannot write DBQR status");
-                    ctx.run_later(delay, move |actor, ctx| {
-                        // A newer status was written (or is being written) meanwhile.
-                        if actor.status_version == version {
-                            actor.write_status(status, events, ctx);
-                        }
-                    });
-                }
+                actor.status_written(version, result, status, events, ctx);
             }),
         );
+    }
+
+    /// The API server answered a status patch: keep its status as the one
+    /// to compare with, or retry with backoff.
+    fn status_written(
+        &mut self,
+        version: u64,
+        result: Result<(), dbqo::kube_api::KubeError>,
+        status: DatabaseQueryResourceStatus,
+        events: Vec<DbqrEvent>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Err(error) = result {
+            self.status_failures = self.status_failures.saturating_add(1);
+            let delay = backoff(self.status_failures, STATUS_RETRY_CAP);
+            tracing::warn!(dbqr = %self.dbqr.name_any(), reason = error.reason(), retry_in = ?delay, "cannot write DBQR status");
+            ctx.run_later(delay, move |actor, ctx| {
+                // A newer status was written (or is being written) meanwhile.
+                if actor.status_version == version {
+                    actor.write_status(status, events, ctx);
+                }
+            });
+            return;
+        }
+        self.status_failures = 0;
+        self.status = Some(status);
     }
 
     /// The release annotation did its work in the pass that saw it; left in
