@@ -155,9 +155,7 @@ fn verdicts(
         guard: Some(guard), ..
     }) = outcome
     {
-        if let Some(verdict) = prune_held(guard) {
-            all.push((PRUNE_HELD, verdict));
-        }
+        all.push((PRUNE_HELD, prune_held(guard)));
     }
     // Write-back failures are reported beside, never instead of, the sync state.
     match writeback {
@@ -172,12 +170,11 @@ fn verdicts(
 }
 
 /// The `PruneHeld` condition after a pass that got as far as pruning: True
-/// while deletions are held; once it has appeared, False with what ended
-/// the hold. Absent for a DBQR that never had a prune held (`None` here
-/// keeps whatever the status holds).
-fn prune_held(guard: &GuardReport) -> Option<Verdict> {
+/// while deletions are held, False with what ended the hold. (`next_status`
+/// leaves it out until a prune is first held.)
+fn prune_held(guard: &GuardReport) -> Verdict {
     match guard.ruling {
-        Ruling::Holding => Some(Verdict {
+        Ruling::Holding => Verdict {
             status: "True",
             reason: "PruneHeld",
             message: format!(
@@ -186,25 +183,25 @@ fn prune_held(guard: &GuardReport) -> Option<Verdict> {
                  does not produce them, or at once with the annotation {RELEASE_ANNOTATION}",
                 guard.held, guard.owned, guard.confirmation
             ),
-        }),
-        Ruling::Confirmed => Some(Verdict {
+        },
+        Ruling::Confirmed => Verdict {
             status: "False",
             reason: "PruneConfirmed",
             message: format!(
                 "held deletions confirmed after {:?} and carried out",
                 guard.confirmation
             ),
-        }),
-        Ruling::Released => Some(Verdict {
+        },
+        Ruling::Released => Verdict {
             status: "False",
             reason: "PruneReleased",
             message: format!("held deletions released by the annotation {RELEASE_ANNOTATION}"),
-        }),
-        Ruling::Nothing | Ruling::Immediate => Some(Verdict {
+        },
+        Ruling::Nothing | Ruling::Immediate => Verdict {
             status: "False",
             reason: "NothingHeld",
             message: "no deletion is held".into(),
-        }),
+        },
     }
 }
 
@@ -350,5 +347,96 @@ mod tests {
         assert_eq!(failed.object_count, Some(3));
         assert_eq!(failed.last_poll_time, Some(time(10)));
         assert!(events.iter().all(|e| e.warning));
+    }
+
+    fn guarded(ruling: Ruling, held: usize) -> PassReport {
+        PassReport {
+            guard: Some(GuardReport {
+                ruling,
+                held,
+                owned: 3,
+                confirm_in: None,
+                confirmation: std::time::Duration::from_secs(30),
+                released: false,
+            }),
+            ..ok_report(0)
+        }
+    }
+
+    #[test]
+    fn a_held_prune_is_reported_until_it_ends() {
+        let get = |s: &DatabaseQueryResourceStatus, t: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        // No hold yet: no PruneHeld condition at all.
+        let (first, _) = next_status(
+            None,
+            &Outcome::Pass(&guarded(Ruling::Immediate, 0)),
+            None,
+            Some(1),
+            time(10),
+        )
+        .unwrap();
+        assert_eq!(get(&first, PRUNE_HELD), None);
+
+        let (held, events) = next_status(
+            Some(&first),
+            &Outcome::Pass(&guarded(Ruling::Holding, 3)),
+            None,
+            Some(1),
+            time(20),
+        )
+        .unwrap();
+        assert_eq!(
+            get(&held, PRUNE_HELD),
+            Some(("True".into(), "PruneHeld".into()))
+        );
+        assert_eq!(
+            get(&held, SYNCED),
+            Some(("False".into(), "PruneHeld".into()))
+        );
+        let event = events
+            .iter()
+            .find(|e| e.message.starts_with("PruneHeld:"))
+            .unwrap();
+        assert!(
+            event.warning && event.message.contains("3 of 3"),
+            "{event:?}"
+        );
+
+        // A failed probe does not touch it; the end of the hold does.
+        let probe = PassError::ProbeTimeout;
+        let (probed, _) = next_status(
+            Some(&held),
+            &Outcome::ProbeFailed(&probe),
+            None,
+            Some(1),
+            time(25),
+        )
+        .unwrap();
+        assert_eq!(
+            get(&probed, PRUNE_HELD),
+            Some(("True".into(), "PruneHeld".into()))
+        );
+        let (ended, events) = next_status(
+            Some(&held),
+            &Outcome::Pass(&guarded(Ruling::Confirmed, 0)),
+            None,
+            Some(1),
+            time(30),
+        )
+        .unwrap();
+        assert_eq!(
+            get(&ended, PRUNE_HELD),
+            Some(("False".into(), "PruneConfirmed".into()))
+        );
+        let event = events
+            .iter()
+            .find(|e| e.reason == "PruneConfirmed")
+            .unwrap();
+        assert!(!event.warning);
     }
 }
