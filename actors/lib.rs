@@ -8,12 +8,15 @@
 //! - [`writer::KubeWriter`] is the one place that talks to the API server.
 #![forbid(unsafe_code)]
 
+pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod query;
 pub mod supervisor;
 pub mod writer;
 
 use std::{
-    sync::{atomic::AtomicBool, Arc},
+    sync::{atomic::Ordering, Arc},
     time::Instant,
 };
 
@@ -27,7 +30,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use dbqo::api::DatabaseQueryResource;
 use dbqo::cli::RunArgs;
-use dbqo::settings::Settings;
+use dbqo::settings::{Operations, Settings};
 
 /// Why the operator cannot go on; the process exits non-zero so that
 /// Kubernetes restarts it.
@@ -41,13 +44,21 @@ pub enum Fatal {
     Client(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(String),
+    #[error("cannot serve {what} on {addr}: {error}")]
+    Http {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        error: String,
+    },
+    #[error("leadership lost: the lease could not be renewed in time")]
+    LeadershipLost,
 }
 
 /// `db-query-operator run`: runs the operator until SIGTERM or SIGINT (exit
 /// code 0 once drained) or until something fatal happens (exit code 1).
 pub fn run(args: RunArgs) -> i32 {
-    let settings = match args.settings() {
-        Ok(settings) => settings,
+    let (settings, operations) = match args.settings().and_then(|s| Ok((s, args.operations()?))) {
+        Ok(both) => both,
         Err(e) => {
             eprintln!("error: {e}");
             return 2;
@@ -55,7 +66,7 @@ pub fn run(args: RunArgs) -> i32 {
     };
     let (fatal, fatal_rx) = unbounded_channel();
     report_panics(fatal.clone());
-    match actix::System::new().block_on(operate(settings, fatal, fatal_rx)) {
+    match actix::System::new().block_on(operate(settings, operations, fatal, fatal_rx)) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %e, "the operator stops");
@@ -82,12 +93,30 @@ pub fn report_panics(fatal: UnboundedSender<Fatal>) {
 /// every actor and drains the writer within `settings.drain`) or a fatal event.
 async fn operate(
     settings: Settings,
+    operations: Operations,
     fatal: UnboundedSender<Fatal>,
     mut fatal_rx: UnboundedReceiver<Fatal>,
 ) -> Result<(), Fatal> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| Fatal::Client(e.to_string()))?;
+    metrics::global().watch_budget(&settings.budget);
+    let readiness = Arc::new(http::Readiness::default());
+    serve_http(&operations, &readiness).await?;
+    let mut stop = Box::pin(shutdown_signal().map_err(|e| Fatal::Signals(e.to_string()))?);
+
+    // With leader election nothing starts before this replica holds the Lease.
+    if let Some(election) = &operations.leader_election {
+        let mut elector = leader::Elector::new(client.clone(), election.clone());
+        tokio::select! {
+            () = elector.acquire(&readiness) => {}
+            () = &mut stop => return Ok(()),
+        }
+        tokio::spawn(elector.keep(fatal.clone()));
+    } else {
+        readiness.leading.store(true, Ordering::SeqCst);
+    }
+
     let settings = Arc::new(settings);
     let writer = writer::KubeWriter::start(
         client.clone(),
@@ -96,19 +125,23 @@ async fn operate(
         settings.mailbox,
     );
     let api: Api<DatabaseQueryResource> = match &settings.watch_namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     };
     let mut config = watcher::Config::default();
     if let Some(selector) = &settings.label_selector {
         config = config.labels(selector);
     }
     let events = watcher(api, config).default_backoff().boxed_local();
-    let ready = Arc::new(AtomicBool::new(false));
-    let supervisor =
-        supervisor::Supervisor::new(events, writer.clone(), settings.clone(), ready, fatal).start();
+    let supervisor = supervisor::Supervisor::new(
+        events,
+        writer.clone(),
+        settings.clone(),
+        readiness.synced.clone(),
+        fatal,
+    )
+    .start();
 
-    let stop = shutdown_signal().map_err(|e| Fatal::Signals(e.to_string()))?;
     tokio::select! {
         () = stop => {}
         Some(fatal) = fatal_rx.recv() => return Err(fatal),
@@ -123,6 +156,62 @@ async fn operate(
     match drained {
         Ok(()) => tracing::info!(took = ?started.elapsed(), "stopped"),
         Err(_) => tracing::warn!(drain = ?settings.drain, "drain deadline passed; exiting anyway"),
+    }
+    // Nothing writes any more: the next replica may take over at once.
+    if let Some(election) = &operations.leader_election {
+        leader::release(client, election).await;
+    }
+    Ok(())
+}
+
+/// Starts the HTTP endpoints: one listener when metrics and probes share an
+/// address, two otherwise. Logs each address bound (a `:0` port included).
+async fn serve_http(
+    operations: &Operations,
+    readiness: &Arc<http::Readiness>,
+) -> Result<(), Fatal> {
+    let health = Some(readiness.clone());
+    let listeners = match (operations.metrics, operations.health) {
+        // The same fixed address: one listener (`:0` asks for two ports).
+        (Some(m), Some(h)) if m == h && m.port() != 0 => vec![(
+            m,
+            "metrics and probes",
+            http::Routes {
+                metrics: true,
+                health,
+            },
+        )],
+        (metrics, probes) => metrics
+            .map(|m| {
+                (
+                    m,
+                    "metrics",
+                    http::Routes {
+                        metrics: true,
+                        health: None,
+                    },
+                )
+            })
+            .into_iter()
+            .chain(probes.map(|h| {
+                (
+                    h,
+                    "probes",
+                    http::Routes {
+                        metrics: false,
+                        health,
+                    },
+                )
+            }))
+            .collect(),
+    };
+    for (addr, what, routes) in listeners {
+        let bound = http::serve(addr, routes).await.map_err(|e| Fatal::Http {
+            what,
+            addr,
+            error: e.to_string(),
+        })?;
+        tracing::info!(%bound, what, "serving HTTP");
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod db;
 pub mod kube_api;
+pub mod lease;
 pub mod reconcile;
 pub mod render;
 pub mod settings;

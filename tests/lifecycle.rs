@@ -95,3 +95,37 @@ fn a_bad_flag_is_a_clear_error_with_exit_code_two() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bad_operations_flags_are_clear_errors_with_exit_code_two() {
+    for (args, expected) in [
+        (
+            vec!["--metrics-bind-address", "localhost"],
+            "--metrics-bind-address: \"localhost\" is not an address",
+        ),
+        (
+            vec!["--health-probe-bind-address", "8081"],
+            "--health-probe-bind-address: \"8081\" is not an address",
+        ),
+        (
+            vec![
+                "--leader-elect",
+                "--leader-election-lease-duration",
+                "10",
+                "--leader-election-renew-deadline",
+                "10",
+            ],
+            "--leader-election-renew-deadline",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
+            .arg("run")
+            .args(&args)
+            .env("KUBECONFIG", "/nonexistent")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

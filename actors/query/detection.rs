@@ -74,6 +74,7 @@ impl QueryActor {
         ctx.spawn(work.into_actor(self).map(move |result, actor, ctx| {
             match result {
                 Ok(value) => {
+                    crate::metrics::global().probe(true);
                     // The status still shows the failed probe: a pass
                     // writes what is true now.
                     if std::mem::take(&mut actor.probe_failed) {
@@ -88,6 +89,7 @@ impl QueryActor {
                     }
                 }
                 Err(error) => {
+                    crate::metrics::global().probe(false);
                     tracing::info!(dbqr = %actor.dbqr.name_any(), reason = error.reason(), "change probe failed");
                     actor.probe_failed = true;
                     actor.publish(Outcome::ProbeFailed(&error), ctx);
@@ -146,6 +148,8 @@ impl StreamHandler<Heard> for QueryActor {
         if notice == Notice::Listening {
             // Changes before the LISTEN took effect may have been missed.
             tracing::debug!(dbqr = %self.dbqr.name_any(), "listening; running a pass");
+        } else {
+            crate::metrics::global().notification();
         }
         self.trigger(ctx);
     }

@@ -72,6 +72,8 @@ pub struct QueryActor {
     probe_failed: bool,
     /// Drift repairs under way; a pass waits for them.
     repairs: usize,
+    /// When the running (or last) pass started.
+    pass_started: std::time::Instant,
     /// A pass is due once the repairs are done.
     pass_waits: bool,
 }
@@ -132,6 +134,7 @@ impl QueryActor {
             probe_failed: false,
             repairs: 0,
             pass_waits: false,
+            pass_started: std::time::Instant::now(),
         }
     }
 
@@ -164,6 +167,7 @@ impl QueryActor {
             return;
         };
         self.pass += 1;
+        self.pass_started = std::time::Instant::now();
         let writer = self.writer.clone();
         let pass = self.pass;
         let mut connection = self.connection.clone();
@@ -205,6 +209,7 @@ impl QueryActor {
             pruned = report.pruned, held = report.guard.map_or(0, |g| g.held), ok = report.succeeded(), reason = report.failure().map_or("", |e| e.reason()),
             "pass finished"
         );
+        crate::metrics::global().pass(&report, self.pass_started.elapsed());
         self.publish(Outcome::Pass(&report), ctx);
         let poll = self.dbqr.spec.poll_interval.get();
         let delay = if report.succeeded() {
@@ -390,6 +395,7 @@ impl Actor for QueryActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        crate::metrics::global().actor_started();
         self.subscription(ctx, true);
         match &self.config {
             Ok(_) => self.start_pass(ctx),
@@ -402,6 +408,7 @@ impl Actor for QueryActor {
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
+        crate::metrics::global().actor_stopped();
         self.release(ctx);
     }
 }

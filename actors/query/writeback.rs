@@ -102,7 +102,11 @@ impl QueryActor {
         let work = async move { writeback::run(&config, &connection.pool, due).await };
         ctx.spawn(work.into_actor(self).map(|written, actor, ctx| {
             actor.writeback_queue.running = false;
+            let count = written.len();
             let (verdict, failed) = writeback::record(&mut actor.status_seen, written);
+            let metrics = crate::metrics::global();
+            metrics.writeback(true, count - failed.len());
+            metrics.writeback(false, failed.len());
             let queue = &mut actor.writeback_queue;
             let delay = if failed.is_empty() {
                 queue.failures = 0;

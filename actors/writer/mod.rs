@@ -308,10 +308,11 @@ impl WriterHandle {
         let request = Request {
             call: Box::new(move |client| Box::pin(call(client))),
         };
-        self.addr
-            .send(request)
-            .await
-            .map_err(|_| KubeError::Closed)?
+        let metrics = crate::metrics::global();
+        metrics.writer_request(true);
+        let answer = self.addr.send(request).await;
+        metrics.writer_request(false);
+        answer.map_err(|_| KubeError::Closed)?
     }
 
     /// The cache of `resource`'s kind and the resource (version) it holds.

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use clap::{Args, ValueEnum};
 
 use super::policy::PolicyArgs;
-use crate::settings::{ConfigError, Settings};
+use crate::settings::{bind_address, ConfigError, LeaderElection, Operations, Settings};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -44,9 +44,88 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "DBQO_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Where /metrics is served (`:8080`, `127.0.0.1:8080`; `0` turns it off).
+    #[arg(long, env = "DBQO_METRICS_BIND_ADDRESS", default_value = ":8080")]
+    pub metrics_bind_address: String,
+    /// Where /healthz and /readyz are served (`0` turns them off).
+    #[arg(long, env = "DBQO_HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081")]
+    pub health_probe_bind_address: String,
+    /// Run only while holding a Lease, so that of several replicas one writes.
+    #[arg(long, env = "DBQO_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: the pod's namespace, or `default` outside a cluster).
+    #[arg(long, env = "DBQO_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "DBQO_LEADER_ELECTION_ID",
+        default_value = "db-query-operator"
+    )]
+    pub leader_election_id: String,
+    /// Seconds a lease is good for without renewal.
+    #[arg(
+        long,
+        env = "DBQO_LEADER_ELECTION_LEASE_DURATION",
+        default_value_t = 15
+    )]
+    pub leader_election_lease_duration: u64,
+    /// Seconds a leader keeps trying to renew before it stops.
+    #[arg(
+        long,
+        env = "DBQO_LEADER_ELECTION_RENEW_DEADLINE",
+        default_value_t = 10
+    )]
+    pub leader_election_renew_deadline: u64,
+    /// Seconds between tries to acquire or renew the lease.
+    #[arg(long, env = "DBQO_LEADER_ELECTION_RETRY_PERIOD", default_value_t = 2)]
+    pub leader_election_retry_period: u64,
 }
 
+/// Where a pod finds its own namespace.
+const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
 impl RunArgs {
+    /// The process-level settings: HTTP endpoints and leader election.
+    pub fn operations(&self) -> Result<Operations, ConfigError> {
+        let leader_election = self
+            .leader_elect
+            .then(|| self.leader_election())
+            .transpose()?;
+        Ok(Operations {
+            metrics: bind_address("metrics-bind-address", &self.metrics_bind_address)?,
+            health: bind_address("health-probe-bind-address", &self.health_probe_bind_address)?,
+            leader_election,
+        })
+    }
+
+    fn leader_election(&self) -> Result<LeaderElection, ConfigError> {
+        let lease = Duration::from_secs(self.leader_election_lease_duration);
+        let renew = Duration::from_secs(self.leader_election_renew_deadline);
+        let retry = Duration::from_secs(self.leader_election_retry_period);
+        if renew >= lease || retry >= renew || retry.is_zero() {
+            return Err(ConfigError::LeaseTimings { lease, renew });
+        }
+        let namespace = self.leader_election_namespace.clone().unwrap_or_else(|| {
+            std::fs::read_to_string(POD_NAMESPACE_FILE)
+                .map(|ns| ns.trim().to_owned())
+                .ok()
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or_else(|| "default".to_owned())
+        });
+        // The pod name in a cluster (HOSTNAME); made unique per process
+        // elsewhere, so two replicas on one host never share an identity.
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "db-query-operator".to_owned());
+        Ok(LeaderElection {
+            namespace,
+            name: self.leader_election_id.clone(),
+            identity: format!("{host}_{}", std::process::id()),
+            lease_duration: lease,
+            renew_deadline: renew,
+            retry_period: retry,
+        })
+    }
+
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         Ok(Settings {
             policy: Arc::new(self.policy.policy()?),

@@ -131,6 +131,15 @@ impl ConnectionBudget {
             .clone()
     }
 
+    /// Connections open now, per server the operator has talked to.
+    pub fn snapshot(&self) -> Vec<(ServerKey, usize)> {
+        let servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        servers
+            .iter()
+            .map(|(key, server)| (key.clone(), server.in_use()))
+            .collect()
+    }
+
     /// Connections open to `key`'s server now.
     pub fn in_use(&self, key: &ServerKey) -> usize {
         let servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());

@@ -180,6 +180,8 @@ pub struct PassReport {
     pub managed_kinds: BTreeSet<Gvk>,
     /// What the prune guard decided, when the pass got as far as pruning.
     pub guard: Option<GuardReport>,
+    /// How long the query took, when it ran.
+    pub query_duration: Option<Duration>,
 }
 
 /// The prune guard's ruling on a pass, for status and scheduling.
@@ -269,7 +271,9 @@ pub async fn run_pass<W: Writer>(
         max_rows: config.spec.max_rows,
         statement_timeout: config.spec.database.statement_timeout.get(),
     };
+    let started = Instant::now();
     let result = db::run_query(&mut client, &config.spec.query, &options).await;
+    report.query_duration = Some(started.elapsed());
     drop(client);
     match result {
         Ok(result) => reconcile_rows(config, state, writer, &result.rows, now, &mut report).await,

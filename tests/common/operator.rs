@@ -36,14 +36,29 @@ impl Operator {
 
     /// Starts the operator against the control plane of `kubeconfig`.
     pub fn start_on(kubeconfig: &std::path::Path, id: &str, extra_args: &[&str]) -> Self {
-        let log = std::env::temp_dir().join(format!("{id}.operator.log"));
+        Self::spawn(kubeconfig, id, id, extra_args)
+    }
+
+    /// One of several replicas for the DBQRs labelled `id`, with a log of its own.
+    pub fn start_replica(id: &str, replica: &str, extra_args: &[&str]) -> Self {
+        let log = format!("{id}-{replica}");
+        Self::spawn(&shared().control_plane.kubeconfig, id, &log, extra_args)
+    }
+
+    fn spawn(kubeconfig: &std::path::Path, id: &str, log: &str, extra_args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("{log}.operator.log"));
         // JSON logs: tests read the operator's structured pass records.
+        // Ports of its own for the HTTP endpoints: tests run operators side by side.
         let mut args: Vec<String> = vec![
             "run".into(),
             "--log-format".into(),
             "json".into(),
             "--label-selector".into(),
             format!("{TEST_LABEL}={id}"),
+            "--metrics-bind-address".into(),
+            "127.0.0.1:0".into(),
+            "--health-probe-bind-address".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let kubeconfig = kubeconfig.to_string_lossy().into_owned();

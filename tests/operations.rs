@@ -1,0 +1,243 @@
+//! Running the operator as users run operators: `/metrics`, `/healthz`,
+//! `/readyz` on the flags controller-runtime users know, and leader election
+//! on a Lease between two replicas (takeover after a crash, release on
+//! SIGTERM).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::eventually;
+use common::operator::{
+    configmaps, wait_for_condition, wait_for_configmaps, DbqrBuilder, Operator, PassRecord,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{Row.id}}\"\n";
+
+/// `GET path` over plain HTTP/1.0: the status code and the body.
+async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// The address the operator logged for `what` ("metrics", "probes").
+async fn bound(operator: &Operator, what: &str) -> String {
+    eventually(
+        Duration::from_secs(10),
+        "the HTTP address in the log",
+        || async {
+            operator.log().lines().find_map(|line| {
+                let entry: Value = serde_json::from_str(line).ok()?;
+                let fields = &entry["fields"];
+                (fields["message"] == "serving HTTP" && fields["what"] == what)
+                    .then(|| fields["bound"].as_str().map(str::to_owned))
+                    .flatten()
+            })
+        },
+    )
+    .await
+}
+
+/// The value of the sample `name` (with its labels, as printed) in `text`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness_are_served() {
+    let s = common::operator::setup(
+        "endpoints",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);",
+    )
+    .await;
+    let operator = Operator::start(&[]);
+    let metrics = bound(&operator, "metrics").await;
+    let probes = bound(&operator, "probes").await;
+    assert_ne!(metrics, probes, "separate listeners for separate flags");
+    assert_eq!(get(&probes, "/healthz").await.map(|r| r.0), Some(200));
+    eventually(Duration::from_secs(10), "ready", || async {
+        (get(&probes, "/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        get(&metrics, "/healthz").await.map(|r| r.0),
+        Some(404),
+        "probes are not on the metrics port"
+    );
+
+    DbqrBuilder::new("items", &operator)
+        .query("SELECT id FROM t")
+        .template(CM)
+        .create(&s.client, &s.namespace)
+        .await;
+    wait_for_configmaps(&s.client, &s.namespace, &["cm-1", "cm-2"]).await;
+    operator
+        .wait_for_pass(0, "a converged pass", |p| p.converged(2))
+        .await;
+    let (status, text) = get(&metrics, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let at_least = |name: &str, min: f64| {
+        let value = sample(&text, name).unwrap_or_else(|| panic!("{name} missing in:\n{text}"));
+        assert!(value >= min, "{name} = {value}, expected at least {min}");
+    };
+    at_least("dbqo_passes_total{result=\"success\"}", 2.0);
+    at_least("dbqo_objects_total{operation=\"applied\"}", 2.0);
+    at_least("dbqo_objects_total{operation=\"skipped\"}", 2.0);
+    at_least("dbqo_rows_total", 4.0);
+    at_least("dbqo_query_actors", 1.0);
+    at_least("dbqo_pass_duration_seconds_count{result=\"success\"}", 2.0);
+    at_least("dbqo_query_duration_seconds_count", 2.0);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("dbqo_database_connections{server=")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&common::shared().postgres.password),
+        "no secrets in metrics"
+    );
+}
+
+/// Runs a replica that elects on the Lease `lease` in `ns`, with short
+/// timings (lease 4 s, renew deadline 3 s, retry 1 s).
+fn replica(id: &str, name: &str, ns: &str, lease: &str) -> Operator {
+    Operator::start_replica(
+        id,
+        name,
+        &[
+            "--leader-elect",
+            "--leader-election-namespace",
+            ns,
+            "--leader-election-id",
+            lease,
+            "--leader-election-lease-duration",
+            "4",
+            "--leader-election-renew-deadline",
+            "3",
+            "--leader-election-retry-period",
+            "1",
+        ],
+    )
+}
+
+fn leads(operator: &Operator) -> bool {
+    operator.log().contains("became leader")
+}
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases.get_opt(name).await.ok()??.spec?.holder_identity
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_another_takes_over_after_a_crash_or_a_release() {
+    let s = common::operator::setup(
+        "leader",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
+    )
+    .await;
+    let ns = s.namespace.as_str();
+    let id = common::unique("replicas");
+    let lease = "dbqo-test-lease";
+    let mut first = replica(&id, "first", ns, lease);
+    eventually(
+        Duration::from_secs(10),
+        "the first replica to lead",
+        || async { leads(&first).then_some(()) },
+    )
+    .await;
+    let second = replica(&id, "second", ns, lease);
+    let second_probes = bound(&second, "probes").await;
+    // Waiting for the lease, the second replica is ready to take over.
+    eventually(
+        Duration::from_secs(10),
+        "the standby to be ready",
+        || async { (get(&second_probes, "/readyz").await?.0 == 200).then_some(()) },
+    )
+    .await;
+
+    DbqrBuilder::new("items", &first)
+        .query("SELECT id FROM t")
+        .template(CM)
+        .create(&s.client, ns)
+        .await;
+    wait_for_condition(&s.client, ns, "items", "Ready", "True", "Ready").await;
+    assert!(!leads(&second), "one leader at a time");
+    assert!(second.passes().is_empty(), "the standby runs no pass");
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), ns);
+    let first_holder = holder(&leases, lease).await.unwrap();
+
+    // The leader crashes: the standby takes over once the lease expires.
+    let crashed = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(first.wait_for_exit(Duration::from_secs(5)).is_some());
+    s.db.batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    wait_for_configmaps(&s.client, ns, &["cm-1", "cm-2"]).await;
+    let took = crashed.elapsed();
+    assert!(leads(&second));
+    assert!(took < Duration::from_secs(15), "took over in {took:?}");
+    let second_holder = holder(&leases, lease).await.unwrap();
+    assert_ne!(first_holder, second_holder);
+    let crashed_passes: Vec<PassRecord> = first.passes();
+    assert!(
+        !crashed_passes.is_empty(),
+        "the first leader did the work before"
+    );
+
+    // A third replica waits; the leader stops on SIGTERM, releases the lease,
+    // and the third takes over without waiting for it to expire.
+    let third = replica(&id, "third", ns, lease);
+    let third_probes = bound(&third, "probes").await;
+    eventually(
+        Duration::from_secs(10),
+        "the third replica to stand by",
+        || async { (get(&third_probes, "/readyz").await?.0 == 200).then_some(()) },
+    )
+    .await;
+    let mut second = second;
+    let stopped = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &second.pid().to_string()])
+        .status()
+        .unwrap();
+    let status = second.wait_for_exit(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(second.log().contains("lease released"));
+    eventually(
+        Duration::from_secs(10),
+        "the third replica to lead",
+        || async { leads(&third).then_some(()) },
+    )
+    .await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(4),
+        "a released lease is taken at once, not after it expires ({:?})",
+        stopped.elapsed()
+    );
+    s.db.batch_execute("INSERT INTO t VALUES (3)")
+        .await
+        .unwrap();
+    let names: Vec<String> = eventually(Duration::from_secs(20), "cm-3", || async {
+        let cms = configmaps(&s.client, ns).await;
+        cms.contains_key("cm-3")
+            .then(|| cms.keys().cloned().collect())
+    })
+    .await;
+    assert_eq!(names, ["cm-1", "cm-2", "cm-3"]);
+}
