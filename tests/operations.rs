@@ -241,3 +241,36 @@ async fn one_replica_leads_and_another_takes_over_after_a_crash_or_a_release() {
     .await;
     assert_eq!(names, ["cm-1", "cm-2", "cm-3"]);
 }
+
+/// A leader that finds the Lease held by someone else stops at once (exit
+/// 1, so Kubernetes restarts it as a candidate) rather than write beside
+/// the new holder.
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_stops_writing() {
+    let s =
+        common::operator::setup("lost", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);").await;
+    let ns = s.namespace.as_str();
+    let lease = "dbqo-lost-lease";
+    let mut leader = replica(&common::unique("lost"), "only", ns, lease);
+    eventually(Duration::from_secs(10), "the replica to lead", || async {
+        leads(&leader).then_some(())
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), ns);
+    leases
+        .patch(
+            lease,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"holderIdentity": "intruder"}})),
+        )
+        .await
+        .unwrap();
+    let status = leader
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("the replica stops");
+    assert_eq!(status.code(), Some(1), "{}", leader.log());
+    assert!(leader
+        .log()
+        .contains("the lease was taken by another replica"));
+    assert_eq!(holder(&leases, lease).await.as_deref(), Some("intruder"));
+}
