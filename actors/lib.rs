@@ -157,8 +157,10 @@ async fn operate(
         Ok(()) => tracing::info!(took = ?started.elapsed(), "stopped"),
         Err(_) => tracing::warn!(drain = ?settings.drain, "drain deadline passed; exiting anyway"),
     }
-    // Nothing writes any more: the next replica may take over at once.
-    if let Some(election) = &operations.leader_election {
+    // Nothing writes any more: the next replica may take over at once. After
+    // a drain that timed out a request may still land, so the Lease is left
+    // to expire instead.
+    if let (Some(election), Ok(())) = (&operations.leader_election, drained) {
         leader::release(client, election).await;
     }
     Ok(())
