@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine or a warm one:
 #   provisions PostgreSQL, etcd, kube-apiserver and kube-controller-manager
 #   (cached outside the repo), checks formatting and lints, builds, then runs
-#   every test against one real control plane + PostgreSQL started for the run.
+#   every test against one real control plane + PostgreSQL started for the run
+#   (and the chart and the image through Helm's engine and buildah).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,12 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets --locked
+# What the chart and image tests use, made before the tests run so that the
+# first run on a fresh machine does not compile and debootstrap beside
+# timing-sensitive tests (the tests call the same idempotent scripts).
+echo "== Helm engine and image"
+bash hack/helm-venv.sh >/dev/null
+bash hack/image.sh >/dev/null
 
 runner=(cargo test --workspace --locked --no-fail-fast)
 if cargo nextest --version >/dev/null 2>&1; then
