@@ -3,13 +3,10 @@
 # Helm v4's Go SDK behind a C ABI; no helm binary needed). The virtualenv is
 # made once and cached outside the repository.
 set -euo pipefail
-CACHE="${DBQO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/db-query-operator}"
+source "$(dirname "$0")/lib.sh"
 VENV="$CACHE/helm-venv"
 VERSION="0.2.2"
 log() { echo "helm-venv: $*" >&2; }
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
 
 if ! "$VENV/bin/python" -c "import helm_python, sys; sys.exit(helm_python.__version__ != '$VERSION')" 2>/dev/null; then
   if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then

@@ -9,12 +9,9 @@
 #   hack/image.sh run CMD...   ... and run CMD in a container of it
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/db-query-operator/target}"
-CACHE="${DBQO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/db-query-operator}"
+source hack/lib.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 log() { echo "image: $*" >&2; }
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
 
 missing=()
 for tool in buildah:buildah debootstrap:debootstrap; do

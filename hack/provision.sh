@@ -12,8 +12,8 @@
 # (the envtest-style KUBEBUILDER_ASSETS) on its last line. When
 # KUBEBUILDER_ASSETS is already set and holds the three binaries, nothing is built.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
-CACHE="${DBQO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/db-query-operator}"
 ASSETS="$CACHE/assets"
 K8S_VERSION_DIR="kubernetes-1.20.5+really1.20.2"
 
@@ -28,10 +28,6 @@ if [[ -n "${KUBEBUILDER_ASSETS:-}" ]] && have_assets "$KUBEBUILDER_ASSETS"; then
   echo "$KUBEBUILDER_ASSETS"
   exit 0
 fi
-
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
 
 need_packages=()
 for pkg in golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev dpkg-dev \

@@ -295,16 +295,8 @@ async fn the_charts_rbac_and_arguments_run_the_operator() {
         .as_str()
         .unwrap()
         .to_owned();
-    let user = format!("system:serviceaccount:{release_ns}:{account}");
-    let env = common::shared();
-    let admin = std::fs::read_to_string(&env.control_plane.kubeconfig).unwrap();
-    let token = format!("    token: {}\n", env.control_plane.token);
-    let kubeconfig = std::env::temp_dir().join(format!("{release}.kubeconfig"));
-    std::fs::write(
-        &kubeconfig,
-        admin.replace(&token, &format!("{token}    as: {user}\n")),
-    )
-    .unwrap();
+    let kubeconfig =
+        common::impersonating_kubeconfig(&format!("system:serviceaccount:{release_ns}:{account}"));
     let args: Vec<String> = rendered
         .args()
         .into_iter()

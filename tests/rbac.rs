@@ -75,18 +75,8 @@ fn operator_rules(configmap_delete: bool, status: bool) -> Vec<Value> {
 /// The operator as `user` (who has no rights but what a test grants),
 /// allowed to write ConfigMaps only.
 fn limited_operator(user: &str) -> Operator {
-    let env = common::shared();
-    let kubeconfig = std::env::temp_dir().join(format!("{user}.kubeconfig"));
-    let admin = std::fs::read_to_string(&env.control_plane.kubeconfig).unwrap();
-    let token = format!("    token: {}\n", env.control_plane.token);
-    assert!(
-        admin.contains(&token),
-        "the admin kubeconfig has its token line"
-    );
-    let impersonating = admin.replace(&token, &format!("{token}    as: {user}\n"));
-    std::fs::write(&kubeconfig, impersonating).unwrap();
     Operator::start_on(
-        &kubeconfig,
+        &common::impersonating_kubeconfig(user),
         &common::unique("limited"),
         &["--allowed-kinds", "ConfigMap"],
     )

@@ -214,3 +214,23 @@ pub async fn private_postgres(name: &str, max_connections: Option<u32>) -> dbqo_
         .unwrap()
         .expect("a private PostgreSQL")
 }
+
+/// A kubeconfig of the shared control plane in which the admin impersonates
+/// `user` (kubeconfig `as:`): a user of a test's own, with no rights but what
+/// the test grants it by RBAC.
+pub fn impersonating_kubeconfig(user: &str) -> std::path::PathBuf {
+    let env = shared();
+    let admin = std::fs::read_to_string(&env.control_plane.kubeconfig).expect("admin kubeconfig");
+    let token = format!("    token: {}\n", env.control_plane.token);
+    assert!(
+        admin.contains(&token),
+        "the admin kubeconfig has its token line"
+    );
+    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("as")));
+    std::fs::write(
+        &path,
+        admin.replace(&token, &format!("{token}    as: {user}\n")),
+    )
+    .expect("write kubeconfig");
+    path
+}
