@@ -294,8 +294,10 @@ async fn deletion_policies_and_contested_objects() {
         "cluster-scoped objects are created"
     );
     let connections = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'db-query-operator'";
+    // The two DBQRs have the same connection settings, so they share one pool:
+    // one connection or two, depending on whether their passes overlapped.
     let open: i64 = s.db.query_one(connections, &[]).await.unwrap().get(0);
-    assert!(open >= 2, "both DBQRs hold pooled connections: {open}");
+    assert!(open >= 1, "the DBQRs hold a pooled connection: {open}");
 
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &s.namespace);
     dbqrs.delete("del", &DeleteParams::default()).await.unwrap();
