@@ -24,6 +24,19 @@ fn fill() -> String {
     format!("INSERT INTO items SELECT i, 'v' || i FROM generate_series(1, {ROWS}) i")
 }
 
+/// The DBQR both tests use: a ConfigMap per row of `items`, notify mode,
+/// the full poll an hour away (only notifications explain a reaction).
+fn items_dbqr(operator: &Operator) -> DbqrBuilder {
+    DbqrBuilder::new("items", operator)
+        .query("SELECT id, value FROM items ORDER BY id")
+        .template(ITEM_CM)
+        .set("/pollInterval", json!("1h"))
+        .set(
+            "/changeDetection",
+            json!({ "mode": "notify", "channel": "items" }),
+        )
+}
+
 fn names() -> Vec<String> {
     (1..=ROWS).map(|i| format!("item-{i}")).collect()
 }
@@ -70,14 +83,7 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
     create_secret(&client, ns, "db", secret_keys(&url)).await;
     let operator = Operator::start_on(&kubeconfig, &common::unique("reload"), &[]);
     let confirmation = Duration::from_secs(4);
-    DbqrBuilder::new("items", &operator)
-        .query("SELECT id, value FROM items ORDER BY id")
-        .template(ITEM_CM)
-        .set("/pollInterval", json!("1h"))
-        .set(
-            "/changeDetection",
-            json!({ "mode": "notify", "channel": "items" }),
-        )
+    items_dbqr(&operator)
         .set("/pruneGuard", json!({ "confirmationInterval": "4s" }))
         .create(&client, ns)
         .await;
@@ -188,16 +194,7 @@ async fn the_release_annotation_lets_a_held_prune_through_and_small_prunes_are_i
         .await
         .unwrap();
     let operator = Operator::start(&[]);
-    DbqrBuilder::new("items", &operator)
-        .query("SELECT id, value FROM items ORDER BY id")
-        .template(ITEM_CM)
-        .set("/pollInterval", json!("1h"))
-        .set(
-            "/changeDetection",
-            json!({ "mode": "notify", "channel": "items" }),
-        )
-        .create(client, ns)
-        .await;
+    items_dbqr(&operator).create(client, ns).await;
     let names = names();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     wait_for_configmaps(client, ns, &names).await;

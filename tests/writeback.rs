@@ -9,6 +9,20 @@ use common::eventually;
 use common::operator::{wait_for_condition, DbqrBuilder, Operator};
 use serde_json::json;
 
+/// Waits for the StatusWriteBack condition of `name` to report a failure;
+/// returns its message.
+async fn write_back_failure(client: &kube::Client, ns: &str, name: &str) -> String {
+    wait_for_condition(
+        client,
+        ns,
+        name,
+        "StatusWriteBack",
+        "False",
+        "StatusWriteBackFailed",
+    )
+    .await
+}
+
 async fn setup(prefix: &str, schema: &str) -> (kube::Client, String, tokio_postgres::Client) {
     let s = common::operator::setup(prefix, schema).await;
     (s.client, s.namespace, s.db)
@@ -192,15 +206,7 @@ spec:
         )
         .create(&client, &ns)
         .await;
-    let message = wait_for_condition(
-        &client,
-        &ns,
-        "conv",
-        "StatusWriteBack",
-        "False",
-        "StatusWriteBackFailed",
-    )
-    .await;
+    let message = write_back_failure(&client, &ns, "conv").await;
     // Named by its condition; the value (the object's name) is not quoted.
     assert!(
         message.contains("invalid_text_representation (SQLSTATE 22P02"),
@@ -253,15 +259,7 @@ async fn failed_write_backs_are_retried_and_a_restart_writes_every_status_once()
         .set("/pollInterval", json!("1h"))
         .create(&s.client, &s.namespace)
         .await;
-    let message = wait_for_condition(
-        &s.client,
-        &s.namespace,
-        "apps",
-        "StatusWriteBack",
-        "False",
-        "StatusWriteBackFailed",
-    )
-    .await;
+    let message = write_back_failure(&s.client, &s.namespace, "apps").await;
     assert!(message.contains("42703"), "{message}");
     s.db.batch_execute("ALTER TABLE apps ADD COLUMN replicas int")
         .await
@@ -315,15 +313,7 @@ async fn a_slow_write_back_is_cancelled_by_the_statement_timeout() {
         .set("/database/statementTimeout", json!("500ms"))
         .create(&s.client, &s.namespace)
         .await;
-    let message = wait_for_condition(
-        &s.client,
-        &s.namespace,
-        "apps",
-        "StatusWriteBack",
-        "False",
-        "StatusWriteBackFailed",
-    )
-    .await;
+    let message = write_back_failure(&s.client, &s.namespace, "apps").await;
     assert!(message.contains("57014"), "{message}");
 }
 

@@ -113,8 +113,8 @@ impl RunArgs {
                 .filter(|ns| !ns.is_empty())
                 .unwrap_or_else(|| "default".to_owned())
         });
-        // The pod name in a cluster (HOSTNAME); made unique per process
-        // elsewhere, so two replicas on one host never share an identity.
+        // The pod name in a cluster (HOSTNAME), and the process id, so two
+        // replicas on one host never share an identity.
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "db-query-operator".to_owned());
         Ok(LeaderElection {
             namespace,

@@ -47,10 +47,6 @@ impl From<&PruneGuardSpec> for PruneGuard {
 pub struct Held(HashMap<ObjectKey, Instant>);
 
 impl Held {
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
