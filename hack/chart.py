@@ -1,8 +1,13 @@
-"""Lints and renders the chart with Helm's own engine (helm-python-sdk).
+"""Lints, renders, installs, upgrades and uninstalls the chart with Helm's own
+engine (helm-python-sdk: Helm v4's Go SDK, no helm binary).
 
-Reads {"values": {...}, "namespace": "...", "release": "..."} as JSON on
-stdin; prints {"lint": <report>, "manifests": {path: text}} or
-{"error": "..."} as JSON. Used by tests/chart.rs.
+Reads a JSON request on stdin and prints a JSON answer:
+  {"values": {...}, "namespace": "...", "release": "..."}
+      -> {"lint": <report>, "manifests": {path: text}, "chart": <metadata>}
+  {"action": "install" | "upgrade" | "uninstall", "kubeconfig": "...",
+   "values": {...}, "namespace": "...", "release": "..."}
+      -> {"release": <Helm's release summary>}
+Failures print {"error": "..."}. Used by tests/chart.rs and tests/in_cluster.rs.
 """
 import json
 import pathlib
@@ -13,16 +18,35 @@ import helm_python as helm
 request = json.load(sys.stdin)
 chart_dir = pathlib.Path(__file__).resolve().parent.parent / "chart"
 values = request.get("values") or {}
-try:
+release = request.get("release", "dbqo")
+namespace = request.get("namespace", "dbqo-system")
+action = request.get("action", "render")
+
+
+def render():
     lint = helm.lint(str(chart_dir), values, strict=True)
     chart = helm.Chart.load(str(chart_dir))
     chart.validate_schema(chart.merge_values(values))
-    manifests = chart.render(
-        values,
-        name=request.get("release", "dbqo"),
-        namespace=request.get("namespace", "dbqo-system"),
-        is_install=True,
-    )
-    print(json.dumps({"lint": lint, "manifests": manifests, "chart": chart.metadata}))
-except helm.HelmError as e:
+    manifests = chart.render(values, name=release, namespace=namespace, is_install=True)
+    return {"lint": lint, "manifests": manifests, "chart": chart.metadata}
+
+
+def act():
+    with helm.Config(kubeconfig_path=request["kubeconfig"], namespace=namespace) as config:
+        if action == "install":
+            result = config.install(str(chart_dir), release, values, namespace=namespace,
+                                    create_namespace=True, timeout=120)
+        elif action == "upgrade":
+            result = config.upgrade(str(chart_dir), release, values, namespace=namespace,
+                                    timeout=120)
+        elif action == "uninstall":
+            result = config.uninstall(release, timeout=120)
+        else:
+            raise ValueError(f"unknown action {action!r}")
+    return {"release": result}
+
+
+try:
+    print(json.dumps(render() if action == "render" else act(), default=str))
+except (helm.HelmError, ValueError) as e:
     print(json.dumps({"error": str(e)}))

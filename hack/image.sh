@@ -7,6 +7,8 @@
 #   hack/image.sh              build (if needed); print the image name
 #   hack/image.sh inspect      ... and print the image's configuration (JSON)
 #   hack/image.sh run CMD...   ... and run CMD in a container of it
+#   hack/image.sh archive FILE ... and write it to FILE as a docker-archive
+#                              (what `ctr images import` loads onto a node)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
@@ -22,8 +24,7 @@ if ((${#missing[@]})); then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 fi
 
-B=(as_root buildah --storage-driver vfs --root "$CACHE/containers/storage"
-   --runroot "${TMPDIR:-/tmp}/dbqo-buildah-run")
+B=("${BUILDAH[@]}")
 BASE=localhost/dbqo-base:bookworm
 if ! "${B[@]}" inspect --type image "$BASE" >/dev/null 2>&1; then
   log "making the base image $BASE with debootstrap"
@@ -72,6 +73,11 @@ case "${1:-}" in
     "${B[@]}" run --isolation chroot "$ctr" -- "$@" || status=$?
     "${B[@]}" rm "$ctr" >/dev/null
     exit "$status"
+    ;;
+  archive)
+    rm -f "$2"
+    "${B[@]}" push -q "$IMAGE" "docker-archive:$2:$IMAGE" >&2
+    echo "$IMAGE"
     ;;
   *)
     echo "$IMAGE"

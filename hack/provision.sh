@@ -11,8 +11,14 @@
 # Prints the directory holding etcd, kube-apiserver and kube-controller-manager
 # (the envtest-style KUBEBUILDER_ASSETS) on its last line. When
 # KUBEBUILDER_ASSETS is already set and holds the three binaries, nothing is built.
+#
+# `provision.sh node` also provisions a real node for the in-cluster tests
+# (hack/node.sh): kubelet and kube-scheduler from the same source tree, the
+# pause binary, and Debian's containerd, runc and CNI plugins.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+WANT_NODE=0
+[[ "${1:-}" == node ]] && WANT_NODE=1
 
 ASSETS="$CACHE/assets"
 K8S_VERSION_DIR="kubernetes-1.20.5+really1.20.2"
@@ -24,14 +30,20 @@ have_assets() {
   [[ -x "$dir/etcd" && -x "$dir/kube-apiserver" && -x "$dir/kube-controller-manager" ]]
 }
 
-if [[ -n "${KUBEBUILDER_ASSETS:-}" ]] && have_assets "$KUBEBUILDER_ASSETS"; then
+have_node_assets() {
+  [[ -x "$ASSETS/kubelet" && -x "$ASSETS/kube-scheduler" && -x "$ASSETS/pause" ]]
+}
+
+if ((!WANT_NODE)) && [[ -n "${KUBEBUILDER_ASSETS:-}" ]] && have_assets "$KUBEBUILDER_ASSETS"; then
   echo "$KUBEBUILDER_ASSETS"
   exit 0
 fi
 
+packages=(golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev dpkg-dev
+          postgresql-15 postgresql-contrib openssl)
+((WANT_NODE)) && packages+=(containerd runc containernetworking-plugins iptables gcc libc6-dev)
 need_packages=()
-for pkg in golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev dpkg-dev \
-           postgresql-15 postgresql-contrib openssl; do
+for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_packages+=("$pkg")
 done
 
@@ -69,7 +81,17 @@ fi
 mkdir -p "$ASSETS"
 ln -sf "$(command -v etcd)" "$ASSETS/etcd"
 
-if [[ ! -x "$ASSETS/kube-apiserver" || ! -x "$ASSETS/kube-controller-manager" ]]; then
+# Debian starts containerd on install; the node harness runs its own.
+if ((WANT_NODE)) && command -v systemctl >/dev/null && systemctl is-active --quiet containerd 2>/dev/null; then
+  as_root systemctl stop containerd || true
+fi
+
+build_targets=()
+[[ -x "$ASSETS/kube-apiserver" && -x "$ASSETS/kube-controller-manager" ]] ||
+  build_targets+=(cmd/kube-apiserver cmd/kube-controller-manager)
+((WANT_NODE)) && ! have_node_assets && build_targets+=(cmd/kubelet cmd/kube-scheduler)
+
+if ((${#build_targets[@]})); then
   SRC="$CACHE/src"
   mkdir -p "$SRC"
   if [[ ! -d "$SRC/$K8S_VERSION_DIR" ]]; then
@@ -90,16 +112,26 @@ if [[ ! -x "$ASSETS/kube-apiserver" || ! -x "$ASSETS/kube-controller-manager" ]]
     find "$REFLECT2_SRC" -maxdepth 1 \( -name '*.go' -o -name '*.s' \) -exec cp {} "$VENDORED/" \;
   fi
 
-  log "building kube-apiserver and kube-controller-manager (takes a few minutes)"
+  log "building ${build_targets[*]} (takes a few minutes)"
   (
     cd "$TREE"
     export GOPATH="$TREE/.go" CGO_ENABLED=0 PATH="/usr/lib/go/bin:$PATH"
     export GOFLAGS=-mod=vendor GO111MODULE=on
     mkdir -p .go/src/k8s.io
     [[ -L .go/src/k8s.io/kubernetes ]] || ln -s ../../.. .go/src/k8s.io/kubernetes
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >&2
+    make WHAT="${build_targets[*]}" >&2
   )
-  cp "$TREE/_output/bin/kube-apiserver" "$TREE/_output/bin/kube-controller-manager" "$ASSETS/"
+  for target in "${build_targets[@]}"; do
+    cp "$TREE/_output/bin/${target#cmd/}" "$ASSETS/"
+  done
+  if ((WANT_NODE)); then
+    # The pod sandbox's one process; no registry can serve the pause image.
+    gcc -Os -static -o "$ASSETS/pause" "$TREE/build/pause/linux/pause.c"
+  fi
+fi
+
+if ((WANT_NODE)); then
+  have_node_assets
 fi
 
 have_assets "$ASSETS"

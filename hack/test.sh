@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a warm one:
-#   provisions PostgreSQL, etcd, kube-apiserver and kube-controller-manager
-#   (cached outside the repo), checks formatting and lints, builds, then runs
-#   every test against one real control plane + PostgreSQL started for the run
-#   (and the chart and the image through Helm's engine and buildah).
+#   provisions PostgreSQL, etcd, kube-apiserver and kube-controller-manager,
+#   and a node's kubelet, containerd and CNI plugins (cached outside the repo),
+#   checks formatting and lints, builds, then runs every test against one real
+#   control plane + PostgreSQL started for the run (and the chart and the image
+#   through Helm's engine and buildah, and the in-cluster test on its own node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/db-query-operator/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-KUBEBUILDER_ASSETS="$(bash hack/provision.sh | tail -n 1)"
+# `node`: also kubelet, kube-scheduler, containerd, runc and the CNI plugins
+# for the in-cluster test (tests/in_cluster.rs, through hack/node.sh).
+KUBEBUILDER_ASSETS="$(bash hack/provision.sh node | tail -n 1)"
 export KUBEBUILDER_ASSETS
 
 echo "== cargo fmt --check"

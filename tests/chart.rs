@@ -47,32 +47,8 @@ impl Rendered {
 
 /// Lints and renders the chart with `values`; `Err` carries Helm's message.
 fn render(values: Value, release: &str, namespace: &str) -> Result<Rendered, String> {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let venv = std::process::Command::new("bash")
-        .arg(format!("{root}/hack/helm-venv.sh"))
-        .output()
-        .expect("run hack/helm-venv.sh");
-    assert!(
-        venv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&venv.stderr)
-    );
-    let python = String::from_utf8(venv.stdout).unwrap().trim().to_owned();
-    let mut child = std::process::Command::new(python)
-        .arg(format!("{root}/hack/chart.py"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let request = json!({"values": values, "release": release, "namespace": namespace});
-    std::io::Write::write_all(
-        child.stdin.as_mut().unwrap(),
-        request.to_string().as_bytes(),
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer =
+        common::helm(&json!({"values": values, "release": release, "namespace": namespace}));
     if let Some(error) = answer["error"].as_str() {
         return Err(error.to_owned());
     }

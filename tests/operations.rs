@@ -7,28 +7,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::eventually;
 use common::operator::{
     configmaps, wait_for_condition, wait_for_configmaps, DbqrBuilder, Operator, PassRecord,
 };
+use common::{eventually, http_get as get, metric_sample as sample};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{Row.id}}\"\n";
-
-/// `GET path` over plain HTTP/1.0: the status code and the body.
-async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
 
 /// The address the operator logged for `what` ("metrics", "probes").
 async fn bound(operator: &Operator, what: &str) -> String {
@@ -46,13 +33,6 @@ async fn bound(operator: &Operator, what: &str) -> String {
         },
     )
     .await
-}
-
-/// The value of the sample `name` (with its labels, as printed) in `text`.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 #[tokio::test]

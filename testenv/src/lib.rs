@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control_plane;
+pub mod node;
 pub mod postgres;
 pub mod process;
 
@@ -20,6 +21,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use control_plane::{ControlPlane, ControlPlaneInfo};
+pub use node::{Node, NodeInfo};
 pub use postgres::{Postgres, PostgresInfo, PostgresOptions};
 
 /// Environment variable naming the JSON file that describes a running environment.

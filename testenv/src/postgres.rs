@@ -25,6 +25,9 @@ pub struct PostgresOptions {
     pub tls: bool,
     /// `max_connections` (default 400, enough for a whole parallel test run).
     pub max_connections: Option<u32>,
+    /// Also listen on this address and accept password logins from any
+    /// network (for pods on a test node; loopback only otherwise).
+    pub listen: Option<std::net::Ipv4Addr>,
 }
 
 /// How to reach a running server.
@@ -201,7 +204,10 @@ impl Postgres {
         let port = free_port()?;
         let mut settings = vec![
             format!("port = {port}"),
-            "listen_addresses = '127.0.0.1'".into(),
+            match options.listen {
+                Some(ip) => format!("listen_addresses = '127.0.0.1,{ip}'"),
+                None => "listen_addresses = '127.0.0.1'".into(),
+            },
             format!("unix_socket_directories = '{}'", socket_dir.display()),
             format!(
                 "max_connections = {}",
@@ -224,6 +230,13 @@ impl Postgres {
                 dir.join("server.key").display()
             ));
         }
+        if options.listen.is_some() {
+            let hba = data.join("pg_hba.conf");
+            let mut text =
+                std::fs::read_to_string(&hba).map_err(|e| Error::io("read pg_hba.conf", e))?;
+            text.push_str("host all all 0.0.0.0/0 scram-sha-256\n");
+            std::fs::write(&hba, text).map_err(|e| Error::io("write pg_hba.conf", e))?;
+        }
         let conf = data.join("postgresql.conf");
         let mut text =
             std::fs::read_to_string(&conf).map_err(|e| Error::io("read postgresql.conf", e))?;
@@ -231,7 +244,9 @@ impl Postgres {
         std::fs::write(&conf, text).map_err(|e| Error::io("write postgresql.conf", e))?;
 
         let info = PostgresInfo {
-            host: "127.0.0.1".into(),
+            host: options
+                .listen
+                .map_or_else(|| "127.0.0.1".into(), |ip| ip.to_string()),
             port,
             user: SUPERUSER.into(),
             password: SUPERUSER_PASSWORD.into(),

@@ -234,3 +234,55 @@ pub fn impersonating_kubeconfig(user: &str) -> std::path::PathBuf {
     .expect("write kubeconfig");
     path
 }
+
+/// `GET path` over plain HTTP/1.0: the status code and the body.
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response)
+        .await
+        .ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// The value of the sample `name` (with its labels, as printed) in `text`.
+pub fn metric_sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Runs `hack/chart.py` (Helm's engine) with `request`; its JSON answer.
+pub fn helm(request: &serde_json::Value) -> serde_json::Value {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let venv = std::process::Command::new("bash")
+        .arg(format!("{root}/hack/helm-venv.sh"))
+        .output()
+        .expect("run hack/helm-venv.sh");
+    assert!(
+        venv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    let python = String::from_utf8(venv.stdout).unwrap().trim().to_owned();
+    let mut child = std::process::Command::new(python)
+        .arg(format!("{root}/hack/chart.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        request.to_string().as_bytes(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "hack/chart.py failed");
+    serde_json::from_slice(&out.stdout).expect("hack/chart.py answers JSON")
+}
