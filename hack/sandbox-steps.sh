@@ -40,6 +40,23 @@ wait_for "kubectl get configmap user-dave"
 echo "== ... becomes a ConfigMap"
 kubectl get configmap user-dave -o yaml | sed -n '/^data:/,/^kind:/p'
 
+if [[ -n "${SANDBOX_KEEP:-}" ]]; then
+  trap 'kill $OPERATOR 2>/dev/null || true; wait $OPERATOR 2>/dev/null; echo "sandbox stopped"; exit 0' TERM INT
+  cat <<INFO
+== The sandbox is up. In another terminal:
+export KUBECONFIG=$KUBECONFIG
+DATABASE_URL=postgresql://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/sandbox
+  kubectl get dbqr,configmaps            # what the operator made
+  psql "\$DATABASE_URL" -c "INSERT INTO users (username) VALUES ('erin')"
+  kubectl apply -f your-dbqr.yaml        # the Secret users-db points at the database
+Operator log: $TMPDIR_SANDBOX/operator.log
+Stop: Ctrl-C here, or: kill $$
+INFO
+  wait $OPERATOR
+  echo "the operator exited; see $TMPDIR_SANDBOX/operator.log" >&2
+  exit 1
+fi
+
 echo "== Deleting the DBQR deletes its objects (finalizer)"
 kubectl delete dbqr users --timeout=30s
 kubectl get configmaps -l app.kubernetes.io/managed-by=db-query-operator

@@ -77,6 +77,13 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A plain connection, or `None` if the server cannot be reached.
+pub async fn connect_opt(url: &str) -> Option<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.ok()?;
+    tokio::spawn(connection);
+    Some(client)
+}
+
 /// Polls `check` until it returns `Some`, failing the test after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
