@@ -17,6 +17,14 @@ use super::{eventually, shared, unique};
 /// The label tests put on their DBQRs; each operator only sees its test's.
 pub const TEST_LABEL: &str = "dbqo.dev/test";
 
+static RUST_LOG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The operators this process starts log at `filter` instead of the tests'
+/// per-pass debug records (the benchmarks measure the operator at `info`).
+pub fn set_rust_log(filter: &str) {
+    let _ = RUST_LOG.set(filter.to_owned());
+}
+
 /// A running `db-query-operator run`, stopped when dropped.
 pub struct Operator {
     pub id: String,
@@ -69,7 +77,12 @@ impl Operator {
             &args,
             &[
                 ("KUBECONFIG", &kubeconfig),
-                ("RUST_LOG", "info,dbqo=debug,dbqo_actors=debug"),
+                (
+                    "RUST_LOG",
+                    RUST_LOG
+                        .get()
+                        .map_or("info,dbqo=debug,dbqo_actors=debug", String::as_str),
+                ),
             ],
             log,
         )
