@@ -187,6 +187,59 @@ async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
 /// connection) is noticed by its ping and replaced; the DBQR runs a pass
 /// once it listens again, so a change made meanwhile arrives.
 #[tokio::test]
+async fn a_steady_stream_of_changes_does_not_postpone_passes() {
+    let s = common::operator::setup("stream", "CREATE TABLE ticks (id int PRIMARY KEY);").await;
+    let (client, ns, db, url) = (s.client, s.namespace, s.db, s.url);
+    db.batch_execute(&trigger_sql("public.ticks", "ticks"))
+        .await
+        .unwrap();
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("ticks", &operator)
+        .query("SELECT id FROM ticks ORDER BY id")
+        .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"tick-{{Row.id}}\"\n")
+        .set("/pollInterval", json!("1h"))
+        .set(
+            "/changeDetection",
+            json!({ "mode": "notify", "channel": "ticks" }),
+        )
+        .create(&client, &ns)
+        .await;
+    wait_for_condition(&client, &ns, "ticks", "Ready", "True", "Ready").await;
+    wait_for_listen(&db).await;
+
+    // A row every 20 ms for 6 s, each its own transaction: notifications
+    // arrive faster than the debounce window, for longer than the test waits.
+    let streaming = tokio::spawn(async move {
+        let writer = common::connect(&url).await;
+        for id in 0..300 {
+            writer
+                .execute("INSERT INTO ticks VALUES ($1)", &[&id])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(3),
+        "tick-0 while rows keep coming",
+        || async {
+            kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ns)
+                .get_opt("tick-0")
+                .await
+                .ok()?
+        },
+    )
+    .await;
+    assert!(
+        !streaming.is_finished(),
+        "tick-0 appeared only after the stream ended ({:?})",
+        started.elapsed()
+    );
+    streaming.await.unwrap();
+}
+
+#[tokio::test]
 async fn a_half_open_listen_connection_is_replaced_within_a_minute() {
     let (client, ns, db) = setup("halfopen", "CREATE TABLE flags (key text PRIMARY KEY, value text); INSERT INTO flags VALUES ('a', '1');").await;
     let operator = Operator::start(&[]);

@@ -7,7 +7,11 @@
 mod detection;
 mod writeback;
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle,
@@ -46,8 +50,9 @@ pub struct QueryActor {
     pass: u64,
     /// A change arrived while a pass ran: run again right after it.
     dirty: bool,
-    /// The armed timer of the next pass.
+    /// The armed timer of the next pass, and when it fires.
     next_pass: Option<SpawnHandle>,
+    next_pass_at: Option<Instant>,
     /// Change detection runs once a pass has made a pool.
     detection: Detection,
     /// Objects whose status SQL waits, and how write-back stands.
@@ -81,8 +86,9 @@ pub struct QueryActor {
 /// Failed status patches are retried at least this often.
 const STATUS_RETRY_CAP: Duration = Duration::from_secs(30);
 
-/// Notifications are collapsed over this window: a burst of row changes
-/// costs one or two passes, not one per statement.
+/// Changes that arrive while a pass runs are collapsed into one pass this
+/// long after it: a burst of row changes costs a few passes, not one per
+/// statement. The first change of a burst starts its pass at once.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Ends the actor (DBQR deleted or replaced by a new spec).
@@ -121,6 +127,7 @@ impl QueryActor {
             pass: 0,
             dirty: false,
             next_pass: None,
+            next_pass_at: None,
             detection,
             writeback_queue: Default::default(),
             status_seen: Fingerprints::new(),
@@ -134,16 +141,23 @@ impl QueryActor {
             probe_failed: false,
             repairs: 0,
             pass_waits: false,
-            pass_started: std::time::Instant::now(),
+            pass_started: Instant::now(),
         }
     }
 
-    /// Something changed in the database: run a pass soon.
+    /// Something changed in the database: run a pass now (the change is
+    /// committed: a notification or a probe only sees committed data), or,
+    /// while one runs, once more shortly after it, since its query may have
+    /// missed the change. A pass already due within the debounce window
+    /// covers the change, so a steady stream of changes never postpones it.
     fn trigger(&mut self, ctx: &mut Context<Self>) {
         if self.state.is_none() {
             self.dirty = true;
-        } else {
-            self.schedule(DEBOUNCE, ctx);
+        } else if self
+            .next_pass_at
+            .is_none_or(|at| at > Instant::now() + DEBOUNCE)
+        {
+            self.schedule(Duration::ZERO, ctx);
         }
     }
 
@@ -151,8 +165,10 @@ impl QueryActor {
         if let Some(handle) = self.next_pass.take() {
             ctx.cancel_future(handle);
         }
+        self.next_pass_at = Some(Instant::now() + delay);
         self.next_pass = Some(ctx.run_later(delay, |actor, ctx| {
             actor.next_pass = None;
+            actor.next_pass_at = None;
             actor.start_pass(ctx);
         }));
     }
@@ -167,7 +183,7 @@ impl QueryActor {
             return;
         };
         self.pass += 1;
-        self.pass_started = std::time::Instant::now();
+        self.pass_started = Instant::now();
         let writer = self.writer.clone();
         let pass = self.pass;
         let mut connection = self.connection.clone();
