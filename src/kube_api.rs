@@ -348,6 +348,24 @@ pub async fn get(client: &Client, target: &Target) -> Result<Option<LiveObject>,
         .map(LiveObject::from))
 }
 
+/// The names of every object of a kind in `namespace` (or, cluster-scoped,
+/// at all), from one metadata-only list: whether objects the watch cache
+/// does not hold exist, at the cost of one request instead of a GET each.
+pub async fn names(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+) -> Result<std::collections::HashSet<String>, KubeError> {
+    let list = api(client, resource, namespace)
+        .list_metadata(&ListParams::default())
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|o| o.metadata.name)
+        .collect())
+}
+
 /// Server-side apply, forcing conflicts: the database is the source of truth.
 pub async fn apply(client: &Client, target: &Target, manifest: &Json) -> Result<(), KubeError> {
     target_api(client, target)

@@ -409,6 +409,18 @@ impl Writer for WriterHandle {
             .await
     }
 
+    async fn names(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+    ) -> Result<std::collections::HashSet<String>, KubeError> {
+        let (resource, namespace) = (resource.clone(), namespace.map(str::to_owned));
+        self.request(|client| async move {
+            kube_api::names(&client, &resource, namespace.as_deref()).await
+        })
+        .await
+    }
+
     async fn apply(&self, target: &Target, manifest: &Json) -> Result<(), KubeError> {
         let (target, manifest) = (target.clone(), manifest.clone());
         self.request(|client| async move { kube_api::apply(&client, &target, &manifest).await })

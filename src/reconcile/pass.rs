@@ -547,24 +547,64 @@ async fn watch_kinds<W: Writer>(
 
 /// The live state of each desired object: the watch cache, or one GET for an
 /// object it does not hold. Objects that cannot be read fail their rows.
+/// From this many objects of one kind and namespace missing from the watch
+/// cache, one list of names replaces a GET per object.
+const LIST_INSTEAD_OF_GETS: usize = 16;
+
 async fn read_live<W: Writer>(
     writer: &W,
     desired: &mut Vec<Desired>,
     failed: &mut Vec<RowFailure>,
 ) -> HashMap<ObjectKey, Live> {
     let mut live = HashMap::with_capacity(desired.len());
-    let mut uncached = Vec::new();
+    // Objects the watch cache does not hold, by kind and namespace.
+    let mut uncached: BTreeMap<(String, String, String, Option<String>), Vec<&Desired>> =
+        BTreeMap::new();
     for object in desired.iter() {
         match writer.cached(&object.target) {
             Some(cached) => {
                 live.insert(object.key(), Live::Cached(cached));
             }
-            None => uncached.push(object),
+            None => {
+                let r = &object.target.resource;
+                let group = (
+                    r.group.clone(),
+                    r.version.clone(),
+                    r.plural.clone(),
+                    object.target.namespace.clone(),
+                );
+                uncached.entry(group).or_default().push(object);
+            }
         }
     }
-    let reads = join_all(uncached.iter().map(|o| writer.get(&o.target))).await;
+    // Many new objects of one kind and namespace (a new DBQR, a bulk insert):
+    // one list of names tells which exist; only those are read one by one.
+    // Below the threshold, or if the list fails, each is read.
+    let lists = join_all(uncached.values().map(|objects| async move {
+        if objects.len() < LIST_INSTEAD_OF_GETS {
+            return None;
+        }
+        let target = &objects[0].target;
+        writer
+            .names(&target.resource, target.namespace.as_deref())
+            .await
+            .ok()
+    }))
+    .await;
+    let mut to_read = Vec::new();
+    for (objects, names) in uncached.into_values().zip(lists) {
+        for object in objects {
+            match &names {
+                Some(names) if !names.contains(&object.target.name) => {
+                    live.insert(object.key(), Live::Absent);
+                }
+                _ => to_read.push(object),
+            }
+        }
+    }
+    let reads = join_all(to_read.iter().map(|o| writer.get(&o.target))).await;
     let mut unreadable = BTreeSet::new();
-    for (object, read) in uncached.into_iter().zip(reads) {
+    for (object, read) in to_read.into_iter().zip(reads) {
         let state = match read {
             Ok(Some(found)) => Live::Unmanaged(found),
             Ok(None) => Live::Absent,

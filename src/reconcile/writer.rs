@@ -32,6 +32,13 @@ pub trait Writer {
 
     /// One object, read from the API server.
     async fn get(&self, target: &Target) -> Result<Option<LiveObject>, KubeError>;
+    /// The names of every object of a kind in `namespace` (`None`: cluster-scoped),
+    /// read from the API server in one metadata-only list.
+    async fn names(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+    ) -> Result<std::collections::HashSet<String>, KubeError>;
     /// Server-side apply, forced, as the operator's field manager.
     async fn apply(&self, target: &Target, manifest: &Json) -> Result<(), KubeError>;
     /// Creates an object; one of that name already there is an error (409).
