@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::future::join_all;
+use futures_util::{future::join_all, StreamExt as _};
 use kube::api::ApiResource;
 use serde_json::Value as Json;
 
@@ -49,6 +49,9 @@ pub struct PassConfig {
     pub status_template: Option<StatusTemplate>,
     /// `spec.pruneGuard`.
     pub guard: PruneGuard,
+    /// Applies of one pass that exist at once (each holds a copy of its
+    /// manifest until sent): twice the writer's concurrency keeps it busy.
+    pub in_flight: usize,
 }
 
 impl PassConfig {
@@ -77,6 +80,7 @@ impl PassConfig {
             listeners: settings.listeners.clone(),
             status_template,
             guard: PruneGuard::from(&dbqr.spec.prune_guard),
+            in_flight: settings.concurrency.max(1) * 2,
         })
     }
 
@@ -639,12 +643,19 @@ async fn execute<W: Writer>(
 ) {
     report.objects = plan.produced.len();
     report.skipped = plan.skip.len();
-    let results = join_all(
+    // A bounded window, not every apply at once: memory follows the
+    // writer's concurrency, not the number of rows.
+    let mut results: Vec<(usize, Result<(), KubeError>)> = futures_util::stream::iter(
         plan.apply
             .iter()
-            .map(|o| writer.apply(&o.target, &o.manifest)),
+            .enumerate()
+            .map(|(i, o)| async move { (i, writer.apply(&o.target, &o.manifest).await) }),
     )
+    .buffer_unordered(config.in_flight)
+    .collect()
     .await;
+    results.sort_by_key(|(i, _)| *i);
+    let results = results.into_iter().map(|(_, result)| result);
 
     // Only what this pass put (or found) in place is worth repairing: not
     // objects of failed rows, and never an object another owner holds.

@@ -70,10 +70,21 @@ impl Operator {
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+        // DBQO_OPERATOR_WRAPPER runs the operator under a profiler
+        // (e.g. `heaptrack`), for the benchmarks.
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_db-query-operator"));
+        let (program, args) = match std::env::var_os("DBQO_OPERATOR_WRAPPER") {
+            Some(wrapper) => {
+                let mut wrapped = vec![binary.to_string_lossy().into_owned()];
+                wrapped.extend(args);
+                (PathBuf::from(wrapper), wrapped)
+            }
+            None => (binary, args),
+        };
         let process = Supervised::start_with_env(
             "db-query-operator",
             &[],
-            &PathBuf::from(env!("CARGO_BIN_EXE_db-query-operator")),
+            &program,
             &args,
             &[
                 ("KUBECONFIG", &kubeconfig),
