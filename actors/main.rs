@@ -3,6 +3,12 @@
 use clap::Parser;
 use dbqo::cli::{self, Cli, Command, LogFormat};
 
+/// jemalloc returns what a pass frees to the system (its background thread
+/// purges unused pages); glibc's malloc kept the freed memory of a pass over
+/// thousands of rows fragmented in its heap (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {

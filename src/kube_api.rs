@@ -280,6 +280,12 @@ pub struct LiveObject {
 
 impl From<DynamicObject> for LiveObject {
     fn from(o: DynamicObject) -> Self {
+        Self::from(&o)
+    }
+}
+
+impl From<&DynamicObject> for LiveObject {
+    fn from(o: &DynamicObject) -> Self {
         let refs = o.metadata.owner_references.clone().unwrap_or_default();
         Self {
             namespace: o.metadata.namespace.clone(),
@@ -309,6 +315,7 @@ pub struct CachedObject {
 }
 
 impl CachedObject {
+    /// The cached object, expanded from what [`trim_for_cache`] kept.
     pub fn of(object: &DynamicObject) -> Option<Self> {
         let owned_fields = object
             .metadata
@@ -316,14 +323,24 @@ impl CachedObject {
             .iter()
             .flatten()
             .find(|m| is_ours(m))
-            .and_then(|m| serde_json::to_value(m.fields_v1.as_ref()?).ok());
-        let mut manifest = serde_json::to_value(object).ok()?;
-        if let Some(metadata) = manifest["metadata"].as_object_mut() {
+            .and_then(|m| m.fields_v1.as_ref())
+            .map(|fields| expand(&fields.0));
+        let mut manifest = serde_json::Map::new();
+        if let Some(types) = &object.types {
+            manifest.insert("apiVersion".into(), Json::String(types.api_version.clone()));
+            manifest.insert("kind".into(), Json::String(types.kind.clone()));
+        }
+        let mut metadata = serde_json::to_value(&object.metadata).ok()?;
+        if let Some(metadata) = metadata.as_object_mut() {
             metadata.remove("managedFields");
         }
+        manifest.insert("metadata".into(), metadata);
+        if let Json::Object(content) = expand(&object.data) {
+            manifest.extend(content);
+        }
         Some(Self {
-            live: LiveObject::from(object.clone()),
-            manifest,
+            live: LiveObject::from(object),
+            manifest: Json::Object(manifest),
             owned_fields,
         })
     }
@@ -333,11 +350,36 @@ fn is_ours(entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFields
     entry.manager.as_deref() == Some(FIELD_MANAGER) && entry.operation.as_deref() == Some("Apply")
 }
 
-/// What the watch cache keeps of a managed object: everything but the other
-/// managers' entries in `managedFields` (which can outweigh the object).
+/// What the watch cache keeps of a managed object: no other managers'
+/// entries in `managedFields` (they can outweigh the object), and the
+/// object's content and the operator's field set as JSON text. A tree of
+/// small maps costs an allocation per field; the text costs one, and the
+/// cache holds every managed object for as long as the operator runs. A
+/// pass expands what it compares ([`CachedObject::of`]).
 pub fn trim_for_cache(object: &mut DynamicObject) {
     if let Some(entries) = object.metadata.managed_fields.as_mut() {
         entries.retain(is_ours);
+        for entry in entries.iter_mut() {
+            entry.time = None;
+            if let Some(fields) = entry.fields_v1.as_mut() {
+                compact(&mut fields.0);
+            }
+        }
+    }
+    compact(&mut object.data);
+}
+
+fn compact(value: &mut Json) {
+    if value.is_object() {
+        *value = Json::String(value.to_string());
+    }
+}
+
+/// The inverse of [`compact`]: an object kept as text, parsed again.
+fn expand(value: &Json) -> Json {
+    match value {
+        Json::String(text) => serde_json::from_str(text).unwrap_or(Json::Null),
+        other => other.clone(),
     }
 }
 
@@ -561,5 +603,52 @@ mod tests {
             r#"ConfigMap "…" is invalid: metadata.labels: Invalid value: "…": a valid label must be 63 characters"#
         );
         assert_eq!(redact_quoted("unterminated \"m4rker"), "unterminated \"…\"");
+    }
+
+    #[test]
+    fn the_cache_keeps_text_and_gives_back_the_same_object() {
+        use super::{trim_for_cache, CachedObject, DynamicObject};
+        let original = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "web", "namespace": "apps", "uid": "u1",
+                "labels": {"app": "web"},
+                "annotations": {"dbqo.dev/applied-hash": "abc"},
+                "ownerReferences": [{"apiVersion": "dbqo.dev/v1alpha1", "kind": "DatabaseQueryResource",
+                                     "name": "users", "uid": "u0", "controller": true}],
+                "managedFields": [
+                    {"manager": "db-query-operator", "operation": "Apply", "apiVersion": "apps/v1",
+                     "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+                    {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "apps/v1",
+                     "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:replicas": {}}}}
+                ]
+            },
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}},
+            "status": {"replicas": 2}
+        });
+        let object: DynamicObject = serde_json::from_value(original.clone()).unwrap();
+        let mut kept = object.clone();
+        trim_for_cache(&mut kept);
+        assert!(kept.data.is_string(), "the content is kept as text");
+        assert_eq!(kept.metadata.managed_fields.as_ref().unwrap().len(), 1);
+
+        let cached = CachedObject::of(&kept).unwrap();
+        let mut expected = original;
+        expected["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("managedFields");
+        assert_eq!(cached.manifest, expected);
+        assert_eq!(
+            cached.owned_fields,
+            Some(serde_json::json!({"f:spec": {"f:replicas": {}}}))
+        );
+        assert_eq!(cached.live.controller_uid.as_deref(), Some("u0"));
+        assert_eq!(
+            cached.live.labels.get("app").map(String::as_str),
+            Some("web")
+        );
     }
 }

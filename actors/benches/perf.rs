@@ -636,7 +636,8 @@ async fn main() {
         let cpu = cpu_seconds(operator.pid()) - cpu0;
         common::operator::wait_for_condition(&client, &size_ns, "sized", "Ready", "True", "Ready")
             .await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Idle long enough for freed pages to go back (jemalloc's decay is 10 s).
+        tokio::time::sleep(Duration::from_secs(15)).await;
         let rss = rss_mib(operator.pid());
         let us = took.as_secs_f64() * 1e6 / size as f64;
         per_object.push(us);

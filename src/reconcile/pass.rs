@@ -373,12 +373,16 @@ pub async fn reconcile_rows<W: Writer>(
     )
     .await;
     let plan = plan::plan(inputs);
-    state.rows = plan
-        .apply
-        .iter()
-        .chain(&plan.skip)
-        .map(|d| (d.key(), rows[d.row].clone()))
-        .collect();
+    // Rows are kept only for status write-back.
+    state.rows = if config.status_template.is_some() {
+        plan.apply
+            .iter()
+            .chain(&plan.skip)
+            .map(|d| (d.key(), rows[d.row].clone()))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     execute(config, state, writer, plan, report).await;
 }
 
@@ -659,16 +663,17 @@ async fn execute<W: Writer>(
 
     // Only what this pass put (or found) in place is worth repairing: not
     // objects of failed rows, and never an object another owner holds.
+    // Moved, not copied: the state keeps the one copy of each object.
     state.applied.clear();
-    for object in &plan.skip {
-        state.applied.insert(object.key(), object.clone());
+    for object in std::mem::take(&mut plan.skip) {
+        state.applied.insert(object.key(), object);
     }
     let mut failures: Vec<RowFailure> = Vec::new();
-    for (object, result) in plan.apply.iter().zip(results) {
+    for (object, result) in std::mem::take(&mut plan.apply).into_iter().zip(results) {
         match result {
             Ok(()) => {
                 report.applied += 1;
-                state.applied.insert(object.key(), object.clone());
+                state.applied.insert(object.key(), object);
             }
             Err(source) => {
                 failures.push(RowFailure {
