@@ -196,12 +196,8 @@ impl QueryActor {
             work.into_actor(self)
                 .map(move |(report, state, connection), actor, ctx| {
                     // Per-object memory follows the objects this DBQR manages now.
-                    actor
-                        .status_seen
-                        .retain(|key, _| state.applied(key).is_some());
-                    actor
-                        .writeback_queue
-                        .retain(|key| state.applied(key).is_some());
+                    actor.status_seen.retain(|key, _| state.produced_key(key));
+                    actor.writeback_queue.retain(|key| state.produced_key(key));
                     actor.state = Some(state);
                     let version =
                         |c: &Option<Connection>| c.as_ref().map(|c| c.secret_version().to_owned());
@@ -442,7 +438,7 @@ impl Handler<Drifted> for QueryActor {
             self.drifted.insert(key);
             return;
         };
-        let Some(wanted) = state.applied(&key).cloned() else {
+        let Some(wanted) = state.applied(&key) else {
             return;
         };
         let owner = config.owner.clone();

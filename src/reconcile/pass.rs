@@ -132,7 +132,7 @@ impl Connection {
 pub struct PassState {
     /// What this DBQR wants of each object it produced in the last pass: the
     /// reference for drift repair between passes.
-    applied: HashMap<ObjectKey, Desired>,
+    applied: HashMap<ObjectKey, Kept>,
     /// The row that produced each object in the last pass (for status write-back).
     rows: HashMap<ObjectKey, Row>,
     /// The kinds this DBQR has written and not yet pruned.
@@ -164,8 +164,53 @@ impl PassState {
     }
 
     /// The wanted state of `key`, if this DBQR produced it in the last pass.
-    pub fn applied(&self, key: &ObjectKey) -> Option<&Desired> {
-        self.applied.get(key)
+    pub fn applied(&self, key: &ObjectKey) -> Option<Desired> {
+        self.applied.get(key).map(Kept::expand)
+    }
+
+    /// Whether this DBQR produced `key` in the last pass.
+    pub fn produced_key(&self, key: &ObjectKey) -> bool {
+        self.applied.contains_key(key)
+    }
+
+    /// Where the object `key` this DBQR produced in the last pass lives.
+    pub fn produced_target(&self, key: &ObjectKey) -> Option<&Target> {
+        self.applied.get(key).map(|kept| &kept.target)
+    }
+
+    fn keep(&mut self, object: Desired) {
+        let key = object.key();
+        self.applied.insert(
+            key,
+            Kept {
+                row: object.row,
+                gvk: object.gvk,
+                target: object.target,
+                manifest: object.manifest.to_string().into_boxed_str(),
+            },
+        );
+    }
+}
+
+/// What the state keeps of an object a pass produced, for as long as the
+/// DBQR lives: the manifest as JSON text, one allocation instead of one per
+/// field. Only drift repair reads it again.
+struct Kept {
+    row: usize,
+    gvk: Gvk,
+    target: Target,
+    manifest: Box<str>,
+}
+
+impl Kept {
+    fn expand(&self) -> Desired {
+        Desired {
+            row: self.row,
+            gvk: self.gvk.clone(),
+            target: self.target.clone(),
+            // Written by `keep` from a JSON value: it parses.
+            manifest: serde_json::from_str(&self.manifest).unwrap_or(Json::Null),
+        }
     }
 }
 
@@ -666,14 +711,14 @@ async fn execute<W: Writer>(
     // Moved, not copied: the state keeps the one copy of each object.
     state.applied.clear();
     for object in std::mem::take(&mut plan.skip) {
-        state.applied.insert(object.key(), object);
+        state.keep(object);
     }
     let mut failures: Vec<RowFailure> = Vec::new();
     for (object, result) in std::mem::take(&mut plan.apply).into_iter().zip(results) {
         match result {
             Ok(()) => {
                 report.applied += 1;
-                state.applied.insert(object.key(), object);
+                state.keep(object);
             }
             Err(source) => {
                 failures.push(RowFailure {

@@ -37,9 +37,9 @@ pub fn due<W: Writer>(
 ) -> Vec<Due> {
     keys.into_iter()
         .filter_map(|key| {
-            let wanted = state.applied(&key)?;
+            let target = state.produced_target(&key)?;
             let row = state.row(&key)?.clone();
-            let resource = writer.cached(&wanted.target)?.manifest;
+            let resource = writer.cached(target)?.manifest;
             let fingerprint = writeback::status_fingerprint(&resource)?;
             (seen.get(&key) != Some(&fingerprint)).then_some(Due {
                 key,
