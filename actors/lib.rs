@@ -97,9 +97,16 @@ async fn operate(
     fatal: UnboundedSender<Fatal>,
     mut fatal_rx: UnboundedReceiver<Fatal>,
 ) -> Result<(), Fatal> {
-    let client = kube::Client::try_default()
+    let mut config = kube::Config::infer()
         .await
         .map_err(|e| Fatal::Client(e.to_string()))?;
+    // kube's default retry repeats a 503 up to 15 times with a backoff that
+    // outgrows the API timeout: one aggregated API whose backend is down
+    // stalled discovery, and every pass waiting for it, for the whole
+    // timeout. Every caller here has a backoff of its own, so a failure is
+    // reported at once instead.
+    config.default_retry = false;
+    let client = kube::Client::try_from(config).map_err(|e| Fatal::Client(e.to_string()))?;
     metrics::global().watch_budget(&settings.budget);
     let readiness = Arc::new(http::Readiness::default());
     serve_http(&operations, &readiness).await?;

@@ -134,10 +134,31 @@ async fn an_unavailable_api_group_does_not_stop_discovery() {
         },
     )
     .await;
-    assert!(client
-        .list_api_group_resources("broken.dbqo.dev/v1")
-        .await
-        .is_err());
+    // Wait until the API server proxies the group and answers 503 (it
+    // answers 404 before): the answer a retrying client repeats with a
+    // growing backoff (kube's default retry), which stalled discovery.
+    let no_retry = {
+        let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        config.default_retry = false;
+        kube::Client::try_from(config).unwrap()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the broken group to answer 503",
+        || async {
+            match no_retry
+                .list_api_group_resources("broken.dbqo.dev/v1")
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.code == 503 => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
 
     let url = common::database("aggregated").await;
     common::connect(&url)
@@ -152,7 +173,13 @@ async fn an_unavailable_api_group_does_not_stop_discovery() {
         .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"item-{{Row.id}}\"\n")
         .create(&client, ns)
         .await;
+    let started = std::time::Instant::now();
     wait_for_condition(&client, ns, "items", "Ready", "True", "Ready").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the broken group held the DBQR up for {:?}",
+        started.elapsed()
+    );
     common::operator::wait_for_configmaps(&client, ns, &["item-1"]).await;
 }
 
