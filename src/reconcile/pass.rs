@@ -598,12 +598,13 @@ async fn watch_kinds<W: Writer>(
     involved
 }
 
-/// The live state of each desired object: the watch cache, or one GET for an
-/// object it does not hold. Objects that cannot be read fail their rows.
 /// From this many objects of one kind and namespace missing from the watch
 /// cache, one list of names replaces a GET per object.
 const LIST_INSTEAD_OF_GETS: usize = 16;
 
+/// The live state of each desired object: the watch cache, or, for an object
+/// it does not hold, a GET (after a list of names where many are missing, only
+/// for names that exist). Objects that cannot be read fail their rows.
 async fn read_live<W: Writer>(
     writer: &W,
     desired: &mut Vec<Desired>,
