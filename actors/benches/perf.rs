@@ -68,16 +68,7 @@ fn args() -> Args {
     args
 }
 
-/// What `/proc/<pid>` says: resident MiB, and CPU seconds used so far.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
+/// CPU seconds process `pid` has used so far.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command (which may hold spaces) start at ") ".
@@ -334,13 +325,7 @@ async fn idle_cost(
     tokio::time::sleep(Duration::from_secs(idle)).await;
     let after = common::request_counts(client).await;
     let stmts = statements(db).await - stmts;
-    let delta = |pick: &dyn Fn(&str, &str) -> bool| -> f64 {
-        after
-            .iter()
-            .filter(|((verb, resource), _)| pick(verb, resource))
-            .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
-            .sum()
-    };
+    let delta = |pick: &dyn Fn(&str, &str) -> bool| common::requests_between(&before, &after, pick);
     let writes = delta(&|v, _| ["POST", "PUT", "PATCH", "DELETE", "APPLY"].contains(&v));
     let object_reads = delta(&|v, r| ["GET", "LIST"].contains(&v) && r == "configmaps");
     let secret_reads = delta(&|v, r| ["GET", "LIST"].contains(&v) && r == "secrets");
@@ -375,7 +360,7 @@ async fn main() {
 
     let operator = Operator::start(&[]);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_empty = rss_mib(operator.pid());
+    let rss_empty = common::rss_mib(operator.pid());
     rows.push(row(
         "RSS, no DBQR".into(),
         format!("{rss_empty:.1} MiB"),
@@ -581,7 +566,7 @@ async fn main() {
         None,
         "0 / 0 / 0",
     ));
-    let rss_one = rss_mib(operator.pid());
+    let rss_one = common::rss_mib(operator.pid());
     let id = operator.id.clone();
     drop(operator);
     let operator = Operator::start_with_id(&id, &[]);
@@ -638,7 +623,7 @@ async fn main() {
             .await;
         // Idle long enough for freed pages to go back (jemalloc's decay is 10 s).
         tokio::time::sleep(Duration::from_secs(15)).await;
-        let rss = rss_mib(operator.pid());
+        let rss = common::rss_mib(operator.pid());
         let us = took.as_secs_f64() * 1e6 / size as f64;
         per_object.push(us);
         rows.push(row(

@@ -56,21 +56,8 @@ fn args() -> Args {
     args
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn sum(before: &common::RequestCounts, after: &common::RequestCounts, verbs: &[&str]) -> f64 {
-    after
-        .iter()
-        .filter(|((verb, _), _)| verbs.contains(&verb.as_str()))
-        .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
-        .sum()
+    common::requests_between(before, after, |verb, _| verbs.contains(&verb))
 }
 
 /// Counts the operator's connections every 100 ms, each time as a new client.
@@ -171,7 +158,7 @@ async fn main() {
     let operator = Operator::start(&[]);
     // Let it settle before reading its resting size.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_empty = rss_mib(operator.pid());
+    let rss_empty = common::rss_mib(operator.pid());
 
     let ns = common::namespace(&client, "bench").await;
     create_secret(
@@ -220,7 +207,7 @@ async fn main() {
     let idle_reads = sum(&before, &after, &["GET", "LIST"]) / minutes;
     let idle_peak = sampler.peak.load(Ordering::SeqCst);
     let idle_last = sampler.last.load(Ordering::SeqCst);
-    let rss_many = rss_mib(operator.pid());
+    let rss_many = common::rss_mib(operator.pid());
 
     // One DBQR x `big` rows, alone.
     let big_ns = common::namespace(&client, "bench-big").await;
@@ -242,7 +229,7 @@ async fn main() {
     converged(&client, &big_ns, 1, args.big).await;
     let big_converge = t1.elapsed();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let rss_big = rss_mib(operator.pid()) - rss_many;
+    let rss_big = common::rss_mib(operator.pid()) - rss_many;
     sampler.stop.store(true, Ordering::SeqCst);
 
     println!("| figure | value | target |");

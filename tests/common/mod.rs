@@ -193,6 +193,29 @@ pub async fn request_counts(client: &Client) -> RequestCounts {
     counts
 }
 
+/// Requests counted between two readings whose (verb, resource) `pick` accepts.
+pub fn requests_between(
+    before: &RequestCounts,
+    after: &RequestCounts,
+    pick: impl Fn(&str, &str) -> bool,
+) -> f64 {
+    after
+        .iter()
+        .filter(|((verb, resource), _)| pick(verb, resource))
+        .map(|(k, v)| v - before.get(k).copied().unwrap_or(0.0))
+        .sum()
+}
+
+/// Resident memory of process `pid` in MiB (`VmRSS`), 0 if it is gone.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// Connection Secret keys for database `dbname` on a PostgreSQL of a test's own.
 pub fn server_secret_keys(
     server: &dbqo_testenv::PostgresInfo,
