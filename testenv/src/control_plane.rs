@@ -9,7 +9,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    process::{free_port, run, Supervised},
+    process::{free_port, free_ports, run, Supervised},
     Error,
 };
 
@@ -53,7 +53,7 @@ impl ControlPlane {
             .map_err(|e| Error::io(format!("create {}", certs.display()), e))?;
         let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
 
-        let (etcd_port, peer_port) = (free_port()?, free_port()?);
+        let [etcd_port, peer_port] = free_ports()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut etcd = Supervised::start(

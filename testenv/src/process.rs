@@ -227,12 +227,25 @@ pub fn tail(path: &Path, lines: usize) -> String {
 /// A free TCP port on loopback (released before returning; the window for a
 /// clash is small and a clash shows as a clear start-up failure).
 pub fn free_port() -> Result<u16, Error> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("bind a free port", e))?;
-    Ok(listener
-        .local_addr()
-        .map_err(|e| Error::io("read the free port", e))?
-        .port())
+    Ok(free_ports::<1>()?[0])
+}
+
+/// `N` distinct free ports. The probing sockets stay open until all are
+/// chosen: closed one by one, the kernel may hand out the same port twice
+/// (seen as etcd failing to bind its peer port to its client port).
+pub fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
+    let mut listeners = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| Error::io("bind a free port", e))?;
+        *port = listener
+            .local_addr()
+            .map_err(|e| Error::io("read the free port", e))?
+            .port();
+        listeners.push(listener);
+    }
+    Ok(ports)
 }
 
 /// Runs a short helper command to completion, failing with its output.
