@@ -245,6 +245,8 @@ pub fn selector(labels: &Labels) -> String {
 pub struct SecretData {
     pub resource_version: String,
     pub data: BTreeMap<String, Vec<u8>>,
+    /// uids of the Secret's owners (a `Database`'s credentials Secret names it).
+    pub owners: Vec<String>,
 }
 
 /// An Event about a DBQR.
@@ -574,6 +576,13 @@ impl SecretData {
                 .iter()
                 .flatten()
                 .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
+            owners: secret
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .map(|r| r.uid.clone())
                 .collect(),
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! The domain lives here as plain Rust: the API types ([`api`]), SQL text
 //! handling ([`sql`]), PostgreSQL access and row decoding ([`db`]), rendering
-//! with validation ([`render`]) and the reconcile pass ([`reconcile`]). The
+//! with validation ([`render`]), the reconcile pass ([`reconcile`]) and
+//! databases for teams ([`provision`]). The
 //! actor shells that schedule it are the `db-query-operator` package in
 //! `actors/`; this crate does not depend on the actor framework at all.
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod db;
 pub mod kube_api;
 pub mod lease;
+pub mod provision;
 pub mod reconcile;
 pub mod render;
 pub mod settings;

@@ -27,29 +27,41 @@ fn examples() -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn committed_crd_matches_the_rust_types() {
-    let committed = std::fs::read_to_string(
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .join("chart/crds/databasequeryresources.dbqo.dev.yaml"),
-    )
-    .unwrap();
-    assert!(
-        committed == dbqo::cli::crd_yaml(),
-        "chart/crds is stale: run `cargo run -q -- crd > chart/crds/databasequeryresources.dbqo.dev.yaml`"
-    );
+fn committed_crds_match_the_rust_types() {
+    for (plural, _) in dbqo::cli::crds() {
+        let file = format!("chart/crds/{plural}.dbqo.dev.yaml");
+        let committed =
+            std::fs::read_to_string(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(&file))
+                .unwrap_or_default();
+        assert!(
+            Some(committed) == dbqo::cli::crd_yaml_of(plural),
+            "{file} is stale: run `cargo run -q -- crd {plural} > {file}`"
+        );
+    }
 }
 
 #[test]
-fn crd_subcommand_prints_the_crd() {
+fn crd_subcommand_prints_each_crd() {
+    for (args, plural) in [
+        (&["crd"][..], "databasequeryresources"),
+        (&["crd", "databaseservers"][..], "databaseservers"),
+        (&["crd", "databases"][..], "databases"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            Some(String::from_utf8(out.stdout).unwrap()),
+            dbqo::cli::crd_yaml_of(plural)
+        );
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
-        .arg("crd")
+        .args(["crd", "widgets"])
         .output()
         .unwrap();
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        dbqo::cli::crd_yaml()
-    );
+    assert!(!out.status.success(), "an unknown CRD name is refused");
 }
 
 #[test]

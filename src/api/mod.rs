@@ -1,7 +1,10 @@
-//! The `DatabaseQueryResource` API (`dbqo.dev/v1alpha1`): spec, status and
-//! their validation. The CRD YAML under `chart/` is generated from these types.
+//! The `dbqo.dev/v1alpha1` API: `DatabaseQueryResource` here, `DatabaseServer`
+//! and `Database` in [`server`] and [`database`]; specs, statuses and their
+//! validation. The CRD YAML under `chart/crds` is generated from these types.
 
+pub mod database;
 mod duration;
+pub mod server;
 mod validate;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

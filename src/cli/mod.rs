@@ -7,7 +7,7 @@ mod run;
 
 use clap::{Parser, Subcommand};
 
-pub use crd::crd_yaml;
+pub use crd::{crd_yaml, crd_yaml_of, crds};
 pub use policy::PolicyArgs;
 pub use render::{load_dbqr, DbqrFileError, RenderArgs};
 pub use run::{LogFormat, RunArgs};
@@ -22,8 +22,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the DatabaseQueryResource CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML: `databasequeryresources`
+    /// (the default), `databaseservers` or `databases`.
+    Crd {
+        #[arg(default_value = "databasequeryresources", value_parser = ["databasequeryresources", "databaseservers", "databases"])]
+        plural: String,
+    },
     /// Preview the objects a DBQR would produce, offline: rows come from a
     /// JSON file or from running the DBQR's query against a live database.
     Render(RenderArgs),
@@ -50,8 +54,8 @@ pub fn run(cli: Cli, operator: impl FnOnce(RunArgs) -> i32) -> i32 {
             .build()
     };
     match cli.command {
-        Command::Crd => {
-            print!("{}", crd_yaml());
+        Command::Crd { plural } => {
+            print!("{}", crd_yaml_of(&plural).unwrap_or_default());
             0
         }
         Command::TriggerSql { table, channel } => {

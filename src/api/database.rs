@@ -1,0 +1,122 @@
+//! `Database`: a database, its user and a credentials Secret, asked for by
+//! an application team on a `DatabaseServer`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A database with its own user on a `DatabaseServer`, and a Secret to connect with.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "dbqo.dev",
+    version = "v1alpha1",
+    kind = "Database",
+    plural = "databases",
+    shortname = "db",
+    namespaced,
+    doc = "A database with its own user on a DatabaseServer, and a Secret to connect with (db-query-operator).",
+    status = "DatabaseStatus",
+    printcolumn = r#"{"name":"Server","type":"string","jsonPath":".spec.serverRef.name"}"#,
+    printcolumn = r#"{"name":"Database","type":"string","jsonPath":".status.databaseName"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// The `DatabaseServer` to create the database on.
+    pub server_ref: ServerRef,
+    /// Name of the database: `^[a-z][a-z0-9_]*$`, at most 63 characters. Default:
+    /// `metadata.name` with `-` replaced by `_`. Cannot be changed once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z][a-z0-9_]*$"))]
+    pub database_name: Option<String>,
+    /// The database's user, same rules (MySQL: at most 32 characters). Default: the database name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z][a-z0-9_]*$"))]
+    pub username: Option<String>,
+    /// Privileges of the user on the database: `ALL` (default) or a list such as
+    /// `SELECT`, `INSERT`, `UPDATE`, `DELETE`.
+    #[serde(default = "default_privileges")]
+    #[schemars(default = "default_privileges")]
+    pub privileges: Vec<String>,
+    /// PostgreSQL extensions to create in the database (only those the server allows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<String>,
+    /// PostgreSQL: encoding at creation (e.g. `UTF8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// PostgreSQL: locale at creation (e.g. `C`, `en_US.UTF-8`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// MySQL/MariaDB: character set at creation (default `utf8mb4`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charset: Option<String>,
+    /// MySQL/MariaDB: collation at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collation: Option<String>,
+    /// Name of the Secret with `host`, `port`, `dbname`, `username`, `password`, `sslmode`
+    /// and `uri`. Default: `<name>-credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
+    /// What deleting this resource does: `Retain` (default) keeps the database, the user
+    /// and the Secret; `Delete` drops database and user (only if the server allows it).
+    #[serde(default)]
+    pub deletion_policy: DatabaseDeletionPolicy,
+}
+
+/// Which `DatabaseServer`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Default: the `Database`'s namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// What deleting a `Database` does on the server.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DatabaseDeletionPolicy {
+    /// Keep the database, the user and the credentials Secret.
+    #[default]
+    Retain,
+    /// Drop the database and the user (if the server's `allowDelete` is true).
+    Delete,
+}
+
+/// Where a `Database` stands.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    Pending,
+    Creating,
+    Ready,
+    Error,
+    Deleting,
+}
+
+/// Observed state of a `Database`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    /// `metadata.generation` the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The database name in use (the default resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_name: Option<String>,
+    /// The user name in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// `Ready`, with a stable reason when it is not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+fn default_privileges() -> Vec<String> {
+    vec!["ALL".into()]
+}

@@ -1,0 +1,55 @@
+//! What can go wrong talking to a database server, with stable reasons.
+//! Messages hold names from the spec and the server's error codes; never a
+//! password, and never the text of a statement that carried one.
+
+use crate::db::{ConnectError, SecretError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("admin connection Secret {0} not found")]
+    SecretNotFound(String),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("authentication failed: {0}")]
+    Authentication(String),
+    #[error("cannot connect: {0}")]
+    Unreachable(String),
+    #[error("no connection to this server is free in the operator's budget")]
+    Budget,
+    #[error("{what} failed: {message}")]
+    Statement { what: String, message: String },
+    #[error("the admin lacks {0}")]
+    MissingRights(String),
+}
+
+impl ServerError {
+    /// Stable reason for conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::SecretNotFound(_) => "SecretNotFound",
+            Self::Secret(e) => e.reason(),
+            Self::Connect(e) => e.reason(),
+            Self::Authentication(_) => "AuthenticationFailed",
+            Self::Unreachable(_) => "ConnectionFailed",
+            Self::Budget => "ConnectionBudgetExhausted",
+            Self::Statement { .. } => "StatementFailed",
+            Self::MissingRights(_) => "InsufficientPrivileges",
+        }
+    }
+
+    /// Whether the server itself (not the operator or a spec) is the problem.
+    pub fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect(_) | Self::Authentication(_) | Self::Unreachable(_)
+        )
+    }
+}
+
+/// What a statement was, for its error message: the first two words
+/// (`CREATE USER`, `GRANT SELECT`), never its literals.
+pub fn statement_kind(sql: &str) -> String {
+    sql.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,312 @@
+//! [`Session`] on MySQL and MariaDB: `mysql_async`, one admin connection
+//! (GRANTs name the database, so nothing runs inside it), holding a slot of
+//! the server's connection budget. The session runs in
+//! `NO_BACKSLASH_ESCAPES` mode, which the driver's literal escaping is told.
+
+use std::time::Duration;
+
+use mysql_async::{prelude::Queryable, Conn, OptsBuilder, SslOpts};
+
+use super::adopt::Found;
+use super::error::{statement_kind, ServerError};
+use super::request::Request;
+use super::session::{Claimant, Observed, ServerFacts, Session};
+use super::sql;
+use crate::api::server::Engine;
+use crate::db::{ConnInfo, ConnectError, ConnectionBudget, RootCert, ServerKey, Slot, SslMode};
+
+pub struct MySession {
+    conn: Conn,
+    _slot: Slot,
+    records_ready: bool,
+}
+
+/// The TLS options libpq's `sslmode` stands for, on MySQL: `disable` and
+/// `prefer` connect in plain text (`prefer` first tries TLS), `require`
+/// encrypts without verifying, `verify-ca` checks the chain, `verify-full`
+/// the chain and the host name.
+fn ssl_opts(info: &ConnInfo, mode: SslMode) -> Result<Option<SslOpts>, ServerError> {
+    let roots = match &info.root_cert {
+        Some(RootCert::Pem(pem)) => vec![pem.clone().into()],
+        Some(RootCert::File(path)) => vec![std::path::PathBuf::from(path).into()],
+        Some(RootCert::System) | None => vec![],
+    };
+    let has_ca = info.root_cert.is_some();
+    Ok(match mode {
+        SslMode::Disable => None,
+        SslMode::Prefer | SslMode::Require if !has_ca => Some(
+            SslOpts::default()
+                .with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true),
+        ),
+        // libpq: require with a CA verifies the chain, like verify-ca.
+        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa => {
+            if !has_ca {
+                return Err(ConnectError::RootCertRequired(mode.as_str()).into());
+            }
+            Some(
+                SslOpts::default()
+                    .with_root_certs(roots)
+                    .with_danger_skip_domain_validation(true),
+            )
+        }
+        SslMode::VerifyFull => Some(SslOpts::default().with_root_certs(roots)),
+    })
+}
+
+/// Connects as the admin, within the budget (waiting at most `wait` for a slot).
+pub async fn connect(
+    info: &ConnInfo,
+    budget: &ConnectionBudget,
+    wait: Duration,
+    connect_timeout: Duration,
+) -> Result<MySession, ServerError> {
+    let config = &info.config;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => return Err(ServerError::Unreachable("no TCP host in the Secret".into())),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(3306);
+    let user = config.get_user().unwrap_or_default().to_owned();
+    let password = config
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let key = ServerKey {
+        host: host.clone(),
+        port,
+        dbname: String::new(),
+        user: user.clone(),
+    };
+    let slot = budget
+        .server(&key)
+        .acquire(wait)
+        .await
+        .ok_or(ServerError::Budget)?;
+    let mode = info.effective_ssl_mode();
+    let opts = |ssl: Option<SslOpts>| {
+        OptsBuilder::default()
+            .ip_or_hostname(host.clone())
+            .tcp_port(port)
+            .user(Some(user.clone()))
+            .pass(password.clone())
+            .prefer_socket(false)
+            .ssl_opts(ssl)
+            .init(vec![sql::MY_SESSION])
+    };
+    let attempt = |ssl| {
+        let opts = opts(ssl);
+        async move {
+            tokio::time::timeout(connect_timeout, Conn::new(opts))
+                .await
+                .map_err(|_| ServerError::Unreachable("timed out".into()))?
+                .map_err(|e| connect_error(&e))
+        }
+    };
+    let conn = match attempt(ssl_opts(info, mode)?).await {
+        // libpq's prefer: TLS when the server offers it, plain text otherwise.
+        Err(_) if mode == SslMode::Prefer && info.root_cert.is_none() => attempt(None).await?,
+        other => other?,
+    };
+    Ok(MySession {
+        conn,
+        _slot: slot,
+        records_ready: false,
+    })
+}
+
+fn connect_error(e: &mysql_async::Error) -> ServerError {
+    match e {
+        // 1045: access denied (wrong user or password); the message names the user only.
+        mysql_async::Error::Server(s) if s.code == 1045 || s.code == 1044 => {
+            ServerError::Authentication(format!("MySQL error {}: {}", s.code, s.message))
+        }
+        mysql_async::Error::Server(s) => {
+            ServerError::Unreachable(format!("MySQL error {}", s.code))
+        }
+        other => ServerError::Unreachable(other.to_string()),
+    }
+}
+
+/// A statement's failure: the server's error code, and its message only
+/// when the statement carried no password (syntax errors quote the text).
+fn failed(what: &str, e: &mysql_async::Error, quote_message: bool) -> ServerError {
+    let message = match e {
+        mysql_async::Error::Server(s) if quote_message => {
+            format!("MySQL error {}: {}", s.code, s.message)
+        }
+        mysql_async::Error::Server(s) => format!("MySQL error {}", s.code),
+        other => other.to_string(),
+    };
+    ServerError::Statement {
+        what: what.to_owned(),
+        message,
+    }
+}
+
+impl MySession {
+    async fn ensure_records(&mut self) -> Result<(), ServerError> {
+        if self.records_ready {
+            return Ok(());
+        }
+        let exists: Option<u64> = self
+            .conn
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = 'dbqo' AND TABLE_NAME = 'ownership'",
+            )
+            .await
+            .map_err(|e| failed("reading the ownership records", &e, true))?;
+        if exists.unwrap_or(0) == 0 {
+            for statement in sql::create_records(Engine::Mariadb) {
+                self.conn
+                    .query_drop(statement)
+                    .await
+                    .map_err(|e| failed("creating the ownership records", &e, true))?;
+            }
+        }
+        self.records_ready = true;
+        Ok(())
+    }
+}
+
+impl Session for MySession {
+    async fn facts(&mut self) -> Result<ServerFacts, ServerError> {
+        let version: Option<String> = self
+            .conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(|e| failed("reading the server's version", &e, true))?;
+        // The admin's global privileges and whether it may grant them.
+        let rows: Vec<(String, String)> = self
+            .conn
+            .query(
+                "SELECT PRIVILEGE_TYPE, IS_GRANTABLE FROM information_schema.USER_PRIVILEGES \
+                 WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
+                 SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
+            )
+            .await
+            .map_err(|e| failed("reading the admin's privileges", &e, true))?;
+        let has = |p: &str| rows.iter().any(|(name, _)| name == p);
+        let mut missing_rights = Vec::new();
+        for needed in ["CREATE USER", "CREATE"] {
+            if !has(needed) {
+                missing_rights.push(needed.to_owned());
+            }
+        }
+        if !rows.iter().any(|(_, grantable)| grantable == "YES") {
+            missing_rights.push("GRANT OPTION".to_owned());
+        }
+        Ok(ServerFacts {
+            version: version.unwrap_or_default(),
+            missing_rights,
+        })
+    }
+
+    async fn observe(&mut self, request: &Request) -> Result<Observed, ServerError> {
+        self.ensure_records().await?;
+        let row: Option<(u64, u64, Option<String>, Option<String>, Option<String>)> = self
+            .conn
+            .exec_first(
+                "SELECT \
+                   (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?), \
+                   (SELECT COUNT(*) FROM mysql.user WHERE User = ? AND Host = '%'), \
+                   (SELECT owner_uid FROM dbqo.ownership WHERE object = 'database' AND name = ?), \
+                   (SELECT owner_uid FROM dbqo.ownership WHERE object = 'user' AND name = ?), \
+                   (SELECT privileges FROM dbqo.ownership WHERE object = 'database' AND name = ?)",
+                (
+                    &request.database,
+                    &request.username,
+                    &request.database,
+                    &request.username,
+                    &request.database,
+                ),
+            )
+            .await
+            .map_err(|e| failed("reading the database and the user", &e, true))?;
+        let (db, user, db_owner, user_owner, privileges) = row.unwrap_or_default();
+        Ok(Observed {
+            database: Found {
+                exists: db > 0,
+                recorded_owner: db_owner,
+            },
+            user: Found {
+                exists: user > 0,
+                recorded_owner: user_owner,
+            },
+            privileges,
+        })
+    }
+
+    async fn claim(
+        &mut self,
+        request: &Request,
+        claimant: &Claimant,
+    ) -> Result<Observed, ServerError> {
+        self.ensure_records().await?;
+        self.conn
+            .exec_drop(
+                "INSERT IGNORE INTO dbqo.ownership (object, name, owner_uid, owner) \
+                 VALUES ('database', ?, ?, ?), ('user', ?, ?, ?)",
+                (
+                    &request.database,
+                    &claimant.uid,
+                    &claimant.name,
+                    &request.username,
+                    &claimant.uid,
+                    &claimant.name,
+                ),
+            )
+            .await
+            .map_err(|e| failed("recording ownership", &e, true))?;
+        self.observe(request).await
+    }
+
+    async fn execute(&mut self, statements: &[String]) -> Result<(), ServerError> {
+        for statement in statements {
+            let kind = statement_kind(statement);
+            let carries_password = statement.contains(" IDENTIFIED BY ");
+            self.conn
+                .query_drop(statement)
+                .await
+                .map_err(|e| failed(&kind, &e, !carries_password))?;
+        }
+        Ok(())
+    }
+
+    async fn execute_inside(
+        &mut self,
+        _request: &Request,
+        statements: &[String],
+    ) -> Result<(), ServerError> {
+        self.execute(statements).await
+    }
+
+    async fn missing_extensions(&mut self, _request: &Request) -> Result<Vec<String>, ServerError> {
+        Ok(Vec::new())
+    }
+
+    async fn record_privileges(
+        &mut self,
+        request: &Request,
+        text: &str,
+    ) -> Result<(), ServerError> {
+        self.conn
+            .exec_drop(
+                "UPDATE dbqo.ownership SET privileges = ? WHERE object = 'database' AND name = ?",
+                (text, &request.database),
+            )
+            .await
+            .map_err(|e| failed("recording privileges", &e, true))
+    }
+
+    async fn forget(&mut self, request: &Request, uid: &str) -> Result<(), ServerError> {
+        self.conn
+            .exec_drop(
+                "DELETE FROM dbqo.ownership WHERE owner_uid = ? AND \
+                 ((object = 'database' AND name = ?) OR (object = 'user' AND name = ?))",
+                (uid, &request.database, &request.username),
+            )
+            .await
+            .map_err(|e| failed("removing ownership records", &e, true))
+    }
+}

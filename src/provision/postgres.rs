@@ -1,0 +1,247 @@
+//! [`Session`] on PostgreSQL: tokio-postgres, one admin connection in the
+//! admin's database (where the ownership records live) and, when needed,
+//! one inside the team's database; each holds a slot of the server's
+//! connection budget.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::adopt::Found;
+use super::error::{statement_kind, ServerError};
+use super::request::Request;
+use super::session::{Claimant, Observed, ServerFacts, Session};
+use super::sql;
+use crate::db::{self, ConnInfo, ConnectionBudget, ServerKey, Slot};
+
+pub struct PgSession {
+    info: ConnInfo,
+    budget: ConnectionBudget,
+    wait: Duration,
+    admin: (Client, Slot),
+    records_ready: bool,
+}
+
+/// Connects as the admin, within the budget (waiting at most `wait` for a slot).
+pub async fn connect(
+    info: ConnInfo,
+    budget: &ConnectionBudget,
+    wait: Duration,
+) -> Result<PgSession, ServerError> {
+    let admin = open(&info, budget, wait).await?;
+    Ok(PgSession {
+        info,
+        budget: budget.clone(),
+        wait,
+        admin,
+        records_ready: false,
+    })
+}
+
+async fn open(
+    info: &ConnInfo,
+    budget: &ConnectionBudget,
+    wait: Duration,
+) -> Result<(Client, Slot), ServerError> {
+    let slot = budget
+        .server(&ServerKey::of(&info.config))
+        .acquire(wait)
+        .await
+        .ok_or(ServerError::Budget)?;
+    let client = db::connect(info).await?;
+    Ok((client, slot))
+}
+
+fn failed(what: &str, e: &tokio_postgres::Error) -> ServerError {
+    ServerError::Statement {
+        what: what.to_owned(),
+        message: db::describe(e),
+    }
+}
+
+impl PgSession {
+    async fn ensure_records(&mut self) -> Result<(), ServerError> {
+        if self.records_ready {
+            return Ok(());
+        }
+        let exists: bool = self
+            .admin
+            .0
+            .query_one("SELECT to_regclass('dbqo.ownership') IS NOT NULL", &[])
+            .await
+            .map_err(|e| failed("reading the ownership records", &e))?
+            .get(0);
+        if !exists {
+            for statement in sql::create_records(crate::api::server::Engine::Postgres) {
+                self.admin
+                    .0
+                    .batch_execute(&statement)
+                    .await
+                    .map_err(|e| failed("creating the ownership records", &e))?;
+            }
+        }
+        self.records_ready = true;
+        Ok(())
+    }
+}
+
+impl Session for PgSession {
+    async fn facts(&mut self) -> Result<ServerFacts, ServerError> {
+        let row = self
+            .admin
+            .0
+            .query_one(
+                "SELECT current_setting('server_version'), rolsuper, rolcreatedb, rolcreaterole \
+                 FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| failed("reading the server's version", &e))?;
+        let (superuser, createdb, createrole): (bool, bool, bool) =
+            (row.get(1), row.get(2), row.get(3));
+        let mut missing_rights = Vec::new();
+        if !superuser && !createdb {
+            missing_rights.push("CREATEDB".to_owned());
+        }
+        if !superuser && !createrole {
+            missing_rights.push("CREATEROLE".to_owned());
+        }
+        Ok(ServerFacts {
+            version: row.get(0),
+            missing_rights,
+        })
+    }
+
+    async fn observe(&mut self, request: &Request) -> Result<Observed, ServerError> {
+        self.ensure_records().await?;
+        let row = self
+            .admin
+            .0
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1), \
+                        EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2), \
+                        (SELECT owner_uid FROM dbqo.ownership WHERE object = 'database' AND name = $1), \
+                        (SELECT owner_uid FROM dbqo.ownership WHERE object = 'user' AND name = $2), \
+                        (SELECT privileges FROM dbqo.ownership WHERE object = 'database' AND name = $1)",
+                &[&request.database, &request.username],
+            )
+            .await
+            .map_err(|e| failed("reading the database and the user", &e))?;
+        Ok(Observed {
+            database: Found {
+                exists: row.get(0),
+                recorded_owner: row.get(2),
+            },
+            user: Found {
+                exists: row.get(1),
+                recorded_owner: row.get(3),
+            },
+            privileges: row.get(4),
+        })
+    }
+
+    async fn claim(
+        &mut self,
+        request: &Request,
+        claimant: &Claimant,
+    ) -> Result<Observed, ServerError> {
+        self.ensure_records().await?;
+        self.admin
+            .0
+            .execute(
+                "INSERT INTO dbqo.ownership (object, name, owner_uid, owner) \
+                 VALUES ('database', $1, $3, $4), ('user', $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[
+                    &request.database,
+                    &request.username,
+                    &claimant.uid,
+                    &claimant.name,
+                ],
+            )
+            .await
+            .map_err(|e| failed("recording ownership", &e))?;
+        self.observe(request).await
+    }
+
+    async fn execute(&mut self, statements: &[String]) -> Result<(), ServerError> {
+        for statement in statements {
+            self.admin
+                .0
+                .batch_execute(statement)
+                .await
+                .map_err(|e| failed(&statement_kind(statement), &e))?;
+        }
+        Ok(())
+    }
+
+    async fn execute_inside(
+        &mut self,
+        request: &Request,
+        statements: &[String],
+    ) -> Result<(), ServerError> {
+        if statements.is_empty() {
+            return Ok(());
+        }
+        let mut info = self.info.clone();
+        info.config.dbname(&request.database);
+        let (client, _slot) = open(&info, &self.budget, self.wait).await?;
+        for statement in statements {
+            client
+                .batch_execute(statement)
+                .await
+                .map_err(|e| failed(&statement_kind(statement), &e))?;
+        }
+        Ok(())
+    }
+
+    async fn missing_extensions(&mut self, request: &Request) -> Result<Vec<String>, ServerError> {
+        if request.extensions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut info = self.info.clone();
+        info.config.dbname(&request.database);
+        let (client, _slot) = open(&info, &self.budget, self.wait).await?;
+        let present: Vec<String> = client
+            .query("SELECT extname FROM pg_extension", &[])
+            .await
+            .map_err(|e| failed("reading extensions", &e))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        Ok(request
+            .extensions
+            .iter()
+            .filter(|e| !present.contains(e))
+            .cloned()
+            .collect())
+    }
+
+    async fn record_privileges(
+        &mut self,
+        request: &Request,
+        text: &str,
+    ) -> Result<(), ServerError> {
+        self.admin
+            .0
+            .execute(
+                "UPDATE dbqo.ownership SET privileges = $2 WHERE object = 'database' AND name = $1",
+                &[&request.database, &text],
+            )
+            .await
+            .map_err(|e| failed("recording privileges", &e))?;
+        Ok(())
+    }
+
+    async fn forget(&mut self, request: &Request, uid: &str) -> Result<(), ServerError> {
+        self.admin
+            .0
+            .execute(
+                "DELETE FROM dbqo.ownership WHERE owner_uid = $3 AND \
+                 ((object = 'database' AND name = $1) OR (object = 'user' AND name = $2))",
+                &[&request.database, &request.username, &uid],
+            )
+            .await
+            .map_err(|e| failed("removing ownership records", &e))?;
+        Ok(())
+    }
+}
