@@ -5,12 +5,15 @@
 //!
 //! - [`supervisor::Supervisor`] watches DBQRs and keeps one actor per DBQR.
 //! - [`query::QueryActor`] owns one DBQR's pool and timers and runs its passes.
+//! - [`provision::ProvisionSupervisor`] watches `DatabaseServer`s and
+//!   `Database`s and keeps one [`provision::database::DatabaseActor`] per `Database`.
 //! - [`writer::KubeWriter`] is the one place that talks to the API server.
 #![forbid(unsafe_code)]
 
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod provision;
 pub mod query;
 pub mod supervisor;
 pub mod writer;
@@ -140,6 +143,9 @@ async fn operate(
         config = config.labels(selector);
     }
     let events = watcher(api, config).default_backoff().boxed_local();
+    let provisioning =
+        provision::ProvisionSupervisor::new(client.clone(), writer.clone(), settings.clone())
+            .start();
     let supervisor = supervisor::Supervisor::new(
         events,
         writer.clone(),
@@ -156,6 +162,7 @@ async fn operate(
     let started = Instant::now();
     tracing::info!(drain = ?settings.drain, "shutting down");
     let drained = tokio::time::timeout(settings.drain, async {
+        let _ = provisioning.send(provision::Shutdown).await;
         let _ = supervisor.send(supervisor::Shutdown).await;
         writer.drain().await;
     })

@@ -543,6 +543,44 @@ pub async fn set_dbqr_finalizers(
     Ok(())
 }
 
+/// Merge-patches the status subresource of a namespaced object of `resource`
+/// (the operator's own kinds) to `status`.
+pub async fn patch_status(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: &str,
+    name: &str,
+    status: &Json,
+) -> Result<(), KubeError> {
+    api(client, resource, Some(namespace))
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({ "status": status })),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Replaces the finalizers of a namespaced object of `resource`, if it is
+/// still at `resource_version`.
+pub async fn set_finalizers(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: &str,
+    name: &str,
+    resource_version: Option<&str>,
+    finalizers: &[String],
+) -> Result<(), KubeError> {
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": resource_version }
+    });
+    api(client, resource, Some(namespace))
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
 /// Publishes an Event about the object `regarding`.
 pub async fn publish_event(
     client: &Client,

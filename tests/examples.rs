@@ -30,9 +30,10 @@ fn examples() -> Vec<std::path::PathBuf> {
 fn committed_crds_match_the_rust_types() {
     for (plural, _) in dbqo::cli::crds() {
         let file = format!("chart/crds/{plural}.dbqo.dev.yaml");
-        let committed =
-            std::fs::read_to_string(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(&file))
-                .unwrap_or_default();
+        let committed = std::fs::read_to_string(
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(&file),
+        )
+        .unwrap_or_default();
         assert!(
             Some(committed) == dbqo::cli::crd_yaml_of(plural),
             "{file} is stale: run `cargo run -q -- crd {plural} > {file}`"

@@ -308,7 +308,13 @@ async fn raw_apply_watched(
     })
     .await;
     let t = Instant::now();
-    raw_apply(client, ns, &with_value(objects, suffix), OPERATOR_CONCURRENCY).await;
+    raw_apply(
+        client,
+        ns,
+        &with_value(objects, suffix),
+        OPERATOR_CONCURRENCY,
+    )
+    .await;
     let done = seen
         .until(Duration::from_secs(120), |m| {
             names

@@ -339,6 +339,54 @@ impl WriterHandle {
         Ok(())
     }
 
+    /// Merge-patches the status of one of the operator's own objects
+    /// (`DatabaseServer`, `Database`).
+    pub async fn patch_status(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        name: &str,
+        status: &serde_json::Value,
+    ) -> Result<(), KubeError> {
+        let (resource, namespace, name, status) = (
+            resource.clone(),
+            namespace.to_owned(),
+            name.to_owned(),
+            status.clone(),
+        );
+        self.request(|client| async move {
+            kube_api::patch_status(&client, &resource, &namespace, &name, &status).await
+        })
+        .await
+    }
+
+    /// Replaces the finalizers of one of the operator's own objects, if it
+    /// is still at `resource_version`.
+    pub async fn set_finalizers(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        name: &str,
+        resource_version: Option<&str>,
+        finalizers: &[String],
+    ) -> Result<(), KubeError> {
+        let (resource, namespace, name) = (resource.clone(), namespace.to_owned(), name.to_owned());
+        let (resource_version, finalizers) =
+            (resource_version.map(str::to_owned), finalizers.to_vec());
+        self.request(|client| async move {
+            kube_api::set_finalizers(
+                &client,
+                &resource,
+                &namespace,
+                &name,
+                resource_version.as_deref(),
+                &finalizers,
+            )
+            .await
+        })
+        .await
+    }
+
     /// Waits until every request sent so far has finished.
     pub async fn drain(&self) {
         let _ = self.addr.send(Drain).await;

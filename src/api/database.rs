@@ -105,6 +105,7 @@ pub struct DatabaseStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "phase_schema")]
     pub phase: Option<Phase>,
     /// The database name in use (the default resolved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +116,15 @@ pub struct DatabaseStatus {
     /// `Ready`, with a stable reason when it is not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The phase as a plain string enum: an `Option` would add `null` to the
+/// enum, which API servers before 1.21 refuse in a CRD.
+fn phase_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["Pending", "Creating", "Ready", "Error", "Deleting"],
+    })
 }
 
 fn default_privileges() -> Vec<String> {

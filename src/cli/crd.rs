@@ -1,5 +1,5 @@
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 use crate::api::{database::Database, server::DatabaseServer, DatabaseQueryResource};
 

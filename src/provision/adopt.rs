@@ -19,7 +19,9 @@ pub struct Found {
 pub enum SecretFound {
     Absent,
     /// Owned by this `Database`; its password, if it holds one.
-    Ours { password: Option<String> },
+    Ours {
+        password: Option<String>,
+    },
     /// Someone else's Secret of that name.
     NotOurs,
 }
@@ -136,7 +138,13 @@ mod tests {
     #[test]
     fn absent_everything_is_created() {
         assert_eq!(
-            decide(UID, &found(false, None), &found(false, None), &SecretFound::Absent, false),
+            decide(
+                UID,
+                &found(false, None),
+                &found(false, None),
+                &SecretFound::Absent,
+                false
+            ),
             Verdict::Proceed {
                 create_user: true,
                 create_database: true,
@@ -148,7 +156,13 @@ mod tests {
     #[test]
     fn ours_is_kept_with_its_password() {
         assert_eq!(
-            decide(UID, &found(true, Some(UID)), &found(true, Some(UID)), &ours(), false),
+            decide(
+                UID,
+                &found(true, Some(UID)),
+                &found(true, Some(UID)),
+                &ours(),
+                false
+            ),
             Verdict::Proceed {
                 create_user: false,
                 create_database: false,
@@ -166,7 +180,11 @@ mod tests {
             (found(false, Some(UID)), found(true, Some("other")), ours()),
             (found(false, None), found(false, None), SecretFound::NotOurs),
             // A record of another Database for an object not (yet) created.
-            (found(false, Some("other")), found(false, None), SecretFound::Absent),
+            (
+                found(false, Some("other")),
+                found(false, None),
+                SecretFound::Absent,
+            ),
         ] {
             let verdict = decide(UID, &db, &user, &secret, true);
             assert!(
@@ -201,5 +219,4 @@ mod tests {
             }
         );
     }
-
 }

@@ -73,6 +73,23 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// The credentials Secret as the adoption rules see it: ours when the
+/// `Database` with `uid` owns it.
+pub fn found(secret: Option<&crate::kube_api::SecretData>, uid: &str) -> super::adopt::SecretFound {
+    use super::adopt::SecretFound;
+    match secret {
+        None => SecretFound::Absent,
+        Some(s) if s.owners.iter().any(|o| o == uid) => SecretFound::Ours {
+            password: s
+                .data
+                .get(PASSWORD_KEY)
+                .and_then(|p| String::from_utf8(p.clone()).ok())
+                .filter(|p| !p.is_empty()),
+        },
+        Some(_) => SecretFound::NotOurs,
+    }
+}
+
 /// Whether a Secret already holds exactly `data` (then nothing is written).
 pub fn unchanged(current: &BTreeMap<String, Vec<u8>>, data: &BTreeMap<String, String>) -> bool {
     current.len() == data.len()

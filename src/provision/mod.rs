@@ -10,6 +10,7 @@
 //! pass over the same [`session::Session`].
 
 pub mod adopt;
+pub mod connect;
 pub mod credentials;
 pub mod error;
 pub mod mysql;
@@ -19,3 +20,4 @@ pub mod reconcile;
 pub mod request;
 pub mod session;
 pub mod sql;
+pub mod status;

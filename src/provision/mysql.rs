@@ -169,6 +169,10 @@ impl MySession {
     }
 }
 
+/// One row of `observe`: database count, user count, the owners recorded
+/// for each, the privileges recorded.
+type ObservedRow = (u64, u64, Option<String>, Option<String>, Option<String>);
+
 impl Session for MySession {
     async fn facts(&mut self) -> Result<ServerFacts, ServerError> {
         let version: Option<String> = self
@@ -204,7 +208,7 @@ impl Session for MySession {
 
     async fn observe(&mut self, request: &Request) -> Result<Observed, ServerError> {
         self.ensure_records().await?;
-        let row: Option<(u64, u64, Option<String>, Option<String>, Option<String>)> = self
+        let row: Option<ObservedRow> = self
             .conn
             .exec_first(
                 "SELECT \

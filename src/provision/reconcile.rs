@@ -112,7 +112,7 @@ pub async fn provision<S: Session>(
             .await?;
     }
     if create_database {
-        session.execute(&[sql::create_database(request)]).await?;
+        session.execute(&sql::create_database(request)).await?;
     }
     let wanted = request.privileges_text();
     let privileges_changed = observed.privileges.as_deref() != Some(wanted.as_str());

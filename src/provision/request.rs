@@ -155,7 +155,10 @@ pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, 
         None => database.name_any().replace('-', "_"),
     };
     check_name("databaseName", &database_name, 63)?;
-    let username = spec.username.clone().unwrap_or_else(|| database_name.clone());
+    let username = spec
+        .username
+        .clone()
+        .unwrap_or_else(|| database_name.clone());
     // MySQL user names are at most 32 characters (MariaDB allows 80).
     let user_max = if engine == Engine::Mysql { 32 } else { 63 };
     check_name("username", &username, user_max)?;
@@ -386,18 +389,10 @@ mod tests {
             "a\\b",
             &"a".repeat(64),
         ] {
-            let e = resolve(
-                &database("t", "x", json!({ "databaseName": name })),
-                &s,
-            )
-            .unwrap_err();
+            let e = resolve(&database("t", "x", json!({ "databaseName": name })), &s).unwrap_err();
             assert_eq!(e.reason(), "InvalidSpec", "{name}");
         }
-        let e = resolve(
-            &database("t", "x", json!({"charset": "utf8'; DROP"})),
-            &s,
-        )
-        .unwrap_err();
+        let e = resolve(&database("t", "x", json!({"charset": "utf8'; DROP"})), &s).unwrap_err();
         assert_eq!(e.reason(), "InvalidSpec");
     }
 
@@ -417,7 +412,11 @@ mod tests {
             json!({"allowedNamespaces": ["*"], "allowedPrivileges": ["select", "insert"]}),
         );
         let r = resolve(
-            &database("t", "x", json!({"privileges": ["insert", "SELECT", "select"]})),
+            &database(
+                "t",
+                "x",
+                json!({"privileges": ["insert", "SELECT", "select"]}),
+            ),
             &s,
         )
         .unwrap();
@@ -452,9 +451,16 @@ mod tests {
             "postgres",
             json!({"allowedNamespaces": ["*"], "allowedExtensions": ["pgcrypto"]}),
         );
-        assert!(resolve(&database("t", "x", json!({"extensions": ["pgcrypto"]})), &pg).is_ok());
-        let e = resolve(&database("t", "x", json!({"extensions": ["plpython3u"]})), &pg)
-            .unwrap_err();
+        assert!(resolve(
+            &database("t", "x", json!({"extensions": ["pgcrypto"]})),
+            &pg
+        )
+        .is_ok());
+        let e = resolve(
+            &database("t", "x", json!({"extensions": ["plpython3u"]})),
+            &pg,
+        )
+        .unwrap_err();
         assert_eq!(e.reason(), "NotAllowed");
         assert!(resolve(&database("t", "x", json!({"charset": "utf8mb4"})), &pg).is_err());
         let m = server("mariadb", json!({"allowedNamespaces": ["*"]}));

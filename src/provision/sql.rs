@@ -15,7 +15,9 @@ pub fn pg_ident(name: &str) -> String {
 
 /// `'text'` (PostgreSQL), backslashes handled with an `E''` literal.
 pub fn pg_literal(text: &str) -> String {
-    postgres_protocol::escape::escape_literal(text).trim().to_owned()
+    postgres_protocol::escape::escape_literal(text)
+        .trim()
+        .to_owned()
 }
 
 /// `` `name` ``, backticks doubled (MySQL).
@@ -26,7 +28,12 @@ pub fn my_ident(name: &str) -> String {
 /// A database name as a GRANT pattern (MySQL): `_` and `%` are wildcards
 /// there, so `team_a` would also grant on `teamXa`; both are escaped.
 pub fn my_grant_db(name: &str) -> String {
-    my_ident(&name.replace('\\', "\\\\").replace('_', "\\_").replace('%', "\\%"))
+    my_ident(
+        &name
+            .replace('\\', "\\\\")
+            .replace('_', "\\_")
+            .replace('%', "\\%"),
+    )
 }
 
 /// `'text'`, escaped by the driver for a session in `NO_BACKSLASH_ESCAPES` mode.
@@ -103,8 +110,24 @@ fn scram(password: &str) -> String {
     postgres_protocol::password::scram_sha_256(password.as_bytes())
 }
 
-/// CREATE DATABASE with the creation options.
-pub fn create_database(request: &Request) -> String {
+/// CREATE DATABASE with the creation options; on PostgreSQL also the
+/// revocation of the `CONNECT` and `TEMPORARY` every role gets on a new
+/// database by default (other teams must not even connect).
+pub fn create_database(request: &Request) -> Vec<String> {
+    let create = create_database_statement(request);
+    match request.engine {
+        Engine::Postgres => vec![
+            create,
+            format!(
+                "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+                pg_ident(&request.database)
+            ),
+        ],
+        _ => vec![create],
+    }
+}
+
+fn create_database_statement(request: &Request) -> String {
     let options = &request.options;
     match request.engine {
         Engine::Postgres => {
@@ -194,7 +217,9 @@ pub fn pg_schema_privileges(request: &Request, replace: bool) -> Vec<String> {
     let mut sql = Vec::new();
     if replace {
         sql.push(format!("REVOKE ALL ON SCHEMA public FROM {user}"));
-        sql.push(format!("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {user}"));
+        sql.push(format!(
+            "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {user}"
+        ));
         sql.push(format!(
             "REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {user}"
         ));
@@ -207,7 +232,9 @@ pub fn pg_schema_privileges(request: &Request, replace: bool) -> Vec<String> {
     }
     if is_all(request) {
         sql.push(format!("GRANT ALL ON SCHEMA public TO {user}"));
-        sql.push(format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {user}"));
+        sql.push(format!(
+            "GRANT ALL ON ALL TABLES IN SCHEMA public TO {user}"
+        ));
         sql.push(format!(
             "GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {user}"
         ));
@@ -316,7 +343,9 @@ mod tests {
             ]
         );
         let schema = pg_schema_privileges(&select, false);
-        assert!(schema.contains(&"GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"team_a\"".into()));
+        assert!(
+            schema.contains(&"GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"team_a\"".into())
+        );
         let my = request(Engine::Mariadb, &["INSERT", "SELECT"]);
         assert_eq!(
             database_privileges(&my, true),
@@ -334,13 +363,16 @@ mod tests {
         r.options.locale = Some("C".into());
         assert_eq!(
             create_database(&r),
-            "CREATE DATABASE \"team_a\" TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'"
+            vec![
+                "CREATE DATABASE \"team_a\" TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'",
+                "REVOKE ALL ON DATABASE \"team_a\" FROM PUBLIC"
+            ]
         );
         let mut m = request(Engine::Mariadb, &["ALL"]);
         m.options.collation = Some("utf8mb4_unicode_ci".into());
         assert_eq!(
             create_database(&m),
-            "CREATE DATABASE `team_a` CHARACTER SET `utf8mb4` COLLATE `utf8mb4_unicode_ci`"
+            vec!["CREATE DATABASE `team_a` CHARACTER SET `utf8mb4` COLLATE `utf8mb4_unicode_ci`"]
         );
     }
 }

@@ -1,5 +1,5 @@
 //! A real test environment on loopback: etcd + kube-apiserver +
-//! kube-controller-manager, and PostgreSQL, started from Rust.
+//! kube-controller-manager, PostgreSQL and (per test) MariaDB, started from Rust.
 //!
 //! `testenv run -- <command>` starts one environment for a whole test run and
 //! hands it to every test process through `DBQO_TESTENV`; [`shared`] reads
@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control_plane;
+pub mod mariadb;
 pub mod node;
 pub mod postgres;
 pub mod process;
@@ -21,6 +22,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use control_plane::{ControlPlane, ControlPlaneInfo};
+pub use mariadb::{MariaDb, MariaDbInfo, MariaDbOptions};
 pub use node::{Node, NodeInfo};
 pub use postgres::{Postgres, PostgresInfo, PostgresOptions};
 

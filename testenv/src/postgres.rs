@@ -97,7 +97,7 @@ fn run_as_prefix(dir: &Path) -> Result<Vec<String>, Error> {
         .to_vec())
 }
 
-fn make_tls(dir: &Path) -> Result<PathBuf, Error> {
+pub(crate) fn make_tls(dir: &Path) -> Result<PathBuf, Error> {
     let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
     run(
         "openssl",

@@ -1,0 +1,236 @@
+//! Databases for teams, on the same actor design as the query side:
+//! [`ProvisionSupervisor`] watches `DatabaseServer`s (a reflector store the
+//! `Database` actors read without a message) and `Database`s, keeps one
+//! [`database::DatabaseActor`] per `Database`, tells the actors of a server
+//! when it changes, and checks each server (reachable, version, the admin's
+//! rights) into its status. Kubernetes writes go through the shared writer;
+//! database connections through the operator's connection budget.
+
+pub mod database;
+mod server;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, StreamHandler, WrapFuture};
+use futures_util::{stream::LocalBoxStream, StreamExt};
+use kube::{
+    api::Api,
+    runtime::{
+        reflector::{self, store::Writer as StoreWriter, Store},
+        watcher, WatchStreamExt,
+    },
+    Client, ResourceExt,
+};
+
+use crate::writer::WriterHandle;
+use database::{Changed, DatabaseActor, ServerChanged, Stop};
+use dbqo::api::database::Database;
+use dbqo::api::server::DatabaseServer;
+use dbqo::settings::Settings;
+
+/// Servers are checked again this often (and on every change).
+const SERVER_CHECK: Duration = Duration::from_secs(300);
+
+type Key = (String, String);
+type DatabaseEvents = LocalBoxStream<'static, Result<watcher::Event<Database>, watcher::Error>>;
+type ServerEvents = LocalBoxStream<'static, Result<watcher::Event<DatabaseServer>, watcher::Error>>;
+
+pub struct ProvisionSupervisor {
+    streams: Option<(DatabaseEvents, ServerEvents)>,
+    servers: Store<DatabaseServer>,
+    writer: WriterHandle,
+    settings: Arc<Settings>,
+    actors: HashMap<Key, Running>,
+    /// Servers by key, with the resourceVersion last checked and the
+    /// generation their `Database`s last heard of.
+    checked: HashMap<Key, (String, Option<i64>)>,
+    /// Watch errors are logged once per kind until the watch works again
+    /// (an install without these CRDs keeps the query side running).
+    failing: [bool; 2],
+}
+
+struct Running {
+    uid: String,
+    /// Its `DatabaseServer`.
+    server: Key,
+    actor: Addr<DatabaseActor>,
+}
+
+/// Stops every `Database` actor (passes in flight finish on their own).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl ProvisionSupervisor {
+    pub fn new(client: Client, writer: WriterHandle, settings: Arc<Settings>) -> Self {
+        let mut config = watcher::Config::default();
+        if let Some(selector) = &settings.label_selector {
+            config = config.labels(selector);
+        }
+        let (databases, servers): (Api<Database>, Api<DatabaseServer>) =
+            match &settings.watch_namespace {
+                Some(ns) => (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client, ns),
+                ),
+                None => (Api::all(client.clone()), Api::all(client)),
+            };
+        let store_writer = StoreWriter::<DatabaseServer>::default();
+        let store = store_writer.as_reader();
+        let server_events = reflector::reflector(
+            store_writer,
+            watcher(servers, config.clone()).default_backoff(),
+        )
+        .boxed_local();
+        let database_events = watcher(databases, config).default_backoff().boxed_local();
+        Self {
+            streams: Some((database_events, server_events)),
+            servers: store,
+            writer,
+            settings,
+            actors: HashMap::new(),
+            checked: HashMap::new(),
+            failing: [false; 2],
+        }
+    }
+
+    fn on_database(&mut self, database: Database) {
+        let key = (
+            database.namespace().unwrap_or_default(),
+            database.name_any(),
+        );
+        let uid = database.uid().unwrap_or_default();
+        let server = (
+            database
+                .spec
+                .server_ref
+                .namespace
+                .clone()
+                .unwrap_or_else(|| key.0.clone()),
+            database.spec.server_ref.name.clone(),
+        );
+        if let Some(running) = self.actors.get(&key) {
+            if running.uid == uid && running.server == server && running.actor.connected() {
+                running.actor.do_send(Changed(Box::new(database)));
+                return;
+            }
+            running.actor.do_send(Stop);
+        }
+        tracing::info!(database = %key.1, namespace = %key.0, "starting database actor");
+        let actor = DatabaseActor::new(
+            database,
+            self.writer.clone(),
+            self.settings.clone(),
+            self.servers.clone(),
+        )
+        .start();
+        self.actors.insert(key, Running { uid, server, actor });
+    }
+
+    /// Tells the `Database`s of `server` that it changed.
+    fn tell(&self, server: &Key) {
+        for running in self.actors.values().filter(|r| &r.server == server) {
+            running.actor.do_send(ServerChanged);
+        }
+    }
+
+    fn on_server(&mut self, server: &DatabaseServer, ctx: &mut Context<Self>) {
+        let key = (server.namespace().unwrap_or_default(), server.name_any());
+        let version = server.resource_version().unwrap_or_default();
+        let generation = server.metadata.generation;
+        let before = self
+            .checked
+            .insert(key.clone(), (version.clone(), generation));
+        // Its own status writes change only the resourceVersion.
+        if before.as_ref().map(|(_, g)| *g) != Some(generation) {
+            self.tell(&key);
+        }
+        if before.map(|(v, _)| v) != Some(version) {
+            self.check(server.clone(), ctx);
+        }
+    }
+
+    fn check(&self, server: DatabaseServer, ctx: &mut Context<Self>) {
+        let (writer, settings) = (self.writer.clone(), self.settings.clone());
+        ctx.spawn(async move { server::check(&server, &writer, &settings).await }.into_actor(self));
+    }
+}
+
+impl Actor for ProvisionSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some((databases, servers)) = self.streams.take() {
+            ctx.add_stream(servers.map(Item::Server));
+            ctx.add_stream(databases.map(Item::Database));
+        }
+        ctx.run_interval(SERVER_CHECK, |act, ctx| {
+            for server in act.servers.state() {
+                act.check((*server).clone(), ctx);
+            }
+        });
+    }
+}
+
+enum Item {
+    Database(Result<watcher::Event<Database>, watcher::Error>),
+    Server(Result<watcher::Event<DatabaseServer>, watcher::Error>),
+}
+
+impl ProvisionSupervisor {
+    fn watch_failed(&mut self, which: usize, kind: &str, error: &watcher::Error) {
+        if !std::mem::replace(&mut self.failing[which], true) {
+            tracing::warn!(%kind, %error, "watch failed (are the CRDs installed and the RBAC granted?); retrying quietly");
+        } else {
+            tracing::debug!(%kind, %error, "watch failed; retrying");
+        }
+    }
+}
+
+impl StreamHandler<Item> for ProvisionSupervisor {
+    fn handle(&mut self, item: Item, ctx: &mut Context<Self>) {
+        match item {
+            Item::Database(Ok(event)) => {
+                self.failing[0] = false;
+                match event {
+                    watcher::Event::Apply(d) | watcher::Event::InitApply(d) => self.on_database(d),
+                    watcher::Event::Delete(d) => {
+                        let key = (d.namespace().unwrap_or_default(), d.name_any());
+                        if let Some(running) = self.actors.remove(&key) {
+                            running.actor.do_send(Stop);
+                        }
+                    }
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                }
+            }
+            Item::Server(Ok(event)) => {
+                self.failing[1] = false;
+                match event {
+                    watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                        self.on_server(&s, ctx)
+                    }
+                    watcher::Event::Delete(s) => {
+                        let key = (s.namespace().unwrap_or_default(), s.name_any());
+                        self.checked.remove(&key);
+                        self.tell(&key);
+                    }
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                }
+            }
+            Item::Database(Err(error)) => self.watch_failed(0, "Database", &error),
+            Item::Server(Err(error)) => self.watch_failed(1, "DatabaseServer", &error),
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
+impl Handler<Shutdown> for ProvisionSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
+        for (_, running) in self.actors.drain() {
+            running.actor.do_send(Stop);
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Statuses of `Database` and `DatabaseServer`: one `Ready` condition with
+//! a stable reason, written only when something in it changed (a converged
+//! resource costs no write), its transition time kept while it holds.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::database::{DatabaseStatus, Phase};
+use crate::api::server::DatabaseServerStatus;
+
+pub const READY: &str = "Ready";
+
+/// What the last pass came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub ready: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Verdict {
+    pub fn ready(message: impl Into<String>) -> Self {
+        Self {
+            ready: true,
+            reason: "Ready",
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ready: false,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The `Ready` condition for `verdict`, keeping `before`'s transition time
+/// while the status holds.
+fn ready_condition(
+    before: &[Condition],
+    verdict: &Verdict,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if verdict.ready { "True" } else { "False" };
+    let transition = match before.iter().find(|c| c.type_ == READY) {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    Condition {
+        type_: READY.into(),
+        status: status.into(),
+        reason: verdict.reason.into(),
+        message: verdict.message.clone(),
+        last_transition_time: transition,
+        observed_generation: generation,
+    }
+}
+
+/// A `Database`'s next status; `None` when it would not change.
+pub fn next_database_status(
+    before: Option<&DatabaseStatus>,
+    generation: Option<i64>,
+    phase: Phase,
+    names: Option<(&str, &str)>,
+    verdict: &Verdict,
+    now: Time,
+) -> Option<DatabaseStatus> {
+    let empty = DatabaseStatus::default();
+    let before = before.unwrap_or(&empty);
+    let next = DatabaseStatus {
+        observed_generation: generation,
+        phase: Some(phase),
+        database_name: names
+            .map(|(d, _)| d.to_owned())
+            .or_else(|| before.database_name.clone()),
+        username: names
+            .map(|(_, u)| u.to_owned())
+            .or_else(|| before.username.clone()),
+        conditions: vec![ready_condition(
+            &before.conditions,
+            verdict,
+            generation,
+            &now,
+        )],
+    };
+    (next != *before).then_some(next)
+}
+
+/// A `DatabaseServer`'s next status; `None` when it would not change.
+pub fn next_server_status(
+    before: Option<&DatabaseServerStatus>,
+    generation: Option<i64>,
+    facts: Option<(&str, &[String])>,
+    verdict: &Verdict,
+    now: Time,
+) -> Option<DatabaseServerStatus> {
+    let empty = DatabaseServerStatus::default();
+    let before = before.unwrap_or(&empty);
+    let next = DatabaseServerStatus {
+        observed_generation: generation,
+        reachable: Some(facts.is_some()),
+        server_version: facts
+            .map(|(v, _)| v.to_owned())
+            .or_else(|| before.server_version.clone()),
+        missing_rights: facts.map(|(_, m)| m.to_vec()).unwrap_or_default(),
+        conditions: vec![ready_condition(
+            &before.conditions,
+            verdict,
+            generation,
+            &now,
+        )],
+    };
+    (next != *before).then_some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(s: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())
+    }
+
+    #[test]
+    fn an_unchanged_status_is_not_written() {
+        let v = Verdict::ready("database and user ready");
+        let first =
+            next_database_status(None, Some(1), Phase::Ready, Some(("d", "u")), &v, time(1))
+                .unwrap();
+        assert_eq!(first.conditions[0].status, "True");
+        assert!(next_database_status(
+            Some(&first),
+            Some(1),
+            Phase::Ready,
+            Some(("d", "u")),
+            &v,
+            time(9)
+        )
+        .is_none());
+        let failed = Verdict::failed("ConnectionFailed", "cannot connect");
+        let second =
+            next_database_status(Some(&first), Some(1), Phase::Error, None, &failed, time(9))
+                .unwrap();
+        assert_eq!(second.conditions[0].last_transition_time, time(9));
+        assert_eq!(second.database_name.as_deref(), Some("d"), "names kept");
+    }
+
+    #[test]
+    fn server_status_reports_facts() {
+        let missing = vec!["CREATEROLE".to_owned()];
+        let s = next_server_status(
+            None,
+            Some(2),
+            Some(("15.4", &missing)),
+            &Verdict::failed("InsufficientPrivileges", "the admin lacks CREATEROLE"),
+            time(1),
+        )
+        .unwrap();
+        assert_eq!(s.reachable, Some(true));
+        assert_eq!(s.missing_rights, missing);
+        let down = next_server_status(
+            Some(&s),
+            Some(2),
+            None,
+            &Verdict::failed("ConnectionFailed", "x"),
+            time(2),
+        )
+        .unwrap();
+        assert_eq!(down.reachable, Some(false));
+        assert_eq!(down.server_version.as_deref(), Some("15.4"));
+    }
+}

@@ -1,0 +1,813 @@
+//! Databases for teams, end to end, on each engine: a real PostgreSQL and a
+//! real MariaDB started by the harness, the real control plane, the operator
+//! binary. What is asserted is what an application team sees: a Secret whose
+//! credentials work, rights that hold, databases other teams cannot reach,
+//! and what the server's own counters say the operator ran.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::operator::{create_secret, Operator};
+use common::{eventually, kube_client, namespace, unique};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    api::{Api, DeleteParams, Patch, PatchParams, PostParams},
+    Client,
+};
+use mysql_async::prelude::Queryable;
+use serde_json::{json, Value};
+
+use dbqo::api::database::{Database, Phase};
+use dbqo::api::server::DatabaseServer;
+
+const TEST_LABEL: &str = "dbqo.dev/test";
+/// A password alphabet with every character SQL text could trip on.
+const HOSTILE_ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz0123456789'\"\\;`$%@/:?#&*()-";
+const WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Engine {
+    Postgres,
+    MariaDb,
+}
+
+/// A database server of the test's own.
+enum Server {
+    Postgres(dbqo_testenv::Postgres),
+    MariaDb(dbqo_testenv::MariaDb),
+}
+
+impl Server {
+    async fn start(engine: Engine, name: &str) -> Self {
+        match engine {
+            Engine::Postgres => {
+                let pg = common::private_postgres(name, None).await;
+                let db = common::connect(&pg.info.url("postgres")).await;
+                db.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                    .await
+                    .unwrap();
+                Server::Postgres(pg)
+            }
+            Engine::MariaDb => {
+                let dir = dbqo_testenv::run_dir().with_extension(format!("{name}-maria"));
+                let server = tokio::task::spawn_blocking(move || {
+                    dbqo_testenv::MariaDb::start(&dir, dbqo_testenv::MariaDbOptions::default())
+                })
+                .await
+                .unwrap()
+                .expect("a MariaDB");
+                Server::MariaDb(server)
+            }
+        }
+    }
+
+    fn engine_name(&self) -> &'static str {
+        match self {
+            Server::Postgres(_) => "postgres",
+            Server::MariaDb(_) => "mariadb",
+        }
+    }
+
+    /// The admin connection Secret's keys.
+    fn admin_keys(&self) -> BTreeMap<&'static str, String> {
+        match self {
+            Server::Postgres(pg) => common::server_secret_keys(&pg.info, "postgres"),
+            Server::MariaDb(m) => BTreeMap::from([
+                ("host", m.info.host.clone()),
+                ("port", m.info.port.to_string()),
+                ("username", m.info.user.clone()),
+                ("password", m.info.password.clone()),
+                ("sslmode", "disable".to_owned()),
+            ]),
+        }
+    }
+
+    fn admin_password(&self) -> String {
+        match self {
+            Server::Postgres(pg) => pg.info.password.clone(),
+            Server::MariaDb(m) => m.info.password.clone(),
+        }
+    }
+
+    async fn admin(&self) -> Admin {
+        match self {
+            Server::Postgres(pg) => Admin::Postgres(
+                common::connect(&pg.info.url("postgres")).await,
+                pg.info.clone(),
+            ),
+            Server::MariaDb(m) => Admin::MariaDb(
+                mysql_async::Conn::new(
+                    mysql_async::OptsBuilder::default()
+                        .ip_or_hostname(m.info.host.clone())
+                        .tcp_port(m.info.port)
+                        .user(Some(m.info.user.clone()))
+                        .pass(Some(m.info.password.clone()))
+                        .prefer_socket(false),
+                )
+                .await
+                .expect("admin connection"),
+            ),
+        }
+    }
+}
+
+/// The test's own admin connection, for setting up and for checking.
+enum Admin {
+    Postgres(tokio_postgres::Client, dbqo_testenv::PostgresInfo),
+    MariaDb(mysql_async::Conn),
+}
+
+impl Admin {
+    async fn exec(&mut self, sql: &str) {
+        match self {
+            Admin::Postgres(c, _) => c.batch_execute(sql).await.expect(sql),
+            Admin::MariaDb(c) => c.query_drop(sql).await.expect(sql),
+        }
+    }
+
+    /// Runs `sql` inside database `db` as the admin.
+    async fn exec_in(&mut self, db: &str, sql: &str) {
+        match self {
+            Admin::Postgres(_, info) => {
+                let c = common::connect(&info.url(db)).await;
+                c.batch_execute(sql).await.expect(sql);
+            }
+            Admin::MariaDb(c) => {
+                c.query_drop(format!("USE `{db}`")).await.unwrap();
+                c.query_drop(sql).await.expect(sql);
+            }
+        }
+    }
+
+    async fn count(&mut self, pg: &str, my: &str, name: &str) -> i64 {
+        match self {
+            Admin::Postgres(c, _) => c.query_one(pg, &[&name]).await.unwrap().get(0),
+            Admin::MariaDb(c) => {
+                let n: Option<i64> = c.exec_first(my, (name,)).await.unwrap();
+                n.unwrap_or(0)
+            }
+        }
+    }
+
+    async fn database_exists(&mut self, name: &str) -> bool {
+        self.count(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+            name,
+        )
+        .await
+            > 0
+    }
+
+    async fn user_exists(&mut self, name: &str) -> bool {
+        self.count(
+            "SELECT count(*) FROM pg_roles WHERE rolname = $1",
+            "SELECT COUNT(*) FROM mysql.user WHERE User = ?",
+            name,
+        )
+        .await
+            > 0
+    }
+
+    /// Statements the server ran that can change something (`writes`) and
+    /// GRANT/REVOKE among them, from the server's own statistics.
+    async fn statements(&mut self) -> (i64, i64) {
+        match self {
+            Admin::Postgres(c, _) => {
+                let row = c
+                    .query_one(
+                        "SELECT coalesce(sum(calls) FILTER (WHERE query !~* '^\\s*(SELECT|SHOW|SET|BEGIN|COMMIT|ROLLBACK|DISCARD|RESET)'), 0)::bigint, \
+                                coalesce(sum(calls) FILTER (WHERE query ~* '^\\s*(GRANT|REVOKE|ALTER DEFAULT)'), 0)::bigint \
+                         FROM pg_stat_statements",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                (row.get(0), row.get(1))
+            }
+            Admin::MariaDb(c) => {
+                let rows: Vec<(String, String)> =
+                    c.query("SHOW GLOBAL STATUS LIKE 'Com_%'").await.unwrap();
+                let get = |name: &str| -> i64 {
+                    rows.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0)
+                };
+                let writes = [
+                    "Com_create_user",
+                    "Com_alter_user",
+                    "Com_drop_user",
+                    "Com_create_db",
+                    "Com_drop_db",
+                    "Com_grant",
+                    "Com_revoke",
+                    "Com_revoke_all",
+                    "Com_insert",
+                    "Com_update",
+                    "Com_delete",
+                    "Com_create_table",
+                ]
+                .iter()
+                .map(|n| get(n))
+                .sum();
+                (
+                    writes,
+                    get("Com_grant") + get("Com_revoke") + get("Com_revoke_all"),
+                )
+            }
+        }
+    }
+}
+
+/// A connection as an application, with a credentials Secret's data.
+enum App {
+    Postgres(tokio_postgres::Client),
+    MariaDb(mysql_async::Conn),
+}
+
+impl App {
+    async fn connect(
+        engine: Engine,
+        data: &BTreeMap<String, String>,
+        db: Option<&str>,
+    ) -> Result<Self, String> {
+        let db = db.unwrap_or(&data["dbname"]).to_owned();
+        match engine {
+            Engine::Postgres => {
+                let mut config = tokio_postgres::Config::new();
+                config
+                    .host(&data["host"])
+                    .port(data["port"].parse().unwrap())
+                    .user(&data["username"])
+                    .password(&data["password"])
+                    .dbname(&db);
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| format!("{:?}", e.as_db_error().map(|d| d.code().code())))?;
+                tokio::spawn(connection);
+                Ok(App::Postgres(client))
+            }
+            Engine::MariaDb => {
+                let opts = mysql_async::OptsBuilder::default()
+                    .ip_or_hostname(data["host"].clone())
+                    .tcp_port(data["port"].parse().unwrap())
+                    .user(Some(data["username"].clone()))
+                    .pass(Some(data["password"].clone()))
+                    .db_name(Some(db))
+                    .prefer_socket(false);
+                mysql_async::Conn::new(opts)
+                    .await
+                    .map(App::MariaDb)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn exec(&mut self, sql: &str) -> Result<(), String> {
+        match self {
+            App::Postgres(c) => c
+                .batch_execute(sql)
+                .await
+                .map_err(|e| format!("{:?}", e.as_db_error().map(|d| d.code().code()))),
+            App::MariaDb(c) => c.query_drop(sql).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The databases this user can see.
+    async fn databases(&mut self) -> Vec<String> {
+        match self {
+            App::Postgres(c) => c
+                .query(
+                    "SELECT datname FROM pg_database WHERE has_database_privilege(datname, 'CONNECT')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+            App::MariaDb(c) => c.query("SHOW DATABASES").await.unwrap(),
+        }
+    }
+}
+
+/// One test's world: a server, a platform namespace with its
+/// `DatabaseServer`, two team namespaces, an operator.
+struct World {
+    server: Server,
+    client: Client,
+    platform: String,
+    team_a: String,
+    team_b: String,
+    operator: Operator,
+}
+
+impl World {
+    async fn start(engine: Engine, prefix: &str) -> Self {
+        let client = kube_client().await;
+        common::install_crd(&client).await;
+        let server = Server::start(engine, &unique(prefix)).await;
+        let platform = namespace(&client, &format!("{prefix}-platform")).await;
+        let team_a = namespace(&client, &format!("{prefix}-a")).await;
+        let team_b = namespace(&client, &format!("{prefix}-b")).await;
+        create_secret(&client, &platform, "admin", server.admin_keys()).await;
+        let operator = Operator::start(&[]);
+        let world = Self {
+            server,
+            client,
+            platform,
+            team_a,
+            team_b,
+            operator,
+        };
+        world
+            .create_server(
+                "main",
+                json!({
+                    "allowedNamespaces": [world.team_a, world.team_b],
+                    "allowDelete": true,
+                    "passwordPolicy": {"length": 40, "alphabet": HOSTILE_ALPHABET},
+                }),
+            )
+            .await;
+        world
+    }
+
+    fn labels(&self) -> Value {
+        json!({ TEST_LABEL: self.operator.id })
+    }
+
+    async fn create_server(&self, name: &str, extra: Value) {
+        let mut spec = json!({
+            "engine": self.server.engine_name(),
+            "connectionSecretRef": {"name": "admin"},
+        });
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let server: DatabaseServer = serde_json::from_value(json!({
+            "apiVersion": "dbqo.dev/v1alpha1",
+            "kind": "DatabaseServer",
+            "metadata": {"name": name, "labels": self.labels()},
+            "spec": spec,
+        }))
+        .unwrap();
+        Api::<DatabaseServer>::namespaced(self.client.clone(), &self.platform)
+            .create(&PostParams::default(), &server)
+            .await
+            .expect("create the DatabaseServer");
+    }
+
+    async fn create_database(
+        &self,
+        ns: &str,
+        name: &str,
+        extra: Value,
+    ) -> Result<Database, kube::Error> {
+        let mut spec = json!({"serverRef": {"name": "main", "namespace": self.platform}});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let database: Database = serde_json::from_value(json!({
+            "apiVersion": "dbqo.dev/v1alpha1",
+            "kind": "Database",
+            "metadata": {"name": name, "labels": self.labels()},
+            "spec": spec,
+        }))
+        .unwrap();
+        Api::<Database>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &database)
+            .await
+    }
+
+    fn databases(&self, ns: &str) -> Api<Database> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// Waits for the `Database`'s phase and Ready reason; returns the message.
+    async fn wait_for(&self, ns: &str, name: &str, phase: Phase, reason: &str) -> String {
+        let api = self.databases(ns);
+        eventually(
+            WAIT,
+            &format!("{ns}/{name}: {phase:?} ({reason})"),
+            || async {
+                let d = api.get_opt(name).await.ok()??;
+                let status = d.status?;
+                let ready = status.conditions.first()?;
+                (status.phase == Some(phase) && ready.reason == reason)
+                    .then(|| ready.message.clone())
+            },
+        )
+        .await
+    }
+
+    async fn secret(&self, ns: &str, name: &str) -> Option<(BTreeMap<String, String>, Secret)> {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .unwrap()?;
+        let data = secret
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+            .collect();
+        Some((data, secret))
+    }
+
+    /// Passes the operator finished for `name`.
+    fn passes(&self, name: &str) -> usize {
+        self.operator
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| {
+                l["fields"]["message"] == "database pass finished"
+                    && l["fields"]["database"] == name
+            })
+            .count()
+    }
+
+    async fn wait_for_passes(&self, name: &str, at_least: usize) {
+        eventually(WAIT, &format!("{at_least} passes of {name}"), || async {
+            (self.passes(name) >= at_least).then_some(())
+        })
+        .await;
+    }
+
+    async fn label(&self, ns: &str, name: &str, key: &str, value: Value) {
+        self.databases(ns)
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {key: value}}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn events(&self, ns: &str) -> Vec<(String, String)> {
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(self.client.clone(), ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Every condition message and Event note of the test's namespaces and
+    /// the operator's log: none may hold `secret`.
+    async fn assert_never_shown(&self, secret: &str) {
+        let log = self.operator.log();
+        assert!(!log.contains(secret), "a password is in the operator's log");
+        for ns in [&self.platform, &self.team_a, &self.team_b] {
+            for (reason, note) in self.events(ns).await {
+                assert!(!note.contains(secret), "a password is in Event {reason}");
+            }
+            for d in self.databases(ns).list(&Default::default()).await.unwrap() {
+                let status = serde_json::to_string(&d.status).unwrap();
+                assert!(!status.contains(secret), "a password is in a status");
+            }
+        }
+    }
+}
+
+/// Create, connect, write, restart: the password and the server stay as
+/// they are; a reset by label; the other team cannot reach the database.
+async fn lifecycle(engine: Engine, prefix: &str) {
+    let mut w = World::start(engine, prefix).await;
+    let mut admin = w.server.admin().await;
+    w.create_database(&w.team_a, "orders", json!({}))
+        .await
+        .unwrap();
+    w.wait_for(&w.team_a, "orders", Phase::Ready, "Ready").await;
+    let (data, secret) = w
+        .secret(&w.team_a, "orders-credentials")
+        .await
+        .expect("the Secret");
+    for key in [
+        "host", "port", "dbname", "username", "password", "sslmode", "uri",
+    ] {
+        assert!(data.contains_key(key), "Secret key {key}");
+    }
+    assert_eq!(data["dbname"], "orders");
+    assert_eq!(data["password"].chars().count(), 40);
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Database", "orders")
+    );
+    let mut app = App::connect(engine, &data, None)
+        .await
+        .expect("the Secret's credentials work");
+    app.exec("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    app.exec("INSERT INTO t VALUES (1)").await.unwrap();
+    let events = w.events(&w.team_a).await;
+    assert!(events.iter().any(|(r, _)| r == "Created"), "{events:?}");
+
+    // The other team: its own database, and none of team a's.
+    w.create_database(&w.team_b, "inventory", json!({}))
+        .await
+        .unwrap();
+    w.wait_for(&w.team_b, "inventory", Phase::Ready, "Ready")
+        .await;
+    let (b_data, _) = w.secret(&w.team_b, "inventory-credentials").await.unwrap();
+    let mut b = App::connect(engine, &b_data, None).await.unwrap();
+    let visible = b.databases().await;
+    assert!(visible.contains(&"inventory".to_owned()), "{visible:?}");
+    assert!(
+        !visible.contains(&"orders".to_owned()),
+        "team b sees team a's database: {visible:?}"
+    );
+    assert!(
+        App::connect(engine, &b_data, Some("orders")).await.is_err(),
+        "team b connects to team a's database"
+    );
+    // Another Database naming team a's database is refused; team a unaffected.
+    w.create_database(
+        &w.team_b,
+        "thief",
+        json!({"databaseName": "orders", "username": "thief"}),
+    )
+    .await
+    .unwrap();
+    let message = w
+        .wait_for(&w.team_b, "thief", Phase::Error, "AlreadyExists")
+        .await;
+    assert!(message.contains("\"orders\""), "{message}");
+    assert!(App::connect(engine, &data, None).await.is_ok());
+
+    // Restart: no statement but reads, the same password.
+    let passes = w.passes("orders");
+    let before = admin.statements().await;
+    let id = w.operator.id.clone();
+    std::process::Command::new("kill")
+        .args(["-TERM", &w.operator.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        w.operator.wait_for_exit(Duration::from_secs(20)).is_some(),
+        "the operator stops"
+    );
+    w.operator = Operator::start_with_id(&id, &[]);
+    w.wait_for_passes("orders", 1).await;
+    w.wait_for_passes("inventory", 1).await;
+    w.wait_for_passes("thief", 1).await;
+    let after = admin.statements().await;
+    assert_eq!(
+        after.0, before.0,
+        "statements other than reads after a restart"
+    );
+    assert_eq!(
+        w.secret(&w.team_a, "orders-credentials").await.unwrap().0["password"],
+        data["password"]
+    );
+    let _ = passes;
+
+    // Reset by label: a new password that works, the old one does not, the label gone.
+    w.label(
+        &w.team_a,
+        "orders",
+        "dbqo.dev/action",
+        json!("reset-password"),
+    )
+    .await;
+    let fresh = eventually(WAIT, "a new password", || async {
+        let d = w.databases(&w.team_a).get(&"orders").await.ok()?;
+        let (now, _) = w.secret(&w.team_a, "orders-credentials").await?;
+        (now["password"] != data["password"]
+            && !d
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .contains_key("dbqo.dev/action"))
+        .then_some(now)
+    })
+    .await;
+    let mut app = App::connect(engine, &fresh, None)
+        .await
+        .expect("the new password works");
+    app.exec("INSERT INTO t VALUES (2)").await.unwrap();
+    assert!(
+        App::connect(engine, &data, None).await.is_err(),
+        "the old password still works"
+    );
+    eventually(WAIT, "the PasswordReset event", || async {
+        w.events(&w.team_a)
+            .await
+            .iter()
+            .any(|(r, _)| r == "PasswordReset")
+            .then_some(())
+    })
+    .await;
+
+    for password in [
+        &data["password"],
+        &fresh["password"],
+        &b_data["password"],
+        &w.server.admin_password(),
+    ] {
+        w.assert_never_shown(password).await;
+    }
+    assert!(admin.user_exists("orders").await);
+}
+
+/// Privileges: SELECT only refuses an INSERT; a change takes effect once,
+/// with no GRANT or REVOKE on the passes after it.
+async fn privileges(engine: Engine, prefix: &str) {
+    let w = World::start(engine, prefix).await;
+    let mut admin = w.server.admin().await;
+    w.create_database(&w.team_a, "reports", json!({"privileges": ["SELECT"]}))
+        .await
+        .unwrap();
+    w.wait_for(&w.team_a, "reports", Phase::Ready, "Ready")
+        .await;
+    admin
+        .exec_in(
+            "reports",
+            "CREATE TABLE facts (id int PRIMARY KEY); INSERT INTO facts VALUES (1)",
+        )
+        .await;
+    let (data, _) = w.secret(&w.team_a, "reports-credentials").await.unwrap();
+    let mut app = App::connect(engine, &data, None).await.unwrap();
+    app.exec("SELECT * FROM facts")
+        .await
+        .expect("SELECT is granted");
+    assert!(
+        app.exec("INSERT INTO facts VALUES (2)").await.is_err(),
+        "INSERT is not granted"
+    );
+
+    w.databases(&w.team_a)
+        .patch(
+            "reports",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"privileges": ["SELECT", "INSERT"]}})),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "INSERT granted", || async {
+        let mut app = App::connect(engine, &data, None).await.ok()?;
+        app.exec("INSERT INTO facts VALUES (2)").await.ok()
+    })
+    .await;
+    // Three more passes (a label change each): no GRANT, no REVOKE.
+    let (_, grants) = admin.statements().await;
+    for i in 0..3 {
+        let passes = w.passes("reports");
+        w.label(&w.team_a, "reports", "touch", json!(i.to_string()))
+            .await;
+        w.wait_for_passes("reports", passes + 1).await;
+    }
+    assert_eq!(
+        admin.statements().await.1,
+        grants,
+        "GRANT/REVOKE on passes with nothing to change"
+    );
+    let events = w.events(&w.team_a).await;
+    assert!(
+        events.iter().any(|(r, _)| r == "PrivilegesChanged"),
+        "{events:?}"
+    );
+}
+
+/// Deletion: `Retain` keeps database, user and Secret; `Delete` drops them.
+/// Hostile names never reach the server; a database not ours is refused.
+async fn deletion_and_adoption(engine: Engine, prefix: &str) {
+    let w = World::start(engine, prefix).await;
+    let mut admin = w.server.admin().await;
+    w.create_database(&w.team_a, "kept", json!({}))
+        .await
+        .unwrap();
+    w.create_database(&w.team_a, "scratch", json!({"deletionPolicy": "Delete"}))
+        .await
+        .unwrap();
+    w.wait_for(&w.team_a, "kept", Phase::Ready, "Ready").await;
+    w.wait_for(&w.team_a, "scratch", Phase::Ready, "Ready")
+        .await;
+
+    for name in ["kept", "scratch"] {
+        w.databases(&w.team_a)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    eventually(WAIT, "both Databases gone", || async {
+        let list = w
+            .databases(&w.team_a)
+            .list(&Default::default())
+            .await
+            .ok()?;
+        list.items.is_empty().then_some(())
+    })
+    .await;
+    assert!(admin.database_exists("kept").await && admin.user_exists("kept").await);
+    let (kept, secret) = w
+        .secret(&w.team_a, "kept-credentials")
+        .await
+        .expect("a retained Secret stays");
+    assert!(secret
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .is_empty());
+    assert!(App::connect(engine, &kept, None).await.is_ok());
+    assert!(!admin.database_exists("scratch").await && !admin.user_exists("scratch").await);
+    let events = w.events(&w.team_a).await;
+    let retained = events
+        .iter()
+        .find(|(r, _)| r == "Retained")
+        .expect("a Retained event");
+    assert!(retained.1.contains("\"kept\""), "{retained:?}");
+
+    // Hostile names: refused by the API server's validation.
+    for hostile in ["x\"; DROP DATABASE kept; --", "x`y", "x';--", "a\\b"] {
+        let e = w
+            .create_database(&w.team_a, "hostile", json!({"databaseName": hostile}))
+            .await;
+        assert!(
+            matches!(e, Err(kube::Error::Api(ref s)) if s.code == 422),
+            "{hostile}: {e:?}"
+        );
+    }
+
+    // A database made by hand is not taken over, nor its user's password changed.
+    admin.exec("CREATE DATABASE legacy").await;
+    match engine {
+        Engine::Postgres => {
+            admin
+                .exec("CREATE ROLE legacy LOGIN PASSWORD 'legacy-pw'")
+                .await
+        }
+        Engine::MariaDb => {
+            admin
+                .exec("CREATE USER 'legacy'@'%' IDENTIFIED BY 'legacy-pw'")
+                .await;
+            admin.exec("GRANT ALL ON legacy.* TO 'legacy'@'%'").await;
+        }
+    }
+    w.create_database(&w.team_a, "legacy", json!({}))
+        .await
+        .unwrap();
+    w.wait_for(&w.team_a, "legacy", Phase::Error, "AlreadyExists")
+        .await;
+    let legacy = BTreeMap::from([
+        ("host".to_owned(), kept["host"].clone()),
+        ("port".to_owned(), kept["port"].clone()),
+        ("username".to_owned(), "legacy".to_owned()),
+        ("password".to_owned(), "legacy-pw".to_owned()),
+        ("dbname".to_owned(), "legacy".to_owned()),
+    ]);
+    assert!(
+        App::connect(engine, &legacy, None).await.is_ok(),
+        "the legacy password is untouched"
+    );
+    assert!(w.secret(&w.team_a, "legacy-credentials").await.is_none());
+
+    // A Database in a namespace the server does not allow.
+    let other = namespace(&w.client, &format!("{prefix}-c")).await;
+    w.create_database(&other, "stranger", json!({}))
+        .await
+        .unwrap();
+    w.wait_for(&other, "stranger", Phase::Error, "NamespaceNotAllowed")
+        .await;
+    assert!(!admin.database_exists("stranger").await);
+}
+
+#[tokio::test]
+async fn postgres_lifecycle() {
+    lifecycle(Engine::Postgres, "pglife").await;
+}
+
+#[tokio::test]
+async fn mariadb_lifecycle() {
+    lifecycle(Engine::MariaDb, "mylife").await;
+}
+
+#[tokio::test]
+async fn postgres_privileges() {
+    privileges(Engine::Postgres, "pgpriv").await;
+}
+
+#[tokio::test]
+async fn mariadb_privileges() {
+    privileges(Engine::MariaDb, "mypriv").await;
+}
+
+#[tokio::test]
+async fn postgres_deletion_and_adoption() {
+    deletion_and_adoption(Engine::Postgres, "pgdel").await;
+}
+
+#[tokio::test]
+async fn mariadb_deletion_and_adoption() {
+    deletion_and_adoption(Engine::MariaDb, "mydel").await;
+}
