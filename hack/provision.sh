@@ -7,6 +7,8 @@
 #                                     built from Debian's `kubernetes` source package
 #                                     (1.20.2); no registry here ships the binaries
 #   PostgreSQL 15, openssl            Debian packages (the harness runs initdb itself)
+#   MariaDB 10.11                      Debian's mariadb-server (the harness runs
+#                                      mariadb-install-db itself; no service is started)
 #
 # Prints the directory holding etcd, kube-apiserver and kube-controller-manager
 # (the envtest-style KUBEBUILDER_ASSETS) on its last line. When
@@ -40,7 +42,7 @@ if ((!WANT_NODE)) && [[ -n "${KUBEBUILDER_ASSETS:-}" ]] && have_assets "$KUBEBUI
 fi
 
 packages=(golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev dpkg-dev
-          postgresql-15 postgresql-contrib openssl)
+          postgresql-15 postgresql-contrib openssl mariadb-server mariadb-client)
 ((WANT_NODE)) && packages+=(containerd runc containernetworking-plugins iptables gcc libc6-dev)
 need_packages=()
 for pkg in "${packages[@]}"; do
@@ -73,7 +75,10 @@ if ((${#need_packages[@]})); then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >&2
 fi
 
-# Debian starts an etcd service on install; the harness runs its own on free ports.
+# Debian starts etcd and MariaDB services on install; the harness runs its own on free ports.
+if command -v systemctl >/dev/null && systemctl is-active --quiet mariadb 2>/dev/null; then
+  as_root systemctl stop mariadb || true
+fi
 if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
   as_root systemctl stop etcd || true
 fi

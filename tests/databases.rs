@@ -39,7 +39,7 @@ enum Server {
 }
 
 impl Server {
-    async fn start(engine: Engine, name: &str) -> Self {
+    async fn start(engine: Engine, name: &str, tls: bool) -> Self {
         match engine {
             Engine::Postgres => {
                 let pg = common::private_postgres(name, None).await;
@@ -52,7 +52,13 @@ impl Server {
             Engine::MariaDb => {
                 let dir = dbqo_testenv::run_dir().with_extension(format!("{name}-maria"));
                 let server = tokio::task::spawn_blocking(move || {
-                    dbqo_testenv::MariaDb::start(&dir, dbqo_testenv::MariaDbOptions::default())
+                    dbqo_testenv::MariaDb::start(
+                        &dir,
+                        dbqo_testenv::MariaDbOptions {
+                            tls,
+                            ..Default::default()
+                        },
+                    )
                 })
                 .await
                 .unwrap()
@@ -307,9 +313,13 @@ struct World {
 
 impl World {
     async fn start(engine: Engine, prefix: &str) -> Self {
+        Self::start_with(engine, prefix, false).await
+    }
+
+    async fn start_with(engine: Engine, prefix: &str, tls: bool) -> Self {
         let client = kube_client().await;
         common::install_crd(&client).await;
-        let server = Server::start(engine, &unique(prefix)).await;
+        let server = Server::start(engine, &unique(prefix), tls).await;
         let platform = namespace(&client, &format!("{prefix}-platform")).await;
         let team_a = namespace(&client, &format!("{prefix}-a")).await;
         let team_b = namespace(&client, &format!("{prefix}-b")).await;
@@ -330,6 +340,7 @@ impl World {
                     "allowedNamespaces": [world.team_a, world.team_b],
                     "allowDelete": true,
                     "passwordPolicy": {"length": 40, "alphabet": HOSTILE_ALPHABET},
+                    "allowedExtensions": ["pgcrypto"],
                 }),
             )
             .await;
@@ -359,6 +370,20 @@ impl World {
             .create(&PostParams::default(), &server)
             .await
             .expect("create the DatabaseServer");
+    }
+
+    /// Waits for the server's Ready condition to have `reason`; its status.
+    async fn wait_for_server(
+        &self,
+        name: &str,
+        reason: &str,
+    ) -> dbqo::api::server::DatabaseServerStatus {
+        let api = Api::<DatabaseServer>::namespaced(self.client.clone(), &self.platform);
+        eventually(WAIT, &format!("server {name}: {reason}"), || async {
+            let status = api.get_opt(name).await.ok()??.status?;
+            (status.conditions.first()?.reason == reason).then_some(status)
+        })
+        .await
     }
 
     async fn create_database(
@@ -483,7 +508,14 @@ impl World {
 async fn lifecycle(engine: Engine, prefix: &str) {
     let mut w = World::start(engine, prefix).await;
     let mut admin = w.server.admin().await;
-    w.create_database(&w.team_a, "orders", json!({}))
+    let status = w.wait_for_server("main", "Ready").await;
+    assert_eq!(status.reachable, Some(true));
+    assert!(status.server_version.is_some_and(|v| !v.is_empty()));
+    let options = match engine {
+        Engine::Postgres => json!({"extensions": ["pgcrypto"], "encoding": "UTF8", "locale": "C"}),
+        Engine::MariaDb => json!({"charset": "utf8mb4", "collation": "utf8mb4_bin"}),
+    };
+    w.create_database(&w.team_a, "orders", options)
         .await
         .unwrap();
     w.wait_for(&w.team_a, "orders", Phase::Ready, "Ready").await;
@@ -510,6 +542,31 @@ async fn lifecycle(engine: Engine, prefix: &str) {
         .await
         .unwrap();
     app.exec("INSERT INTO t VALUES (1)").await.unwrap();
+    match engine {
+        Engine::Postgres => {
+            app.exec("SELECT digest('x', 'sha256')").await.expect("pgcrypto is created");
+            assert_eq!(
+                admin
+                    .count(
+                        "SELECT count(*) FROM pg_database WHERE datname = $1 AND datcollate = 'C' AND pg_encoding_to_char(encoding) = 'UTF8'",
+                        "",
+                        "orders",
+                    )
+                    .await,
+                1
+            );
+        }
+        Engine::MariaDb => assert_eq!(
+            admin
+                .count(
+                    "",
+                    "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ? AND DEFAULT_COLLATION_NAME = 'utf8mb4_bin'",
+                    "orders",
+                )
+                .await,
+            1
+        ),
+    }
     let events = w.events(&w.team_a).await;
     assert!(events.iter().any(|(r, _)| r == "Created"), "{events:?}");
 
@@ -546,7 +603,6 @@ async fn lifecycle(engine: Engine, prefix: &str) {
     assert!(App::connect(engine, &data, None).await.is_ok());
 
     // Restart: no statement but reads, the same password.
-    let passes = w.passes("orders");
     let before = admin.statements().await;
     let id = w.operator.id.clone();
     std::process::Command::new("kill")
@@ -570,7 +626,10 @@ async fn lifecycle(engine: Engine, prefix: &str) {
         w.secret(&w.team_a, "orders-credentials").await.unwrap().0["password"],
         data["password"]
     );
-    let _ = passes;
+    assert!(
+        App::connect(engine, &data, None).await.is_ok(),
+        "the password works after a restart"
+    );
 
     // Reset by label: a new password that works, the old one does not, the label gone.
     w.label(
@@ -780,6 +839,191 @@ async fn deletion_and_adoption(engine: Engine, prefix: &str) {
     w.wait_for(&other, "stranger", Phase::Error, "NamespaceNotAllowed")
         .await;
     assert!(!admin.database_exists("stranger").await);
+}
+
+/// Faults of a server: wrong admin password, an admin without the rights,
+/// a server that is down. Each a condition and an Event on the server and
+/// on its `Database`s; the healthy server's `Database` is unaffected.
+async fn server_faults(engine: Engine, prefix: &str) {
+    let w = World::start(engine, prefix).await;
+    let mut admin = w.server.admin().await;
+    let mut wrong = w.server.admin_keys();
+    wrong.insert("password", "not-the-password".into());
+    create_secret(&w.client, &w.platform, "wrong", wrong).await;
+    let mut down = w.server.admin_keys();
+    down.insert(
+        "port",
+        dbqo_testenv::process::free_port().unwrap().to_string(),
+    );
+    create_secret(&w.client, &w.platform, "down", down).await;
+    let mut weak = w.server.admin_keys();
+    weak.insert("username", "weak".into());
+    weak.insert("password", "weak-pw".into());
+    match engine {
+        Engine::Postgres => {
+            admin
+                .exec("CREATE ROLE weak LOGIN PASSWORD 'weak-pw'")
+                .await
+        }
+        Engine::MariaDb => {
+            admin
+                .exec("CREATE USER 'weak'@'%' IDENTIFIED BY 'weak-pw'")
+                .await
+        }
+    }
+    create_secret(&w.client, &w.platform, "weak", weak).await;
+    let allowed = json!([w.team_a]);
+    for (name, secret) in [("wrongpw", "wrong"), ("down", "down"), ("weak", "weak")] {
+        w.create_server(
+            name,
+            json!({"connectionSecretRef": {"name": secret}, "allowedNamespaces": allowed}),
+        )
+        .await;
+    }
+    w.create_database(&w.team_a, "healthy", json!({}))
+        .await
+        .unwrap();
+    for (server, database) in [("wrongpw", "a1"), ("down", "a2")] {
+        w.create_database(
+            &w.team_a,
+            database,
+            json!({"serverRef": {"name": server, "namespace": w.platform}}),
+        )
+        .await
+        .unwrap();
+    }
+    w.wait_for_server("main", "Ready").await;
+    let status = w.wait_for_server("wrongpw", "AuthenticationFailed").await;
+    assert_eq!(status.reachable, Some(false));
+    w.wait_for_server("down", "ConnectionFailed").await;
+    let weak = w.wait_for_server("weak", "InsufficientPrivileges").await;
+    let expected: &[&str] = match engine {
+        Engine::Postgres => &["CREATEDB", "CREATEROLE"],
+        Engine::MariaDb => &["CREATE USER", "CREATE", "GRANT OPTION"],
+    };
+    assert_eq!(weak.missing_rights, expected);
+    w.wait_for(&w.team_a, "a1", Phase::Error, "AuthenticationFailed")
+        .await;
+    w.wait_for(&w.team_a, "a2", Phase::Error, "ConnectionFailed")
+        .await;
+    w.wait_for(&w.team_a, "healthy", Phase::Ready, "Ready")
+        .await;
+    let server_events: Vec<String> = w
+        .events(&w.platform)
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    for reason in [
+        "AuthenticationFailed",
+        "ConnectionFailed",
+        "InsufficientPrivileges",
+    ] {
+        assert!(
+            server_events.iter().any(|r| r == reason),
+            "{reason}: {server_events:?}"
+        );
+    }
+    let team_events: Vec<String> = w
+        .events(&w.team_a)
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    for reason in ["AuthenticationFailed", "ConnectionFailed"] {
+        assert!(
+            team_events.iter().any(|r| r == reason),
+            "{reason}: {team_events:?}"
+        );
+    }
+    for password in ["not-the-password", "weak-pw"] {
+        w.assert_never_shown(password).await;
+    }
+    // A server referenced but missing: Pending, not an error.
+    w.create_database(
+        &w.team_a,
+        "orphan",
+        json!({"serverRef": {"name": "nowhere", "namespace": w.platform}}),
+    )
+    .await
+    .unwrap();
+    w.wait_for(&w.team_a, "orphan", Phase::Pending, "ServerNotFound")
+        .await;
+}
+
+/// The admin connection over TLS verifies the server against the Secret's CA.
+#[tokio::test]
+async fn mariadb_admin_connection_over_tls() {
+    let w = World::start_with(Engine::MariaDb, "mytls", true).await;
+    let Server::MariaDb(server) = &w.server else {
+        unreachable!()
+    };
+    let ca = std::fs::read_to_string(server.info.ca_cert.as_ref().unwrap()).unwrap();
+    let mut verified = w.server.admin_keys();
+    verified.insert("sslmode", "verify-full".into());
+    verified.insert("ca.crt", ca);
+    create_secret(&w.client, &w.platform, "verified", verified).await;
+    // A CA that did not sign the server's certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.crt");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("other.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let mut unrelated = w.server.admin_keys();
+    unrelated.insert("sslmode", "verify-full".into());
+    unrelated.insert("ca.crt", std::fs::read_to_string(&other).unwrap());
+    create_secret(&w.client, &w.platform, "unrelated", unrelated).await;
+    let mut no_ca = w.server.admin_keys();
+    no_ca.insert("sslmode", "verify-ca".into());
+    create_secret(&w.client, &w.platform, "noca", no_ca).await;
+    for (name, secret, ca_key) in [
+        ("tls", "verified", Some("ca.crt")),
+        ("badca", "unrelated", Some("ca.crt")),
+        ("noca", "noca", None),
+    ] {
+        let mut reference = json!({"name": secret});
+        if let Some(key) = ca_key {
+            reference["caCertKey"] = json!(key);
+        }
+        w.create_server(name, json!({"connectionSecretRef": reference}))
+            .await;
+    }
+    w.wait_for_server("tls", "Ready").await;
+    w.wait_for_server("badca", "ConnectionFailed").await;
+    w.wait_for_server("noca", "TlsConfigError").await;
+    w.create_database(&w.platform, "secure", json!({"serverRef": {"name": "tls"}}))
+        .await
+        .unwrap();
+    w.wait_for(&w.platform, "secure", Phase::Ready, "Ready")
+        .await;
+    let (data, _) = w.secret(&w.platform, "secure-credentials").await.unwrap();
+    assert_eq!(data["sslmode"], "verify-full");
+}
+
+#[tokio::test]
+async fn postgres_server_faults() {
+    server_faults(Engine::Postgres, "pgfault").await;
+}
+
+#[tokio::test]
+async fn mariadb_server_faults() {
+    server_faults(Engine::MariaDb, "myfault").await;
 }
 
 #[tokio::test]

@@ -64,8 +64,14 @@ impl MariaDb {
     /// Initialises and starts a server under `dir`.
     pub fn start(dir: &Path, options: MariaDbOptions) -> Result<Self, Error> {
         let data = dir.join("data");
-        std::fs::create_dir_all(&data)
-            .map_err(|e| Error::io(format!("create {}", data.display()), e))?;
+        // A temp dir of its own: servers started side by side in the shared
+        // /tmp clash on their temporary tables (seen as a failed install:
+        // "Unknown table 'mysql.tmp_proxies_priv'").
+        let tmp = dir.join("tmp");
+        for d in [&data, &tmp] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
+        }
         let ca_cert = if options.tls {
             Some(make_tls(dir)?)
         } else {
@@ -85,6 +91,7 @@ impl MariaDb {
             &[
                 "--no-defaults".into(),
                 format!("--datadir={}", data.display()),
+                format!("--tmpdir={}", tmp.display()),
                 "--auth-root-authentication-method=socket".into(),
                 "--skip-test-db".into(),
                 user_arg.into(),
@@ -101,6 +108,7 @@ impl MariaDb {
         let mut args = vec![
             "--no-defaults".into(),
             format!("--datadir={}", data.display()),
+            format!("--tmpdir={}", tmp.display()),
             format!("--port={port}"),
             "--bind-address=127.0.0.1".into(),
             format!("--socket={}", socket.display()),
