@@ -13,9 +13,11 @@ psql_admin postgres -c "CREATE DATABASE sandbox"
 psql_admin sandbox -f examples/configmap-per-row/schema.sql
 psql_admin sandbox -c "TABLE users"
 
-echo "== Kubernetes: the CRD and the sample DBQR"
-"$BIN" crd | kubectl apply -f -
-kubectl wait --for condition=established --timeout=30s crd/databasequeryresources.dbqo.dev
+echo "== Kubernetes: the CRDs and the sample DBQR"
+for crd in databasequeryresources databaseservers databases; do
+  "$BIN" crd "$crd" | kubectl apply -f -
+  kubectl wait --for condition=established --timeout=30s "crd/$crd.dbqo.dev"
+done
 kubectl create secret generic users-db \
   --from-literal=host=127.0.0.1 --from-literal=port="$PG_PORT" --from-literal=username=postgres \
   --from-literal=password="$PG_PASSWORD" --from-literal=dbname=sandbox --from-literal=sslmode=disable
@@ -40,6 +42,18 @@ wait_for "kubectl get configmap user-dave"
 echo "== ... becomes a ConfigMap"
 kubectl get configmap user-dave -o yaml | sed -n '/^data:/,/^kind:/p'
 
+echo "== Databases for teams: a DatabaseServer on this PostgreSQL and a Database on it"
+kubectl create secret generic pg-admin \
+  --from-literal=host=127.0.0.1 --from-literal=port="$PG_PORT" --from-literal=username=postgres \
+  --from-literal=password="$PG_PASSWORD" --from-literal=dbname=postgres --from-literal=sslmode=disable
+kubectl apply -f examples/database-for-a-team/server-and-database.yaml
+wait_for "kubectl get secret orders-credentials"
+wait_for "kubectl get db orders -o jsonpath='{.status.phase}' | grep -qx Ready"
+kubectl get dbserver,db
+echo "== ... and the team connects with its Secret"
+ORDERS_URI=$(kubectl get secret orders-credentials -o jsonpath='{.data.uri}' | base64 -d)
+psql -q -v ON_ERROR_STOP=1 "$ORDERS_URI" -c "CREATE TABLE orders (id int PRIMARY KEY)" -c "SELECT current_user, current_database()"
+
 if [[ -n "${SANDBOX_KEEP:-}" ]]; then
   trap 'kill $OPERATOR 2>/dev/null || true; wait $OPERATOR 2>/dev/null; echo "sandbox stopped"; exit 0' TERM INT
   cat <<INFO
@@ -49,6 +63,7 @@ DATABASE_URL=postgresql://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/sandbox
   kubectl get dbqr,configmaps            # what the operator made
   psql "\$DATABASE_URL" -c "INSERT INTO users (username) VALUES ('erin')"
   kubectl apply -f your-dbqr.yaml        # the Secret users-db points at the database
+  kubectl get db,dbserver                # the team database orders (Secret orders-credentials)
 Operator log: $TMPDIR_SANDBOX/operator.log
 Stop: Ctrl-C here, or: kill $$
 INFO

@@ -57,6 +57,19 @@ async fn the_sandbox_stays_up_until_stopped() {
     let url = value_after(&lines, "DATABASE_URL=").expect("a database URL");
     let stop_pid = value_after(&lines, "Stop: Ctrl-C here, or: kill ").expect("a stop command");
 
+    // The team database: listed Ready, and the team's own connection worked.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("database.dbqo.dev/orders") && l.contains("Ready")),
+        "the Database is shown Ready: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().eq(["orders", "|", "orders"])),
+        "psql with the Secret's uri connects as orders to orders: {lines:#?}"
+    );
     let db = common::connect(url).await;
     db.batch_execute("INSERT INTO users (username, email) VALUES ('erin', 'erin@example.com')")
         .await
