@@ -831,6 +831,75 @@ async fn deletion_and_adoption(engine: Engine, prefix: &str) {
     );
     assert!(w.secret(&w.team_a, "legacy-credentials").await.is_none());
 
+    // Delete asked for on a server that does not allow it: retained, with a Warning.
+    w.create_server(
+        "guarded",
+        json!({"allowedNamespaces": [w.team_a], "allowDelete": false}),
+    )
+    .await;
+    w.create_database(
+        &w.team_a,
+        "precious",
+        json!({"serverRef": {"name": "guarded", "namespace": w.platform}, "deletionPolicy": "Delete"}),
+    )
+    .await
+    .unwrap();
+    w.wait_for(&w.team_a, "precious", Phase::Ready, "Ready")
+        .await;
+    w.databases(&w.team_a)
+        .delete("precious", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "precious gone", || async {
+        w.databases(&w.team_a)
+            .get_opt("precious")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(admin.database_exists("precious").await && admin.user_exists("precious").await);
+    let events = w.events(&w.team_a).await;
+    assert!(
+        events.iter().any(|(r, n)| r == "Retained"
+            && n.contains("\"precious\"")
+            && n.contains("allowDelete")),
+        "{events:?}"
+    );
+
+    // A lost Secret is not made up again silently; the reset label recovers.
+    w.create_database(&w.team_a, "lost", json!({}))
+        .await
+        .unwrap();
+    w.wait_for(&w.team_a, "lost", Phase::Ready, "Ready").await;
+    let (before, _) = w.secret(&w.team_a, "lost-credentials").await.unwrap();
+    Api::<Secret>::namespaced(w.client.clone(), &w.team_a)
+        .delete("lost-credentials", &DeleteParams::default())
+        .await
+        .unwrap();
+    w.wait_for(&w.team_a, "lost", Phase::Error, "CredentialsLost")
+        .await;
+    assert!(w.secret(&w.team_a, "lost-credentials").await.is_none());
+    assert!(
+        App::connect(engine, &before, None).await.is_ok(),
+        "the password was not changed"
+    );
+    w.label(
+        &w.team_a,
+        "lost",
+        "dbqo.dev/action",
+        json!("reset-password"),
+    )
+    .await;
+    w.wait_for(&w.team_a, "lost", Phase::Ready, "Ready").await;
+    let (after, _) = eventually(WAIT, "a new Secret", || {
+        w.secret(&w.team_a, "lost-credentials")
+    })
+    .await;
+    assert_ne!(after["password"], before["password"]);
+    assert!(App::connect(engine, &after, None).await.is_ok());
+
     // A Database in a namespace the server does not allow.
     let other = namespace(&w.client, &format!("{prefix}-c")).await;
     w.create_database(&other, "stranger", json!({}))
@@ -1014,6 +1083,63 @@ async fn mariadb_admin_connection_over_tls() {
         .await;
     let (data, _) = w.secret(&w.platform, "secure-credentials").await.unwrap();
     assert_eq!(data["sslmode"], "verify-full");
+}
+
+/// Databases draw on the operator's per-server connection budget, like DBQRs:
+/// with a budget of 1, four Databases created at once all converge and the
+/// operator never holds more than one connection to the admin's database.
+#[tokio::test]
+async fn postgres_databases_keep_to_the_connection_budget() {
+    let mut w = World::start(Engine::Postgres, "pgbudget").await;
+    let id = w.operator.id.clone();
+    std::process::Command::new("kill")
+        .args(["-TERM", &w.operator.pid().to_string()])
+        .status()
+        .unwrap();
+    w.operator.wait_for_exit(Duration::from_secs(20));
+    w.operator = Operator::start_with_id(&id, &["--max-connections-per-database", "1"]);
+    let Server::Postgres(pg) = &w.server else {
+        unreachable!()
+    };
+    // Sampled every few milliseconds: a pass holds its connection for tens.
+    let sampler = common::connect(&pg.info.url("postgres")).await;
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let seen = most.clone();
+    let sampling = tokio::spawn(async move {
+        loop {
+            let held: i64 = sampler
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = 'postgres' AND application_name = 'db-query-operator'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            seen.fetch_max(held, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    for name in ["d1", "d2", "d3", "d4"] {
+        w.create_database(&w.team_a, name, json!({})).await.unwrap();
+    }
+    eventually(WAIT, "four Databases Ready", || async {
+        let list = w
+            .databases(&w.team_a)
+            .list(&Default::default())
+            .await
+            .ok()?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|d| d.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready))
+            .count();
+        (ready == 4).then_some(())
+    })
+    .await;
+    sampling.abort();
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most >= 1, "the sampler saw the operator's connection");
+    assert!(most <= 1, "{most} connections held with a budget of 1");
 }
 
 #[tokio::test]
