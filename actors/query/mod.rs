@@ -26,7 +26,7 @@ use dbqo::kube_api::{DbqrEvent, Target};
 use dbqo::reconcile::{
     backoff::backoff,
     guard::RELEASE_ANNOTATION,
-    repair, run_pass,
+    needs_no_repair, repair, run_pass,
     status::{next_status, Outcome, WriteBackResult},
     writeback::Fingerprints,
     Connection, PassConfig, PassError, PassReport, PassState, Repair, Writer as _,
@@ -441,10 +441,19 @@ impl Handler<Drifted> for QueryActor {
         let Some(wanted) = state.applied(&key) else {
             return;
         };
+        let writes_back = self.writes_back();
+        // After a pass every object it wrote comes back as a notice; checked
+        // here, in place, rather than as thousands of tasks each holding its
+        // expanded manifest (the peak memory of a 10,000-object pass).
+        if needs_no_repair(&self.writer, &config.owner, &wanted) {
+            if writes_back {
+                self.queue_writeback(key, ctx);
+            }
+            return;
+        }
         let owner = config.owner.clone();
         let writer = self.writer.clone();
         let name = self.dbqr.name_any();
-        let writes_back = self.writes_back();
         self.repairs += 1;
         ctx.spawn(
             async move {

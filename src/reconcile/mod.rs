@@ -25,6 +25,7 @@ mod tests;
 pub use error::{ObjectError, PassError, PruneFailure, RowFailure};
 pub use labels::Owner;
 pub use pass::{
-    reconcile_rows, repair, run_pass, Connection, PassConfig, PassReport, PassState, Repair, Row,
+    needs_no_repair, reconcile_rows, repair, run_pass, Connection, PassConfig, PassReport,
+    PassState, Repair, Row,
 };
 pub use writer::Writer;

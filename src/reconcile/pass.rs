@@ -821,6 +821,17 @@ pub enum Repair {
 /// deleted or changed. A changed object of this DBQR is applied again; a
 /// missing one is created, never applied: an apply would take over an
 /// object of the same name that someone else created since.
+/// Whether `wanted` needs no repair: the cached object matches it, or
+/// another owner holds it (the next pass reports that). Answered from the
+/// cache alone, so the many change notices of a pass's own writes cost no
+/// task and keep nothing alive while they wait.
+pub fn needs_no_repair<W: Writer>(writer: &W, owner: &Owner, wanted: &Desired) -> bool {
+    match writer.cached(&wanted.target) {
+        Some(live) => in_place(&live, &wanted.manifest) || plan::owned_elsewhere(owner, &live.live),
+        None => false,
+    }
+}
+
 pub async fn repair<W: Writer>(
     writer: &W,
     owner: &Owner,
