@@ -319,27 +319,23 @@ pub struct CachedObject {
 impl CachedObject {
     /// The cached object, expanded from what [`trim_for_cache`] kept.
     pub fn of(object: &DynamicObject) -> Option<Self> {
-        let owned_fields = object
-            .metadata
-            .managed_fields
-            .iter()
-            .flatten()
-            .find(|m| is_ours(m))
-            .and_then(|m| m.fields_v1.as_ref())
-            .map(|fields| expand(&fields.0));
+        let mut content = match expand(&object.data) {
+            Json::Object(content) => content,
+            _ => serde_json::Map::new(),
+        };
+        let owned_fields = content.remove(CACHED_OWNED_FIELDS);
+        let annotations = content.remove(CACHED_ANNOTATIONS);
         let mut manifest = serde_json::Map::new();
         if let Some(types) = &object.types {
             manifest.insert("apiVersion".into(), Json::String(types.api_version.clone()));
             manifest.insert("kind".into(), Json::String(types.kind.clone()));
         }
         let mut metadata = serde_json::to_value(&object.metadata).ok()?;
-        if let Some(metadata) = metadata.as_object_mut() {
-            metadata.remove("managedFields");
+        if let (Some(metadata), Some(annotations)) = (metadata.as_object_mut(), annotations) {
+            metadata.insert("annotations".into(), annotations);
         }
         manifest.insert("metadata".into(), metadata);
-        if let Json::Object(content) = expand(&object.data) {
-            manifest.extend(content);
-        }
+        manifest.extend(content);
         Some(Self {
             live: LiveObject::from(object),
             manifest: Json::Object(manifest),
@@ -352,19 +348,40 @@ fn is_ours(entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFields
     entry.manager.as_deref() == Some(FIELD_MANAGER) && entry.operation.as_deref() == Some("Apply")
 }
 
-/// What the watch cache keeps of a managed object: no other managers'
-/// entries in `managedFields` (they can outweigh the object), and the
-/// object's content and the operator's field set as JSON text. A tree of
-/// small maps costs an allocation per field; the text costs one, and the
-/// cache holds every managed object for as long as the operator runs. A
-/// pass expands what it compares ([`CachedObject::of`]).
+/// Keys under which the cached text holds what came out of `metadata`
+/// (a NUL-prefixed key cannot be a field of a Kubernetes object).
+const CACHED_ANNOTATIONS: &str = "\u{0}annotations";
+const CACHED_OWNED_FIELDS: &str = "\u{0}ownedFields";
+
+/// What the watch cache keeps of a managed object: the object's content,
+/// its annotations and the operator's field set (`fieldsV1` of its apply;
+/// other managers' entries are dropped, they can outweigh the object) as
+/// one JSON text. A tree of small maps costs an allocation per field, an
+/// annotation map a node of half a kilobyte even for one entry; the text
+/// costs one allocation, and the cache holds every managed object for as
+/// long as the operator runs. Labels stay: the cache is searched by them.
+/// A pass expands what it compares ([`CachedObject::of`]).
 pub fn trim_for_cache(object: &mut DynamicObject) {
-    if let Some(entries) = object.metadata.managed_fields.as_mut() {
-        entries.retain(is_ours);
-        for entry in entries.iter_mut() {
-            entry.time = None;
-            if let Some(fields) = entry.fields_v1.as_mut() {
-                compact(&mut fields.0);
+    let owned_fields = object
+        .metadata
+        .managed_fields
+        .take()
+        .into_iter()
+        .flatten()
+        .find(is_ours)
+        .and_then(|entry| entry.fields_v1)
+        .map(|fields| fields.0);
+    let annotations = object.metadata.annotations.take();
+    if !object.data.is_object() {
+        object.data = Json::Object(serde_json::Map::new());
+    }
+    if let Some(content) = object.data.as_object_mut() {
+        if let Some(fields) = owned_fields {
+            content.insert(CACHED_OWNED_FIELDS.into(), fields);
+        }
+        if let Some(annotations) = annotations {
+            if let Ok(annotations) = serde_json::to_value(annotations) {
+                content.insert(CACHED_ANNOTATIONS.into(), annotations);
             }
         }
     }
@@ -679,7 +696,8 @@ mod tests {
         let mut kept = object.clone();
         trim_for_cache(&mut kept);
         assert!(kept.data.is_string(), "the content is kept as text");
-        assert_eq!(kept.metadata.managed_fields.as_ref().unwrap().len(), 1);
+        assert!(kept.metadata.managed_fields.is_none());
+        assert!(kept.metadata.annotations.is_none());
 
         let cached = CachedObject::of(&kept).unwrap();
         let mut expected = original;

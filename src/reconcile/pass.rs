@@ -133,6 +133,10 @@ pub struct PassState {
     /// What this DBQR wants of each object it produced in the last pass: the
     /// reference for drift repair between passes.
     applied: HashMap<ObjectKey, Kept>,
+    /// The kind (version included) and resource of the objects in `applied`,
+    /// each held once rather than per object (at 10,000 objects the
+    /// per-object copies were ~5 MB); `Kept::kind` indexes it.
+    kinds: Vec<(Gvk, ApiResource)>,
     /// The row that produced each object in the last pass (for status write-back).
     rows: HashMap<ObjectKey, Row>,
     /// The kinds this DBQR has written and not yet pruned.
@@ -165,7 +169,15 @@ impl PassState {
 
     /// The wanted state of `key`, if this DBQR produced it in the last pass.
     pub fn applied(&self, key: &ObjectKey) -> Option<Desired> {
-        self.applied.get(key).map(Kept::expand)
+        let kept = self.applied.get(key)?;
+        let (gvk, _) = self.kinds.get(kept.kind)?;
+        Some(Desired {
+            row: kept.row,
+            gvk: gvk.clone(),
+            target: self.produced_target(key)?,
+            // Written by `keep` from a JSON value: it parses.
+            manifest: serde_json::from_str(&kept.manifest).unwrap_or(Json::Null),
+        })
     }
 
     /// Whether this DBQR produced `key` in the last pass.
@@ -174,18 +186,30 @@ impl PassState {
     }
 
     /// Where the object `key` this DBQR produced in the last pass lives.
-    pub fn produced_target(&self, key: &ObjectKey) -> Option<&Target> {
-        self.applied.get(key).map(|kept| &kept.target)
+    pub fn produced_target(&self, key: &ObjectKey) -> Option<Target> {
+        let kept = self.applied.get(key)?;
+        let (_, resource) = self.kinds.get(kept.kind)?;
+        Some(Target {
+            resource: resource.clone(),
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        })
     }
 
     fn keep(&mut self, object: Desired) {
         let key = object.key();
+        let kind = match self.kinds.iter().position(|(gvk, _)| *gvk == object.gvk) {
+            Some(kind) => kind,
+            None => {
+                self.kinds.push((object.gvk, object.target.resource));
+                self.kinds.len() - 1
+            }
+        };
         self.applied.insert(
             key,
             Kept {
                 row: object.row,
-                gvk: object.gvk,
-                target: object.target,
+                kind,
                 manifest: object.manifest.to_string().into_boxed_str(),
             },
         );
@@ -193,25 +217,13 @@ impl PassState {
 }
 
 /// What the state keeps of an object a pass produced, for as long as the
-/// DBQR lives: the manifest as JSON text, one allocation instead of one per
-/// field. Only drift repair reads it again.
+/// DBQR lives: its row and the manifest as JSON text, one allocation instead
+/// of one per field (the kind and its resource are an index into
+/// `PassState::kinds`, the namespace and name come from the key). Only drift repair reads the manifest again.
 struct Kept {
     row: usize,
-    gvk: Gvk,
-    target: Target,
+    kind: usize,
     manifest: Box<str>,
-}
-
-impl Kept {
-    fn expand(&self) -> Desired {
-        Desired {
-            row: self.row,
-            gvk: self.gvk.clone(),
-            target: self.target.clone(),
-            // Written by `keep` from a JSON value: it parses.
-            manifest: serde_json::from_str(&self.manifest).unwrap_or(Json::Null),
-        }
-    }
 }
 
 /// What a pass did.
@@ -711,6 +723,7 @@ async fn execute<W: Writer>(
     // objects of failed rows, and never an object another owner holds.
     // Moved, not copied: the state keeps the one copy of each object.
     state.applied.clear();
+    state.kinds.clear();
     for object in std::mem::take(&mut plan.skip) {
         state.keep(object);
     }

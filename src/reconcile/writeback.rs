@@ -39,7 +39,7 @@ pub fn due<W: Writer>(
         .filter_map(|key| {
             let target = state.produced_target(&key)?;
             let row = state.row(&key)?.clone();
-            let resource = writer.cached(target)?.manifest;
+            let resource = writer.cached(&target)?.manifest;
             let fingerprint = writeback::status_fingerprint(&resource)?;
             (seen.get(&key) != Some(&fingerprint)).then_some(Due {
                 key,
