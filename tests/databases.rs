@@ -100,7 +100,7 @@ impl Server {
         match self {
             Server::Postgres(pg) => Admin::Postgres(
                 common::connect(&pg.info.url("postgres")).await,
-                pg.info.clone(),
+                Box::new(pg.info.clone()),
             ),
             Server::MariaDb(m) => Admin::MariaDb(
                 mysql_async::Conn::new(
@@ -120,7 +120,7 @@ impl Server {
 
 /// The test's own admin connection, for setting up and for checking.
 enum Admin {
-    Postgres(tokio_postgres::Client, dbqo_testenv::PostgresInfo),
+    Postgres(tokio_postgres::Client, Box<dbqo_testenv::PostgresInfo>),
     MariaDb(mysql_async::Conn),
 }
 
@@ -341,6 +341,7 @@ impl World {
                     "allowDelete": true,
                     "passwordPolicy": {"length": 40, "alphabet": HOSTILE_ALPHABET},
                     "allowedExtensions": ["pgcrypto"],
+                    "privilegePresets": {"readonly": ["SELECT"]},
                 }),
             )
             .await;
@@ -640,7 +641,7 @@ async fn lifecycle(engine: Engine, prefix: &str) {
     )
     .await;
     let fresh = eventually(WAIT, "a new password", || async {
-        let d = w.databases(&w.team_a).get(&"orders").await.ok()?;
+        let d = w.databases(&w.team_a).get("orders").await.ok()?;
         let (now, _) = w.secret(&w.team_a, "orders-credentials").await?;
         (now["password"] != data["password"]
             && !d
@@ -684,7 +685,7 @@ async fn lifecycle(engine: Engine, prefix: &str) {
 async fn privileges(engine: Engine, prefix: &str) {
     let w = World::start(engine, prefix).await;
     let mut admin = w.server.admin().await;
-    w.create_database(&w.team_a, "reports", json!({"privileges": ["SELECT"]}))
+    w.create_database(&w.team_a, "reports", json!({"privileges": ["readonly"]}))
         .await
         .unwrap();
     w.wait_for(&w.team_a, "reports", Phase::Ready, "Ready")
@@ -1140,6 +1141,82 @@ async fn postgres_databases_keep_to_the_connection_budget() {
     let most = most.load(std::sync::atomic::Ordering::SeqCst);
     assert!(most >= 1, "the sampler saw the operator's connection");
     assert!(most <= 1, "{most} connections held with a budget of 1");
+}
+
+/// The admin connection to PostgreSQL over TLS (the shared server of the
+/// test run serves TLS): verify-full with the CA works, an unrelated CA does
+/// not; the credentials Secret carries the sslmode applications must use.
+#[tokio::test]
+async fn postgres_admin_connection_over_tls() {
+    let w = World::start(Engine::Postgres, "pgtls").await;
+    let shared = &dbqo_testenv::shared().postgres;
+    let ca = std::fs::read_to_string(
+        shared
+            .ca_cert
+            .as_ref()
+            .expect("the shared server serves TLS"),
+    )
+    .unwrap();
+    let keys = |sslmode: &str, ca: &str| {
+        let mut keys = common::server_secret_keys(shared, "postgres");
+        keys.insert("sslmode", sslmode.into());
+        keys.insert("ca.crt", ca.into());
+        keys
+    };
+    create_secret(&w.client, &w.platform, "verified", keys("verify-full", &ca)).await;
+    let other_ca = {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("other.crt");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=other",
+            ])
+            .arg("-keyout")
+            .arg(dir.path().join("other.key"))
+            .arg("-out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(made.status.success());
+        std::fs::read_to_string(&out).unwrap()
+    };
+    create_secret(
+        &w.client,
+        &w.platform,
+        "unrelated",
+        keys("verify-full", &other_ca),
+    )
+    .await;
+    for (name, secret) in [("tls", "verified"), ("badca", "unrelated")] {
+        w.create_server(
+            name,
+            json!({"connectionSecretRef": {"name": secret, "caCertKey": "ca.crt"}}),
+        )
+        .await;
+    }
+    w.wait_for_server("tls", "Ready").await;
+    w.wait_for_server("badca", "ConnectionFailed").await;
+    let name = unique("tls").replace('-', "_");
+    w.create_database(
+        &w.platform,
+        "secure",
+        json!({"serverRef": {"name": "tls"}, "databaseName": name}),
+    )
+    .await
+    .unwrap();
+    w.wait_for(&w.platform, "secure", Phase::Ready, "Ready")
+        .await;
+    let (data, _) = w.secret(&w.platform, "secure-credentials").await.unwrap();
+    assert_eq!(data["sslmode"], "verify-full");
+    assert!(data["uri"].ends_with("?sslmode=verify-full"));
 }
 
 #[tokio::test]

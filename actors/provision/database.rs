@@ -74,6 +74,10 @@ pub struct DatabaseActor {
     status: Option<DatabaseStatus>,
     /// Secrets whose changes this actor hears about.
     subscribed: Vec<(String, String)>,
+    /// The resourceVersion of the copy whose reset label a pass acted on:
+    /// the next pass may start before the watch brings the copy without
+    /// the label, and must not reset the password a second time.
+    reset_done_for: Option<String>,
 }
 
 impl DatabaseActor {
@@ -95,6 +99,7 @@ impl DatabaseActor {
             timer: None,
             status,
             subscribed: Vec::new(),
+            reset_done_for: None,
         }
     }
 
@@ -119,15 +124,20 @@ impl DatabaseActor {
             ctx.cancel_future(timer);
         }
         self.running = true;
+        let version = self.database.resource_version();
         let inputs = Inputs {
             database: self.database.clone(),
             server: self.server(),
             writer: self.writer.clone(),
             settings: self.settings.clone(),
             status: self.status.clone(),
+            reset_done: version.is_some() && version == self.reset_done_for,
         };
-        ctx.spawn(inputs.run().into_actor(self).map(|result, act, ctx| {
+        ctx.spawn(inputs.run().into_actor(self).map(move |result, act, ctx| {
             act.running = false;
+            if result.reset_done {
+                act.reset_done_for = version;
+            }
             if let Some(status) = result.status {
                 act.status = Some(status);
             }
@@ -230,10 +240,14 @@ struct Inputs {
     writer: WriterHandle,
     settings: Arc<Settings>,
     status: Option<DatabaseStatus>,
+    /// The reset label of this copy was acted on already.
+    reset_done: bool,
 }
 
 #[derive(Default)]
 struct PassResult {
+    /// This pass set a new password for the reset label.
+    reset_done: bool,
     /// The status now written.
     status: Option<DatabaseStatus>,
     secrets: Vec<(String, String)>,
@@ -380,6 +394,7 @@ impl Inputs {
             }
         }
         let outcome = self.provision(&mut result.secrets).await;
+        result.reset_done = matches!(&outcome, Ok((_, done)) if done.new_password);
         let (phase, request, verdict) = match &outcome {
             Ok((request, _)) => (
                 Phase::Ready,
@@ -461,11 +476,12 @@ impl Inputs {
             .map_err(|e| fail(e.into()))?;
         let uid = self.database.uid().unwrap_or_default();
         let found = credentials::found(existing.as_ref(), &uid);
-        let reset = self
-            .database
-            .labels()
-            .get(ACTION_LABEL)
-            .is_some_and(|a| a == RESET_PASSWORD);
+        let reset = !self.reset_done
+            && self
+                .database
+                .labels()
+                .get(ACTION_LABEL)
+                .is_some_and(|a| a == RESET_PASSWORD);
 
         let host = server
             .spec

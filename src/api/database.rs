@@ -35,11 +35,11 @@ pub struct DatabaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z][a-z0-9_]*$"))]
     pub username: Option<String>,
-    /// Privileges of the user on the database: `ALL` (default) or a list such as
-    /// `SELECT`, `INSERT`, `UPDATE`, `DELETE`.
-    #[serde(default = "default_privileges")]
-    #[schemars(default = "default_privileges")]
-    pub privileges: Vec<String>,
+    /// Privileges of the user on the database: `ALL`, a list such as `SELECT`, `INSERT`,
+    /// `UPDATE`, `DELETE`, or the name of one of the server's `privilegePresets`.
+    /// Default: the server's `defaultPrivileges` (`ALL` unless it says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileges: Option<Vec<String>>,
     /// PostgreSQL extensions to create in the database (only those the server allows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<String>,
@@ -125,8 +125,4 @@ fn phase_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "type": "string",
         "enum": ["Pending", "Creating", "Ready", "Error", "Deleting"],
     })
-}
-
-fn default_privileges() -> Vec<String> {
-    vec!["ALL".into()]
 }

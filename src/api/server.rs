@@ -43,6 +43,14 @@ pub struct DatabaseServerSpec {
     /// Generated passwords.
     #[serde(default)]
     pub password_policy: PasswordPolicy,
+    /// Named privilege sets a `Database` may ask for by name, e.g.
+    /// `readonly: [SELECT]`, `readwrite: [SELECT, INSERT, UPDATE, DELETE]`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub privilege_presets: std::collections::BTreeMap<String, Vec<String>>,
+    /// Privileges of a `Database` that names none: a list or a preset's name.
+    #[serde(default = "default_privileges")]
+    #[schemars(default = "default_privileges")]
+    pub default_privileges: Vec<String>,
     /// Privileges a `Database` may ask for (`ALL` or a list). Empty: every privilege the
     /// engine knows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -112,6 +120,10 @@ impl Default for PasswordPolicy {
             alphabet: default_alphabet(),
         }
     }
+}
+
+fn default_privileges() -> Vec<String> {
+    vec!["ALL".into()]
 }
 
 fn default_password_length() -> u32 {

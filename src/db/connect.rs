@@ -182,6 +182,24 @@ pub async fn connect(info: &ConnInfo) -> Result<Client, ConnectError> {
     Ok(client)
 }
 
+/// Like [`connect`], holding `slot` (a place in the server's connection
+/// budget) until the connection has closed, not merely until the client is
+/// dropped: the budget counts connections the server still sees.
+pub async fn connect_in_slot(
+    info: &ConnInfo,
+    slot: super::budget::Slot,
+) -> Result<Client, ConnectError> {
+    let config = wire_config(info);
+    let tls = tls_connector(info)?;
+    let (client, connection) = config.connect(tls).await.map_err(|e| connect_error(&e))?;
+    let driver = drive(connection);
+    tokio::spawn(async move {
+        let _ = driver.await;
+        drop(slot);
+    });
+    Ok(client)
+}
+
 /// How pooled connections are made: as [`connect`] makes them, driven by [`drive`].
 pub struct PoolConnect {
     pub tls: MakeTlsConnector,

@@ -12,7 +12,7 @@ mod secret;
 pub mod sqlstate;
 
 pub use budget::{ConnectionBudget, ServerKey, Slot, IDLE_TIMEOUT};
-pub use connect::{connect, connect_error, tls_connector, ConnectError};
+pub use connect::{connect, connect_error, connect_in_slot, tls_connector, ConnectError};
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
 pub use listen::{Listeners, Notice, Subscription, PING};
 pub use pool::{build_pool, checkout, Checkout, Pool, PoolConnectError, PoolError, PoolGetError};

@@ -16,9 +16,25 @@ use crate::api::server::Engine;
 use crate::db::{ConnInfo, ConnectError, ConnectionBudget, RootCert, ServerKey, Slot, SslMode};
 
 pub struct MySession {
-    conn: Conn,
-    _slot: Slot,
+    /// Taken only by `drop`, which closes it.
+    conn: Option<Conn>,
+    slot: Option<Slot>,
     records_ready: bool,
+}
+
+impl Drop for MySession {
+    /// Closes the connection before its budget slot is given back, so the
+    /// budget counts connections the server still sees.
+    fn drop(&mut self) {
+        if let (Some(conn), Some(slot)) = (self.conn.take(), self.slot.take()) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = conn.disconnect().await;
+                    drop(slot);
+                });
+            }
+        }
+    }
 }
 
 /// The TLS options libpq's `sslmode` stands for, on MySQL: `disable` and
@@ -108,8 +124,8 @@ pub async fn connect(
         other => other?,
     };
     Ok(MySession {
-        conn,
-        _slot: slot,
+        conn: Some(conn),
+        slot: Some(slot),
         records_ready: false,
     })
 }
@@ -144,12 +160,16 @@ fn failed(what: &str, e: &mysql_async::Error, quote_message: bool) -> ServerErro
 }
 
 impl MySession {
+    fn conn(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("open until dropped")
+    }
+
     async fn ensure_records(&mut self) -> Result<(), ServerError> {
         if self.records_ready {
             return Ok(());
         }
         let exists: Option<u64> = self
-            .conn
+            .conn()
             .query_first(
                 "SELECT COUNT(*) FROM information_schema.TABLES \
                  WHERE TABLE_SCHEMA = 'dbqo' AND TABLE_NAME = 'ownership'",
@@ -158,7 +178,7 @@ impl MySession {
             .map_err(|e| failed("reading the ownership records", &e, true))?;
         if exists.unwrap_or(0) == 0 {
             for statement in sql::create_records(Engine::Mariadb) {
-                self.conn
+                self.conn()
                     .query_drop(statement)
                     .await
                     .map_err(|e| failed("creating the ownership records", &e, true))?;
@@ -176,13 +196,13 @@ type ObservedRow = (u64, u64, Option<String>, Option<String>, Option<String>);
 impl Session for MySession {
     async fn facts(&mut self) -> Result<ServerFacts, ServerError> {
         let version: Option<String> = self
-            .conn
+            .conn()
             .query_first("SELECT VERSION()")
             .await
             .map_err(|e| failed("reading the server's version", &e, true))?;
         // The admin's global privileges and whether it may grant them.
         let rows: Vec<(String, String)> = self
-            .conn
+            .conn()
             .query(
                 "SELECT PRIVILEGE_TYPE, IS_GRANTABLE FROM information_schema.USER_PRIVILEGES \
                  WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
@@ -209,7 +229,7 @@ impl Session for MySession {
     async fn observe(&mut self, request: &Request) -> Result<Observed, ServerError> {
         self.ensure_records().await?;
         let row: Option<ObservedRow> = self
-            .conn
+            .conn()
             .exec_first(
                 "SELECT \
                    (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?), \
@@ -247,7 +267,7 @@ impl Session for MySession {
         claimant: &Claimant,
     ) -> Result<Observed, ServerError> {
         self.ensure_records().await?;
-        self.conn
+        self.conn()
             .exec_drop(
                 "INSERT IGNORE INTO dbqo.ownership (object, name, owner_uid, owner) \
                  VALUES ('database', ?, ?, ?), ('user', ?, ?, ?)",
@@ -269,7 +289,7 @@ impl Session for MySession {
         for statement in statements {
             let kind = statement_kind(statement);
             let carries_password = statement.contains(" IDENTIFIED BY ");
-            self.conn
+            self.conn()
                 .query_drop(statement)
                 .await
                 .map_err(|e| failed(&kind, &e, !carries_password))?;
@@ -294,7 +314,7 @@ impl Session for MySession {
         request: &Request,
         text: &str,
     ) -> Result<(), ServerError> {
-        self.conn
+        self.conn()
             .exec_drop(
                 "UPDATE dbqo.ownership SET privileges = ? WHERE object = 'database' AND name = ?",
                 (text, &request.database),
@@ -304,7 +324,7 @@ impl Session for MySession {
     }
 
     async fn forget(&mut self, request: &Request, uid: &str) -> Result<(), ServerError> {
-        self.conn
+        self.conn()
             .exec_drop(
                 "DELETE FROM dbqo.ownership WHERE owner_uid = ? AND \
                  ((object = 'database' AND name = ?) OR (object = 'user' AND name = ?))",

@@ -12,13 +12,13 @@ use super::error::{statement_kind, ServerError};
 use super::request::Request;
 use super::session::{Claimant, Observed, ServerFacts, Session};
 use super::sql;
-use crate::db::{self, ConnInfo, ConnectionBudget, ServerKey, Slot};
+use crate::db::{self, ConnInfo, ConnectionBudget, ServerKey};
 
 pub struct PgSession {
     info: ConnInfo,
     budget: ConnectionBudget,
     wait: Duration,
-    admin: (Client, Slot),
+    admin: Client,
     records_ready: bool,
 }
 
@@ -38,18 +38,19 @@ pub async fn connect(
     })
 }
 
+/// A connection within the budget; its slot is given back once the
+/// connection has closed.
 async fn open(
     info: &ConnInfo,
     budget: &ConnectionBudget,
     wait: Duration,
-) -> Result<(Client, Slot), ServerError> {
+) -> Result<Client, ServerError> {
     let slot = budget
         .server(&ServerKey::of(&info.config))
         .acquire(wait)
         .await
         .ok_or(ServerError::Budget)?;
-    let client = db::connect(info).await?;
-    Ok((client, slot))
+    Ok(db::connect_in_slot(info, slot).await?)
 }
 
 fn failed(what: &str, e: &tokio_postgres::Error) -> ServerError {
@@ -66,7 +67,6 @@ impl PgSession {
         }
         let exists: bool = self
             .admin
-            .0
             .query_one("SELECT to_regclass('dbqo.ownership') IS NOT NULL", &[])
             .await
             .map_err(|e| failed("reading the ownership records", &e))?
@@ -74,7 +74,6 @@ impl PgSession {
         if !exists {
             for statement in sql::create_records(crate::api::server::Engine::Postgres) {
                 self.admin
-                    .0
                     .batch_execute(&statement)
                     .await
                     .map_err(|e| failed("creating the ownership records", &e))?;
@@ -89,7 +88,6 @@ impl Session for PgSession {
     async fn facts(&mut self) -> Result<ServerFacts, ServerError> {
         let row = self
             .admin
-            .0
             .query_one(
                 "SELECT current_setting('server_version'), rolsuper, rolcreatedb, rolcreaterole \
                  FROM pg_roles WHERE rolname = current_user",
@@ -116,7 +114,6 @@ impl Session for PgSession {
         self.ensure_records().await?;
         let row = self
             .admin
-            .0
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1), \
                         EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2), \
@@ -147,7 +144,6 @@ impl Session for PgSession {
     ) -> Result<Observed, ServerError> {
         self.ensure_records().await?;
         self.admin
-            .0
             .execute(
                 "INSERT INTO dbqo.ownership (object, name, owner_uid, owner) \
                  VALUES ('database', $1, $3, $4), ('user', $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -166,7 +162,6 @@ impl Session for PgSession {
     async fn execute(&mut self, statements: &[String]) -> Result<(), ServerError> {
         for statement in statements {
             self.admin
-                .0
                 .batch_execute(statement)
                 .await
                 .map_err(|e| failed(&statement_kind(statement), &e))?;
@@ -184,7 +179,7 @@ impl Session for PgSession {
         }
         let mut info = self.info.clone();
         info.config.dbname(&request.database);
-        let (client, _slot) = open(&info, &self.budget, self.wait).await?;
+        let client = open(&info, &self.budget, self.wait).await?;
         for statement in statements {
             client
                 .batch_execute(statement)
@@ -200,7 +195,7 @@ impl Session for PgSession {
         }
         let mut info = self.info.clone();
         info.config.dbname(&request.database);
-        let (client, _slot) = open(&info, &self.budget, self.wait).await?;
+        let client = open(&info, &self.budget, self.wait).await?;
         let present: Vec<String> = client
             .query("SELECT extname FROM pg_extension", &[])
             .await
@@ -222,7 +217,6 @@ impl Session for PgSession {
         text: &str,
     ) -> Result<(), ServerError> {
         self.admin
-            .0
             .execute(
                 "UPDATE dbqo.ownership SET privileges = $2 WHERE object = 'database' AND name = $1",
                 &[&request.database, &text],
@@ -234,7 +228,6 @@ impl Session for PgSession {
 
     async fn forget(&mut self, request: &Request, uid: &str) -> Result<(), ServerError> {
         self.admin
-            .0
             .execute(
                 "DELETE FROM dbqo.ownership WHERE owner_uid = $3 AND \
                  ((object = 'database' AND name = $1) OR (object = 'user' AND name = $2))",

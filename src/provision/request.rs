@@ -163,7 +163,11 @@ pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, 
     let user_max = if engine == Engine::Mysql { 32 } else { 63 };
     check_name("username", &username, user_max)?;
 
-    let privileges = privileges(&spec.privileges, engine)?;
+    let asked = spec
+        .privileges
+        .as_ref()
+        .unwrap_or(&server.spec.default_privileges);
+    let privileges = privileges(&with_presets(asked, server), engine)?;
     if !server.spec.allowed_privileges.is_empty() {
         let allowed = self::privileges(&server.spec.allowed_privileges, engine)?;
         for privilege in &privileges {
@@ -226,6 +230,18 @@ pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, 
         secret_name,
         deletion: spec.deletion_policy,
     })
+}
+
+/// The privileges with every preset name of the server replaced by its list.
+fn with_presets(list: &[String], server: &DatabaseServer) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in list {
+        match server.spec.privilege_presets.get(entry.trim()) {
+            Some(preset) => out.extend(preset.iter().cloned()),
+            None => out.push(entry.clone()),
+        }
+    }
+    out
 }
 
 fn wrong_engine(field: &'static str, applies_to: &'static str, engine: Engine) -> RequestError {
@@ -443,6 +459,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.privileges, vec!["CREATE VIEW"]);
+    }
+
+    #[test]
+    fn presets_and_server_defaults() {
+        let s = server(
+            "postgres",
+            json!({"allowedNamespaces": ["*"],
+                   "privilegePresets": {"readonly": ["SELECT"], "readwrite": ["SELECT", "INSERT", "UPDATE", "DELETE"]},
+                   "defaultPrivileges": ["readonly"]}),
+        );
+        let r = resolve(&database("t", "x", json!({})), &s).unwrap();
+        assert_eq!(
+            r.privileges,
+            vec!["SELECT"],
+            "the server's default, a preset"
+        );
+        let r = resolve(
+            &database("t", "x", json!({"privileges": ["readwrite", "TRUNCATE"]})),
+            &s,
+        )
+        .unwrap();
+        assert_eq!(
+            r.privileges,
+            vec!["DELETE", "INSERT", "SELECT", "TRUNCATE", "UPDATE"]
+        );
+        let e = resolve(
+            &database("t", "x", json!({"privileges": ["superpowers"]})),
+            &s,
+        )
+        .unwrap_err();
+        assert_eq!(e.reason(), "InvalidSpec");
     }
 
     #[test]
