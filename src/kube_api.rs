@@ -551,13 +551,16 @@ pub async fn set_dbqr_finalizers(
     resource_version: Option<&str>,
     finalizers: &[String],
 ) -> Result<(), KubeError> {
-    let patch = serde_json::json!({
-        "metadata": { "finalizers": finalizers, "resourceVersion": resource_version }
-    });
-    dbqrs(client, namespace)
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
+    let resource = ApiResource::erase::<DatabaseQueryResource>(&());
+    set_finalizers(
+        client,
+        &resource,
+        namespace,
+        name,
+        resource_version,
+        finalizers,
+    )
+    .await
 }
 
 /// Merge-patches the status subresource of a namespaced object of `resource`

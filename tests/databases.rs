@@ -300,6 +300,32 @@ impl App {
     }
 }
 
+/// A CA certificate (PEM) that signed nothing the servers present.
+fn unrelated_ca() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("other.crt");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("other.key"))
+        .arg("-out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    std::fs::read_to_string(&out).unwrap()
+}
+
 /// One test's world: a server, a platform namespace with its
 /// `DatabaseServer`, two team namespaces, an operator.
 struct World {
@@ -350,6 +376,23 @@ impl World {
 
     fn labels(&self) -> Value {
         json!({ TEST_LABEL: self.operator.id })
+    }
+
+    /// Stops the operator (SIGTERM, waiting for its exit) and starts it
+    /// again for the same resources, with `args`.
+    fn restart_operator(&mut self, args: &[&str]) {
+        let id = self.operator.id.clone();
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.operator.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(
+            self.operator
+                .wait_for_exit(Duration::from_secs(20))
+                .is_some(),
+            "the operator stops"
+        );
+        self.operator = Operator::start_with_id(&id, args);
     }
 
     async fn create_server(&self, name: &str, extra: Value) {
@@ -605,16 +648,7 @@ async fn lifecycle(engine: Engine, prefix: &str) {
 
     // Restart: no statement but reads, the same password.
     let before = admin.statements().await;
-    let id = w.operator.id.clone();
-    std::process::Command::new("kill")
-        .args(["-TERM", &w.operator.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(
-        w.operator.wait_for_exit(Duration::from_secs(20)).is_some(),
-        "the operator stops"
-    );
-    w.operator = Operator::start_with_id(&id, &[]);
+    w.restart_operator(&[]);
     w.wait_for_passes("orders", 1).await;
     w.wait_for_passes("inventory", 1).await;
     w.wait_for_passes("thief", 1).await;
@@ -1033,31 +1067,9 @@ async fn mariadb_admin_connection_over_tls() {
     verified.insert("sslmode", "verify-full".into());
     verified.insert("ca.crt", ca);
     create_secret(&w.client, &w.platform, "verified", verified).await;
-    // A CA that did not sign the server's certificate.
-    let dir = tempfile::tempdir().unwrap();
-    let other = dir.path().join("other.crt");
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other",
-        ])
-        .arg("-keyout")
-        .arg(dir.path().join("other.key"))
-        .arg("-out")
-        .arg(&other)
-        .output()
-        .unwrap();
-    assert!(status.status.success());
     let mut unrelated = w.server.admin_keys();
     unrelated.insert("sslmode", "verify-full".into());
-    unrelated.insert("ca.crt", std::fs::read_to_string(&other).unwrap());
+    unrelated.insert("ca.crt", unrelated_ca());
     create_secret(&w.client, &w.platform, "unrelated", unrelated).await;
     let mut no_ca = w.server.admin_keys();
     no_ca.insert("sslmode", "verify-ca".into());
@@ -1092,13 +1104,7 @@ async fn mariadb_admin_connection_over_tls() {
 #[tokio::test]
 async fn postgres_databases_keep_to_the_connection_budget() {
     let mut w = World::start(Engine::Postgres, "pgbudget").await;
-    let id = w.operator.id.clone();
-    std::process::Command::new("kill")
-        .args(["-TERM", &w.operator.pid().to_string()])
-        .status()
-        .unwrap();
-    w.operator.wait_for_exit(Duration::from_secs(20));
-    w.operator = Operator::start_with_id(&id, &["--max-connections-per-database", "1"]);
+    w.restart_operator(&["--max-connections-per-database", "1"]);
     let Server::Postgres(pg) = &w.server else {
         unreachable!()
     };
@@ -1164,30 +1170,7 @@ async fn postgres_admin_connection_over_tls() {
         keys
     };
     create_secret(&w.client, &w.platform, "verified", keys("verify-full", &ca)).await;
-    let other_ca = {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("other.crt");
-        let made = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=other",
-            ])
-            .arg("-keyout")
-            .arg(dir.path().join("other.key"))
-            .arg("-out")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(made.status.success());
-        std::fs::read_to_string(&out).unwrap()
-    };
+    let other_ca = unrelated_ca();
     create_secret(
         &w.client,
         &w.platform,

@@ -18,6 +18,7 @@ use kube::{
 };
 use serde_json::json;
 
+use super::server;
 use crate::writer::{SecretChanged, SecretSubscription, WriterHandle};
 use dbqo::api::database::{Database, DatabaseDeletionPolicy, DatabaseStatus, Phase};
 use dbqo::api::server::DatabaseServer;
@@ -25,7 +26,7 @@ use dbqo::api::FINALIZER;
 use dbqo::kube_api::{DbqrEvent, KubeError, Target};
 use dbqo::provision::{
     adopt::SecretFound,
-    connect::{admin_conninfo, admin_host, open, AnySession},
+    connect::admin_host,
     credentials::{self, Credentials},
     error::ServerError,
     reconcile::{drop_owned, provision, ProvisionError, Provisioned},
@@ -43,8 +44,6 @@ pub const RESET_PASSWORD: &str = "reset-password";
 const RESYNC: Duration = Duration::from_secs(600);
 /// Failed passes are retried at least this often.
 const RETRY_CAP: Duration = Duration::from_secs(300);
-/// How long a pass waits for a slot of the server's connection budget.
-const BUDGET_WAIT: Duration = Duration::from_secs(30);
 
 /// The `Database` as the watch now has it.
 #[derive(Message)]
@@ -442,33 +441,12 @@ impl Inputs {
             .map_err(|e| (None, Failure::error(e.reason(), e.to_string())))?;
         let fail = |failure: Failure| (Some(request.clone()), failure);
 
-        let server_namespace = server.namespace().unwrap_or_default();
-        let reference = &server.spec.connection_secret_ref;
-        let admin_key = (
-            reference
-                .namespace
-                .clone()
-                .unwrap_or_else(|| server_namespace.clone()),
-            reference.name.clone(),
-        );
+        let admin_key = server::admin_secret(server);
         let credentials_key = (namespace.clone(), request.secret_name.clone());
-        *secrets = vec![admin_key.clone(), credentials_key.clone()];
-
-        let admin = self
-            .writer
-            .read_secret(&admin_key.0, &admin_key.1)
+        *secrets = vec![admin_key, credentials_key.clone()];
+        let info = server::admin_connection(server, &self.writer)
             .await
-            .map_err(|e| fail(e.into()))?
-            .ok_or_else(|| {
-                fail(ServerError::SecretNotFound(format!("{}/{}", admin_key.0, admin_key.1)).into())
-            })?;
-        let info = admin_conninfo(
-            request.engine,
-            &format!("{}/{}", admin_key.0, admin_key.1),
-            &admin.data,
-            reference,
-        )
-        .map_err(|e| fail(ServerError::from(e).into()))?;
+            .map_err(|e| fail(e.into()))?;
         let existing = self
             .writer
             .read_secret(&credentials_key.0, &credentials_key.1)
@@ -503,15 +481,9 @@ impl Inputs {
             .unwrap_or(default_port);
         let sslmode = info.effective_ssl_mode().as_str().to_owned();
 
-        let mut session: AnySession = open(
-            request.engine,
-            info,
-            &self.settings.budget,
-            BUDGET_WAIT,
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|e| fail(e.into()))?;
+        let mut session = server::session(request.engine, info, &self.settings)
+            .await
+            .map_err(|e| fail(e.into()))?;
         let claimant = Claimant {
             uid: uid.clone(),
             name: format!("{namespace}/{}", self.database.name_any()),
@@ -744,32 +716,7 @@ impl Inputs {
 
     async fn drop_database(&self, request: &Request) -> Result<(), Failure> {
         let server = self.server.as_ref().expect("checked by the caller");
-        let reference = &server.spec.connection_secret_ref;
-        let ns = reference
-            .namespace
-            .clone()
-            .or_else(|| server.namespace())
-            .unwrap_or_default();
-        let admin = self
-            .writer
-            .read_secret(&ns, &reference.name)
-            .await?
-            .ok_or_else(|| ServerError::SecretNotFound(format!("{ns}/{}", reference.name)))?;
-        let info = admin_conninfo(
-            request.engine,
-            &format!("{ns}/{}", reference.name),
-            &admin.data,
-            reference,
-        )
-        .map_err(ServerError::from)?;
-        let mut session = open(
-            request.engine,
-            info,
-            &self.settings.budget,
-            BUDGET_WAIT,
-            Duration::from_secs(10),
-        )
-        .await?;
+        let mut session = server::admin_session(server, &self.writer, &self.settings).await?;
         drop_owned(
             &mut session,
             request,

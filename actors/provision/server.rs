@@ -3,14 +3,20 @@
 
 use std::time::Duration;
 
+/// How long a session waits for a slot of the server's connection budget.
+const BUDGET_WAIT: Duration = Duration::from_secs(30);
+/// How long connecting to a server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{api::ApiResource, Resource, ResourceExt};
 
 use crate::writer::WriterHandle;
-use dbqo::api::server::DatabaseServer;
+use dbqo::api::server::{DatabaseServer, Engine};
+use dbqo::db::ConnInfo;
 use dbqo::kube_api::DbqrEvent;
 use dbqo::provision::{
-    connect::{admin_conninfo, open},
+    connect::{admin_conninfo, open, AnySession},
     error::ServerError,
     password,
     session::{ServerFacts, Session},
@@ -19,33 +25,62 @@ use dbqo::provision::{
 use dbqo::reconcile::Writer;
 use dbqo::settings::Settings;
 
+/// Where `server`'s admin Secret lives (namespace, name).
+pub(super) fn admin_secret(server: &DatabaseServer) -> (String, String) {
+    let reference = &server.spec.connection_secret_ref;
+    let namespace = reference
+        .namespace
+        .clone()
+        .or_else(|| server.namespace())
+        .unwrap_or_default();
+    (namespace, reference.name.clone())
+}
+
+/// `server`'s admin connection, from its Secret (read through the writer's
+/// watch of it: no API request once watched).
+pub(super) async fn admin_connection(
+    server: &DatabaseServer,
+    writer: &WriterHandle,
+) -> Result<ConnInfo, ServerError> {
+    let (namespace, name) = admin_secret(server);
+    let label = format!("{namespace}/{name}");
+    let admin = writer
+        .read_secret(&namespace, &name)
+        .await?
+        .ok_or_else(|| ServerError::SecretNotFound(label.clone()))?;
+    Ok(admin_conninfo(
+        server.spec.engine,
+        &label,
+        &admin.data,
+        &server.spec.connection_secret_ref,
+    )?)
+}
+
+/// An admin session on `server`, within the connection budget.
+pub(super) async fn admin_session(
+    server: &DatabaseServer,
+    writer: &WriterHandle,
+    settings: &Settings,
+) -> Result<AnySession, ServerError> {
+    let info = admin_connection(server, writer).await?;
+    session(server.spec.engine, info, settings).await
+}
+
+/// A session with the admin connection `info`, within the connection budget.
+pub(super) async fn session(
+    engine: Engine,
+    info: ConnInfo,
+    settings: &Settings,
+) -> Result<AnySession, ServerError> {
+    open(engine, info, &settings.budget, BUDGET_WAIT, CONNECT_TIMEOUT).await
+}
+
 async fn facts(
     server: &DatabaseServer,
     writer: &WriterHandle,
     settings: &Settings,
 ) -> Result<ServerFacts, ServerError> {
-    let reference = &server.spec.connection_secret_ref;
-    let ns = reference
-        .namespace
-        .clone()
-        .or_else(|| server.namespace())
-        .unwrap_or_default();
-    let label = format!("{ns}/{}", reference.name);
-    let admin = writer
-        .read_secret(&ns, &reference.name)
-        .await
-        .map_err(|e| ServerError::Unreachable(e.to_string()))?
-        .ok_or_else(|| ServerError::SecretNotFound(label.clone()))?;
-    let info = admin_conninfo(server.spec.engine, &label, &admin.data, reference)?;
-    let mut session = open(
-        server.spec.engine,
-        info,
-        &settings.budget,
-        Duration::from_secs(30),
-        Duration::from_secs(10),
-    )
-    .await?;
-    session.facts().await
+    admin_session(server, writer, settings).await?.facts().await
 }
 
 pub async fn check(server: &DatabaseServer, writer: &WriterHandle, settings: &Settings) {

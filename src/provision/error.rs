@@ -22,6 +22,8 @@ pub enum ServerError {
     Statement { what: String, message: String },
     #[error("the admin lacks {0}")]
     MissingRights(String),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kube_api::KubeError),
 }
 
 impl ServerError {
@@ -36,6 +38,7 @@ impl ServerError {
             Self::Budget => "ConnectionBudgetExhausted",
             Self::Statement { .. } => "StatementFailed",
             Self::MissingRights(_) => "InsufficientPrivileges",
+            Self::Kubernetes(e) => e.reason(),
         }
     }
 
