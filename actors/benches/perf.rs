@@ -8,8 +8,9 @@
 //! prints one table: each figure of the operator, the baseline's figure and
 //! their ratio. The baseline is a plain kube-rs client in this program that
 //! server-side-applies exactly the objects the operator produced (read back
-//! from the cluster, server fields stripped), at the operator's concurrency
-//! (16) and at 64. Latencies run from the commit of an UPDATE to the watch
+//! from the cluster, server fields stripped, the owner reference pointed at
+//! an owner in its own namespace), at the operator's concurrency (16) and at
+//! 64, and once more at 16 with the operator's watches running. Latencies run from the commit of an UPDATE to the watch
 //! event carrying the new content. Idle cost comes from the API server's
 //! `apiserver_request_total` and `pg_stat_statements`; RSS and CPU time from
 //! `/proc/<pid>`.
