@@ -935,6 +935,35 @@ async fn deletion_and_adoption(engine: Engine, prefix: &str) {
     assert_ne!(after["password"], before["password"]);
     assert!(App::connect(engine, &after, None).await.is_ok());
 
+    // A pass that fails after the user is created (a creation option the
+    // server refuses) leaves the password in the Secret: fixing the spec
+    // converges, with credentials that work.
+    let bad = match engine {
+        Engine::Postgres => json!({"encoding": "NOPE"}),
+        Engine::MariaDb => json!({"charset": "nope"}),
+    };
+    w.create_database(&w.team_a, "halfway", bad).await.unwrap();
+    w.wait_for(&w.team_a, "halfway", Phase::Error, "StatementFailed")
+        .await;
+    assert!(admin.user_exists("halfway").await && !admin.database_exists("halfway").await);
+    let (saved, _) = w
+        .secret(&w.team_a, "halfway-credentials")
+        .await
+        .expect("the password is saved before it is set");
+    let good = match engine {
+        Engine::Postgres => json!({"spec": {"encoding": "UTF8"}}),
+        Engine::MariaDb => json!({"spec": {"charset": "utf8mb4"}}),
+    };
+    w.databases(&w.team_a)
+        .patch("halfway", &PatchParams::default(), &Patch::Merge(good))
+        .await
+        .unwrap();
+    w.wait_for(&w.team_a, "halfway", Phase::Ready, "Ready")
+        .await;
+    let (now, _) = w.secret(&w.team_a, "halfway-credentials").await.unwrap();
+    assert_eq!(now["password"], saved["password"]);
+    assert!(App::connect(engine, &now, None).await.is_ok());
+
     // A Database in a namespace the server does not allow.
     let other = namespace(&w.client, &format!("{prefix}-c")).await;
     w.create_database(&other, "stranger", json!({}))

@@ -29,7 +29,7 @@ use dbqo::provision::{
     connect::admin_host,
     credentials::{self, Credentials},
     error::ServerError,
-    reconcile::{drop_owned, provision, ProvisionError, Provisioned},
+    reconcile::{carry_out, drop_owned, plan, ProvisionError, Provisioned},
     request::{resolve, Request},
     session::Claimant,
     status::{next_database_status, Verdict},
@@ -488,7 +488,7 @@ impl Inputs {
             uid: uid.clone(),
             name: format!("{namespace}/{}", self.database.name_any()),
         };
-        let done = provision(
+        let planned = plan(
             &mut session,
             &request,
             &claimant,
@@ -498,15 +498,16 @@ impl Inputs {
         )
         .await
         .map_err(|e| fail(e.into()))?;
-        drop(session);
 
+        // The Secret first: a pass failing after the password is set on the
+        // server must find it in the Secret.
         let data = Credentials {
             engine: request.engine,
             host,
             port,
             dbname: request.database.clone(),
             username: request.username.clone(),
-            password: done.password.clone(),
+            password: planned.password.clone(),
             sslmode,
         }
         .data();
@@ -542,6 +543,10 @@ impl Inputs {
                 .await
                 .map_err(|e| fail(e.into()))?,
         }
+        let done = carry_out(&mut session, &request, &planned)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        drop(session);
         self.announce(&request, &done).await;
         if reset {
             let patch = json!({"metadata": {"labels": {ACTION_LABEL: null}}});

@@ -32,8 +32,6 @@ pub enum Verdict {
     Proceed {
         create_user: bool,
         create_database: bool,
-        /// Generate and set a new password (new user, or the reset label).
-        new_password: bool,
     },
     Refuse(Refusal),
 }
@@ -112,7 +110,6 @@ pub fn decide(
     Verdict::Proceed {
         create_user: !user.exists,
         create_database: !database.exists,
-        new_password: !user.exists || reset_requested,
     }
 }
 
@@ -148,7 +145,6 @@ mod tests {
             Verdict::Proceed {
                 create_user: true,
                 create_database: true,
-                new_password: true
             }
         );
     }
@@ -166,7 +162,6 @@ mod tests {
             Verdict::Proceed {
                 create_user: false,
                 create_database: false,
-                new_password: false
             }
         );
     }
@@ -215,7 +210,6 @@ mod tests {
             Verdict::Proceed {
                 create_user: false,
                 create_database: false,
-                new_password: true
             }
         );
     }

@@ -53,71 +53,110 @@ fn refused(refusal: Refusal, request: &Request) -> ProvisionError {
     }
 }
 
-/// Brings the server in line with `request` for the `Database` `claimant`.
-/// `secret` is the credentials Secret as found; `reset` asks for a new password.
-pub async fn provision<S: Session>(
+/// What a pass will do, decided before anything changes. The password is
+/// chosen here so that the caller can put it in the credentials Secret
+/// before it is set on the server: a pass that fails between the two then
+/// finds it there (a user created with a password no Secret holds would be
+/// lost for good).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub create_user: bool,
+    pub create_database: bool,
+    /// `ALTER ... PASSWORD` on an existing user (the reset label).
+    pub set_password: bool,
+    /// The password the credentials Secret must hold.
+    pub password: String,
+    /// The privileges as recorded on the server.
+    recorded_privileges: Option<String>,
+}
+
+/// Reads the server and decides for the `Database` `claimant`, claiming in
+/// the ownership records what it will create. `secret` is the credentials
+/// Secret as found; `reset` asks for a new password.
+pub async fn plan<S: Session>(
     session: &mut S,
     request: &Request,
     claimant: &Claimant,
     secret: &SecretFound,
     reset: bool,
     policy: &PasswordPolicy,
-) -> Result<Provisioned, ProvisionError> {
+) -> Result<Planned, ProvisionError> {
     let mut observed = session.observe(request).await?;
-    let mut verdict = decide(
-        &claimant.uid,
-        &observed.database,
-        &observed.user,
-        secret,
-        reset,
-    );
-    if let Verdict::Refuse(refusal) = verdict {
+    let decide_now = |observed: &super::session::Observed| {
+        decide(
+            &claimant.uid,
+            &observed.database,
+            &observed.user,
+            secret,
+            reset,
+        )
+    };
+    if let Verdict::Refuse(refusal) = decide_now(&observed) {
         return Err(refused(refusal, request));
     }
     if observed.database.recorded_owner.is_none() || observed.user.recorded_owner.is_none() {
         // Claimed before anything is created: of two Databases naming the
         // same database, the one whose record lands first wins.
         observed = session.claim(request, claimant).await?;
-        verdict = decide(
-            &claimant.uid,
-            &observed.database,
-            &observed.user,
-            secret,
-            reset,
-        );
     }
-    let Verdict::Proceed {
-        create_user,
-        create_database,
-        new_password,
-    } = verdict
-    else {
-        let Verdict::Refuse(refusal) = verdict else {
-            unreachable!()
-        };
-        return Err(refused(refusal, request));
+    let (create_user, create_database) = match decide_now(&observed) {
+        Verdict::Refuse(refusal) => return Err(refused(refusal, request)),
+        Verdict::Proceed {
+            create_user,
+            create_database,
+            ..
+        } => (create_user, create_database),
     };
-    let password = match (new_password, secret) {
-        (false, SecretFound::Ours { password: Some(p) }) => p.clone(),
+    // The Secret's password is kept unless a reset asks for a new one; for
+    // a user still to be created it is one an earlier pass chose and saved
+    // before failing.
+    let password = match secret {
+        SecretFound::Ours {
+            password: Some(password),
+        } if !reset => password.clone(),
         _ => password::generate(policy)?,
     };
+    Ok(Planned {
+        create_user,
+        create_database,
+        set_password: reset && !create_user,
+        password,
+        recorded_privileges: observed.privileges,
+    })
+}
+
+/// Runs what `planned` decided, and whatever privileges and extensions the
+/// spec asks for that the server does not have yet.
+pub async fn carry_out<S: Session>(
+    session: &mut S,
+    request: &Request,
+    planned: &Planned,
+) -> Result<Provisioned, ServerError> {
     let engine = request.engine;
-    if create_user {
+    if planned.create_user {
         session
-            .execute(&[sql::create_user(engine, &request.username, &password)])
+            .execute(&[sql::create_user(
+                engine,
+                &request.username,
+                &planned.password,
+            )])
             .await?;
-    } else if new_password {
+    } else if planned.set_password {
         session
-            .execute(&[sql::set_password(engine, &request.username, &password)])
+            .execute(&[sql::set_password(
+                engine,
+                &request.username,
+                &planned.password,
+            )])
             .await?;
     }
-    if create_database {
+    if planned.create_database {
         session.execute(&sql::create_database(request)).await?;
     }
     let wanted = request.privileges_text();
-    let privileges_changed = observed.privileges.as_deref() != Some(wanted.as_str());
+    let privileges_changed = planned.recorded_privileges.as_deref() != Some(wanted.as_str());
     if privileges_changed {
-        let replace = observed.privileges.is_some();
+        let replace = planned.recorded_privileges.is_some();
         session
             .execute(&sql::database_privileges(request, replace))
             .await?;
@@ -137,12 +176,12 @@ pub async fn provision<S: Session>(
         session.execute_inside(request, &statements).await?;
     }
     Ok(Provisioned {
-        created_user: create_user,
-        created_database: create_database,
-        new_password: create_user || new_password,
+        created_user: planned.create_user,
+        created_database: planned.create_database,
+        new_password: planned.create_user || planned.set_password,
         privileges_changed,
         extensions_created: missing,
-        password,
+        password: planned.password.clone(),
     })
 }
 
