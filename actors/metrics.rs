@@ -65,6 +65,9 @@ pub struct Metrics {
     actors: Gauge,
     writer_in_flight: Gauge,
     connections: Family<ServerLabel, Gauge>,
+    database_passes: Family<ResultLabel, Counter>,
+    database_pass_duration: Histogram,
+    database_errors: Family<ReasonLabel, Counter>,
     budget: OnceLock<ConnectionBudget>,
 }
 
@@ -84,10 +87,29 @@ impl Metrics {
             actors: Gauge::default(),
             writer_in_flight: Gauge::default(),
             connections: Family::default(),
+            database_passes: Family::default(),
+            database_pass_duration: seconds(),
+            database_errors: Family::default(),
             budget: OnceLock::new(),
             registry: Registry::default(),
         };
         registry.register("passes", "Reconcile passes, by result", m.passes.clone());
+        registry.register(
+            "database_passes",
+            "Provisioning passes of Databases, by result",
+            m.database_passes.clone(),
+        );
+        registry.register_with_unit(
+            "database_pass_duration",
+            "Duration of provisioning passes of Databases",
+            Unit::Seconds,
+            m.database_pass_duration.clone(),
+        );
+        registry.register(
+            "database_errors",
+            "Failed provisioning passes of Databases, by reason",
+            m.database_errors.clone(),
+        );
         registry.register_with_unit(
             "pass_duration",
             "Duration of reconcile passes, by result",
@@ -176,6 +198,21 @@ impl Metrics {
             self.errors
                 .get_or_create(&ReasonLabel {
                     reason: failure.reason().to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// A provisioning pass of a `Database` ended; `failure` is its reason if it failed.
+    pub fn database_pass(&self, failure: Option<&str>, duration: std::time::Duration) {
+        self.database_passes
+            .get_or_create(&result(failure.is_none()))
+            .inc();
+        self.database_pass_duration.observe(duration.as_secs_f64());
+        if let Some(reason) = failure {
+            self.database_errors
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_owned(),
                 })
                 .inc();
         }

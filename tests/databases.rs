@@ -613,6 +613,12 @@ async fn lifecycle(engine: Engine, prefix: &str) {
     }
     let events = w.events(&w.team_a).await;
     assert!(events.iter().any(|(r, _)| r == "Created"), "{events:?}");
+    let metrics = w.operator.http_address("metrics").await;
+    let (_, text) = common::http_get(&metrics, "/metrics")
+        .await
+        .expect("/metrics");
+    let passes = common::metric_sample(&text, "dbqo_database_passes_total{result=\"success\"}");
+    assert!(passes.is_some_and(|n| n >= 1.0), "{text}");
 
     // The other team: its own database, and none of team a's.
     w.create_database(&w.team_b, "inventory", json!({}))
@@ -1071,6 +1077,17 @@ async fn server_faults(engine: Engine, prefix: &str) {
     }
     for password in ["not-the-password", "weak-pw"] {
         w.assert_never_shown(password).await;
+    }
+    let metrics = w.operator.http_address("metrics").await;
+    let (_, text) = common::http_get(&metrics, "/metrics")
+        .await
+        .expect("/metrics");
+    for reason in ["AuthenticationFailed", "ConnectionFailed"] {
+        let failures = common::metric_sample(
+            &text,
+            &format!("dbqo_database_errors_total{{reason=\"{reason}\"}}"),
+        );
+        assert!(failures.is_some_and(|n| n >= 1.0), "{reason}: {text}");
     }
     // A server referenced but missing: Pending, not an error.
     w.create_database(

@@ -17,24 +17,6 @@ use serde_json::Value;
 
 const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{Row.id}}\"\n";
 
-/// The address the operator logged for `what` ("metrics", "probes").
-async fn bound(operator: &Operator, what: &str) -> String {
-    eventually(
-        Duration::from_secs(10),
-        "the HTTP address in the log",
-        || async {
-            operator.log().lines().find_map(|line| {
-                let entry: Value = serde_json::from_str(line).ok()?;
-                let fields = &entry["fields"];
-                (fields["message"] == "serving HTTP" && fields["what"] == what)
-                    .then(|| fields["bound"].as_str().map(str::to_owned))
-                    .flatten()
-            })
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn metrics_health_and_readiness_are_served() {
     let s = common::operator::setup(
@@ -43,8 +25,8 @@ async fn metrics_health_and_readiness_are_served() {
     )
     .await;
     let operator = Operator::start(&[]);
-    let metrics = bound(&operator, "metrics").await;
-    let probes = bound(&operator, "probes").await;
+    let metrics = operator.http_address("metrics").await;
+    let probes = operator.http_address("probes").await;
     assert_ne!(metrics, probes, "separate listeners for separate flags");
     assert_eq!(get(&probes, "/healthz").await.map(|r| r.0), Some(200));
     eventually(Duration::from_secs(10), "ready", || async {
@@ -138,7 +120,7 @@ async fn one_replica_leads_and_another_takes_over_after_a_crash_or_a_release() {
     )
     .await;
     let second = replica(&id, "second", ns, lease);
-    let second_probes = bound(&second, "probes").await;
+    let second_probes = second.http_address("probes").await;
     // Waiting for the lease, the second replica is ready to take over.
     eventually(
         Duration::from_secs(10),
@@ -183,7 +165,7 @@ async fn one_replica_leads_and_another_takes_over_after_a_crash_or_a_release() {
     // A third replica waits; the leader stops on SIGTERM, releases the lease,
     // and the third takes over without waiting for it to expire.
     let third = replica(&id, "third", ns, lease);
-    let third_probes = bound(&third, "probes").await;
+    let third_probes = third.http_address("probes").await;
     eventually(
         Duration::from_secs(10),
         "the third replica to stand by",

@@ -368,6 +368,7 @@ impl Inputs {
     }
 
     async fn run(self) -> PassResult {
+        let started = std::time::Instant::now();
         let mut result = PassResult::default();
         if self.database.metadata.deletion_timestamp.is_some() {
             return self.finalize().await;
@@ -409,6 +410,10 @@ impl Inputs {
             namespace = %self.namespace(),
             reason = verdict.reason,
             "database pass finished"
+        );
+        crate::metrics::global().database_pass(
+            (!verdict.ready).then_some(verdict.reason),
+            started.elapsed(),
         );
         result
     }

@@ -139,6 +139,24 @@ impl Operator {
         .await
     }
 
+    /// The address the operator logged it serves `what` on ("metrics", "probes").
+    pub async fn http_address(&self, what: &str) -> String {
+        eventually(
+            Duration::from_secs(10),
+            "the HTTP address in the log",
+            || async {
+                self.log().lines().find_map(|line| {
+                    let entry: Value = serde_json::from_str(line).ok()?;
+                    let fields = &entry["fields"];
+                    (fields["message"] == "serving HTTP" && fields["what"] == what)
+                        .then(|| fields["bound"].as_str().map(str::to_owned))
+                        .flatten()
+                })
+            },
+        )
+        .await
+    }
+
     /// The operator's process id (to signal it).
     pub fn pid(&self) -> u32 {
         self.process.pid()
