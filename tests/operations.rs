@@ -13,7 +13,6 @@ use common::operator::{
 use common::{eventually, http_get as get, metric_sample as sample};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use serde_json::Value;
 
 const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{Row.id}}\"\n";
 
