@@ -3,7 +3,8 @@
 //! kubelet + containerd), two replicas under exactly the chart's
 //! ServiceAccount and RBAC with in-cluster configuration, a PostgreSQL on the
 //! host that pods reach over the pod network. The walk-through, a kind
-//! outside `allowedKinds`, `/metrics` from the Pod, failover after the
+//! outside `allowedKinds`, `/metrics` from the Pod, a `Database` provisioned
+//! through the chart's RBAC, failover after the
 //! leader Pod is force-deleted (and no interleaved writes of two replicas,
 //! from the API server's audit log), `helm upgrade` and `helm uninstall`.
 
@@ -485,6 +486,63 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         },
     )
     .await;
+
+    // Databases for teams, in-cluster: the chart's RBAC lets the operator
+    // create a database, its user and the credentials Secret, which works.
+    let servers: Api<dbqo::api::server::DatabaseServer> = Api::namespaced(client.clone(), APP_NS);
+    servers
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "dbqo.dev/v1alpha1",
+                "kind": "DatabaseServer",
+                "metadata": {"name": "main"},
+                "spec": {"engine": "postgres", "connectionSecretRef": {"name": "db"}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let databases: Api<dbqo::api::database::Database> = Api::namespaced(client.clone(), APP_NS);
+    databases
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "dbqo.dev/v1alpha1",
+                "kind": "Database",
+                "metadata": {"name": "orders"},
+                "spec": {"serverRef": {"name": "main"}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), APP_NS);
+    let credentials = eventually(
+        Duration::from_secs(60),
+        "orders Ready with its Secret",
+        || async {
+            let ready = databases.get_opt("orders").await.ok()??.status?.phase
+                == Some(dbqo::api::database::Phase::Ready);
+            let secret = secrets.get_opt("orders-credentials").await.ok()??;
+            ready.then_some(secret)
+        },
+    )
+    .await;
+    let value =
+        |key: &str| String::from_utf8(credentials.data.as_ref().unwrap()[key].0.clone()).unwrap();
+    let team = common::connect(&format!(
+        "postgresql://{}:{}@{}:{}/{}?sslmode=disable",
+        value("username"),
+        value("password"),
+        value("host"),
+        value("port"),
+        value("dbname")
+    ))
+    .await;
+    team.batch_execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        .await
+        .expect("the team's credentials work");
 
     // helm uninstall: the operator goes; the CRD, the DBQRs and what they
     // made stay (Helm never deletes a chart's CRDs).
