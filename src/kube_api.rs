@@ -542,27 +542,6 @@ pub fn status_patch(status: &DatabaseQueryResourceStatus) -> Json {
     serde_json::json!({ "status": body })
 }
 
-/// Replaces a DBQR's finalizers, if it is still at `resource_version`
-/// (optimistic concurrency: a stale view must not overwrite newer finalizers).
-pub async fn set_dbqr_finalizers(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    resource_version: Option<&str>,
-    finalizers: &[String],
-) -> Result<(), KubeError> {
-    let resource = ApiResource::erase::<DatabaseQueryResource>(&());
-    set_finalizers(
-        client,
-        &resource,
-        namespace,
-        name,
-        resource_version,
-        finalizers,
-    )
-    .await
-}
-
 /// Merge-patches the status subresource of a namespaced object of `resource`
 /// (the operator's own kinds) to `status`.
 pub async fn patch_status(
@@ -582,8 +561,9 @@ pub async fn patch_status(
     Ok(())
 }
 
-/// Replaces the finalizers of a namespaced object of `resource`, if it is
-/// still at `resource_version`.
+/// Replaces the finalizers of a namespaced object of `resource` (DBQRs,
+/// `Database`s), if it is still at `resource_version` (optimistic
+/// concurrency: a stale view must not overwrite newer finalizers).
 pub async fn set_finalizers(
     client: &Client,
     resource: &ApiResource,

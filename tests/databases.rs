@@ -25,6 +25,8 @@ const TEST_LABEL: &str = "dbqo.dev/test";
 /// A password alphabet with every character SQL text could trip on.
 const HOSTILE_ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz0123456789'\"\\;`$%@/:?#&*()-";
 const WAIT: Duration = Duration::from_secs(60);
+/// A CA that signed nothing the test servers present (shared with the DBQR TLS tests).
+const UNRELATED_CA: &str = include_str!("fixtures/unrelated-ca.pem");
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Engine {
@@ -298,32 +300,6 @@ impl App {
             App::MariaDb(c) => c.query("SHOW DATABASES").await.unwrap(),
         }
     }
-}
-
-/// A CA certificate (PEM) that signed nothing the servers present.
-fn unrelated_ca() -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("other.crt");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other",
-        ])
-        .arg("-keyout")
-        .arg(dir.path().join("other.key"))
-        .arg("-out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(made.status.success());
-    std::fs::read_to_string(&out).unwrap()
 }
 
 /// One test's world: a server, a platform namespace with its
@@ -1115,7 +1091,7 @@ async fn mariadb_admin_connection_over_tls() {
     create_secret(&w.client, &w.platform, "verified", verified).await;
     let mut unrelated = w.server.admin_keys();
     unrelated.insert("sslmode", "verify-full".into());
-    unrelated.insert("ca.crt", unrelated_ca());
+    unrelated.insert("ca.crt", UNRELATED_CA.into());
     create_secret(&w.client, &w.platform, "unrelated", unrelated).await;
     let mut no_ca = w.server.admin_keys();
     no_ca.insert("sslmode", "verify-ca".into());
@@ -1216,12 +1192,12 @@ async fn postgres_admin_connection_over_tls() {
         keys
     };
     create_secret(&w.client, &w.platform, "verified", keys("verify-full", &ca)).await;
-    let other_ca = unrelated_ca();
+    let other_ca = UNRELATED_CA;
     create_secret(
         &w.client,
         &w.platform,
         "unrelated",
-        keys("verify-full", &other_ca),
+        keys("verify-full", other_ca),
     )
     .await;
     for (name, secret) in [("tls", "verified"), ("badca", "unrelated")] {

@@ -548,19 +548,9 @@ impl Writer for WriterHandle {
         resource_version: Option<&str>,
         finalizers: &[String],
     ) -> Result<(), KubeError> {
-        let (namespace, name) = (namespace.to_owned(), name.to_owned());
-        let (version, finalizers) = (resource_version.map(str::to_owned), finalizers.to_vec());
-        self.request(|client| async move {
-            kube_api::set_dbqr_finalizers(
-                &client,
-                &namespace,
-                &name,
-                version.as_deref(),
-                &finalizers,
-            )
+        let resource = ApiResource::erase::<DatabaseQueryResource>(&());
+        self.set_finalizers(&resource, namespace, name, resource_version, finalizers)
             .await
-        })
-        .await
     }
 
     async fn publish_event(
