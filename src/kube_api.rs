@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use kube::{
     api::{
         Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+        Preconditions,
     },
     discovery::Scope as DiscoveryScope,
     Client,
@@ -21,6 +22,11 @@ use crate::render::{GroupKind, Gvk, Scope};
 
 /// Field manager of every write.
 pub const FIELD_MANAGER: &str = "db-query-operator";
+
+/// Annotation by which the owner of an existing object lets one DBQR
+/// (`<namespace>/<name>`) take it over. Without it, an object the operator
+/// did not make is never written, relabelled or deleted.
+pub const ADOPT_ANNOTATION: &str = "dbqo.dev/adopt";
 
 /// A failed API call, by kind. Messages carry the API server's reason, never manifests.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -278,6 +284,12 @@ pub struct LiveObject {
     pub controller_uid: Option<String>,
     pub owner_references: Vec<Json>,
     pub deleting: bool,
+    /// The object's uid: deletions name it as a precondition, so a
+    /// same-named replacement made by someone else is never deleted.
+    pub uid: Option<String>,
+    /// The value of [`ADOPT_ANNOTATION`]: the DBQR (`namespace/name`) the
+    /// object's owner lets take it over.
+    pub adopt: Option<String>,
 }
 
 impl From<DynamicObject> for LiveObject {
@@ -302,6 +314,13 @@ impl From<&DynamicObject> for LiveObject {
                 .filter_map(|r| serde_json::to_value(r).ok())
                 .collect(),
             deleting: o.metadata.deletion_timestamp.is_some(),
+            uid: o.metadata.uid.clone(),
+            adopt: o
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ADOPT_ANNOTATION))
+                .cloned(),
         }
     }
 }
@@ -475,16 +494,23 @@ pub async fn list(
 }
 
 /// Deletes in the background (dependents follow via garbage collection); a
-/// missing object counts as deleted.
-pub async fn delete(client: &Client, target: &Target) -> Result<(), KubeError> {
-    match target_api(client, target)
-        .delete(&target.name, &DeleteParams::background())
-        .await
-    {
+/// missing object counts as deleted. With `uid`, only the object of that uid
+/// is deleted: one recreated under the same name by someone else since it
+/// was read is not the one the operator meant, and the API server's
+/// precondition answer (409) counts as deleted too.
+pub async fn delete(client: &Client, target: &Target, uid: Option<&str>) -> Result<(), KubeError> {
+    let mut params = DeleteParams::background();
+    if let Some(uid) = uid {
+        params = params.preconditions(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        });
+    }
+    match target_api(client, target).delete(&target.name, &params).await {
         Ok(_) => Ok(()),
         Err(e) => {
             let e = KubeError::from(e);
-            if e.is_not_found() {
+            if e.is_not_found() || (uid.is_some() && e.is_conflict()) {
                 Ok(())
             } else {
                 Err(e)

@@ -491,10 +491,12 @@ impl Writer for WriterHandle {
             .await
     }
 
-    async fn delete(&self, target: &Target) -> Result<(), KubeError> {
-        let target = target.clone();
-        self.request(|client| async move { kube_api::delete(&client, &target).await })
-            .await
+    async fn delete(&self, target: &Target, uid: Option<&str>) -> Result<(), KubeError> {
+        let (target, uid) = (target.clone(), uid.map(str::to_owned));
+        self.request(|client| async move {
+            kube_api::delete(&client, &target, uid.as_deref()).await
+        })
+        .await
     }
 
     async fn merge_patch(&self, target: &Target, patch: &Json) -> Result<(), KubeError> {

@@ -63,7 +63,7 @@ fn verification(info: &ConnInfo) -> Result<Verify, ConnectError> {
     let mode = info.effective_ssl_mode();
     let roots = match &info.root_cert {
         Some(RootCert::Pem(pem)) => Some(Some(pem.clone())),
-        Some(RootCert::File(path)) => Some(Some(std::fs::read(path).map_err(|source| {
+        Some(RootCert::File(path)) => Some(Some(read_root_cert(path).map_err(|source| {
             ConnectError::ReadRootCert {
                 path: path.clone(),
                 source,
@@ -81,6 +81,23 @@ fn verification(info: &ConnInfo) -> Result<Verify, ConnectError> {
             return Err(ConnectError::RootCertRequired(mode.as_str()))
         }
     })
+}
+
+/// A CA bundle is a few kilobytes; a path like `/dev/zero` must not read
+/// forever. (Only `render --database-url` reads files: Secrets may not name
+/// them.)
+const MAX_ROOT_CERT_BYTES: u64 = 1 << 20;
+
+fn read_root_cert(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut pem = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_ROOT_CERT_BYTES + 1)
+        .read_to_end(&mut pem)?;
+    if pem.len() as u64 > MAX_ROOT_CERT_BYTES {
+        return Err(std::io::Error::other("larger than 1 MiB"));
+    }
+    Ok(pem)
 }
 
 /// TLS as libpq's sslmode defines it for `info`.
@@ -134,16 +151,22 @@ pub fn wire_config(info: &ConnInfo) -> tokio_postgres::Config {
     config
 }
 
-/// Maps a tokio-postgres connect failure to its stable kind.
+/// Maps a tokio-postgres connect failure to its stable kind. A server's
+/// refusal is described by its SQLSTATE alone (see
+/// [`super::sqlstate::connect_error_line`]).
 pub fn connect_error(e: &tokio_postgres::Error) -> ConnectError {
     let code = e.code().map(|c| c.code()).unwrap_or_default();
+    let line = match e.as_db_error() {
+        Some(db) => super::sqlstate::connect_error_line(db.code().code()),
+        None => super::describe(e),
+    };
     if code.starts_with("28") {
-        ConnectError::Authentication(super::describe(e))
+        ConnectError::Authentication(line)
     } else if code == "53300" {
         // too_many_connections: back-pressure, not a credentials problem.
-        ConnectError::TooManyConnections(super::describe(e))
+        ConnectError::TooManyConnections(line)
     } else {
-        ConnectError::Connect(super::describe(e))
+        ConnectError::Connect(line)
     }
 }
 

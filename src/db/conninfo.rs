@@ -31,7 +31,7 @@ impl FromStr for SslMode {
             "require" => Self::Require,
             "verify-ca" => Self::VerifyCa,
             "verify-full" => Self::VerifyFull,
-            other => return Err(ConnInfoError::SslMode(other.to_owned())),
+            _ => return Err(ConnInfoError::SslMode),
         })
     }
 }
@@ -82,8 +82,11 @@ impl ConnInfo {
 /// A connection string that cannot be used. Never carries the password.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnInfoError {
-    #[error("unsupported sslmode {0:?} (expected disable, allow, prefer, require, verify-ca or verify-full)")]
-    SslMode(String),
+    // The value is not quoted: a Secret key mapped onto `sslModeKey` may hold anything.
+    #[error("unsupported sslmode (expected disable, allow, prefer, require, verify-ca or verify-full)")]
+    SslMode,
+    #[error("{0} names a file on the operator's filesystem, which is not supported (a CA bundle comes from caCertKey)")]
+    FileParameter(&'static str),
     #[error("invalid connection string: {0}")]
     Invalid(String),
 }
@@ -96,12 +99,33 @@ impl ConnInfoError {
 
 const TLS_KEYS: [&str; 2] = ["sslmode", "sslrootcert"];
 
+/// libpq parameters that make the client read a file of its own (a key, a
+/// certificate, a password file, a service file). A connection string
+/// comes from a tenant's Secret: the operator's filesystem is not theirs.
+const FILE_KEYS: [&str; 8] = [
+    "sslcert",
+    "sslkey",
+    "sslcrl",
+    "sslcrldir",
+    "sslpassword",
+    "passfile",
+    "service",
+    "servicefile",
+];
+
+fn refuse_file_key(key: &str) -> Result<(), ConnInfoError> {
+    match FILE_KEYS.iter().find(|k| **k == key) {
+        Some(k) => Err(ConnInfoError::FileParameter(k)),
+        None => Ok(()),
+    }
+}
+
 impl FromStr for ConnInfo {
     type Err = ConnInfoError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (rest, tls) = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            split_uri(s)
+            split_uri(s)?
         } else {
             split_key_value(s)?
         };
@@ -162,14 +186,17 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn split_uri(s: &str) -> (String, Vec<(String, String)>) {
+type Split = (String, Vec<(String, String)>);
+
+fn split_uri(s: &str) -> Result<Split, ConnInfoError> {
     let Some((base, query)) = s.split_once('?') else {
-        return (s.to_owned(), Vec::new());
+        return Ok((s.to_owned(), Vec::new()));
     };
     let mut kept = Vec::new();
     let mut tls = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        refuse_file_key(k)?;
         if TLS_KEYS.contains(&k) {
             tls.push((k.to_owned(), percent_decode(v)));
         } else {
@@ -181,11 +208,11 @@ fn split_uri(s: &str) -> (String, Vec<(String, String)>) {
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    (rest, tls)
+    Ok((rest, tls))
 }
 
 /// Splits libpq `key = value` text, honouring single quotes and backslash escapes.
-fn split_key_value(s: &str) -> Result<(String, Vec<(String, String)>), ConnInfoError> {
+fn split_key_value(s: &str) -> Result<Split, ConnInfoError> {
     let mut kept = Vec::new();
     let mut tls = Vec::new();
     let mut chars = s.chars().peekable();
@@ -227,6 +254,7 @@ fn split_key_value(s: &str) -> Result<(String, Vec<(String, String)>), ConnInfoE
                 }
             }
         }
+        refuse_file_key(&key)?;
         if TLS_KEYS.contains(&key.as_str()) {
             tls.push((key, value));
         } else {
@@ -276,10 +304,26 @@ mod tests {
     fn defaults_to_prefer_and_refuses_unknown_modes() {
         let info: ConnInfo = "postgresql://u@h/d".parse().unwrap();
         assert_eq!(info.ssl_mode, SslMode::Prefer);
-        let err = "postgresql://u@h/d?sslmode=sometimes"
+        let err = "postgresql://u@h/d?sslmode=m4rker"
             .parse::<ConnInfo>()
             .unwrap_err();
-        assert!(err.to_string().contains("sometimes"), "{err}");
+        assert!(err.to_string().contains("unsupported sslmode"), "{err}");
+        assert!(!err.to_string().contains("m4rker"), "{err}");
+    }
+
+    #[test]
+    fn parameters_that_read_files_are_refused_by_name() {
+        for (text, key) in [
+            ("postgresql://u@h/d?sslkey=/etc/shadow", "sslkey"),
+            ("postgresql://u@h/d?application_name=x&sslcert=/m4rker", "sslcert"),
+            ("host=h user=u passfile=/m4rker", "passfile"),
+            ("service=m4rker", "service"),
+            ("postgresql://u@h/d?sslcrl=/m4rker", "sslcrl"),
+        ] {
+            let err = text.parse::<ConnInfo>().unwrap_err();
+            assert!(matches!(err, ConnInfoError::FileParameter(k) if k == key), "{text}: {err}");
+            assert!(!err.to_string().contains("m4rker"), "{err}");
+        }
     }
 
     #[test]

@@ -100,6 +100,28 @@ pub fn conninfo_from_secret(
             root_cert: None,
         }
     };
+    let refuse = |problem: &str| SecretError::Invalid {
+        secret: secret.to_owned(),
+        problem: problem.to_owned(),
+    };
+    // Files and sockets are the operator's, not the Secret author's.
+    if matches!(info.root_cert, Some(RootCert::File(_))) {
+        return Err(refuse(
+            "sslrootcert names a file on the operator's filesystem, which is not supported: \
+             put the CA bundle in the Secret and name its key in caCertKey \
+             (or use sslrootcert=system)",
+        ));
+    }
+    if info
+        .config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+    {
+        return Err(refuse(
+            "the host is a Unix socket path on the operator's filesystem; give a TCP host name",
+        ));
+    }
     if let Some(ca_key) = &reference.ca_cert_key {
         info.root_cert = Some(RootCert::Pem(required(ca_key)?.into_bytes()));
     }
@@ -187,5 +209,36 @@ mod tests {
         ]);
         let err = conninfo_from_secret("ns/db", &d, &reference()).unwrap_err();
         assert!(!err.to_string().contains("secret-ish"), "{err}");
+    }
+
+    #[test]
+    fn a_value_mapped_onto_any_key_never_shows_in_the_error() {
+        const MARKER: &str = "m4rker-value";
+        let mut d = data(&[("host", "h"), ("username", "u"), ("dbname", "d")]);
+        d.insert("token".into(), MARKER.as_bytes().to_vec());
+        for field in ["sslModeKey", "portKey", "uriKey"] {
+            let mut r = serde_json::json!({"name": "db"});
+            r[field] = "token".into();
+            let r: ConnectionSecretRef = serde_json::from_value(r).unwrap();
+            let err = conninfo_from_secret("ns/db", &d, &r).unwrap_err();
+            assert!(!err.to_string().contains(MARKER), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn files_and_sockets_of_the_operator_are_refused() {
+        let mut r = reference();
+        r.uri_key = Some("uri".into());
+        for uri in [
+            "postgresql://u@h/d?sslrootcert=/dev/zero&sslmode=verify-full",
+            "postgresql://u@h/d?sslkey=/etc/ssl/private/key.pem",
+            "host=/var/run/postgresql user=u dbname=d",
+        ] {
+            let err = conninfo_from_secret("ns/db", &data(&[("uri", uri)]), &r).unwrap_err();
+            assert_eq!(err.reason(), "SecretInvalid");
+            assert!(err.to_string().contains("operator's filesystem"), "{uri}: {err}");
+        }
+        let ok = "postgresql://u@h/d?sslrootcert=system&sslmode=verify-full";
+        assert!(conninfo_from_secret("ns/db", &data(&[("uri", ok)]), &r).is_ok());
     }
 }

@@ -74,6 +74,24 @@ pub fn server_error_line(code: &str, message: &str) -> String {
     }
 }
 
+/// A server's refusal of a connection as one line: the condition only.
+/// Its message quotes what the connection asked for (`password
+/// authentication failed for user "<user>"`, `database "<name>" does not
+/// exist`, a pg_hba line naming host, user and database), and those came
+/// from a Secret.
+pub fn connect_error_line(code: &str) -> String {
+    let condition = match code {
+        "28P01" => "invalid_password: password authentication failed",
+        "28000" => "invalid_authorization_specification: the server does not let this user in",
+        "3D000" => "invalid_catalog_name: the database does not exist",
+        "53300" => "too_many_connections",
+        "57P03" => "cannot_connect_now: the server is starting up or shutting down",
+        "42501" => "insufficient_privilege",
+        _ => "the server refused the connection",
+    };
+    format!("{condition} (SQLSTATE {code}; the message is not shown, it can quote the user or database name)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

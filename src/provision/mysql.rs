@@ -132,9 +132,14 @@ pub async fn connect(
 
 fn connect_error(e: &mysql_async::Error) -> ServerError {
     match e {
-        // 1045: access denied (wrong user or password); the message names the user only.
+        // 1045: access denied (wrong user or password), 1044: to the
+        // database. The message quotes the user and host, which came from
+        // the admin Secret: the code says enough.
         mysql_async::Error::Server(s) if s.code == 1045 || s.code == 1044 => {
-            ServerError::Authentication(format!("MySQL error {}: {}", s.code, s.message))
+            ServerError::Authentication(format!(
+                "MySQL error {}: access denied (the message is not shown, it quotes the user name)",
+                s.code
+            ))
         }
         mysql_async::Error::Server(s) => {
             ServerError::Unreachable(format!("MySQL error {}", s.code))

@@ -113,7 +113,10 @@ pub async fn clean_up<W: Writer>(
                 DeletionPolicy::Delete => {
                     remaining += 1;
                     if !object.deleting {
-                        writer.delete(&target).await.map_err(failed)?;
+                        writer
+                            .delete(&target, object.uid.as_deref())
+                            .await
+                            .map_err(failed)?;
                     }
                 }
                 DeletionPolicy::Orphan => {

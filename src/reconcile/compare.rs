@@ -319,6 +319,8 @@ mod tests {
                 controller_uid: None,
                 owner_references: Vec::new(),
                 deleting: false,
+                uid: None,
+                adopt: None,
             },
             manifest,
             owned_fields: owned,

@@ -179,6 +179,16 @@ pub enum ObjectError {
     },
     #[error("{kind} {name} exists and belongs to another owner; not taken over")]
     OwnedElsewhere { kind: GroupKind, name: String },
+    #[error(
+        "{kind} {name} already exists and was not made by this DBQR; not taken over \
+         (its owner may annotate it dbqo.dev/adopt: {adopter} to hand it over)"
+    )]
+    Exists {
+        kind: GroupKind,
+        name: String,
+        /// `<namespace>/<name>` of the DBQR, the value adoption needs.
+        adopter: String,
+    },
     #[error("cannot apply {kind} {name}: {source}")]
     Apply {
         kind: GroupKind,
@@ -208,6 +218,7 @@ impl ObjectError {
                 source.reason()
             }
             Self::OwnedElsewhere { .. } => "ObjectOwnedElsewhere",
+            Self::Exists { .. } => "ObjectExists",
         }
     }
 }

@@ -23,8 +23,24 @@ use crate::render::{Gvk, ObjectKey};
 /// removes it after the pass that saw it.
 pub const RELEASE_ANNOTATION: &str = "dbqo.dev/release-prune";
 
-/// An owned object no row produced, with its kind.
-pub type Candidate = (Gvk, Target);
+/// An owned object no row produced, with its kind and the uid it was seen
+/// with (the deletion's precondition).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub gvk: Gvk,
+    pub target: Target,
+    pub uid: Option<String>,
+}
+
+impl Candidate {
+    fn key(&self) -> ObjectKey {
+        ObjectKey {
+            group_kind: self.gvk.group_kind(),
+            namespace: self.target.namespace.clone(),
+            name: self.target.name.clone(),
+        }
+    }
+}
 
 /// The guard's settings (`spec.pruneGuard`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,14 +96,6 @@ pub struct Verdict {
     pub ruling: Ruling,
 }
 
-fn key(gvk: &Gvk, target: &Target) -> ObjectKey {
-    ObjectKey {
-        group_kind: gvk.group_kind(),
-        namespace: target.namespace.clone(),
-        name: target.name.clone(),
-    }
-}
-
 impl PruneGuard {
     /// Whether deleting `count` of `owned` objects is a large prune.
     pub fn is_large(&self, count: usize, owned: usize) -> bool {
@@ -133,25 +141,25 @@ impl PruneGuard {
         // An object produced again (the reload finished) is no longer held.
         let keys: HashMap<ObjectKey, ()> = candidates
             .iter()
-            .map(|(gvk, target)| (key(gvk, target), ()))
+            .map(|c| (c.key(), ()))
             .collect();
         held.0.retain(|k, _| keys.contains_key(k));
         let mut delete = Vec::new();
         let mut waiting = 0;
         let mut confirm_in: Option<Duration> = None;
-        for (gvk, target) in candidates {
-            let since = *held.0.entry(key(&gvk, &target)).or_insert(now);
+        for candidate in candidates {
+            let since = *held.0.entry(candidate.key()).or_insert(now);
             let waited = now.saturating_duration_since(since);
             if waited >= self.confirmation {
-                delete.push((gvk, target));
+                delete.push(candidate);
             } else {
                 waiting += 1;
                 let left = self.confirmation - waited;
                 confirm_in = Some(confirm_in.map_or(left, |c| c.min(left)));
             }
         }
-        for (gvk, target) in &delete {
-            held.0.remove(&key(gvk, target));
+        for candidate in &delete {
+            held.0.remove(&candidate.key());
         }
         let ruling = if waiting == 0 {
             Ruling::Confirmed
@@ -177,15 +185,14 @@ mod tests {
         let gvk: Gvk = "v1/ConfigMap".parse().unwrap();
         names
             .iter()
-            .map(|name| {
-                (
-                    gvk.clone(),
-                    Target {
-                        resource: ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
-                        namespace: Some("ns".into()),
-                        name: name.to_string(),
-                    },
-                )
+            .map(|name| Candidate {
+                gvk: gvk.clone(),
+                target: Target {
+                    resource: ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+                    namespace: Some("ns".into()),
+                    name: name.to_string(),
+                },
+                uid: Some(format!("uid-{name}")),
             })
             .collect()
     }

@@ -53,6 +53,11 @@ impl Owner {
         ])
     }
 
+    /// The value of `dbqo.dev/adopt` that hands an existing object to this DBQR.
+    pub fn adopter(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
     /// The writer's key for drift notices: the owner label values.
     pub fn label_key(&self) -> (String, String) {
         (label_value(&self.namespace), label_value(&self.name))

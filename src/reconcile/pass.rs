@@ -780,19 +780,19 @@ async fn execute<W: Writer>(
         verdict
             .delete
             .iter()
-            .map(|(_, target)| writer.delete(target)),
+            .map(|c| writer.delete(&c.target, c.uid.as_deref())),
     )
     .await;
     let mut delete_failures = Vec::new();
     let mut unpruned = Vec::new();
-    for ((gvk, target), result) in verdict.delete.iter().zip(deletions) {
+    for (candidate, result) in verdict.delete.iter().zip(deletions) {
         match result {
             Ok(()) => report.pruned += 1,
             Err(source) => {
-                unpruned.push(gvk);
+                unpruned.push(&candidate.gvk);
                 delete_failures.push(PruneFailure::Delete {
-                    kind: gvk.group_kind(),
-                    name: target.name.clone(),
+                    kind: candidate.gvk.group_kind(),
+                    name: candidate.target.name.clone(),
                     source,
                 });
             }

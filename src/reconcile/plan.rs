@@ -11,6 +11,7 @@ use serde_json::Value as Json;
 
 use super::compare::in_place;
 use super::error::{ObjectError, PruneFailure, RowFailure};
+use super::guard::Candidate;
 use super::labels::Owner;
 use crate::kube_api::{CachedObject, LiveObject, Target};
 use crate::render::{GroupKind, Gvk, ObjectKey};
@@ -83,9 +84,9 @@ pub struct Plan {
     pub skip: Vec<Desired>,
     /// Rows that fail, sorted by row.
     pub refuse: Vec<RowFailure>,
-    /// Owned objects no row produced, with their kind; deleted only if every
-    /// apply succeeds.
-    pub prune: Vec<(Gvk, Target)>,
+    /// Owned objects no row produced, with their kind and uid; deleted only
+    /// if every apply succeeds.
+    pub prune: Vec<Candidate>,
     /// Kinds whose objects could not be looked at for pruning.
     pub prune_failures: Vec<(Gvk, PruneFailure)>,
     /// Whether this pass prunes: `spec.prune` and no refused row.
@@ -133,6 +134,26 @@ pub(crate) fn owned_elsewhere(owner: &Owner, live: &LiveObject) -> bool {
             .is_some_and(|uid| *uid != owner.uid)
 }
 
+/// Why an existing object may not be written by `owner`, if it may not:
+/// it belongs to another DBQR or controller, or nobody made it ours. An
+/// object is this DBQR's when it carries its labels, or when its owner
+/// handed it over with [`ADOPT_ANNOTATION`](crate::kube_api::ADOPT_ANNOTATION) naming this DBQR.
+fn refusal(owner: &Owner, key: &ObjectKey, live: &LiveObject) -> Option<ObjectError> {
+    let (kind, name) = (key.group_kind.clone(), key.name.clone());
+    if owned_elsewhere(owner, live) {
+        return Some(ObjectError::OwnedElsewhere { kind, name });
+    }
+    let adopter = owner.adopter();
+    if owner.owns(&live.labels) || live.adopt.as_deref() == Some(adopter.as_str()) {
+        return None;
+    }
+    Some(ObjectError::Exists {
+        kind,
+        name,
+        adopter,
+    })
+}
+
 /// Decides the pass.
 pub fn plan(inputs: Inputs<'_>) -> Plan {
     let Inputs {
@@ -159,13 +180,10 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
             Live::Unmanaged(live) => Some(live),
             Live::Absent => None,
         };
-        if metadata.is_some_and(|m| owned_elsewhere(owner, m)) {
+        if let Some(error) = metadata.and_then(|m| refusal(owner, &key, m)) {
             plan.refuse.push(RowFailure {
                 row: object.row,
-                error: ObjectError::OwnedElsewhere {
-                    kind: key.group_kind,
-                    name: key.name,
-                },
+                error,
             });
             continue;
         }
@@ -211,7 +229,11 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
                 namespace: object.namespace,
                 name: object.name,
             };
-            plan.prune.push((gvk.clone(), target));
+            plan.prune.push(Candidate {
+                gvk: gvk.clone(),
+                target,
+                uid: object.uid,
+            });
         }
     }
     plan

@@ -40,6 +40,13 @@ struct FakeWriter {
     refuse_apply: HashSet<String>,
     /// API groups discovery could not describe.
     unavailable: BTreeSet<String>,
+    /// Names of managed objects the watch cache has not seen yet.
+    uncached: RefCell<HashSet<String>>,
+    /// An object (name, new uid) someone deletes and makes again just before
+    /// the operator's delete of it arrives.
+    replaced: RefCell<Option<(String, String)>>,
+    /// Every delete, with the uid it named.
+    deletions: RefCell<Vec<(String, Option<String>)>>,
 }
 
 fn kinds() -> Kinds {
@@ -131,6 +138,9 @@ impl Writer for FakeWriter {
     fn cached(&self, target: &Target) -> Option<CachedObject> {
         let objects = self.objects.borrow();
         let object = objects.get(&slot(target)).filter(|o| managed(o))?;
+        if self.uncached.borrow().contains(&target.name) {
+            return None;
+        }
         Some(CachedObject {
             live: live(object),
             manifest: object.clone(),
@@ -209,9 +219,23 @@ impl Writer for FakeWriter {
         Ok(self.cached_list(resource, labels))
     }
 
-    async fn delete(&self, target: &Target) -> Result<(), KubeError> {
+    async fn delete(&self, target: &Target, uid: Option<&str>) -> Result<(), KubeError> {
         self.record("delete", target);
-        self.objects.borrow_mut().remove(&slot(target));
+        self.deletions
+            .borrow_mut()
+            .push((target.name.clone(), uid.map(str::to_owned)));
+        let mut objects = self.objects.borrow_mut();
+        if let Some((name, new_uid)) = self.replaced.borrow_mut().take() {
+            if let Some(object) = objects.get_mut(&slot(target)).filter(|_| name == target.name) {
+                object["metadata"]["uid"] = json!(new_uid);
+            }
+        }
+        // The API server's uid precondition: a replacement is not deleted.
+        let current = objects.get(&slot(target));
+        if uid.is_some() && current.is_some_and(|o| o["metadata"]["uid"].as_str() != uid) {
+            return Ok(());
+        }
+        objects.remove(&slot(target));
         Ok(())
     }
 
@@ -794,7 +818,7 @@ fn plan_prunes_only_this_owners_objects_not_produced_and_not_going() {
         },
     ]);
     let plan = plan::plan(input);
-    let pruned: Vec<_> = plan.prune.iter().map(|(_, t)| t.name.as_str()).collect();
+    let pruned: Vec<_> = plan.prune.iter().map(|c| c.target.name.as_str()).collect();
     assert_eq!(pruned, ["gone"]);
     assert_eq!(plan.owned, 2, "keep and gone");
     assert_eq!(plan.next_inventory(false, []), BTreeSet::from([cm_gvk()]));
@@ -893,4 +917,83 @@ fn a_few_new_objects_are_read_one_by_one() {
     let calls = writer.calls.borrow().clone();
     assert_eq!(calls.iter().filter(|c| c.starts_with("get")).count(), 2);
     assert!(!calls.iter().any(|c| c.starts_with("names")));
+}
+
+/// A ConfigMap someone made by hand in the DBQR's namespace, with `annotations`.
+fn hand_made(writer: &FakeWriter, name: &str, annotations: Json) {
+    writer.put(
+        "ConfigMap",
+        "apps",
+        name,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": "apps", "uid": format!("uid-{name}"),
+                            "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                            "annotations": annotations},
+               "data": {"value": "mine"}}),
+    );
+}
+
+#[test]
+fn an_existing_object_nobody_handed_over_is_refused_by_name_and_left_alone() {
+    let (config, writer) = (config(true), FakeWriter::default());
+    hand_made(&writer, "a", json!({}));
+    // Adoption names a DBQR: a different one does not count.
+    hand_made(&writer, "b", json!({"dbqo.dev/adopt": "apps/other"}));
+    let mut state = PassState::default();
+    let report = pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("b", "2"), ("c", "3")]),
+    );
+
+    let failure = report.failure().expect("rows a and b fail");
+    assert_eq!(failure.reason(), "ObjectExists");
+    let message = failure.to_string();
+    assert!(message.contains("row 0: ConfigMap a already exists"), "{message}");
+    assert!(message.contains("dbqo.dev/adopt: apps/users"), "{message}");
+    assert_eq!(writer.writes(), ["apply ConfigMap apps/c"]);
+    for name in ["a", "b"] {
+        let object = &writer.objects.borrow()[&("ConfigMap".into(), Some("apps".into()), name.into())];
+        assert_eq!(object["data"]["value"], "mine");
+        assert_eq!(object["metadata"]["labels"][MANAGED_BY], "Helm");
+    }
+}
+
+#[test]
+fn an_object_handed_over_with_the_adopt_annotation_is_applied_and_then_owned() {
+    let (config, writer) = (config(true), FakeWriter::default());
+    hand_made(&writer, "a", json!({"dbqo.dev/adopt": "apps/users"}));
+    let mut state = PassState::default();
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    assert!(report.succeeded(), "{:?}", report.failure());
+    assert_eq!(writer.writes(), ["apply ConfigMap apps/a"]);
+    let object = writer.objects.borrow()[&("ConfigMap".into(), Some("apps".into()), "a".into())].clone();
+    assert_eq!(object["metadata"]["labels"][OWNER_NAME], "users");
+}
+
+#[test]
+fn an_object_with_this_dbqrs_labels_the_cache_has_not_seen_yet_is_its_own() {
+    let (config, writer) = (config(true), FakeWriter::default());
+    let mut mine = desired("a", 0).manifest;
+    mine["metadata"]["uid"] = json!("uid-a");
+    writer.put("ConfigMap", "apps", "a", mine);
+    writer.uncached.borrow_mut().insert("a".into());
+    let mut state = PassState::default();
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
+    assert!(report.succeeded(), "{:?}", report.failure());
+    assert!(writer.calls.borrow().contains(&"get ConfigMap apps/a".to_owned()));
+}
+
+#[test]
+fn a_prune_names_the_uid_it_saw_so_a_replacement_is_not_deleted() {
+    let (config, writer, mut state) = converged(true, &[("a", "1"), ("b", "2"), ("c", "3")]);
+    // b is deleted and made again by someone else, with our labels copied.
+    let key = ("ConfigMap".to_owned(), Some("apps".to_owned()), "b".to_owned());
+    writer.objects.borrow_mut().get_mut(&key).unwrap()["metadata"]["uid"] = json!("uid-b");
+    *writer.replaced.borrow_mut() = Some(("b".into(), "uid-b-replacement".into()));
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("c", "3")]));
+    assert!(report.succeeded(), "{:?}", report.failure());
+    assert_eq!(writer.deletions.borrow().clone(), [("b".to_owned(), Some("uid-b".to_owned()))]);
+    assert!(writer.objects.borrow().contains_key(&key), "the replacement stays");
 }

@@ -49,8 +49,9 @@ pub trait Writer {
         resource: &ApiResource,
         labels: &Labels,
     ) -> Result<Vec<LiveObject>, KubeError>;
-    /// Deletes in the background; an object already gone counts as deleted.
-    async fn delete(&self, target: &Target) -> Result<(), KubeError>;
+    /// Deletes in the background; an object already gone, or replaced by
+    /// one of another `uid`, counts as deleted.
+    async fn delete(&self, target: &Target, uid: Option<&str>) -> Result<(), KubeError>;
     /// JSON merge patch (detaching an orphaned object).
     async fn merge_patch(&self, target: &Target, patch: &Json) -> Result<(), KubeError>;
 

@@ -1,0 +1,240 @@
+//! Tenancy: a DBQR author gets no more than their namespace grants. Existing
+//! objects the operator did not make are never taken over or deleted, and
+//! deletions name the uid the operator saw. Real binary, API server,
+//! controller manager and PostgreSQL.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::eventually;
+use common::operator::{event_reasons, setup, wait_for_condition, DbqrBuilder, Operator};
+use dbqo::api::DatabaseQueryResource;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::api::{Api, ApiResource, DeleteParams, ObjectMeta, PostParams};
+
+/// One object per row: the row names the kind and the object; the
+/// annotation shows whether the operator wrote it.
+const ANY_OBJECT: &str = "apiVersion: v1
+kind: {{Row.kind}}
+metadata:
+  name: \"{{Row.name}}\"
+  annotations:
+    from-row: \"{{Row.id}}\"
+";
+
+fn meta(name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
+    let map = |pairs: &[(&str, &str)]| {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    };
+    ObjectMeta {
+        name: Some(name.into()),
+        labels: map(labels),
+        annotations: map(annotations),
+        ..ObjectMeta::default()
+    }
+}
+
+async fn create<K>(api: &Api<K>, object: K) -> K
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), &object).await.unwrap()
+}
+
+fn untouched(meta: &ObjectMeta) -> bool {
+    let labels = meta.labels.clone().unwrap_or_default();
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    !labels.keys().any(|k| k.starts_with("dbqo.dev/"))
+        && labels.get("app.kubernetes.io/managed-by").map(String::as_str)
+            != Some("db-query-operator")
+        && !annotations.contains_key("from-row")
+        && meta.deletion_timestamp.is_none()
+        && meta.owner_references.clone().unwrap_or_default().is_empty()
+}
+
+/// A pre-existing plain ConfigMap, a Helm release Secret and a Namespace
+/// named by rows are refused (`ObjectExists`), never written, and survive
+/// the DBQR's deletion; one handed over with `dbqo.dev/adopt` is taken
+/// over, and deleted with the DBQR like the one it created.
+#[tokio::test]
+async fn existing_objects_are_not_taken_over_unless_handed_over() {
+    let s = setup(
+        "takeover",
+        "CREATE TABLE objects (id int PRIMARY KEY, kind text NOT NULL, name text NOT NULL);",
+    )
+    .await;
+    let c = &s.client;
+    let ns = s.namespace.as_str();
+    let victim_ns = common::namespace(c, "takeover-victim").await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), ns);
+    let namespaces: Api<Namespace> = Api::all(c.clone());
+    let plain = create(
+        &cms,
+        ConfigMap {
+            metadata: meta("plain", &[], &[]),
+            data: Some(BTreeMap::from([("value".into(), "mine".into())])),
+            ..ConfigMap::default()
+        },
+    )
+    .await;
+    let helm = create(
+        &secrets,
+        Secret {
+            metadata: meta(
+                "sh.helm.release.v1.app.v1",
+                &[("owner", "helm"), ("name", "app")],
+                &[],
+            ),
+            type_: Some("helm.sh/release.v1".into()),
+            ..Secret::default()
+        },
+    )
+    .await;
+    let adopt_value = format!("{ns}/objects");
+    create(
+        &cms,
+        ConfigMap {
+            metadata: meta("handed-over", &[], &[("dbqo.dev/adopt", &adopt_value)]),
+            ..ConfigMap::default()
+        },
+    )
+    .await;
+    s.db.batch_execute(&format!(
+        "INSERT INTO objects VALUES (1, 'ConfigMap', 'plain'), \
+         (2, 'Secret', 'sh.helm.release.v1.app.v1'), (3, 'Namespace', '{victim_ns}'), \
+         (4, 'ConfigMap', 'handed-over'), (5, 'ConfigMap', 'fresh')"
+    ))
+    .await
+    .unwrap();
+
+    let operator = Operator::start(&[
+        "--allowed-kinds",
+        "ConfigMap,Secret,Namespace",
+        "--allowed-namespaces",
+        "*",
+    ]);
+    DbqrBuilder::new("objects", &operator)
+        .query("SELECT id, kind, name FROM objects ORDER BY id")
+        .template(ANY_OBJECT)
+        .create(c, ns)
+        .await;
+    let message =
+        wait_for_condition(c, ns, "objects", "Synced", "False", "ObjectExists").await;
+    // The message names the first rows' objects; the count covers the Namespace's.
+    for expected in [
+        "3 problem(s), nothing pruned",
+        "ConfigMap plain already exists",
+        "Secret sh.helm.release.v1.app.v1 already exists",
+        &format!("dbqo.dev/adopt: {adopt_value}"),
+    ] {
+        assert!(message.contains(expected), "{expected:?} in {message}");
+    }
+    // The rows that may write did: the new object and the handed-over one.
+    eventually(Duration::from_secs(20), "fresh and handed-over written", || async {
+        let fresh = cms.get_opt("fresh").await.ok()??;
+        let handed = cms.get_opt("handed-over").await.ok()??;
+        let written = |m: &ObjectMeta| m.annotations.as_ref()?.get("from-row").cloned();
+        (written(&fresh.metadata)? == "5" && written(&handed.metadata)? == "4").then_some(())
+    })
+    .await;
+    assert!(event_reasons(c, ns)
+        .await
+        .contains(&"ObjectExists".to_owned()));
+    let now_plain = cms.get("plain").await.unwrap();
+    assert!(untouched(&now_plain.metadata), "{:?}", now_plain.metadata);
+    assert_eq!(now_plain.data, plain.data);
+    assert_eq!(
+        now_plain.metadata.resource_version, plain.metadata.resource_version,
+        "never written"
+    );
+    let now_helm = secrets.get(&helm.metadata.name.clone().unwrap()).await.unwrap();
+    assert!(untouched(&now_helm.metadata));
+    assert_eq!(now_helm.metadata.resource_version, helm.metadata.resource_version);
+    assert!(untouched(&namespaces.get(&victim_ns).await.unwrap().metadata));
+
+    // The DBQR goes (deletionPolicy Delete): what it made or was handed goes
+    // with it, what it refused stays.
+    Api::<DatabaseQueryResource>::namespaced(c.clone(), ns)
+        .delete("objects", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the DBQR released", || async {
+        let dbqrs = Api::<DatabaseQueryResource>::namespaced(c.clone(), ns);
+        dbqrs.get_opt("objects").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    for name in ["fresh", "handed-over"] {
+        let cm = cms.get_opt(name).await.unwrap();
+        assert!(
+            cm.is_none_or(|cm| cm.metadata.deletion_timestamp.is_some()),
+            "{name} deleted with the DBQR"
+        );
+    }
+    assert!(untouched(&cms.get("plain").await.unwrap().metadata));
+    assert!(untouched(
+        &secrets
+            .get(&helm.metadata.name.clone().unwrap())
+            .await
+            .unwrap()
+            .metadata
+    ));
+    assert!(untouched(&namespaces.get(&victim_ns).await.unwrap().metadata));
+}
+
+/// A deletion names the uid the operator saw: the API server refuses to
+/// delete a same-named object made since, and that counts as done.
+#[tokio::test]
+async fn a_delete_with_a_stale_uid_leaves_the_replacement() {
+    let client = common::kube_client().await;
+    let ns = common::namespace(&client, "uid-precondition").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let first = create(
+        &cms,
+        ConfigMap {
+            metadata: meta("same-name", &[], &[]),
+            ..ConfigMap::default()
+        },
+    )
+    .await;
+    cms.delete("same-name", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the first one gone", || async {
+        cms.get_opt("same-name").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let second = create(
+        &cms,
+        ConfigMap {
+            metadata: meta("same-name", &[], &[]),
+            ..ConfigMap::default()
+        },
+    )
+    .await;
+    let target = dbqo::kube_api::Target {
+        resource: ApiResource::erase::<ConfigMap>(&()),
+        namespace: Some(ns.clone()),
+        name: "same-name".into(),
+    };
+    dbqo::kube_api::delete(&client, &target, first.metadata.uid.as_deref())
+        .await
+        .expect("a uid that no longer matches counts as deleted");
+    let live = cms.get("same-name").await.expect("the replacement stays");
+    assert_eq!(live.metadata.uid, second.metadata.uid);
+    assert!(live.metadata.deletion_timestamp.is_none());
+    dbqo::kube_api::delete(&client, &target, second.metadata.uid.as_deref())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "deleted with its own uid", || async {
+        cms.get_opt("same-name").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
