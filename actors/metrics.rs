@@ -253,7 +253,7 @@ impl Metrics {
         if let Some(budget) = self.budget.get() {
             for (server, held) in budget.snapshot() {
                 let label = ServerLabel {
-                    server: format!("{}:{}/{}", server.host, server.port, server.dbname),
+                    server: server.fingerprint(),
                 };
                 self.connections.get_or_create(&label).set(held as i64);
             }

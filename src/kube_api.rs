@@ -506,7 +506,10 @@ pub async fn delete(client: &Client, target: &Target, uid: Option<&str>) -> Resu
             resource_version: None,
         });
     }
-    match target_api(client, target).delete(&target.name, &params).await {
+    match target_api(client, target)
+        .delete(&target.name, &params)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) => {
             let e = KubeError::from(e);

@@ -9,10 +9,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::eventually;
-use common::operator::{event_reasons, setup, wait_for_condition, DbqrBuilder, Operator};
+use common::operator::{
+    create_secret, event_reasons, secret_keys, setup, wait_for_condition, DbqrBuilder, Operator,
+    TEST_LABEL,
+};
+use dbqo::api::database::Database;
+use dbqo::api::server::DatabaseServer;
 use dbqo::api::DatabaseQueryResource;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ApiResource, DeleteParams, ObjectMeta, PostParams};
+use serde_json::json;
 
 /// One object per row: the row names the kind and the object; the
 /// annotation shows whether the operator wrote it.
@@ -52,7 +58,9 @@ fn untouched(meta: &ObjectMeta) -> bool {
     let labels = meta.labels.clone().unwrap_or_default();
     let annotations = meta.annotations.clone().unwrap_or_default();
     !labels.keys().any(|k| k.starts_with("dbqo.dev/"))
-        && labels.get("app.kubernetes.io/managed-by").map(String::as_str)
+        && labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str)
             != Some("db-query-operator")
         && !annotations.contains_key("from-row")
         && meta.deletion_timestamp.is_none()
@@ -126,8 +134,7 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
         .template(ANY_OBJECT)
         .create(c, ns)
         .await;
-    let message =
-        wait_for_condition(c, ns, "objects", "Synced", "False", "ObjectExists").await;
+    let message = wait_for_condition(c, ns, "objects", "Synced", "False", "ObjectExists").await;
     // The message names the first rows' objects; the count covers the Namespace's.
     for expected in [
         "3 problem(s), nothing pruned",
@@ -138,12 +145,16 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
         assert!(message.contains(expected), "{expected:?} in {message}");
     }
     // The rows that may write did: the new object and the handed-over one.
-    eventually(Duration::from_secs(20), "fresh and handed-over written", || async {
-        let fresh = cms.get_opt("fresh").await.ok()??;
-        let handed = cms.get_opt("handed-over").await.ok()??;
-        let written = |m: &ObjectMeta| m.annotations.as_ref()?.get("from-row").cloned();
-        (written(&fresh.metadata)? == "5" && written(&handed.metadata)? == "4").then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "fresh and handed-over written",
+        || async {
+            let fresh = cms.get_opt("fresh").await.ok()??;
+            let handed = cms.get_opt("handed-over").await.ok()??;
+            let written = |m: &ObjectMeta| m.annotations.as_ref()?.get("from-row").cloned();
+            (written(&fresh.metadata)? == "5" && written(&handed.metadata)? == "4").then_some(())
+        },
+    )
     .await;
     assert!(event_reasons(c, ns)
         .await
@@ -155,10 +166,18 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
         now_plain.metadata.resource_version, plain.metadata.resource_version,
         "never written"
     );
-    let now_helm = secrets.get(&helm.metadata.name.clone().unwrap()).await.unwrap();
+    let now_helm = secrets
+        .get(&helm.metadata.name.clone().unwrap())
+        .await
+        .unwrap();
     assert!(untouched(&now_helm.metadata));
-    assert_eq!(now_helm.metadata.resource_version, helm.metadata.resource_version);
-    assert!(untouched(&namespaces.get(&victim_ns).await.unwrap().metadata));
+    assert_eq!(
+        now_helm.metadata.resource_version,
+        helm.metadata.resource_version
+    );
+    assert!(untouched(
+        &namespaces.get(&victim_ns).await.unwrap().metadata
+    ));
 
     // The DBQR goes (deletionPolicy Delete): what it made or was handed goes
     // with it, what it refused stays.
@@ -186,7 +205,9 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
             .unwrap()
             .metadata
     ));
-    assert!(untouched(&namespaces.get(&victim_ns).await.unwrap().metadata));
+    assert!(untouched(
+        &namespaces.get(&victim_ns).await.unwrap().metadata
+    ));
 }
 
 /// A deletion names the uid the operator saw: the API server refuses to
@@ -233,8 +254,188 @@ async fn a_delete_with_a_stale_uid_leaves_the_replacement() {
     dbqo::kube_api::delete(&client, &target, second.metadata.uid.as_deref())
         .await
         .unwrap();
-    eventually(Duration::from_secs(10), "deleted with its own uid", || async {
-        cms.get_opt("same-name").await.ok()?.is_none().then_some(())
+    eventually(
+        Duration::from_secs(10),
+        "deleted with its own uid",
+        || async { cms.get_opt("same-name").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+}
+
+/// A value no message may hold; valid as a host, user and database name, so
+/// each key it is mapped onto reaches a different failure.
+const MARKER: &str = "m4rkerq7zx";
+
+const SECRET_KEYS: [&str; 8] = [
+    "uriKey",
+    "hostKey",
+    "portKey",
+    "userKey",
+    "passwordKey",
+    "dbNameKey",
+    "sslModeKey",
+    "caCertKey",
+];
+
+fn server(name: &str, operator: &Operator, secret_ref: serde_json::Value) -> DatabaseServer {
+    serde_json::from_value(json!({
+        "apiVersion": "dbqo.dev/v1alpha1",
+        "kind": "DatabaseServer",
+        "metadata": {"name": name, "labels": {TEST_LABEL: operator.id}},
+        "spec": {"engine": "postgres", "connectionSecretRef": secret_ref},
+    }))
+    .unwrap()
+}
+
+/// A Secret value that a spec maps onto any connection key (of a DBQR or a
+/// DatabaseServer) never shows in a status, an Event, the operator's log or
+/// `/metrics`, whatever it makes fail.
+#[tokio::test]
+async fn a_secret_value_mapped_onto_any_connection_key_is_never_shown() {
+    let s = setup("marker", "").await;
+    let (c, ns) = (&s.client, s.namespace.as_str());
+    let mut keys = secret_keys(&s.url);
+    keys.insert("token", MARKER.to_owned());
+    create_secret(c, ns, "marked", keys).await;
+    let operator = Operator::start(&[]);
+    let servers: Api<DatabaseServer> = Api::namespaced(c.clone(), ns);
+    for field in SECRET_KEYS {
+        let name = format!("k-{}", field.to_lowercase());
+        DbqrBuilder::new(&name, &operator)
+            .secret("marked")
+            .set(
+                &format!("/database/connectionSecretRef/{field}"),
+                json!("token"),
+            )
+            .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"x{{Row.id}}\"\n")
+            .create(c, ns)
+            .await;
+        let reference = json!({"name": "marked", field: "token"});
+        servers
+            .create(&PostParams::default(), &server(&name, &operator, reference))
+            .await
+            .unwrap();
+    }
+    let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(c.clone(), ns);
+    // Every DBQR and server has been tried; the reasons show each mapping
+    // reached the step that used to quote it.
+    let reasons = eventually(Duration::from_secs(60), "every mapping tried", || async {
+        let mut reasons = BTreeMap::new();
+        for field in SECRET_KEYS {
+            let name = format!("k-{}", field.to_lowercase());
+            let dbqr = dbqrs.get(&name).await.ok()?;
+            let connected = dbqr
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "DatabaseConnected")?;
+            let server = servers.get(&name).await.ok()?.status?;
+            let checked = server.conditions.first()?.reason.clone();
+            reasons.insert(field, (connected.reason, checked));
+        }
+        Some(reasons)
     })
     .await;
+    for (field, expected) in [
+        ("uriKey", "SecretInvalid"),
+        ("portKey", "SecretInvalid"),
+        ("sslModeKey", "SecretInvalid"),
+        ("userKey", "AuthenticationFailed"),
+        ("dbNameKey", "ConnectionFailed"),
+        ("hostKey", "ConnectionFailed"),
+    ] {
+        assert_eq!(reasons[field].0, expected, "DBQR with {field}: {reasons:?}");
+        assert_eq!(
+            reasons[field].1, expected,
+            "server with {field}: {reasons:?}"
+        );
+    }
+
+    let mut shown = Vec::new();
+    for dbqr in dbqrs.list(&Default::default()).await.unwrap() {
+        shown.push(serde_json::to_string(&dbqr.status).unwrap());
+    }
+    for server in servers.list(&Default::default()).await.unwrap() {
+        shown.push(serde_json::to_string(&server.status).unwrap());
+    }
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(c.clone(), ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(!events.items.is_empty());
+    shown.extend(
+        events
+            .items
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap()),
+    );
+    let metrics = operator.http_address("metrics").await;
+    let (_, body) = common::http_get(&metrics, "/metrics").await.unwrap();
+    shown.push(body);
+    shown.push(operator.log());
+    for text in shown {
+        assert!(!text.contains(MARKER), "the marker is shown: {text}");
+    }
+}
+
+/// A team's own DatabaseServer cannot use another namespace's admin Secret
+/// (unless the operator allows cross-namespace Secrets): the server says
+/// `SecretNotAllowed`, and a Database on it is not created.
+#[tokio::test]
+async fn a_database_server_cannot_borrow_another_namespaces_admin_secret() {
+    let s = setup("borrow", "").await;
+    let c = &s.client;
+    let team = common::namespace(c, "borrow-team").await;
+    let operator = Operator::start(&[]);
+    // The platform's admin Secret is `db` in s.namespace.
+    let mut borrowed = server(
+        "borrowed",
+        &operator,
+        json!({"name": "db", "namespace": s.namespace}),
+    );
+    borrowed.spec.allowed_namespaces = vec![team.clone()];
+    Api::<DatabaseServer>::namespaced(c.clone(), &team)
+        .create(&PostParams::default(), &borrowed)
+        .await
+        .unwrap();
+    let database: Database = serde_json::from_value(json!({
+        "apiVersion": "dbqo.dev/v1alpha1",
+        "kind": "Database",
+        "metadata": {"name": "stolen", "labels": {TEST_LABEL: operator.id}},
+        "spec": {"serverRef": {"name": "borrowed"}, "databaseName": "borrow_stolen"},
+    }))
+    .unwrap();
+    let databases: Api<Database> = Api::namespaced(c.clone(), &team);
+    databases
+        .create(&PostParams::default(), &database)
+        .await
+        .unwrap();
+    let servers: Api<DatabaseServer> = Api::namespaced(c.clone(), &team);
+    let message = eventually(Duration::from_secs(30), "the server refused", || async {
+        let status = servers.get("borrowed").await.ok()?.status?;
+        let ready = status.conditions.first()?;
+        (ready.reason == "SecretNotAllowed").then(|| ready.message.clone())
+    })
+    .await;
+    assert!(
+        message.contains("--allow-cross-namespace-secrets"),
+        "{message}"
+    );
+    eventually(Duration::from_secs(30), "the Database refused", || async {
+        let status = databases.get("stolen").await.ok()?.status?;
+        (status.conditions.first()?.reason == "SecretNotAllowed").then_some(())
+    })
+    .await;
+    let exists: i64 =
+        s.db.query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = 'borrow_stolen'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        exists, 0,
+        "no database was created with the borrowed Secret"
+    );
 }

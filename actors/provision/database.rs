@@ -449,7 +449,7 @@ impl Inputs {
         let admin_key = server::admin_secret(server);
         let credentials_key = (namespace.clone(), request.secret_name.clone());
         *secrets = vec![admin_key, credentials_key.clone()];
-        let info = server::admin_connection(server, &self.writer)
+        let info = server::admin_connection(server, &self.writer, &self.settings)
             .await
             .map_err(|e| fail(e.into()))?;
         let existing = self

@@ -37,12 +37,19 @@ pub(super) fn admin_secret(server: &DatabaseServer) -> (String, String) {
 }
 
 /// `server`'s admin connection, from its Secret (read through the writer's
-/// watch of it: no API request once watched).
+/// watch of it: no API request once watched). A Secret of another namespace
+/// than the server's is refused unless the operator allows cross-namespace
+/// Secrets, as for DBQRs: whoever may create a `DatabaseServer` in one
+/// namespace may not use another namespace's admin Secret through it.
 pub(super) async fn admin_connection(
     server: &DatabaseServer,
     writer: &WriterHandle,
+    settings: &Settings,
 ) -> Result<ConnInfo, ServerError> {
     let (namespace, name) = admin_secret(server);
+    if Some(&namespace) != server.namespace().as_ref() && !settings.allow_cross_namespace_secrets {
+        return Err(ServerError::SecretNotAllowed(namespace));
+    }
     let label = format!("{namespace}/{name}");
     let admin = writer
         .read_secret(&namespace, &name)
@@ -62,7 +69,7 @@ pub(super) async fn admin_session(
     writer: &WriterHandle,
     settings: &Settings,
 ) -> Result<AnySession, ServerError> {
-    let info = admin_connection(server, writer).await?;
+    let info = admin_connection(server, writer, settings).await?;
     session(server.spec.engine, info, settings).await
 }
 

@@ -493,9 +493,9 @@ impl Writer for WriterHandle {
 
     async fn delete(&self, target: &Target, uid: Option<&str>) -> Result<(), KubeError> {
         let (target, uid) = (target.clone(), uid.map(str::to_owned));
-        self.request(|client| async move {
-            kube_api::delete(&client, &target, uid.as_deref()).await
-        })
+        self.request(
+            |client| async move { kube_api::delete(&client, &target, uid.as_deref()).await },
+        )
         .await
     }
 

@@ -34,6 +34,17 @@ pub struct ServerKey {
 }
 
 impl ServerKey {
+    /// What metrics call this server: the first 12 hex digits of the
+    /// SHA-256 of `host:port/database`. The parts come from Secrets, which
+    /// may map any value onto them, so they never become a label; the same
+    /// server gets the same fingerprint in every operator
+    /// (`printf %s host:port/db | sha256sum | cut -c1-12` tells which).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("{}:{}/{}", self.host, self.port, self.dbname));
+        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    }
+
     pub fn of(config: &tokio_postgres::Config) -> Self {
         let host = config
             .get_hosts()
@@ -233,6 +244,18 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_is_the_sha256_of_the_server_not_its_parts() {
+        let key = ServerKey {
+            host: "db.example".into(),
+            port: 5432,
+            dbname: "app".into(),
+            user: "u".into(),
+        };
+        // printf %s db.example:5432/app | sha256sum | cut -c1-12
+        assert_eq!(key.fingerprint(), "cc3b4e2b523b");
+    }
 
     fn key(user: &str) -> ServerKey {
         ServerKey {

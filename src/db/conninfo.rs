@@ -83,7 +83,9 @@ impl ConnInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnInfoError {
     // The value is not quoted: a Secret key mapped onto `sslModeKey` may hold anything.
-    #[error("unsupported sslmode (expected disable, allow, prefer, require, verify-ca or verify-full)")]
+    #[error(
+        "unsupported sslmode (expected disable, allow, prefer, require, verify-ca or verify-full)"
+    )]
     SslMode,
     #[error("{0} names a file on the operator's filesystem, which is not supported (a CA bundle comes from caCertKey)")]
     FileParameter(&'static str),
@@ -315,13 +317,19 @@ mod tests {
     fn parameters_that_read_files_are_refused_by_name() {
         for (text, key) in [
             ("postgresql://u@h/d?sslkey=/etc/shadow", "sslkey"),
-            ("postgresql://u@h/d?application_name=x&sslcert=/m4rker", "sslcert"),
+            (
+                "postgresql://u@h/d?application_name=x&sslcert=/m4rker",
+                "sslcert",
+            ),
             ("host=h user=u passfile=/m4rker", "passfile"),
             ("service=m4rker", "service"),
             ("postgresql://u@h/d?sslcrl=/m4rker", "sslcrl"),
         ] {
             let err = text.parse::<ConnInfo>().unwrap_err();
-            assert!(matches!(err, ConnInfoError::FileParameter(k) if k == key), "{text}: {err}");
+            assert!(
+                matches!(err, ConnInfoError::FileParameter(k) if k == key),
+                "{text}: {err}"
+            );
             assert!(!err.to_string().contains("m4rker"), "{err}");
         }
     }

@@ -236,7 +236,10 @@ mod tests {
         ] {
             let err = conninfo_from_secret("ns/db", &data(&[("uri", uri)]), &r).unwrap_err();
             assert_eq!(err.reason(), "SecretInvalid");
-            assert!(err.to_string().contains("operator's filesystem"), "{uri}: {err}");
+            assert!(
+                err.to_string().contains("operator's filesystem"),
+                "{uri}: {err}"
+            );
         }
         let ok = "postgresql://u@h/d?sslrootcert=system&sslmode=verify-full";
         assert!(conninfo_from_secret("ns/db", &data(&[("uri", ok)]), &r).is_ok());

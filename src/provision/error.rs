@@ -8,6 +8,8 @@ use crate::db::{ConnectError, SecretError};
 pub enum ServerError {
     #[error("admin connection Secret {0} not found")]
     SecretNotFound(String),
+    #[error("the admin connection Secret is in namespace {0}, and the operator does not allow Secrets of other namespaces (--allow-cross-namespace-secrets)")]
+    SecretNotAllowed(String),
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error(transparent)]
@@ -31,6 +33,7 @@ impl ServerError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::SecretNotFound(_) => "SecretNotFound",
+            Self::SecretNotAllowed(_) => "SecretNotAllowed",
             Self::Secret(e) => e.reason(),
             Self::Connect(e) => e.reason(),
             Self::Authentication(_) => "AuthenticationFailed",

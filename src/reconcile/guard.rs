@@ -139,10 +139,7 @@ impl PruneGuard {
             return verdict(candidates, Ruling::Immediate);
         }
         // An object produced again (the reload finished) is no longer held.
-        let keys: HashMap<ObjectKey, ()> = candidates
-            .iter()
-            .map(|c| (c.key(), ()))
-            .collect();
+        let keys: HashMap<ObjectKey, ()> = candidates.iter().map(|c| (c.key(), ())).collect();
         held.0.retain(|k, _| keys.contains_key(k));
         let mut delete = Vec::new();
         let mut waiting = 0;

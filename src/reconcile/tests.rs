@@ -226,7 +226,10 @@ impl Writer for FakeWriter {
             .push((target.name.clone(), uid.map(str::to_owned)));
         let mut objects = self.objects.borrow_mut();
         if let Some((name, new_uid)) = self.replaced.borrow_mut().take() {
-            if let Some(object) = objects.get_mut(&slot(target)).filter(|_| name == target.name) {
+            if let Some(object) = objects
+                .get_mut(&slot(target))
+                .filter(|_| name == target.name)
+            {
                 object["metadata"]["uid"] = json!(new_uid);
             }
         }
@@ -950,11 +953,15 @@ fn an_existing_object_nobody_handed_over_is_refused_by_name_and_left_alone() {
     let failure = report.failure().expect("rows a and b fail");
     assert_eq!(failure.reason(), "ObjectExists");
     let message = failure.to_string();
-    assert!(message.contains("row 0: ConfigMap a already exists"), "{message}");
+    assert!(
+        message.contains("row 0: ConfigMap a already exists"),
+        "{message}"
+    );
     assert!(message.contains("dbqo.dev/adopt: apps/users"), "{message}");
     assert_eq!(writer.writes(), ["apply ConfigMap apps/c"]);
     for name in ["a", "b"] {
-        let object = &writer.objects.borrow()[&("ConfigMap".into(), Some("apps".into()), name.into())];
+        let object =
+            &writer.objects.borrow()[&("ConfigMap".into(), Some("apps".into()), name.into())];
         assert_eq!(object["data"]["value"], "mine");
         assert_eq!(object["metadata"]["labels"][MANAGED_BY], "Helm");
     }
@@ -968,7 +975,8 @@ fn an_object_handed_over_with_the_adopt_annotation_is_applied_and_then_owned() {
     let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
     assert!(report.succeeded(), "{:?}", report.failure());
     assert_eq!(writer.writes(), ["apply ConfigMap apps/a"]);
-    let object = writer.objects.borrow()[&("ConfigMap".into(), Some("apps".into()), "a".into())].clone();
+    let object =
+        writer.objects.borrow()[&("ConfigMap".into(), Some("apps".into()), "a".into())].clone();
     assert_eq!(object["metadata"]["labels"][OWNER_NAME], "users");
 }
 
@@ -982,18 +990,36 @@ fn an_object_with_this_dbqrs_labels_the_cache_has_not_seen_yet_is_its_own() {
     let mut state = PassState::default();
     let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
     assert!(report.succeeded(), "{:?}", report.failure());
-    assert!(writer.calls.borrow().contains(&"get ConfigMap apps/a".to_owned()));
+    assert!(writer
+        .calls
+        .borrow()
+        .contains(&"get ConfigMap apps/a".to_owned()));
 }
 
 #[test]
 fn a_prune_names_the_uid_it_saw_so_a_replacement_is_not_deleted() {
     let (config, writer, mut state) = converged(true, &[("a", "1"), ("b", "2"), ("c", "3")]);
     // b is deleted and made again by someone else, with our labels copied.
-    let key = ("ConfigMap".to_owned(), Some("apps".to_owned()), "b".to_owned());
+    let key = (
+        "ConfigMap".to_owned(),
+        Some("apps".to_owned()),
+        "b".to_owned(),
+    );
     writer.objects.borrow_mut().get_mut(&key).unwrap()["metadata"]["uid"] = json!("uid-b");
     *writer.replaced.borrow_mut() = Some(("b".into(), "uid-b-replacement".into()));
-    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("c", "3")]));
+    let report = pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("a", "1"), ("c", "3")]),
+    );
     assert!(report.succeeded(), "{:?}", report.failure());
-    assert_eq!(writer.deletions.borrow().clone(), [("b".to_owned(), Some("uid-b".to_owned()))]);
-    assert!(writer.objects.borrow().contains_key(&key), "the replacement stays");
+    assert_eq!(
+        writer.deletions.borrow().clone(),
+        [("b".to_owned(), Some("uid-b".to_owned()))]
+    );
+    assert!(
+        writer.objects.borrow().contains_key(&key),
+        "the replacement stays"
+    );
 }
