@@ -60,6 +60,9 @@ fn bind(value: &str) -> String {
 }
 
 fn bind_param(value: Option<String>) -> String {
+    // Over the render's byte bound nothing more is kept (the render fails).
+    let len = value.as_ref().map_or(0, String::len);
+    let value = value.filter(|_| crate::render::limits::take_bytes(len));
     PARAMS.with(|p| match p.borrow_mut().as_mut() {
         Some(params) => {
             params.push(value);
@@ -114,7 +117,7 @@ impl StatusTemplate {
             &helpers,
             values::ValueHelper(bind_value),
         )
-        .map_err(|e| WritebackError::Template(e.to_string()))?;
+        .map_err(|e| WritebackError::Template(e.0))?;
         // The statement count does not depend on values: check it with placeholders now.
         let probe = Self { registry };
         let shape = probe.render_with(&json!({}))?;
@@ -124,9 +127,19 @@ impl StatusTemplate {
 
     fn render_with(&self, context: &Json) -> Result<BoundStatement, WritebackError> {
         PARAMS.with(|p| *p.borrow_mut() = Some(Vec::new()));
-        let rendered = self.registry.render(NAME, context);
+        let (rendered, exceeded) = crate::render::limits::within(|| {
+            let mut text = crate::render::limits::BoundedText::default();
+            self.registry
+                .render_to_write(NAME, context, &mut text)
+                .map(|()| text.0)
+        });
         let params = PARAMS.with(|p| p.borrow_mut().take()).unwrap_or_default();
+        if let Some(bound) = exceeded {
+            return Err(WritebackError::Render(format!("the statement {bound}")));
+        }
         let sql = rendered.map_err(|e| WritebackError::Render(e.reason().to_string()))?;
+        let sql = String::from_utf8(sql)
+            .map_err(|_| WritebackError::Render("the statement is not UTF-8".into()))?;
         Ok(BoundStatement { sql, params })
     }
 

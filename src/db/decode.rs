@@ -165,6 +165,16 @@ fn decode_array(element: &Type, raw: &[u8]) -> Result<Value, BoxError> {
     if dims.is_empty() {
         return Ok(Value::Array(Vec::new()));
     }
+    // The header's dimensions are the sender's word: nesting trusts them,
+    // so they must describe exactly the elements that came (a header
+    // claiming 2^31 x 2^31 with no elements would loop for ever).
+    // PostgreSQL sends an empty array with no dimensions, so a dimension of
+    // length 0 (or a negative one) is never real, and would let the outer
+    // ones loop without elements.
+    let described = dims.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+    if dims.contains(&0) || described != Some(values.len()) {
+        return Err("array dimensions do not match its elements".into());
+    }
     Ok(nest(&dims, &mut values.into_iter()))
 }
 
@@ -385,6 +395,36 @@ fn numeric_to_string(raw: &[u8]) -> Result<String, BoxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An int4 array on the wire with the given (length) dimensions and elements.
+    fn int4_array(dims: &[i32], elements: &[i32]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(dims.len() as i32).to_be_bytes());
+        v.extend_from_slice(&0i32.to_be_bytes());
+        v.extend_from_slice(&23u32.to_be_bytes());
+        for d in dims {
+            v.extend_from_slice(&d.to_be_bytes());
+            v.extend_from_slice(&1i32.to_be_bytes());
+        }
+        for e in elements {
+            v.extend_from_slice(&4i32.to_be_bytes());
+            v.extend_from_slice(&e.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn array_dimensions_must_describe_the_elements() {
+        let ok = decode_array(&Type::INT4, &int4_array(&[2, 2], &[1, 2, 3, 4])).unwrap();
+        assert_eq!(ok, serde_json::json!([[1, 2], [3, 4]]));
+        // Outer dimensions that would loop 2^31 times around an empty one.
+        for dims in [&[65536, 32768, 0][..], &[-1, 2][..], &[0][..]] {
+            assert!(
+                decode_array(&Type::INT4, &int4_array(dims, &[])).is_err(),
+                "{dims:?}"
+            );
+        }
+    }
 
     fn numeric(weight: i16, sign: u16, dscale: u16, digits: &[u16]) -> Vec<u8> {
         let mut v = Vec::new();

@@ -39,6 +39,8 @@ pub enum RowError {
     },
     #[error("produces the same object as row {other_row}")]
     Duplicate { other_row: usize },
+    #[error("{0}; the operator's bound keeps one row from taking the process down")]
+    OverLimit(String),
 }
 
 impl RowError {
@@ -50,6 +52,7 @@ impl RowError {
             Self::ValueBreaksYaml { .. } | Self::ValueChangesStructure { .. } => "UnsafeValue",
             Self::Object { problem, .. } => problem.reason(),
             Self::Duplicate { .. } => "DuplicateObject",
+            Self::OverLimit(_) => "RenderLimitExceeded",
         }
     }
 }

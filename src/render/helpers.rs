@@ -13,6 +13,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use super::escape::yaml_double_quoted;
+use super::limits;
 use super::tracking::{
     emit_fragment, note_structured, now as tracking_now, structured_value, Fragment,
 };
@@ -136,9 +137,21 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
             ))
         }),
         ("replace", |h| {
-            Ok(Json::String(
-                text(h, 0)?.replace(&text(h, 1)?, &text(h, 2)?),
-            ))
+            let (s, from, to) = (text(h, 0)?, text(h, 1)?, text(h, 2)?);
+            // Every occurrence of `from` can become a long `to`: the size is
+            // known before anything is made.
+            match limits::replaced_len(&s, &from, &to) {
+                Some(len) if len <= limits::MAX_RENDERED_BYTES => {
+                    Ok(Json::String(s.replace(&from, &to)))
+                }
+                _ => Err(failure(
+                    h,
+                    format!(
+                        "the result would be over {} KiB",
+                        limits::MAX_RENDERED_BYTES >> 10
+                    ),
+                )),
+            }
         }),
         ("trunc", |h| {
             let (s, n) = text_and_count(h)?;
@@ -333,7 +346,24 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
 
 fn indent_helper(h: &Helper<'_>, leading_newline: bool) -> Result<Fragment, RenderError> {
     let (s, n) = text_and_count(h)?;
-    let pad = " ".repeat(n.unsigned_abs() as usize);
+    let width = usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX);
+    if width > limits::MAX_INDENT {
+        return Err(failure(
+            h,
+            format!("the count is over the limit of {}", limits::MAX_INDENT),
+        ));
+    }
+    let lines = s.split('\n').count();
+    if s.len() + lines * width > limits::MAX_RENDERED_BYTES {
+        return Err(failure(
+            h,
+            format!(
+                "the result would be over {} KiB",
+                limits::MAX_RENDERED_BYTES >> 10
+            ),
+        ));
+    }
+    let pad = " ".repeat(width);
     let indented = s
         .split('\n')
         .map(|line| {

@@ -7,6 +7,7 @@
 mod error;
 mod escape;
 pub(crate) mod helpers;
+pub mod limits;
 mod object;
 mod tracking;
 pub(crate) mod values;
@@ -81,8 +82,7 @@ impl RowTemplate {
             values::Scalar::Null => Ok(tracking::escape_value("")),
             values::Scalar::Text(text) => Ok(tracking::escape_value(&text)),
         });
-        values::register(&mut registry, TEMPLATE_NAME, source, &helpers, value)
-            .map_err(|e| TemplateError(e.to_string()))?;
+        values::register(&mut registry, TEMPLATE_NAME, source, &helpers, value)?;
         Ok(Self { registry })
     }
 
@@ -95,9 +95,21 @@ impl RowTemplate {
         now: &str,
     ) -> Result<Vec<Json>, RowError> {
         let context = serde_json::json!({ "Row": row, "Metadata": metadata });
-        let (marked, inserts) =
-            tracking::record(now, || self.registry.render(TEMPLATE_NAME, &context));
+        let ((marked, inserts), exceeded) = limits::within(|| {
+            tracking::record(now, || {
+                let mut text = limits::BoundedText::default();
+                self.registry
+                    .render_to_write(TEMPLATE_NAME, &context, &mut text)
+                    .map(|()| text.0)
+            })
+        });
+        if let Some(bound) = exceeded {
+            return Err(RowError::OverLimit(bound.to_string()));
+        }
         let marked = marked.map_err(|e| RowError::Render(describe_render_error(&e)))?;
+        // Handlebars writes whole &str segments, and the bound refuses whole ones.
+        let marked = String::from_utf8(marked)
+            .map_err(|_| RowError::Render("the output is not UTF-8".into()))?;
         let real = tracking::materialize(&marked, &inserts);
 
         let marked_docs = parse_documents(&marked).map_err(|e| not_yaml(&e))?;

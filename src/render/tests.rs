@@ -551,3 +551,102 @@ fn a_structured_value_rendered_directly_fails_the_row_and_names_the_expression()
     assert_eq!(docs[0]["data"]["json"], json!({"a": 1}));
     assert_eq!(docs[0]["data"]["items"], json!("0=x;1=2;"));
 }
+
+mod bounds {
+    use super::super::limits::{MAX_INDENT, MAX_ITERATIONS, MAX_NESTING};
+    use super::super::{Metadata, RowError, RowTemplate};
+    use serde_json::json;
+
+    fn render(template: &str, row: serde_json::Value) -> Result<Vec<serde_json::Value>, RowError> {
+        let compiled = RowTemplate::compile(template).expect("compiles");
+        compiled.render(
+            row.as_object().unwrap(),
+            &Metadata::default(),
+            "2024-01-01T00:00:00Z",
+        )
+    }
+
+    fn reason(result: Result<Vec<serde_json::Value>, RowError>) -> String {
+        let error = result.expect_err("over a bound");
+        format!("{}: {error}", error.reason())
+    }
+
+    #[test]
+    fn a_huge_indent_fails_the_row_without_allocating() {
+        let e = reason(render("a: {{indent 100000000000 \"x\"}}\n", json!({})));
+        assert!(
+            e.contains(&format!("over the limit of {MAX_INDENT}")),
+            "{e}"
+        );
+        let e = reason(render(
+            "a: {{nindent Row.n \"x\"}}\n",
+            json!({"n": -9_000_000_000_i64}),
+        ));
+        assert!(e.contains("limit"), "{e}");
+    }
+
+    #[test]
+    fn replace_cannot_amplify() {
+        let row = json!({"s": "a".repeat(2000), "to": "b".repeat(2000)});
+        let e = reason(render("a: \"{{replace Row.s \"a\" Row.to}}\"\n", row));
+        assert!(e.contains("KiB"), "{e}");
+    }
+
+    #[test]
+    fn output_and_inserted_values_are_bounded_per_row() {
+        // 600 copies of a 4 KiB value: 2.4 MiB of inserts from a small row.
+        let row = json!({"items": vec![0; 600], "big": "v".repeat(4096)});
+        let e = reason(render(
+            "a: |\n{{#each Row.items}}  {{../Row.big}}\n{{/each}}",
+            row,
+        ));
+        assert!(e.starts_with("RenderLimitExceeded"), "{e}");
+        // Template text alone: an each over a long array repeating a long line.
+        let line = "x".repeat(100);
+        let row = json!({"items": vec![0; 20_000]});
+        let e = reason(render(
+            &format!("{{{{#each Row.items}}}}# {line}\n{{{{/each}}}}a: 1\n"),
+            row,
+        ));
+        assert!(e.starts_with("RenderLimitExceeded"), "{e}");
+    }
+
+    #[test]
+    fn nested_loops_with_empty_bodies_are_bounded() {
+        let row = json!({"items": vec![0; 2000]});
+        let started = std::time::Instant::now();
+        let e = reason(render(
+            "{{#each Row.items}}{{#each ../Row.items}}{{/each}}{{/each}}a: 1\n",
+            row.clone(),
+        ));
+        assert!(e.contains(&format!("{MAX_ITERATIONS} iterations")), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Below the bound it renders.
+        let small = json!({"items": vec![0; 100]});
+        assert!(render(
+            "{{#each Row.items}}{{#each ../Row.items}}{{/each}}{{/each}}a: 1\n",
+            small
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn partials_decorators_and_deep_nesting_are_refused_when_compiled() {
+        for template in [
+            "{{> other}}",
+            "{{#> layout}}x{{/layout}}",
+            "{{#*inline \"p\"}}{{> p}}{{/inline}}{{> p}}",
+            "{{*decorator}}",
+        ] {
+            let e = RowTemplate::compile(template).expect_err(template);
+            assert!(e.to_string().contains("not supported"), "{template}: {e}");
+        }
+        let deep = "{{#if x}}".repeat(MAX_NESTING + 1) + &"{{/if}}".repeat(MAX_NESTING + 1);
+        assert!(RowTemplate::compile(&deep).is_err());
+        let very_deep = "{{#if x}}".repeat(200_000);
+        assert!(
+            RowTemplate::compile(&very_deep).is_err(),
+            "no stack overflow"
+        );
+    }
+}

@@ -94,7 +94,13 @@ fn marker(index: usize) -> String {
 pub(super) fn escape_value(value: &str) -> String {
     RECORDING.with(|r| match r.borrow_mut().as_mut() {
         Some(rec) => {
-            rec.inserts.push(Insert::Value(value.to_owned()));
+            // Over the render's bound, nothing more is kept (the render fails).
+            let kept = if super::limits::take_bytes(value.len()) {
+                value.to_owned()
+            } else {
+                String::new()
+            };
+            rec.inserts.push(Insert::Value(kept));
             marker(rec.inserts.len() - 1)
         }
         None => yaml_double_quoted(value),
@@ -107,6 +113,9 @@ pub(super) fn escape_value(value: &str) -> String {
 pub(super) fn emit_fragment(mut fragment: Fragment) -> String {
     RECORDING.with(|r| match r.borrow_mut().as_mut() {
         Some(rec) => {
+            if !super::limits::take_bytes(fragment.text.len() + fragment.inline.len()) {
+                fragment = Fragment::new(String::new(), Json::Null, String::new());
+            }
             let text = &fragment.text;
             let lead_len = text.len() - text.trim_start_matches([' ', '\n']).len();
             let lead = text[..lead_len].to_owned();

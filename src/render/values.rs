@@ -57,21 +57,26 @@ pub(crate) fn route_values(template: &mut Template, helpers: &[&str]) {
     }
 }
 
-/// Compiles `source` as `name` (with the registry's options) and routes its
-/// values through `helper`.
+/// Compiles `source` as `name` (with the registry's options), within the
+/// bounds of [`super::limits`], and routes its values through `helper`.
 pub(crate) fn register(
     registry: &mut Handlebars<'static>,
     name: &str,
     source: &str,
     helpers: &[&str],
     helper: ValueHelper,
-) -> Result<(), handlebars::TemplateError> {
-    registry.register_template_string(name, source)?;
+) -> Result<(), super::TemplateError> {
+    super::limits::check_source(source)?;
+    registry
+        .register_template_string(name, source)
+        .map_err(|e| super::TemplateError(e.to_string()))?;
     if let Some(mut template) = registry.get_template(name).cloned() {
+        super::limits::bound_template(&mut template)?;
         route_values(&mut template, helpers);
         registry.register_template(name, template);
     }
     registry.register_helper(VALUE_HELPER, Box::new(helper));
+    super::limits::register(registry);
     Ok(())
 }
 
