@@ -112,7 +112,18 @@ async fn operate(
     let client = kube::Client::try_from(config).map_err(|e| Fatal::Client(e.to_string()))?;
     metrics::global().watch_budget(&settings.budget);
     let readiness = Arc::new(http::Readiness::default());
-    serve_http(&operations, &readiness).await?;
+    // The probes, /metrics and lease renewal run on a thread of their own:
+    // a long pass on the actors' thread (thousands of rows to render) must
+    // not fail the liveness probe or let the Lease lapse while its writes
+    // are still going out.
+    let control = control_runtime().map_err(|e| Fatal::Client(e.to_string()))?;
+    {
+        let (operations, readiness) = (operations.clone(), readiness.clone());
+        control
+            .spawn(async move { serve_http(&operations, &readiness).await })
+            .await
+            .map_err(|e| Fatal::Client(e.to_string()))??;
+    }
     let mut stop = Box::pin(shutdown_signal().map_err(|e| Fatal::Signals(e.to_string()))?);
 
     // With leader election nothing starts before this replica holds the Lease.
@@ -122,7 +133,7 @@ async fn operate(
             () = elector.acquire(&readiness) => {}
             () = &mut stop => return Ok(()),
         }
-        tokio::spawn(elector.keep(fatal.clone()));
+        control.spawn(elector.keep(fatal.clone()));
     } else {
         readiness.leading.store(true, Ordering::SeqCst);
     }
@@ -178,6 +189,22 @@ async fn operate(
         leader::release(client, election).await;
     }
     Ok(())
+}
+
+/// The runtime of what must answer whatever the actors are doing: one
+/// worker thread, alive for the rest of the process (a runtime may not be
+/// dropped from inside another).
+fn control_runtime() -> std::io::Result<&'static tokio::runtime::Handle> {
+    static CONTROL: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(runtime) = CONTROL.get() {
+        return Ok(runtime.handle());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("dbqo-control")
+        .enable_all()
+        .build()?;
+    Ok(CONTROL.get_or_init(|| runtime).handle())
 }
 
 /// Starts the HTTP endpoints: one listener when metrics and probes share an

@@ -11,6 +11,8 @@ fn options() -> QueryOptions {
     QueryOptions {
         read_only: true,
         max_rows: 100,
+        max_row_bytes: 1 << 20,
+        max_result_bytes: 64 << 20,
         statement_timeout: Duration::from_secs(10),
     }
 }
@@ -178,6 +180,26 @@ async fn bad_results_are_errors_not_empty_results() {
             .await
             .is_ok()
     );
+
+    // A row over maxRowBytes is kept in place but not decoded (it fails
+    // alone when rendered); a result over maxResultBytes fails as a whole.
+    let mut bytes = options();
+    bytes.max_row_bytes = 4096;
+    bytes.max_result_bytes = 10_000;
+    let sql = "SELECT i AS id, CASE WHEN i = 2 THEN repeat('x', 5000) ELSE 'small' END AS v \
+               FROM generate_series(1, 3) i ORDER BY i";
+    let result = run_query(&mut client, sql, &bytes).await.unwrap();
+    assert_eq!(result.rows.len(), 3);
+    assert_eq!(result.rows[0]["v"], "small");
+    assert_eq!(
+        result.rows[1].keys().collect::<Vec<_>>(),
+        [dbqo::db::OVERSIZED_ROW]
+    );
+    assert_eq!(result.rows[2]["id"], 3);
+    let sql = "SELECT repeat('x', 4000) AS v FROM generate_series(1, 3)";
+    let err = run_query(&mut client, sql, &bytes).await.unwrap_err();
+    assert!(matches!(err, QueryError::ResultTooLarge(10_000)), "{err}");
+    assert_eq!(err.reason(), "ResultTooLarge");
 
     let err = run_query(&mut client, "SELECT 1 AS a, 2 AS a", &options())
         .await

@@ -62,6 +62,17 @@ pub struct DatabaseQueryResourceSpec {
     #[serde(default = "default_max_rows")]
     #[schemars(default = "default_max_rows", range(min = 1, max = 1_000_000))]
     pub max_rows: u32,
+    /// A row larger than this many bytes (as the database sends it) fails alone; the other rows go on.
+    #[serde(default = "default_max_row_bytes")]
+    #[schemars(default = "default_max_row_bytes", range(min = 1024, max = 67_108_864))]
+    pub max_row_bytes: u64,
+    /// A result larger than this many bytes in all is an error: nothing is applied and nothing is pruned.
+    #[serde(default = "default_max_result_bytes")]
+    #[schemars(
+        default = "default_max_result_bytes",
+        range(min = 1024, max = 1_073_741_824)
+    )]
+    pub max_result_bytes: u64,
     /// Handlebars template rendered once per row into zero, one or several YAML documents.
     /// Context: `Row` (the row's columns) and `Metadata` (`Name`, `Namespace`, `Labels`, `Annotations`, `Uid` of this DBQR).
     #[schemars(length(min = 1))]
@@ -273,6 +284,14 @@ fn default_confirmation_interval() -> Duration {
 
 fn default_max_rows() -> u32 {
     10_000
+}
+
+fn default_max_row_bytes() -> u64 {
+    1 << 20
+}
+
+fn default_max_result_bytes() -> u64 {
+    64 << 20
 }
 
 fn default_max_connections() -> u32 {

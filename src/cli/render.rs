@@ -107,6 +107,8 @@ async fn rows_from(
         // A preview never writes, whatever the spec says.
         read_only: true,
         max_rows: dbqr.spec.max_rows,
+        max_row_bytes: dbqr.spec.max_row_bytes,
+        max_result_bytes: dbqr.spec.max_result_bytes,
         statement_timeout: dbqr.spec.database.statement_timeout.get(),
     };
     let result = db::run_query(&mut client, &dbqr.spec.query, &options)

@@ -16,7 +16,7 @@ pub use connect::{connect, connect_error, connect_in_slot, tls_connector, Connec
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
 pub use listen::{Listeners, Notice, Subscription, PING};
 pub use pool::{build_pool, checkout, Checkout, Pool, PoolConnectError, PoolError, PoolGetError};
-pub use query::{run_query, QueryError, QueryOptions, QueryResult};
+pub use query::{run_query, QueryError, QueryOptions, QueryResult, OVERSIZED_ROW};
 pub use secret::{conninfo_from_secret, SecretError};
 
 /// A tokio-postgres error as one line: the server's message and SQLSTATE when

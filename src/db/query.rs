@@ -13,8 +13,17 @@ use crate::sql::{quote_ident, split_statements, SplitError};
 pub struct QueryOptions {
     pub read_only: bool,
     pub max_rows: u32,
+    /// A row over this many bytes fails alone (see [`OVERSIZED_ROW`]).
+    pub max_row_bytes: u64,
+    /// A result over this many bytes fails as a whole.
+    pub max_result_bytes: u64,
     pub statement_timeout: std::time::Duration,
 }
+
+/// The only key of a row that was larger than `maxRowBytes`: it is not
+/// decoded, and rendering fails that row alone. (PostgreSQL identifiers
+/// cannot hold NUL, so no column has this name.)
+pub const OVERSIZED_ROW: &str = "\u{0}oversized";
 
 /// Rows of the last statement, each a JSON object in column order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,6 +52,8 @@ pub enum QueryError {
     DuplicateColumn(String),
     #[error("the query returned more than maxRows ({0}) rows")]
     TooManyRows(u32),
+    #[error("the query returned more than maxResultBytes ({0}) bytes")]
+    ResultTooLarge(u64),
     #[error("cannot decode {0}")]
     Decode(#[from] DecodeError),
 }
@@ -52,6 +63,7 @@ impl QueryError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::TooManyRows(_) => "TooManyRows",
+            Self::ResultTooLarge(_) => "ResultTooLarge",
             // 57014 query_canceled: what statement_timeout raises.
             Self::Statement {
                 code: Some(code), ..
@@ -95,7 +107,7 @@ pub async fn run_query(
             .map_err(statement_error(i + 1))?;
     }
     let last_index = setup.len() + 1;
-    let mut prepared = tx
+    let prepared = tx
         .prepare(last)
         .await
         .map_err(statement_error(last_index))?;
@@ -113,13 +125,14 @@ pub async fn run_query(
     if let Some(dup) = first_duplicate(&columns) {
         return Err(QueryError::DuplicateColumn(dup.to_owned()));
     }
-    if prepared.columns().iter().any(|c| !is_decodable(c.type_())) {
-        let wrapped = cast_unknown_columns_to_text(last, &prepared);
-        prepared = tx
-            .prepare(&wrapped)
-            .await
-            .map_err(statement_error(last_index))?;
-    }
+    // The rows come through a wrapper that measures each one on the server:
+    // a row over maxRowBytes arrives as a flag and NULLs, never as its
+    // bytes (the driver buffers a whole row before anyone can look at it).
+    let wrapped = wrap(last, &prepared, options.max_row_bytes);
+    let prepared = tx
+        .prepare(&wrapped)
+        .await
+        .map_err(statement_error(last_index))?;
 
     let rows = tx
         .query_raw(&prepared, std::iter::empty::<i32>())
@@ -130,14 +143,31 @@ pub async fn run_query(
         columns,
         rows: Vec::new(),
     };
+    let mut total: u64 = 0;
     while let Some(row) = rows.try_next().await.map_err(statement_error(last_index))? {
         if result.rows.len() >= options.max_rows as usize {
             return Err(QueryError::TooManyRows(options.max_rows));
         }
-        let mut object = Map::with_capacity(result.columns.len());
-        for (i, (name, column)) in result.columns.iter().zip(row.columns()).enumerate() {
+        let over: bool = row.try_get(0).map_err(statement_error(last_index))?;
+        let mut raws = Vec::with_capacity(result.columns.len());
+        for i in 1..=result.columns.len() {
             let raw: RawValue<'_> = row.try_get(i).map_err(statement_error(last_index))?;
-            object.insert(name.clone(), decode(name, column.type_(), raw.0)?);
+            raws.push(raw.0);
+        }
+        // The binary form can be larger than the text the server measured.
+        let size: u64 = raws.iter().map(|r| r.map_or(0, |b| b.len() as u64)).sum();
+        let mut object = Map::with_capacity(result.columns.len());
+        if over || size > options.max_row_bytes {
+            object.insert(OVERSIZED_ROW.to_owned(), Value::from(options.max_row_bytes));
+        } else {
+            total += size;
+            if total > options.max_result_bytes {
+                return Err(QueryError::ResultTooLarge(options.max_result_bytes));
+            }
+            let types = row.columns().iter().skip(1).map(|c| c.type_());
+            for ((name, ty), raw) in result.columns.iter().zip(types).zip(raws) {
+                object.insert(name.clone(), decode(name, ty, raw)?);
+            }
         }
         result.rows.push(object);
     }
@@ -153,10 +183,13 @@ fn first_duplicate(columns: &[String]) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Types without a binary decoder are read through their text output
-/// function. Renaming the columns positionally in a CTE keeps this working
-/// for any row-returning statement, including `INSERT ... RETURNING`.
-fn cast_unknown_columns_to_text(sql: &str, prepared: &Statement) -> String {
+/// The statement the rows are read through: the query's columns renamed
+/// positionally in a CTE (which works for any row-returning statement,
+/// `INSERT ... RETURNING` included), each row's size measured on the server
+/// (its text form) into a leading flag, and a row over `max_row_bytes`
+/// sent as that flag and NULLs. Types without a binary decoder are read
+/// through their text output function.
+fn wrap(sql: &str, prepared: &Statement, max_row_bytes: u64) -> String {
     let aliases: Vec<String> = (1..=prepared.columns().len())
         .map(|i| quote_ident(&format!("c{i}")))
         .collect();
@@ -165,15 +198,17 @@ fn cast_unknown_columns_to_text(sql: &str, prepared: &Statement) -> String {
         .iter()
         .zip(&aliases)
         .map(|(c, alias)| {
-            if is_decodable(c.type_()) {
+            let column = if is_decodable(c.type_()) {
                 alias.clone()
             } else {
                 format!("{alias}::text")
-            }
+            };
+            format!("CASE WHEN dbqo_size.over THEN NULL ELSE {column} END")
         })
         .collect();
     format!(
-        "WITH dbqo_rows({}) AS ({sql}\n) SELECT {} FROM dbqo_rows",
+        "WITH dbqo_rows({}) AS ({sql}\n) SELECT dbqo_size.over, {} FROM dbqo_rows \
+         CROSS JOIN LATERAL (SELECT octet_length(dbqo_rows::text) > {max_row_bytes} AS over) dbqo_size",
         aliases.join(", "),
         select.join(", ")
     )

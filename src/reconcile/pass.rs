@@ -330,6 +330,8 @@ pub async fn run_pass<W: Writer>(
     let options = QueryOptions {
         read_only: config.spec.read_only,
         max_rows: config.spec.max_rows,
+        max_row_bytes: config.spec.max_row_bytes,
+        max_result_bytes: config.spec.max_result_bytes,
         statement_timeout: config.spec.database.statement_timeout.get(),
     };
     let started = Instant::now();

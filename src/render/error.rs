@@ -41,6 +41,8 @@ pub enum RowError {
     Duplicate { other_row: usize },
     #[error("{0}; the operator's bound keeps one row from taking the process down")]
     OverLimit(String),
+    #[error("the row is larger than maxRowBytes ({0} bytes); it was not read")]
+    RowTooLarge(u64),
 }
 
 impl RowError {
@@ -53,6 +55,7 @@ impl RowError {
             Self::Object { problem, .. } => problem.reason(),
             Self::Duplicate { .. } => "DuplicateObject",
             Self::OverLimit(_) => "RenderLimitExceeded",
+            Self::RowTooLarge(_) => "RowTooLarge",
         }
     }
 }

@@ -144,13 +144,7 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
                 Some(len) if len <= limits::MAX_RENDERED_BYTES => {
                     Ok(Json::String(s.replace(&from, &to)))
                 }
-                _ => Err(failure(
-                    h,
-                    format!(
-                        "the result would be over {} KiB",
-                        limits::MAX_RENDERED_BYTES >> 10
-                    ),
-                )),
+                _ => Err(limits::refuse_argument("replace")),
             }
         }),
         ("trunc", |h| {
@@ -347,21 +341,13 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
 fn indent_helper(h: &Helper<'_>, leading_newline: bool) -> Result<Fragment, RenderError> {
     let (s, n) = text_and_count(h)?;
     let width = usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX);
-    if width > limits::MAX_INDENT {
-        return Err(failure(
-            h,
-            format!("the count is over the limit of {}", limits::MAX_INDENT),
-        ));
-    }
     let lines = s.split('\n').count();
-    if s.len() + lines * width > limits::MAX_RENDERED_BYTES {
-        return Err(failure(
-            h,
-            format!(
-                "the result would be over {} KiB",
-                limits::MAX_RENDERED_BYTES >> 10
-            ),
-        ));
+    if width > limits::MAX_INDENT || s.len() + lines * width > limits::MAX_RENDERED_BYTES {
+        return Err(limits::refuse_argument(if leading_newline {
+            "nindent"
+        } else {
+            "indent"
+        }));
     }
     let pad = " ".repeat(width);
     let indented = s

@@ -41,6 +41,8 @@ pub enum Exceeded {
     Bytes,
     Iterations,
     Time,
+    /// A helper's argument over its bound (the helper's name).
+    Argument(&'static str),
 }
 
 impl std::fmt::Display for Exceeded {
@@ -52,6 +54,12 @@ impl std::fmt::Display for Exceeded {
                 f,
                 "takes longer than {} s to render",
                 MAX_RENDER_TIME.as_secs()
+            ),
+            Self::Argument(helper) => write!(
+                f,
+                "asks {helper} for more than its bound (indent at most {MAX_INDENT} columns, \
+                 a helper's result at most {} KiB)",
+                MAX_RENDERED_BYTES >> 10
             ),
         }
     }
@@ -116,6 +124,14 @@ pub fn take_bytes(len: usize) -> bool {
         }
     })
     .unwrap_or(true)
+}
+
+/// A helper refusing an argument over its bound: the render fails with
+/// [`Exceeded::Argument`].
+pub fn refuse_argument(helper: &'static str) -> RenderError {
+    let bound = Exceeded::Argument(helper);
+    with_budget(|b| b.exceeded = b.exceeded.or(Some(bound)));
+    exceeded_error(bound)
 }
 
 /// [`take_bytes`] as a render error.

@@ -270,6 +270,9 @@ pub fn render_rows(
         .iter()
         .enumerate()
         .map(|(index, row)| {
+            if let Some(limit) = row.get(crate::db::OVERSIZED_ROW) {
+                return Err(RowError::RowTooLarge(limit.as_u64().unwrap_or_default()));
+            }
             let docs = template.render(row, metadata, now)?;
             docs.into_iter()
                 .enumerate()
