@@ -141,6 +141,40 @@ async fn multi_statement_queries_keep_session_settings_and_run_read_only() {
     .unwrap_err();
     assert!(err.to_string().contains("read-only"), "{err}");
 
+    // Setup statements are session settings: nothing ends the READ ONLY
+    // transaction or turns it writable, and the timeout cannot be lifted.
+    for (sql, refused) in [
+        ("COMMIT; INSERT INTO t VALUES (9, 'x'); SELECT 1 AS id", 1),
+        (
+            "SET transaction_read_only = off; INSERT INTO t VALUES (9, 'x') RETURNING id",
+            1,
+        ),
+        (
+            "SET TRANSACTION READ WRITE; INSERT INTO t VALUES (9, 'x') RETURNING id",
+            1,
+        ),
+        ("SET work_mem = '8MB'; DELETE FROM t; SELECT 1 AS id", 2),
+    ] {
+        let err = run_query(&mut client, sql, &options()).await.unwrap_err();
+        assert_eq!(err.reason(), "SetupStatementRefused", "{sql}: {err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("statement {refused} is refused")),
+            "{err}"
+        );
+    }
+    let mut quick = options();
+    quick.statement_timeout = Duration::from_millis(500);
+    for lift in [
+        "SET statement_timeout = 0",
+        "SET LOCAL statement_timeout = '1h'",
+        "SELECT set_config('statement_timeout', '0', true)",
+    ] {
+        let sql = format!("{lift}; SELECT pg_sleep(3) IS NULL AS slept");
+        let err = run_query(&mut client, &sql, &quick).await.unwrap_err();
+        assert_eq!(err.reason(), "QueryTimeout", "{lift}: {err}");
+    }
+
     let mut writable = options();
     writable.read_only = false;
     let result = run_query(
@@ -211,12 +245,21 @@ async fn bad_results_are_errors_not_empty_results() {
 
     let err = run_query(
         &mut client,
-        "SELECT 1 AS id; SET work_mem = '8MB'",
+        "SET work_mem = '4MB'; SET work_mem = '8MB'",
         &options(),
     )
     .await
     .unwrap_err();
     assert!(matches!(err, QueryError::NoColumns), "{err}");
+    // The rows come last: a SELECT before a setting is a refused setup statement.
+    let err = run_query(
+        &mut client,
+        "SELECT 1 AS id; SET work_mem = '8MB'",
+        &options(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, QueryError::Setup { index: 1, .. }), "{err}");
 
     let err = run_query(&mut client, "SELECT 'open", &options())
         .await

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use tokio_postgres::{Client, Statement};
 
 use super::decode::{decode, is_decodable, DecodeError, RawValue};
-use crate::sql::{quote_ident, split_statements, SplitError};
+use crate::sql::{check_setup, quote_ident, split_statements, SetupRefusal, SplitError};
 
 /// What a query run needs from the spec.
 #[derive(Debug, Clone)]
@@ -44,6 +44,12 @@ pub enum QueryError {
         /// SQLSTATE, when the server answered.
         code: Option<String>,
     },
+    #[error("statement {index} is refused: {refusal}")]
+    Setup {
+        index: usize,
+        #[source]
+        refusal: SetupRefusal,
+    },
     #[error("the last statement returns no columns; it must return the rows to render")]
     NoColumns,
     #[error("the last statement takes parameters (${0}); queries cannot have parameters")]
@@ -69,6 +75,7 @@ impl QueryError {
                 code: Some(code), ..
             } if code == "57014" => "QueryTimeout",
             Self::Decode(_) => "DecodeFailed",
+            Self::Setup { .. } => "SetupStatementRefused",
             _ => "QueryFailed",
         }
     }
@@ -82,6 +89,12 @@ pub async fn run_query(
 ) -> Result<QueryResult, QueryError> {
     let statements = split_statements(sql)?;
     let (last, setup) = statements.split_last().ok_or(SplitError::Empty)?;
+    for (i, statement) in setup.iter().enumerate() {
+        check_setup(statement).map_err(|refusal| QueryError::Setup {
+            index: i + 1,
+            refusal,
+        })?;
+    }
     let statement_error = |index| {
         move |e: tokio_postgres::Error| QueryError::Statement {
             index,
@@ -105,6 +118,16 @@ pub async fn run_query(
         tx.batch_execute(statement)
             .await
             .map_err(statement_error(i + 1))?;
+    }
+    if !setup.is_empty() {
+        // A setup statement may lower the timeout, never lift it (0 is none).
+        tx.batch_execute(&format!(
+            "SELECT set_config('statement_timeout', \
+             LEAST(NULLIF(setting::bigint, 0), {timeout_ms})::text, true) \
+             FROM pg_settings WHERE name = 'statement_timeout'"
+        ))
+        .await
+        .map_err(statement_error(0))?;
     }
     let last_index = setup.len() + 1;
     let prepared = tx

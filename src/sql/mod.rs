@@ -1,9 +1,11 @@
 //! SQL text handling that needs no database: splitting a multi-statement
 //! query and quoting identifiers.
 
+mod setup;
 mod split;
 mod trigger;
 
+pub use setup::{check_setup, SetupRefusal};
 pub use split::{opaque_parts, split_statements, Opaque, SplitError};
 pub use trigger::{notify_trigger_sql, quote_literal};
 
