@@ -109,7 +109,8 @@ async fn operate(
     // timeout. Every caller here has a backoff of its own, so a failure is
     // reported at once instead.
     config.default_retry = false;
-    let client = kube::Client::try_from(config).map_err(|e| Fatal::Client(e.to_string()))?;
+    let client =
+        kube::Client::try_from(config.clone()).map_err(|e| Fatal::Client(e.to_string()))?;
     metrics::global().watch_budget(&settings.budget);
     let readiness = Arc::new(http::Readiness::default());
     // The probes, /metrics and lease renewal run on a thread of their own:
@@ -141,6 +142,7 @@ async fn operate(
     let settings = Arc::new(settings);
     let writer = writer::KubeWriter::start(
         client.clone(),
+        config,
         settings.concurrency,
         settings.api_timeout,
         settings.mailbox,
@@ -284,8 +286,8 @@ mod tests {
     fn offline_writer() -> writer::WriterHandle {
         // Nothing listens there: requests fail fast, which these tests do not mind.
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
-        writer::KubeWriter::start(client, 1, Duration::from_secs(1), 8)
+        let client = kube::Client::try_from(config.clone()).unwrap();
+        writer::KubeWriter::start(client, config, 1, Duration::from_secs(1), 8)
     }
 
     /// The settings of `run` without flags.

@@ -208,7 +208,10 @@ impl Supervisor {
             .filter_map(|k| k.parse::<Gvk>().ok())
             .collect();
         let allowed = self.settings.policy.allowed_kinds.clone();
-        let writer = self.writer.clone();
+        // The objects are deleted as the DBQR's ServiceAccount, like its passes.
+        let writer = self
+            .writer
+            .acting_as(dbqo::reconcile::pass::acting_user(&dbqr, &self.settings));
         let work = async move {
             match clean_up(&owner, policy, &managed, &allowed, &writer).await {
                 Ok(Cleanup::Done) => release(&writer, &dbqr)

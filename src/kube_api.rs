@@ -471,28 +471,6 @@ pub async fn create(client: &Client, target: &Target, manifest: &Json) -> Result
     Ok(())
 }
 
-/// Objects of a kind, in every namespace, carrying all of `labels`.
-pub async fn list(
-    client: &Client,
-    resource: &ApiResource,
-    labels: &Labels,
-) -> Result<Vec<LiveObject>, KubeError> {
-    let list = api(client, resource, None)
-        .list_metadata(&ListParams::default().labels(&selector(labels)))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .map(|m| {
-            LiveObject::from(DynamicObject {
-                types: None,
-                metadata: m.metadata,
-                data: Json::Null,
-            })
-        })
-        .collect())
-}
-
 /// Deletes in the background (dependents follow via garbage collection); a
 /// missing object counts as deleted. With `uid`, only the object of that uid
 /// is deleted: one recreated under the same name by someone else since it

@@ -76,6 +76,9 @@ pub fn bind_address(flag: &'static str, value: &str) -> Result<Option<SocketAddr
 pub struct Settings {
     pub policy: Arc<ObjectPolicy>,
     pub allow_cross_namespace_secrets: bool,
+    /// The ServiceAccount (of each DBQR's own namespace) a DBQR without
+    /// `serviceAccountName` acts as; `None`: the operator's own rights.
+    pub default_service_account: Option<String>,
     /// Namespace to watch for DBQRs; `None` for all.
     pub watch_namespace: Option<String>,
     /// Label selector on DBQRs (sharding several operators).

@@ -529,3 +529,124 @@ async fn a_huge_row_and_a_template_bomb_fail_alone_while_health_answers() {
     assert!(cms.get_opt("healthy-1").await.unwrap().is_some());
     assert!(cms.get_opt("huge-1").await.unwrap().is_none());
 }
+
+/// A ServiceAccount `name` in `ns` allowed `rules` there.
+async fn service_account(c: &kube::Client, ns: &str, name: &str, rules: serde_json::Value) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    create(&Api::namespaced(c.clone(), ns), sa).await;
+    let role: Role =
+        serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).unwrap();
+    create(&Api::namespaced(c.clone(), ns), role).await;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+    }))
+    .unwrap();
+    create(&Api::namespaced(c.clone(), ns), binding).await;
+}
+
+/// With `--default-service-account`, a DBQR acts with the rights of that
+/// ServiceAccount of its namespace, `spec.serviceAccountName` overrides it,
+/// and neither borrows the operator's own rights: an object the account
+/// may not write fails its row (`Forbidden`, naming the account, the verb
+/// and the resource), a Secret it may not read is not used, and the DBQR's
+/// deletion deletes as it.
+#[tokio::test]
+async fn a_dbqr_acts_with_its_service_accounts_rights_only() {
+    let s = setup(
+        "impersonate",
+        "CREATE TABLE items (name text NOT NULL, ns text NOT NULL);",
+    )
+    .await;
+    let (c, ns) = (&s.client, s.namespace.as_str());
+    let other = common::namespace(c, "impersonate-other").await;
+    let configmaps = json!({"apiGroups": [""], "resources": ["configmaps"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"]});
+    let secret = json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["db"],
+        "verbs": ["get"]});
+    service_account(c, ns, "deployer", json!([configmaps, secret])).await;
+    service_account(c, ns, "no-secret", json!([configmaps])).await;
+    s.db.batch_execute(&format!(
+        "INSERT INTO items VALUES ('mine', '{ns}'), ('theirs', '{other}')"
+    ))
+    .await
+    .unwrap();
+    // The operator itself may write in every namespace.
+    let operator = Operator::start(&[
+        "--allowed-namespaces",
+        "*",
+        "--default-service-account",
+        "deployer",
+    ]);
+    let template = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{Row.name}}\"\n  namespace: \"{{Row.ns}}\"\n";
+    DbqrBuilder::new("by-default", &operator)
+        .query("SELECT name, ns FROM items ORDER BY name")
+        .template(template)
+        .create(c, ns)
+        .await;
+    DbqrBuilder::new("no-secret", &operator)
+        .query("SELECT name || '-2' AS name, ns FROM items ORDER BY name")
+        .template(template)
+        .set("/serviceAccountName", json!("no-secret"))
+        .create(c, ns)
+        .await;
+
+    let deployer = format!("system:serviceaccount:{ns}:deployer");
+    let message = wait_for_condition(c, ns, "by-default", "Synced", "False", "Forbidden").await;
+    assert!(
+        message.contains(&format!(
+            "{deployer} may not get configmaps in namespace {other}"
+        )),
+        "{message}"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
+    eventually(
+        Duration::from_secs(20),
+        "its own namespace's object",
+        || async { cms.get_opt("mine").await.ok()?.map(|_| ()) },
+    )
+    .await;
+    let theirs = Api::<ConfigMap>::namespaced(c.clone(), &other);
+    assert!(theirs.get_opt("theirs").await.unwrap().is_none());
+
+    let message = wait_for_condition(
+        c,
+        ns,
+        "no-secret",
+        "DatabaseConnected",
+        "False",
+        "Forbidden",
+    )
+    .await;
+    assert!(
+        message.contains(&format!(
+            "system:serviceaccount:{ns}:no-secret may not get secrets in namespace {ns}"
+        )),
+        "{message}"
+    );
+    assert!(cms.get_opt("mine-2").await.unwrap().is_none());
+
+    // The DBQR's deletion deletes what it made, as its account.
+    Api::<DatabaseQueryResource>::namespaced(c.clone(), ns)
+        .delete("by-default", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the DBQR released, its object gone",
+        || async {
+            let dbqrs = Api::<DatabaseQueryResource>::namespaced(c.clone(), ns);
+            let released = dbqrs.get_opt("by-default").await.ok()?.is_none();
+            let gone = cms
+                .get_opt("mine")
+                .await
+                .ok()?
+                .is_none_or(|cm| cm.metadata.deletion_timestamp.is_some());
+            (released && gone).then_some(())
+        },
+    )
+    .await;
+}

@@ -115,6 +115,8 @@ impl QueryActor {
             .filter_map(|k| k.parse::<Gvk>().ok())
             .collect();
         let detection = Detection::for_spec(&dbqr.spec);
+        // Every object request of this DBQR is made as its ServiceAccount.
+        let writer = writer.acting_as(dbqo::reconcile::pass::acting_user(&dbqr, &settings));
         Self {
             dbqr,
             config,

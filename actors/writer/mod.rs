@@ -51,6 +51,8 @@ type Work<T> = Pin<Box<dyn Future<Output = Result<T, KubeError>>>>;
 /// and its timeout. The result type is the call's own; nothing is downcast.
 pub struct Request<T> {
     call: Box<dyn FnOnce(Client) -> Work<T> + Send>,
+    /// The user the request is made as (impersonation); `None`: the operator.
+    user: Option<Arc<str>>,
 }
 
 impl<T: Send + 'static> Message for Request<T> {
@@ -95,6 +97,11 @@ type Stores = Arc<Mutex<HashMap<GroupKind, (ApiResource, Store<DynamicObject>)>>
 
 pub struct KubeWriter {
     client: Client,
+    /// What impersonating clients are made from.
+    config: kube::Config,
+    /// One client per impersonated user, made on first use (one per
+    /// ServiceAccount that DBQRs act as).
+    impersonating: HashMap<Arc<str>, Client>,
     secrets: HashMap<SecretKey, secrets::WatchedSecret>,
     secret_stores: secrets::SecretStores,
     permits: Arc<Semaphore>,
@@ -110,6 +117,7 @@ impl KubeWriter {
     /// Starts the writer; returns the handle the rest of the operator uses.
     pub fn start(
         client: Client,
+        config: kube::Config,
         concurrency: usize,
         timeout: Duration,
         mailbox: usize,
@@ -119,6 +127,8 @@ impl KubeWriter {
         let secret_stores = secrets::SecretStores::default();
         let writer = Self {
             client,
+            config,
+            impersonating: HashMap::new(),
             secrets: HashMap::new(),
             secret_stores: secret_stores.clone(),
             permits: Arc::new(Semaphore::new(concurrency as usize)),
@@ -135,6 +145,7 @@ impl KubeWriter {
             secret_stores,
             kinds: Arc::default(),
             timeout,
+            acting_as: None,
             reporter: Reporter {
                 controller: "db-query-operator".into(),
                 instance: std::env::var("POD_NAME").ok(),
@@ -204,7 +215,7 @@ impl<T: Send + 'static> Handler<Request<T>> for KubeWriter {
     type Result = ResponseFuture<Result<T, KubeError>>;
 
     fn handle(&mut self, request: Request<T>, _: &mut Context<Self>) -> Self::Result {
-        let client = self.client.clone();
+        let client = self.client_for(request.user.as_ref());
         let permits = self.permits.clone();
         let timeout = self.timeout;
         Box::pin(async move {
@@ -212,10 +223,30 @@ impl<T: Send + 'static> Handler<Request<T>> for KubeWriter {
                 .acquire_owned()
                 .await
                 .map_err(|_| KubeError::Closed)?;
-            tokio::time::timeout(timeout, (request.call)(client))
+            tokio::time::timeout(timeout, (request.call)(client?))
                 .await
                 .map_err(|_| KubeError::Timeout)?
         })
+    }
+}
+
+impl KubeWriter {
+    /// The client for requests made as `user`: kube's impersonation headers
+    /// (`Impersonate-User`) on the operator's own configuration. For a
+    /// ServiceAccount the API server adds its groups itself, so the operator
+    /// needs `impersonate` on serviceaccounts and nothing more.
+    fn client_for(&mut self, user: Option<&Arc<str>>) -> Result<Client, KubeError> {
+        let Some(user) = user else {
+            return Ok(self.client.clone());
+        };
+        if let Some(client) = self.impersonating.get(user) {
+            return Ok(client.clone());
+        }
+        let mut config = self.config.clone();
+        config.auth_info.impersonate = Some(user.to_string());
+        let client = Client::try_from(config).map_err(|e| KubeError::Transport(e.to_string()))?;
+        self.impersonating.insert(user.clone(), client.clone());
+        Ok(client)
     }
 }
 
@@ -295,11 +326,65 @@ pub struct WriterHandle {
     /// Discovery, run by one caller at a time: the others wait for its answer.
     kinds: Arc<tokio::sync::Mutex<Option<(Kinds, std::time::Instant)>>>,
     timeout: Duration,
+    /// The user the object requests of this handle are made as.
+    acting_as: Option<Arc<str>>,
     reporter: Reporter,
 }
 
 impl WriterHandle {
+    /// A handle whose object requests (reads, applies, deletes of managed
+    /// objects) are made as `user`; DBQR status, Events, finalizers and the
+    /// watches stay the operator's.
+    pub fn acting_as(&self, user: Option<String>) -> Self {
+        Self {
+            acting_as: user.map(Arc::from),
+            ..self.clone()
+        }
+    }
+
+    /// A request with the operator's own rights.
     async fn request<T, F, Fut>(&self, call: F) -> Result<T, KubeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, KubeError>> + 'static,
+    {
+        self.send(None, call).await
+    }
+
+    /// A request about objects, made as the user this handle acts as. A
+    /// refusal names that user, the verb and the resource (the API
+    /// server's own message is redacted of every quoted part).
+    async fn object_request<T, F, Fut>(
+        &self,
+        verb: &'static str,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+        call: F,
+    ) -> Result<T, KubeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, KubeError>> + 'static,
+    {
+        let result = self.send(self.acting_as.clone(), call).await;
+        match (&self.acting_as, result) {
+            (Some(user), Err(KubeError::Api { code: 403, .. })) => {
+                let place = match namespace {
+                    Some(ns) => format!(" in namespace {ns}"),
+                    None => String::new(),
+                };
+                Err(KubeError::Api {
+                    code: 403,
+                    reason: "Forbidden".into(),
+                    message: format!("{user} may not {verb} {}{place}", resource.plural),
+                })
+            }
+            (_, result) => result,
+        }
+    }
+
+    async fn send<T, F, Fut>(&self, user: Option<Arc<str>>, call: F) -> Result<T, KubeError>
     where
         T: Send + 'static,
         F: FnOnce(Client) -> Fut + Send + 'static,
@@ -307,6 +392,7 @@ impl WriterHandle {
     {
         let request = Request {
             call: Box::new(move |client| Box::pin(call(client))),
+            user,
         };
         let metrics = crate::metrics::global();
         metrics.writer_request(true);
@@ -452,9 +538,14 @@ impl Writer for WriterHandle {
     }
 
     async fn get(&self, target: &Target) -> Result<Option<LiveObject>, KubeError> {
-        let target = target.clone();
-        self.request(|client| async move { kube_api::get(&client, &target).await })
-            .await
+        let t = target.clone();
+        self.object_request(
+            "get",
+            &target.resource,
+            target.namespace.as_deref(),
+            |client| async move { kube_api::get(&client, &t).await },
+        )
+        .await
     }
 
     async fn names(
@@ -462,47 +553,55 @@ impl Writer for WriterHandle {
         resource: &ApiResource,
         namespace: Option<&str>,
     ) -> Result<std::collections::HashSet<String>, KubeError> {
-        let (resource, namespace) = (resource.clone(), namespace.map(str::to_owned));
-        self.request(|client| async move {
-            kube_api::names(&client, &resource, namespace.as_deref()).await
+        let (r, ns) = (resource.clone(), namespace.map(str::to_owned));
+        self.object_request("list", resource, namespace, |client| async move {
+            kube_api::names(&client, &r, ns.as_deref()).await
         })
         .await
     }
 
     async fn apply(&self, target: &Target, manifest: &Json) -> Result<(), KubeError> {
-        let (target, manifest) = (target.clone(), manifest.clone());
-        self.request(|client| async move { kube_api::apply(&client, &target, &manifest).await })
-            .await
+        let (t, manifest) = (target.clone(), manifest.clone());
+        self.object_request(
+            "patch",
+            &target.resource,
+            target.namespace.as_deref(),
+            |client| async move { kube_api::apply(&client, &t, &manifest).await },
+        )
+        .await
     }
 
     async fn create(&self, target: &Target, manifest: &Json) -> Result<(), KubeError> {
-        let (target, manifest) = (target.clone(), manifest.clone());
-        self.request(|client| async move { kube_api::create(&client, &target, &manifest).await })
-            .await
-    }
-
-    async fn list(
-        &self,
-        resource: &ApiResource,
-        labels: &Labels,
-    ) -> Result<Vec<LiveObject>, KubeError> {
-        let (resource, labels) = (resource.clone(), labels.clone());
-        self.request(|client| async move { kube_api::list(&client, &resource, &labels).await })
-            .await
+        let (t, manifest) = (target.clone(), manifest.clone());
+        self.object_request(
+            "create",
+            &target.resource,
+            target.namespace.as_deref(),
+            |client| async move { kube_api::create(&client, &t, &manifest).await },
+        )
+        .await
     }
 
     async fn delete(&self, target: &Target, uid: Option<&str>) -> Result<(), KubeError> {
-        let (target, uid) = (target.clone(), uid.map(str::to_owned));
-        self.request(
-            |client| async move { kube_api::delete(&client, &target, uid.as_deref()).await },
+        let (t, uid) = (target.clone(), uid.map(str::to_owned));
+        self.object_request(
+            "delete",
+            &target.resource,
+            target.namespace.as_deref(),
+            |client| async move { kube_api::delete(&client, &t, uid.as_deref()).await },
         )
         .await
     }
 
     async fn merge_patch(&self, target: &Target, patch: &Json) -> Result<(), KubeError> {
-        let (target, patch) = (target.clone(), patch.clone());
-        self.request(|client| async move { kube_api::merge_patch(&client, &target, &patch).await })
-            .await
+        let (t, patch) = (target.clone(), patch.clone());
+        self.object_request(
+            "patch",
+            &target.resource,
+            target.namespace.as_deref(),
+            |client| async move { kube_api::merge_patch(&client, &t, &patch).await },
+        )
+        .await
     }
 
     async fn read_secret(

@@ -48,6 +48,11 @@ pub struct DatabaseQueryResourceSpec {
     /// then INSERT, a lagging replica or row-level security can make a query return too little).
     #[serde(default)]
     pub prune_guard: PruneGuardSpec,
+    /// The ServiceAccount of this namespace whose rights every read, apply, prune and delete of
+    /// this DBQR's objects, and the read of its connection Secret, are made with (Kubernetes
+    /// impersonation). Unset: the operator's `--default-service-account`, or its own rights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
     /// Where the rows come from.
     pub database: DatabaseSpec,
     /// SQL returning one row per object (or group of objects). Several statements may be given

@@ -30,6 +30,8 @@ pub enum SpecError {
     EmptyQuery,
     #[error("spec.template is empty")]
     EmptyTemplate,
+    #[error("spec.serviceAccountName is not a valid ServiceAccount name: {0}")]
+    InvalidServiceAccount(&'static str),
 }
 
 impl SpecError {
@@ -109,6 +111,13 @@ impl DatabaseQueryResourceSpec {
         }
         if self.template.trim().is_empty() {
             push(Err(SpecError::EmptyTemplate));
+        }
+        if let Some(problem) = self
+            .service_account_name
+            .as_deref()
+            .and_then(crate::render::dns_subdomain_problem)
+        {
+            push(Err(SpecError::InvalidServiceAccount(problem)));
         }
         if let Some(cd) = self.change_detection.as_ref().filter(|cd| cd.enabled) {
             match cd.mode {

@@ -21,6 +21,12 @@ pub struct RunArgs {
     /// Let DBQRs use connection Secrets in other namespaces.
     #[arg(long, env = "DBQO_ALLOW_CROSS_NAMESPACE_SECRETS")]
     pub allow_cross_namespace_secrets: bool,
+    /// The ServiceAccount, in each DBQR's own namespace, that DBQRs without
+    /// spec.serviceAccountName act as (Kubernetes impersonation): the
+    /// lock-down for clusters shared by several teams. Unset: such DBQRs use
+    /// the operator's own rights.
+    #[arg(long, env = "DBQO_DEFAULT_SERVICE_ACCOUNT")]
+    pub default_service_account: Option<String>,
     /// Only watch DBQRs in this namespace (default: all namespaces).
     #[arg(long, env = "DBQO_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -130,6 +136,7 @@ impl RunArgs {
         Ok(Settings {
             policy: Arc::new(self.policy.policy()?),
             allow_cross_namespace_secrets: self.allow_cross_namespace_secrets,
+            default_service_account: self.default_service_account.clone(),
             watch_namespace: self.watch_namespace.clone(),
             label_selector: self.label_selector.clone(),
             concurrency: self.concurrency.max(1),

@@ -87,17 +87,21 @@ pub async fn clean_up<W: Writer>(
     let labels = owner.labels();
     let mut remaining = 0;
     for resource in resources {
-        let live = match writer.list(&resource, &labels).await {
-            Ok(live) => live,
+        // The writer's label-selected watch of the kind holds every object
+        // the operator made: no list of the whole cluster per retry, and
+        // the watch is the operator's own, whatever the DBQR's rights.
+        match writer.watch(&resource).await {
+            Ok(()) => {}
             // Gone since discovery ran: nothing of it is left to clean up.
-            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) if e.is_not_found() => continue,
             Err(source) => {
                 return Err(CleanupError::List {
                     kind: resource.kind.clone(),
                     source,
                 })
             }
-        };
+        }
+        let live = writer.cached_list(&resource, &labels);
         for object in live.into_iter().filter(|o| owner.owns_object(o)) {
             let failed = |source| CleanupError::Object {
                 kind: resource.kind.clone(),

@@ -53,6 +53,16 @@ impl Owner {
         ])
     }
 
+    /// The user this DBQR's object requests are made as (Kubernetes
+    /// impersonation): its `serviceAccountName`, else the operator's default
+    /// ServiceAccount, each of the DBQR's own namespace; `None` for the
+    /// operator's own rights.
+    pub fn acting_user(&self, spec_account: Option<&str>, default: Option<&str>) -> Option<String> {
+        spec_account
+            .or(default)
+            .map(|account| format!("system:serviceaccount:{}:{account}", self.namespace))
+    }
+
     /// The value of `dbqo.dev/adopt` that hands an existing object to this DBQR.
     pub fn adopter(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -118,6 +128,26 @@ impl Owner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_acting_user_is_a_service_account_of_the_dbqrs_namespace() {
+        let owner = Owner {
+            name: "users".into(),
+            namespace: "team-a".into(),
+            uid: "u1".into(),
+        };
+        assert_eq!(owner.acting_user(None, None), None);
+        assert_eq!(
+            owner.acting_user(None, Some("dbqr-runner")).as_deref(),
+            Some("system:serviceaccount:team-a:dbqr-runner")
+        );
+        assert_eq!(
+            owner
+                .acting_user(Some("deployer"), Some("dbqr-runner"))
+                .as_deref(),
+            Some("system:serviceaccount:team-a:deployer")
+        );
+    }
 
     #[test]
     fn long_names_become_valid_unique_label_values() {

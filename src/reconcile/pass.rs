@@ -41,6 +41,9 @@ pub struct PassConfig {
     pub template: RowTemplate,
     pub policy: Arc<ObjectPolicy>,
     pub allow_cross_namespace_secrets: bool,
+    /// The user the DBQR's requests are made as (see [`Owner::acting_user`]);
+    /// the writer the pass is given acts as it already.
+    pub acting_user: Option<String>,
     /// Connections per database server, shared by every DBQR.
     pub budget: ConnectionBudget,
     /// The shared LISTEN connections.
@@ -52,6 +55,16 @@ pub struct PassConfig {
     /// Applies of one pass that exist at once (each holds a copy of its
     /// manifest until sent): twice the writer's concurrency keeps it busy.
     pub in_flight: usize,
+}
+
+/// The user a DBQR's object requests are made as: its
+/// `serviceAccountName`, else `--default-service-account`, in its own
+/// namespace; `None` for the operator's own rights.
+pub fn acting_user(dbqr: &DatabaseQueryResource, settings: &Settings) -> Option<String> {
+    Owner::of(dbqr).acting_user(
+        dbqr.spec.service_account_name.as_deref(),
+        settings.default_service_account.as_deref(),
+    )
 }
 
 impl PassConfig {
@@ -76,6 +89,7 @@ impl PassConfig {
             template,
             policy: settings.policy.clone(),
             allow_cross_namespace_secrets: settings.allow_cross_namespace_secrets,
+            acting_user: acting_user(dbqr, settings),
             budget: settings.budget.clone(),
             listeners: settings.listeners.clone(),
             status_template,
@@ -368,6 +382,25 @@ async fn connect<W: Writer>(
         if current.secret_version == found.resource_version {
             return Ok(current.pool.clone());
         }
+    }
+    // The operator reads the Secret from its watch; a DBQR acting as a
+    // ServiceAccount may use it only if that account may read it. Checked
+    // once per version of the Secret (a read made as the account), so a
+    // steady state costs nothing.
+    if config.acting_user.is_some() {
+        let target = Target {
+            resource: ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+            namespace: Some(namespace.clone()),
+            name: name.clone(),
+        };
+        writer
+            .get(&target)
+            .await
+            .map_err(|source| PassError::SecretUnreadable {
+                secret: secret.clone(),
+                source,
+            })?
+            .ok_or_else(|| PassError::SecretNotFound(secret.clone()))?;
     }
     let info = db::conninfo_from_secret(&secret, &found.data, reference)?;
     let pool_spec = &config.spec.database.pool;

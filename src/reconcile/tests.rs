@@ -211,14 +211,6 @@ impl Writer for FakeWriter {
         Ok(())
     }
 
-    async fn list(
-        &self,
-        resource: &ApiResource,
-        labels: &Labels,
-    ) -> Result<Vec<LiveObject>, KubeError> {
-        Ok(self.cached_list(resource, labels))
-    }
-
     async fn delete(&self, target: &Target, uid: Option<&str>) -> Result<(), KubeError> {
         self.record("delete", target);
         self.deletions
@@ -327,6 +319,7 @@ fn config(prune: bool) -> PassConfig {
     let settings = Settings {
         policy: Arc::new(ObjectPolicy::default()),
         allow_cross_namespace_secrets: false,
+        default_service_account: None,
         watch_namespace: None,
         label_selector: None,
         concurrency: 1,

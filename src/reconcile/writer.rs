@@ -43,12 +43,6 @@ pub trait Writer {
     async fn apply(&self, target: &Target, manifest: &Json) -> Result<(), KubeError>;
     /// Creates an object; one of that name already there is an error (409).
     async fn create(&self, target: &Target, manifest: &Json) -> Result<(), KubeError>;
-    /// Objects of a kind in every namespace carrying all of `labels`, read from the API server.
-    async fn list(
-        &self,
-        resource: &ApiResource,
-        labels: &Labels,
-    ) -> Result<Vec<LiveObject>, KubeError>;
     /// Deletes in the background; an object already gone, or replaced by
     /// one of another `uid`, counts as deleted.
     async fn delete(&self, target: &Target, uid: Option<&str>) -> Result<(), KubeError>;
