@@ -319,6 +319,77 @@ mod tests {
         });
     }
 
+    /// A DBQR with the finalizer (so its actor starts at once) named `name`.
+    fn dbqr(name: &str) -> DatabaseQueryResource {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "dbqo.dev/v1alpha1",
+            "kind": "DatabaseQueryResource",
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+                         "generation": 1, "finalizers": [dbqo::api::FINALIZER]},
+            "spec": {"pollInterval": "1h", "database": {"connectionSecretRef": {"name": "db"}},
+                     "query": "SELECT 1 AS id", "template": "a: 1"},
+        }))
+        .unwrap()
+    }
+
+    fn query_actors() -> Option<f64> {
+        let text = metrics::global().encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix("dbqo_query_actors "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// A DBQR deleted while the watch was down has no Delete event: the
+    /// list after the watch's restart does not hold it, and its actor stops.
+    #[test]
+    fn an_actor_of_a_dbqr_missing_from_a_re_list_stops() {
+        use kube::runtime::watcher::Event;
+        actix::System::new().block_on(async {
+            let (fatal, _fatal_rx) = unbounded_channel();
+            let events = futures_util::stream::iter(vec![
+                Ok(Event::Init),
+                Ok(Event::InitApply(dbqr("a"))),
+                Ok(Event::InitApply(dbqr("b"))),
+                Ok(Event::InitDone),
+            ]);
+            let (relist_tx, relist_rx) = tokio::sync::oneshot::channel::<()>();
+            let relist = futures_util::stream::once(async move {
+                let _ = relist_rx.await;
+            })
+            .flat_map(|()| {
+                futures_util::stream::iter(vec![
+                    Ok(Event::Init),
+                    Ok(Event::InitApply(dbqr("a"))),
+                    Ok(Event::InitDone),
+                ])
+            });
+            let events = events
+                .chain(relist)
+                .chain(futures_util::stream::pending())
+                .boxed_local();
+            let _supervisor = supervisor::Supervisor::new(
+                events,
+                offline_writer(),
+                Arc::new(settings()),
+                Arc::default(),
+                fatal,
+            )
+            .start();
+            let count = |want: f64| async move {
+                tokio::time::timeout(TEST_DEADLINE, async {
+                    while query_actors() != Some(want) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await
+                .is_ok()
+            };
+            assert!(count(2.0).await, "both actors run: {:?}", query_actors());
+            relist_tx.send(()).unwrap();
+            assert!(count(1.0).await, "b's actor stopped: {:?}", query_actors());
+        });
+    }
+
     #[test]
     fn a_panicking_actor_is_fatal() {
         struct Crashes;

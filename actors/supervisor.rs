@@ -60,6 +60,16 @@ pub struct Supervisor {
     fatal: tokio::sync::mpsc::UnboundedSender<Fatal>,
     /// Set once shutdown began: no new actors.
     stopping: bool,
+    /// While the watch lists again (after an error it could not resume
+    /// from): the DBQRs the new list holds so far. A DBQR deleted while the
+    /// watch was down has no Delete event; at the end of the list it is
+    /// simply not there.
+    relisting: Option<HashSet<Key>>,
+    /// Clean-up checks so far per DBQR uid while its objects are going
+    /// (the check backs off: an object held by a finalizer may take long).
+    waiting: HashMap<String, u32>,
+    /// Failed finalizer additions per DBQR uid (retried with backoff).
+    finalizer_failures: HashMap<String, u32>,
 }
 
 /// A clean-up that keeps failing.
@@ -72,6 +82,10 @@ struct Blocked {
 
 /// Blocked clean-ups are retried at least this often.
 const CLEANUP_RETRY_CAP: Duration = Duration::from_secs(300);
+/// A clean-up waiting for its objects to go checks at least this often.
+const CLEANUP_WAIT_CAP: Duration = Duration::from_secs(30);
+/// A finalizer that could not be added is tried again at least this often.
+const FINALIZER_RETRY_CAP: Duration = Duration::from_secs(60);
 
 /// Stops every QueryActor (timers, LISTEN connections, pools) and then the
 /// supervisor; resolves when they have all stopped.
@@ -97,11 +111,22 @@ impl Supervisor {
             ready,
             fatal,
             stopping: false,
+            relisting: None,
+            waiting: HashMap::new(),
+            finalizer_failures: HashMap::new(),
         }
     }
 
     fn key(dbqr: &DatabaseQueryResource) -> Key {
         (dbqr.namespace().unwrap_or_default(), dbqr.name_any())
+    }
+
+    /// Drops what is kept about a DBQR that is gone; a clean-up loop of it
+    /// ends at its next check.
+    fn forget(&mut self, uid: &str) {
+        self.cleaning.remove(uid);
+        self.waiting.remove(uid);
+        self.finalizer_failures.remove(uid);
     }
 
     fn stop(&mut self, key: &Key) {
@@ -125,11 +150,11 @@ impl Supervisor {
         }
         if !has_finalizer {
             // The change event that follows starts the actor.
-            let mut finalizers = dbqr.finalizers().to_vec();
-            finalizers.push(FINALIZER.to_owned());
-            self.set_finalizers(&dbqr, finalizers, ctx);
+            self.add_finalizer(dbqr, ctx);
             return;
         }
+        self.finalizer_failures
+            .remove(&dbqr.uid().unwrap_or_default());
         let uid = dbqr.uid().unwrap_or_default();
         if let Some(running) = self.actors.get_mut(&key) {
             if running.uid == uid
@@ -160,26 +185,39 @@ impl Supervisor {
         );
     }
 
-    fn set_finalizers(
-        &self,
-        dbqr: &DatabaseQueryResource,
-        finalizers: Vec<String>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// Adds the finalizer; the watch event of the change starts the actor.
+    /// A failure other than a conflict (a newer version exists: its event
+    /// comes) or the DBQR being gone is retried with backoff, since no
+    /// event may come to retry it otherwise.
+    fn add_finalizer(&mut self, dbqr: DatabaseQueryResource, ctx: &mut Context<Self>) {
         let writer = self.writer.clone();
-        let (namespace, name) = Self::key(dbqr);
+        let (namespace, name) = Self::key(&dbqr);
         let version = dbqr.resource_version();
-        ctx.spawn(
-            async move {
-                let result = writer
-                    .set_dbqr_finalizers(&namespace, &name, version.as_deref(), &finalizers)
-                    .await;
-                if let Err(error) = result {
-                    tracing::debug!(%error, "finalizer update deferred to the next event");
+        let mut finalizers = dbqr.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        let work = async move {
+            writer
+                .set_dbqr_finalizers(&namespace, &name, version.as_deref(), &finalizers)
+                .await
+        };
+        ctx.spawn(work.into_actor(self).map(move |result, supervisor, ctx| {
+            let uid = dbqr.uid().unwrap_or_default();
+            match result {
+                Ok(()) => {
+                    supervisor.finalizer_failures.remove(&uid);
+                }
+                Err(e) if e.is_conflict() || e.is_not_found() => {
+                    supervisor.finalizer_failures.remove(&uid);
+                }
+                Err(error) => {
+                    let failures = supervisor.finalizer_failures.entry(uid).or_default();
+                    *failures = failures.saturating_add(1);
+                    let delay = backoff(*failures, FINALIZER_RETRY_CAP);
+                    tracing::warn!(dbqr = %dbqr.name_any(), reason = error.reason(), retry_in = ?delay, "cannot add the finalizer");
+                    ctx.run_later(delay, move |s, ctx| s.on_change(dbqr, ctx));
                 }
             }
-            .into_actor(self),
-        );
+        }));
     }
 
     /// Starts the clean-up of a deleted DBQR unless it runs already. Later
@@ -228,11 +266,19 @@ impl Supervisor {
                 Ok((Cleanup::Done, dbqr)) => {
                     supervisor.cleaning.remove(&uid);
                     supervisor.blocked.remove(&uid);
+                    supervisor.waiting.remove(&uid);
                     tracing::info!(dbqr = %dbqr.name_any(), ?policy, "clean-up done, DBQR released");
                 }
                 Ok((Cleanup::Waiting { remaining }, dbqr)) => {
-                    tracing::debug!(dbqr = %dbqr.name_any(), remaining, "waiting for objects to go");
-                    ctx.run_later(Duration::from_millis(500), move |s, ctx| s.run_cleanup(dbqr, ctx));
+                    // 0.5 s, 1 s, 2 s ... up to 30 s: most objects go at
+                    // once, one held by a finalizer may take long. Each
+                    // check reads the watch cache only.
+                    let checks = supervisor.waiting.entry(uid.clone()).or_default();
+                    *checks = checks.saturating_add(1);
+                    let delay = (Duration::from_millis(250) * 2u32.saturating_pow((*checks).min(7)))
+                        .min(CLEANUP_WAIT_CAP);
+                    tracing::debug!(dbqr = %dbqr.name_any(), remaining, retry_in = ?delay, "waiting for objects to go");
+                    ctx.run_later(delay, move |s, ctx| s.run_cleanup(dbqr, ctx));
                 }
                 Err((error, dbqr)) => supervisor.cleanup_blocked(&uid, dbqr, &error, ctx),
             }
@@ -338,16 +384,31 @@ impl StreamHandler<Result<watcher::Event<DatabaseQueryResource>, watcher::Error>
         ctx: &mut Context<Self>,
     ) {
         match event {
-            Ok(watcher::Event::Apply(dbqr) | watcher::Event::InitApply(dbqr)) => {
+            Ok(watcher::Event::Apply(dbqr)) => self.on_change(dbqr, ctx),
+            Ok(watcher::Event::InitApply(dbqr)) => {
+                if let Some(listed) = self.relisting.as_mut() {
+                    listed.insert(Self::key(&dbqr));
+                }
                 self.on_change(dbqr, ctx)
             }
             Ok(watcher::Event::Delete(dbqr)) => {
                 let key = Self::key(&dbqr);
                 self.stop(&key);
-                self.cleaning.remove(&dbqr.uid().unwrap_or_default());
+                self.forget(&dbqr.uid().unwrap_or_default());
             }
-            Ok(watcher::Event::Init) => {}
+            Ok(watcher::Event::Init) => self.relisting = Some(HashSet::new()),
             Ok(watcher::Event::InitDone) => {
+                let listed = self.relisting.take().unwrap_or_default();
+                let gone: Vec<Key> = self
+                    .actors
+                    .keys()
+                    .filter(|key| !listed.contains(*key))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    tracing::info!(dbqr = %key.1, namespace = %key.0, "gone while the watch was down; stopping its actor");
+                    self.stop(&key);
+                }
                 if !self.ready.swap(true, Ordering::SeqCst) {
                     tracing::info!(dbqrs = self.actors.len(), "initial list done; ready");
                 }

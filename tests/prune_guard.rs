@@ -267,3 +267,41 @@ async fn the_release_annotation_lets_a_held_prune_through_and_small_prunes_are_i
     )
     .await;
 }
+
+/// A reload that deletes in batches: 16 of 40 rows (40 %, let through at
+/// once), then 12 of the 24 left (half of them, but 28 of 40 in the
+/// window). The second batch is held.
+#[tokio::test]
+async fn deletions_in_batches_add_up_and_are_held() {
+    let s = common::operator::setup(
+        "batches",
+        "CREATE TABLE items (id int PRIMARY KEY, value text)",
+    )
+    .await;
+    let (client, ns) = (&s.client, s.namespace.as_str());
+    s.db.batch_execute(&fill()).await.unwrap();
+    s.db.batch_execute(&trigger_sql("items", "items"))
+        .await
+        .unwrap();
+    let operator = Operator::start(&[]);
+    items_dbqr(&operator).create(client, ns).await;
+    let all = names();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    wait_for_configmaps(client, ns, &all).await;
+    wait_for_listen(&s.db).await;
+
+    s.db.batch_execute("DELETE FROM items WHERE id <= 16")
+        .await
+        .unwrap();
+    wait_for_configmaps(client, ns, &all[16..]).await;
+    s.db.batch_execute("DELETE FROM items WHERE id <= 28")
+        .await
+        .unwrap();
+    let message = wait_for_condition(client, ns, "items", "PruneHeld", "True", "PruneHeld").await;
+    assert!(message.contains("12 of 24"), "{message}");
+    assert_eq!(
+        common::operator::configmaps(client, ns).await.len(),
+        24,
+        "nothing of the second batch deleted"
+    );
+}

@@ -196,3 +196,52 @@ async fn a_refused_status_write_is_retried_until_it_lands() {
         "the status came from a retry, not a pass"
     );
 }
+
+/// The finalizer cannot be added at first (no `patch` on DBQRs). No event
+/// comes to try again, so only a retry of its own can start the DBQR once
+/// the permission is granted.
+#[tokio::test]
+async fn a_refused_finalizer_is_retried_until_it_lands() {
+    let s = common::operator::setup(
+        "finalizerretry",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
+    )
+    .await;
+    let user = common::unique("dbqo-limited");
+    let mut rules = operator_rules(true, true);
+    rules[0] = rule(
+        &["dbqo.dev"],
+        &["databasequeryresources"],
+        &["get", "list", "watch"],
+    );
+    grant(&s.client, &user, &user, rules).await;
+    let operator = limited_operator(&user);
+    DbqrBuilder::new("users", &operator)
+        .query("SELECT id FROM t")
+        .template(CM)
+        .create(&s.client, &s.namespace)
+        .await;
+    let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &s.namespace);
+    assert!(dbqrs
+        .get("users")
+        .await
+        .unwrap()
+        .metadata
+        .finalizers
+        .is_none());
+
+    grant(
+        &s.client,
+        &user,
+        &format!("{user}-patch"),
+        vec![rule(
+            &["dbqo.dev"],
+            &["databasequeryresources"],
+            &["patch", "update"],
+        )],
+    )
+    .await;
+    wait_for_configmaps(&s.client, &s.namespace, &["cm-1"]).await;
+    let finalizers = dbqrs.get("users").await.unwrap().metadata.finalizers;
+    assert_eq!(finalizers, Some(vec![dbqo::api::FINALIZER.to_owned()]));
+}

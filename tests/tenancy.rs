@@ -650,3 +650,62 @@ async fn a_dbqr_acts_with_its_service_accounts_rights_only() {
     )
     .await;
 }
+
+/// Two notify-mode DBQRs for the same server and user, one with a wrong
+/// password: they do not share a LISTEN connection, so the wrong one
+/// neither makes the right one's connection reconnect with its password
+/// nor receives notifications through it.
+#[tokio::test]
+async fn a_listen_connection_is_shared_only_with_the_same_credentials() {
+    use common::operator::{trigger_sql, wait_for_listen};
+    let s = setup("listenshare", "CREATE TABLE items (name text PRIMARY KEY);").await;
+    let (c, ns) = (&s.client, s.namespace.as_str());
+    s.db.batch_execute(&trigger_sql("items", "items"))
+        .await
+        .unwrap();
+    let mut wrong = secret_keys(&s.url);
+    wrong.insert("password", "not-the-password".into());
+    create_secret(c, ns, "wrong", wrong).await;
+    let operator = Operator::start(&[]);
+    let notify = json!({"enabled": true, "mode": "notify", "channel": "items"});
+    let template =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{Row.name}}{{Metadata.Name}}\"\n";
+    DbqrBuilder::new("right", &operator)
+        .query("SELECT name FROM items")
+        .template(template)
+        .set("/pollInterval", json!("1h"))
+        .set("/changeDetection", notify.clone())
+        .create(c, ns)
+        .await;
+    wait_for_condition(c, ns, "right", "Ready", "True", "Ready").await;
+    wait_for_listen(&s.db).await;
+    DbqrBuilder::new("wrong", &operator)
+        .query("SELECT name FROM items")
+        .template(template)
+        .secret("wrong")
+        .set("/pollInterval", json!("1h"))
+        .set("/changeDetection", notify)
+        .create(c, ns)
+        .await;
+    wait_for_condition(
+        c,
+        ns,
+        "wrong",
+        "DatabaseConnected",
+        "False",
+        "AuthenticationFailed",
+    )
+    .await;
+    // Only a notification can bring the row before the hour-long poll.
+    s.db.batch_execute("INSERT INTO items VALUES ('a')")
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
+    eventually(
+        Duration::from_secs(15),
+        "the notified row applied",
+        || async { cms.get_opt("aright").await.ok()?.map(|_| ()) },
+    )
+    .await;
+    assert!(cms.get_opt("awrong").await.unwrap().is_none());
+}

@@ -40,10 +40,27 @@ pub enum Notice {
     Listening,
 }
 
+/// What a LISTEN connection is shared by: the server identity and a
+/// fingerprint of the credentials and TLS settings. Only DBQRs that could
+/// open the same connection themselves share it: one with a wrong password
+/// neither borrows another's working connection nor makes it reconnect
+/// with its own.
+type HubKey = (ServerKey, [u8; 32]);
+
+fn hub_key(info: &ConnInfo) -> HubKey {
+    use sha2::{Digest, Sha256};
+    (
+        ServerKey::of(&info.config),
+        Sha256::digest(settings(info)).into(),
+    )
+}
+
+type Hubs = Arc<Mutex<HashMap<HubKey, mpsc::UnboundedSender<Command>>>>;
+
 /// Every shared LISTEN connection of the operator.
 #[derive(Clone, Default)]
 pub struct Listeners {
-    hubs: Arc<Mutex<HashMap<ServerKey, mpsc::UnboundedSender<Command>>>>,
+    hubs: Hubs,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -92,7 +109,7 @@ impl Listeners {
         channel: &str,
         budget: &ConnectionBudget,
     ) -> Subscription {
-        let key = ServerKey::of(&info.config);
+        let key = hub_key(info);
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -134,8 +151,8 @@ type Channels = HashMap<String, Vec<(u64, mpsc::Sender<Notice>)>>;
 
 /// A hub's entry in the registry.
 struct Registry {
-    hubs: Arc<Mutex<HashMap<ServerKey, mpsc::UnboundedSender<Command>>>>,
-    key: ServerKey,
+    hubs: Hubs,
+    key: HubKey,
     hub: mpsc::UnboundedSender<Command>,
 }
 
@@ -187,7 +204,7 @@ async fn run_hub(
                 None => return,
             }
         }
-        let Some(slot) = budget.server(&registry.key).acquire(SLOT_WAIT).await else {
+        let Some(slot) = budget.server(&registry.key.0).acquire(SLOT_WAIT).await else {
             tracing::info!("no connection slot for the LISTEN connection yet");
             continue;
         };

@@ -41,32 +41,40 @@ impl Drop for MySession {
 /// `prefer` connect in plain text (`prefer` first tries TLS), `require`
 /// encrypts without verifying, `verify-ca` checks the chain, `verify-full`
 /// the chain and the host name.
+/// TLS as libpq's sslmode defines it, the same rules as the PostgreSQL
+/// side (`db::connect`): `prefer` verifies nothing; `require` verifies the
+/// chain when a CA is given; `verify-ca` needs a CA and checks the chain,
+/// `verify-full` the host name too; `sslrootcert=system` (every public CA)
+/// only with the host name check.
 fn ssl_opts(info: &ConnInfo, mode: SslMode) -> Result<Option<SslOpts>, ServerError> {
-    let roots = match &info.root_cert {
-        Some(RootCert::Pem(pem)) => vec![pem.clone().into()],
-        Some(RootCert::File(path)) => vec![std::path::PathBuf::from(path).into()],
-        Some(RootCert::System) | None => vec![],
+    let unverified = || {
+        SslOpts::default()
+            .with_danger_accept_invalid_certs(true)
+            .with_danger_skip_domain_validation(true)
     };
-    let has_ca = info.root_cert.is_some();
-    Ok(match mode {
-        SslMode::Disable => None,
-        SslMode::Prefer | SslMode::Require if !has_ca => Some(
-            SslOpts::default()
-                .with_danger_accept_invalid_certs(true)
-                .with_danger_skip_domain_validation(true),
-        ),
-        // libpq: require with a CA verifies the chain, like verify-ca.
-        SslMode::Prefer | SslMode::Require | SslMode::VerifyCa => {
-            if !has_ca {
-                return Err(ConnectError::RootCertRequired(mode.as_str()).into());
-            }
-            Some(
-                SslOpts::default()
-                    .with_root_certs(roots)
-                    .with_danger_skip_domain_validation(true),
-            )
+    Ok(match (mode, &info.root_cert) {
+        (SslMode::Disable, _) => None,
+        (SslMode::Prefer, _) | (SslMode::Require, None) => Some(unverified()),
+        (SslMode::VerifyFull, Some(RootCert::System)) => Some(SslOpts::default()),
+        (mode, Some(RootCert::System)) => {
+            return Err(ConnectError::WeakModeWithSystemRoots(mode.as_str()).into())
         }
-        SslMode::VerifyFull => Some(SslOpts::default().with_root_certs(roots)),
+        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+            return Err(ConnectError::RootCertRequired(mode.as_str()).into())
+        }
+        (mode, Some(root)) => {
+            let roots = match root {
+                RootCert::Pem(pem) => vec![pem.clone().into()],
+                RootCert::File(path) => vec![std::path::PathBuf::from(path).into()],
+                RootCert::System => unreachable!("handled above"),
+            };
+            let opts = SslOpts::default().with_root_certs(roots);
+            Some(if mode == SslMode::VerifyFull {
+                opts
+            } else {
+                opts.with_danger_skip_domain_validation(true)
+            })
+        }
     })
 }
 
@@ -114,15 +122,18 @@ pub async fn connect(
         async move {
             tokio::time::timeout(connect_timeout, Conn::new(opts))
                 .await
-                .map_err(|_| ServerError::Unreachable("timed out".into()))?
-                .map_err(|e| connect_error(&e))
+                .map_err(|_| ServerError::Unreachable("timed out".into()))
         }
     };
-    let conn = match attempt(ssl_opts(info, mode)?).await {
-        // libpq's prefer: TLS when the server offers it, plain text otherwise.
-        Err(_) if mode == SslMode::Prefer && info.root_cert.is_none() => attempt(None).await?,
-        other => other?,
-    };
+    let conn =
+        match attempt(ssl_opts(info, mode)?).await? {
+            // libpq's prefer: TLS when the server offers it, plain text only
+            // when it does not (never after another failure).
+            Err(mysql_async::Error::Driver(
+                mysql_async::DriverError::NoClientSslFlagFromServer,
+            )) if mode == SslMode::Prefer => attempt(None).await?.map_err(|e| connect_error(&e))?,
+            other => other.map_err(|e| connect_error(&e))?,
+        };
     Ok(MySession {
         conn: Some(conn),
         slot: Some(slot),
@@ -144,6 +155,7 @@ fn connect_error(e: &mysql_async::Error) -> ServerError {
         mysql_async::Error::Server(s) => {
             ServerError::Unreachable(format!("MySQL error {}", s.code))
         }
+        // Driver and I/O errors name no value of the Secret.
         other => ServerError::Unreachable(other.to_string()),
     }
 }
@@ -337,5 +349,75 @@ impl Session for MySession {
             )
             .await
             .map_err(|e| failed("removing ownership records", &e, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(mode: &str, root: Option<RootCert>) -> ConnInfo {
+        let mut info: ConnInfo = format!("postgresql://u:p@h:3306/d?sslmode={mode}")
+            .parse()
+            .unwrap();
+        info.root_cert = root;
+        info
+    }
+
+    /// (verifies the chain, checks the host name, roots given) per mode, as
+    /// PostgreSQL's side does.
+    fn verification(
+        mode: &str,
+        root: Option<RootCert>,
+    ) -> Result<Option<(bool, bool, usize)>, String> {
+        let info = info(mode, root);
+        ssl_opts(&info, info.effective_ssl_mode())
+            .map(|opts| {
+                opts.map(|o| {
+                    (
+                        !o.accept_invalid_certs(),
+                        !o.skip_domain_validation(),
+                        o.root_certs().len(),
+                    )
+                })
+            })
+            .map_err(|e| e.reason().to_owned())
+    }
+
+    #[test]
+    fn tls_follows_libpq_sslmode_rules() {
+        let ca = || Some(RootCert::Pem(b"PEM".to_vec()));
+        let system = || Some(RootCert::System);
+        assert_eq!(verification("disable", ca()), Ok(None));
+        assert_eq!(verification("prefer", None), Ok(Some((false, false, 0))));
+        assert_eq!(
+            verification("prefer", ca()),
+            Ok(Some((false, false, 0))),
+            "prefer ignores a CA"
+        );
+        assert_eq!(verification("require", None), Ok(Some((false, false, 0))));
+        assert_eq!(verification("require", ca()), Ok(Some((true, false, 1))));
+        assert_eq!(verification("verify-ca", ca()), Ok(Some((true, false, 1))));
+        assert_eq!(verification("verify-full", ca()), Ok(Some((true, true, 1))));
+        assert_eq!(
+            verification("verify-full", system()),
+            Ok(Some((true, true, 0)))
+        );
+        // sslrootcert=system alone means verify-full, as in libpq 16.
+        assert_eq!(verification("prefer", system()), Ok(Some((true, true, 0))));
+        for weak in ["require", "verify-ca"] {
+            assert_eq!(
+                verification(weak, system()),
+                Err("TlsConfigError".into()),
+                "{weak}"
+            );
+        }
+        for needs_ca in ["verify-ca", "verify-full"] {
+            assert_eq!(
+                verification(needs_ca, None),
+                Err("TlsConfigError".into()),
+                "{needs_ca}"
+            );
+        }
     }
 }

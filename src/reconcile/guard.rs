@@ -58,9 +58,34 @@ impl From<&PruneGuardSpec> for PruneGuard {
     }
 }
 
-/// Objects held back, with when each was first held. Carried from pass to pass.
+/// Objects held back, with when each was first held, and the deletions
+/// let through lately. Carried from pass to pass.
 #[derive(Debug, Default, Clone)]
-pub struct Held(HashMap<ObjectKey, Instant>);
+pub struct Held(HashMap<ObjectKey, Instant>, Recent);
+
+/// Deletions let through within [`PruneGuard::window`]: a reload that
+/// deletes in batches, each small, adds up to a large prune.
+#[derive(Debug, Default, Clone)]
+struct Recent(std::collections::VecDeque<(Instant, usize)>);
+
+impl Recent {
+    fn count(&mut self, now: Instant, window: Duration) -> usize {
+        while self
+            .0
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > window)
+        {
+            self.0.pop_front();
+        }
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    fn add(&mut self, now: Instant, deleted: usize) {
+        if deleted > 0 {
+            self.0.push_back((now, deleted));
+        }
+    }
+}
 
 impl Held {
     pub fn is_empty(&self) -> bool {
@@ -102,6 +127,13 @@ impl PruneGuard {
         count > 0 && (count >= owned || count * 100 > owned * self.max_percent as usize)
     }
 
+    /// How far back deletions that were let through still count (for a
+    /// pass deleting more than one object): ten
+    /// confirmation intervals, at least five minutes.
+    pub fn window(&self) -> Duration {
+        (self.confirmation * 10).max(Duration::from_secs(300))
+    }
+
     /// Rules on the deletions of a successful pass. `owned`: the objects this
     /// DBQR owns now, produced or not; `released`: the DBQR carries
     /// [`RELEASE_ANNOTATION`]. Updates `held` for the next pass.
@@ -126,6 +158,7 @@ impl PruneGuard {
         }
         if released || self.confirmation.is_zero() {
             held.0.clear();
+            held.1 = Recent::default();
             let ruling = if released {
                 Ruling::Released
             } else {
@@ -133,9 +166,16 @@ impl PruneGuard {
             };
             return verdict(candidates, ruling);
         }
-        if !self.is_large(candidates.len(), owned) {
+        // Judged with what was deleted lately: against the objects there
+        // were before those deletions.
+        // A single deleted row stays immediate (unless it is the last
+        // object): users delete rows one at a time.
+        let recent = held.1.count(now, self.window());
+        let alone = candidates.len() == 1 && owned > 1;
+        if alone || !self.is_large(candidates.len() + recent, owned + recent) {
             // What was held and is still missing is part of a small prune now.
             held.0.clear();
+            held.1.add(now, candidates.len());
             return verdict(candidates, Ruling::Immediate);
         }
         // An object produced again (the reload finished) is no longer held.
@@ -158,6 +198,7 @@ impl PruneGuard {
         for candidate in &delete {
             held.0.remove(&candidate.key());
         }
+        held.1.add(now, delete.len());
         let ruling = if waiting == 0 {
             Ruling::Confirmed
         } else {
@@ -200,6 +241,43 @@ mod tests {
     };
 
     #[test]
+    fn deletions_in_small_batches_add_up_to_a_large_prune() {
+        let mut held = Held::default();
+        let start = Instant::now();
+        // 10 objects; a reload deletes 4, then 3 of the 6 left: each alone
+        // is at most half, together 7 of 10.
+        let v = GUARD.rule(
+            candidates(&["a", "b", "c", "d"]),
+            10,
+            &mut held,
+            start,
+            false,
+        );
+        assert_eq!((v.delete.len(), v.ruling), (4, Ruling::Immediate));
+        let later = start + Duration::from_secs(5);
+        let v = GUARD.rule(candidates(&["e", "f", "g"]), 6, &mut held, later, false);
+        assert_eq!((v.delete.len(), v.held, v.ruling), (0, 3, Ruling::Holding));
+        // Outside the window the batch is judged on its own again.
+        let much_later = start + GUARD.window() + Duration::from_secs(1);
+        let mut fresh = Held::default();
+        let _ = GUARD.rule(
+            candidates(&["a", "b", "c", "d"]),
+            10,
+            &mut fresh,
+            start,
+            false,
+        );
+        let v = GUARD.rule(
+            candidates(&["e", "f", "g"]),
+            6,
+            &mut fresh,
+            much_later,
+            false,
+        );
+        assert_eq!((v.delete.len(), v.ruling), (3, Ruling::Immediate));
+    }
+
+    #[test]
     fn small_prunes_are_immediate() {
         let mut held = Held::default();
         let v = GUARD.rule(candidates(&["a"]), 10, &mut held, Instant::now(), false);
@@ -207,7 +285,14 @@ mod tests {
             (v.delete.len(), v.held, v.ruling),
             (1, 0, Ruling::Immediate)
         );
-        let v = GUARD.rule(candidates(&["a", "b"]), 4, &mut held, Instant::now(), false);
+        let mut fresh = Held::default();
+        let v = GUARD.rule(
+            candidates(&["a", "b"]),
+            4,
+            &mut fresh,
+            Instant::now(),
+            false,
+        );
         assert_eq!(v.delete.len(), 2, "exactly half is not more than half");
     }
 
