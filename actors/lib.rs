@@ -143,6 +143,7 @@ async fn operate(
     let writer = writer::KubeWriter::start(
         client.clone(),
         config,
+        settings.object_namespace().map(str::to_owned),
         settings.concurrency,
         settings.api_timeout,
         settings.mailbox,
@@ -287,7 +288,7 @@ mod tests {
         // Nothing listens there: requests fail fast, which these tests do not mind.
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let client = kube::Client::try_from(config.clone()).unwrap();
-        writer::KubeWriter::start(client, config, 1, Duration::from_secs(1), 8)
+        writer::KubeWriter::start(client, config, None, 1, Duration::from_secs(1), 8)
     }
 
     /// The settings of `run` without flags.

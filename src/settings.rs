@@ -97,6 +97,22 @@ pub struct Settings {
     pub listeners: Listeners,
 }
 
+impl Settings {
+    /// The one namespace every object of every DBQR is in, when there is
+    /// one: DBQRs of a single namespace (`--watch-namespace`) that may write
+    /// only to their own. Then the operator watches managed objects in that
+    /// namespace only, and a namespace-scoped install (Roles, no
+    /// ClusterRoles) is enough.
+    pub fn object_namespace(&self) -> Option<&str> {
+        let own_only = self
+            .policy
+            .extra_namespaces
+            .as_ref()
+            .is_some_and(|extra| extra.is_empty());
+        self.watch_namespace.as_deref().filter(|_| own_only)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,9 +29,32 @@ impl Rendered {
         self.objects.iter().filter(|o| o["kind"] == kind).collect()
     }
 
+    fn to_string_all(&self) -> String {
+        serde_json::to_string(&self.objects).unwrap()
+    }
+
     fn one(&self, kind: &str) -> &Value {
         let all = self.kind(kind);
         assert_eq!(all.len(), 1, "one {kind}");
+        all[0]
+    }
+
+    /// The one object of `kind` whose name ends in `suffix` (`""` for the
+    /// operator's own role, which carries the bare full name).
+    fn role(&self, kind: &str, suffix: &str) -> &Value {
+        let all: Vec<&Value> = self
+            .kind(kind)
+            .into_iter()
+            .filter(|o| {
+                let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                let role_suffix = ["-edit", "-view", "-platform", "-leader-election"]
+                    .into_iter()
+                    .find(|s| name.ends_with(s))
+                    .unwrap_or("");
+                role_suffix == suffix
+            })
+            .collect();
+        assert_eq!(all.len(), 1, "one {kind} *{suffix}");
         all[0]
     }
 
@@ -137,7 +160,7 @@ fn the_chart_lints_and_renders_what_the_values_say() {
     assert!(container["resources"]["requests"].is_object());
 
     // RBAC: exactly the verbs the operator uses, on exactly the allowed kinds.
-    let role = defaults.one("ClusterRole");
+    let role = defaults.role("ClusterRole", "");
     let rules = managed_rules(role);
     let verbs: Vec<String> = ["get", "list", "watch", "create", "patch", "delete"]
         .map(String::from)
@@ -157,7 +180,33 @@ fn the_chart_lints_and_renders_what_the_values_say() {
     .collect();
     assert_eq!(rules, expected);
     assert!(!role.to_string().contains("\"*\""), "no wildcard: {role}");
+    assert!(
+        role["rules"].as_array().unwrap().iter().any(|r| r["resources"][0]
+            == "serviceaccounts"
+            && r["verbs"] == json!(["impersonate"])),
+        "impersonate on serviceaccounts only: {role}"
+    );
     assert_eq!(defaults.one("Role")["rules"][0]["resources"][0], "leases");
+    // Users' rights join Kubernetes' own roles; DatabaseServers stay the platform's.
+    let aggregate =
+        |suffix: &str| defaults.role("ClusterRole", suffix)["metadata"]["labels"].clone();
+    assert_eq!(
+        aggregate("-edit")["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert_eq!(
+        aggregate("-edit")["rbac.authorization.k8s.io/aggregate-to-admin"],
+        "true"
+    );
+    assert_eq!(
+        aggregate("-view")["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    assert!(!aggregate("-platform").to_string().contains("aggregate-to"));
+    assert!(!defaults
+        .role("ClusterRole", "-edit")
+        .to_string()
+        .contains("databaseservers"));
     assert_eq!(defaults.kind("ServiceMonitor").len(), 0);
 
     // Other values, other objects.
@@ -191,17 +240,25 @@ fn the_chart_lints_and_renders_what_the_values_say() {
         !args.iter().any(|a| a.starts_with("--leader-elect")),
         "{args:?}"
     );
-    assert_eq!(
-        custom.kind("Role").len(),
-        0,
+    assert!(
+        !custom.to_string_all().contains("leases"),
         "no Lease rights without leader election"
     );
+    // watchNamespace (and no other namespace): Roles and RoleBindings only.
+    assert_eq!(custom.kind("ClusterRole").len(), 0);
+    assert_eq!(custom.kind("ClusterRoleBinding").len(), 0);
+    let role = custom.role("Role", "");
+    assert_eq!(role["metadata"]["namespace"], "team-a");
+    assert_eq!(custom.one("RoleBinding")["metadata"]["namespace"], "team-a");
     assert_eq!(
-        managed_rules(custom.one("ClusterRole"))
-            .into_keys()
-            .collect::<Vec<_>>(),
+        managed_rules(role).into_keys().collect::<Vec<_>>(),
         [("".to_owned(), "configmaps".to_owned())]
     );
+    for suffix in ["-edit", "-view", "-platform"] {
+        let role = custom.role("Role", suffix);
+        assert_eq!(role["metadata"]["namespace"], "team-a");
+        assert!(!role.to_string().contains("aggregate-to"), "{role}");
+    }
     assert_eq!(custom.kind("ServiceMonitor").len(), 1);
     assert_eq!(custom.kind("PrometheusRule").len(), 1);
 
@@ -223,6 +280,7 @@ fn the_chart_lints_and_renders_what_the_values_say() {
 /// The chart's RBAC and arguments on the real control plane: the operator,
 /// as the chart's ServiceAccount, converges a DBQR, prunes, elects itself,
 /// cleans up on deletion, and a kind outside `allowedKinds` fails its row.
+/// Cluster-wide; the namespace-scoped install below runs the same checks.
 #[tokio::test]
 async fn the_charts_rbac_and_arguments_run_the_operator() {
     let s = common::operator::setup(
@@ -230,41 +288,124 @@ async fn the_charts_rbac_and_arguments_run_the_operator() {
         "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3);",
     )
     .await;
+    let rendered = install(&s, json!({})).await;
+    run_as_the_charts_account(&s, &rendered).await;
+
+    // The chart's user roles joined Kubernetes' own (the controller
+    // manager's clusterrole-aggregation): a namespace editor may write
+    // DBQRs and Databases and read them, never DatabaseServers.
+    let editor = common::unique("editor");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": editor},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": editor}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(s.client.clone(), &s.namespace)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let as_editor = common::kube_client_for(&common::impersonating_kubeconfig(&editor)).await;
+    let dbqr: DatabaseQueryResource = serde_json::from_value(json!({
+        "apiVersion": "dbqo.dev/v1alpha1", "kind": "DatabaseQueryResource",
+        "metadata": {"name": "by-an-editor"},
+        "spec": {"pollInterval": "1h", "database": {"connectionSecretRef": {"name": "db"}},
+                 "query": "SELECT 1 AS id", "template": "a: 1"},
+    }))
+    .unwrap();
+    eventually(Duration::from_secs(20), "edit to include DBQRs", || async {
+        Api::<DatabaseQueryResource>::namespaced(as_editor.clone(), &s.namespace)
+            .create(&PostParams::default(), &dbqr)
+            .await
+            .ok()
+    })
+    .await;
+    let server: dbqo::api::server::DatabaseServer = serde_json::from_value(json!({
+        "apiVersion": "dbqo.dev/v1alpha1", "kind": "DatabaseServer",
+        "metadata": {"name": "by-an-editor"},
+        "spec": {"engine": "postgres", "connectionSecretRef": {"name": "db"}},
+    }))
+    .unwrap();
+    let refused = Api::<dbqo::api::server::DatabaseServer>::namespaced(as_editor, &s.namespace)
+        .create(&PostParams::default(), &server)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, kube::Error::Api(ref e) if e.code == 403),
+        "{refused}"
+    );
+}
+
+/// `watchNamespace` set: the chart renders Roles and RoleBindings only, and
+/// the operator does everything with them (its watches of managed objects
+/// stay in that namespace).
+#[tokio::test]
+async fn a_namespace_scoped_install_runs_the_operator_with_roles_only() {
+    let s = common::operator::setup(
+        "chartscoped",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2), (3);",
+    )
+    .await;
+    let rendered = install(&s, json!({"watchNamespace": s.namespace})).await;
+    assert_eq!(rendered.kind("ClusterRole").len(), 0);
+    assert_eq!(rendered.kind("ClusterRoleBinding").len(), 0);
+    run_as_the_charts_account(&s, &rendered).await;
+}
+
+/// Renders the chart (ConfigMaps and Secrets allowed, plus `values`) and
+/// creates its ServiceAccount and RBAC in the cluster.
+async fn install(s: &common::operator::Setup, values: Value) -> Rendered {
     let release_ns = common::namespace(&s.client, "dbqo-system").await;
     let release = common::unique("rel");
-    let rendered = render(
-        json!({"allowedKinds": [
-            {"group": "", "kind": "ConfigMap", "resource": "configmaps"},
-            {"group": "", "kind": "Secret", "resource": "secrets"},
-        ]}),
-        &release,
-        &release_ns,
-    )
-    .unwrap();
+    let mut all = json!({"allowedKinds": [
+        {"group": "", "kind": "ConfigMap", "resource": "configmaps"},
+        {"group": "", "kind": "Secret", "resource": "secrets"},
+    ]});
+    all.as_object_mut()
+        .unwrap()
+        .extend(values.as_object().unwrap().clone());
+    let rendered = render(all, &release, &release_ns).unwrap();
     let pp = PostParams::default();
+    // Namespaced objects go where they say, else to the release namespace.
+    let ns_of = |object: &Value| {
+        object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(&release_ns)
+            .to_owned()
+    };
     macro_rules! create {
-        ($t:ty, $api:expr) => {
+        ($t:ty, namespaced) => {
             for object in rendered.kind(stringify!($t)) {
                 let typed: $t = serde_json::from_value((*object).clone()).unwrap();
-                $api.create(&pp, &typed).await.unwrap();
+                Api::<$t>::namespaced(s.client.clone(), &ns_of(object))
+                    .create(&pp, &typed)
+                    .await
+                    .unwrap();
+            }
+        };
+        ($t:ty, cluster) => {
+            for object in rendered.kind(stringify!($t)) {
+                let typed: $t = serde_json::from_value((*object).clone()).unwrap();
+                Api::<$t>::all(s.client.clone())
+                    .create(&pp, &typed)
+                    .await
+                    .unwrap();
             }
         };
     }
-    create!(
-        ServiceAccount,
-        Api::<ServiceAccount>::namespaced(s.client.clone(), &release_ns)
-    );
-    create!(ClusterRole, Api::<ClusterRole>::all(s.client.clone()));
-    create!(
-        ClusterRoleBinding,
-        Api::<ClusterRoleBinding>::all(s.client.clone())
-    );
-    create!(Role, Api::<Role>::namespaced(s.client.clone(), &release_ns));
-    create!(
-        RoleBinding,
-        Api::<RoleBinding>::namespaced(s.client.clone(), &release_ns)
-    );
+    create!(ServiceAccount, namespaced);
+    create!(ClusterRole, cluster);
+    create!(ClusterRoleBinding, cluster);
+    create!(Role, namespaced);
+    create!(RoleBinding, namespaced);
+    rendered
+}
 
+async fn run_as_the_charts_account(s: &common::operator::Setup, rendered: &Rendered) {
+    let release_ns = rendered.one("ServiceAccount")["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     // The chart's arguments (HTTP on ports of its own, and the JSON log the
     // harness sets anyway), as the chart's ServiceAccount.
     let account = rendered.one("ServiceAccount")["metadata"]["name"]

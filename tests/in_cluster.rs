@@ -76,8 +76,12 @@ fn values(image: &str, allowed: &[(&str, &str, &str)], concurrency: u32) -> Valu
         .iter()
         .map(|(group, kind, resource)| json!({"group": group, "kind": kind, "resource": resource}))
         .collect();
+    // Namespace-scoped: Roles and RoleBindings in the application
+    // namespace only, no ClusterRole (the chart's tests cover the
+    // cluster-wide install against the API server).
     json!({
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "watchNamespace": APP_NS,
         "allowedKinds": kinds,
         "concurrency": concurrency,
         "leaderElection": {"leaseDurationSeconds": LEASE_DURATION.as_secs()},
@@ -279,6 +283,16 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     .unwrap();
     let client = common::kube_client_for(&node.info.kubeconfig).await;
 
+    // The application namespace first: the namespace-scoped chart puts
+    // its Roles there.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": APP_NS}})).unwrap(),
+        )
+        .await
+        .unwrap();
     // Install: the chart's CRD, RBAC from allowedKinds (ConfigMaps only) and
     // two replicas of the image, which pull nothing.
     helm(
@@ -302,14 +316,6 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     }
 
     // The walk-through, against the database over the pod network.
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": APP_NS}})).unwrap(),
-        )
-        .await
-        .unwrap();
     let keys = BTreeMap::from([
         ("host", postgres.info.host.clone()),
         ("port", postgres.info.port.to_string()),

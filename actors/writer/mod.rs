@@ -102,6 +102,9 @@ pub struct KubeWriter {
     /// One client per impersonated user, made on first use (one per
     /// ServiceAccount that DBQRs act as).
     impersonating: HashMap<Arc<str>, Client>,
+    /// Where managed objects are watched: one namespace (every DBQR's
+    /// objects are there: see `Settings::object_namespace`), or all.
+    object_namespace: Option<String>,
     secrets: HashMap<SecretKey, secrets::WatchedSecret>,
     secret_stores: secrets::SecretStores,
     permits: Arc<Semaphore>,
@@ -118,6 +121,7 @@ impl KubeWriter {
     pub fn start(
         client: Client,
         config: kube::Config,
+        object_namespace: Option<String>,
         concurrency: usize,
         timeout: Duration,
         mailbox: usize,
@@ -129,6 +133,7 @@ impl KubeWriter {
             client,
             config,
             impersonating: HashMap::new(),
+            object_namespace,
             secrets: HashMap::new(),
             secret_stores: secret_stores.clone(),
             permits: Arc::new(Semaphore::new(concurrency as usize)),
@@ -165,7 +170,10 @@ impl KubeWriter {
         }
         let writer = StoreWriter::<DynamicObject>::new(resource.clone());
         let store = writer.as_reader();
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+        let api: Api<DynamicObject> = match &self.object_namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        };
         let config = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
         let events = reflector::reflector(
             writer,

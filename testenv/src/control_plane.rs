@@ -141,7 +141,7 @@ impl ControlPlane {
             &assets.join("kube-controller-manager"),
             &[
                 format!("--kubeconfig={}", info.kubeconfig.display()),
-                "--controllers=garbagecollector,deployment,replicaset,namespace,serviceaccount,job"
+                "--controllers=garbagecollector,deployment,replicaset,namespace,serviceaccount,job,clusterrole-aggregation"
                     .into(),
                 "--leader-elect=false".into(),
                 "--bind-address=127.0.0.1".into(),
