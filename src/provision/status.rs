@@ -7,6 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::database::{DatabaseStatus, Phase};
 use crate::api::server::DatabaseServerStatus;
 
+use crate::reconcile::status::truncate;
+
 pub const READY: &str = "Ready";
 
 /// What the last pass came to.
@@ -22,15 +24,17 @@ impl Verdict {
         Self {
             ready: true,
             reason: "Ready",
-            message: message.into(),
+            message: truncate(message.into()),
         }
     }
 
+    /// A failure; the message is cut to the length of a DBQR's (a server's
+    /// error can be long).
     pub fn failed(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             ready: false,
             reason,
-            message: message.into(),
+            message: truncate(message.into()),
         }
     }
 }

@@ -58,7 +58,8 @@ impl Verdict {
 }
 
 /// Condition messages stay short: the first problems, not all of them.
-fn truncate(mut message: String) -> String {
+/// (Events and status of every resource the operator writes use it.)
+pub fn truncate(mut message: String) -> String {
     const LIMIT: usize = 1000;
     if message.len() > LIMIT {
         let mut cut = LIMIT;

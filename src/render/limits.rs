@@ -30,6 +30,8 @@ pub const MAX_RENDERED_BYTES: usize = 1 << 20;
 pub const MAX_ITERATIONS: usize = 100_000;
 /// How long one row's render may take.
 pub const MAX_RENDER_TIME: Duration = Duration::from_secs(2);
+/// How long the rendering of one pass may take; the rows left fail.
+pub const MAX_PASS_RENDER_TIME: Duration = Duration::from_secs(30);
 /// The widest `indent`/`nindent`.
 pub const MAX_INDENT: usize = 1024;
 /// How deep blocks (`{{#if}}`, `{{#each}}`, ...) may nest in a template.

@@ -265,11 +265,34 @@ pub fn render_rows(
     policy: &ObjectPolicy,
     scopes: &dyn ScopeLookup,
 ) -> RenderOutcome {
+    let budget = limits::MAX_PASS_RENDER_TIME;
+    render_rows_within(template, rows, metadata, now, policy, scopes, budget)
+}
+
+/// [`render_rows`] with `budget` for the whole pass.
+fn render_rows_within(
+    template: &RowTemplate,
+    rows: &[Map<String, Json>],
+    metadata: &Metadata,
+    now: &str,
+    policy: &ObjectPolicy,
+    scopes: &dyn ScopeLookup,
+    budget: std::time::Duration,
+) -> RenderOutcome {
     let mut outcome = RenderOutcome::default();
+    let started = std::time::Instant::now();
     let mut per_row: Vec<Result<Vec<RenderedObject>, RowError>> = rows
         .iter()
         .enumerate()
         .map(|(index, row)| {
+            // A pass of many slow rows must end too: the rows left fail
+            // (nothing is pruned after a failure) and the next pass tries.
+            if started.elapsed() >= budget {
+                return Err(RowError::OverLimit(format!(
+                    "the pass's rendering took longer than {} s",
+                    budget.as_secs()
+                )));
+            }
             if let Some(limit) = row.get(crate::db::OVERSIZED_ROW) {
                 return Err(RowError::RowTooLarge(limit.as_u64().unwrap_or_default()));
             }

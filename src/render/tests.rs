@@ -521,6 +521,37 @@ fn two_rows_producing_one_object_both_fail() {
 }
 
 #[test]
+fn rows_left_when_the_pass_render_budget_is_spent_fail() {
+    let template = RowTemplate::compile(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{Row.name}}\"\n",
+    )
+    .unwrap();
+    let rows: Vec<_> = [json!({"id": 1, "name": "a"}), json!({"id": 2, "name": "b"})]
+        .into_iter()
+        .map(row)
+        .collect();
+    let outcome = render_rows_within(
+        &template,
+        &rows,
+        &metadata(),
+        NOW,
+        &ObjectPolicy::default(),
+        &BuiltinScopes,
+        std::time::Duration::ZERO,
+    );
+    assert!(outcome.objects.is_empty());
+    let failed: Vec<_> = outcome
+        .failures
+        .iter()
+        .map(|f| (f.row.index, f.error.reason()))
+        .collect();
+    assert_eq!(
+        failed,
+        [(0, "RenderLimitExceeded"), (1, "RenderLimitExceeded")]
+    );
+}
+
+#[test]
 fn a_structured_value_rendered_directly_fails_the_row_and_names_the_expression() {
     for (value, kind) in [
         (json!({"m4rker": 1}), "a JSON object"),
