@@ -80,3 +80,68 @@ async fn a_dbqr_changed_during_clean_up_is_still_released() {
     gone(&dbqrs, "held").await;
     assert!(cms.get_opt("cm-1").await.unwrap().is_none());
 }
+
+/// While a clean-up waits for an object held by another finalizer, its
+/// checks read the writer's watch cache and back off: no list of any kind
+/// (the clean-up used to list every allowed kind across the cluster every
+/// 500 ms), and no repeated delete.
+#[tokio::test]
+async fn a_waiting_clean_up_costs_no_list_requests() {
+    let ns = "waiting";
+    // A control plane of its own: the request counters see only this test.
+    let (_control_plane, client, kubeconfig) = common::private_cluster(ns).await;
+    let url = common::database("waiting").await;
+    let db = common::connect(&url).await;
+    db.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+        .await
+        .unwrap();
+    common::operator::create_secret(&client, ns, "db", common::operator::secret_keys(&url)).await;
+    let operator = Operator::start_on(&kubeconfig, &common::unique("waiting"), &[]);
+    DbqrBuilder::new("held", &operator)
+        .query("SELECT id FROM t")
+        .template(CM)
+        .create(&client, ns)
+        .await;
+    wait_for_configmaps(&client, ns, &["cm-1"]).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let finalizers = |list: Vec<&str>| Patch::Merge(json!({"metadata": {"finalizers": list}}));
+    cms.patch("cm-1", &PatchParams::default(), &finalizers(vec![HOLD]))
+        .await
+        .unwrap();
+    let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(client.clone(), ns);
+    dbqrs
+        .delete("held", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the object to be deleting",
+        || async {
+            cms.get("cm-1")
+                .await
+                .ok()?
+                .metadata
+                .deletion_timestamp
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    let before = common::request_counts(&client).await;
+    // An observation window, not a synchronisation: the old loop would
+    // have listed 8 kinds twice a second in it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = common::request_counts(&client).await;
+    let lists = common::requests_between(&before, &after, |verb, _| verb == "LIST");
+    let deletes = common::requests_between(&before, &after, |verb, _| verb == "DELETE");
+    assert_eq!((lists, deletes), (0.0, 0.0), "{after:?}");
+    assert!(
+        dbqrs.get_opt("held").await.unwrap().is_some(),
+        "kept while waiting"
+    );
+
+    cms.patch("cm-1", &PatchParams::default(), &finalizers(vec![]))
+        .await
+        .unwrap();
+    gone(&dbqrs, "held").await;
+}

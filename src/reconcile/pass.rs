@@ -370,14 +370,16 @@ async fn connect<W: Writer>(
     let reference = &config.spec.database.connection_secret_ref;
     let (namespace, name) = config.secret()?;
     let secret = format!("{namespace}/{name}");
+    let unreadable = |source| PassError::SecretUnreadable {
+        secret: secret.clone(),
+        source,
+    };
+    let missing = || PassError::SecretNotFound(secret.clone());
     let found = writer
         .read_secret(&namespace, &name)
         .await
-        .map_err(|source| PassError::SecretUnreadable {
-            secret: secret.clone(),
-            source,
-        })?
-        .ok_or_else(|| PassError::SecretNotFound(secret.clone()))?;
+        .map_err(unreadable)?
+        .ok_or_else(missing)?;
     if let Some(current) = connection {
         if current.secret_version == found.resource_version {
             return Ok(current.pool.clone());
@@ -396,11 +398,8 @@ async fn connect<W: Writer>(
         writer
             .get(&target)
             .await
-            .map_err(|source| PassError::SecretUnreadable {
-                secret: secret.clone(),
-                source,
-            })?
-            .ok_or_else(|| PassError::SecretNotFound(secret.clone()))?;
+            .map_err(unreadable)?
+            .ok_or_else(missing)?;
     }
     let info = db::conninfo_from_secret(&secret, &found.data, reference)?;
     let pool_spec = &config.spec.database.pool;
