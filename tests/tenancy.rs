@@ -156,9 +156,14 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
         },
     )
     .await;
-    assert!(event_reasons(c, ns)
-        .await
-        .contains(&"ObjectExists".to_owned()));
+    // The Event follows the status write.
+    eventually(Duration::from_secs(10), "an ObjectExists Event", || async {
+        event_reasons(c, ns)
+            .await
+            .contains(&"ObjectExists".to_owned())
+            .then_some(())
+    })
+    .await;
     let now_plain = cms.get("plain").await.unwrap();
     assert!(untouched(&now_plain.metadata), "{:?}", now_plain.metadata);
     assert_eq!(now_plain.data, plain.data);
@@ -358,11 +363,23 @@ async fn a_secret_value_mapped_onto_any_connection_key_is_never_shown() {
     for server in servers.list(&Default::default()).await.unwrap() {
         shown.push(serde_json::to_string(&server.status).unwrap());
     }
-    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(c.clone(), ns)
-        .list(&Default::default())
-        .await
-        .unwrap();
-    assert!(!events.items.is_empty());
+    // The Events follow the status writes: wait for those of each failure.
+    let events = eventually(Duration::from_secs(10), "the failures' Events", || async {
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(c.clone(), ns)
+            .list(&Default::default())
+            .await
+            .ok()?;
+        let reasons: Vec<&str> = events
+            .items
+            .iter()
+            .filter_map(|e| e.reason.as_deref())
+            .collect();
+        ["SecretInvalid", "AuthenticationFailed", "ConnectionFailed"]
+            .iter()
+            .all(|r| reasons.contains(r))
+            .then_some(events)
+    })
+    .await;
     shown.extend(
         events
             .items
