@@ -1263,3 +1263,54 @@ async fn postgres_deletion_and_adoption() {
 async fn mariadb_deletion_and_adoption() {
     deletion_and_adoption(Engine::MariaDb, "mydel").await;
 }
+
+/// The admin's session inside a team's database pins `search_path`: a
+/// database default the team set (`ALTER DATABASE ... SET search_path`,
+/// which a database owner may) does not decide where an extension the
+/// operator creates goes.
+#[tokio::test]
+async fn postgres_extensions_are_created_with_a_pinned_search_path() {
+    let w = World::start(Engine::Postgres, "pinned").await;
+    let mut admin = w.server.admin().await;
+    w.create_database(&w.team_a, "pinned", json!({"extensions": ["pgcrypto"]}))
+        .await
+        .unwrap();
+    w.wait_for(&w.team_a, "pinned", Phase::Ready, "Ready").await;
+    // The extension goes (a restore without it, say), and the database's
+    // default search_path now leads to a schema of the team's choosing.
+    admin
+        .exec_in(
+            "pinned",
+            "DROP EXTENSION pgcrypto; CREATE SCHEMA trap; ALTER DATABASE pinned SET search_path = trap",
+        )
+        .await;
+    w.databases(&w.team_a)
+        .patch(
+            "pinned",
+            &PatchParams::default(),
+            // A spec change runs a pass (`Database`s do not take the
+            // requested-at annotation yet).
+            &Patch::Merge(json!({"spec": {"deletionPolicy": "Delete"}})),
+        )
+        .await
+        .unwrap();
+    let schema = eventually(WAIT, "pgcrypto created again", || async {
+        let Server::Postgres(server) = &w.server else {
+            return None;
+        };
+        let c = common::connect(&server.info.url("pinned")).await;
+        c.query_opt(
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+             WHERE e.extname = 'pgcrypto'",
+            &[],
+        )
+        .await
+        .ok()?
+        .map(|row| row.get::<_, String>(0))
+    })
+    .await;
+    assert_eq!(
+        schema, "public",
+        "not the schema the database's default names"
+    );
+}

@@ -61,6 +61,22 @@ fn failed(what: &str, e: &tokio_postgres::Error) -> ServerError {
 }
 
 impl PgSession {
+    /// An admin connection inside the team's database, its `search_path`
+    /// pinned. The database's own default (`ALTER DATABASE ... SET
+    /// search_path`, which the team may set when it owns the database)
+    /// would otherwise decide where `CREATE EXTENSION` puts its objects and
+    /// which schemas the admin's statements resolve names in.
+    async fn open_inside(&self, request: &Request) -> Result<Client, ServerError> {
+        let mut info = self.info.clone();
+        info.config.dbname(&request.database);
+        let client = open(&info, &self.budget, self.wait).await?;
+        client
+            .batch_execute("SET search_path = public, pg_temp")
+            .await
+            .map_err(|e| failed("pinning search_path", &e))?;
+        Ok(client)
+    }
+
     async fn ensure_records(&mut self) -> Result<(), ServerError> {
         if self.records_ready {
             return Ok(());
@@ -177,9 +193,7 @@ impl Session for PgSession {
         if statements.is_empty() {
             return Ok(());
         }
-        let mut info = self.info.clone();
-        info.config.dbname(&request.database);
-        let client = open(&info, &self.budget, self.wait).await?;
+        let client = self.open_inside(request).await?;
         for statement in statements {
             client
                 .batch_execute(statement)
@@ -193,9 +207,7 @@ impl Session for PgSession {
         if request.extensions.is_empty() {
             return Ok(Vec::new());
         }
-        let mut info = self.info.clone();
-        info.config.dbname(&request.database);
-        let client = open(&info, &self.budget, self.wait).await?;
+        let client = self.open_inside(request).await?;
         let present: Vec<String> = client
             .query("SELECT extname FROM pg_extension", &[])
             .await
