@@ -24,87 +24,25 @@ async fn gone(dbqrs: &Api<DatabaseQueryResource>, name: &str) {
     .await;
 }
 
-/// The DBQR changes (a label) while its clean-up waits for an object held
-/// by another finalizer: the finalizer removal that follows meets a stale
-/// resourceVersion, reads the DBQR again and succeeds.
-#[tokio::test]
-async fn a_dbqr_changed_during_clean_up_is_still_released() {
-    let s = common::operator::setup(
-        "conflict",
-        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
-    )
-    .await;
-    let operator = Operator::start(&[]);
-    DbqrBuilder::new("held", &operator)
-        .query("SELECT id FROM t")
-        .template(CM)
-        .create(&s.client, &s.namespace)
-        .await;
-    wait_for_configmaps(&s.client, &s.namespace, &["cm-1"]).await;
-    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.namespace);
-    let finalizers = |list: Vec<&str>| Patch::Merge(json!({"metadata": {"finalizers": list}}));
-    cms.patch("cm-1", &PatchParams::default(), &finalizers(vec![HOLD]))
-        .await
-        .unwrap();
-
-    let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &s.namespace);
-    dbqrs
-        .delete("held", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the object to be deleting",
-        || async {
-            cms.get("cm-1")
-                .await
-                .ok()?
-                .metadata
-                .deletion_timestamp
-                .map(|_| ())
-        },
-    )
-    .await;
-    // The supervisor's copy of the DBQR is now stale.
-    dbqrs
-        .patch(
-            "held",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
-        )
-        .await
-        .unwrap();
-    cms.patch("cm-1", &PatchParams::default(), &finalizers(vec![]))
-        .await
-        .unwrap();
-    gone(&dbqrs, "held").await;
-    assert!(cms.get_opt("cm-1").await.unwrap().is_none());
+fn finalizers(list: Vec<&str>) -> Patch<serde_json::Value> {
+    Patch::Merge(json!({"metadata": {"finalizers": list}}))
 }
 
-/// While a clean-up waits for an object held by another finalizer, its
-/// checks read the writer's watch cache and back off: not one round of
-/// lists (the clean-up used to list every allowed kind across the cluster
-/// every 500 ms), and no repeated delete.
-#[tokio::test]
-async fn a_waiting_clean_up_costs_no_list_requests() {
-    let ns = "waiting";
-    // A control plane of its own: the request counters see only this test.
-    let (_control_plane, client, kubeconfig) = common::private_cluster(ns).await;
-    let url = common::database("waiting").await;
-    let db = common::connect(&url).await;
-    db.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
-        .await
-        .unwrap();
-    common::operator::create_secret(&client, ns, "db", common::operator::secret_keys(&url)).await;
-    let operator = Operator::start_on(&kubeconfig, &common::unique("waiting"), &[]);
-    DbqrBuilder::new("held", &operator)
+/// DBQR `held` (one ConfigMap, `cm-1`) in `ns`, deleted while another
+/// finalizer holds its object: returns once the clean-up has deleted the
+/// object and waits for it to go.
+async fn held_clean_up(
+    client: &kube::Client,
+    ns: &str,
+    operator: &Operator,
+) -> (Api<ConfigMap>, Api<DatabaseQueryResource>) {
+    DbqrBuilder::new("held", operator)
         .query("SELECT id FROM t")
         .template(CM)
-        .create(&client, ns)
+        .create(client, ns)
         .await;
-    wait_for_configmaps(&client, ns, &["cm-1"]).await;
+    wait_for_configmaps(client, ns, &["cm-1"]).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let finalizers = |list: Vec<&str>| Patch::Merge(json!({"metadata": {"finalizers": list}}));
     cms.patch("cm-1", &PatchParams::default(), &finalizers(vec![HOLD]))
         .await
         .unwrap();
@@ -126,6 +64,59 @@ async fn a_waiting_clean_up_costs_no_list_requests() {
         },
     )
     .await;
+    (cms, dbqrs)
+}
+
+/// Takes the holding finalizer off `cm-1`.
+async fn let_go(cms: &Api<ConfigMap>) {
+    cms.patch("cm-1", &PatchParams::default(), &finalizers(vec![]))
+        .await
+        .unwrap();
+}
+
+/// The DBQR changes (a label) while its clean-up waits for an object held
+/// by another finalizer: the finalizer removal that follows meets a stale
+/// resourceVersion, reads the DBQR again and succeeds.
+#[tokio::test]
+async fn a_dbqr_changed_during_clean_up_is_still_released() {
+    let s = common::operator::setup(
+        "conflict",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
+    )
+    .await;
+    let operator = Operator::start(&[]);
+    let (cms, dbqrs) = held_clean_up(&s.client, &s.namespace, &operator).await;
+    // The supervisor's copy of the DBQR is now stale.
+    dbqrs
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    let_go(&cms).await;
+    gone(&dbqrs, "held").await;
+    assert!(cms.get_opt("cm-1").await.unwrap().is_none());
+}
+
+/// While a clean-up waits for an object held by another finalizer, its
+/// checks read the writer's watch cache and back off: not one round of
+/// lists (the clean-up used to list every allowed kind across the cluster
+/// every 500 ms), and no repeated delete.
+#[tokio::test]
+async fn a_waiting_clean_up_costs_no_list_requests() {
+    let ns = "waiting";
+    // A control plane of its own: the request counters see only this test.
+    let (_control_plane, client, kubeconfig) = common::private_cluster(ns).await;
+    let url = common::database("waiting").await;
+    let db = common::connect(&url).await;
+    db.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+        .await
+        .unwrap();
+    common::operator::create_secret(&client, ns, "db", common::operator::secret_keys(&url)).await;
+    let operator = Operator::start_on(&kubeconfig, &common::unique("waiting"), &[]);
+    let (cms, dbqrs) = held_clean_up(&client, ns, &operator).await;
 
     let before = common::request_counts(&client).await;
     // An observation window, not a synchronisation: the old loop would
@@ -160,8 +151,6 @@ async fn a_waiting_clean_up_costs_no_list_requests() {
         "kept while waiting"
     );
 
-    cms.patch("cm-1", &PatchParams::default(), &finalizers(vec![]))
-        .await
-        .unwrap();
+    let_go(&cms).await;
     gone(&dbqrs, "held").await;
 }
