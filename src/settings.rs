@@ -18,16 +18,6 @@ pub enum ConfigError {
     LeaseTimings { lease: Duration, renew: Duration },
 }
 
-impl ConfigError {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::AllowedKind(_) => "InvalidAllowedKind",
-            Self::Address { .. } => "InvalidAddress",
-            Self::LeaseTimings { .. } => "InvalidLeaseTimings",
-        }
-    }
-}
-
 /// How the operator runs as a process: its HTTP endpoints and leader
 /// election. (The reconcile code never sees these.)
 #[derive(Debug, Clone, PartialEq, Eq)]

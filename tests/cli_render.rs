@@ -199,6 +199,22 @@ fn help_is_there_for_every_subcommand() {
     }
 }
 
+/// `--help` opens with what the program is, not with the description of the
+/// domain crate the parser happens to live in.
+#[test]
+fn help_opens_with_what_the_program_is() {
+    let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        help.lines().next(),
+        Some("Turns rows of a SQL database into Kubernetes objects and keeps them in step"),
+        "{help}"
+    );
+}
+
 #[tokio::test]
 async fn renders_rows_from_a_live_database_read_only() {
     let url = common::database("render").await;

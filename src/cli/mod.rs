@@ -14,7 +14,7 @@ pub use run::{LogFormat, RunArgs};
 
 /// Turns rows of a SQL database into Kubernetes objects and keeps them in step.
 #[derive(Debug, Parser)]
-#[command(name = "db-query-operator", version, about, long_about = None)]
+#[command(name = "db-query-operator", version, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -44,14 +44,6 @@ impl ServerError {
             Self::Kubernetes(e) => e.reason(),
         }
     }
-
-    /// Whether the server itself (not the operator or a spec) is the problem.
-    pub fn is_connection(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect(_) | Self::Authentication(_) | Self::Unreachable(_)
-        )
-    }
 }
 
 /// What a statement was, for its error message: the first two words

@@ -50,10 +50,6 @@ pub fn my_user(name: &str) -> String {
 /// escaping of literals depends on `NO_BACKSLASH_ESCAPES`.
 pub const MY_SESSION: &str = "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES,STRICT_TRANS_TABLES'";
 
-/// Where ownership is recorded on the server (a schema/database of the
-/// operator's own: only the admin sees it).
-pub const RECORDS_SCHEMA: &str = "dbqo";
-
 /// Creates the ownership table (run only when a read showed it missing).
 pub fn create_records(engine: Engine) -> Vec<String> {
     match engine {
