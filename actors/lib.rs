@@ -146,7 +146,7 @@ async fn operate(
         settings.object_namespace().map(str::to_owned),
         settings.concurrency,
         settings.api_timeout,
-        settings.mailbox,
+        settings.writer_queue,
     );
     let api: Api<DatabaseQueryResource> = match &settings.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),

@@ -64,6 +64,7 @@ pub struct Metrics {
     writebacks: Family<ResultLabel, Counter>,
     actors: Gauge,
     writer_in_flight: Gauge,
+    writer_waiting: Gauge,
     connections: Family<ServerLabel, Gauge>,
     database_passes: Family<ResultLabel, Counter>,
     database_pass_duration: Histogram,
@@ -86,6 +87,7 @@ impl Metrics {
             writebacks: Family::default(),
             actors: Gauge::default(),
             writer_in_flight: Gauge::default(),
+            writer_waiting: Gauge::default(),
             connections: Family::default(),
             database_passes: Family::default(),
             database_pass_duration: seconds(),
@@ -155,8 +157,13 @@ impl Metrics {
         );
         registry.register(
             "writer_in_flight_requests",
-            "API requests the writer has queued or running",
+            "API requests admitted to the writer: running or waiting for a slot",
             m.writer_in_flight.clone(),
+        );
+        registry.register(
+            "writer_waiting_requests",
+            "Callers waiting for admission to the writer (its queue is full)",
+            m.writer_waiting.clone(),
         );
         registry.register(
             "database_connections",
@@ -238,6 +245,15 @@ impl Metrics {
 
     pub fn actor_stopped(&self) {
         self.actors.dec();
+    }
+
+    /// A caller starts (`true`) or stops waiting for admission to the writer.
+    pub fn writer_waiting(&self, waiting: bool) {
+        if waiting {
+            self.writer_waiting.inc();
+        } else {
+            self.writer_waiting.dec();
+        }
     }
 
     pub fn writer_request(&self, started: bool) {

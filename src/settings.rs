@@ -77,8 +77,10 @@ pub struct Settings {
     pub concurrency: usize,
     /// Timeout of each API call.
     pub api_timeout: Duration,
-    /// Requests the writer queues before producers wait.
-    pub mailbox: usize,
+    /// API calls admitted to the writer at once (running or waiting for one
+    /// of the `concurrency` slots); a further caller waits before its call
+    /// is queued.
+    pub writer_queue: usize,
     /// How long in-flight API calls may take to finish after SIGTERM.
     pub drain: Duration,
     /// Connections per database server (host, port, database, user), shared by every DBQR.

@@ -121,5 +121,8 @@ fn every_acceptance_test_file_is_a_test_target() {
                 name.strip_suffix(".rs").map(str::to_owned)
             })
             .collect();
-    assert_eq!(files, targets, "tests/*.rs and the targets Cargo found through actors/tests");
+    assert_eq!(
+        files, targets,
+        "tests/*.rs and the targets Cargo found through actors/tests"
+    );
 }

@@ -1,12 +1,17 @@
 //! `KubeWriter`: the one actor that talks to the API server. It owns the
 //! client, the discovery cache, one label-selected watch + cache per managed
-//! kind, a bounded mailbox and a concurrency limit; every call runs under a
-//! timeout.
+//! kind and a concurrency limit; every call runs under a timeout.
 //!
 //! [`WriterHandle`] implements the domain's `Writer` trait, the one list of
 //! what the operator asks of Kubernetes. Each API call is one typed
-//! [`Request`] whose body is the plain `kube_api` function; cache reads go
+//! [`ApiCall`] whose body is the plain `kube_api` function; cache reads go
 //! straight to the reflector stores and cost no message.
+//!
+//! The bound is real: a caller takes one of `queue` admission permits before
+//! its call is handed to the actor, and the permit travels with the call
+//! until it has finished. At most `queue` calls are ever running or waiting
+//! in the writer; further callers wait in their own task (back-pressure),
+//! not in a queue that grows.
 
 mod secrets;
 
@@ -35,7 +40,7 @@ use kube::{
     Client, ResourceExt,
 };
 use serde_json::Value as Json;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
 use dbqo::kube_api::{
@@ -49,13 +54,16 @@ type Work<T> = Pin<Box<dyn Future<Output = Result<T, KubeError>>>>;
 
 /// One API request: a plain `kube_api` call the writer runs under a permit
 /// and its timeout. The result type is the call's own; nothing is downcast.
-pub struct Request<T> {
+pub struct ApiCall<T> {
     call: Box<dyn FnOnce(Client) -> Work<T> + Send>,
     /// The user the request is made as (impersonation); `None`: the operator.
     user: Option<Arc<str>>,
+    /// The caller's place in the writer's bound, given back when the call has
+    /// finished (also when the caller stopped waiting for it).
+    admitted: OwnedSemaphorePermit,
 }
 
-impl<T: Send + 'static> Message for Request<T> {
+impl<T: Send + 'static> Message for ApiCall<T> {
     type Result = Result<T, KubeError>;
 }
 
@@ -110,7 +118,6 @@ pub struct KubeWriter {
     permits: Arc<Semaphore>,
     concurrency: u32,
     timeout: Duration,
-    mailbox: usize,
     watches: HashMap<GroupKind, Watched>,
     stores: Stores,
     subscribers: HashMap<(String, String), Recipient<Drifted>>,
@@ -118,15 +125,18 @@ pub struct KubeWriter {
 
 impl KubeWriter {
     /// Starts the writer; returns the handle the rest of the operator uses.
+    /// `concurrency` calls run at once; `queue` (at least `concurrency`) are
+    /// admitted at once, running or waiting for a slot.
     pub fn start(
         client: Client,
         config: kube::Config,
         object_namespace: Option<String>,
         concurrency: usize,
         timeout: Duration,
-        mailbox: usize,
+        queue: usize,
     ) -> WriterHandle {
         let concurrency = concurrency.clamp(1, Semaphore::MAX_PERMITS) as u32;
+        let queue = queue.clamp(concurrency as usize, Semaphore::MAX_PERMITS);
         let stores = Stores::default();
         let secret_stores = secrets::SecretStores::default();
         let writer = Self {
@@ -139,7 +149,6 @@ impl KubeWriter {
             permits: Arc::new(Semaphore::new(concurrency as usize)),
             concurrency,
             timeout,
-            mailbox,
             watches: HashMap::new(),
             stores: stores.clone(),
             subscribers: HashMap::new(),
@@ -150,6 +159,9 @@ impl KubeWriter {
             secret_stores,
             kinds: Arc::default(),
             timeout,
+            admission: Arc::new(Semaphore::new(queue)),
+            queue,
+            waiting: Arc::default(),
             acting_as: None,
             reporter: Reporter {
                 controller: "db-query-operator".into(),
@@ -212,21 +224,17 @@ impl KubeWriter {
 
 impl Actor for KubeWriter {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // Producers `send` and wait when the writer is saturated.
-        ctx.set_mailbox_capacity(self.mailbox);
-    }
 }
 
-impl<T: Send + 'static> Handler<Request<T>> for KubeWriter {
+impl<T: Send + 'static> Handler<ApiCall<T>> for KubeWriter {
     type Result = ResponseFuture<Result<T, KubeError>>;
 
-    fn handle(&mut self, request: Request<T>, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, request: ApiCall<T>, _: &mut Context<Self>) -> Self::Result {
         let client = self.client_for(request.user.as_ref());
         let permits = self.permits.clone();
         let timeout = self.timeout;
         Box::pin(async move {
+            let _admitted = request.admitted;
             let _permit = permits
                 .acquire_owned()
                 .await
@@ -334,6 +342,12 @@ pub struct WriterHandle {
     /// Discovery, run by one caller at a time: the others wait for its answer.
     kinds: Arc<tokio::sync::Mutex<Option<(Kinds, std::time::Instant)>>>,
     timeout: Duration,
+    /// Admission to the writer: a caller holds one of these from before its
+    /// call is queued until the call has finished.
+    admission: Arc<Semaphore>,
+    queue: usize,
+    /// Callers of this writer waiting for admission now.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// The user the object requests of this handle are made as.
     acting_as: Option<Arc<str>>,
     reporter: Reporter,
@@ -398,15 +412,31 @@ impl WriterHandle {
         F: FnOnce(Client) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, KubeError>> + 'static,
     {
-        let request = Request {
+        let metrics = crate::metrics::global();
+        let admitted = {
+            use std::sync::atomic::Ordering::SeqCst;
+            metrics.writer_waiting(true);
+            self.waiting.fetch_add(1, SeqCst);
+            let admitted = self.admission.clone().acquire_owned().await;
+            self.waiting.fetch_sub(1, SeqCst);
+            metrics.writer_waiting(false);
+            admitted
+        };
+        let request = ApiCall {
             call: Box::new(move |client| Box::pin(call(client))),
             user,
+            admitted: admitted.map_err(|_| KubeError::Closed)?,
         };
-        let metrics = crate::metrics::global();
         metrics.writer_request(true);
         let answer = self.addr.send(request).await;
         metrics.writer_request(false);
         answer.map_err(|_| KubeError::Closed)?
+    }
+
+    /// Calls admitted to the writer now: running, or waiting for one of its
+    /// `concurrency` slots. Never more than `queue`.
+    pub fn admitted(&self) -> usize {
+        self.queue - self.admission.available_permits()
     }
 
     /// The cache of `resource`'s kind and the resource (version) it holds.
@@ -673,5 +703,82 @@ impl Writer for WriterHandle {
             kube_api::publish_event(&client, &reporter, &regarding, &event).await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::{mpsc, Notify};
+
+    use super::*;
+
+    /// How long to wait for something that should be quick.
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        tokio::time::timeout(DEADLINE, async {
+            while !check() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what} within {DEADLINE:?}"));
+    }
+
+    /// One call slot, two admitted calls: the third caller waits before its
+    /// call is queued, and goes on once one finishes.
+    #[test]
+    fn a_full_writer_makes_callers_wait_before_their_call_is_queued() {
+        actix::System::new().block_on(async {
+            // The calls never use the client: nothing has to listen there.
+            let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+            let client = Client::try_from(config.clone()).unwrap();
+            let writer = KubeWriter::start(client, config, None, 1, DEADLINE * 4, 2);
+            let gate = Arc::new(Notify::new());
+            let (started, mut started_rx) = mpsc::unbounded_channel();
+            let mut callers = Vec::new();
+            for n in 0..3 {
+                let (writer, gate, started) = (writer.clone(), gate.clone(), started.clone());
+                callers.push(actix::spawn(async move {
+                    writer
+                        .request(move |_| async move {
+                            let _ = started.send(n);
+                            gate.notified().await;
+                            Ok(n)
+                        })
+                        .await
+                }));
+            }
+            assert!(started_rx.recv().await.is_some(), "one call runs");
+            until("two calls admitted", || writer.admitted() == 2).await;
+            // The third caller is parked at admission, not queued in the actor.
+            until("a caller waiting for admission", || {
+                writer.waiting.load(std::sync::atomic::Ordering::SeqCst) == 1
+            })
+            .await;
+            assert_eq!(writer.admitted(), 2, "never more than the queue");
+            // One call finishing lets the next run and the waiting one in.
+            for _ in 0..2 {
+                gate.notify_one();
+                assert!(started_rx.recv().await.is_some(), "the next call runs");
+            }
+            assert_eq!(writer.waiting.load(std::sync::atomic::Ordering::SeqCst), 0);
+            gate.notify_one();
+            let mut answers = Vec::new();
+            for caller in callers {
+                answers.push(
+                    tokio::time::timeout(DEADLINE, caller)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .unwrap(),
+                );
+            }
+            answers.sort_unstable();
+            assert_eq!(answers, vec![0, 1, 2]);
+            assert_eq!(writer.admitted(), 0, "every permit given back");
+        });
     }
 }

@@ -141,7 +141,7 @@ impl RunArgs {
             label_selector: self.label_selector.clone(),
             concurrency: self.concurrency.max(1),
             api_timeout: Duration::from_secs(self.api_timeout_seconds.max(1)),
-            mailbox: 1024,
+            writer_queue: 1024,
             drain: Duration::from_secs(self.shutdown_timeout_seconds),
             budget: crate::db::ConnectionBudget::new(self.max_connections_per_database as usize),
             listeners: crate::db::Listeners::default(),

@@ -324,7 +324,7 @@ fn config(prune: bool) -> PassConfig {
         label_selector: None,
         concurrency: 1,
         api_timeout: Duration::from_secs(1),
-        mailbox: 1,
+        writer_queue: 1,
         drain: Duration::from_secs(1),
         budget: crate::db::ConnectionBudget::new(1),
         listeners: Default::default(),
