@@ -28,11 +28,15 @@ pub struct Readiness {
     pub leading: AtomicBool,
     /// Waiting for the Lease, and the API server answers.
     pub candidate: AtomicBool,
+    /// Shutting down: no new work is taken, so the replica is not ready.
+    pub draining: AtomicBool,
 }
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        if self.leading.load(Ordering::SeqCst) {
+        if self.draining.load(Ordering::SeqCst) {
+            false
+        } else if self.leading.load(Ordering::SeqCst) {
             self.synced.load(Ordering::SeqCst)
         } else {
             self.candidate.load(Ordering::SeqCst)

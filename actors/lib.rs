@@ -10,11 +10,13 @@
 //! - [`writer::KubeWriter`] is the one place that talks to the API server.
 #![forbid(unsafe_code)]
 
+mod children;
 pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod provision;
 pub mod query;
+pub mod stopping;
 pub mod supervisor;
 pub mod writer;
 
@@ -55,6 +57,8 @@ pub enum Fatal {
     },
     #[error("leadership lost: the lease could not be renewed in time")]
     LeadershipLost,
+    #[error("a second signal during the drain: exiting without waiting for work under way")]
+    Interrupted,
 }
 
 /// `db-query-operator run`: runs the operator until SIGTERM or SIGINT (exit
@@ -125,14 +129,14 @@ async fn operate(
             .await
             .map_err(|e| Fatal::Client(e.to_string()))??;
     }
-    let mut stop = Box::pin(shutdown_signal().map_err(|e| Fatal::Signals(e.to_string()))?);
+    let mut signals = Signals::install().map_err(|e| Fatal::Signals(e.to_string()))?;
 
     // With leader election nothing starts before this replica holds the Lease.
     if let Some(election) = &operations.leader_election {
         let mut elector = leader::Elector::new(client.clone(), election.clone());
         tokio::select! {
             () = elector.acquire(&readiness) => {}
-            () = &mut stop => return Ok(()),
+            () = signals.next() => return Ok(()),
         }
         control.spawn(elector.keep(fatal.clone()));
     } else {
@@ -170,17 +174,26 @@ async fn operate(
     .start();
 
     tokio::select! {
-        () = stop => {}
+        () = signals.next() => {}
         Some(fatal) = fatal_rx.recv() => return Err(fatal),
     }
     let started = Instant::now();
+    readiness.draining.store(true, Ordering::SeqCst);
     tracing::info!(drain = ?settings.drain, "shutting down");
-    let drained = tokio::time::timeout(settings.drain, async {
-        let _ = provisioning.send(provision::Shutdown).await;
-        let _ = supervisor.send(supervisor::Shutdown).await;
+    // Both sides finish the work under way at once; then the writer's
+    // requests. A second signal gives up waiting.
+    let drain = tokio::time::timeout(settings.drain, async {
+        let _ = futures_util::future::join(
+            provisioning.send(provision::Shutdown),
+            supervisor.send(supervisor::Shutdown),
+        )
+        .await;
         writer.drain().await;
-    })
-    .await;
+    });
+    let drained = tokio::select! {
+        drained = drain => drained,
+        () = signals.next() => return Err(Fatal::Interrupted),
+    };
     match drained {
         Ok(()) => tracing::info!(took = ?started.elapsed(), "stopped"),
         Err(_) => tracing::warn!(drain = ?settings.drain, "drain deadline passed; exiting anyway"),
@@ -262,17 +275,28 @@ async fn serve_http(
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
+/// SIGTERM and SIGINT, as they come: the first starts the drain, a second
+/// ends it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    })
+    }
 }
 
 #[cfg(test)]

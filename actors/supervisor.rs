@@ -13,14 +13,15 @@ use std::{
 };
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message,
     ResponseActFuture, StreamHandler, WrapFuture,
 };
 use futures_util::stream::LocalBoxStream;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{runtime::watcher, Resource, ResourceExt};
 
-use crate::query::{MetadataChanged, QueryActor, Stop};
+use crate::children::{Children, Key};
+use crate::query::{MetadataChanged, QueryActor};
 use crate::writer::WriterHandle;
 use crate::Fatal;
 use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus, FINALIZER};
@@ -36,15 +37,13 @@ use dbqo::settings::Settings;
 pub type DbqrEvents =
     LocalBoxStream<'static, Result<watcher::Event<DatabaseQueryResource>, watcher::Error>>;
 
-type Key = (String, String);
-
+/// What the supervisor knows of the DBQR a `QueryActor` runs.
 struct Running {
     uid: String,
     generation: Option<i64>,
     /// Labels and annotations templates see as `Metadata` (they change
     /// without a new generation).
     metadata: Metadata,
-    actor: Addr<QueryActor>,
 }
 
 pub struct Supervisor {
@@ -52,7 +51,7 @@ pub struct Supervisor {
     events: Option<DbqrEvents>,
     writer: WriterHandle,
     settings: Arc<Settings>,
-    actors: HashMap<Key, Running>,
+    actors: Children<QueryActor, Running>,
     cleaning: HashSet<String>,
     /// Clean-ups that failed, by DBQR uid.
     blocked: HashMap<String, Blocked>,
@@ -60,11 +59,6 @@ pub struct Supervisor {
     fatal: tokio::sync::mpsc::UnboundedSender<Fatal>,
     /// Set once shutdown began: no new actors.
     stopping: bool,
-    /// While the watch lists again (after an error it could not resume
-    /// from): the DBQRs the new list holds so far. A DBQR deleted while the
-    /// watch was down has no Delete event; at the end of the list it is
-    /// simply not there.
-    relisting: Option<HashSet<Key>>,
     /// Clean-up checks so far per DBQR uid while its objects are going
     /// (the check backs off: an object held by a finalizer may take long).
     waiting: HashMap<String, u32>,
@@ -105,13 +99,12 @@ impl Supervisor {
             events: Some(events),
             writer,
             settings,
-            actors: HashMap::new(),
+            actors: Children::default(),
             cleaning: HashSet::new(),
             blocked: HashMap::new(),
             ready,
             fatal,
             stopping: false,
-            relisting: None,
             waiting: HashMap::new(),
             finalizer_failures: HashMap::new(),
         }
@@ -130,9 +123,7 @@ impl Supervisor {
     }
 
     fn stop(&mut self, key: &Key) {
-        if let Some(running) = self.actors.remove(key) {
-            running.actor.do_send(Stop);
-        }
+        self.actors.stop(key);
     }
 
     fn on_change(&mut self, dbqr: DatabaseQueryResource, ctx: &mut Context<Self>) {
@@ -156,33 +147,31 @@ impl Supervisor {
         self.finalizer_failures
             .remove(&dbqr.uid().unwrap_or_default());
         let uid = dbqr.uid().unwrap_or_default();
-        if let Some(running) = self.actors.get_mut(&key) {
-            if running.uid == uid
-                && running.generation == dbqr.metadata.generation
-                && running.actor.connected()
+        let metadata = Metadata::of(&dbqr);
+        if let Some(child) = self.actors.get(&key) {
+            let same = &child.meta;
+            if same.uid == uid
+                && same.generation == dbqr.metadata.generation
+                && child.actor.connected()
             {
-                let metadata = Metadata::of(&dbqr);
-                if running.metadata != metadata {
-                    running.metadata = metadata;
-                    running.actor.do_send(MetadataChanged(Box::new(dbqr)));
+                if same.metadata != metadata {
+                    let actor = child.actor.clone();
+                    actor.do_send(MetadataChanged(Box::new(dbqr)));
+                    self.actors
+                        .update(&key, |running| running.metadata = metadata);
                 }
                 return;
             }
         }
-        self.stop(&key);
         tracing::info!(dbqr = %key.1, namespace = %key.0, generation = ?dbqr.metadata.generation, "starting query actor");
         let generation = dbqr.metadata.generation;
-        let metadata = Metadata::of(&dbqr);
         let actor = QueryActor::new(dbqr, self.settings.clone(), self.writer.clone()).start();
-        self.actors.insert(
-            key,
-            Running {
-                uid,
-                generation,
-                metadata,
-                actor,
-            },
-        );
+        let running = Running {
+            uid,
+            generation,
+            metadata,
+        };
+        self.actors.insert(key, actor, running);
     }
 
     /// Adds the finalizer; the watch event of the change starts the actor.
@@ -347,29 +336,19 @@ impl Actor for Supervisor {
             .into_actor(self),
         );
     }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        for (_, running) in self.actors.drain() {
-            running.actor.do_send(Stop);
-        }
-    }
 }
 
 impl Handler<Shutdown> for Supervisor {
     type Result = ResponseActFuture<Self, ()>;
 
+    /// Every QueryActor finishes what it is doing, then stops.
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
         self.stopping = true;
-        let stops: Vec<_> = self
-            .actors
-            .drain()
-            .map(|(_, running)| running.actor.send(Stop))
-            .collect();
-        let count = stops.len();
         Box::pin(
-            futures_util::future::join_all(stops)
+            self.actors
+                .shut_down()
                 .into_actor(self)
-                .map(move |_, _, ctx| {
+                .map(move |count, _, ctx| {
                     tracing::info!(actors = count, "query actors stopped");
                     ctx.stop();
                 }),
@@ -386,9 +365,7 @@ impl StreamHandler<Result<watcher::Event<DatabaseQueryResource>, watcher::Error>
         match event {
             Ok(watcher::Event::Apply(dbqr)) => self.on_change(dbqr, ctx),
             Ok(watcher::Event::InitApply(dbqr)) => {
-                if let Some(listed) = self.relisting.as_mut() {
-                    listed.insert(Self::key(&dbqr));
-                }
+                self.actors.listed(&Self::key(&dbqr));
                 self.on_change(dbqr, ctx)
             }
             Ok(watcher::Event::Delete(dbqr)) => {
@@ -396,18 +373,10 @@ impl StreamHandler<Result<watcher::Event<DatabaseQueryResource>, watcher::Error>
                 self.stop(&key);
                 self.forget(&dbqr.uid().unwrap_or_default());
             }
-            Ok(watcher::Event::Init) => self.relisting = Some(HashSet::new()),
+            Ok(watcher::Event::Init) => self.actors.relist_started(),
             Ok(watcher::Event::InitDone) => {
-                let listed = self.relisting.take().unwrap_or_default();
-                let gone: Vec<Key> = self
-                    .actors
-                    .keys()
-                    .filter(|key| !listed.contains(*key))
-                    .cloned()
-                    .collect();
-                for key in gone {
-                    tracing::info!(dbqr = %key.1, namespace = %key.0, "gone while the watch was down; stopping its actor");
-                    self.stop(&key);
+                for (namespace, name) in self.actors.relist_done() {
+                    tracing::info!(dbqr = %name, %namespace, "gone while the watch was down; its actor stopped");
                 }
                 if !self.ready.swap(true, Ordering::SeqCst) {
                     tracing::info!(dbqrs = self.actors.len(), "initial list done; ready");

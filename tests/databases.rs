@@ -1314,3 +1314,58 @@ async fn postgres_extensions_are_created_with_a_pinned_search_path() {
         "not the schema the database's default names"
     );
 }
+
+/// SIGTERM while a `Database` pass waits on the server: the replica is not
+/// ready, the pass finishes (the Database becomes Ready) and the process
+/// exits 0, the same drain as the query side's.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_shutdown_lets_the_pass_under_way_finish() {
+    let mut w = World::start(Engine::Postgres, "pgdrain").await;
+    w.restart_operator(&["--shutdown-timeout-seconds", "60"]);
+    let Server::Postgres(pg) = &w.server else {
+        unreachable!()
+    };
+    // A role of the same name created in a transaction left open: the
+    // operator's CREATE ROLE waits for it to end.
+    let blocker = common::connect(&pg.info.url("postgres")).await;
+    blocker
+        .batch_execute("BEGIN; CREATE ROLE held_user")
+        .await
+        .unwrap();
+    w.create_database(&w.team_a, "held", json!({"username": "held_user"}))
+        .await
+        .unwrap();
+    // (Not on the blocker's connection: a transaction sees one snapshot of
+    // pg_stat_activity.)
+    let observer = common::connect(&pg.info.url("postgres")).await;
+    eventually(WAIT, "the operator's CREATE ROLE waiting", || async {
+        let waiting: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (waiting == 1).then_some(())
+    })
+    .await;
+    let probes = w.operator.http_address("probes").await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &w.operator.pid().to_string()])
+        .status()
+        .unwrap();
+    eventually(WAIT, "/readyz 503 while draining", || async {
+        (common::http_get(&probes, "/readyz").await?.0 == 503).then_some(())
+    })
+    .await;
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let status = tokio::task::block_in_place(|| w.operator.wait_for_exit(WAIT));
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
+    let database = w.databases(&w.team_a).get("held").await.unwrap();
+    assert_eq!(
+        database.status.and_then(|s| s.phase),
+        Some(Phase::Ready),
+        "the pass under way finished and wrote its status before the exit"
+    );
+}

@@ -1,5 +1,6 @@
-//! The operator process: SIGTERM stops every actor and exits 0 within the
-//! drain deadline.
+//! The operator process: SIGTERM lets the work under way finish, reports not
+//! ready meanwhile and exits 0 within the drain deadline; a second signal
+//! exits at once.
 
 mod common;
 
@@ -45,41 +46,124 @@ async fn sigterm_stops_every_actor_and_exits_zero_within_the_deadline() {
     .await;
 
     let signalled = Instant::now();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &operator.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    signal(&operator, "TERM");
     let status = tokio::task::block_in_place(|| operator.wait_for_exit(Duration::from_secs(8)));
     let took = signalled.elapsed();
-    let log = operator.log();
     assert_eq!(
         status.map(|s| s.code()),
         Some(Some(0)),
-        "exit status after SIGTERM; log:\n{log}"
+        "exit status after SIGTERM"
     );
     assert!(
         took < Duration::from_secs(5),
         "exited within the drain deadline: {took:?}"
     );
-    let stopped = log
-        .find("query actors stopped")
-        .expect("every query actor stopped");
-    let released = log
-        .find("query actor released its connections")
-        .expect("the query actor closed its pool and left the LISTEN connection");
-    assert!(
-        released < stopped,
-        "connections went before the actors reported stopped"
-    );
-    assert!(
-        log[stopped..].contains("\"message\":\"stopped\""),
-        "the writer drained"
-    );
+    // The pool and the LISTEN connection were closed, not dropped with the
+    // process: the server has no backend of the operator left.
     eventually(Duration::from_secs(10), "no connection left", || async {
         (backends(&s.db, false).await == 0).then_some(())
     })
     .await;
+}
+
+fn signal(operator: &Operator, name: &str) {
+    let kill = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &operator.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// A pass of `items` that waits for the test's lock on the table: the
+/// operator running, the table locked, a pass blocked on the lock.
+async fn a_pass_waiting_for_a_lock(
+    prefix: &str,
+) -> (common::operator::Setup, Operator, tokio_postgres::Client) {
+    let s = setup(
+        prefix,
+        "CREATE TABLE items (id int); INSERT INTO items VALUES (1);",
+    )
+    .await;
+    let operator = Operator::start(&["--shutdown-timeout-seconds", "60"]);
+    DbqrBuilder::new("items", &operator)
+        .query("SELECT id FROM items")
+        .template(ITEM_CM)
+        .create(&s.client, &s.namespace)
+        .await;
+    wait_for_configmaps(&s.client, &s.namespace, &["item-1"]).await;
+    let locker = common::connect(&s.url).await;
+    locker
+        .batch_execute(
+            "BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; INSERT INTO items VALUES (2)",
+        )
+        .await
+        .unwrap();
+    // The next poll (every second) waits for the lock.
+    eventually(Duration::from_secs(20), "a pass waiting for the lock", || async {
+        let waiting: i64 = s
+            .db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (waiting == 1).then_some(())
+    })
+    .await;
+    (s, operator, locker)
+}
+
+/// SIGTERM during a pass: the replica reports not ready at once, the pass
+/// finishes (its objects are applied) and the process exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_pass_under_way_finish_and_is_not_ready_meanwhile() {
+    let (s, mut operator, locker) = a_pass_waiting_for_a_lock("drainpass").await;
+    let probes = operator.http_address("probes").await;
+    signal(&operator, "TERM");
+    eventually(
+        Duration::from_secs(10),
+        "/readyz 503 while draining",
+        || async { (common::http_get(&probes, "/readyz").await?.0 == 503).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        common::http_get(&probes, "/healthz").await.map(|r| r.0),
+        Some(200),
+        "alive while draining"
+    );
+    // The pass reads the row committed with the lock's release.
+    locker.batch_execute("COMMIT").await.unwrap();
+    let status = tokio::task::block_in_place(|| operator.wait_for_exit(Duration::from_secs(30)));
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");
+    let cms = common::operator::configmaps(&s.client, &s.namespace).await;
+    assert!(
+        cms.contains_key("item-2"),
+        "the pass under way applied its object before the exit: {cms:?}"
+    );
+}
+
+/// A second signal ends the drain at once, with a non-zero exit: the pass
+/// under way is given up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_during_the_drain_exits_at_once() {
+    let (s, mut operator, locker) = a_pass_waiting_for_a_lock("drainabort").await;
+    let probes = operator.http_address("probes").await;
+    signal(&operator, "TERM");
+    eventually(Duration::from_secs(10), "draining", || async {
+        (common::http_get(&probes, "/readyz").await?.0 == 503).then_some(())
+    })
+    .await;
+    signal(&operator, "INT");
+    let status = tokio::task::block_in_place(|| operator.wait_for_exit(Duration::from_secs(10)));
+    assert_eq!(status.map(|s| s.code()), Some(Some(1)), "exit status");
+    locker.batch_execute("COMMIT").await.unwrap();
+    let cms = common::operator::configmaps(&s.client, &s.namespace).await;
+    assert!(
+        !cms.contains_key("item-2"),
+        "the pass under way was given up: {cms:?}"
+    );
 }
 
 #[test]

@@ -7,8 +7,8 @@
 use std::{sync::Arc, time::Duration};
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle,
-    WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseFuture,
+    SpawnHandle, WrapFuture,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
@@ -19,6 +19,7 @@ use kube::{
 use serde_json::json;
 
 use super::server;
+use crate::stopping::{Stop, StopRequests};
 use crate::writer::{SecretChanged, SecretSubscription, WriterHandle};
 use dbqo::api::database::{Database, DatabaseDeletionPolicy, DatabaseStatus, Phase};
 use dbqo::api::server::DatabaseServer;
@@ -55,11 +56,6 @@ pub struct Changed(pub Box<Database>);
 #[rtype(result = "()")]
 pub struct ServerChanged;
 
-/// The `Database` is gone from the cluster: stop.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Stop;
-
 pub struct DatabaseActor {
     database: Database,
     writer: WriterHandle,
@@ -77,6 +73,8 @@ pub struct DatabaseActor {
     /// the next pass may start before the watch brings the copy without
     /// the label, and must not reset the password a second time.
     reset_done_for: Option<String>,
+    /// Asked to stop once its pass has finished (shutdown).
+    stopping: StopRequests,
 }
 
 impl DatabaseActor {
@@ -99,6 +97,7 @@ impl DatabaseActor {
             status,
             subscribed: Vec::new(),
             reset_done_for: None,
+            stopping: StopRequests::default(),
         }
     }
 
@@ -115,6 +114,9 @@ impl DatabaseActor {
 
     /// Runs a pass now, or right after the one running.
     fn kick(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping.pending() {
+            return;
+        }
         if self.running {
             self.again = true;
             return;
@@ -141,7 +143,7 @@ impl DatabaseActor {
                 act.status = Some(status);
             }
             act.subscribe(result.secrets, ctx);
-            if result.finished {
+            if result.finished || act.stopping.pending() {
                 ctx.stop();
                 return;
             }
@@ -188,6 +190,7 @@ impl Actor for DatabaseActor {
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
         self.subscribe(Vec::new(), ctx);
+        self.stopping.stopped();
     }
 }
 
@@ -225,10 +228,15 @@ impl Handler<SecretChanged> for DatabaseActor {
 }
 
 impl Handler<Stop> for DatabaseActor {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        ctx.stop();
+    /// The answer comes once the actor has stopped.
+    fn handle(&mut self, stop: Stop, ctx: &mut Context<Self>) -> Self::Result {
+        let stopped = self.stopping.ask(stop);
+        if stop == Stop::Now || !self.running {
+            ctx.stop();
+        }
+        stopped
     }
 }
 

@@ -11,7 +11,10 @@ mod server;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, StreamHandler, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message,
+    ResponseActFuture, StreamHandler, WrapFuture,
+};
 use futures_util::{stream::LocalBoxStream, StreamExt};
 use kube::{
     api::Api,
@@ -22,8 +25,9 @@ use kube::{
     Client, ResourceExt,
 };
 
+use crate::children::{Children, Key};
 use crate::writer::WriterHandle;
-use database::{Changed, DatabaseActor, ServerChanged, Stop};
+use database::{Changed, DatabaseActor, ServerChanged};
 use dbqo::api::database::Database;
 use dbqo::api::server::DatabaseServer;
 use dbqo::settings::Settings;
@@ -31,7 +35,6 @@ use dbqo::settings::Settings;
 /// Servers are checked again this often (and on every change).
 const SERVER_CHECK: Duration = Duration::from_secs(300);
 
-type Key = (String, String);
 type DatabaseEvents = LocalBoxStream<'static, Result<watcher::Event<Database>, watcher::Error>>;
 type ServerEvents = LocalBoxStream<'static, Result<watcher::Event<DatabaseServer>, watcher::Error>>;
 
@@ -40,7 +43,9 @@ pub struct ProvisionSupervisor {
     servers: Store<DatabaseServer>,
     writer: WriterHandle,
     settings: Arc<Settings>,
-    actors: HashMap<Key, Running>,
+    actors: Children<DatabaseActor, Running>,
+    /// Set once shutdown began: no new actors.
+    stopping: bool,
     /// Servers by key, with the resourceVersion last checked and the
     /// generation their `Database`s last heard of.
     checked: HashMap<Key, (String, Option<i64>)>,
@@ -49,14 +54,15 @@ pub struct ProvisionSupervisor {
     failing: [bool; 2],
 }
 
+/// What the supervisor knows of the `Database` an actor runs.
 struct Running {
     uid: String,
     /// Its `DatabaseServer`.
     server: Key,
-    actor: Addr<DatabaseActor>,
 }
 
-/// Stops every `Database` actor (passes in flight finish on their own).
+/// Stops every `Database` actor once its pass in flight has finished, then
+/// the supervisor; resolves when they have all stopped.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
@@ -88,17 +94,15 @@ impl ProvisionSupervisor {
             servers: store,
             writer,
             settings,
-            actors: HashMap::new(),
+            actors: Children::default(),
+            stopping: false,
             checked: HashMap::new(),
             failing: [false; 2],
         }
     }
 
     fn on_database(&mut self, database: Database) {
-        let key = (
-            database.namespace().unwrap_or_default(),
-            database.name_any(),
-        );
+        let key = key_of(&database);
         let uid = database.uid().unwrap_or_default();
         let server = (
             database
@@ -109,12 +113,15 @@ impl ProvisionSupervisor {
                 .unwrap_or_else(|| key.0.clone()),
             database.spec.server_ref.name.clone(),
         );
-        if let Some(running) = self.actors.get(&key) {
-            if running.uid == uid && running.server == server && running.actor.connected() {
-                running.actor.do_send(Changed(Box::new(database)));
+        if self.stopping {
+            return;
+        }
+        if let Some(child) = self.actors.get(&key) {
+            let same = &child.meta;
+            if same.uid == uid && same.server == server && child.actor.connected() {
+                child.actor.do_send(Changed(Box::new(database)));
                 return;
             }
-            running.actor.do_send(Stop);
         }
         tracing::info!(database = %key.1, namespace = %key.0, "starting database actor");
         let actor = DatabaseActor::new(
@@ -124,13 +131,13 @@ impl ProvisionSupervisor {
             self.servers.clone(),
         )
         .start();
-        self.actors.insert(key, Running { uid, server, actor });
+        self.actors.insert(key, actor, Running { uid, server });
     }
 
     /// Tells the `Database`s of `server` that it changed.
     fn tell(&self, server: &Key) {
-        for running in self.actors.values().filter(|r| &r.server == server) {
-            running.actor.do_send(ServerChanged);
+        for (_, child) in self.actors.iter().filter(|(_, c)| &c.meta.server == server) {
+            child.actor.do_send(ServerChanged);
         }
     }
 
@@ -193,14 +200,18 @@ impl StreamHandler<Item> for ProvisionSupervisor {
             Item::Database(Ok(event)) => {
                 self.failing[0] = false;
                 match event {
-                    watcher::Event::Apply(d) | watcher::Event::InitApply(d) => self.on_database(d),
-                    watcher::Event::Delete(d) => {
-                        let key = (d.namespace().unwrap_or_default(), d.name_any());
-                        if let Some(running) = self.actors.remove(&key) {
-                            running.actor.do_send(Stop);
+                    watcher::Event::Apply(d) => self.on_database(d),
+                    watcher::Event::InitApply(d) => {
+                        self.actors.listed(&key_of(&d));
+                        self.on_database(d)
+                    }
+                    watcher::Event::Delete(d) => self.actors.stop(&key_of(&d)),
+                    watcher::Event::Init => self.actors.relist_started(),
+                    watcher::Event::InitDone => {
+                        for (namespace, name) in self.actors.relist_done() {
+                            tracing::info!(database = %name, %namespace, "gone while the watch was down; its actor stopped");
                         }
                     }
-                    watcher::Event::Init | watcher::Event::InitDone => {}
                 }
             }
             Item::Server(Ok(event)) => {
@@ -226,11 +237,26 @@ impl StreamHandler<Item> for ProvisionSupervisor {
 }
 
 impl Handler<Shutdown> for ProvisionSupervisor {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) {
-        for (_, running) in self.actors.drain() {
-            running.actor.do_send(Stop);
-        }
+    /// Every DatabaseActor finishes its pass in flight, then stops.
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        Box::pin(
+            self.actors
+                .shut_down()
+                .into_actor(self)
+                .map(move |count, _, ctx| {
+                    tracing::info!(actors = count, "database actors stopped");
+                    ctx.stop();
+                }),
+        )
     }
+}
+
+fn key_of(database: &Database) -> Key {
+    (
+        database.namespace().unwrap_or_default(),
+        database.name_any(),
+    )
 }

@@ -14,12 +14,13 @@ use std::{
 };
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, SpawnHandle,
-    WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseFuture,
+    SpawnHandle, WrapFuture,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{api::ApiResource, Resource, ResourceExt};
 
+use crate::stopping::{Stop, StopRequests};
 use crate::writer::{Drifted, SecretChanged, SecretSubscription, Subscription, WriterHandle};
 use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
 use dbqo::kube_api::{DbqrEvent, Target};
@@ -81,6 +82,8 @@ pub struct QueryActor {
     pass_started: std::time::Instant,
     /// A pass is due once the repairs are done.
     pass_waits: bool,
+    /// Asked to stop once idle (shutdown), and who waits for it.
+    stopping: StopRequests,
 }
 
 /// Failed status patches are retried at least this often.
@@ -90,11 +93,6 @@ const STATUS_RETRY_CAP: Duration = Duration::from_secs(30);
 /// long after it: a burst of row changes costs a few passes, not one per
 /// statement. The first change of a burst starts its pass at once.
 const DEBOUNCE: Duration = Duration::from_millis(50);
-
-/// Ends the actor (DBQR deleted or replaced by a new spec).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Stop;
 
 /// The DBQR's labels or annotations changed (same generation): templates
 /// see them as `Metadata`, and the release annotation acts on the next pass.
@@ -144,6 +142,7 @@ impl QueryActor {
             repairs: 0,
             pass_waits: false,
             pass_started: Instant::now(),
+            stopping: StopRequests::default(),
         }
     }
 
@@ -167,6 +166,9 @@ impl QueryActor {
         if let Some(handle) = self.next_pass.take() {
             ctx.cancel_future(handle);
         }
+        if self.stopping.pending() {
+            return;
+        }
         self.next_pass_at = Some(Instant::now() + delay);
         self.next_pass = Some(ctx.run_later(delay, |actor, ctx| {
             actor.next_pass = None;
@@ -176,6 +178,9 @@ impl QueryActor {
     }
 
     fn start_pass(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping.pending() {
+            return;
+        }
         if self.repairs > 0 {
             // Runs when the last repair is done.
             self.pass_waits = true;
@@ -212,8 +217,22 @@ impl QueryActor {
                     for key in std::mem::take(&mut actor.drifted) {
                         ctx.notify(Drifted { key });
                     }
+                    actor.stop_if_idle(ctx);
                 }),
         );
+    }
+
+    /// Stops, if asked to once idle and nothing is under way: no pass, no
+    /// status write, no repair, no write-back batch.
+    pub(crate) fn stop_if_idle(&mut self, ctx: &mut Context<Self>) {
+        let idle = self.state.is_some()
+            && self.status_writing.is_none()
+            && self.repairs == 0
+            && !self.writeback_queue.running();
+        if self.stopping.pending() && idle {
+            self.release(ctx);
+            ctx.stop();
+        }
     }
 
     fn finish_pass(&mut self, pass: u64, report: PassReport, ctx: &mut Context<Self>) {
@@ -324,6 +343,11 @@ impl QueryActor {
         ctx: &mut Context<Self>,
     ) {
         if let Err(error) = result {
+            if self.stopping.pending() {
+                tracing::warn!(dbqr = %self.dbqr.name_any(), reason = error.reason(), "cannot write DBQR status; stopping without a retry");
+                self.stop_if_idle(ctx);
+                return;
+            }
             self.status_failures = self.status_failures.saturating_add(1);
             let delay = backoff(self.status_failures, STATUS_RETRY_CAP);
             tracing::warn!(dbqr = %self.dbqr.name_any(), reason = error.reason(), retry_in = ?delay, "cannot write DBQR status");
@@ -337,6 +361,7 @@ impl QueryActor {
         }
         self.status_failures = 0;
         self.status = Some(status);
+        self.stop_if_idle(ctx);
     }
 
     /// The release annotation did its work in the pass that saw it; left in
@@ -424,6 +449,7 @@ impl Actor for QueryActor {
     fn stopped(&mut self, ctx: &mut Self::Context) {
         crate::metrics::global().actor_stopped();
         self.release(ctx);
+        self.stopping.stopped();
     }
 }
 
@@ -471,6 +497,7 @@ impl Handler<Drifted> for QueryActor {
             .into_actor(self)
             .map(move |key, actor, ctx| {
                 actor.repairs -= 1;
+                actor.stop_if_idle(ctx);
                 if actor.repairs == 0 && std::mem::take(&mut actor.pass_waits) {
                     actor.start_pass(ctx);
                 }
@@ -511,12 +538,19 @@ impl Handler<MetadataChanged> for QueryActor {
 }
 
 impl Handler<Stop> for QueryActor {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    /// Releases connections before answering, so whoever awaits the stop
-    /// knows the pool is closed.
-    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
-        self.release(ctx);
-        ctx.stop();
+    /// The answer comes once the actor has stopped, connections released:
+    /// whoever awaits it knows the pool is closed.
+    fn handle(&mut self, stop: Stop, ctx: &mut Self::Context) -> Self::Result {
+        let stopped = self.stopping.ask(stop);
+        match stop {
+            Stop::Now => {
+                self.release(ctx);
+                ctx.stop();
+            }
+            Stop::WhenIdle => self.stop_if_idle(ctx),
+        }
+        stopped
     }
 }

@@ -35,6 +35,11 @@ pub(super) struct WritebackQueue {
 }
 
 impl WritebackQueue {
+    /// A batch of status SQL runs now.
+    pub(super) fn running(&self) -> bool {
+        self.running
+    }
+
     /// Forgets objects this DBQR no longer manages.
     pub(super) fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
         self.pending.retain(|key| keep(key));
@@ -71,7 +76,9 @@ impl QueryActor {
 
     fn schedule_writeback(&mut self, delay: Duration, ctx: &mut Context<Self>) {
         let queue = &mut self.writeback_queue;
-        if queue.scheduled || queue.running {
+        // Stopping: what waits is written after the restart (the first good
+        // pass queues every object once).
+        if queue.scheduled || queue.running || self.stopping.pending() {
             return;
         }
         queue.scheduled = true;
@@ -124,6 +131,8 @@ impl QueryActor {
                 let report = actor.last_report.clone();
                 actor.publish(Outcome::Pass(&report), ctx);
             }
+            // After the publish above: a stop waits for its status write.
+            actor.stop_if_idle(ctx);
         }));
     }
 }
