@@ -18,13 +18,14 @@ use actix::{
 };
 use futures_util::stream::LocalBoxStream;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{runtime::watcher, Resource, ResourceExt};
+use kube::{api::ApiResource, runtime::watcher, Resource, ResourceExt};
 
 use crate::children::{Children, Key};
 use crate::query::{MetadataChanged, QueryActor};
 use crate::writer::WriterHandle;
 use crate::Fatal;
-use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus, FINALIZER};
+use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
+use dbqo::controller::finalizer;
 use dbqo::reconcile::{
     backoff::backoff,
     cleanup::{blocked_status, clean_up, release, Cleanup, CleanupError},
@@ -131,7 +132,7 @@ impl Supervisor {
             return;
         }
         let key = Self::key(&dbqr);
-        let has_finalizer = dbqr.finalizers().iter().any(|f| f == FINALIZER);
+        let has_finalizer = finalizer::has(&dbqr.metadata);
         if dbqr.metadata.deletion_timestamp.is_some() {
             self.stop(&key);
             if has_finalizer {
@@ -174,28 +175,20 @@ impl Supervisor {
         self.actors.insert(key, actor, running);
     }
 
-    /// Adds the finalizer; the watch event of the change starts the actor.
-    /// A failure other than a conflict (a newer version exists: its event
-    /// comes) or the DBQR being gone is retried with backoff, since no
-    /// event may come to retry it otherwise.
+    /// Adds the finalizer (a conflict retried with a fresh read); the watch
+    /// event of the change starts the actor. A failure is retried with
+    /// backoff, since no event may come to retry it otherwise.
     fn add_finalizer(&mut self, dbqr: DatabaseQueryResource, ctx: &mut Context<Self>) {
         let writer = self.writer.clone();
-        let (namespace, name) = Self::key(&dbqr);
-        let version = dbqr.resource_version();
-        let mut finalizers = dbqr.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_owned());
+        let meta = dbqr.metadata.clone();
         let work = async move {
-            writer
-                .set_dbqr_finalizers(&namespace, &name, version.as_deref(), &finalizers)
-                .await
+            let resource = ApiResource::erase::<DatabaseQueryResource>(&());
+            finalizer::add(&writer, &resource, &meta).await
         };
         ctx.spawn(work.into_actor(self).map(move |result, supervisor, ctx| {
             let uid = dbqr.uid().unwrap_or_default();
             match result {
                 Ok(()) => {
-                    supervisor.finalizer_failures.remove(&uid);
-                }
-                Err(e) if e.is_conflict() || e.is_not_found() => {
                     supervisor.finalizer_failures.remove(&uid);
                 }
                 Err(error) => {

@@ -15,6 +15,7 @@ use kube::{
 use serde_json::Value as Json;
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
@@ -52,15 +53,15 @@ pub enum KubeError {
 impl KubeError {
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::UnknownKind { .. } => "UnknownKind",
-            Self::VersionNotServed { .. } => "VersionNotServed",
-            Self::Api { code: 403, .. } => "Forbidden",
-            Self::Api { code: 409, .. } => "Conflict",
-            Self::Api { code: 422, .. } => "Invalid",
-            Self::Api { .. } => "ApiError",
-            Self::Transport(_) => "ApiUnavailable",
-            Self::Timeout => "ApiTimeout",
-            Self::Closed => "ShuttingDown",
+            Self::UnknownKind { .. } => crate::reason::UNKNOWN_KIND,
+            Self::VersionNotServed { .. } => crate::reason::VERSION_NOT_SERVED,
+            Self::Api { code: 403, .. } => crate::reason::FORBIDDEN,
+            Self::Api { code: 409, .. } => crate::reason::CONFLICT,
+            Self::Api { code: 422, .. } => crate::reason::INVALID,
+            Self::Api { .. } => crate::reason::API_ERROR,
+            Self::Transport(_) => crate::reason::API_UNAVAILABLE,
+            Self::Timeout => crate::reason::API_TIMEOUT,
+            Self::Closed => crate::reason::SHUTTING_DOWN,
         }
     }
 
@@ -512,13 +513,18 @@ fn dbqrs(client: &Client, namespace: &str) -> Api<DatabaseQueryResource> {
     Api::namespaced(client.clone(), namespace)
 }
 
-/// A DBQR as the API server has it now.
-pub async fn read_dbqr(
+/// The metadata of a namespaced object of `resource` as the API server
+/// has it now (a metadata-only read).
+pub async fn read_meta(
     client: &Client,
+    resource: &ApiResource,
     namespace: &str,
     name: &str,
-) -> Result<Option<DatabaseQueryResource>, KubeError> {
-    Ok(dbqrs(client, namespace).get_opt(name).await?)
+) -> Result<Option<ObjectMeta>, KubeError> {
+    Ok(api(client, resource, Some(namespace))
+        .get_metadata_opt(name)
+        .await?
+        .map(|partial| partial.metadata))
 }
 
 /// Merge patch of a DBQR's status subresource.

@@ -10,10 +10,14 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod db;
+#[cfg(test)]
+pub(crate) mod fake_cluster;
 pub mod kube_api;
 pub mod lease;
 pub mod provision;
+pub mod reason;
 pub mod reconcile;
 pub mod render;
 pub mod settings;

@@ -44,8 +44,8 @@ impl WritebackError {
             Self::Template(_)
             | Self::RawExpression
             | Self::Statements(_)
-            | Self::QuotedExpression(_) => "StatusTemplateInvalid",
-            Self::Render(_) | Self::Database(_) => "StatusWriteBackFailed",
+            | Self::QuotedExpression(_) => crate::reason::STATUS_TEMPLATE_INVALID,
+            Self::Render(_) | Self::Database(_) => crate::reason::STATUS_WRITE_BACK_FAILED,
         }
     }
 }

@@ -126,3 +126,69 @@ fn every_acceptance_test_file_is_a_test_target() {
         "tests/*.rs and the targets Cargo found through actors/tests"
     );
 }
+
+/// Every file of production code under `dir` (tests and benches left out),
+/// without its trailing `#[cfg(test)] mod tests`.
+fn production_sources(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            if !["tests", "benches", "target"].contains(&name.as_str()) {
+                production_sources(&path, out);
+            }
+        } else if name.ends_with(".rs") && name != "tests.rs" && name != "fake_cluster.rs" {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text = match text.find("\n#[cfg(test)]\nmod tests") {
+                Some(cut) => text[..cut].to_owned(),
+                None => text,
+            };
+            out.push((path.display().to_string(), text));
+        }
+    }
+}
+
+/// A reason is spelled once, in `src/reason.rs` (the list the README's
+/// table is checked against); the code names it by its constant.
+#[test]
+fn reasons_are_spelled_only_in_the_reason_list() {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let mut sources = Vec::new();
+    production_sources(&root.join("src"), &mut sources);
+    production_sources(&root.join("actors"), &mut sources);
+    assert!(sources.len() > 50, "the sources were found");
+    let mut spelled = Vec::new();
+    for (path, text) in sources.iter().filter(|(p, _)| !p.ends_with("reason.rs")) {
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("fn reason(&self)") {
+            let body = &rest[at..];
+            let end = body.find("\n    }\n").unwrap_or(body.len());
+            // A literal starting with a capital: a reason, not an SQLSTATE.
+            let capital = body[..end]
+                .split('"')
+                .skip(1)
+                .step_by(2)
+                .any(|literal| literal.starts_with(|c: char| c.is_ascii_uppercase()));
+            if capital {
+                spelled.push(format!("{path}: a literal in fn reason"));
+            }
+            rest = &body[end..];
+        }
+        let flat: String = text.split_whitespace().collect();
+        for call in [
+            "Verdict::failed(\"",
+            "Failure::error(\"",
+            "Status::True,\"",
+            "Status::False,\"",
+            "Status::Unknown,\"",
+        ] {
+            if flat.contains(call) {
+                spelled.push(format!("{path}: {call}"));
+            }
+        }
+    }
+    assert!(
+        spelled.is_empty(),
+        "reasons spelled outside src/reason.rs: {spelled:#?}"
+    );
+}

@@ -7,7 +7,6 @@
 //! database connections through the operator's connection budget.
 
 pub mod database;
-mod server;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -30,7 +29,9 @@ use crate::writer::WriterHandle;
 use database::{Changed, DatabaseActor, ServerChanged};
 use dbqo::api::database::Database;
 use dbqo::api::server::DatabaseServer;
+use dbqo::provision::{admin::BudgetedSessions, server_check::check_server};
 use dbqo::settings::Settings;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// Servers are checked again this often (and on every change).
 const SERVER_CHECK: Duration = Duration::from_secs(300);
@@ -159,7 +160,13 @@ impl ProvisionSupervisor {
 
     fn check(&self, server: DatabaseServer, ctx: &mut Context<Self>) {
         let (writer, settings) = (self.writer.clone(), self.settings.clone());
-        ctx.spawn(async move { server::check(&server, &writer, &settings).await }.into_actor(self));
+        let check = async move {
+            let sessions = BudgetedSessions(&settings.budget);
+            let allow = settings.allow_cross_namespace_secrets;
+            let now = Time(k8s_openapi::jiff::Timestamp::now());
+            check_server(&server, &writer, &sessions, allow, now).await
+        };
+        ctx.spawn(check.into_actor(self));
     }
 }
 

@@ -30,6 +30,7 @@ use actix::{
 };
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     api::{Api, ApiResource, DynamicObject},
     runtime::{
@@ -42,7 +43,7 @@ use kube::{
 use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
+use dbqo::api::DatabaseQueryResourceStatus;
 use dbqo::kube_api::{
     self, CachedObject, DbqrEvent, KubeError, Labels, LiveObject, SecretData, Target,
 };
@@ -398,7 +399,7 @@ impl WriterHandle {
                 };
                 Err(KubeError::Api {
                     code: 403,
-                    reason: "Forbidden".into(),
+                    reason: dbqo::reason::FORBIDDEN.into(),
                     message: format!("{user} may not {verb} {}{place}", resource.plural),
                 })
             }
@@ -461,54 +462,6 @@ impl WriterHandle {
             .map_err(|_| KubeError::Timeout)?
             .map_err(|_| KubeError::Closed)?;
         Ok(())
-    }
-
-    /// Merge-patches the status of one of the operator's own objects
-    /// (`DatabaseServer`, `Database`).
-    pub async fn patch_status(
-        &self,
-        resource: &ApiResource,
-        namespace: &str,
-        name: &str,
-        status: &serde_json::Value,
-    ) -> Result<(), KubeError> {
-        let (resource, namespace, name, status) = (
-            resource.clone(),
-            namespace.to_owned(),
-            name.to_owned(),
-            status.clone(),
-        );
-        self.request(|client| async move {
-            kube_api::patch_status(&client, &resource, &namespace, &name, &status).await
-        })
-        .await
-    }
-
-    /// Replaces the finalizers of one of the operator's own objects, if it
-    /// is still at `resource_version`.
-    pub async fn set_finalizers(
-        &self,
-        resource: &ApiResource,
-        namespace: &str,
-        name: &str,
-        resource_version: Option<&str>,
-        finalizers: &[String],
-    ) -> Result<(), KubeError> {
-        let (resource, namespace, name) = (resource.clone(), namespace.to_owned(), name.to_owned());
-        let (resource_version, finalizers) =
-            (resource_version.map(str::to_owned), finalizers.to_vec());
-        self.request(|client| async move {
-            kube_api::set_finalizers(
-                &client,
-                &resource,
-                &namespace,
-                &name,
-                resource_version.as_deref(),
-                &finalizers,
-            )
-            .await
-        })
-        .await
     }
 
     /// Waits until every request sent so far has finished.
@@ -670,26 +623,61 @@ impl Writer for WriterHandle {
         .await
     }
 
-    async fn read_dbqr(
+    async fn patch_status(
         &self,
+        resource: &ApiResource,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<DatabaseQueryResource>, KubeError> {
-        let (namespace, name) = (namespace.to_owned(), name.to_owned());
-        self.request(|client| async move { kube_api::read_dbqr(&client, &namespace, &name).await })
-            .await
+        status: &Json,
+    ) -> Result<(), KubeError> {
+        let (resource, namespace, name, status) = (
+            resource.clone(),
+            namespace.to_owned(),
+            name.to_owned(),
+            status.clone(),
+        );
+        self.request(|client| async move {
+            kube_api::patch_status(&client, &resource, &namespace, &name, &status).await
+        })
+        .await
     }
 
-    async fn set_dbqr_finalizers(
+    async fn read_meta(
         &self,
+        resource: &ApiResource,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ObjectMeta>, KubeError> {
+        let (resource, namespace, name) = (resource.clone(), namespace.to_owned(), name.to_owned());
+        self.request(|client| async move {
+            kube_api::read_meta(&client, &resource, &namespace, &name).await
+        })
+        .await
+    }
+
+    async fn set_finalizers(
+        &self,
+        resource: &ApiResource,
         namespace: &str,
         name: &str,
         resource_version: Option<&str>,
         finalizers: &[String],
     ) -> Result<(), KubeError> {
-        let resource = ApiResource::erase::<DatabaseQueryResource>(&());
-        self.set_finalizers(&resource, namespace, name, resource_version, finalizers)
+        let (resource, namespace, name) = (resource.clone(), namespace.to_owned(), name.to_owned());
+        let (resource_version, finalizers) =
+            (resource_version.map(str::to_owned), finalizers.to_vec());
+        self.request(|client| async move {
+            kube_api::set_finalizers(
+                &client,
+                &resource,
+                &namespace,
+                &name,
+                resource_version.as_deref(),
+                &finalizers,
+            )
             .await
+        })
+        .await
     }
 
     async fn publish_event(

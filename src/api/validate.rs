@@ -37,7 +37,7 @@ pub enum SpecError {
 impl SpecError {
     /// Stable reason, used as condition reason and Event reason.
     pub fn reason(&self) -> &'static str {
-        "InvalidSpec"
+        crate::reason::INVALID_SPEC
     }
 }
 

@@ -39,10 +39,10 @@ impl ConnectError {
             | Self::RootCert(_)
             | Self::Tls(_)
             | Self::RootCertRequired(_)
-            | Self::WeakModeWithSystemRoots(_) => "TlsConfigError",
-            Self::Authentication(_) => "AuthenticationFailed",
-            Self::TooManyConnections(_) => "TooManyConnections",
-            Self::Connect(_) => "ConnectionFailed",
+            | Self::WeakModeWithSystemRoots(_) => crate::reason::TLS_CONFIG_ERROR,
+            Self::Authentication(_) => crate::reason::AUTHENTICATION_FAILED,
+            Self::TooManyConnections(_) => crate::reason::TOO_MANY_CONNECTIONS,
+            Self::Connect(_) => crate::reason::CONNECTION_FAILED,
         }
     }
 }

@@ -95,7 +95,7 @@ pub enum ConnInfoError {
 
 impl ConnInfoError {
     pub fn reason(&self) -> &'static str {
-        "InvalidConnectionString"
+        crate::reason::INVALID_CONNECTION_STRING
     }
 }
 

@@ -30,7 +30,7 @@ impl PoolError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Tls(e) => e.reason(),
-            Self::Build(_) => "PoolBuildFailed",
+            Self::Build(_) => crate::reason::POOL_BUILD_FAILED,
         }
     }
 }

@@ -68,15 +68,15 @@ impl QueryError {
     /// Stable reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::TooManyRows(_) => "TooManyRows",
-            Self::ResultTooLarge(_) => "ResultTooLarge",
+            Self::TooManyRows(_) => crate::reason::TOO_MANY_ROWS,
+            Self::ResultTooLarge(_) => crate::reason::RESULT_TOO_LARGE,
             // 57014 query_canceled: what statement_timeout raises.
             Self::Statement {
                 code: Some(code), ..
-            } if code == "57014" => "QueryTimeout",
-            Self::Decode(_) => "DecodeFailed",
-            Self::Setup { .. } => "SetupStatementRefused",
-            _ => "QueryFailed",
+            } if code == "57014" => crate::reason::QUERY_TIMEOUT,
+            Self::Decode(_) => crate::reason::DECODE_FAILED,
+            Self::Setup { .. } => crate::reason::SETUP_STATEMENT_REFUSED,
+            _ => crate::reason::QUERY_FAILED,
         }
     }
 }

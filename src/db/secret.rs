@@ -23,7 +23,7 @@ pub enum SecretError {
 
 impl SecretError {
     pub fn reason(&self) -> &'static str {
-        "SecretInvalid"
+        crate::reason::SECRET_INVALID
     }
 }
 

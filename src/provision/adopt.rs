@@ -49,8 +49,8 @@ impl Refusal {
     /// Stable reason, used as condition and Event reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::CredentialsLost => "CredentialsLost",
-            _ => "AlreadyExists",
+            Self::CredentialsLost => crate::reason::CREDENTIALS_LOST,
+            _ => crate::reason::ALREADY_EXISTS,
         }
     }
 

@@ -32,15 +32,15 @@ impl ServerError {
     /// Stable reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::SecretNotFound(_) => "SecretNotFound",
-            Self::SecretNotAllowed(_) => "SecretNotAllowed",
+            Self::SecretNotFound(_) => crate::reason::SECRET_NOT_FOUND,
+            Self::SecretNotAllowed(_) => crate::reason::SECRET_NOT_ALLOWED,
             Self::Secret(e) => e.reason(),
             Self::Connect(e) => e.reason(),
-            Self::Authentication(_) => "AuthenticationFailed",
-            Self::Unreachable(_) => "ConnectionFailed",
-            Self::Budget => "ConnectionBudgetExhausted",
-            Self::Statement { .. } => "StatementFailed",
-            Self::MissingRights(_) => "InsufficientPrivileges",
+            Self::Authentication(_) => crate::reason::AUTHENTICATION_FAILED,
+            Self::Unreachable(_) => crate::reason::CONNECTION_FAILED,
+            Self::Budget => crate::reason::CONNECTION_BUDGET_EXHAUSTED,
+            Self::Statement { .. } => crate::reason::STATEMENT_FAILED,
+            Self::MissingRights(_) => crate::reason::INSUFFICIENT_PRIVILEGES,
             Self::Kubernetes(e) => e.reason(),
         }
     }

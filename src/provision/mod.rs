@@ -9,15 +9,21 @@
 //! another way to produce the admin connection; a backup resource another
 //! pass over the same [`session::Session`].
 
+pub mod admin;
 pub mod adopt;
 pub mod connect;
 pub mod credentials;
+pub mod database_pass;
 pub mod error;
 pub mod mysql;
 pub mod password;
 pub mod postgres;
 pub mod reconcile;
 pub mod request;
+pub mod server_check;
 pub mod session;
 pub mod sql;
 pub mod status;
+
+#[cfg(test)]
+mod tests;

@@ -41,7 +41,7 @@ impl ProvisionError {
         match self {
             Self::Refused { refusal, .. } => refusal.reason(),
             Self::Server(e) => e.reason(),
-            Self::Policy(_) => "ServerPolicyInvalid",
+            Self::Policy(_) => crate::reason::SERVER_POLICY_INVALID,
         }
     }
 }

@@ -46,10 +46,12 @@ impl RequestError {
     /// Stable reason, used as condition and Event reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::NamespaceNotAllowed { .. } => "NamespaceNotAllowed",
-            Self::PrivilegeNotAllowed { .. } | Self::ExtensionNotAllowed { .. } => "NotAllowed",
-            Self::Policy { .. } => "ServerPolicyInvalid",
-            _ => "InvalidSpec",
+            Self::NamespaceNotAllowed { .. } => crate::reason::NAMESPACE_NOT_ALLOWED,
+            Self::PrivilegeNotAllowed { .. } | Self::ExtensionNotAllowed { .. } => {
+                crate::reason::NOT_ALLOWED
+            }
+            Self::Policy { .. } => crate::reason::SERVER_POLICY_INVALID,
+            _ => crate::reason::INVALID_SPEC,
         }
     }
 }

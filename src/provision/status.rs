@@ -7,37 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::database::{DatabaseStatus, Phase};
 use crate::api::server::DatabaseServerStatus;
 
-use crate::reconcile::status::truncate;
+use crate::controller::condition;
+pub use crate::controller::condition::Verdict;
 
 pub const READY: &str = "Ready";
-
-/// What the last pass came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub ready: bool,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Verdict {
-    pub fn ready(message: impl Into<String>) -> Self {
-        Self {
-            ready: true,
-            reason: "Ready",
-            message: truncate(message.into()),
-        }
-    }
-
-    /// A failure; the message is cut to the length of a DBQR's (a server's
-    /// error can be long).
-    pub fn failed(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            ready: false,
-            reason,
-            message: truncate(message.into()),
-        }
-    }
-}
 
 /// The `Ready` condition for `verdict`, keeping `before`'s transition time
 /// while the status holds.
@@ -47,19 +20,8 @@ fn ready_condition(
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
-    let status = if verdict.ready { "True" } else { "False" };
-    let transition = match before.iter().find(|c| c.type_ == READY) {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => now.clone(),
-    };
-    Condition {
-        type_: READY.into(),
-        status: status.into(),
-        reason: verdict.reason.into(),
-        message: verdict.message.clone(),
-        last_transition_time: transition,
-        observed_generation: generation,
-    }
+    let before = condition::find(before, READY);
+    condition::condition(before, READY, verdict, generation, now)
 }
 
 /// A `Database`'s next status; `None` when it would not change.

@@ -8,11 +8,15 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value as Json};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::labels::{Owner, MANAGED_BY, OWNER_NAME, OWNER_NAMESPACE};
 use super::writer::Writer;
-use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus, DeletionPolicy, FINALIZER};
+use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus, DeletionPolicy};
+use crate::controller::{
+    condition::{self, Status, Verdict},
+    finalizer,
+};
 
 /// Condition of a DBQR whose deletion waits on a clean-up that fails.
 pub const CLEANUP_BLOCKED: &str = "CleanupBlocked";
@@ -146,73 +150,27 @@ pub fn blocked_status(
     now: Time,
 ) -> Option<(DatabaseQueryResourceStatus, Option<DbqrEvent>)> {
     let mut status = previous.cloned().unwrap_or_default();
-    let message = format!("the DBQR is kept until its objects are cleaned up: {error}");
-    let before = status
-        .conditions
-        .iter()
-        .position(|c| c.type_ == CLEANUP_BLOCKED);
-    if let Some(i) = before {
-        let c = &status.conditions[i];
-        if c.status == "True" && c.reason == error.reason() && c.message == message {
-            return None;
-        }
+    let verdict = Verdict::new(
+        Status::True,
+        error.reason(),
+        format!("the DBQR is kept until its objects are cleaned up: {error}"),
+    );
+    let before = condition::find(&status.conditions, CLEANUP_BLOCKED);
+    let condition = condition::condition(before, CLEANUP_BLOCKED, &verdict, None, &now);
+    if before == Some(&condition) {
+        return None;
     }
-    let event = match before {
-        Some(i) if status.conditions[i].reason == error.reason() => None,
-        _ => Some(DbqrEvent {
-            warning: true,
-            reason: error.reason(),
-            message: format!("{CLEANUP_BLOCKED}: {message}"),
-        }),
-    };
-    let condition = Condition {
-        type_: CLEANUP_BLOCKED.to_owned(),
-        status: "True".to_owned(),
-        reason: error.reason().to_owned(),
-        message,
-        last_transition_time: now,
-        observed_generation: None,
-    };
-    match before {
-        Some(i) => status.conditions[i] = condition,
-        None => status.conditions.push(condition),
-    }
+    let message = format!("{CLEANUP_BLOCKED}: {}", verdict.message);
+    let event = condition::event_on_new_reason(before, &verdict, Status::True, message);
+    status.conditions.retain(|c| c.type_ != CLEANUP_BLOCKED);
+    status.conditions.push(condition);
     Some((status, event))
 }
 
-/// Removes the DBQR's finalizer. A conflict (the DBQR changed since it was
-/// read) is retried with a fresh read, a few times; a DBQR already gone, or
-/// no longer carrying the finalizer, counts as done.
+/// Removes the DBQR's finalizer (conflicts retried with a fresh read).
 pub async fn release<W: Writer>(writer: &W, seen: &DatabaseQueryResource) -> Result<(), KubeError> {
-    const REREADS: usize = 4;
-    let namespace = seen.metadata.namespace.clone().unwrap_or_default();
-    let name = seen.metadata.name.clone().unwrap_or_default();
-    let mut current = seen.clone();
-    let mut rereads = 0;
-    loop {
-        let finalizers = current.metadata.finalizers.clone().unwrap_or_default();
-        if !finalizers.iter().any(|f| f == FINALIZER) {
-            return Ok(());
-        }
-        let kept: Vec<String> = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
-        let version = current.metadata.resource_version.as_deref();
-        match writer
-            .set_dbqr_finalizers(&namespace, &name, version, &kept)
-            .await
-        {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) if e.is_conflict() && rereads < REREADS => {
-                rereads += 1;
-                match writer.read_dbqr(&namespace, &name).await? {
-                    Some(fresh) if fresh.metadata.uid == seen.metadata.uid => current = fresh,
-                    // Gone, or another DBQR of the same name.
-                    _ => return Ok(()),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let resource = kube::api::ApiResource::erase::<DatabaseQueryResource>(&());
+    finalizer::remove(writer, &resource, &seen.metadata).await
 }
 
 /// Removes the owner labels and this DBQR's owner reference, so the garbage

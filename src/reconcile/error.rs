@@ -65,25 +65,27 @@ impl PassError {
     /// Stable reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::InvalidSpec(_) => "InvalidSpec",
+            Self::InvalidSpec(_) => crate::reason::INVALID_SPEC,
             Self::Template(e) => e.reason(),
             Self::StatusTemplate(e) => e.reason(),
-            Self::SecretNotAllowed(_) => "SecretNotAllowed",
-            Self::SecretNotFound(_) => "SecretNotFound",
+            Self::SecretNotAllowed(_) => crate::reason::SECRET_NOT_ALLOWED,
+            Self::SecretNotFound(_) => crate::reason::SECRET_NOT_FOUND,
             Self::SecretUnreadable { source, .. } => source.reason(),
             Self::Secret(e) => e.reason(),
             Self::Pool(e) => e.reason(),
             Self::Connect(e) => e.reason(),
-            Self::ConnectTimeout => "ConnectionFailed",
-            Self::PoolClosed => "PoolClosed",
-            Self::ConnectionBudget(_) => "WaitingForConnection",
+            Self::ConnectTimeout => crate::reason::CONNECTION_FAILED,
+            Self::PoolClosed => crate::reason::POOL_CLOSED,
+            Self::ConnectionBudget(_) => crate::reason::WAITING_FOR_CONNECTION,
             Self::Query(e) => e.reason(),
             Self::WriteBack { source, .. } => source.reason(),
-            Self::Probe(_) => "QueryFailed",
-            Self::ProbeTimeout => "QueryTimeout",
+            Self::Probe(_) => crate::reason::QUERY_FAILED,
+            Self::ProbeTimeout => crate::reason::QUERY_TIMEOUT,
             Self::Discovery(e) => e.reason(),
-            Self::Rows(failures) => failures.first().map_or("SyncFailed", |f| f.error.reason()),
-            Self::Prune(_) => "PruneFailed",
+            Self::Rows(failures) => failures
+                .first()
+                .map_or(crate::reason::SYNC_FAILED, |f| f.error.reason()),
+            Self::Prune(_) => crate::reason::PRUNE_FAILED,
         }
     }
 
@@ -217,8 +219,8 @@ impl ObjectError {
             Self::Watch { source, .. } | Self::Read { source, .. } | Self::Apply { source, .. } => {
                 source.reason()
             }
-            Self::OwnedElsewhere { .. } => "ObjectOwnedElsewhere",
-            Self::Exists { .. } => "ObjectExists",
+            Self::OwnedElsewhere { .. } => crate::reason::OBJECT_OWNED_ELSEWHERE,
+            Self::Exists { .. } => crate::reason::OBJECT_EXISTS,
         }
     }
 }

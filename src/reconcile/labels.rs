@@ -106,14 +106,9 @@ impl Owner {
             metadata["labels"][k] = Json::String(v);
         }
         if namespace == Some(self.namespace.as_str()) {
-            let reference = json!({
-                "apiVersion": format!("{}/v1alpha1", crate::api::GROUP),
-                "kind": "DatabaseQueryResource",
-                "name": self.name,
-                "uid": self.uid,
-                "controller": true,
-                "blockOwnerDeletion": true,
-            });
+            let reference = crate::controller::owner::controller_reference::<
+                crate::api::DatabaseQueryResource,
+            >(&self.name, &self.uid);
             let mut refs = metadata["ownerReferences"]
                 .as_array()
                 .cloned()

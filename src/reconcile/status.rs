@@ -7,12 +7,13 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::error::PassError;
 use super::guard::{Ruling, RELEASE_ANNOTATION};
 use super::pass::{GuardReport, PassReport};
 use crate::api::DatabaseQueryResourceStatus;
+use crate::controller::condition::{self, Status, Verdict};
 use crate::kube_api::DbqrEvent;
 
 pub const READY: &str = "Ready";
@@ -24,52 +25,24 @@ pub const PRUNE_HELD: &str = "PruneHeld";
 /// The outcome of the last status write-back batch.
 pub type WriteBackResult = Result<(), Arc<PassError>>;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Verdict {
-    status: &'static str,
-    reason: &'static str,
-    message: String,
+fn ok(reason: &'static str, message: impl Into<String>) -> Verdict {
+    Verdict::new(Status::True, reason, message)
 }
 
-impl Verdict {
-    fn ok(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status: "True",
-            reason,
-            message: message.into(),
-        }
-    }
-
-    fn failed(e: &PassError) -> Self {
-        Self {
-            status: "False",
-            reason: e.reason(),
-            message: truncate(e.to_string()),
-        }
-    }
-
-    fn unknown(reason: &'static str, message: &str) -> Self {
-        Self {
-            status: "Unknown",
-            reason,
-            message: message.to_owned(),
-        }
-    }
+fn failed(e: &PassError) -> Verdict {
+    Verdict::failed(e.reason(), e.to_string())
 }
 
-/// Condition messages stay short: the first problems, not all of them.
-/// (Events and status of every resource the operator writes use it.)
-pub fn truncate(mut message: String) -> String {
-    const LIMIT: usize = 1000;
-    if message.len() > LIMIT {
-        let mut cut = LIMIT;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str("...");
-    }
-    message
+fn unknown(reason: &'static str, message: &str) -> Verdict {
+    Verdict::new(Status::Unknown, reason, message)
+}
+
+/// Not synced because the database is not there to read.
+fn database_unavailable() -> Verdict {
+    Verdict::failed(
+        crate::reason::DATABASE_UNAVAILABLE,
+        "not synced: the database is unavailable",
+    )
 }
 
 /// What a DBQR's status should say.
@@ -88,64 +61,48 @@ fn verdicts(
 ) -> Vec<(&'static str, Verdict)> {
     let (database, synced) = match outcome {
         Outcome::InvalidSpec(e) => (
-            Verdict::unknown("NotChecked", "the spec is invalid"),
-            Verdict::failed(e),
+            unknown(crate::reason::NOT_CHECKED, "the spec is invalid"),
+            failed(e),
         ),
-        Outcome::ProbeFailed(e) if e.is_database() => (
-            Verdict::failed(e),
-            Verdict {
-                status: "False",
-                reason: "DatabaseUnavailable",
-                message: "not synced: the database is unavailable".into(),
-            },
-        ),
+        Outcome::ProbeFailed(e) if e.is_database() => (failed(e), database_unavailable()),
         Outcome::ProbeFailed(e) => (
-            Verdict::ok("Connected", "connected to the database"),
-            Verdict::failed(e),
+            ok(crate::reason::CONNECTED, "connected to the database"),
+            failed(e),
         ),
         Outcome::Pass(report) => {
             let database = match &report.database {
-                Some(Ok(())) => Verdict::ok("Connected", "connected to the database"),
-                Some(Err(e)) => Verdict::failed(e),
-                None => Verdict::unknown("NotChecked", "no connection attempted"),
+                Some(Ok(())) => ok(crate::reason::CONNECTED, "connected to the database"),
+                Some(Err(e)) => failed(e),
+                None => unknown(crate::reason::NOT_CHECKED, "no connection attempted"),
             };
             let synced = match &report.sync {
                 // The cluster still holds objects the rows no longer produce.
-                Some(Ok(())) if report.guard.is_some_and(|g| g.held > 0) => Verdict {
-                    status: "False",
-                    reason: "PruneHeld",
-                    message: format!(
+                Some(Ok(())) if report.guard.is_some_and(|g| g.held > 0) => Verdict::failed(
+                    crate::reason::PRUNE_HELD,
+                    format!(
                         "{} objects from {} rows; deletions held (see PruneHeld)",
                         report.objects, report.rows
                     ),
-                },
-                Some(Ok(())) => Verdict::ok(
-                    "Synced",
+                ),
+                Some(Ok(())) => ok(
+                    crate::reason::SYNCED,
                     format!("{} objects from {} rows", report.objects, report.rows),
                 ),
-                Some(Err(e)) => Verdict::failed(e),
-                None => Verdict {
-                    status: "False",
-                    reason: "DatabaseUnavailable",
-                    message: "not synced: the database is unavailable".into(),
-                },
+                Some(Err(e)) => failed(e),
+                None => database_unavailable(),
             };
             (database, synced)
         }
     };
-    let ready = if database.status == "True" && synced.status == "True" {
-        Verdict::ok("Ready", synced.message.clone())
-    } else if synced.status != "True" && database.status == "True" {
+    let ready = if database.holds() && synced.holds() {
+        Verdict::ready(synced.message.clone())
+    } else if database.holds() {
         Verdict {
-            status: "False",
+            status: Status::False,
             ..synced.clone()
         }
     } else {
-        Verdict {
-            status: "False",
-            reason: database.reason,
-            message: database.message.clone(),
-        }
+        Verdict::failed(database.reason, database.message.clone())
     };
     let mut all = vec![
         (READY, ready),
@@ -162,9 +119,12 @@ fn verdicts(
     match writeback {
         Some(Ok(())) => all.push((
             STATUS_WRITE_BACK,
-            Verdict::ok("Written", "object status written back to the database"),
+            ok(
+                crate::reason::WRITTEN,
+                "object status written back to the database",
+            ),
         )),
-        Some(Err(e)) => all.push((STATUS_WRITE_BACK, Verdict::failed(e))),
+        Some(Err(e)) => all.push((STATUS_WRITE_BACK, failed(e))),
         None => {}
     }
     all
@@ -175,34 +135,30 @@ fn verdicts(
 /// leaves it out until a prune is first held.)
 fn prune_held(guard: &GuardReport) -> Verdict {
     match guard.ruling {
-        Ruling::Holding => Verdict {
-            status: "True",
-            reason: "PruneHeld",
-            message: format!(
+        Ruling::Holding => Verdict::new(
+            Status::True,
+            crate::reason::PRUNE_HELD,
+            format!(
                 "holding the deletion of {} of {} objects: more than the allowed share of this \
                  DBQR's objects would go; they are deleted if a pass at least {:?} later still \
                  does not produce them, or at once with the annotation {RELEASE_ANNOTATION}",
                 guard.held, guard.owned, guard.confirmation
             ),
-        },
-        Ruling::Confirmed => Verdict {
-            status: "False",
-            reason: "PruneConfirmed",
-            message: format!(
+        ),
+        Ruling::Confirmed => Verdict::failed(
+            crate::reason::PRUNE_CONFIRMED,
+            format!(
                 "held deletions confirmed after {:?} and carried out",
                 guard.confirmation
             ),
-        },
-        Ruling::Released => Verdict {
-            status: "False",
-            reason: "PruneReleased",
-            message: format!("held deletions released by the annotation {RELEASE_ANNOTATION}"),
-        },
-        Ruling::Nothing | Ruling::Immediate => Verdict {
-            status: "False",
-            reason: "NothingHeld",
-            message: "no deletion is held".into(),
-        },
+        ),
+        Ruling::Released => Verdict::failed(
+            crate::reason::PRUNE_RELEASED,
+            format!("held deletions released by the annotation {RELEASE_ANNOTATION}"),
+        ),
+        Ruling::Nothing | Ruling::Immediate => {
+            Verdict::failed(crate::reason::NOTHING_HELD, "no deletion is held")
+        }
     }
 }
 
@@ -221,32 +177,22 @@ pub fn next_status(
     let had = |type_: &str| old.conditions.iter().any(|c| c.type_ == type_);
     let mut verdicts = verdicts(outcome, writeback);
     // PruneHeld appears with the first hold; "nothing held" alone is noise.
-    verdicts.retain(|(type_, v)| *type_ != PRUNE_HELD || v.status == "True" || had(PRUNE_HELD));
+    verdicts.retain(|(type_, v)| *type_ != PRUNE_HELD || v.holds() || had(PRUNE_HELD));
     next.conditions = verdicts
         .into_iter()
         .map(|(type_, v)| {
-            let before = old.conditions.iter().find(|c| c.type_ == type_);
-            if type_ != READY && before.map(|c| c.reason.as_str()) != Some(v.reason) {
-                // PruneHeld is the one condition whose True is bad news.
-                let bad = if type_ == PRUNE_HELD { "True" } else { "False" };
-                events.push(DbqrEvent {
-                    warning: v.status == bad,
-                    reason: v.reason,
-                    message: format!("{type_}: {}", v.message),
-                });
-            }
-            let transition = match before {
-                Some(c) if c.status == v.status => c.last_transition_time.clone(),
-                _ => now.clone(),
+            let before = condition::find(&old.conditions, type_);
+            // PruneHeld is the one condition whose True is bad news.
+            let bad = if type_ == PRUNE_HELD {
+                Status::True
+            } else {
+                Status::False
             };
-            Condition {
-                type_: type_.to_owned(),
-                status: v.status.to_owned(),
-                reason: v.reason.to_owned(),
-                message: v.message,
-                last_transition_time: transition,
-                observed_generation: generation,
+            let message = format!("{type_}: {}", v.message);
+            if type_ != READY {
+                events.extend(condition::event_on_new_reason(before, &v, bad, message));
             }
+            condition::condition(before, type_, &v, generation, &now)
         })
         .collect::<Vec<_>>();
     // An outcome that did not reach pruning leaves the hold as it was.

@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ApiResource;
 use serde_json::Value as Json;
 
-use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
+use crate::api::DatabaseQueryResourceStatus;
 use crate::kube_api::{
     CachedObject, DbqrEvent, Discovered, KubeError, Labels, LiveObject, SecretData, Target,
 };
@@ -63,21 +64,34 @@ pub trait Writer {
         name: &str,
         status: &DatabaseQueryResourceStatus,
     ) -> Result<(), KubeError>;
-    /// A DBQR, read from the API server (not the watch).
-    async fn read_dbqr(
+    /// Merge-patches the status of one of the operator's own objects
+    /// (`DatabaseServer`, `Database`).
+    async fn patch_status(
         &self,
+        resource: &ApiResource,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<DatabaseQueryResource>, KubeError>;
-    /// Replaces a DBQR's finalizers if it is still at `resource_version`.
-    async fn set_dbqr_finalizers(
+        status: &Json,
+    ) -> Result<(), KubeError>;
+    /// The metadata of one of the operator's own objects, read from the API
+    /// server (not a watch), with the operator's rights.
+    async fn read_meta(
         &self,
+        resource: &ApiResource,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ObjectMeta>, KubeError>;
+    /// Replaces the finalizers of one of the operator's own objects if it
+    /// is still at `resource_version` (see `controller::finalizer`).
+    async fn set_finalizers(
+        &self,
+        resource: &ApiResource,
         namespace: &str,
         name: &str,
         resource_version: Option<&str>,
         finalizers: &[String],
     ) -> Result<(), KubeError>;
-    /// An Event about a DBQR.
+    /// An Event about one of the operator's own objects.
     async fn publish_event(
         &self,
         regarding: &ObjectReference,

@@ -9,7 +9,7 @@ pub struct TemplateError(pub String);
 
 impl TemplateError {
     pub fn reason(&self) -> &'static str {
-        "TemplateInvalid"
+        crate::reason::TEMPLATE_INVALID
     }
 }
 
@@ -49,13 +49,15 @@ impl RowError {
     /// Stable reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Render(_) => "RenderFailed",
-            Self::NotYaml { .. } => "InvalidYaml",
-            Self::ValueBreaksYaml { .. } | Self::ValueChangesStructure { .. } => "UnsafeValue",
+            Self::Render(_) => crate::reason::RENDER_FAILED,
+            Self::NotYaml { .. } => crate::reason::INVALID_YAML,
+            Self::ValueBreaksYaml { .. } | Self::ValueChangesStructure { .. } => {
+                crate::reason::UNSAFE_VALUE
+            }
             Self::Object { problem, .. } => problem.reason(),
-            Self::Duplicate { .. } => "DuplicateObject",
-            Self::OverLimit(_) => "RenderLimitExceeded",
-            Self::RowTooLarge(_) => "RowTooLarge",
+            Self::Duplicate { .. } => crate::reason::DUPLICATE_OBJECT,
+            Self::OverLimit(_) => crate::reason::RENDER_LIMIT_EXCEEDED,
+            Self::RowTooLarge(_) => crate::reason::ROW_TOO_LARGE,
         }
     }
 }
@@ -86,13 +88,15 @@ pub enum ObjectProblem {
 impl ObjectProblem {
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::NotAMapping | Self::MissingField(_) | Self::BadApiVersion(_) => "InvalidObject",
-            Self::InvalidName { .. } => "InvalidName",
-            Self::KindNotAllowed(_) => "KindNotAllowed",
-            Self::UnknownKind(_) => "UnknownKind",
+            Self::NotAMapping | Self::MissingField(_) | Self::BadApiVersion(_) => {
+                crate::reason::INVALID_OBJECT
+            }
+            Self::InvalidName { .. } => crate::reason::INVALID_NAME,
+            Self::KindNotAllowed(_) => crate::reason::KIND_NOT_ALLOWED,
+            Self::UnknownKind(_) => crate::reason::UNKNOWN_KIND,
             Self::NamespaceNotAllowed(_)
             | Self::InvalidNamespace(_)
-            | Self::NamespaceOnClusterScoped(_) => "NamespaceNotAllowed",
+            | Self::NamespaceOnClusterScoped(_) => crate::reason::NAMESPACE_NOT_ALLOWED,
         }
     }
 }

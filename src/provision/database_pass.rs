@@ -1,0 +1,479 @@
+//! One pass over a `Database`: the finalizer, the request against its
+//! server, the credentials Secret, the statements, the status (an Event
+//! when its reason is new) and the reset label; or, once it is deleted, the
+//! clean-up its `deletionPolicy` asks for and the finalizer's removal.
+//! Generic over the writer and the admin sessions: the actor runs it with
+//! the real ones, the unit tests with in-memory ones.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{api::ApiResource, Resource, ResourceExt};
+use serde_json::json;
+
+use super::admin::{admin_connection, Sessions};
+use super::adopt::SecretFound;
+use super::connect::admin_host;
+use super::credentials::{self, Credentials};
+use super::error::ServerError;
+use super::reconcile::{carry_out, drop_owned, plan, ProvisionError, Provisioned};
+use super::request::{resolve, Request};
+use super::session::Claimant;
+use super::status::{next_database_status, Verdict, READY};
+use crate::api::database::{Database, DatabaseDeletionPolicy, DatabaseStatus, Phase};
+use crate::api::server::DatabaseServer;
+use crate::controller::{
+    condition::{self, Status},
+    finalizer, owner,
+};
+use crate::db::ConnInfo;
+use crate::kube_api::{DbqrEvent, KubeError, SecretData, Target};
+use crate::reconcile::Writer;
+
+/// The label that asks for a new password; removed when it is set.
+pub const ACTION_LABEL: &str = "dbqo.dev/action";
+pub const RESET_PASSWORD: &str = "reset-password";
+
+/// What one pass works from.
+pub struct DatabasePass<'a, W, S> {
+    pub database: &'a Database,
+    /// Its `DatabaseServer`, if the watch has it.
+    pub server: Option<&'a DatabaseServer>,
+    pub writer: &'a W,
+    pub sessions: &'a S,
+    pub allow_cross_namespace_secrets: bool,
+    /// The status as last written (the watch copy may lag behind it).
+    pub status: Option<&'a DatabaseStatus>,
+    /// The reset label of this copy was acted on already.
+    pub reset_done: bool,
+    pub now: Time,
+}
+
+/// What a pass came to.
+#[derive(Debug, Default)]
+pub struct PassOutcome {
+    /// This pass set a new password for the reset label.
+    pub reset_done: bool,
+    /// The status now written.
+    pub status: Option<DatabaseStatus>,
+    /// The Secrets (namespace, name) whose changes should run a pass.
+    pub secrets: Vec<(String, String)>,
+    /// Retry with backoff.
+    pub failed: bool,
+    /// The finalizer is removed: there is nothing left to do.
+    pub finished: bool,
+    /// The reason of the `Ready` condition, when it is not Ready.
+    pub reason: Option<&'static str>,
+}
+
+/// A failure of a pass, with the phase it is reported under.
+struct Failure {
+    phase: Phase,
+    verdict: Verdict,
+}
+
+impl Failure {
+    fn error(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            phase: Phase::Error,
+            verdict: Verdict::failed(reason, message),
+        }
+    }
+}
+
+impl From<ProvisionError> for Failure {
+    fn from(e: ProvisionError) -> Self {
+        Self::error(e.reason(), e.to_string())
+    }
+}
+
+impl From<ServerError> for Failure {
+    fn from(e: ServerError) -> Self {
+        Self::error(e.reason(), e.to_string())
+    }
+}
+
+impl From<KubeError> for Failure {
+    fn from(e: KubeError) -> Self {
+        Self::error(e.reason(), e.to_string())
+    }
+}
+
+/// A failed pass: what it got as far as (the request, if resolved) and why.
+type Failed = (Option<Request>, Failure);
+
+fn resource() -> ApiResource {
+    ApiResource::erase::<Database>(&())
+}
+
+fn secret_resource() -> ApiResource {
+    ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&())
+}
+
+/// Where applications reach the server, and with which sslmode.
+struct Endpoint {
+    host: String,
+    port: u16,
+    sslmode: String,
+}
+
+impl Endpoint {
+    fn of(server: &DatabaseServer, request: &Request, info: &ConnInfo) -> Self {
+        let client = server.spec.client_endpoint.as_ref();
+        let default_port = if request.engine.is_mysql_family() {
+            3306
+        } else {
+            5432
+        };
+        Self {
+            host: client
+                .map(|e| e.host.clone())
+                .unwrap_or_else(|| admin_host(info)),
+            port: client
+                .and_then(|e| e.port)
+                .or_else(|| info.config.get_ports().first().copied())
+                .unwrap_or(default_port),
+            sslmode: info.effective_ssl_mode().as_str().to_owned(),
+        }
+    }
+}
+
+impl<W: Writer, S: Sessions> DatabasePass<'_, W, S> {
+    pub async fn run(self) -> PassOutcome {
+        if self.database.metadata.deletion_timestamp.is_some() {
+            return self.finalize().await;
+        }
+        let mut outcome = PassOutcome::default();
+        if let Err(error) = finalizer::add(self.writer, &resource(), &self.database.metadata).await
+        {
+            tracing::debug!(%error, "finalizer not added yet");
+            outcome.failed = true;
+            outcome.reason = Some(error.reason());
+            return outcome;
+        }
+        let provisioned = self.provision(&mut outcome.secrets).await;
+        outcome.reset_done = matches!(&provisioned, Ok((_, done)) if done.new_password);
+        let (phase, request, verdict) = match &provisioned {
+            Ok((request, _)) => (
+                Phase::Ready,
+                Some(request),
+                Verdict::ready("the database, its user and the credentials Secret are ready"),
+            ),
+            Err((request, failure)) => (failure.phase, request.as_ref(), failure.verdict.clone()),
+        };
+        outcome.failed = !verdict.holds() && phase != Phase::Pending;
+        outcome.reason = (!verdict.holds()).then_some(verdict.reason);
+        outcome.status = self.write_status(phase, request, &verdict).await;
+        outcome
+    }
+
+    fn namespace(&self) -> String {
+        self.database.namespace().unwrap_or_default()
+    }
+
+    fn uid(&self) -> String {
+        self.database.uid().unwrap_or_default()
+    }
+
+    async fn event(&self, warning: bool, reason: &'static str, message: String) {
+        let event = DbqrEvent {
+            warning,
+            reason,
+            message,
+        };
+        self.publish(event).await;
+    }
+
+    async fn publish(&self, event: DbqrEvent) {
+        let regarding = self.database.object_ref(&());
+        if let Err(error) = self.writer.publish_event(&regarding, &event).await {
+            tracing::debug!(%error, "event not published");
+        }
+    }
+
+    /// Writes the status if it changed (a failure's new reason announced
+    /// once, with it); the status written, `None` if nothing was.
+    async fn write_status(
+        &self,
+        phase: Phase,
+        request: Option<&Request>,
+        verdict: &Verdict,
+    ) -> Option<DatabaseStatus> {
+        let next = next_database_status(
+            self.status,
+            self.database.metadata.generation,
+            phase,
+            request.map(|r| (r.database.as_str(), r.username.as_str())),
+            verdict,
+            self.now.clone(),
+        )?;
+        let before = self
+            .status
+            .and_then(|s| condition::find(&s.conditions, READY));
+        let message = verdict.message.clone();
+        if let Some(event) = condition::event_on_new_reason(before, verdict, Status::False, message)
+        {
+            if event.warning {
+                self.publish(event).await;
+            }
+        }
+        let body = serde_json::to_value(&next).unwrap_or_default();
+        let name = self.database.name_any();
+        match self
+            .writer
+            .patch_status(&resource(), &self.namespace(), &name, &body)
+            .await
+        {
+            Ok(()) => Some(next),
+            Err(error) => {
+                tracing::debug!(%error, "status not written; retried with the next pass");
+                None
+            }
+        }
+    }
+
+    /// One provisioning pass: the request, the Secrets, the server, the
+    /// credentials Secret, the statements, the reset label.
+    async fn provision(
+        &self,
+        secrets: &mut Vec<(String, String)>,
+    ) -> Result<(Request, Provisioned), Failed> {
+        let server = self.server.ok_or_else(|| (None, self.server_not_found()))?;
+        let request = resolve(self.database, server)
+            .map_err(|e| (None, Failure::error(e.reason(), e.to_string())))?;
+        let fail = |failure: Failure| (Some(request.clone()), failure);
+
+        let credentials_key = (self.namespace(), request.secret_name.clone());
+        *secrets = vec![super::admin::admin_secret(server), credentials_key.clone()];
+        let info = admin_connection(server, self.writer, self.allow_cross_namespace_secrets)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let existing = self
+            .writer
+            .read_secret(&credentials_key.0, &credentials_key.1)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let found = credentials::found(existing.as_ref(), &self.uid());
+        let reset = !self.reset_done
+            && self
+                .database
+                .labels()
+                .get(ACTION_LABEL)
+                .is_some_and(|a| a == RESET_PASSWORD);
+        let endpoint = Endpoint::of(server, &request, &info);
+
+        let mut session = self
+            .sessions
+            .open(request.engine, info)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let claimant = Claimant {
+            uid: self.uid(),
+            name: format!("{}/{}", self.namespace(), self.database.name_any()),
+        };
+        let policy = &server.spec.password_policy;
+        let planned = plan(&mut session, &request, &claimant, &found, reset, policy)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        // The Secret first: a pass failing after the password is set on the
+        // server must find it in the Secret.
+        let credentials = Credentials {
+            engine: request.engine,
+            host: endpoint.host,
+            port: endpoint.port,
+            dbname: request.database.clone(),
+            username: request.username.clone(),
+            password: planned.password.clone(),
+            sslmode: endpoint.sslmode,
+        };
+        self.write_credentials(&request, &found, existing.as_ref(), &credentials)
+            .await
+            .map_err(fail)?;
+        let done = carry_out(&mut session, &request, &planned)
+            .await
+            .map_err(|e| fail(e.into()))?;
+        drop(session);
+        self.announce(&request, &done).await;
+        if reset {
+            self.clear_reset_label().await.map_err(|e| fail(e.into()))?;
+        }
+        Ok((request, done))
+    }
+
+    fn server_not_found(&self) -> Failure {
+        let spec = &self.database.spec.server_ref;
+        let namespace = spec.namespace.clone().unwrap_or_else(|| self.namespace());
+        Failure {
+            phase: Phase::Pending,
+            verdict: Verdict::failed(
+                crate::reason::SERVER_NOT_FOUND,
+                format!("DatabaseServer {namespace}/{} not found", spec.name),
+            ),
+        }
+    }
+
+    /// Creates the credentials Secret, or updates it when its data differs.
+    /// A Secret of that name the `Database` does not own is left alone.
+    async fn write_credentials(
+        &self,
+        request: &Request,
+        found: &SecretFound,
+        existing: Option<&SecretData>,
+        credentials: &Credentials,
+    ) -> Result<(), Failure> {
+        let namespace = self.namespace();
+        let data = credentials.data();
+        let target = Target {
+            resource: secret_resource(),
+            namespace: Some(namespace.clone()),
+            name: request.secret_name.clone(),
+        };
+        let owner = owner::controller_reference::<Database>(&self.database.name_any(), &self.uid());
+        let manifest = credentials::manifest(&namespace, &request.secret_name, &owner, &data);
+        match (found, existing) {
+            (SecretFound::Absent, _) => match self.writer.create(&target, &manifest).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_conflict() => Err(Failure::error(
+                    crate::reason::ALREADY_EXISTS,
+                    format!(
+                        "Secret {:?} already exists and is not managed by this Database",
+                        request.secret_name
+                    ),
+                )),
+                Err(e) => Err(e.into()),
+            },
+            (_, Some(current)) if credentials::unchanged(&current.data, &data) => Ok(()),
+            _ => Ok(self.writer.apply(&target, &manifest).await?),
+        }
+    }
+
+    async fn clear_reset_label(&self) -> Result<(), KubeError> {
+        let patch = json!({"metadata": {"labels": {ACTION_LABEL: null}}});
+        let me = Target {
+            resource: resource(),
+            namespace: Some(self.namespace()),
+            name: self.database.name_any(),
+        };
+        self.writer.merge_patch(&me, &patch).await
+    }
+
+    /// Events for what a pass changed (never the password itself).
+    async fn announce(&self, request: &Request, done: &Provisioned) {
+        let mut created = Vec::new();
+        if done.created_database {
+            created.push(format!("database {:?}", request.database));
+        }
+        if done.created_user {
+            created.push(format!("user {:?}", request.username));
+        }
+        if !created.is_empty() {
+            let message = format!("created {}", created.join(" and "));
+            self.event(false, crate::reason::CREATED, message).await;
+        } else if done.new_password {
+            let message = format!(
+                "a new password for user {:?} is set and in Secret {:?}",
+                request.username, request.secret_name
+            );
+            self.event(false, crate::reason::PASSWORD_RESET, message)
+                .await;
+        }
+        if done.privileges_changed && !done.created_user {
+            let message = format!(
+                "privileges of {:?} on {:?} are now {}",
+                request.username,
+                request.database,
+                request.privileges_text()
+            );
+            self.event(false, crate::reason::PRIVILEGES_CHANGED, message)
+                .await;
+        }
+        if !done.extensions_created.is_empty() {
+            let message = format!("created extensions {}", done.extensions_created.join(", "));
+            self.event(false, crate::reason::EXTENSIONS_CREATED, message)
+                .await;
+        }
+    }
+
+    /// The finalizer: honours `deletionPolicy`, then lets the `Database` go.
+    async fn finalize(self) -> PassOutcome {
+        let mut outcome = PassOutcome::default();
+        if !finalizer::has(&self.database.metadata) {
+            outcome.finished = true;
+            return outcome;
+        }
+        let request = self.server.and_then(|s| resolve(self.database, s).ok());
+        let wants_delete = self.database.spec.deletion_policy == DatabaseDeletionPolicy::Delete;
+        let allowed = self.server.is_some_and(|s| s.spec.allow_delete);
+        let cleaned = match (&request, wants_delete && allowed) {
+            (Some(request), true) => self.drop_database(request).await,
+            _ => self.retain(request.as_ref(), wants_delete).await,
+        };
+        if let Err(failure) = cleaned {
+            outcome.failed = true;
+            outcome.reason = Some(failure.verdict.reason);
+            outcome.status = self
+                .write_status(Phase::Deleting, request.as_ref(), &failure.verdict)
+                .await;
+            return outcome;
+        }
+        match finalizer::remove(self.writer, &resource(), &self.database.metadata).await {
+            Ok(()) => outcome.finished = true,
+            Err(error) => {
+                tracing::debug!(%error, "finalizer not removed yet");
+                outcome.failed = true;
+                outcome.reason = Some(error.reason());
+            }
+        }
+        outcome
+    }
+
+    /// `deletionPolicy: Delete` on a server that allows it: the database and
+    /// the user go, if the records say they are this `Database`'s.
+    async fn drop_database(&self, request: &Request) -> Result<(), Failure> {
+        let server = self.server.ok_or_else(|| self.server_not_found())?;
+        let info =
+            admin_connection(server, self.writer, self.allow_cross_namespace_secrets).await?;
+        let mut session = self.sessions.open(server.spec.engine, info).await?;
+        drop_owned(&mut session, request, &self.uid()).await?;
+        let message = format!(
+            "dropped database {:?} and user {:?}",
+            request.database, request.username
+        );
+        self.event(false, crate::reason::DROPPED, message).await;
+        Ok(())
+    }
+
+    /// Everything stays on the server; the credentials Secret outlives the
+    /// `Database` (its owner reference removed).
+    async fn retain(&self, request: Option<&Request>, wants_delete: bool) -> Result<(), Failure> {
+        let namespace = self.namespace();
+        let name = self
+            .database
+            .spec
+            .credentials_secret
+            .clone()
+            .unwrap_or_else(|| format!("{}-credentials", self.database.name_any()));
+        if let Ok(Some(secret)) = self.writer.read_secret(&namespace, &name).await {
+            if secret.owners.contains(&self.uid()) {
+                let target = Target {
+                    resource: secret_resource(),
+                    namespace: Some(namespace.clone()),
+                    name: name.clone(),
+                };
+                let patch = json!({"metadata": {"ownerReferences": null}});
+                self.writer.merge_patch(&target, &patch).await?;
+            }
+        }
+        let what = match request {
+            Some(r) => format!("database {:?} and user {:?}", r.database, r.username),
+            None => "the database and its user".to_owned(),
+        };
+        let why = if wants_delete {
+            "; the server does not allow Delete (spec.allowDelete) or is not known"
+        } else {
+            ""
+        };
+        let message = format!("{what} retained on the server, Secret {name:?} kept{why}");
+        self.event(wants_delete, crate::reason::RETAINED, message)
+            .await;
+        Ok(())
+    }
+}
