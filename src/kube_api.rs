@@ -43,7 +43,9 @@ pub enum KubeError {
         message: String,
     },
     #[error("API request failed: {0}")]
-    Transport(String),
+    Transport(#[source] std::sync::Arc<kube::Error>),
+    #[error("a manifest is not a Kubernetes object: {0}")]
+    Manifest(#[source] std::sync::Arc<serde_json::Error>),
     #[error("API request timed out")]
     Timeout,
     #[error("writer is shutting down")]
@@ -60,6 +62,7 @@ impl KubeError {
             Self::Api { code: 422, .. } => crate::reason::INVALID,
             Self::Api { .. } => crate::reason::API_ERROR,
             Self::Transport(_) => crate::reason::API_UNAVAILABLE,
+            Self::Manifest(_) => crate::reason::INVALID_OBJECT,
             Self::Timeout => crate::reason::API_TIMEOUT,
             Self::Closed => crate::reason::SHUTTING_DOWN,
         }
@@ -83,7 +86,7 @@ impl From<kube::Error> for KubeError {
                 reason: status.reason.clone(),
                 message: redact_quoted(&status.message),
             },
-            other => Self::Transport(other.to_string()),
+            other => Self::Transport(std::sync::Arc::new(other)),
         }
     }
 }
@@ -463,7 +466,7 @@ pub async fn apply(client: &Client, target: &Target, manifest: &Json) -> Result<
 /// name already there is a 409 (`AlreadyExists`), never overwritten.
 pub async fn create(client: &Client, target: &Target, manifest: &Json) -> Result<(), KubeError> {
     let object: DynamicObject = serde_json::from_value(manifest.clone())
-        .map_err(|e| KubeError::Transport(format!("manifest is not an object: {e}")))?;
+        .map_err(|e| KubeError::Manifest(std::sync::Arc::new(e)))?;
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PostParams::default()

@@ -22,7 +22,7 @@ use crate::sql::{opaque_parts, split_statements};
 const NAME: &str = "status";
 
 /// Why a status write-back did not happen. Messages hold no values.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WritebackError {
     #[error("statusUpdateQueryTemplate does not parse: {0}")]
     Template(String),
@@ -34,8 +34,11 @@ pub enum WritebackError {
     QuotedExpression(&'static str),
     #[error("status SQL render failed: {0}")]
     Render(String),
+    /// The server's error, as `db::describe` may quote it (never a value).
+    #[error("status SQL failed: {}", crate::db::describe(.0))]
+    Database(#[source] std::sync::Arc<tokio_postgres::Error>),
     #[error("status SQL failed: {0}")]
-    Database(String),
+    Connection(#[source] std::sync::Arc<crate::db::PoolGetError>),
 }
 
 impl WritebackError {
@@ -45,7 +48,9 @@ impl WritebackError {
             | Self::RawExpression
             | Self::Statements(_)
             | Self::QuotedExpression(_) => crate::reason::STATUS_TEMPLATE_INVALID,
-            Self::Render(_) | Self::Database(_) => crate::reason::STATUS_WRITE_BACK_FAILED,
+            Self::Render(_) | Self::Database(_) | Self::Connection(_) => {
+                crate::reason::STATUS_WRITE_BACK_FAILED
+            }
         }
     }
 }
@@ -245,10 +250,10 @@ pub async fn execute(
     statement: &BoundStatement,
     timeout: std::time::Duration,
 ) -> Result<u64, WritebackError> {
-    let failed = |e: tokio_postgres::Error| WritebackError::Database(crate::db::describe(&e));
+    let failed = |e: tokio_postgres::Error| WritebackError::Database(std::sync::Arc::new(e));
     let mut client = crate::db::checkout(pool)
         .await
-        .map_err(|e| WritebackError::Database(e.to_string()))?;
+        .map_err(|e| WritebackError::Connection(std::sync::Arc::new(e)))?;
     let tx = client.transaction().await.map_err(failed)?;
     // SET LOCAL ends with the transaction, so the pooled connection keeps no state.
     let timeout_ms = timeout.as_millis().max(1);
@@ -290,14 +295,14 @@ mod tests {
 
     #[test]
     fn raw_forms_and_several_statements_are_refused() {
-        assert_eq!(
+        assert!(matches!(
             StatusTemplate::compile("UPDATE t SET a = {{{Row.a}}}").unwrap_err(),
             WritebackError::RawExpression
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             StatusTemplate::compile("UPDATE t SET a = {{Row.a}}; DELETE FROM t").unwrap_err(),
             WritebackError::Statements(2)
-        );
+        ));
     }
 
     #[test]
@@ -357,7 +362,10 @@ mod tests {
             ("UPDATE t SET a = 1 -- {{Row.a}}", "line comment"),
         ] {
             let err = StatusTemplate::compile(template).unwrap_err();
-            assert_eq!(err, WritebackError::QuotedExpression(what), "{template}");
+            assert!(
+                matches!(err, WritebackError::QuotedExpression(w) if w == what),
+                "{template}: {err}"
+            );
             assert_eq!(err.reason(), "StatusTemplateInvalid");
             assert!(err.to_string().contains("outside quotes"), "{err}");
         }

@@ -261,7 +261,7 @@ impl KubeWriter {
         }
         let mut config = self.config.clone();
         config.auth_info.impersonate = Some(user.to_string());
-        let client = Client::try_from(config).map_err(|e| KubeError::Transport(e.to_string()))?;
+        let client = Client::try_from(config).map_err(|e| KubeError::Transport(Arc::new(e)))?;
         self.impersonating.insert(user.clone(), client.clone());
         Ok(client)
     }

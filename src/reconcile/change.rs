@@ -32,20 +32,17 @@ pub async fn probe(pool: &Pool, sql: &str, timeout: Duration) -> Result<Option<S
         let client = crate::db::checkout(pool)
             .await
             .map_err(PassError::from_pool)?;
-        let statement = client.prepare_cached(sql).await.map_err(probe_failed)?;
+        let statement = client.prepare_cached(sql).await.map_err(PassError::Probe)?;
         let row = client
             .query_one(&statement, &[])
             .await
-            .map_err(probe_failed)?;
-        row.try_get::<_, Option<String>>(0).map_err(probe_failed)
+            .map_err(PassError::Probe)?;
+        row.try_get::<_, Option<String>>(0)
+            .map_err(PassError::Probe)
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| PassError::ProbeTimeout)?
-}
-
-fn probe_failed(e: tokio_postgres::Error) -> PassError {
-    PassError::Probe(crate::db::describe(&e))
 }
 
 #[cfg(test)]

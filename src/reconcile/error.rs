@@ -38,8 +38,10 @@ pub enum PassError {
     ConnectTimeout,
     #[error("the connection pool is closed")]
     PoolClosed,
-    #[error("{0}")]
-    ConnectionBudget(String),
+    #[error("no connection slot to this database server came free within {0:?} (--max-connections-per-database)")]
+    BudgetSlot(std::time::Duration),
+    #[error("no connection of the pool came free in time")]
+    PoolBusy,
     #[error(transparent)]
     Query(#[from] QueryError),
     #[error("{kind} {name}: {source}")]
@@ -49,8 +51,9 @@ pub enum PassError {
         #[source]
         source: WritebackError,
     },
-    #[error("change probe failed: {0}")]
-    Probe(String),
+    /// The server's error, as `db::describe` may quote it (never a value).
+    #[error("change probe failed: {}", crate::db::describe(.0))]
+    Probe(#[source] tokio_postgres::Error),
     #[error("change probe timed out")]
     ProbeTimeout,
     #[error("discovery failed: {0}")]
@@ -76,7 +79,7 @@ impl PassError {
             Self::Connect(e) => e.reason(),
             Self::ConnectTimeout => crate::reason::CONNECTION_FAILED,
             Self::PoolClosed => crate::reason::POOL_CLOSED,
-            Self::ConnectionBudget(_) => crate::reason::WAITING_FOR_CONNECTION,
+            Self::BudgetSlot(_) | Self::PoolBusy => crate::reason::WAITING_FOR_CONNECTION,
             Self::Query(e) => e.reason(),
             Self::WriteBack { source, .. } => source.reason(),
             Self::Probe(_) => crate::reason::QUERY_FAILED,
@@ -112,13 +115,9 @@ impl PassError {
             E::Backend(PoolConnectError::Postgres(e)) => {
                 Self::Connect(crate::db::connect_error(&e))
             }
-            E::Backend(budget @ PoolConnectError::Budget(_)) => {
-                Self::ConnectionBudget(budget.to_string())
-            }
+            E::Backend(PoolConnectError::Budget(waited)) => Self::BudgetSlot(waited),
             // Waiting for a connection of the (shared) pool: the budget is busy.
-            E::Timeout(deadpool::managed::TimeoutType::Wait) => {
-                Self::ConnectionBudget("no connection came free in time".into())
-            }
+            E::Timeout(deadpool::managed::TimeoutType::Wait) => Self::PoolBusy,
             E::Timeout(_) => Self::ConnectTimeout,
             E::Closed | E::NoRuntimeSpecified | E::PostCreateHook(_) => Self::PoolClosed,
         }
