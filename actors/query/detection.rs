@@ -15,9 +15,11 @@ use dbqo::reconcile::status::Outcome;
 pub(super) enum Detection {
     Off,
     NotStarted,
-    /// Timestamp mode: the last value the probe saw (`None` before the first probe).
+    /// Timestamp mode: the last value the probe saw (`None` before the
+    /// first probe), and whether the last probe failed (the status says so).
     Probing {
         last: Option<Option<String>>,
+        failed: bool,
     },
     /// Notify mode: the subscription to the shared LISTEN connection, and
     /// the stream that delivers its notices.
@@ -46,7 +48,10 @@ impl QueryActor {
         };
         match spec.mode {
             ChangeDetectionMode::Timestamp => {
-                self.detection = Detection::Probing { last: None };
+                self.detection = Detection::Probing {
+                    last: None,
+                    failed: false,
+                };
                 ctx.run_later(spec.change_poll_interval.get(), |actor, ctx| {
                     actor.probe(ctx)
                 });
@@ -75,15 +80,16 @@ impl QueryActor {
             match result {
                 Ok(value) => {
                     crate::metrics::global().probe(true);
-                    // The status still shows the failed probe: a pass
-                    // writes what is true now.
-                    if std::mem::take(&mut actor.probe_failed) {
-                        actor.trigger(ctx);
-                    }
-                    if let Detection::Probing { last } = &mut actor.detection {
-                        if last.as_ref() != Some(&value) {
+                    if let Detection::Probing { last, failed } = &mut actor.detection {
+                        // The status still shows the failed probe: a pass
+                        // writes what is true now.
+                        let recovered = std::mem::take(failed);
+                        let new_maximum = last.as_ref() != Some(&value);
+                        if new_maximum {
                             tracing::debug!(dbqr = %actor.dbqr.name_any(), "change probe saw a new maximum");
                             *last = Some(value);
+                        }
+                        if recovered || new_maximum {
                             actor.trigger(ctx);
                         }
                     }
@@ -91,7 +97,9 @@ impl QueryActor {
                 Err(error) => {
                     crate::metrics::global().probe(false);
                     tracing::info!(dbqr = %actor.dbqr.name_any(), reason = error.reason(), "change probe failed");
-                    actor.probe_failed = true;
+                    if let Detection::Probing { failed, .. } = &mut actor.detection {
+                        *failed = true;
+                    }
                     actor.publish(Outcome::ProbeFailed(&error), ctx);
                 }
             }

@@ -5,6 +5,7 @@
 //! child modules; every decision they take is a plain function in `dbqo`.
 
 mod detection;
+mod status;
 mod writeback;
 
 use std::{
@@ -17,19 +18,17 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseFuture,
     SpawnHandle, WrapFuture,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{api::ApiResource, Resource, ResourceExt};
+use kube::{api::ApiResource, ResourceExt};
 
 use crate::stopping::{Stop, StopRequests};
 use crate::writer::{Drifted, SecretChanged, SecretSubscription, Subscription, WriterHandle};
-use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
-use dbqo::kube_api::{DbqrEvent, Target};
+use dbqo::api::DatabaseQueryResource;
+use dbqo::kube_api::Target;
 use dbqo::reconcile::{
-    backoff::backoff,
     guard::RELEASE_ANNOTATION,
     needs_no_repair, repair, run_pass,
-    status::{next_status, Outcome, WriteBackResult},
-    writeback::Fingerprints,
+    schedule::{Next, PassEnd, Scheduler},
+    status::Outcome,
     Connection, PassConfig, PassError, PassReport, PassState, Repair, Writer as _,
 };
 use dbqo::render::{Gvk, ObjectKey};
@@ -45,54 +44,26 @@ pub struct QueryActor {
     /// The pool (and its connection settings) the last pass used; probes,
     /// the LISTEN connection and write-back use it too.
     connection: Option<Connection>,
-    status: Option<DatabaseQueryResourceStatus>,
+    /// The DBQR status: as the API server has it, and as being written.
+    status: status::StatusWrites,
     writer: WriterHandle,
-    failures: u32,
-    pass: u64,
-    /// A change arrived while a pass ran: run again right after it.
-    dirty: bool,
-    /// The armed timer of the next pass, and when it fires.
-    next_pass: Option<SpawnHandle>,
-    next_pass_at: Option<Instant>,
+    /// When passes run (pure: `reconcile::schedule`).
+    schedule: Scheduler,
+    /// The armed timer of the next pass.
+    timer: Option<SpawnHandle>,
     /// Change detection runs once a pass has made a pool.
     detection: Detection,
     /// Objects whose status SQL waits, and how write-back stands.
     writeback_queue: writeback::WritebackQueue,
-    /// Status fingerprint of each object at its last successful write-back.
-    status_seen: Fingerprints,
-    /// Outcome of the last status write-back batch, for the StatusWriteBack condition.
-    writeback: Option<WriteBackResult>,
     /// The last pass report, so write-back results can be published alone.
     last_report: PassReport,
     /// Objects reported changed while a pass ran.
     drifted: HashSet<ObjectKey>,
     /// Connections and subscriptions have been let go (the actor is stopping).
     released: bool,
-    /// Counts status writes, so a retry knows whether a newer one replaced it.
-    status_version: u64,
-    /// The status being written (by version), until the API server answers.
-    status_writing: Option<(u64, DatabaseQueryResourceStatus)>,
-    /// Failed status patches in a row.
-    status_failures: u32,
-    /// The last change probe failed (and the status says so).
-    probe_failed: bool,
-    /// Drift repairs under way; a pass waits for them.
-    repairs: usize,
-    /// When the running (or last) pass started.
-    pass_started: std::time::Instant,
-    /// A pass is due once the repairs are done.
-    pass_waits: bool,
     /// Asked to stop once idle (shutdown), and who waits for it.
     stopping: StopRequests,
 }
-
-/// Failed status patches are retried at least this often.
-const STATUS_RETRY_CAP: Duration = Duration::from_secs(30);
-
-/// Changes that arrive while a pass runs are collapsed into one pass this
-/// long after it: a burst of row changes costs a few passes, not one per
-/// statement. The first change of a burst starts its pass at once.
-const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// The DBQR's labels or annotations changed (same generation): templates
 /// see them as `Metadata`, and the release annotation acts on the next pass.
@@ -105,9 +76,10 @@ impl QueryActor {
         let config = PassConfig::new(&dbqr, &settings)
             .map(Arc::new)
             .map_err(Arc::new);
-        let status = dbqr.status.clone();
+        let status = status::StatusWrites::new(dbqr.status.clone());
         // What earlier lives of the operator wrote: the prune inventory.
-        let managed = status
+        let managed = dbqr
+            .status
             .iter()
             .flat_map(|s| &s.managed_kinds)
             .filter_map(|k| k.parse::<Gvk>().ok())
@@ -115,6 +87,7 @@ impl QueryActor {
         let detection = Detection::for_spec(&dbqr.spec);
         // Every object request of this DBQR is made as its ServiceAccount.
         let writer = writer.acting_as(dbqo::reconcile::pass::acting_user(&dbqr, &settings));
+        let schedule = Scheduler::new(dbqr.spec.poll_interval.get());
         Self {
             dbqr,
             config,
@@ -123,111 +96,92 @@ impl QueryActor {
             connection: None,
             status,
             writer,
-            failures: 0,
-            pass: 0,
-            dirty: false,
-            next_pass: None,
-            next_pass_at: None,
+            schedule,
+            timer: None,
             detection,
             writeback_queue: Default::default(),
-            status_seen: Fingerprints::new(),
-            writeback: None,
             last_report: PassReport::default(),
             drifted: HashSet::new(),
             released: false,
-            status_version: 0,
-            status_writing: None,
-            status_failures: 0,
-            probe_failed: false,
-            repairs: 0,
-            pass_waits: false,
-            pass_started: Instant::now(),
             stopping: StopRequests::default(),
         }
     }
 
-    /// Something changed in the database: run a pass now (the change is
-    /// committed: a notification or a probe only sees committed data), or,
-    /// while one runs, once more shortly after it, since its query may have
-    /// missed the change. A pass already due within the debounce window
-    /// covers the change, so a steady stream of changes never postpones it.
+    /// Something changed in the database (committed: a notification or a
+    /// probe only sees committed data), or the Secret or metadata did.
     fn trigger(&mut self, ctx: &mut Context<Self>) {
-        if self.state.is_none() {
-            self.dirty = true;
-        } else if self
-            .next_pass_at
-            .is_none_or(|at| at > Instant::now() + DEBOUNCE)
-        {
-            self.schedule(Duration::ZERO, ctx);
+        if self.config.is_ok() {
+            let next = self.schedule.changed(Instant::now());
+            self.follow(next, ctx);
         }
     }
 
-    fn schedule(&mut self, delay: Duration, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.next_pass.take() {
-            ctx.cancel_future(handle);
+    /// Does what the scheduler answered.
+    fn follow(&mut self, next: Next, ctx: &mut Context<Self>) {
+        match next {
+            Next::RunPass(pass) => {
+                self.cancel_timer(ctx);
+                self.start_pass(pass, ctx);
+            }
+            Next::WakeAt(at) => {
+                self.cancel_timer(ctx);
+                let delay = at.saturating_duration_since(Instant::now());
+                self.timer = Some(ctx.run_later(delay, |actor, ctx| {
+                    actor.timer = None;
+                    let next = actor.schedule.woke();
+                    actor.follow(next, ctx);
+                }));
+            }
+            Next::Nothing => {}
         }
-        if self.stopping.pending() {
-            return;
-        }
-        self.next_pass_at = Some(Instant::now() + delay);
-        self.next_pass = Some(ctx.run_later(delay, |actor, ctx| {
-            actor.next_pass = None;
-            actor.next_pass_at = None;
-            actor.start_pass(ctx);
-        }));
     }
 
-    fn start_pass(&mut self, ctx: &mut Context<Self>) {
-        if self.stopping.pending() {
-            return;
+    fn cancel_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
         }
-        if self.repairs > 0 {
-            // Runs when the last repair is done.
-            self.pass_waits = true;
-            return;
-        }
+    }
+
+    /// Runs pass number `pass` (the scheduler said so: none is running).
+    fn start_pass(&mut self, pass: u64, ctx: &mut Context<Self>) {
         let (Ok(config), Some(mut state)) = (self.config.clone(), self.state.take()) else {
             return;
         };
-        self.pass += 1;
-        self.pass_started = Instant::now();
         let writer = self.writer.clone();
-        let pass = self.pass;
         let mut connection = self.connection.clone();
         let work = async move {
+            let started = Instant::now();
             let now = dbqo::reconcile::pass::template_now();
             let report = run_pass(&config, &mut state, &mut connection, &writer, &now).await;
-            (report, state, connection)
+            (report, state, connection, started.elapsed())
         };
-        ctx.spawn(
-            work.into_actor(self)
-                .map(move |(report, state, connection), actor, ctx| {
-                    // Per-object memory follows the objects this DBQR manages now.
-                    actor.status_seen.retain(|key, _| state.produced_key(key));
-                    actor.writeback_queue.retain(|key| state.produced_key(key));
-                    actor.state = Some(state);
-                    let version =
-                        |c: &Option<Connection>| c.as_ref().map(|c| c.secret_version().to_owned());
-                    let rebuilt = version(&actor.connection) != version(&connection);
-                    actor.connection = connection;
-                    if rebuilt {
-                        actor.reconnect_listener(ctx);
-                    }
-                    actor.finish_pass(pass, report, ctx);
-                    for key in std::mem::take(&mut actor.drifted) {
-                        ctx.notify(Drifted { key });
-                    }
-                    actor.stop_if_idle(ctx);
-                }),
-        );
+        ctx.spawn(work.into_actor(self).map(
+            move |(report, state, connection, took), actor, ctx| {
+                // Per-object memory follows the objects this DBQR manages now.
+                actor.writeback_queue.retain(|key| state.produced_key(key));
+                actor.state = Some(state);
+                let version =
+                    |c: &Option<Connection>| c.as_ref().map(|c| c.secret_version().to_owned());
+                let rebuilt = version(&actor.connection) != version(&connection);
+                actor.connection = connection;
+                if rebuilt {
+                    actor.reconnect_listener(ctx);
+                }
+                actor.finish_pass(pass, report, took, ctx);
+                for key in std::mem::take(&mut actor.drifted) {
+                    ctx.notify(Drifted { key });
+                }
+                actor.stop_if_idle(ctx);
+            },
+        ));
     }
 
     /// Stops, if asked to once idle and nothing is under way: no pass, no
     /// status write, no repair, no write-back batch.
     pub(crate) fn stop_if_idle(&mut self, ctx: &mut Context<Self>) {
-        let idle = self.state.is_some()
-            && self.status_writing.is_none()
-            && self.repairs == 0
+        let idle = !self.schedule.running()
+            && !self.status.writing()
+            && !self.schedule.repairing()
             && !self.writeback_queue.running();
         if self.stopping.pending() && idle {
             self.release(ctx);
@@ -235,28 +189,24 @@ impl QueryActor {
         }
     }
 
-    fn finish_pass(&mut self, pass: u64, report: PassReport, ctx: &mut Context<Self>) {
+    fn finish_pass(
+        &mut self,
+        pass: u64,
+        report: PassReport,
+        took: Duration,
+        ctx: &mut Context<Self>,
+    ) {
         tracing::info!(
             dbqr = %self.dbqr.name_any(), namespace = %self.dbqr.namespace().unwrap_or_default(), pass,
             rows = report.rows, objects = report.objects, applied = report.applied, skipped = report.skipped,
             pruned = report.pruned, held = report.guard.map_or(0, |g| g.held), ok = report.succeeded(), reason = report.failure().map_or("", |e| e.reason()),
             "pass finished"
         );
-        crate::metrics::global().pass(&report, self.pass_started.elapsed());
+        crate::metrics::global().pass(&report, took);
         self.publish(Outcome::Pass(&report), ctx);
-        let poll = self.dbqr.spec.poll_interval.get();
-        let delay = if report.succeeded() {
-            self.failures = 0;
-            poll
-        } else {
-            self.failures = self.failures.saturating_add(1);
-            backoff(self.failures, poll)
-        };
-        // A held prune is confirmed by a pass once its interval has passed,
-        // whatever the poll interval.
-        let delay = match report.guard.and_then(|g| g.confirm_in) {
-            Some(confirm_in) => delay.min(confirm_in),
-            None => delay,
+        let end = PassEnd {
+            succeeded: report.succeeded(),
+            confirm_in: report.guard.and_then(|g| g.confirm_in),
         };
         if report.guard.is_some_and(|g| g.released) {
             self.clear_release_annotation(ctx);
@@ -266,102 +216,8 @@ impl QueryActor {
             self.start_detection(ctx);
         }
         self.last_report = report;
-        if std::mem::take(&mut self.dirty) {
-            self.schedule(DEBOUNCE, ctx);
-        } else {
-            self.schedule(delay, ctx);
-        }
-    }
-
-    /// Writes the status if it changed, with Events for changed reasons.
-    fn publish(&mut self, outcome: Outcome<'_>, ctx: &mut Context<Self>) {
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        // Compared with what is being written, if anything: the same change
-        // is not written (nor announced) twice.
-        let current = match &self.status_writing {
-            Some((_, writing)) => Some(writing),
-            None => self.status.as_ref(),
-        };
-        let Some((status, events)) = next_status(
-            current,
-            &outcome,
-            self.writeback.as_ref(),
-            self.dbqr.metadata.generation,
-            now,
-        ) else {
-            return;
-        };
-        self.write_status(status, events, ctx);
-    }
-
-    /// Patches the status; the actor's copy (what the next status is
-    /// compared with) changes only once the API server has it. A failed
-    /// patch is retried with backoff unless a newer status replaced it.
-    fn write_status(
-        &mut self,
-        status: DatabaseQueryResourceStatus,
-        events: Vec<DbqrEvent>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.status_version += 1;
-        let version = self.status_version;
-        self.status_writing = Some((version, status.clone()));
-        let writer = self.writer.clone();
-        let namespace = self.dbqr.namespace().unwrap_or_default();
-        let name = self.dbqr.name_any();
-        let regarding = self.dbqr.object_ref(&());
-        ctx.spawn(
-            async move {
-                let result = writer.patch_dbqr_status(&namespace, &name, &status).await;
-                if result.is_ok() {
-                    for event in &events {
-                        if let Err(error) = writer.publish_event(&regarding, event).await {
-                            tracing::warn!(dbqr = %name, reason = error.reason(), "cannot publish event");
-                        }
-                    }
-                }
-                (result, status, events)
-            }
-            .into_actor(self)
-            .map(move |(result, status, events), actor, ctx| {
-                if actor.status_writing.as_ref().is_some_and(|(v, _)| *v == version) {
-                    actor.status_writing = None;
-                }
-                actor.status_written(version, result, status, events, ctx);
-            }),
-        );
-    }
-
-    /// The API server answered a status patch: keep its status as the one
-    /// to compare with, or retry with backoff.
-    fn status_written(
-        &mut self,
-        version: u64,
-        result: Result<(), dbqo::kube_api::KubeError>,
-        status: DatabaseQueryResourceStatus,
-        events: Vec<DbqrEvent>,
-        ctx: &mut Context<Self>,
-    ) {
-        if let Err(error) = result {
-            if self.stopping.pending() {
-                tracing::warn!(dbqr = %self.dbqr.name_any(), reason = error.reason(), "cannot write DBQR status; stopping without a retry");
-                self.stop_if_idle(ctx);
-                return;
-            }
-            self.status_failures = self.status_failures.saturating_add(1);
-            let delay = backoff(self.status_failures, STATUS_RETRY_CAP);
-            tracing::warn!(dbqr = %self.dbqr.name_any(), reason = error.reason(), retry_in = ?delay, "cannot write DBQR status");
-            ctx.run_later(delay, move |actor, ctx| {
-                // A newer status was written (or is being written) meanwhile.
-                if actor.status_version == version {
-                    actor.write_status(status, events, ctx);
-                }
-            });
-            return;
-        }
-        self.status_failures = 0;
-        self.status = Some(status);
-        self.stop_if_idle(ctx);
+        let next = self.schedule.pass_ended(end, Instant::now());
+        self.follow(next, ctx);
     }
 
     /// The release annotation did its work in the pass that saw it; left in
@@ -437,7 +293,10 @@ impl Actor for QueryActor {
         crate::metrics::global().actor_started();
         self.subscription(ctx, true);
         match &self.config {
-            Ok(_) => self.start_pass(ctx),
+            Ok(_) => {
+                let next = self.schedule.start();
+                self.follow(next, ctx);
+            }
             Err(error) => {
                 tracing::warn!(dbqr = %self.dbqr.name_any(), reason = error.reason(), "invalid spec");
                 let error = error.clone();
@@ -482,7 +341,7 @@ impl Handler<Drifted> for QueryActor {
         let owner = config.owner.clone();
         let writer = self.writer.clone();
         let name = self.dbqr.name_any();
-        self.repairs += 1;
+        self.schedule.repair_started();
         ctx.spawn(
             async move {
                 let (kind, object) = (&key.group_kind, &key.name);
@@ -496,11 +355,9 @@ impl Handler<Drifted> for QueryActor {
             }
             .into_actor(self)
             .map(move |key, actor, ctx| {
-                actor.repairs -= 1;
+                let next = actor.schedule.repair_ended();
+                actor.follow(next, ctx);
                 actor.stop_if_idle(ctx);
-                if actor.repairs == 0 && std::mem::take(&mut actor.pass_waits) {
-                    actor.start_pass(ctx);
-                }
                 if writes_back {
                     actor.queue_writeback(key, ctx);
                 }
@@ -549,7 +406,11 @@ impl Handler<Stop> for QueryActor {
                 self.release(ctx);
                 ctx.stop();
             }
-            Stop::WhenIdle => self.stop_if_idle(ctx),
+            Stop::WhenIdle => {
+                self.schedule.stop();
+                self.cancel_timer(ctx);
+                self.stop_if_idle(ctx);
+            }
         }
         stopped
     }

@@ -10,7 +10,11 @@ use std::time::Duration;
 use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
 
 use super::QueryActor;
-use dbqo::reconcile::{backoff::backoff, status::Outcome, writeback};
+use dbqo::reconcile::{
+    backoff::backoff,
+    status::{Outcome, WriteBackResult},
+    writeback::{self, Fingerprints},
+};
 use dbqo::render::ObjectKey;
 
 /// Status changes of one object within this window cost one write-back.
@@ -32,9 +36,17 @@ pub(super) struct WritebackQueue {
     failures: u32,
     /// Every managed object was queued once after the first good pass.
     synced: bool,
+    /// Status fingerprint of each object at its last successful write-back.
+    seen: Fingerprints,
+    /// Outcome of the last batch, for the StatusWriteBack condition.
+    result: Option<WriteBackResult>,
 }
 
 impl WritebackQueue {
+    pub(super) fn result(&self) -> Option<&WriteBackResult> {
+        self.result.as_ref()
+    }
+
     /// A batch of status SQL runs now.
     pub(super) fn running(&self) -> bool {
         self.running
@@ -43,6 +55,7 @@ impl WritebackQueue {
     /// Forgets objects this DBQR no longer manages.
     pub(super) fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
         self.pending.retain(|key| keep(key));
+        self.seen.retain(|key, _| keep(key));
     }
 }
 
@@ -101,7 +114,7 @@ impl QueryActor {
             return;
         };
         let keys = std::mem::take(&mut self.writeback_queue.pending);
-        let due = writeback::due(&self.writer, state, &self.status_seen, keys);
+        let due = writeback::due(&self.writer, state, &self.writeback_queue.seen, keys);
         if due.is_empty() {
             return;
         }
@@ -110,7 +123,7 @@ impl QueryActor {
         ctx.spawn(work.into_actor(self).map(|written, actor, ctx| {
             actor.writeback_queue.running = false;
             let count = written.len();
-            let (verdict, failed) = writeback::record(&mut actor.status_seen, written);
+            let (verdict, failed) = writeback::record(&mut actor.writeback_queue.seen, written);
             let metrics = crate::metrics::global();
             metrics.writeback(true, count - failed.len());
             metrics.writeback(false, failed.len());
@@ -127,7 +140,7 @@ impl QueryActor {
                 actor.schedule_writeback(delay, ctx);
             }
             if let Some(verdict) = verdict {
-                actor.writeback = Some(verdict);
+                actor.writeback_queue.result = Some(verdict);
                 let report = actor.last_report.clone();
                 actor.publish(Outcome::Pass(&report), ctx);
             }

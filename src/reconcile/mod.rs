@@ -15,6 +15,7 @@ pub mod guard;
 pub mod labels;
 pub mod pass;
 pub mod plan;
+pub mod schedule;
 pub mod status;
 pub mod writeback;
 pub mod writer;
