@@ -14,13 +14,13 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::http::Readiness;
 use crate::Fatal;
-use dbqo::lease::{decide, Decision, Observed, Record};
+use dbqo::lease::{decide, Decision, ObservedLease, Record};
 use dbqo::settings::LeaderElection;
 
 pub struct Elector {
     api: Api<Lease>,
     config: LeaderElection,
-    observed: Option<Observed>,
+    observed: Option<ObservedLease>,
 }
 
 fn record(lease: &Lease) -> Record {

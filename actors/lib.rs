@@ -115,7 +115,8 @@ async fn operate(
     config.default_retry = false;
     let client =
         kube::Client::try_from(config.clone()).map_err(|e| Fatal::Client(e.to_string()))?;
-    metrics::global().watch_budget(&settings.budget);
+    let connections = dbqo::db::Connections::new(settings.connections_per_server);
+    metrics::global().watch_budget(&connections.budget);
     let readiness = Arc::new(http::Readiness::default());
     // The probes, /metrics and lease renewal run on a thread of their own:
     // a long pass on the actors' thread (thousands of rows to render) must
@@ -161,13 +162,16 @@ async fn operate(
         config = config.labels(selector);
     }
     let events = watcher(api, config).default_backoff().boxed_local();
-    let provisioning =
-        provision::ProvisionSupervisor::new(client.clone(), writer.clone(), settings.clone())
-            .start();
+    let provisioning = provision::ProvisionSupervisor::new(
+        client.clone(),
+        writer.clone(),
+        (settings.clone(), connections.clone()),
+    )
+    .start();
     let supervisor = supervisor::Supervisor::new(
         events,
         writer.clone(),
-        settings.clone(),
+        (settings.clone(), connections),
         readiness.synced.clone(),
         fatal,
     )
@@ -184,8 +188,8 @@ async fn operate(
     // requests. A second signal gives up waiting.
     let drain = tokio::time::timeout(settings.drain, async {
         let _ = futures_util::future::join(
-            provisioning.send(provision::Shutdown),
-            supervisor.send(supervisor::Shutdown),
+            provisioning.send(stopping::Shutdown),
+            supervisor.send(stopping::Shutdown),
         )
         .await;
         writer.drain().await;
@@ -334,7 +338,7 @@ mod tests {
             let _supervisor = supervisor::Supervisor::new(
                 events,
                 offline_writer(),
-                Arc::new(settings()),
+                (Arc::new(settings()), dbqo::db::Connections::new(1)),
                 Arc::default(),
                 fatal,
             )
@@ -395,7 +399,7 @@ mod tests {
             let _supervisor = supervisor::Supervisor::new(
                 events,
                 offline_writer(),
-                Arc::new(settings()),
+                (Arc::new(settings()), dbqo::db::Connections::new(1)),
                 Arc::default(),
                 fatal,
             )

@@ -18,6 +18,12 @@ pub enum Stop {
     WhenIdle,
 }
 
+/// Shuts a supervisor down: every actor it keeps finishes the work under way
+/// and stops, then the supervisor; answered when all have stopped.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
 /// The stop requests an actor holds: who waits for it to stop, and whether
 /// it stops once idle.
 #[derive(Debug, Default)]

@@ -13,8 +13,8 @@ use std::{
 };
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message,
-    ResponseActFuture, StreamHandler, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, ResponseActFuture,
+    StreamHandler, WrapFuture,
 };
 use futures_util::stream::LocalBoxStream;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -22,16 +22,19 @@ use kube::{api::ApiResource, runtime::watcher, Resource, ResourceExt};
 
 use crate::children::{Children, Key};
 use crate::query::{MetadataChanged, QueryActor};
+use crate::stopping::Shutdown;
 use crate::writer::WriterHandle;
 use crate::Fatal;
 use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
+use dbqo::backoff::backoff;
 use dbqo::controller::finalizer;
+use dbqo::db::Connections;
+use dbqo::kube_api::Gvk;
 use dbqo::reconcile::{
-    backoff::backoff,
     cleanup::{blocked_status, clean_up, release, Cleanup, CleanupError},
-    Owner, Writer,
+    Cluster, Owner,
 };
-use dbqo::render::{Gvk, Metadata};
+use dbqo::render::Metadata;
 use dbqo::settings::Settings;
 
 /// What the DBQR watch yields.
@@ -39,7 +42,7 @@ pub type DbqrEvents =
     LocalBoxStream<'static, Result<watcher::Event<DatabaseQueryResource>, watcher::Error>>;
 
 /// What the supervisor knows of the DBQR a `QueryActor` runs.
-struct Running {
+struct QueryChild {
     uid: String,
     generation: Option<i64>,
     /// Labels and annotations templates see as `Metadata` (they change
@@ -52,7 +55,8 @@ pub struct Supervisor {
     events: Option<DbqrEvents>,
     writer: WriterHandle,
     settings: Arc<Settings>,
-    actors: Children<QueryActor, Running>,
+    connections: Connections,
+    actors: Children<QueryActor, QueryChild>,
     cleaning: HashSet<String>,
     /// Clean-ups that failed, by DBQR uid.
     blocked: HashMap<String, Blocked>,
@@ -82,17 +86,11 @@ const CLEANUP_WAIT_CAP: Duration = Duration::from_secs(30);
 /// A finalizer that could not be added is tried again at least this often.
 const FINALIZER_RETRY_CAP: Duration = Duration::from_secs(60);
 
-/// Stops every QueryActor (timers, LISTEN connections, pools) and then the
-/// supervisor; resolves when they have all stopped.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
-
 impl Supervisor {
     pub fn new(
         events: DbqrEvents,
         writer: WriterHandle,
-        settings: Arc<Settings>,
+        (settings, connections): (Arc<Settings>, Connections),
         ready: Arc<AtomicBool>,
         fatal: tokio::sync::mpsc::UnboundedSender<Fatal>,
     ) -> Self {
@@ -100,6 +98,7 @@ impl Supervisor {
             events: Some(events),
             writer,
             settings,
+            connections,
             actors: Children::default(),
             cleaning: HashSet::new(),
             blocked: HashMap::new(),
@@ -166,8 +165,9 @@ impl Supervisor {
         }
         tracing::info!(dbqr = %key.1, namespace = %key.0, generation = ?dbqr.metadata.generation, "starting query actor");
         let generation = dbqr.metadata.generation;
-        let actor = QueryActor::new(dbqr, self.settings.clone(), self.writer.clone()).start();
-        let running = Running {
+        let shared = (self.settings.clone(), self.connections.clone());
+        let actor = QueryActor::new(dbqr, shared, self.writer.clone()).start();
+        let running = QueryChild {
             uid,
             generation,
             metadata,

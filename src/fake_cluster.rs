@@ -1,4 +1,4 @@
-//! A cluster in memory behind the [`Writer`] trait, for the unit tests of
+//! A cluster in memory behind the [`Cluster`] trait, for the unit tests of
 //! both passes (DBQRs and `Database`s): objects by kind, namespace and name;
 //! every request recorded; statuses, Events and finalizer changes kept;
 //! conflicts and refusals on demand. (The real API server is exercised by
@@ -16,12 +16,12 @@ use kube::api::{ApiResource, DynamicObject};
 use serde_json::{json, Value as Json};
 
 use crate::api::DatabaseQueryResourceStatus;
+use crate::kube_api::cluster::{Cluster, Kinds};
 use crate::kube_api::{
-    CachedObject, DbqrEvent, KindInfo, KubeError, Labels, LiveObject, SecretData, Target,
+    CachedObject, KindInfo, KubeError, Labels, LiveObject, NewEvent, SecretData, Target,
 };
+use crate::kube_api::{GroupKind, Scope};
 use crate::reconcile::labels::{MANAGED_BY, MANAGED_BY_VALUE};
-use crate::reconcile::writer::{Kinds, Writer};
-use crate::render::{GroupKind, Scope};
 
 /// Cluster objects by (kind, namespace, name), as JSON.
 type Objects = BTreeMap<(String, Option<String>, String), Json>;
@@ -29,7 +29,7 @@ type Objects = BTreeMap<(String, Option<String>, String), Json>;
 /// A cluster in memory. Objects carrying the `managed-by` label are in the
 /// "watch cache"; applies land there at once, as the watch would put them.
 #[derive(Default)]
-pub(crate) struct FakeWriter {
+pub(crate) struct FakeCluster {
     pub(crate) objects: RefCell<Objects>,
     /// Every API request, as `verb kind namespace/name`.
     pub(crate) calls: RefCell<Vec<String>>,
@@ -93,7 +93,7 @@ fn managed(object: &Json) -> bool {
     object["metadata"]["labels"][MANAGED_BY] == MANAGED_BY_VALUE
 }
 
-impl FakeWriter {
+impl FakeCluster {
     pub(crate) fn record(&self, verb: &str, target: &Target) {
         self.calls.borrow_mut().push(format!(
             "{verb} {} {}/{}",
@@ -127,7 +127,7 @@ impl FakeWriter {
     }
 }
 
-impl Writer for FakeWriter {
+impl Cluster for FakeCluster {
     async fn kinds(&self, _refresh: bool) -> Result<Kinds, KubeError> {
         let mut kinds = (*kinds()).clone();
         kinds.unavailable = self.unavailable.clone();
@@ -337,7 +337,7 @@ impl Writer for FakeWriter {
     async fn publish_event(
         &self,
         _: &k8s_openapi::api::core::v1::ObjectReference,
-        event: &DbqrEvent,
+        event: &NewEvent,
     ) -> Result<(), KubeError> {
         self.events
             .borrow_mut()

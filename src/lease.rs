@@ -20,7 +20,7 @@ pub struct Record {
 
 /// A record as this replica saw it, and since when it has looked like that.
 #[derive(Debug, Clone)]
-pub struct Observed {
+pub struct ObservedLease {
     record: Record,
     since: Instant,
 }
@@ -41,7 +41,7 @@ pub enum Decision {
 pub fn decide(
     record: Option<&Record>,
     me: &str,
-    observed: &mut Option<Observed>,
+    observed: &mut Option<ObservedLease>,
     now: Instant,
 ) -> Decision {
     let Some(record) = record else {
@@ -51,7 +51,7 @@ pub fn decide(
         Some(seen) if seen.record == *record => seen.since,
         _ => now,
     };
-    *observed = Some(Observed {
+    *observed = Some(ObservedLease {
         record: record.clone(),
         since,
     });

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backoff;
 pub mod cli;
 pub mod controller;
 pub mod db;
@@ -22,4 +23,4 @@ pub mod reconcile;
 pub mod render;
 pub mod settings;
 pub mod sql;
-pub mod writeback;
+pub mod status_template;

@@ -2,8 +2,8 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::db::{ConnectionBudget, Listeners};
-use crate::render::{InvalidGvk, ObjectPolicy};
+use crate::kube_api::InvalidGvk;
+use crate::render::ObjectPolicy;
 
 /// Settings the operator refuses to start with.
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +83,9 @@ pub struct Settings {
     pub writer_queue: usize,
     /// How long in-flight API calls may take to finish after SIGTERM.
     pub drain: Duration,
-    /// Connections per database server (host, port, database, user), shared by every DBQR.
-    pub budget: ConnectionBudget,
-    /// The shared LISTEN connections, one per connection identity.
-    pub listeners: Listeners,
+    /// Connections per database server (host, port, database, user), for
+    /// the process's `db::Connections`.
+    pub connections_per_server: usize,
 }
 
 impl Settings {

@@ -35,15 +35,15 @@ use tokio::sync::Notify;
 const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"item-{{Row.id}}\"\ndata:\n  value: \"{{Row.value}}\"\n";
 const OPERATOR_CONCURRENCY: usize = 16;
 
-struct Args {
+struct PerfArgs {
     objects: usize,
     samples: usize,
     idle: u64,
     sizes: Vec<usize>,
 }
 
-fn args() -> Args {
-    let mut args = Args {
+fn args() -> PerfArgs {
+    let mut args = PerfArgs {
         objects: 1000,
         samples: 50,
         idle: 30,

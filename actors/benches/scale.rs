@@ -28,15 +28,15 @@ use futures_util::StreamExt;
 use kube::api::Api;
 use serde_json::json;
 
-struct Args {
+struct ScaleArgs {
     dbqrs: usize,
     rows: usize,
     big: usize,
     idle: u64,
 }
 
-fn args() -> Args {
-    let mut args = Args {
+fn args() -> ScaleArgs {
+    let mut args = ScaleArgs {
         dbqrs: 1000,
         rows: 10,
         big: 10_000,

@@ -20,8 +20,9 @@ use crate::stopping::{Stop, StopRequests};
 use crate::writer::{SecretChanged, SecretSubscription, WriterHandle};
 use dbqo::api::database::{Database, DatabaseStatus};
 use dbqo::api::server::DatabaseServer;
+use dbqo::backoff::backoff;
+use dbqo::db::Connections;
 use dbqo::provision::{admin::BudgetedSessions, database_pass::DatabasePass};
-use dbqo::reconcile::backoff::backoff;
 use dbqo::settings::Settings;
 /// A converged `Database` is checked again this often (reads only).
 const RESYNC: Duration = Duration::from_secs(600);
@@ -42,6 +43,7 @@ pub struct DatabaseActor {
     database: Database,
     writer: WriterHandle,
     settings: Arc<Settings>,
+    connections: Connections,
     servers: Store<DatabaseServer>,
     running: bool,
     again: bool,
@@ -63,7 +65,7 @@ impl DatabaseActor {
     pub fn new(
         database: Database,
         writer: WriterHandle,
-        settings: Arc<Settings>,
+        (settings, connections): (Arc<Settings>, Connections),
         servers: Store<DatabaseServer>,
     ) -> Self {
         let status = database.status.clone();
@@ -71,6 +73,7 @@ impl DatabaseActor {
             database,
             writer,
             settings,
+            connections,
             servers,
             running: false,
             again: false,
@@ -110,6 +113,7 @@ impl DatabaseActor {
         let version = self.database.resource_version();
         let (database, server) = (self.database.clone(), self.server());
         let (writer, settings) = (self.writer.clone(), self.settings.clone());
+        let budget = self.connections.budget.clone();
         let (status, reset_done) = (
             self.status.clone(),
             version.is_some() && version == self.reset_done_for,
@@ -120,7 +124,7 @@ impl DatabaseActor {
                 database: &database,
                 server: server.as_deref(),
                 writer: &writer,
-                sessions: &BudgetedSessions(&settings.budget),
+                sessions: &BudgetedSessions(&budget),
                 allow_cross_namespace_secrets: settings.allow_cross_namespace_secrets,
                 status: status.as_ref(),
                 reset_done,

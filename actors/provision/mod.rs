@@ -11,8 +11,8 @@ pub mod database;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message,
-    ResponseActFuture, StreamHandler, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, ResponseActFuture,
+    StreamHandler, WrapFuture,
 };
 use futures_util::{stream::LocalBoxStream, StreamExt};
 use kube::{
@@ -25,10 +25,12 @@ use kube::{
 };
 
 use crate::children::{Children, Key};
+use crate::stopping::Shutdown;
 use crate::writer::WriterHandle;
 use database::{Changed, DatabaseActor, ServerChanged};
 use dbqo::api::database::Database;
 use dbqo::api::server::DatabaseServer;
+use dbqo::db::Connections;
 use dbqo::provision::{admin::BudgetedSessions, server_check::check_server};
 use dbqo::settings::Settings;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -44,7 +46,8 @@ pub struct ProvisionSupervisor {
     servers: Store<DatabaseServer>,
     writer: WriterHandle,
     settings: Arc<Settings>,
-    actors: Children<DatabaseActor, Running>,
+    connections: Connections,
+    actors: Children<DatabaseActor, DatabaseChild>,
     /// Set once shutdown began: no new actors.
     stopping: bool,
     /// Servers by key, with the resourceVersion last checked and the
@@ -56,20 +59,18 @@ pub struct ProvisionSupervisor {
 }
 
 /// What the supervisor knows of the `Database` an actor runs.
-struct Running {
+struct DatabaseChild {
     uid: String,
     /// Its `DatabaseServer`.
     server: Key,
 }
 
-/// Stops every `Database` actor once its pass in flight has finished, then
-/// the supervisor; resolves when they have all stopped.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
-
 impl ProvisionSupervisor {
-    pub fn new(client: Client, writer: WriterHandle, settings: Arc<Settings>) -> Self {
+    pub fn new(
+        client: Client,
+        writer: WriterHandle,
+        (settings, connections): (Arc<Settings>, Connections),
+    ) -> Self {
         let mut config = watcher::Config::default();
         if let Some(selector) = &settings.label_selector {
             config = config.labels(selector);
@@ -95,6 +96,7 @@ impl ProvisionSupervisor {
             servers: store,
             writer,
             settings,
+            connections,
             actors: Children::default(),
             stopping: false,
             checked: HashMap::new(),
@@ -128,11 +130,12 @@ impl ProvisionSupervisor {
         let actor = DatabaseActor::new(
             database,
             self.writer.clone(),
-            self.settings.clone(),
+            (self.settings.clone(), self.connections.clone()),
             self.servers.clone(),
         )
         .start();
-        self.actors.insert(key, actor, Running { uid, server });
+        self.actors
+            .insert(key, actor, DatabaseChild { uid, server });
     }
 
     /// Tells the `Database`s of `server` that it changed.
@@ -160,8 +163,9 @@ impl ProvisionSupervisor {
 
     fn check(&self, server: DatabaseServer, ctx: &mut Context<Self>) {
         let (writer, settings) = (self.writer.clone(), self.settings.clone());
+        let budget = self.connections.budget.clone();
         let check = async move {
-            let sessions = BudgetedSessions(&settings.budget);
+            let sessions = BudgetedSessions(&budget);
             let allow = settings.allow_cross_namespace_secrets;
             let now = Time(k8s_openapi::jiff::Timestamp::now());
             check_server(&server, &writer, &sessions, allow, now).await

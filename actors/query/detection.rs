@@ -136,9 +136,11 @@ impl QueryActor {
         let Detection::Listening { subscribed } = &mut self.detection else {
             return;
         };
-        let subscription = config
-            .listeners
-            .subscribe(&connection.info, &channel, &config.budget);
+        let subscription = config.connections.listeners.subscribe(
+            &connection.info,
+            &channel,
+            &config.connections.budget,
+        );
         let notices = futures_util::stream::unfold(subscription, |mut s| async move {
             let notice = s.notices.recv().await?;
             Some((Heard(notice), s))

@@ -1,12 +1,12 @@
-//! `QueryActor`: one per DBQR. Holds the pass state, the connection pool and
-//! the full-poll timer, and schedules: a pass runs `reconcile::run_pass`, the
-//! next timer is armed only after it ended, failures back off with
-//! `reconcile::backoff`. Change detection and status write-back live in the
-//! child modules; every decision they take is a plain function in `dbqo`.
+//! `QueryActor`: one per DBQR. Holds the pass state, the connection pool,
+//! the writer and a `reconcile::schedule::Scheduler`, and does what the
+//! scheduler answers with one timer: a pass runs `reconcile::run_pass`.
+//! Change detection, the DBQR status and status write-back live in the child
+//! modules; every decision they take is a plain function in `dbqo`.
 
 mod detection;
 mod status;
-mod writeback;
+mod writeback_queue;
 
 use std::{
     collections::HashSet,
@@ -21,17 +21,18 @@ use actix::{
 use kube::{api::ApiResource, ResourceExt};
 
 use crate::stopping::{Stop, StopRequests};
-use crate::writer::{Drifted, SecretChanged, SecretSubscription, Subscription, WriterHandle};
+use crate::writer::{DriftSubscription, Drifted, SecretChanged, SecretSubscription, WriterHandle};
 use dbqo::api::DatabaseQueryResource;
+use dbqo::db::Connections;
 use dbqo::kube_api::Target;
+use dbqo::kube_api::{Gvk, ObjectKey};
 use dbqo::reconcile::{
     guard::RELEASE_ANNOTATION,
     needs_no_repair, repair, run_pass,
     schedule::{Next, PassEnd, Scheduler},
     status::Outcome,
-    Connection, PassConfig, PassError, PassReport, PassState, Repair, Writer as _,
+    Cluster as _, Connection, PassConfig, PassError, PassReport, PassState, Repair,
 };
-use dbqo::render::{Gvk, ObjectKey};
 use dbqo::settings::Settings;
 use detection::Detection;
 
@@ -54,7 +55,7 @@ pub struct QueryActor {
     /// Change detection runs once a pass has made a pool.
     detection: Detection,
     /// Objects whose status SQL waits, and how write-back stands.
-    writeback_queue: writeback::WritebackQueue,
+    writeback_queue: writeback_queue::WritebackQueue,
     /// The last pass report, so write-back results can be published alone.
     last_report: PassReport,
     /// Objects reported changed while a pass ran.
@@ -72,8 +73,12 @@ pub struct QueryActor {
 pub struct MetadataChanged(pub Box<DatabaseQueryResource>);
 
 impl QueryActor {
-    pub fn new(dbqr: DatabaseQueryResource, settings: Arc<Settings>, writer: WriterHandle) -> Self {
-        let config = PassConfig::new(&dbqr, &settings)
+    pub fn new(
+        dbqr: DatabaseQueryResource,
+        (settings, connections): (Arc<Settings>, Connections),
+        writer: WriterHandle,
+    ) -> Self {
+        let config = PassConfig::new(&dbqr, &settings, &connections)
             .map(Arc::new)
             .map_err(Arc::new);
         let status = status::StatusWrites::new(dbqr.status.clone());
@@ -271,9 +276,9 @@ impl QueryActor {
         };
         let (owner, me) = (config.owner.label_key(), ctx.address().recipient());
         self.writer.subscription(if subscribe {
-            Subscription::Subscribe(owner, me)
+            DriftSubscription::Subscribe(owner, me)
         } else {
-            Subscription::Unsubscribe(owner, me)
+            DriftSubscription::Unsubscribe(owner, me)
         });
         if let Ok(secret) = config.secret() {
             let me = ctx.address().recipient();
@@ -382,11 +387,11 @@ impl Handler<MetadataChanged> for QueryActor {
 
     fn handle(&mut self, MetadataChanged(dbqr): MetadataChanged, ctx: &mut Context<Self>) {
         self.dbqr.metadata = dbqr.metadata;
-        if self.config.is_err() {
+        let Ok(config) = &self.config else {
             return;
-        }
+        };
         // Same spec: only `Metadata` differs, so the rebuilt config is valid too.
-        self.config = PassConfig::new(&self.dbqr, &self.settings)
+        self.config = PassConfig::new(&self.dbqr, &self.settings, &config.connections)
             .map(Arc::new)
             .map_err(Arc::new);
         tracing::debug!(dbqr = %self.dbqr.name_any(), "labels or annotations changed");

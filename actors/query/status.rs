@@ -11,11 +11,11 @@ use kube::{Resource, ResourceExt};
 
 use super::QueryActor;
 use dbqo::api::DatabaseQueryResourceStatus;
-use dbqo::kube_api::DbqrEvent;
+use dbqo::backoff::backoff;
+use dbqo::kube_api::NewEvent;
 use dbqo::reconcile::{
-    backoff::backoff,
     status::{next_status, Outcome},
-    Writer as _,
+    Cluster as _,
 };
 
 /// Failed status patches are retried at least this often.
@@ -112,7 +112,7 @@ impl QueryActor {
     fn write_status(
         &mut self,
         status: DatabaseQueryResourceStatus,
-        events: Vec<DbqrEvent>,
+        events: Vec<NewEvent>,
         ctx: &mut Context<Self>,
     ) {
         let version = self.status.writing_now(status.clone());
@@ -147,7 +147,7 @@ impl QueryActor {
         version: u64,
         result: Result<(), dbqo::kube_api::KubeError>,
         status: DatabaseQueryResourceStatus,
-        events: Vec<DbqrEvent>,
+        events: Vec<NewEvent>,
         ctx: &mut Context<Self>,
     ) {
         if let Err(error) = result {

@@ -2,7 +2,7 @@
 //! client, the discovery cache, one label-selected watch + cache per managed
 //! kind and a concurrency limit; every call runs under a timeout.
 //!
-//! [`WriterHandle`] implements the domain's `Writer` trait, the one list of
+//! [`WriterHandle`] implements the domain's `Cluster` trait, the one list of
 //! what the operator asks of Kubernetes. Each API call is one typed
 //! [`ApiCall`] whose body is the plain `kube_api` function; cache reads go
 //! straight to the reflector stores and cost no message.
@@ -44,12 +44,12 @@ use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use dbqo::api::DatabaseQueryResourceStatus;
+use dbqo::kube_api::cluster::{Cluster, Kinds};
 use dbqo::kube_api::{
-    self, CachedObject, DbqrEvent, KubeError, Labels, LiveObject, SecretData, Target,
+    self, CachedObject, KubeError, Labels, LiveObject, NewEvent, SecretData, Target,
 };
+use dbqo::kube_api::{GroupKind, ObjectKey};
 use dbqo::reconcile::labels::{MANAGED_BY, MANAGED_BY_VALUE, OWNER_NAME, OWNER_NAMESPACE};
-use dbqo::reconcile::writer::{Kinds, Writer};
-use dbqo::render::{GroupKind, ObjectKey};
 
 type Work<T> = Pin<Box<dyn Future<Output = Result<T, KubeError>>>>;
 
@@ -84,7 +84,7 @@ pub struct Drifted {
 /// withdraws the registration of exactly that recipient.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub enum Subscription {
+pub enum DriftSubscription {
     Subscribe((String, String), Recipient<Drifted>),
     Unsubscribe((String, String), Recipient<Drifted>),
 }
@@ -275,16 +275,16 @@ impl Handler<Watch> for KubeWriter {
     }
 }
 
-impl Handler<Subscription> for KubeWriter {
+impl Handler<DriftSubscription> for KubeWriter {
     type Result = ();
 
-    fn handle(&mut self, subscription: Subscription, _: &mut Context<Self>) {
+    fn handle(&mut self, subscription: DriftSubscription, _: &mut Context<Self>) {
         match subscription {
-            Subscription::Subscribe(owner, recipient) => {
+            DriftSubscription::Subscribe(owner, recipient) => {
                 self.subscribers.insert(owner, recipient);
             }
             // A stopping actor must not unsubscribe the successor that took its place.
-            Subscription::Unsubscribe(owner, recipient) => {
+            DriftSubscription::Unsubscribe(owner, recipient) => {
                 if self.subscribers.get(&owner) == Some(&recipient) {
                     self.subscribers.remove(&owner);
                 }
@@ -446,7 +446,7 @@ impl WriterHandle {
         self.stores.lock().ok()?.get(&gk).cloned()
     }
 
-    pub fn subscription(&self, subscription: Subscription) {
+    pub fn subscription(&self, subscription: DriftSubscription) {
         self.addr.do_send(subscription);
     }
 
@@ -473,7 +473,7 @@ impl WriterHandle {
 /// Discovery runs at most this often on request.
 const DISCOVERY_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-impl Writer for WriterHandle {
+impl Cluster for WriterHandle {
     async fn kinds(&self, refresh: bool) -> Result<Kinds, KubeError> {
         let asked = std::time::Instant::now();
         let mut cache = self.kinds.lock().await;
@@ -683,7 +683,7 @@ impl Writer for WriterHandle {
     async fn publish_event(
         &self,
         regarding: &ObjectReference,
-        event: &DbqrEvent,
+        event: &NewEvent,
     ) -> Result<(), KubeError> {
         let (regarding, event, reporter) =
             (regarding.clone(), event.clone(), self.reporter.clone());

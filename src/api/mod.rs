@@ -4,6 +4,7 @@
 
 pub mod database;
 mod duration;
+pub mod names;
 pub mod server;
 mod validate;
 
@@ -54,7 +55,7 @@ pub struct DatabaseQueryResourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// Where the rows come from.
-    pub database: DatabaseSpec,
+    pub database: ConnectionSpec,
     /// SQL returning one row per object (or group of objects). Several statements may be given
     /// (`SET ...; SELECT ...`): all but the last are setup, the last returns the rows.
     #[schemars(length(min = 1))]
@@ -122,7 +123,7 @@ impl Default for PruneGuardSpec {
 /// Connection to the database the query runs against.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct DatabaseSpec {
+pub struct ConnectionSpec {
     /// Database engine.
     #[serde(default, rename = "type")]
     pub kind: DatabaseType,

@@ -115,7 +115,7 @@ impl DatabaseQueryResourceSpec {
         if let Some(problem) = self
             .service_account_name
             .as_deref()
-            .and_then(crate::render::dns_subdomain_problem)
+            .and_then(super::names::dns_subdomain_problem)
         {
             push(Err(SpecError::InvalidServiceAccount(problem)));
         }

@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 
 use clap::Args;
 
-use crate::render::{GroupKind, InvalidGvk, ObjectPolicy, DEFAULT_KINDS};
+use crate::kube_api::{GroupKind, InvalidGvk};
+use crate::render::{ObjectPolicy, DEFAULT_KINDS};
 
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {

@@ -143,8 +143,7 @@ impl RunArgs {
             api_timeout: Duration::from_secs(self.api_timeout_seconds.max(1)),
             writer_queue: 1024,
             drain: Duration::from_secs(self.shutdown_timeout_seconds),
-            budget: crate::db::ConnectionBudget::new(self.max_connections_per_database as usize),
-            listeners: crate::db::Listeners::default(),
+            connections_per_server: self.max_connections_per_database as usize,
         })
     }
 }

@@ -4,7 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::kube_api::DbqrEvent;
+use crate::kube_api::NewEvent;
 
 /// A condition's status, as Kubernetes spells it on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,8 +126,8 @@ pub fn event_on_new_reason(
     verdict: &Verdict,
     bad: Status,
     message: String,
-) -> Option<DbqrEvent> {
-    (before.map(|c| c.reason.as_str()) != Some(verdict.reason)).then(|| DbqrEvent {
+) -> Option<NewEvent> {
+    (before.map(|c| c.reason.as_str()) != Some(verdict.reason)).then(|| NewEvent {
         warning: verdict.status == bad,
         reason: verdict.reason,
         message,

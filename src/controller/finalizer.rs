@@ -9,14 +9,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ApiResource;
 
 use crate::api::FINALIZER;
+use crate::kube_api::Cluster;
 use crate::kube_api::KubeError;
-use crate::reconcile::Writer;
 
 /// Fresh reads after a conflict before the change is reported as failed.
 const REREADS: usize = 4;
 
 /// Adds the finalizer to the object of `resource` last seen as `seen`.
-pub async fn add<W: Writer>(
+pub async fn add<W: Cluster>(
     writer: &W,
     resource: &ApiResource,
     seen: &ObjectMeta,
@@ -25,7 +25,7 @@ pub async fn add<W: Writer>(
 }
 
 /// Removes the finalizer from the object of `resource` last seen as `seen`.
-pub async fn remove<W: Writer>(
+pub async fn remove<W: Cluster>(
     writer: &W,
     resource: &ApiResource,
     seen: &ObjectMeta,
@@ -37,7 +37,7 @@ pub fn has(meta: &ObjectMeta) -> bool {
     meta.finalizers.iter().flatten().any(|f| f == FINALIZER)
 }
 
-async fn change<W: Writer>(
+async fn change<W: Cluster>(
     writer: &W,
     resource: &ApiResource,
     seen: &ObjectMeta,

@@ -5,7 +5,7 @@
 //! owner references from kube's own helper ([`owner`]).
 //!
 //! A new condition goes through [`condition::Verdict`]; a new Kubernetes call
-//! is a method of [`crate::reconcile::Writer`] with its body in
+//! is a method of [`crate::kube_api::Cluster`] with its body in
 //! [`crate::kube_api`].
 
 pub mod condition;

@@ -17,7 +17,13 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::pool::{BudgetedManager, PoolError, SharedPool};
+/// A pool drawing from a server's budget, as the budget sees it (the
+/// budget knows no pool type: `pool` depends on `budget`, not back).
+pub trait IdleConnections: Send + Sync {
+    /// Closes the connections idle at least `idle`; `false` once the pool
+    /// is gone or closed.
+    fn close_idle(&self, idle: Duration) -> bool;
+}
 
 /// Connections idle this long are closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,8 +79,6 @@ pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
 pub struct ConnectionBudget {
     per_server: usize,
     servers: Arc<Mutex<HashMap<ServerKey, Arc<Server>>>>,
-    /// The shared pool of each set of connection settings, while some DBQR uses it.
-    pools: Arc<Mutex<HashMap<String, deadpool::managed::WeakPool<BudgetedManager>>>>,
 }
 
 impl std::fmt::Debug for ConnectionBudget {
@@ -89,7 +93,7 @@ impl std::fmt::Debug for ConnectionBudget {
 pub struct Server {
     slots: Arc<Semaphore>,
     per_server: usize,
-    pools: Mutex<Vec<deadpool::managed::WeakPool<BudgetedManager>>>,
+    pools: Mutex<Vec<Box<dyn IdleConnections>>>,
     sweeping: std::sync::atomic::AtomicBool,
     /// Connections being made that wait for a slot.
     waiting: std::sync::atomic::AtomicUsize,
@@ -100,25 +104,7 @@ impl ConnectionBudget {
         Self {
             per_server: per_server.max(1),
             servers: Arc::default(),
-            pools: Arc::default(),
         }
-    }
-
-    /// The shared pool for the connection settings `key`, made by `make` if
-    /// no DBQR uses one now.
-    pub(super) fn shared_pool(
-        &self,
-        key: &str,
-        make: impl FnOnce() -> Result<SharedPool, PoolError>,
-    ) -> Result<SharedPool, PoolError> {
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.retain(|_, p| p.upgrade().is_some());
-        if let Some(pool) = pools.get(key).and_then(|p| p.upgrade()) {
-            return Ok(pool);
-        }
-        let pool = make()?;
-        pools.insert(key.to_owned(), pool.weak());
-        Ok(pool)
     }
 
     pub fn per_server(&self) -> usize {
@@ -164,10 +150,10 @@ impl Server {
     }
 
     /// Lets `pool` draw from this budget (and give back idle connections).
-    pub(super) fn register(self: &Arc<Self>, pool: &SharedPool) {
+    pub(super) fn register(self: &Arc<Self>, pool: Box<dyn IdleConnections>) {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.retain(|p| p.upgrade().is_some_and(|p| !p.is_closed()));
-        pools.push(pool.weak());
+        pools.retain(|p| p.close_idle(Duration::MAX));
+        pools.push(pool);
         drop(pools);
         self.start_sweeping();
     }
@@ -195,16 +181,11 @@ impl Server {
         self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 
-    /// Closes the idle connections of every pool that were idle at least `idle`.
+    /// Closes the idle connections of every pool that were idle at least
+    /// `idle`, and forgets the pools that are gone.
     fn close_idle(&self, idle: Duration) {
-        let pools: Vec<SharedPool> = {
-            let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-            pools.iter().filter_map(|p| p.upgrade()).collect()
-        };
-        for pool in pools {
-            // Dropping the removed connections gives their slots back.
-            drop(pool.retain(|_, metrics| metrics.last_used() < idle));
-        }
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|pool| pool.close_idle(idle));
     }
 
     /// Closes connections idle longer than [`IDLE_TIMEOUT`], every few
@@ -229,7 +210,7 @@ impl Server {
                     // Decided under the lock `register` pushes under, so a
                     // pool registered meanwhile starts a new sweeper.
                     let mut pools = server.pools.lock().unwrap_or_else(|e| e.into_inner());
-                    pools.retain(|p| p.upgrade().is_some());
+                    pools.retain(|p| p.close_idle(Duration::MAX));
                     if pools.is_empty() {
                         server.sweeping.store(false, Ordering::SeqCst);
                         return;

@@ -65,14 +65,14 @@ pub struct Listeners {
 }
 
 /// A subscription to one channel; unsubscribes when dropped.
-pub struct Subscription {
+pub struct ChannelSubscription {
     pub notices: mpsc::Receiver<Notice>,
     id: u64,
     channel: String,
     hub: mpsc::UnboundedSender<Command>,
 }
 
-impl Drop for Subscription {
+impl Drop for ChannelSubscription {
     fn drop(&mut self) {
         let _ = self.hub.send(Command::Unsubscribe {
             id: self.id,
@@ -108,7 +108,7 @@ impl Listeners {
         info: &ConnInfo,
         channel: &str,
         budget: &ConnectionBudget,
-    ) -> Subscription {
+    ) -> ChannelSubscription {
         let key = hub_key(info);
         let id = self
             .next_id
@@ -137,7 +137,7 @@ impl Listeners {
             info: Box::new(info.clone()),
             notices: tx,
         });
-        Subscription {
+        ChannelSubscription {
             notices,
             id,
             channel: channel.to_owned(),
@@ -221,7 +221,7 @@ async fn run_hub(
                 failures = failures.saturating_add(1);
                 tracing::info!(reason = error.reason(), "LISTEN connection failed");
                 drop(slot);
-                let delay = crate::reconcile::backoff::backoff(failures, Duration::from_secs(30));
+                let delay = crate::backoff::backoff(failures, Duration::from_secs(30));
                 wait_applying(&mut commands, &mut channels, &mut info, delay).await;
                 continue;
             }
@@ -233,7 +233,7 @@ async fn run_hub(
                 let _ = tx.try_send(Notice::Listening);
             }
         }
-        let Connection {
+        let SharedListener {
             client,
             mut notifications,
         } = connection;
@@ -351,7 +351,7 @@ async fn wait_applying(
 }
 
 /// An open LISTEN connection: the client, and the channels notifications arrive on.
-struct Connection {
+struct SharedListener {
     client: tokio_postgres::Client,
     notifications: mpsc::UnboundedReceiver<String>,
 }
@@ -360,7 +360,7 @@ struct Connection {
 async fn connect<'a>(
     info: &ConnInfo,
     channels: impl Iterator<Item = &'a String>,
-) -> Result<Connection, ConnectError> {
+) -> Result<SharedListener, ConnectError> {
     let mut config = wire_config(info);
     // Told apart from the pools' connections in pg_stat_activity.
     let name = format!(
@@ -406,7 +406,7 @@ async fn connect<'a>(
         .batch_execute(&statements)
         .await
         .map_err(|e| connect_error(&e))?;
-    Ok(Connection {
+    Ok(SharedListener {
         client,
         notifications,
     })

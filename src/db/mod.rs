@@ -14,10 +14,34 @@ pub mod sqlstate;
 pub use budget::{ConnectionBudget, ServerKey, Slot, IDLE_TIMEOUT};
 pub use connect::{connect, connect_error, connect_in_slot, tls_connector, ConnectError};
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
-pub use listen::{Listeners, Notice, Subscription, PING};
-pub use pool::{build_pool, checkout, Checkout, Pool, PoolConnectError, PoolError, PoolGetError};
+pub use listen::{ChannelSubscription, Listeners, Notice, PING};
+pub use pool::{
+    build_pool, checkout, Checkout, Pool, PoolConnectError, PoolError, PoolGetError, SharedPools,
+};
 pub use query::{run_query, QueryError, QueryOptions, QueryResult, OVERSIZED_ROW};
 pub use secret::{conninfo_from_secret, SecretError};
+
+/// The operator's live connections to databases, shared by every DBQR and
+/// `Database`: the budget per server, the pools DBQRs with the same
+/// connection settings share, and the shared LISTEN connections. (Made once
+/// per process; `Settings` holds configuration only.)
+#[derive(Clone, Debug)]
+pub struct Connections {
+    pub budget: ConnectionBudget,
+    pub pools: SharedPools,
+    pub listeners: Listeners,
+}
+
+impl Connections {
+    /// At most `per_server` connections to any one server.
+    pub fn new(per_server: usize) -> Self {
+        Self {
+            budget: ConnectionBudget::new(per_server),
+            pools: SharedPools::default(),
+            listeners: Listeners::default(),
+        }
+    }
+}
 
 /// A tokio-postgres error as one line: the server's message and SQLSTATE when
 /// it answered (its `Display` says only "db error"), the client's otherwise.

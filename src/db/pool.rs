@@ -6,14 +6,14 @@
 //! connection holds a slot of the operator-wide
 //! [`ConnectionBudget`](super::budget::ConnectionBudget).
 
-use std::{ops::Deref, sync::Arc, time::Duration};
+use std::{collections::HashMap, ops::Deref, sync::Arc, time::Duration};
 
 use deadpool::managed::{self, Metrics, RecycleResult};
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, RecyclingMethod};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::budget::{ConnectionBudget, Server, ServerKey, Slot};
+use super::budget::{ConnectionBudget, IdleConnections, Server, ServerKey, Slot};
 use super::connect::{tls_connector, wire_config, ConnectError, PoolConnect};
 use super::conninfo::ConnInfo;
 
@@ -186,10 +186,10 @@ pub fn build_pool(
     info: &ConnInfo,
     max_size: usize,
     connect_timeout: Duration,
-    budget: &ConnectionBudget,
+    (budget, pools): (&ConnectionBudget, &SharedPools),
     budget_wait: Duration,
 ) -> Result<Pool, PoolError> {
-    let shared = budget.shared_pool(&settings_key(info), || {
+    let shared = pools.get_or_make(&settings_key(info), || {
         shared_pool(info, connect_timeout, budget, budget_wait)
     })?;
     Ok(Pool {
@@ -243,6 +243,50 @@ fn shared_pool(
         .recycle_timeout(Some(connect_timeout))
         .build()
         .map_err(|e| PoolError::Build(e.to_string()))?;
-    server.register(&pool);
+    server.register(Box::new(pool.weak()));
     Ok(pool)
+}
+
+/// A shared pool as its server's budget sees it.
+impl IdleConnections for deadpool::managed::WeakPool<BudgetedManager> {
+    fn close_idle(&self, idle: Duration) -> bool {
+        let Some(pool) = self.upgrade().filter(|p| !p.is_closed()) else {
+            return false;
+        };
+        // Dropping the removed connections gives their slots back.
+        drop(pool.retain(|_, metrics| metrics.last_used() < idle));
+        true
+    }
+}
+
+/// The shared pool of each set of connection settings, while some DBQR
+/// uses it: DBQRs with the same settings share connections.
+#[derive(Clone, Default)]
+pub struct SharedPools(
+    Arc<std::sync::Mutex<HashMap<String, deadpool::managed::WeakPool<BudgetedManager>>>>,
+);
+
+impl std::fmt::Debug for SharedPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPools").finish_non_exhaustive()
+    }
+}
+
+impl SharedPools {
+    /// The shared pool for the connection settings `key`, made by `make` if
+    /// no DBQR uses one now.
+    fn get_or_make(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Result<SharedPool, PoolError>,
+    ) -> Result<SharedPool, PoolError> {
+        let mut pools = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|_, p| p.upgrade().is_some());
+        if let Some(pool) = pools.get(key).and_then(|p| p.upgrade()) {
+            return Ok(pool);
+        }
+        let pool = make()?;
+        pools.insert(key.to_owned(), pool.weak());
+        Ok(pool)
+    }
 }

@@ -13,7 +13,7 @@ use super::error::ServerError;
 use super::session::Session;
 use crate::api::server::{DatabaseServer, Engine};
 use crate::db::{ConnInfo, ConnectionBudget};
-use crate::reconcile::Writer;
+use crate::kube_api::Cluster;
 
 /// How long a session waits for a slot of the server's connection budget.
 const BUDGET_WAIT: Duration = Duration::from_secs(30);
@@ -54,7 +54,7 @@ pub fn admin_secret(server: &DatabaseServer) -> (String, String) {
 /// than the server's is refused unless the operator allows cross-namespace
 /// Secrets, as for DBQRs: whoever may create a `DatabaseServer` in one
 /// namespace may not use another namespace's admin Secret through it.
-pub async fn admin_connection<W: Writer>(
+pub async fn admin_connection<W: Cluster>(
     server: &DatabaseServer,
     writer: &W,
     allow_cross_namespace_secrets: bool,

@@ -28,7 +28,7 @@ pub enum SecretFound {
 
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum AdoptDecision {
     Proceed {
         create_user: bool,
         create_database: bool,
@@ -85,7 +85,7 @@ pub fn decide(
     user: &Found,
     secret: &SecretFound,
     reset_requested: bool,
-) -> Verdict {
+) -> AdoptDecision {
     let ours = |found: &Found| found.recorded_owner.as_deref() == Some(uid);
     let taken = |found: &Found| match &found.recorded_owner {
         Some(owner) => owner != uid,
@@ -93,21 +93,21 @@ pub fn decide(
         None => found.exists,
     };
     if taken(database) {
-        return Verdict::Refuse(Refusal::DatabaseTaken);
+        return AdoptDecision::Refuse(Refusal::DatabaseTaken);
     }
     if taken(user) {
-        return Verdict::Refuse(Refusal::UserTaken);
+        return AdoptDecision::Refuse(Refusal::UserTaken);
     }
     let password = match secret {
-        SecretFound::NotOurs => return Verdict::Refuse(Refusal::SecretTaken),
+        SecretFound::NotOurs => return AdoptDecision::Refuse(Refusal::SecretTaken),
         SecretFound::Absent => None,
         SecretFound::Ours { password } => password.as_ref(),
     };
     let user_exists = user.exists && ours(user);
     if user_exists && password.is_none() && !reset_requested {
-        return Verdict::Refuse(Refusal::CredentialsLost);
+        return AdoptDecision::Refuse(Refusal::CredentialsLost);
     }
-    Verdict::Proceed {
+    AdoptDecision::Proceed {
         create_user: !user.exists,
         create_database: !database.exists,
     }
@@ -142,7 +142,7 @@ mod tests {
                 &SecretFound::Absent,
                 false
             ),
-            Verdict::Proceed {
+            AdoptDecision::Proceed {
                 create_user: true,
                 create_database: true,
             }
@@ -159,7 +159,7 @@ mod tests {
                 &ours(),
                 false
             ),
-            Verdict::Proceed {
+            AdoptDecision::Proceed {
                 create_user: false,
                 create_database: false,
             }
@@ -183,7 +183,7 @@ mod tests {
         ] {
             let verdict = decide(UID, &db, &user, &secret, true);
             assert!(
-                matches!(verdict, Verdict::Refuse(r) if r.reason() == "AlreadyExists"),
+                matches!(verdict, AdoptDecision::Refuse(r) if r.reason() == "AlreadyExists"),
                 "{db:?} {user:?} {secret:?}: {verdict:?}"
             );
         }
@@ -198,7 +198,7 @@ mod tests {
             &SecretFound::Absent,
             false,
         );
-        assert_eq!(lost, Verdict::Refuse(Refusal::CredentialsLost));
+        assert_eq!(lost, AdoptDecision::Refuse(Refusal::CredentialsLost));
         assert_eq!(
             decide(
                 UID,
@@ -207,7 +207,7 @@ mod tests {
                 &SecretFound::Absent,
                 true
             ),
-            Verdict::Proceed {
+            AdoptDecision::Proceed {
                 create_user: false,
                 create_database: false,
             }

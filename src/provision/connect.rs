@@ -8,7 +8,7 @@ use super::error::ServerError;
 use super::mysql::{self, MySession};
 use super::postgres::{self, PgSession};
 use super::request::Request;
-use super::session::{Claimant, Observed, ServerFacts, Session};
+use super::session::{Claimant, ServerFacts, ServerObjects, Session};
 use crate::api::server::Engine;
 use crate::api::ConnectionSecretRef;
 use crate::db::{conninfo_from_secret, ConnInfo, ConnectionBudget, SecretError};
@@ -97,7 +97,7 @@ impl Session for AnySession {
         delegate!(self, s => s.facts().await)
     }
 
-    async fn observe(&mut self, request: &Request) -> Result<Observed, ServerError> {
+    async fn observe(&mut self, request: &Request) -> Result<ServerObjects, ServerError> {
         delegate!(self, s => s.observe(request).await)
     }
 
@@ -105,7 +105,7 @@ impl Session for AnySession {
         &mut self,
         request: &Request,
         claimant: &Claimant,
-    ) -> Result<Observed, ServerError> {
+    ) -> Result<ServerObjects, ServerError> {
         delegate!(self, s => s.claim(request, claimant).await)
     }
 

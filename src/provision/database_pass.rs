@@ -25,8 +25,8 @@ use crate::controller::{
     finalizer, owner,
 };
 use crate::db::ConnInfo;
-use crate::kube_api::{DbqrEvent, KubeError, SecretData, Target};
-use crate::reconcile::Writer;
+use crate::kube_api::Cluster;
+use crate::kube_api::{KubeError, NewEvent, SecretData, Target};
 
 /// The label that asks for a new password; removed when it is set.
 pub const ACTION_LABEL: &str = "dbqo.dev/action";
@@ -136,7 +136,7 @@ impl Endpoint {
     }
 }
 
-impl<W: Writer, S: Sessions> DatabasePass<'_, W, S> {
+impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
     pub async fn run(self) -> PassOutcome {
         if self.database.metadata.deletion_timestamp.is_some() {
             return self.finalize().await;
@@ -174,7 +174,7 @@ impl<W: Writer, S: Sessions> DatabasePass<'_, W, S> {
     }
 
     async fn event(&self, warning: bool, reason: &'static str, message: String) {
-        let event = DbqrEvent {
+        let event = NewEvent {
             warning,
             reason,
             message,
@@ -182,7 +182,7 @@ impl<W: Writer, S: Sessions> DatabasePass<'_, W, S> {
         self.publish(event).await;
     }
 
-    async fn publish(&self, event: DbqrEvent) {
+    async fn publish(&self, event: NewEvent) {
         let regarding = self.database.object_ref(&());
         if let Err(error) = self.writer.publish_event(&regarding, &event).await {
             tracing::debug!(%error, "event not published");

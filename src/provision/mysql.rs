@@ -10,7 +10,7 @@ use mysql_async::{prelude::Queryable, Conn, OptsBuilder, SslOpts};
 use super::adopt::Found;
 use super::error::{statement_kind, ServerError};
 use super::request::Request;
-use super::session::{Claimant, Observed, ServerFacts, Session};
+use super::session::{Claimant, ServerFacts, ServerObjects, Session};
 use super::sql;
 use crate::api::server::Engine;
 use crate::db::{ConnInfo, ConnectError, ConnectionBudget, RootCert, ServerKey, Slot, SslMode};
@@ -243,7 +243,7 @@ impl Session for MySession {
         })
     }
 
-    async fn observe(&mut self, request: &Request) -> Result<Observed, ServerError> {
+    async fn observe(&mut self, request: &Request) -> Result<ServerObjects, ServerError> {
         self.ensure_records().await?;
         let row: Option<ObservedRow> = self
             .conn()
@@ -265,7 +265,7 @@ impl Session for MySession {
             .await
             .map_err(|e| failed("reading the database and the user", &e, true))?;
         let (db, user, db_owner, user_owner, privileges) = row.unwrap_or_default();
-        Ok(Observed {
+        Ok(ServerObjects {
             database: Found {
                 exists: db > 0,
                 recorded_owner: db_owner,
@@ -282,7 +282,7 @@ impl Session for MySession {
         &mut self,
         request: &Request,
         claimant: &Claimant,
-    ) -> Result<Observed, ServerError> {
+    ) -> Result<ServerObjects, ServerError> {
         self.ensure_records().await?;
         self.conn()
             .exec_drop(

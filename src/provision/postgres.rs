@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use super::adopt::Found;
 use super::error::{statement_kind, ServerError};
 use super::request::Request;
-use super::session::{Claimant, Observed, ServerFacts, Session};
+use super::session::{Claimant, ServerFacts, ServerObjects, Session};
 use super::sql;
 use crate::db::{self, ConnInfo, ConnectionBudget, ServerKey};
 
@@ -126,7 +126,7 @@ impl Session for PgSession {
         })
     }
 
-    async fn observe(&mut self, request: &Request) -> Result<Observed, ServerError> {
+    async fn observe(&mut self, request: &Request) -> Result<ServerObjects, ServerError> {
         self.ensure_records().await?;
         let row = self
             .admin
@@ -140,7 +140,7 @@ impl Session for PgSession {
             )
             .await
             .map_err(|e| failed("reading the database and the user", &e))?;
-        Ok(Observed {
+        Ok(ServerObjects {
             database: Found {
                 exists: row.get(0),
                 recorded_owner: row.get(2),
@@ -157,7 +157,7 @@ impl Session for PgSession {
         &mut self,
         request: &Request,
         claimant: &Claimant,
-    ) -> Result<Observed, ServerError> {
+    ) -> Result<ServerObjects, ServerError> {
         self.ensure_records().await?;
         self.admin
             .execute(

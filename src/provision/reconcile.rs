@@ -5,7 +5,7 @@
 
 use crate::api::server::PasswordPolicy;
 
-use super::adopt::{decide, Refusal, SecretFound, Verdict};
+use super::adopt::{decide, AdoptDecision, Refusal, SecretFound};
 use super::error::ServerError;
 use super::password::{self, PolicyError};
 use super::request::Request;
@@ -82,7 +82,7 @@ pub async fn plan<S: Session>(
     policy: &PasswordPolicy,
 ) -> Result<Planned, ProvisionError> {
     let mut observed = session.observe(request).await?;
-    let decide_now = |observed: &super::session::Observed| {
+    let decide_now = |observed: &super::session::ServerObjects| {
         decide(
             &claimant.uid,
             &observed.database,
@@ -91,7 +91,7 @@ pub async fn plan<S: Session>(
             reset,
         )
     };
-    if let Verdict::Refuse(refusal) = decide_now(&observed) {
+    if let AdoptDecision::Refuse(refusal) = decide_now(&observed) {
         return Err(refused(refusal, request));
     }
     if observed.database.recorded_owner.is_none() || observed.user.recorded_owner.is_none() {
@@ -100,8 +100,8 @@ pub async fn plan<S: Session>(
         observed = session.claim(request, claimant).await?;
     }
     let (create_user, create_database) = match decide_now(&observed) {
-        Verdict::Refuse(refusal) => return Err(refused(refusal, request)),
-        Verdict::Proceed {
+        AdoptDecision::Refuse(refusal) => return Err(refused(refusal, request)),
+        AdoptDecision::Proceed {
             create_user,
             create_database,
             ..

@@ -12,9 +12,9 @@ use super::session::{ServerFacts, Session};
 use super::status::{next_server_status, Verdict, READY};
 use crate::api::server::DatabaseServer;
 use crate::controller::condition::{self, Status};
-use crate::reconcile::Writer;
+use crate::kube_api::Cluster;
 
-async fn facts<W: Writer, S: Sessions>(
+async fn facts<W: Cluster, S: Sessions>(
     server: &DatabaseServer,
     writer: &W,
     sessions: &S,
@@ -39,7 +39,7 @@ fn verdict(server: &DatabaseServer, facts: &Result<ServerFacts, ServerError>) ->
 
 /// Checks `server` and writes its status if it changed. A failed write is
 /// left to the next check.
-pub async fn check_server<W: Writer, S: Sessions>(
+pub async fn check_server<W: Cluster, S: Sessions>(
     server: &DatabaseServer,
     writer: &W,
     sessions: &S,

@@ -16,7 +16,7 @@ pub struct ServerFacts {
 
 /// A `Database`'s objects on the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Observed {
+pub struct ServerObjects {
     pub database: Found,
     pub user: Found,
     /// The privileges last granted, as recorded (`None`: never granted).
@@ -35,7 +35,7 @@ pub trait Session {
     /// The server's version and the admin's missing rights.
     async fn facts(&mut self) -> Result<ServerFacts, ServerError>;
     /// Whether the database and the user exist and whom the records name.
-    async fn observe(&mut self, request: &Request) -> Result<Observed, ServerError>;
+    async fn observe(&mut self, request: &Request) -> Result<ServerObjects, ServerError>;
     /// Records `claimant` as owner of the database and the user where no
     /// owner is recorded yet; returns the state afterwards (another
     /// `Database` may have claimed first).
@@ -43,7 +43,7 @@ pub trait Session {
         &mut self,
         request: &Request,
         claimant: &Claimant,
-    ) -> Result<Observed, ServerError>;
+    ) -> Result<ServerObjects, ServerError>;
     /// Runs statements as the admin in its own database.
     async fn execute(&mut self, statements: &[String]) -> Result<(), ServerError>;
     /// Runs statements as the admin inside `request`'s database

@@ -1,5 +1,5 @@
 //! The `Database` pass and the server check against an in-memory cluster
-//! ([`FakeWriter`]) and an in-memory server ([`FakeServer`]): the plan, the
+//! ([`FakeCluster`]) and an in-memory server ([`FakeServer`]): the plan, the
 //! adoption rules, the finalizer, deletion by policy and the reason each
 //! failure is reported under. (The real servers are exercised by
 //! `tests/databases.rs`.)
@@ -16,11 +16,11 @@ use super::database_pass::{DatabasePass, PassOutcome, ACTION_LABEL, RESET_PASSWO
 use super::error::ServerError;
 use super::request::Request;
 use super::server_check::check_server;
-use super::session::{Claimant, Observed, ServerFacts, Session};
+use super::session::{Claimant, ServerFacts, ServerObjects, Session};
 use crate::api::database::{Database, Phase};
 use crate::api::server::{DatabaseServer, Engine};
 use crate::db::ConnInfo;
-use crate::fake_cluster::FakeWriter;
+use crate::fake_cluster::FakeCluster;
 
 /// A database server in memory: what exists, whom the records name, and
 /// every statement run.
@@ -70,13 +70,13 @@ impl Session for FakeServer {
         })
     }
 
-    async fn observe(&mut self, request: &Request) -> Result<Observed, ServerError> {
+    async fn observe(&mut self, request: &Request) -> Result<ServerObjects, ServerError> {
         let state = self.0.borrow();
         let found = |kind: &'static str, name: &str, list: &[String]| Found {
             exists: list.iter().any(|n| n == name),
             recorded_owner: state.records.get(&(kind, name.to_owned())).cloned(),
         };
-        Ok(Observed {
+        Ok(ServerObjects {
             database: found("database", &request.database, &state.databases),
             user: found("user", &request.username, &state.users),
             privileges: state.privileges.get(&request.database).cloned(),
@@ -87,7 +87,7 @@ impl Session for FakeServer {
         &mut self,
         request: &Request,
         claimant: &Claimant,
-    ) -> Result<Observed, ServerError> {
+    ) -> Result<ServerObjects, ServerError> {
         {
             let mut state = self.state();
             for (kind, name) in [("database", &request.database), ("user", &request.username)] {
@@ -211,8 +211,8 @@ fn database(extra: Json, finalizers: &[&str]) -> Database {
 }
 
 /// A cluster holding the admin Secret and `database`.
-fn cluster(database: &Database) -> FakeWriter {
-    let writer = FakeWriter::default();
+fn cluster(database: &Database) -> FakeCluster {
+    let writer = FakeCluster::default();
     let admin = json!({
         "metadata": {"name": "admin", "namespace": "platform", "resourceVersion": "1"},
         "data": {
@@ -237,7 +237,7 @@ fn time() -> Time {
 
 /// Runs one pass (the fakes never suspend).
 fn pass(
-    writer: &FakeWriter,
+    writer: &FakeCluster,
     server_state: &FakeServer,
     database: &Database,
     server: Option<&DatabaseServer>,
@@ -257,7 +257,7 @@ fn pass(
     .expect("the fakes never suspend")
 }
 
-fn finalizers(writer: &FakeWriter) -> Json {
+fn finalizers(writer: &FakeCluster) -> Json {
     let objects = writer.objects.borrow();
     let key = (
         "Database".to_owned(),
@@ -287,7 +287,7 @@ fn a_new_database_gets_its_finalizer_user_database_and_secret() {
     );
     assert_eq!(state.records.len(), 2, "both claimed: {:?}", state.records);
     drop(state);
-    let secret = futures_util::FutureExt::now_or_never(crate::reconcile::Writer::read_secret(
+    let secret = futures_util::FutureExt::now_or_never(crate::kube_api::Cluster::read_secret(
         &writer,
         "team",
         "orders-credentials",
@@ -383,7 +383,7 @@ fn an_unknown_server_is_pending_without_backoff() {
 }
 
 /// Sets up the failure of one case.
-type Arrange = Box<dyn Fn(&FakeWriter, &FakeServer)>;
+type Arrange = Box<dyn Fn(&FakeCluster, &FakeServer)>;
 
 #[test]
 fn every_failure_is_reported_under_its_own_reason() {

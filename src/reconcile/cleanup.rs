@@ -11,17 +11,17 @@ use serde_json::{json, Value as Json};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::labels::{Owner, MANAGED_BY, OWNER_NAME, OWNER_NAMESPACE};
-use super::writer::Writer;
 use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus, DeletionPolicy};
 use crate::controller::{
     condition::{self, Status, Verdict},
     finalizer,
 };
+use crate::kube_api::cluster::Cluster;
 
 /// Condition of a DBQR whose deletion waits on a clean-up that fails.
 pub const CLEANUP_BLOCKED: &str = "CleanupBlocked";
-use crate::kube_api::{DbqrEvent, KubeError, Target};
-use crate::render::{GroupKind, Gvk};
+use crate::kube_api::{GroupKind, Gvk};
+use crate::kube_api::{KubeError, NewEvent, Target};
 
 /// Why clean-up could not finish (it is retried).
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,7 @@ pub enum Cleanup {
 
 /// Deletes (policy `Delete`) or detaches (policy `Orphan`) every object of
 /// `owner` among `managed_kinds` and `allowed_kinds`.
-pub async fn clean_up<W: Writer>(
+pub async fn clean_up<W: Cluster>(
     owner: &Owner,
     policy: DeletionPolicy,
     managed_kinds: &BTreeSet<Gvk>,
@@ -148,7 +148,7 @@ pub fn blocked_status(
     previous: Option<&DatabaseQueryResourceStatus>,
     error: &CleanupError,
     now: Time,
-) -> Option<(DatabaseQueryResourceStatus, Option<DbqrEvent>)> {
+) -> Option<(DatabaseQueryResourceStatus, Option<NewEvent>)> {
     let mut status = previous.cloned().unwrap_or_default();
     let verdict = Verdict::new(
         Status::True,
@@ -168,7 +168,10 @@ pub fn blocked_status(
 }
 
 /// Removes the DBQR's finalizer (conflicts retried with a fresh read).
-pub async fn release<W: Writer>(writer: &W, seen: &DatabaseQueryResource) -> Result<(), KubeError> {
+pub async fn release<W: Cluster>(
+    writer: &W,
+    seen: &DatabaseQueryResource,
+) -> Result<(), KubeError> {
     let resource = kube::api::ApiResource::erase::<DatabaseQueryResource>(&());
     finalizer::remove(writer, &resource, &seen.metadata).await
 }

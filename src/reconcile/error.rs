@@ -6,8 +6,9 @@
 use crate::api::SpecError;
 use crate::db::{ConnectError, PoolConnectError, PoolError, PoolGetError, QueryError, SecretError};
 use crate::kube_api::KubeError;
-use crate::render::{GroupKind, Gvk, RowError, TemplateError};
-use crate::writeback::WritebackError;
+use crate::kube_api::{GroupKind, Gvk};
+use crate::render::{RowError, TemplateError};
+use crate::status_template::WritebackError;
 
 /// A failure of a DBQR's spec, database, query or objects.
 #[derive(Debug, thiserror::Error)]
@@ -149,8 +150,8 @@ pub struct RowFailure {
     pub error: ObjectError,
 }
 
-impl From<crate::render::RowFailure> for RowFailure {
-    fn from(f: crate::render::RowFailure) -> Self {
+impl From<crate::render::RenderFailure> for RowFailure {
+    fn from(f: crate::render::RenderFailure) -> Self {
         Self {
             row: f.row.index,
             error: ObjectError::Render(f.error),

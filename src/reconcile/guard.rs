@@ -17,7 +17,7 @@ use std::{
 
 use crate::api::PruneGuardSpec;
 use crate::kube_api::Target;
-use crate::render::{Gvk, ObjectKey};
+use crate::kube_api::{Gvk, ObjectKey};
 
 /// Annotation on a DBQR that releases its held prune at once. The operator
 /// removes it after the pass that saw it.
@@ -110,7 +110,7 @@ pub enum Ruling {
 
 /// What the guard decided for one pass.
 #[derive(Debug)]
-pub struct Verdict {
+pub struct GuardDecision {
     pub delete: Vec<Candidate>,
     /// How many deletions wait.
     pub held: usize,
@@ -144,8 +144,8 @@ impl PruneGuard {
         held: &mut Held,
         now: Instant,
         released: bool,
-    ) -> Verdict {
-        let verdict = |delete: Vec<Candidate>, ruling| Verdict {
+    ) -> GuardDecision {
+        let verdict = |delete: Vec<Candidate>, ruling| GuardDecision {
             delete,
             held: 0,
             owned,
@@ -204,7 +204,7 @@ impl PruneGuard {
         } else {
             Ruling::Holding
         };
-        Verdict {
+        GuardDecision {
             delete,
             held: waiting,
             owned,

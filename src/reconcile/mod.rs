@@ -1,12 +1,11 @@
 //! One reconcile pass of a DBQR and what follows from it, in the order a row
 //! travels: [`pass`] (connect, query, render, gather) -> [`plan`] (apply /
 //! skip / refuse / prune, pure, with [`compare`] deciding what is in place) ->
-//! the [`Writer`]; then [`status`]
+//! the [`Cluster`]; then [`status`]
 //! (conditions, Events), [`writeback`] (status SQL), [`change`] (timestamp
 //! probe) and [`cleanup`] (deletion policies). Plain async Rust over the
-//! [`Writer`] trait; the actors only schedule it.
+//! [`Cluster`] trait; the actors only schedule it.
 
-pub mod backoff;
 pub mod change;
 pub mod cleanup;
 pub mod compare;
@@ -18,15 +17,14 @@ pub mod plan;
 pub mod schedule;
 pub mod status;
 pub mod writeback;
-pub mod writer;
 
 #[cfg(test)]
 mod tests;
 
+pub use crate::kube_api::Cluster;
 pub use error::{ObjectError, PassError, PruneFailure, RowFailure};
 pub use labels::Owner;
 pub use pass::{
     needs_no_repair, reconcile_rows, repair, run_pass, Connection, PassConfig, PassReport,
     PassState, Repair, Row,
 };
-pub use writer::Writer;

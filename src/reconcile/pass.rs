@@ -19,16 +19,16 @@ use super::error::{ObjectError, PassError, PruneFailure, RowFailure};
 use super::guard::{Held, PruneGuard, Ruling, RELEASE_ANNOTATION};
 use super::labels::Owner;
 use super::plan::{self, Desired, Inputs, Live, Owned, Plan};
-use super::writer::{Kinds, Writer};
 use crate::api::{DatabaseQueryResource, DatabaseQueryResourceSpec};
-use crate::db::{self, ConnInfo, ConnectionBudget, Pool, QueryOptions};
+use crate::db::{self, ConnInfo, Connections, Pool, QueryOptions};
+use crate::kube_api::cluster::{Cluster, Kinds};
 use crate::kube_api::{resolve, Discovered, KubeError, Target};
+use crate::kube_api::{GroupKind, Gvk, ObjectKey, Scope};
 use crate::render::{
-    render_rows, GroupKind, Gvk, Metadata, ObjectKey, ObjectPolicy, RenderOutcome, RenderedObject,
-    RowTemplate, Scope, ScopeLookup,
+    render_rows, Metadata, ObjectPolicy, RenderOutcome, RenderedObject, RowTemplate, ScopeLookup,
 };
 use crate::settings::Settings;
-use crate::writeback::StatusTemplate;
+use crate::status_template::StatusTemplate;
 
 /// A row as the query returned it.
 pub type Row = serde_json::Map<String, Json>;
@@ -44,10 +44,9 @@ pub struct PassConfig {
     /// The user the DBQR's requests are made as (see [`Owner::acting_user`]);
     /// the writer the pass is given acts as it already.
     pub acting_user: Option<String>,
-    /// Connections per database server, shared by every DBQR.
-    pub budget: ConnectionBudget,
-    /// The shared LISTEN connections.
-    pub listeners: crate::db::Listeners,
+    /// The operator's connections to databases (budget, shared pools,
+    /// LISTEN connections), shared by every DBQR.
+    pub connections: Connections,
     /// `statusUpdateQueryTemplate`, compiled.
     pub status_template: Option<StatusTemplate>,
     /// `spec.pruneGuard`.
@@ -69,7 +68,11 @@ pub fn acting_user(dbqr: &DatabaseQueryResource, settings: &Settings) -> Option<
 
 impl PassConfig {
     /// Validates and compiles a DBQR's spec; an invalid spec never runs a pass.
-    pub fn new(dbqr: &DatabaseQueryResource, settings: &Settings) -> Result<Self, PassError> {
+    pub fn new(
+        dbqr: &DatabaseQueryResource,
+        settings: &Settings,
+        connections: &Connections,
+    ) -> Result<Self, PassError> {
         let problems = dbqr.spec.validate();
         if !problems.is_empty() {
             return Err(PassError::InvalidSpec(problems));
@@ -90,8 +93,7 @@ impl PassConfig {
             policy: settings.policy.clone(),
             allow_cross_namespace_secrets: settings.allow_cross_namespace_secrets,
             acting_user: acting_user(dbqr, settings),
-            budget: settings.budget.clone(),
-            listeners: settings.listeners.clone(),
+            connections: connections.clone(),
             status_template,
             guard: PruneGuard::from(&dbqr.spec.prune_guard),
             in_flight: settings.concurrency.max(1) * 2,
@@ -308,7 +310,7 @@ impl ScopeLookup for DiscoveredScopes<'_> {
 
 /// Runs one full pass. `connection` is the DBQR's pool, built or rebuilt
 /// here when its Secret is new; `now` is what templates see as `now`.
-pub async fn run_pass<W: Writer>(
+pub async fn run_pass<W: Cluster>(
     config: &PassConfig,
     state: &mut PassState,
     connection: &mut Option<Connection>,
@@ -362,7 +364,7 @@ pub async fn run_pass<W: Writer>(
 /// The pool for the DBQR's Secret as it is now: the current one while the
 /// Secret's resourceVersion is unchanged, a new one (the old one closed) when
 /// it changed.
-async fn connect<W: Writer>(
+async fn connect<W: Cluster>(
     config: &PassConfig,
     connection: &mut Option<Connection>,
     writer: &W,
@@ -407,7 +409,7 @@ async fn connect<W: Writer>(
         &info,
         pool_spec.max_connections as usize,
         pool_spec.connect_timeout.get(),
-        &config.budget,
+        (&config.connections.budget, &config.connections.pools),
         BUDGET_WAIT,
     )?;
     let fresh = Connection {
@@ -423,7 +425,7 @@ async fn connect<W: Writer>(
 
 /// From the rows to the cluster: render, gather, plan, carry out. Fills the
 /// sync part of `report`.
-pub async fn reconcile_rows<W: Writer>(
+pub async fn reconcile_rows<W: Cluster>(
     config: &PassConfig,
     state: &mut PassState,
     writer: &W,
@@ -492,7 +494,7 @@ fn render(config: &PassConfig, rows: &[Row], kinds: &Kinds, now: &str) -> Render
 /// resolved, every involved kind watched, the live state of each object (the
 /// watch cache; a GET only for objects it does not hold, so an object of
 /// someone else is never taken over), and this DBQR's objects per kind.
-async fn gather<'a, W: Writer>(
+async fn gather<'a, W: Cluster>(
     config: &'a PassConfig,
     writer: &W,
     kinds: &Kinds,
@@ -585,7 +587,7 @@ fn not_served(gvk: &Gvk) -> PruneFailure {
 /// Makes sure every kind involved (what the rows render and what was written
 /// before) is watched and cached. Objects of a kind that cannot be watched
 /// fail their rows.
-async fn watch_kinds<W: Writer>(
+async fn watch_kinds<W: Cluster>(
     writer: &W,
     kinds: &Kinds,
     desired: &mut Vec<Desired>,
@@ -651,7 +653,7 @@ const LIST_INSTEAD_OF_GETS: usize = 16;
 /// The live state of each desired object: the watch cache, or, for an object
 /// it does not hold, a GET (after a list of names where many are missing, only
 /// for names that exist). Objects that cannot be read fail their rows.
-async fn read_live<W: Writer>(
+async fn read_live<W: Cluster>(
     writer: &W,
     desired: &mut Vec<Desired>,
     failed: &mut Vec<RowFailure>,
@@ -730,7 +732,7 @@ async fn read_live<W: Writer>(
 /// Carries out `plan`: applies concurrently, then, only if every row and
 /// every apply succeeded, deletes what the plan prunes and the prune guard
 /// lets through.
-async fn execute<W: Writer>(
+async fn execute<W: Cluster>(
     config: &PassConfig,
     state: &mut PassState,
     writer: &W,
@@ -872,14 +874,14 @@ pub enum Repair {
 /// another owner holds it (the next pass reports that). Answered from the
 /// cache alone, so the many change notices of a pass's own writes cost no
 /// task and keep nothing alive while they wait.
-pub fn needs_no_repair<W: Writer>(writer: &W, owner: &Owner, wanted: &Desired) -> bool {
+pub fn needs_no_repair<W: Cluster>(writer: &W, owner: &Owner, wanted: &Desired) -> bool {
     match writer.cached(&wanted.target) {
         Some(live) => in_place(&live, &wanted.manifest) || plan::owned_elsewhere(owner, &live.live),
         None => false,
     }
 }
 
-pub async fn repair<W: Writer>(
+pub async fn repair<W: Cluster>(
     writer: &W,
     owner: &Owner,
     wanted: &Desired,

@@ -14,7 +14,7 @@ use super::error::{ObjectError, PruneFailure, RowFailure};
 use super::guard::Candidate;
 use super::labels::Owner;
 use crate::kube_api::{CachedObject, LiveObject, Target};
-use crate::render::{GroupKind, Gvk, ObjectKey};
+use crate::kube_api::{GroupKind, Gvk, ObjectKey};
 
 /// One rendered object, decorated with its owner's labels and resolved to
 /// its API resource: what this DBQR wants in the cluster.

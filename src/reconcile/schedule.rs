@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::backoff::backoff;
+use crate::backoff::backoff;
 
 /// Changes that arrive while a pass runs are collapsed into one pass this
 /// long after it: a burst of row changes costs a few passes, not one per

@@ -14,7 +14,7 @@ use super::guard::{Ruling, RELEASE_ANNOTATION};
 use super::pass::{GuardReport, PassReport};
 use crate::api::DatabaseQueryResourceStatus;
 use crate::controller::condition::{self, Status, Verdict};
-use crate::kube_api::DbqrEvent;
+use crate::kube_api::NewEvent;
 
 pub const READY: &str = "Ready";
 pub const DATABASE_CONNECTED: &str = "DatabaseConnected";
@@ -169,7 +169,7 @@ pub fn next_status(
     writeback: Option<&WriteBackResult>,
     generation: Option<i64>,
     now: Time,
-) -> Option<(DatabaseQueryResourceStatus, Vec<DbqrEvent>)> {
+) -> Option<(DatabaseQueryResourceStatus, Vec<NewEvent>)> {
     let old = previous.cloned().unwrap_or_default();
     let mut next = old.clone();
     let mut events = Vec::new();

@@ -1,4 +1,4 @@
-//! The pass and its plan against a recording in-memory [`Writer`]: the
+//! The pass and its plan against a recording in-memory [`Cluster`]: the
 //! guards that keep a pass from deleting or taking over what it must not.
 //! (The real API server is exercised by the acceptance tests in `tests/`.)
 
@@ -18,9 +18,10 @@ use super::labels::{MANAGED_BY, MANAGED_BY_VALUE, OWNER_NAME, OWNER_NAMESPACE};
 use super::plan::{self, Desired, Inputs, Live, Owned};
 use super::*;
 use crate::api::DatabaseQueryResource;
-use crate::fake_cluster::{kinds, live, merge, FakeWriter};
+use crate::fake_cluster::{kinds, live, merge, FakeCluster};
 use crate::kube_api::{CachedObject, KubeError, LiveObject, Target};
-use crate::render::{GroupKind, Gvk, ObjectKey, ObjectPolicy};
+use crate::kube_api::{GroupKind, Gvk, ObjectKey};
+use crate::render::ObjectPolicy;
 use crate::settings::Settings;
 
 const TEMPLATE: &str = r#"apiVersion: v1
@@ -55,10 +56,9 @@ fn config(prune: bool) -> PassConfig {
         api_timeout: Duration::from_secs(1),
         writer_queue: 1,
         drain: Duration::from_secs(1),
-        budget: crate::db::ConnectionBudget::new(1),
-        listeners: Default::default(),
+        connections_per_server: 1,
     };
-    PassConfig::new(&dbqr, &settings).unwrap()
+    PassConfig::new(&dbqr, &settings, &crate::db::Connections::new(1)).unwrap()
 }
 
 fn rows(rows: &[(&str, &str)]) -> Vec<Row> {
@@ -76,7 +76,7 @@ fn rows(rows: &[(&str, &str)]) -> Vec<Row> {
 fn pass(
     config: &PassConfig,
     state: &mut PassState,
-    writer: &FakeWriter,
+    writer: &FakeCluster,
     rows: &[Row],
 ) -> PassReport {
     let mut report = PassReport::default();
@@ -94,8 +94,8 @@ fn pass(
 }
 
 /// A DBQR whose first pass applied `first`; the writer's record is cleared.
-fn converged(prune: bool, first: &[(&str, &str)]) -> (PassConfig, FakeWriter, PassState) {
-    let (config, writer) = (config(prune), FakeWriter::default());
+fn converged(prune: bool, first: &[(&str, &str)]) -> (PassConfig, FakeCluster, PassState) {
+    let (config, writer) = (config(prune), FakeCluster::default());
     let mut state = PassState::default();
     let report = pass(&config, &mut state, &writer, &rows(first));
     assert!(report.succeeded(), "{:?}", report.failure());
@@ -113,7 +113,7 @@ fn owner_labels(name: &str) -> Json {
 
 #[test]
 fn a_converged_pass_writes_nothing_and_reads_nothing() {
-    let (config, writer) = (config(true), FakeWriter::default());
+    let (config, writer) = (config(true), FakeCluster::default());
     let mut state = PassState::default();
     let first = pass(
         &config,
@@ -246,7 +246,7 @@ fn nothing_is_pruned_after_an_apply_fails() {
 
 #[test]
 fn an_object_of_another_owner_is_not_taken_over() {
-    let (config, writer) = (config(true), FakeWriter::default());
+    let (config, writer) = (config(true), FakeCluster::default());
     // Another DBQR's object, in the cache.
     writer.put(
         "ConfigMap",
@@ -299,7 +299,7 @@ fn repair_recreates_a_deleted_object_but_never_takes_over_one_created_meanwhile(
         name: "a".into(),
     };
     let wanted = state.applied(&key).unwrap().clone();
-    let run = |w: &FakeWriter| {
+    let run = |w: &FakeCluster| {
         repair(w, &config.owner, &wanted)
             .now_or_never()
             .expect("the fake writer never waits")
@@ -359,7 +359,7 @@ fn an_object_another_owner_took_is_no_longer_repaired() {
 
 #[test]
 fn a_kind_discovery_confirms_gone_drops_out_and_one_of_an_unavailable_group_stays() {
-    let (config, writer) = (config(true), FakeWriter::default());
+    let (config, writer) = (config(true), FakeCluster::default());
     // Served by no group that answered: its CRD was deleted.
     let widgets: Gvk = "example.com/v1/Widget".parse().unwrap();
     let mut state = PassState::new(BTreeSet::from([cm_gvk(), widgets]));
@@ -368,9 +368,9 @@ fn a_kind_discovery_confirms_gone_drops_out_and_one_of_an_unavailable_group_stay
     assert_eq!(state.managed_kinds, BTreeSet::from([cm_gvk()]));
 
     // Its group did not answer discovery: it may still hold objects.
-    let writer = FakeWriter {
+    let writer = FakeCluster {
         unavailable: ["metrics.example.com".to_owned()].into(),
-        ..FakeWriter::default()
+        ..FakeCluster::default()
     };
     let gauges: Gvk = "metrics.example.com/v1/Gauge".parse().unwrap();
     let mut state = PassState::new(BTreeSet::from([cm_gvk(), gauges.clone()]));
@@ -381,7 +381,7 @@ fn a_kind_discovery_confirms_gone_drops_out_and_one_of_an_unavailable_group_stay
 
 #[test]
 fn a_version_that_is_not_served_fails_only_its_rows() {
-    let (config, writer) = (config(true), FakeWriter::default());
+    let (config, writer) = (config(true), FakeCluster::default());
     let mut state = PassState::default();
     let kinds = kinds();
     let gvk: Gvk = "v2/ConfigMap".parse().unwrap();
@@ -394,7 +394,7 @@ fn a_version_that_is_not_served_fails_only_its_rows() {
 
 #[test]
 fn the_inventory_is_kept_when_a_pass_fails() {
-    let (config, writer) = (config(true), FakeWriter::default());
+    let (config, writer) = (config(true), FakeCluster::default());
     let deployments: Gvk = "apps/v1/Deployment".parse().unwrap();
     let mut state = PassState::new(BTreeSet::from([deployments.clone()]));
     let report = pass(
@@ -597,7 +597,7 @@ fn object_keys_ignore_the_api_version() {
 
 #[test]
 fn many_new_objects_are_checked_with_one_list_and_existing_ones_still_read() {
-    let (config, writer) = (config(true), FakeWriter::default());
+    let (config, writer) = (config(true), FakeCluster::default());
     // Someone else's ConfigMap (another controller's) has the name one of
     // the rows renders; not labelled as the operator's, so not cached.
     writer.put(
@@ -630,7 +630,7 @@ fn many_new_objects_are_checked_with_one_list_and_existing_ones_still_read() {
 
 #[test]
 fn a_few_new_objects_are_read_one_by_one() {
-    let (config, writer) = (config(true), FakeWriter::default());
+    let (config, writer) = (config(true), FakeCluster::default());
     let mut state = PassState::default();
     let report = pass(
         &config,
@@ -645,7 +645,7 @@ fn a_few_new_objects_are_read_one_by_one() {
 }
 
 /// A ConfigMap someone made by hand in the DBQR's namespace, with `annotations`.
-fn hand_made(writer: &FakeWriter, name: &str, annotations: Json) {
+fn hand_made(writer: &FakeCluster, name: &str, annotations: Json) {
     writer.put(
         "ConfigMap",
         "apps",
@@ -660,7 +660,7 @@ fn hand_made(writer: &FakeWriter, name: &str, annotations: Json) {
 
 #[test]
 fn an_existing_object_nobody_handed_over_is_refused_by_name_and_left_alone() {
-    let (config, writer) = (config(true), FakeWriter::default());
+    let (config, writer) = (config(true), FakeCluster::default());
     hand_made(&writer, "a", json!({}));
     // Adoption names a DBQR: a different one does not count.
     hand_made(&writer, "b", json!({"dbqo.dev/adopt": "apps/other"}));
@@ -691,7 +691,7 @@ fn an_existing_object_nobody_handed_over_is_refused_by_name_and_left_alone() {
 
 #[test]
 fn an_object_handed_over_with_the_adopt_annotation_is_applied_and_then_owned() {
-    let (config, writer) = (config(true), FakeWriter::default());
+    let (config, writer) = (config(true), FakeCluster::default());
     hand_made(&writer, "a", json!({"dbqo.dev/adopt": "apps/users"}));
     let mut state = PassState::default();
     let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
@@ -704,7 +704,7 @@ fn an_object_handed_over_with_the_adopt_annotation_is_applied_and_then_owned() {
 
 #[test]
 fn an_object_with_this_dbqrs_labels_the_cache_has_not_seen_yet_is_its_own() {
-    let (config, writer) = (config(true), FakeWriter::default());
+    let (config, writer) = (config(true), FakeCluster::default());
     let mut mine = desired("a", 0).manifest;
     mine["metadata"]["uid"] = json!("uid-a");
     writer.put("ConfigMap", "apps", "a", mine);

@@ -11,9 +11,9 @@ use serde_json::Value as Json;
 use super::error::PassError;
 use super::pass::{PassConfig, PassState, Row};
 use super::status::WriteBackResult;
-use super::writer::Writer;
-use crate::render::ObjectKey;
-use crate::writeback::{self, WritebackError};
+use crate::kube_api::cluster::Cluster;
+use crate::kube_api::ObjectKey;
+use crate::status_template::{self, WritebackError};
 
 /// Fingerprint of an object's status at its last successful write-back.
 pub type Fingerprints = HashMap<ObjectKey, [u8; 32]>;
@@ -29,7 +29,7 @@ pub struct Due {
 
 /// The objects among `keys` that this DBQR produced in its last pass, that
 /// the watch cache holds, and whose status differs from the last one written.
-pub fn due<W: Writer>(
+pub fn due<W: Cluster>(
     writer: &W,
     state: &PassState,
     seen: &Fingerprints,
@@ -40,7 +40,7 @@ pub fn due<W: Writer>(
             let target = state.produced_target(&key)?;
             let row = state.row(&key)?.clone();
             let resource = writer.cached(&target)?.manifest;
-            let fingerprint = writeback::status_fingerprint(&resource)?;
+            let fingerprint = status_template::status_fingerprint(&resource)?;
             (seen.get(&key) != Some(&fingerprint)).then_some(Due {
                 key,
                 resource,
@@ -73,7 +73,9 @@ pub async fn run(config: &PassConfig, pool: &Pool, due: Vec<Due>) -> Vec<Written
     } in due
     {
         let result = match template.render(&resource, &row, &config.metadata) {
-            Ok(bound) => writeback::execute(pool, &bound, timeout).await.map(|_| ()),
+            Ok(bound) => status_template::execute(pool, &bound, timeout)
+                .await
+                .map(|_| ()),
             Err(e) => Err(e),
         };
         written.push(Written {

@@ -23,10 +23,11 @@ pub use error::{ObjectProblem, RowError, TemplateError};
 pub use escape::yaml_double_quoted;
 pub use helpers::dns_label;
 pub use object::{
-    dns_label_problem, dns_subdomain_problem, validate_object, BuiltinScopes, GroupKind, Gvk,
-    InvalidGvk, ObjectKey, ObjectPolicy, RenderedObject, Scope, ScopeLookup, DEFAULT_KINDS,
+    validate_object, BuiltinScopes, ObjectPolicy, RenderedObject, ScopeLookup, DEFAULT_KINDS,
 };
 pub use tracking::Divergence;
+
+use crate::kube_api::ObjectKey;
 
 use crate::api::DatabaseQueryResource;
 
@@ -223,12 +224,12 @@ impl std::fmt::Display for RowRef {
 
 /// A row that produced no objects, and why.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RowFailure {
+pub struct RenderFailure {
     pub row: RowRef,
     pub error: RowError,
 }
 
-impl RowFailure {
+impl RenderFailure {
     /// The row names a kind discovery did not know: a CRD may have been
     /// installed since, so discovery is worth refreshing.
     pub fn is_unknown_kind(&self) -> bool {
@@ -246,7 +247,7 @@ impl RowFailure {
 #[derive(Debug, Clone, Default)]
 pub struct RenderOutcome {
     pub objects: Vec<RenderedObject>,
-    pub failures: Vec<RowFailure>,
+    pub failures: Vec<RenderFailure>,
 }
 
 impl RenderOutcome {
@@ -339,7 +340,7 @@ fn render_rows_within(
     for (index, result) in per_row.into_iter().enumerate() {
         match result {
             Ok(objects) => outcome.objects.extend(objects),
-            Err(error) => outcome.failures.push(RowFailure {
+            Err(error) => outcome.failures.push(RenderFailure {
                 row: RowRef::of(index, &rows[index]),
                 error,
             }),

@@ -6,124 +6,8 @@ use std::collections::BTreeSet;
 use serde_json::Value as Json;
 
 use super::error::ObjectProblem;
-
-/// A kind regardless of version: `apps/Deployment`, `ConfigMap` (core group).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GroupKind {
-    pub group: String,
-    pub kind: String,
-}
-
-impl GroupKind {
-    pub fn new(group: impl Into<String>, kind: impl Into<String>) -> Self {
-        Self {
-            group: group.into(),
-            kind: kind.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for GroupKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.group.is_empty() {
-            f.write_str(&self.kind)
-        } else {
-            write!(f, "{}/{}", self.group, self.kind)
-        }
-    }
-}
-
-impl std::str::FromStr for GroupKind {
-    type Err = InvalidGvk;
-
-    /// `Kind` for the core group, `group/Kind` otherwise.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (group, kind) = s.rsplit_once('/').unwrap_or(("", s));
-        if kind.is_empty()
-            || !kind.chars().all(|c| c.is_ascii_alphanumeric())
-            || group.contains('/')
-        {
-            return Err(InvalidGvk(s.to_owned()));
-        }
-        Ok(Self::new(group, kind))
-    }
-}
-
-/// A kind at one version: what a manifest names (`apiVersion` + `kind`), what
-/// discovery resolves, and what the prune inventory records.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Gvk {
-    pub group: String,
-    pub version: String,
-    pub kind: String,
-}
-
-impl Gvk {
-    pub fn new(
-        group: impl Into<String>,
-        version: impl Into<String>,
-        kind: impl Into<String>,
-    ) -> Self {
-        Self {
-            group: group.into(),
-            version: version.into(),
-            kind: kind.into(),
-        }
-    }
-
-    /// From a manifest's `apiVersion` (`v1`, `apps/v1`) and `kind`.
-    pub fn from_api_version(api_version: &str, kind: &str) -> Option<Self> {
-        let (group, version) = match api_version.split('/').collect::<Vec<_>>()[..] {
-            [version] if !version.is_empty() => ("", version),
-            [group, version] if !group.is_empty() && !version.is_empty() => (group, version),
-            _ => return None,
-        };
-        Some(Self::new(group, version, kind))
-    }
-
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.clone()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
-    }
-
-    pub fn group_kind(&self) -> GroupKind {
-        GroupKind::new(self.group.clone(), self.kind.clone())
-    }
-}
-
-/// `v1/ConfigMap`, `apps/v1/Deployment`: the form `status.managedKinds` holds.
-impl std::fmt::Display for Gvk {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.api_version(), self.kind)
-    }
-}
-
-impl std::str::FromStr for Gvk {
-    type Err = InvalidGvk;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (api_version, kind) = s.rsplit_once('/').ok_or_else(|| InvalidGvk(s.to_owned()))?;
-        if kind.is_empty() {
-            return Err(InvalidGvk(s.to_owned()));
-        }
-        Self::from_api_version(api_version, kind).ok_or_else(|| InvalidGvk(s.to_owned()))
-    }
-}
-
-/// A kind that is not `Kind`/`group/Kind` (or `apiVersion/Kind` for a [`Gvk`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a valid kind")]
-pub struct InvalidGvk(pub String);
-
-/// Whether objects of a kind live in a namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    Namespaced,
-    Cluster,
-}
+use crate::api::names::{dns_label_problem, dns_subdomain_problem};
+use crate::kube_api::{GroupKind, Gvk, ObjectKey, Scope};
 
 /// Answers "is this kind namespaced?". The operator asks API discovery; the
 /// offline `render` command uses [`BuiltinScopes`].
@@ -208,14 +92,6 @@ pub struct RenderedObject {
     pub name: String,
     /// The manifest, namespace filled in.
     pub manifest: Json,
-}
-
-/// Identity of an object in the cluster: the same object whatever the apiVersion.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectKey {
-    pub group_kind: GroupKind,
-    pub namespace: Option<String>,
-    pub name: String,
 }
 
 impl RenderedObject {
@@ -324,39 +200,4 @@ fn check_name(kind: &str, name: &str) -> Result<(), ObjectProblem> {
         }),
         None => Ok(()),
     }
-}
-
-fn label_chars_problem(s: &str) -> Option<&'static str> {
-    if !s
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        return Some("only lower-case letters, digits and '-' are allowed");
-    }
-    if s.starts_with('-') || s.ends_with('-') {
-        return Some("must start and end with a letter or digit");
-    }
-    None
-}
-
-/// RFC 1123 label: at most 63 of `[a-z0-9-]`, alphanumeric at both ends.
-pub fn dns_label_problem(s: &str) -> Option<&'static str> {
-    if s.is_empty() || s.len() > 63 {
-        return Some("must be 1 to 63 characters");
-    }
-    label_chars_problem(s)
-}
-
-/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
-pub fn dns_subdomain_problem(s: &str) -> Option<&'static str> {
-    if s.is_empty() || s.len() > 253 {
-        return Some("must be 1 to 253 characters");
-    }
-    s.split('.').find_map(|part| {
-        if part.is_empty() {
-            Some("must not have empty parts between dots")
-        } else {
-            label_chars_problem(part)
-        }
-    })
 }

@@ -1,4 +1,5 @@
-//! Everything the operator asks of Kubernetes, as one trait. The shared
+//! Everything the operator asks of the cluster, reads (watch caches, the API
+//! server) and writes alike, as one trait. The shared
 //! writer actor implements it (each method one request under the writer's
 //! permits and timeout); the reconcile code sees only this trait, and the
 //! unit tests implement it in memory.
@@ -13,12 +14,12 @@ use serde_json::Value as Json;
 
 use crate::api::DatabaseQueryResourceStatus;
 use crate::kube_api::{
-    CachedObject, DbqrEvent, Discovered, KubeError, Labels, LiveObject, SecretData, Target,
+    CachedObject, Discovered, KubeError, Labels, LiveObject, NewEvent, SecretData, Target,
 };
 
 pub type Kinds = Arc<Discovered>;
 
-pub trait Writer {
+pub trait Cluster {
     /// Discovery: every served kind. `refresh` asks for a new discovery run.
     async fn kinds(&self, refresh: bool) -> Result<Kinds, KubeError>;
 
@@ -95,6 +96,6 @@ pub trait Writer {
     async fn publish_event(
         &self,
         regarding: &ObjectReference,
-        event: &DbqrEvent,
+        event: &NewEvent,
     ) -> Result<(), KubeError>;
 }

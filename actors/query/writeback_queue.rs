@@ -10,12 +10,12 @@ use std::time::Duration;
 use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
 
 use super::QueryActor;
+use dbqo::backoff::backoff;
+use dbqo::kube_api::ObjectKey;
 use dbqo::reconcile::{
-    backoff::backoff,
     status::{Outcome, WriteBackResult},
     writeback::{self, Fingerprints},
 };
-use dbqo::render::ObjectKey;
 
 /// Status changes of one object within this window cost one write-back.
 const WRITEBACK_DEBOUNCE: Duration = Duration::from_millis(100);
