@@ -123,6 +123,7 @@ impl Elector {
             tokio::time::sleep(self.config.retry_period).await;
         }
         readiness.leading.store(true, Ordering::SeqCst);
+        crate::metrics::global().leading();
         tracing::info!(identity = %self.config.identity, "became leader");
     }
 

@@ -142,6 +142,7 @@ async fn operate(
         control.spawn(elector.keep(fatal.clone()));
     } else {
         readiness.leading.store(true, Ordering::SeqCst);
+        metrics::global().leading();
     }
 
     let settings = Arc::new(settings);

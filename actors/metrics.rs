@@ -65,6 +65,7 @@ pub struct Metrics {
     actors: Gauge,
     writer_in_flight: Gauge,
     writer_waiting: Gauge,
+    leader: Gauge,
     connections: Family<ServerLabel, Gauge>,
     database_passes: Family<ResultLabel, Counter>,
     database_pass_duration: Histogram,
@@ -88,6 +89,7 @@ impl Metrics {
             actors: Gauge::default(),
             writer_in_flight: Gauge::default(),
             writer_waiting: Gauge::default(),
+            leader: Gauge::default(),
             connections: Family::default(),
             database_passes: Family::default(),
             database_pass_duration: seconds(),
@@ -164,6 +166,11 @@ impl Metrics {
             "writer_waiting_requests",
             "Callers waiting for admission to the writer (its queue is full)",
             m.writer_waiting.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica runs the actors (holds the Lease, or runs without leader election)",
+            m.leader.clone(),
         );
         registry.register(
             "database_connections",
@@ -245,6 +252,11 @@ impl Metrics {
 
     pub fn actor_stopped(&self) {
         self.actors.dec();
+    }
+
+    /// This replica runs the actors from now on.
+    pub fn leading(&self) {
+        self.leader.set(1);
     }
 
     /// A caller starts (`true`) or stops waiting for admission to the writer.

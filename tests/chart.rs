@@ -431,7 +431,7 @@ async fn run_as_the_charts_account(s: &common::operator::Setup, rendered: &Rende
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let operator = Operator::start_on(&kubeconfig, &common::unique("chart"), &args);
     eventually(Duration::from_secs(15), "the leader election", || async {
-        operator.log().contains("became leader").then_some(())
+        operator.leads().await.then_some(())
     })
     .await;
 
@@ -480,13 +480,9 @@ async fn run_as_the_charts_account(s: &common::operator::Setup, rendered: &Rende
         },
     )
     .await;
-    let log = operator.log();
-    let forbidden: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("Forbidden") || l.contains("forbidden"))
-        .collect();
-    assert!(
-        forbidden.is_empty(),
-        "the chart's RBAC refused the operator: {forbidden:?}"
+    assert_eq!(
+        operator.failures_of("Forbidden").await,
+        0,
+        "the chart's RBAC refused the operator a pass's request"
     );
 }

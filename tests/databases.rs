@@ -464,22 +464,27 @@ impl World {
         Some((data, secret))
     }
 
-    /// Passes the operator finished for `name`.
-    fn passes(&self, name: &str) -> usize {
-        self.operator
-            .log()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| {
-                l["fields"]["message"] == "database pass finished"
-                    && l["fields"]["database"] == name
-            })
-            .count()
+    /// `Database` passes the operator finished so far, all together:
+    /// (succeeded, failed), from its `/metrics`.
+    async fn database_passes(&self) -> (u64, u64) {
+        let metrics = self.operator.http_address("metrics").await;
+        let text = common::http_get(&metrics, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
+        let count = |result: &str| {
+            let name = format!("dbqo_database_passes_total{{result=\"{result}\"}}");
+            common::metric_sample(&text, &name).unwrap_or(0.0) as u64
+        };
+        (count("success"), count("failure"))
     }
 
-    async fn wait_for_passes(&self, name: &str, at_least: usize) {
-        eventually(WAIT, &format!("{at_least} passes of {name}"), || async {
-            (self.passes(name) >= at_least).then_some(())
+    /// Waits until at least `succeeded` and `failed` more passes than `since` finished.
+    async fn wait_for_passes(&self, since: (u64, u64), (succeeded, failed): (u64, u64)) {
+        let what = format!("{succeeded} good and {failed} failed passes");
+        eventually(WAIT, &what, || async {
+            let now = self.database_passes().await;
+            (now.0 >= since.0 + succeeded && now.1 >= since.1 + failed).then_some(())
         })
         .await;
     }
@@ -631,9 +636,8 @@ async fn lifecycle(engine: Engine, prefix: &str) {
     // Restart: no statement but reads, the same password.
     let before = admin.statements().await;
     w.restart_operator(&[]);
-    w.wait_for_passes("orders", 1).await;
-    w.wait_for_passes("inventory", 1).await;
-    w.wait_for_passes("thief", 1).await;
+    // Only orders and inventory can succeed, only thief fails.
+    w.wait_for_passes((0, 0), (2, 1)).await;
     let after = admin.statements().await;
     assert_eq!(
         after.0, before.0,
@@ -738,10 +742,11 @@ async fn privileges(engine: Engine, prefix: &str) {
     // Three more passes (a label change each): no GRANT, no REVOKE.
     let (_, grants) = admin.statements().await;
     for i in 0..3 {
-        let passes = w.passes("reports");
+        // reports is the only Database here.
+        let passes = w.database_passes().await;
         w.label(&w.team_a, "reports", "touch", json!(i.to_string()))
             .await;
-        w.wait_for_passes("reports", passes + 1).await;
+        w.wait_for_passes(passes, (1, 0)).await;
     }
     assert_eq!(
         admin.statements().await.1,

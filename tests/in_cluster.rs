@@ -242,9 +242,9 @@ fn interleaved_writes_are_found() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_runs_the_operator_on_a_real_node() {
+    // Not a silent pass: a run that cannot start a node has not tested this.
     if let Some(why) = Node::unavailable() {
-        eprintln!("SKIPPED the in-cluster test: {why}");
-        return;
+        panic!("the in-cluster test cannot run here: {why}");
     }
     let dir = dbqo_testenv::run_dir().with_extension("node");
     std::fs::create_dir_all(&dir).unwrap();

@@ -77,7 +77,7 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
     wait_for_condition(&client, &ns, "items", "Ready", "False", "ConnectionFailed").await;
     // Several failed passes later, every object is still there.
     eventually(Duration::from_secs(30), "three failed passes", || async {
-        (operator.passes().iter().filter(|p| !p.ok).count() >= 3).then_some(())
+        (operator.totals().await.failed >= 3).then_some(())
     })
     .await;
     assert_eq!(
@@ -405,11 +405,15 @@ async fn secret_changes_are_picked_up_and_cross_namespace_secrets_are_refused() 
     assert!(m.contains("spec.pollInterval is 500ms"), "{m}");
     // The same operator keeps running the other DBQR (its Secret is refused
     // again without the flag): two of its passes later, the invalid DBQR has
-    // run none and deleted nothing.
-    let since = op.passes().len();
+    // run none and deleted nothing: every pass is one of "cross", refused
+    // its Secret.
+    let (since, refused) = (op.totals().await, op.failures_of("SecretNotAllowed").await);
     op.wait_for_passes(since, 2, Duration::from_secs(30)).await;
-    let passes = op.passes();
-    assert!(passes.iter().all(|p| p.dbqr == "cross"), "{passes:?}");
+    let (passes, refused) = (
+        op.totals().await.since(&since).passes,
+        op.failures_of("SecretNotAllowed").await - refused,
+    );
+    assert_eq!(refused, passes, "only the refused DBQR ran passes");
     assert_eq!(common::operator::configmaps(&client, &ns).await.len(), 2);
     drop(op);
 }

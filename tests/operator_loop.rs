@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::eventually;
 use common::operator::{
     configmaps, create_secret, secret_keys, wait_for_condition, wait_for_configmaps, DbqrBuilder,
-    Operator,
+    Operator, PassTotals,
 };
 use dbqo::api::DatabaseQueryResource;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
@@ -70,9 +70,11 @@ async fn the_peer_walk_through_creates_updates_and_prunes() {
 
     // Converged: later passes send nothing.
     operator
-        .wait_for_pass(0, "a pass that skips every object", |p| {
-            p.dbqr == "users" && p.converged(2)
-        })
+        .wait_for_pass(
+            PassTotals::default(),
+            "a pass that skips every object",
+            |p| p.converged(2),
+        )
         .await;
 
     s.db.batch_execute("INSERT INTO users VALUES (3, 'carol', 'c@example.com', true)")
@@ -438,23 +440,20 @@ async fn a_dbqr_named_like_anothers_hashed_label_value_prunes_nothing_of_it() {
         .create(&s.client, &s.namespace)
         .await;
     wait_for_configmaps(&s.client, &s.namespace, &["a-1", "a-2", "b-1"]).await;
-    let passes = operator.passes().len();
-    // Both run converged passes with the other's objects in their label selection.
-    for name in [&long, &lookalike] {
-        let objects = if *name == long { 2 } else { 1 };
-        operator
-            .wait_for_pass(passes, "a converged pass of each", |p| {
-                p.dbqr == **name && p.converged(objects)
-            })
-            .await;
-    }
+    // Both run passes (every second) with the other's objects in their
+    // label selection; a few of each later nothing was written or deleted.
+    let since = operator.totals().await;
+    operator
+        .wait_for_passes(since, 6, Duration::from_secs(30))
+        .await;
+    let done = operator.totals().await.since(&since);
+    assert!(
+        done.ok() && done.applied == 0 && done.pruned == 0,
+        "{done:?}"
+    );
     wait_for_configmaps(&s.client, &s.namespace, &["a-1", "a-2", "b-1"]).await;
-    let pruning: Vec<_> = operator
-        .passes()
-        .into_iter()
-        .filter(|p| p.pruned > 0)
-        .collect();
-    assert!(pruning.is_empty(), "no pass deleted anything: {pruning:?}");
+    let total = operator.totals().await;
+    assert_eq!(total.pruned, 0, "no pass deleted anything: {total:?}");
 }
 
 /// Templates see the DBQR's labels and annotations as `Metadata`; editing

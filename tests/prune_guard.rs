@@ -95,25 +95,29 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
     let before = request_counts(&client).await;
 
     // The reload.
-    let passes = operator.passes().len();
+    let passes = operator.totals().await;
     db.batch_execute("TRUNCATE items").await.unwrap();
     let truncated = Instant::now();
     let held = operator
         .wait_for_pass(passes, "the pass that sees the empty table", |p| {
-            p.ok && p.rows == 0
+            p.ok() && p.rows == 0
         })
         .await;
-    assert_eq!((held.pruned, held.held), (0, ROWS as u64), "{held:?}");
+    assert_eq!(
+        (held.pruned, held.held),
+        (0, ROWS as u64 * held.passes),
+        "{held:?}"
+    );
     let message = wait_for_condition(&client, ns, "items", "PruneHeld", "True", "PruneHeld").await;
     assert!(message.contains(&format!("{ROWS} of {ROWS}")), "{message}");
     let (status, reason, _) = condition(&client, ns, "items", "Synced").await.unwrap();
     assert_eq!((status.as_str(), reason.as_str()), ("False", "PruneHeld"));
     tokio::time::sleep(Duration::from_millis(1500).saturating_sub(truncated.elapsed())).await;
-    let passes = operator.passes().len();
+    let passes = operator.totals().await;
     db.batch_execute(&fill()).await.unwrap();
     operator
         .wait_for_pass(passes, "the pass that sees the rows again", |p| {
-            p.ok && p.rows == ROWS as u64 && p.held == 0
+            p.ok() && p.rows == ROWS as u64 * p.passes && p.held == 0
         })
         .await;
     wait_for_condition(&client, ns, "items", "PruneHeld", "False", "NothingHeld").await;
@@ -135,12 +139,12 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
         .any(|r| r == "PruneHeld"));
 
     // Emptying the table for real: held first, carried out after the interval.
-    let passes = operator.passes().len();
+    let passes = operator.totals().await;
     db.batch_execute("DELETE FROM items").await.unwrap();
     let emptied = Instant::now();
     operator
         .wait_for_pass(passes, "the pass that holds the deletions", |p| {
-            p.ok && p.rows == 0 && p.held == ROWS as u64
+            p.ok() && p.rows == 0 && p.held == ROWS as u64 * p.passes
         })
         .await;
     eventually(
@@ -213,10 +217,12 @@ async fn the_release_annotation_lets_a_held_prune_through_and_small_prunes_are_i
     );
 
     // Every row: held (the default interval is 30 s) until the annotation.
-    let passes = operator.passes().len();
+    let passes = operator.totals().await;
     db.batch_execute("DELETE FROM items").await.unwrap();
     operator
-        .wait_for_pass(passes, "the held prune", |p| p.held == ROWS as u64 - 1)
+        .wait_for_pass(passes, "the held prune", |p| {
+            p.held == (ROWS as u64 - 1) * p.passes
+        })
         .await;
     assert_eq!(
         common::operator::configmaps(client, ns).await.len(),

@@ -157,6 +157,8 @@ async fn a_refused_status_write_is_retried_until_it_lands() {
     let user = common::unique("dbqo-limited");
     grant(&s.client, &user, &user, operator_rules(true, false)).await;
     let operator = limited_operator(&user);
+    let refused_before =
+        common::refused_requests(&s.client, "PATCH", "databasequeryresources", "status").await;
     DbqrBuilder::new("users", &operator)
         .query("SELECT id FROM t")
         .template(CM)
@@ -168,10 +170,10 @@ async fn a_refused_status_write_is_retried_until_it_lands() {
         Duration::from_secs(10),
         "a refused status write",
         || async {
-            operator
-                .log()
-                .contains("cannot write DBQR status")
-                .then_some(())
+            let refused =
+                common::refused_requests(&s.client, "PATCH", "databasequeryresources", "status")
+                    .await;
+            (refused > refused_before).then_some(())
         },
     )
     .await;
@@ -191,7 +193,7 @@ async fn a_refused_status_write_is_retried_until_it_lands() {
     .await;
     wait_for_condition(&s.client, &s.namespace, "users", "Ready", "True", "Ready").await;
     assert_eq!(
-        operator.passes().len(),
+        operator.totals().await.passes,
         1,
         "the status came from a retry, not a pass"
     );

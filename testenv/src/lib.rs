@@ -152,6 +152,25 @@ pub fn run_dir() -> PathBuf {
 /// The directory holding etcd, kube-apiserver and kube-controller-manager:
 /// `KUBEBUILDER_ASSETS` when it holds them, otherwise what the project's
 /// provisioning script builds and caches.
+/// The repository's root, found when the program runs. A build cached from
+/// another checkout of the repository (a shared target directory) must not
+/// point into that checkout: the path compiled in is the last resort.
+pub fn repo_root() -> PathBuf {
+    let is_root = |dir: &Path| dir.join("hack/provision.sh").is_file();
+    // Cargo and nextest set CARGO_MANIFEST_DIR for the test they run: a
+    // package directory directly under the root.
+    let from_test = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|dir| dir.parent().map(Path::to_path_buf));
+    let from_cwd = std::env::current_dir()
+        .ok()
+        .and_then(|dir| dir.ancestors().find(|d| is_root(d)).map(Path::to_path_buf));
+    from_test
+        .filter(|dir| is_root(dir))
+        .or(from_cwd)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
 pub fn assets() -> Result<PathBuf, Error> {
     let complete = |dir: &Path| {
         ["etcd", "kube-apiserver", "kube-controller-manager"]
@@ -163,7 +182,7 @@ pub fn assets() -> Result<PathBuf, Error> {
             return Ok(dir);
         }
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/provision.sh");
+    let script = repo_root().join("hack/provision.sh");
     let output = std::process::Command::new("bash")
         .arg(&script)
         .stderr(std::process::Stdio::inherit())

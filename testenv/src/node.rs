@@ -47,7 +47,7 @@ impl Node {
     pub fn start(dir: &Path, images: &[PathBuf]) -> Result<Self, Error> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/node.sh");
+        let script = crate::repo_root().join("hack/node.sh");
         let mut args = vec![
             script.to_string_lossy().into_owned(),
             dir.to_string_lossy().into_owned(),

@@ -193,6 +193,35 @@ pub async fn request_counts(client: &Client) -> RequestCounts {
     counts
 }
 
+/// Requests the API server answered 403 (Forbidden), by verb, resource and
+/// subresource (`""` for none), from its `apiserver_request_total`.
+pub async fn refused_requests(
+    client: &Client,
+    verb: &str,
+    resource: &str,
+    subresource: &str,
+) -> f64 {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(request).await.expect("read /metrics");
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|line| {
+            let label = |name: &str| {
+                line.split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            label("code") == "403"
+                && label("verb") == verb
+                && label("resource") == resource
+                && label("subresource") == subresource
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Requests counted between two readings whose (verb, resource) `pick` accepts.
 pub fn requests_between(
     before: &RequestCounts,

@@ -29,6 +29,16 @@ pub fn set_rust_log(filter: &str) {
 pub struct Operator {
     pub id: String,
     process: Supervised,
+    /// Where it serves `/metrics`, and `/healthz` and `/readyz`.
+    metrics: String,
+    probes: String,
+}
+
+/// A loopback address with a port nothing listens on now (the kernel hands
+/// ephemeral ports out in turn, so it is not handed out again at once).
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().unwrap().to_string()
 }
 
 impl Operator {
@@ -55,8 +65,9 @@ impl Operator {
 
     fn spawn(kubeconfig: &std::path::Path, id: &str, log: &str, extra_args: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!("{log}.operator.log"));
-        // JSON logs: tests read the operator's structured pass records.
-        // Ports of its own for the HTTP endpoints: tests run operators side by side.
+        // Ports of its own for the HTTP endpoints: tests run operators side
+        // by side, and observe passes through /metrics.
+        let (metrics, probes) = (free_address(), free_address());
         let mut args: Vec<String> = vec![
             "run".into(),
             "--log-format".into(),
@@ -64,9 +75,9 @@ impl Operator {
             "--label-selector".into(),
             format!("{TEST_LABEL}={id}"),
             "--metrics-bind-address".into(),
-            "127.0.0.1:0".into(),
+            metrics.clone(),
             "--health-probe-bind-address".into(),
-            "127.0.0.1:0".into(),
+            probes.clone(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let kubeconfig = kubeconfig.to_string_lossy().into_owned();
@@ -101,60 +112,82 @@ impl Operator {
         Self {
             id: id.to_owned(),
             process,
+            metrics,
+            probes,
         }
     }
 
+    /// Everything the operator logged so far. For checks that something
+    /// is *absent* from every log line (a Secret's value); results are
+    /// observed in the cluster, the database and `/metrics`, not here.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 
-    /// Every "pass finished" record so far, in order.
-    pub fn passes(&self) -> Vec<PassRecord> {
-        self.log()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|entry| entry["fields"]["message"] == "pass finished")
-            .filter_map(|entry| serde_json::from_value(entry["fields"].clone()).ok())
-            .collect()
+    /// What `/metrics` says of passes now (zero before it answers).
+    pub async fn totals(&self) -> PassTotals {
+        let text = super::http_get(&self.metrics, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        PassTotals::from_metrics(&text)
     }
 
-    /// Waits for a pass after the first `since` passes that satisfies `check`.
+    /// Whether this replica runs the actors, by its `dbqo_leader` gauge.
+    pub async fn leads(&self) -> bool {
+        let text = super::http_get(&self.metrics, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        super::metric_sample(&text, "dbqo_leader") == Some(1.0)
+    }
+
+    /// Failed passes so far whose condition reason is `reason`.
+    pub async fn failures_of(&self, reason: &str) -> u64 {
+        let text = super::http_get(&self.metrics, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let name = format!("dbqo_errors_total{{reason=\"{reason}\"}}");
+        super::metric_sample(&text, &name).unwrap_or(0.0) as u64
+    }
+
+    /// Waits for passes after `since` that satisfy `check`: the passes
+    /// between two looks at `/metrics` (at least one), taken together; what
+    /// they did. Passes that do not satisfy it are left behind.
     pub async fn wait_for_pass(
         &self,
-        since: usize,
+        since: PassTotals,
         what: &str,
-        check: impl Fn(&PassRecord) -> bool,
-    ) -> PassRecord {
+        check: impl Fn(&PassTotals) -> bool,
+    ) -> PassTotals {
+        let base = std::cell::Cell::new(since);
         eventually(Duration::from_secs(60), what, || async {
-            self.passes().into_iter().skip(since).find(|p| check(p))
+            let now = self.totals().await;
+            let done = now.since(&base.get());
+            if done.passes == 0 {
+                return None;
+            }
+            base.set(now);
+            check(&done).then_some(done)
         })
         .await
     }
 
     /// Waits until `count` more passes than `since` have finished.
-    pub async fn wait_for_passes(&self, since: usize, count: usize, timeout: Duration) {
+    pub async fn wait_for_passes(&self, since: PassTotals, count: u64, timeout: Duration) {
         eventually(timeout, &format!("{count} more passes"), || async {
-            (self.passes().len() >= since + count).then_some(())
+            (self.totals().await.since(&since).passes >= count).then_some(())
         })
         .await
     }
 
-    /// The address the operator logged it serves `what` on ("metrics", "probes").
+    /// Where it serves `what` ("metrics", "probes").
     pub async fn http_address(&self, what: &str) -> String {
-        eventually(
-            Duration::from_secs(10),
-            "the HTTP address in the log",
-            || async {
-                self.log().lines().find_map(|line| {
-                    let entry: Value = serde_json::from_str(line).ok()?;
-                    let fields = &entry["fields"];
-                    (fields["message"] == "serving HTTP" && fields["what"] == what)
-                        .then(|| fields["bound"].as_str().map(str::to_owned))
-                        .flatten()
-                })
-            },
-        )
-        .await
+        match what {
+            "metrics" => self.metrics.clone(),
+            _ => self.probes.clone(),
+        }
     }
 
     /// The operator's process id (to signal it).
@@ -168,28 +201,59 @@ impl Operator {
     }
 }
 
-/// What the operator logs when a pass ends (`--log-format json`).
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct PassRecord {
-    pub dbqr: String,
-    pub namespace: String,
-    pub pass: u64,
+/// What the operator's `/metrics` count of its DBQR passes, all DBQRs
+/// together; `since` makes it what happened in between.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassTotals {
+    pub passes: u64,
+    pub failed: u64,
     pub rows: u64,
-    pub objects: u64,
     pub applied: u64,
     pub skipped: u64,
     pub pruned: u64,
-    /// Deletions the prune guard holds after the pass.
-    #[serde(default)]
+    /// Deletions the prune guard held, summed over passes.
     pub held: u64,
-    pub ok: bool,
-    pub reason: String,
 }
 
-impl PassRecord {
-    /// A successful pass that sent no write: the DBQR is converged.
+impl PassTotals {
+    pub fn from_metrics(text: &str) -> Self {
+        let sample = |name: &str| super::metric_sample(text, name).unwrap_or(0.0) as u64;
+        let objects =
+            |operation: &str| sample(&format!("dbqo_objects_total{{operation=\"{operation}\"}}"));
+        let failed = sample("dbqo_passes_total{result=\"failure\"}");
+        Self {
+            passes: sample("dbqo_passes_total{result=\"success\"}") + failed,
+            failed,
+            rows: sample("dbqo_rows_total"),
+            applied: objects("applied"),
+            skipped: objects("skipped"),
+            pruned: objects("pruned"),
+            held: objects("held"),
+        }
+    }
+
+    /// What happened after `before`.
+    pub fn since(&self, before: &PassTotals) -> PassTotals {
+        PassTotals {
+            passes: self.passes - before.passes,
+            failed: self.failed - before.failed,
+            rows: self.rows - before.rows,
+            applied: self.applied - before.applied,
+            skipped: self.skipped - before.skipped,
+            pruned: self.pruned - before.pruned,
+            held: self.held - before.held,
+        }
+    }
+
+    /// Every pass succeeded.
+    pub fn ok(&self) -> bool {
+        self.failed == 0
+    }
+
+    /// Every pass succeeded, sent no write and skipped `objects` objects:
+    /// the DBQR (or the DBQRs, `objects` between them) is converged.
     pub fn converged(&self, objects: u64) -> bool {
-        self.ok && self.applied == 0 && self.pruned == 0 && self.skipped == objects
+        self.ok() && self.applied == 0 && self.pruned == 0 && self.skipped == objects * self.passes
     }
 }
 
