@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
-use actix::{Actor, Addr, Handler};
+use actix::{Actor, ActorContext, ActorFutureExt, Addr, Handler, ResponseActFuture};
 
 use crate::stopping::Stop;
 
@@ -112,6 +112,20 @@ impl<A: ChildActor, M> Children<A, M> {
             self.stop(key);
         }
         gone
+    }
+
+    /// The answer to [`crate::stopping::Shutdown`] for supervisor `S`: every
+    /// actor finishes the work under way and stops, then the supervisor.
+    /// `what` names the actors in the log line that follows.
+    pub fn shut_down_supervisor<S>(&mut self, what: &'static str) -> ResponseActFuture<S, ()>
+    where
+        S: Actor<Context = actix::Context<S>>,
+    {
+        let stopped = actix::fut::wrap_future::<_, S>(self.shut_down());
+        Box::pin(stopped.map(move |count, _, ctx| {
+            tracing::info!(actors = count, "{what} stopped");
+            ctx.stop();
+        }))
     }
 
     /// Asks every actor to stop once the work under way has finished;

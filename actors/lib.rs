@@ -96,40 +96,17 @@ pub fn report_panics(fatal: UnboundedSender<Fatal>) {
     }));
 }
 
-/// Starts the writer and the supervisor and runs until a signal (then stops
-/// every actor and drains the writer within `settings.drain`) or a fatal event.
+/// Starts the writer and the supervisors and runs until a signal (then
+/// drains, see [`drain`]) or a fatal event.
 async fn operate(
     settings: Settings,
     operations: Operations,
     fatal: UnboundedSender<Fatal>,
     mut fatal_rx: UnboundedReceiver<Fatal>,
 ) -> Result<(), Fatal> {
-    let mut config = kube::Config::infer()
-        .await
-        .map_err(|e| Fatal::Client(e.to_string()))?;
-    // kube's default retry repeats a 503 up to 15 times with a backoff that
-    // outgrows the API timeout: one aggregated API whose backend is down
-    // stalled discovery, and every pass waiting for it, for the whole
-    // timeout. Every caller here has a backoff of its own, so a failure is
-    // reported at once instead.
-    config.default_retry = false;
-    let client =
-        kube::Client::try_from(config.clone()).map_err(|e| Fatal::Client(e.to_string()))?;
-    let connections = dbqo::db::Connections::new(settings.connections_per_server);
-    metrics::global().watch_budget(&connections.budget);
+    let (config, client) = kube_client().await?;
     let readiness = Arc::new(http::Readiness::default());
-    // The probes, /metrics and lease renewal run on a thread of their own:
-    // a long pass on the actors' thread (thousands of rows to render) must
-    // not fail the liveness probe or let the Lease lapse while its writes
-    // are still going out.
-    let control = control_runtime().map_err(|e| Fatal::Client(e.to_string()))?;
-    {
-        let (operations, readiness) = (operations.clone(), readiness.clone());
-        control
-            .spawn(async move { serve_http(&operations, &readiness).await })
-            .await
-            .map_err(|e| Fatal::Client(e.to_string()))??;
-    }
+    let control = start_control(&operations, &readiness).await?;
     let mut signals = Signals::install().map_err(|e| Fatal::Signals(e.to_string()))?;
 
     // With leader election nothing starts before this replica holds the Lease.
@@ -146,70 +123,136 @@ async fn operate(
     }
 
     let settings = Arc::new(settings);
-    let writer = writer::KubeWriter::start(
-        client.clone(),
-        config,
-        settings.object_namespace().map(str::to_owned),
-        settings.concurrency,
-        settings.api_timeout,
-        settings.writer_queue,
-    );
-    let api: Api<DatabaseQueryResource> = match &settings.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let mut config = watcher::Config::default();
-    if let Some(selector) = &settings.label_selector {
-        config = config.labels(selector);
-    }
-    let events = watcher(api, config).default_backoff().boxed_local();
-    let provisioning = provision::ProvisionSupervisor::new(
-        client.clone(),
-        writer.clone(),
-        (settings.clone(), connections.clone()),
-    )
-    .start();
-    let supervisor = supervisor::Supervisor::new(
-        events,
-        writer.clone(),
-        (settings.clone(), connections),
-        readiness.synced.clone(),
-        fatal,
-    )
-    .start();
-
+    let running = Running::start(&client, config, &settings, &readiness, fatal);
     tokio::select! {
         () = signals.next() => {}
         Some(fatal) = fatal_rx.recv() => return Err(fatal),
     }
-    let started = Instant::now();
     readiness.draining.store(true, Ordering::SeqCst);
-    tracing::info!(drain = ?settings.drain, "shutting down");
-    // Both sides finish the work under way at once; then the writer's
-    // requests. A second signal gives up waiting.
-    let drain = tokio::time::timeout(settings.drain, async {
-        let _ = futures_util::future::join(
-            provisioning.send(stopping::Shutdown),
-            supervisor.send(stopping::Shutdown),
-        )
-        .await;
-        writer.drain().await;
-    });
     let drained = tokio::select! {
-        drained = drain => drained,
+        drained = running.drain(settings.drain) => drained,
         () = signals.next() => return Err(Fatal::Interrupted),
     };
-    match drained {
-        Ok(()) => tracing::info!(took = ?started.elapsed(), "stopped"),
-        Err(_) => tracing::warn!(drain = ?settings.drain, "drain deadline passed; exiting anyway"),
-    }
     // Nothing writes any more: the next replica may take over at once. After
     // a drain that timed out a request may still land, so the Lease is left
     // to expire instead.
-    if let (Some(election), Ok(())) = (&operations.leader_election, drained) {
+    if let (Some(election), true) = (&operations.leader_election, drained) {
         leader::release(client, election).await;
     }
     Ok(())
+}
+
+/// The Kubernetes client, from the kubeconfig or the pod's service account.
+async fn kube_client() -> Result<(kube::Config, kube::Client), Fatal> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(|e| Fatal::Client(e.to_string()))?;
+    // kube's default retry repeats a 503 up to 15 times with a backoff that
+    // outgrows the API timeout: one aggregated API whose backend is down
+    // stalled discovery, and every pass waiting for it, for the whole
+    // timeout. Every caller here has a backoff of its own, so a failure is
+    // reported at once instead.
+    config.default_retry = false;
+    let client =
+        kube::Client::try_from(config.clone()).map_err(|e| Fatal::Client(e.to_string()))?;
+    Ok((config, client))
+}
+
+/// Starts the HTTP endpoints on the control runtime: the probes, /metrics
+/// and lease renewal run on a thread of their own, so a long pass on the
+/// actors' thread (thousands of rows to render) does not fail the liveness
+/// probe or let the Lease lapse while its writes are still going out.
+async fn start_control(
+    operations: &Operations,
+    readiness: &Arc<http::Readiness>,
+) -> Result<&'static tokio::runtime::Handle, Fatal> {
+    let control = control_runtime().map_err(|e| Fatal::Client(e.to_string()))?;
+    let (operations, readiness) = (operations.clone(), readiness.clone());
+    control
+        .spawn(async move { serve_http(&operations, &readiness).await })
+        .await
+        .map_err(|e| Fatal::Client(e.to_string()))??;
+    Ok(control)
+}
+
+/// The actors of a replica that leads: the writer and both supervisors.
+struct Running {
+    writer: writer::WriterHandle,
+    provisioning: actix::Addr<provision::ProvisionSupervisor>,
+    supervisor: actix::Addr<supervisor::Supervisor>,
+}
+
+impl Running {
+    fn start(
+        client: &kube::Client,
+        config: kube::Config,
+        settings: &Arc<Settings>,
+        readiness: &http::Readiness,
+        fatal: UnboundedSender<Fatal>,
+    ) -> Self {
+        let connections = dbqo::db::Connections::new(settings.connections_per_server);
+        metrics::global().watch_budget(&connections.budget);
+        let writer = writer::KubeWriter::start(
+            client.clone(),
+            config,
+            settings.object_namespace().map(str::to_owned),
+            settings.concurrency,
+            settings.api_timeout,
+            settings.writer_queue,
+        );
+        let api: Api<DatabaseQueryResource> = match &settings.watch_namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let mut watch = watcher::Config::default();
+        if let Some(selector) = &settings.label_selector {
+            watch = watch.labels(selector);
+        }
+        let events = watcher(api, watch).default_backoff().boxed_local();
+        let shared = (settings.clone(), connections);
+        let provisioning =
+            provision::ProvisionSupervisor::new(client.clone(), writer.clone(), shared.clone())
+                .start();
+        let supervisor = supervisor::Supervisor::new(
+            events,
+            writer.clone(),
+            shared,
+            readiness.synced.clone(),
+            fatal,
+        )
+        .start();
+        Self {
+            writer,
+            provisioning,
+            supervisor,
+        }
+    }
+
+    /// The drain, the same for both sides: every actor finishes the work
+    /// under way and stops, then the writer's requests finish; all within
+    /// `deadline`. Whether it finished in time.
+    async fn drain(self, deadline: std::time::Duration) -> bool {
+        let started = Instant::now();
+        tracing::info!(drain = ?deadline, "shutting down");
+        let drain = async {
+            let _ = futures_util::future::join(
+                self.provisioning.send(stopping::Shutdown),
+                self.supervisor.send(stopping::Shutdown),
+            )
+            .await;
+            self.writer.drain().await;
+        };
+        match tokio::time::timeout(deadline, drain).await {
+            Ok(()) => {
+                tracing::info!(took = ?started.elapsed(), "stopped");
+                true
+            }
+            Err(_) => {
+                tracing::warn!(drain = ?deadline, "drain deadline passed; exiting anyway");
+                false
+            }
+        }
+    }
 }
 
 /// The runtime of what must answer whatever the actors are doing: one

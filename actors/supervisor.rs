@@ -29,7 +29,6 @@ use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
 use dbqo::backoff::backoff;
 use dbqo::controller::finalizer;
 use dbqo::db::Connections;
-use dbqo::kube_api::Gvk;
 use dbqo::reconcile::{
     cleanup::{blocked_status, clean_up, release, Cleanup, CleanupError},
     Cluster, Owner,
@@ -221,12 +220,7 @@ impl Supervisor {
         }
         let owner = Owner::of(&dbqr);
         let policy = dbqr.spec.deletion_policy;
-        let managed = dbqr
-            .status
-            .iter()
-            .flat_map(|s| &s.managed_kinds)
-            .filter_map(|k| k.parse::<Gvk>().ok())
-            .collect();
+        let managed = DatabaseQueryResourceStatus::managed_gvks(dbqr.status.as_ref());
         let allowed = self.settings.policy.allowed_kinds.clone();
         // The objects are deleted as the DBQR's ServiceAccount, like its passes.
         let writer = self
@@ -337,15 +331,7 @@ impl Handler<Shutdown> for Supervisor {
     /// Every QueryActor finishes what it is doing, then stops.
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
         self.stopping = true;
-        Box::pin(
-            self.actors
-                .shut_down()
-                .into_actor(self)
-                .map(move |count, _, ctx| {
-                    tracing::info!(actors = count, "query actors stopped");
-                    ctx.stop();
-                }),
-        )
+        self.actors.shut_down_supervisor("query actors")
     }
 }
 

@@ -78,7 +78,7 @@ async fn timestamp_probe_failures_are_reported() {
         .set("/changeDetection", json!({ "tableName": "missing_table", "timestampColumn": "updated_at", "changePollInterval": "500ms" }))
         .create(&client, &ns)
         .await;
-    let message = wait_for_condition(&client, &ns, "flags", "Synced", "False", "QueryFailed").await;
+    let message = wait_for_condition(&client, &ns, "flags", "Synced=False/QueryFailed").await;
     assert!(
         message.contains("change probe failed") && message.contains("missing_table"),
         "{message}"
@@ -89,8 +89,8 @@ async fn timestamp_probe_failures_are_reported() {
         .batch_execute("CREATE TABLE missing_table (updated_at timestamptz)")
         .await
         .unwrap();
-    wait_for_condition(&client, &ns, "flags", "Synced", "True", "Synced").await;
-    wait_for_condition(&client, &ns, "flags", "Ready", "True", "Ready").await;
+    wait_for_condition(&client, &ns, "flags", "Synced=True/Synced").await;
+    wait_for_condition(&client, &ns, "flags", "Ready=True/Ready").await;
 }
 
 #[tokio::test]
@@ -220,7 +220,7 @@ async fn a_steady_stream_of_changes_does_not_postpone_passes() {
         )
         .create(&client, &ns)
         .await;
-    wait_for_condition(&client, &ns, "ticks", "Ready", "True", "Ready").await;
+    wait_for_condition(&client, &ns, "ticks", "Ready=True/Ready").await;
     wait_for_listen(&db).await;
 
     // A row every 20 ms for 6 s, each its own transaction: notifications

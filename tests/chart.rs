@@ -442,7 +442,7 @@ async fn run_as_the_charts_account(s: &common::operator::Setup, rendered: &Rende
         .create(&s.client, &s.namespace)
         .await;
     wait_for_configmaps(&s.client, &s.namespace, &["cm-1", "cm-2", "cm-3"]).await;
-    wait_for_condition(&s.client, &s.namespace, "items", "Ready", "True", "Ready").await;
+    wait_for_condition(&s.client, &s.namespace, "items", "Ready=True/Ready").await;
     s.db.batch_execute("DELETE FROM t WHERE id = 3")
         .await
         .unwrap();
@@ -458,9 +458,7 @@ async fn run_as_the_charts_account(s: &common::operator::Setup, rendered: &Rende
         &s.client,
         &s.namespace,
         "services",
-        "Synced",
-        "False",
-        "KindNotAllowed",
+        "Synced=False/KindNotAllowed",
     )
     .await;
     assert!(message.contains("Service"), "{message}");

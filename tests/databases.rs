@@ -1340,21 +1340,8 @@ async fn postgres_shutdown_lets_the_pass_under_way_finish() {
     w.create_database(&w.team_a, "held", json!({"username": "held_user"}))
         .await
         .unwrap();
-    // (Not on the blocker's connection: a transaction sees one snapshot of
-    // pg_stat_activity.)
     let observer = common::connect(&pg.info.url("postgres")).await;
-    eventually(WAIT, "the operator's CREATE ROLE waiting", || async {
-        let waiting: i64 = observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (waiting == 1).then_some(())
-    })
-    .await;
+    common::wait_for_a_lock_waiter(&observer, "the operator's CREATE ROLE waiting").await;
     let probes = w.operator.http_address("probes").await;
     std::process::Command::new("kill")
         .args(["-TERM", &w.operator.pid().to_string()])

@@ -79,12 +79,11 @@ async fn let_go(cms: &Api<ConfigMap>) {
 /// resourceVersion, reads the DBQR again and succeeds.
 #[tokio::test]
 async fn a_dbqr_changed_during_clean_up_is_still_released() {
-    let s = common::operator::setup(
+    let (s, operator) = common::operator::setup_and_start(
         "conflict",
         "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
     )
     .await;
-    let operator = Operator::start(&[]);
     let (cms, dbqrs) = held_clean_up(&s.client, &s.namespace, &operator).await;
     // The supervisor's copy of the DBQR is now stale.
     dbqrs

@@ -131,7 +131,7 @@ async fn a_steady_state_costs_no_writes_and_no_object_reads() {
         .set("/pollInterval", json!("10s"))
         .create(&client, ns)
         .await;
-    wait_for_condition(&client, ns, "items", "Ready", "True", "Ready").await;
+    wait_for_condition(&client, ns, "items", "Ready=True/Ready").await;
     eventually(Duration::from_secs(60), "200 configmaps", || async {
         (common::operator::configmaps(&client, ns).await.len() == 200).then_some(())
     })

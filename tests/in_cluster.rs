@@ -352,7 +352,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         &[("anchor", "red"), ("buoy", "green"), ("cleat", "blue")],
     )
     .await;
-    wait_for_condition(&client, APP_NS, "items", "Ready", "True", "Ready").await;
+    wait_for_condition(&client, APP_NS, "items", "Ready=True/Ready").await;
     db.batch_execute("UPDATE items SET color = 'yellow' WHERE name = 'buoy'")
         .await
         .unwrap();
@@ -374,15 +374,8 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         )
         .await
         .unwrap();
-    let message = wait_for_condition(
-        &client,
-        APP_NS,
-        "robots",
-        "Synced",
-        "False",
-        "KindNotAllowed",
-    )
-    .await;
+    let message =
+        wait_for_condition(&client, APP_NS, "robots", "Synced=False/KindNotAllowed").await;
     assert!(message.contains("ServiceAccount"), "{message}");
 
     // /metrics from the leader Pod, over the pod network.
@@ -476,7 +469,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         accounts.get_opt("robot-r2").await.ok()?
     })
     .await;
-    wait_for_condition(&client, APP_NS, "robots", "Ready", "True", "Ready").await;
+    wait_for_condition(&client, APP_NS, "robots", "Ready=True/Ready").await;
 
     // The finalizer: a deleted DBQR takes its objects with it.
     dbqrs

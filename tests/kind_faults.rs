@@ -50,9 +50,7 @@ async fn an_unserved_version_fails_only_its_dbqr_and_the_served_one_converges() 
         &s.client,
         &s.namespace,
         "old",
-        "Synced",
-        "False",
-        "VersionNotServed",
+        "Synced=False/VersionNotServed",
     )
     .await;
     assert!(
@@ -73,7 +71,7 @@ async fn an_unserved_version_fails_only_its_dbqr_and_the_served_one_converges() 
         || async { deployments.get_opt("web-2").await.ok()?.map(|_| ()) },
     )
     .await;
-    wait_for_condition(&s.client, &s.namespace, "new", "Ready", "True", "Ready").await;
+    wait_for_condition(&s.client, &s.namespace, "new", "Ready=True/Ready").await;
     assert!(
         created.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -174,7 +172,7 @@ async fn an_unavailable_api_group_does_not_stop_discovery() {
         .create(&client, ns)
         .await;
     let started = std::time::Instant::now();
-    wait_for_condition(&client, ns, "items", "Ready", "True", "Ready").await;
+    wait_for_condition(&client, ns, "items", "Ready=True/Ready").await;
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the broken group held the DBQR up for {:?}",
@@ -227,7 +225,7 @@ async fn a_kind_whose_crd_is_deleted_drops_out_of_the_inventory() {
         .template(&both)
         .create(&s.client, &s.namespace)
         .await;
-    wait_for_condition(&s.client, &s.namespace, "gadgets", "Ready", "True", "Ready").await;
+    wait_for_condition(&s.client, &s.namespace, "gadgets", "Ready=True/Ready").await;
     let dbqrs: Api<dbqo::api::DatabaseQueryResource> =
         Api::namespaced(s.client.clone(), &s.namespace);
     let kinds = || async {
@@ -247,9 +245,7 @@ async fn a_kind_whose_crd_is_deleted_drops_out_of_the_inventory() {
         &s.client,
         &s.namespace,
         "gadgets",
-        "Synced",
-        "False",
-        "UnknownKind",
+        "Synced=False/UnknownKind",
     )
     .await;
     dbqrs
@@ -261,7 +257,7 @@ async fn a_kind_whose_crd_is_deleted_drops_out_of_the_inventory() {
         )
         .await
         .unwrap();
-    wait_for_condition(&s.client, &s.namespace, "gadgets", "Ready", "True", "Ready").await;
+    wait_for_condition(&s.client, &s.namespace, "gadgets", "Ready=True/Ready").await;
     eventually(
         Duration::from_secs(10),
         "the Gadget kind to drop out",

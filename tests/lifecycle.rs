@@ -99,19 +99,7 @@ async fn a_pass_waiting_for_a_lock(
         .await
         .unwrap();
     // The next poll (every second) waits for the lock.
-    eventually(Duration::from_secs(20), "a pass waiting for the lock", || async {
-        let waiting: i64 = s
-            .db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (waiting == 1).then_some(())
-    })
-    .await;
+    common::wait_for_a_lock_waiter(&s.db, "a pass waiting for the lock").await;
     (s, operator, locker)
 }
 

@@ -18,12 +18,11 @@ const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{Row
 
 #[tokio::test]
 async fn metrics_health_and_readiness_are_served() {
-    let s = common::operator::setup(
+    let (s, operator) = common::operator::setup_and_start(
         "endpoints",
         "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);",
     )
     .await;
-    let operator = Operator::start(&[]);
     let metrics = operator.http_address("metrics").await;
     let probes = operator.http_address("probes").await;
     assert_ne!(metrics, probes, "separate listeners for separate flags");
@@ -135,7 +134,7 @@ async fn one_replica_leads_and_another_takes_over_after_a_crash_or_a_release() {
         .template(CM)
         .create(&s.client, ns)
         .await;
-    wait_for_condition(&s.client, ns, "items", "Ready", "True", "Ready").await;
+    wait_for_condition(&s.client, ns, "items", "Ready=True/Ready").await;
     assert!(!leads(&second).await, "one leader at a time");
     assert_eq!(second.totals().await.passes, 0, "the standby runs no pass");
     let led = first.totals().await;

@@ -48,15 +48,7 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
         .create(&client, &ns)
         .await;
     wait_for_configmaps(&client, &ns, &["item-one", "item-two"]).await;
-    wait_for_condition(
-        &client,
-        &ns,
-        "items",
-        "DatabaseConnected",
-        "True",
-        "Connected",
-    )
-    .await;
+    wait_for_condition(&client, &ns, "items", "DatabaseConnected=True/Connected").await;
 
     let server = tokio::task::spawn_blocking(move || {
         server.pause();
@@ -68,13 +60,11 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
         &client,
         &ns,
         "items",
-        "DatabaseConnected",
-        "False",
-        "ConnectionFailed",
+        "DatabaseConnected=False/ConnectionFailed",
     )
     .await;
     assert!(!message.contains(&shared().postgres.password), "{message}");
-    wait_for_condition(&client, &ns, "items", "Ready", "False", "ConnectionFailed").await;
+    wait_for_condition(&client, &ns, "items", "Ready=False/ConnectionFailed").await;
     // Several failed passes later, every object is still there.
     eventually(Duration::from_secs(30), "three failed passes", || async {
         (operator.totals().await.failed >= 3).then_some(())
@@ -93,7 +83,7 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
     })
     .await
     .unwrap();
-    wait_for_condition(&client, &ns, "items", "Ready", "True", "Ready").await;
+    wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
 }
 
 #[tokio::test]
@@ -134,9 +124,7 @@ async fn wrong_password_unknown_host_and_tls_mismatch_have_clear_reasons() {
         &client,
         &ns,
         "wrong-password",
-        "DatabaseConnected",
-        "False",
-        "AuthenticationFailed",
+        "DatabaseConnected=False/AuthenticationFailed",
     )
     .await;
     assert!(m.contains("password authentication failed"), "{m}");
@@ -145,9 +133,7 @@ async fn wrong_password_unknown_host_and_tls_mismatch_have_clear_reasons() {
         &client,
         &ns,
         "unknown-host",
-        "DatabaseConnected",
-        "False",
-        "ConnectionFailed",
+        "DatabaseConnected=False/ConnectionFailed",
     )
     .await;
     assert!(
@@ -160,9 +146,7 @@ async fn wrong_password_unknown_host_and_tls_mismatch_have_clear_reasons() {
         &client,
         &ns,
         "requires-tls",
-        "DatabaseConnected",
-        "False",
-        "ConnectionFailed",
+        "DatabaseConnected=False/ConnectionFailed",
     )
     .await;
     assert!(
@@ -173,9 +157,7 @@ async fn wrong_password_unknown_host_and_tls_mismatch_have_clear_reasons() {
         &client,
         &ns,
         "missing-secret",
-        "DatabaseConnected",
-        "False",
-        "SecretNotFound",
+        "DatabaseConnected=False/SecretNotFound",
     )
     .await;
     assert!(m.contains("missing-secret"), "{m}");
@@ -238,9 +220,7 @@ async fn tls_modes_behave_as_libpq_defines() {
         &client,
         &ns,
         "wrong-ca",
-        "DatabaseConnected",
-        "False",
-        "ConnectionFailed",
+        "DatabaseConnected=False/ConnectionFailed",
     )
     .await;
     assert!(m.to_lowercase().contains("certificate"), "{m}");
@@ -314,9 +294,7 @@ async fn every_verifying_mode_with_a_right_and_a_wrong_ca() {
             &client,
             &ns,
             name,
-            "DatabaseConnected",
-            "False",
-            "ConnectionFailed",
+            "DatabaseConnected=False/ConnectionFailed",
         )
         .await;
         assert!(m.to_lowercase().contains("certificate"), "{name}: {m}");
@@ -325,9 +303,7 @@ async fn every_verifying_mode_with_a_right_and_a_wrong_ca() {
         &client,
         &ns,
         "no-ca",
-        "DatabaseConnected",
-        "False",
-        "TlsConfigError",
+        "DatabaseConnected=False/TlsConfigError",
     )
     .await;
     assert!(
@@ -377,9 +353,7 @@ async fn secret_changes_are_picked_up_and_cross_namespace_secrets_are_refused() 
         &client,
         &ns,
         "cross",
-        "DatabaseConnected",
-        "False",
-        "SecretNotAllowed",
+        "DatabaseConnected=False/SecretNotAllowed",
     )
     .await;
     assert!(m.contains(&elsewhere), "{m}");
@@ -401,7 +375,7 @@ async fn secret_changes_are_picked_up_and_cross_namespace_secrets_are_refused() 
         .await
         .unwrap();
     let op = Operator::start_with_id(&operator_id(&client, &ns).await, &[]);
-    let m = wait_for_condition(&client, &ns, "items", "Synced", "False", "InvalidSpec").await;
+    let m = wait_for_condition(&client, &ns, "items", "Synced=False/InvalidSpec").await;
     assert!(m.contains("spec.pollInterval is 500ms"), "{m}");
     // The same operator keeps running the other DBQR (its Secret is refused
     // again without the flag): two of its passes later, the invalid DBQR has
@@ -468,23 +442,13 @@ async fn a_server_with_no_connection_to_spare_is_reported_and_recovers() {
         &client,
         &ns,
         "items",
-        "DatabaseConnected",
-        "False",
-        "TooManyConnections",
+        "DatabaseConnected=False/TooManyConnections",
     )
     .await;
     assert!(!message.contains("app-pw"), "{message}");
     drop(held);
     wait_for_configmaps(&client, &ns, &["item-one", "item-two"]).await;
-    wait_for_condition(
-        &client,
-        &ns,
-        "items",
-        "DatabaseConnected",
-        "True",
-        "Connected",
-    )
-    .await;
+    wait_for_condition(&client, &ns, "items", "DatabaseConnected=True/Connected").await;
     drop(operator);
     drop(admin);
 }

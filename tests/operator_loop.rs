@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::eventually;
 use common::operator::{
-    configmaps, create_secret, secret_keys, wait_for_condition, wait_for_configmaps, DbqrBuilder,
-    Operator, PassTotals,
+    configmaps, create_secret, secret_keys, setup_and_start, wait_for_condition,
+    wait_for_configmaps, DbqrBuilder, Operator, PassTotals,
 };
 use dbqo::api::DatabaseQueryResource;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
@@ -30,8 +30,7 @@ data:
 
 #[tokio::test]
 async fn the_peer_walk_through_creates_updates_and_prunes() {
-    let s = setup("walk", USERS).await;
-    let operator = Operator::start(&[]);
+    let (s, operator) = setup_and_start("walk", USERS).await;
     DbqrBuilder::new("users", &operator)
         .query("SELECT id, username, email FROM users WHERE active ORDER BY id")
         .template(USER_CM)
@@ -40,7 +39,7 @@ async fn the_peer_walk_through_creates_updates_and_prunes() {
 
     let cms = wait_for_configmaps(&s.client, &s.namespace, &["user-alice", "user-bob"]).await;
     assert_eq!(cms["user-bob"]["email"], "none");
-    wait_for_condition(&s.client, &s.namespace, "users", "Ready", "True", "Ready").await;
+    wait_for_condition(&s.client, &s.namespace, "users", "Ready=True/Ready").await;
 
     // Labels and owner reference per SPEC §4 step 5.
     let cm = Api::<ConfigMap>::namespaced(s.client.clone(), &s.namespace)
@@ -183,13 +182,12 @@ async fn deployments_from_a_cnpg_uri_secret_with_a_multi_statement_query() {
         },
     )
     .await;
-    wait_for_condition(&s.client, &s.namespace, "apps", "Synced", "True", "Synced").await;
+    wait_for_condition(&s.client, &s.namespace, "apps", "Synced=True/Synced").await;
 }
 
 #[tokio::test]
 async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
-    let s = setup("badrow", USERS).await;
-    let operator = Operator::start(&[]);
+    let (s, operator) = setup_and_start("badrow", USERS).await;
     let template =
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{Row.prefix}}-{{Row.username}}\"\n";
     DbqrBuilder::new("first", &operator)
@@ -213,15 +211,8 @@ async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
     s.db.batch_execute("UPDATE users SET username = 'Not Valid!' WHERE id = 1; INSERT INTO users VALUES (3, 'carol', NULL, true)")
         .await
         .unwrap();
-    let message = wait_for_condition(
-        &s.client,
-        &s.namespace,
-        "first",
-        "Synced",
-        "False",
-        "InvalidName",
-    )
-    .await;
+    let message =
+        wait_for_condition(&s.client, &s.namespace, "first", "Synced=False/InvalidName").await;
     assert!(message.contains("row 0"), "{message}");
     assert!(
         !message.contains("Not Valid"),
@@ -258,7 +249,7 @@ async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
         ],
     )
     .await;
-    wait_for_condition(&s.client, &s.namespace, "first", "Ready", "True", "Ready").await;
+    wait_for_condition(&s.client, &s.namespace, "first", "Ready=True/Ready").await;
 }
 
 #[tokio::test]
@@ -353,7 +344,7 @@ async fn deletion_policies_and_contested_objects() {
         .template(same)
         .create(&s.client, &s.namespace)
         .await;
-    wait_for_condition(&s.client, &s.namespace, "owner-a", "Ready", "True", "Ready").await;
+    wait_for_condition(&s.client, &s.namespace, "owner-a", "Ready=True/Ready").await;
     DbqrBuilder::new("owner-b", &operator)
         .query("SELECT 1 AS id")
         .template(same)
@@ -363,9 +354,7 @@ async fn deletion_policies_and_contested_objects() {
         &s.client,
         &s.namespace,
         "owner-b",
-        "Synced",
-        "False",
-        "ObjectOwnedElsewhere",
+        "Synced=False/ObjectOwnedElsewhere",
     )
     .await;
     assert!(message.contains("another owner"), "{message}");
@@ -375,8 +364,7 @@ async fn deletion_policies_and_contested_objects() {
 
 #[tokio::test]
 async fn twenty_dbqrs_in_twenty_namespaces() {
-    let s = setup("many", USERS).await;
-    let operator = Operator::start(&[]);
+    let (s, operator) = setup_and_start("many", USERS).await;
     let mut namespaces = Vec::new();
     for i in 0..20 {
         let ns = common::namespace(&s.client, &format!("many{i}")).await;
@@ -390,7 +378,7 @@ async fn twenty_dbqrs_in_twenty_namespaces() {
     }
     for ns in &namespaces {
         wait_for_configmaps(&s.client, ns, &["user-alice", "user-bob"]).await;
-        wait_for_condition(&s.client, ns, "users", "Ready", "True", "Ready").await;
+        wait_for_condition(&s.client, ns, "users", "Ready=True/Ready").await;
     }
     // A spec change restarts the actor with the new spec; the old objects are pruned.
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &namespaces[0]);
@@ -407,8 +395,7 @@ async fn twenty_dbqrs_in_twenty_namespaces() {
     })
     .await;
     assert_eq!(configmaps(&s.client, &namespaces[1]).await.len(), 2);
-    let ready =
-        wait_for_condition(&s.client, &namespaces[0], "users", "Ready", "True", "Ready").await;
+    let ready = wait_for_condition(&s.client, &namespaces[0], "users", "Ready=True/Ready").await;
     assert_eq!(ready, "1 objects from 1 rows");
 }
 
@@ -418,12 +405,11 @@ async fn twenty_dbqrs_in_twenty_namespaces() {
 /// neither prunes the other's.
 #[tokio::test]
 async fn a_dbqr_named_like_anothers_hashed_label_value_prunes_nothing_of_it() {
-    let s = setup(
+    let (s, operator) = setup_and_start(
         "lookalike",
         "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);",
     )
     .await;
-    let operator = Operator::start(&[]);
     let long = format!("long-{}", "x".repeat(70));
     let lookalike = dbqo::reconcile::labels::label_value(&long);
     assert_ne!(lookalike, long);
@@ -460,12 +446,11 @@ async fn a_dbqr_named_like_anothers_hashed_label_value_prunes_nothing_of_it() {
 /// them (no new generation) re-renders the objects.
 #[tokio::test]
 async fn a_label_edit_of_the_dbqr_re_renders_its_objects() {
-    let s = setup(
+    let (s, operator) = setup_and_start(
         "relabel",
         "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
     )
     .await;
-    let operator = Operator::start(&[]);
     DbqrBuilder::new("tiered", &operator)
         .query("SELECT id FROM t")
         .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{Row.id}}\"\ndata:\n  tier: \"{{default Metadata.Labels.tier \"none\"}}\"\n")

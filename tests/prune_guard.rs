@@ -108,7 +108,7 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
         (0, ROWS as u64 * held.passes),
         "{held:?}"
     );
-    let message = wait_for_condition(&client, ns, "items", "PruneHeld", "True", "PruneHeld").await;
+    let message = wait_for_condition(&client, ns, "items", "PruneHeld=True/PruneHeld").await;
     assert!(message.contains(&format!("{ROWS} of {ROWS}")), "{message}");
     let (status, reason, _) = condition(&client, ns, "items", "Synced").await.unwrap();
     assert_eq!((status.as_str(), reason.as_str()), ("False", "PruneHeld"));
@@ -120,8 +120,8 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
             p.ok() && p.rows == ROWS as u64 * p.passes && p.held == 0
         })
         .await;
-    wait_for_condition(&client, ns, "items", "PruneHeld", "False", "NothingHeld").await;
-    wait_for_condition(&client, ns, "items", "Synced", "True", "Synced").await;
+    wait_for_condition(&client, ns, "items", "PruneHeld=False/NothingHeld").await;
+    wait_for_condition(&client, ns, "items", "Synced=True/Synced").await;
     let after = request_counts(&client).await;
     assert_eq!(
         deletes(&after),
@@ -172,7 +172,7 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
         },
     )
     .await;
-    wait_for_condition(&client, ns, "items", "Ready", "True", "Ready").await;
+    wait_for_condition(&client, ns, "items", "Ready=True/Ready").await;
     // Nothing is left of any kind: the inventory is written empty, not left as it was.
     let dbqrs = Api::<DatabaseQueryResource>::namespaced(client.clone(), ns);
     eventually(Duration::from_secs(10), "an empty managedKinds", || async {
@@ -303,7 +303,7 @@ async fn deletions_in_batches_add_up_and_are_held() {
     s.db.batch_execute("DELETE FROM items WHERE id <= 28")
         .await
         .unwrap();
-    let message = wait_for_condition(client, ns, "items", "PruneHeld", "True", "PruneHeld").await;
+    let message = wait_for_condition(client, ns, "items", "PruneHeld=True/PruneHeld").await;
     assert!(message.contains("12 of 24"), "{message}");
     assert_eq!(
         common::operator::configmaps(client, ns).await.len(),

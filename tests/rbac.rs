@@ -111,9 +111,7 @@ async fn a_clean_up_without_permission_is_reported_and_completes_once_allowed() 
         &s.client,
         &s.namespace,
         "users",
-        "CleanupBlocked",
-        "True",
-        "Forbidden",
+        "CleanupBlocked=True/Forbidden",
     )
     .await;
     assert!(message.contains("ConfigMap cm-"), "{message}");
@@ -191,7 +189,7 @@ async fn a_refused_status_write_is_retried_until_it_lands() {
         )],
     )
     .await;
-    wait_for_condition(&s.client, &s.namespace, "users", "Ready", "True", "Ready").await;
+    wait_for_condition(&s.client, &s.namespace, "users", "Ready=True/Ready").await;
     assert_eq!(
         operator.totals().await.passes,
         1,

@@ -72,26 +72,24 @@ async fn row_values_and_passwords_never_reach_conditions_events_or_info_logs() {
         .create(client, ns)
         .await;
 
-    wait_for_condition(client, ns, "notice", "Ready", "True", "Ready").await;
-    let cast = wait_for_condition(client, ns, "cast", "Synced", "False", "QueryFailed").await;
+    wait_for_condition(client, ns, "notice", "Ready=True/Ready").await;
+    let cast = wait_for_condition(client, ns, "cast", "Synced=False/QueryFailed").await;
     assert!(
         cast.contains("invalid_text_representation (SQLSTATE 22P02"),
         "{cast}"
     );
-    let unique = wait_for_condition(client, ns, "unique", "Synced", "False", "QueryFailed").await;
+    let unique = wait_for_condition(client, ns, "unique", "Synced=False/QueryFailed").await;
     assert!(
         unique.contains("unique_violation (SQLSTATE 23505"),
         "{unique}"
     );
-    let label = wait_for_condition(client, ns, "label", "Synced", "False", "Invalid").await;
+    let label = wait_for_condition(client, ns, "label", "Synced=False/Invalid").await;
     assert!(label.contains("label-1"), "names the object: {label}");
     let password = wait_for_condition(
         client,
         ns,
         "password",
-        "DatabaseConnected",
-        "False",
-        "SecretInvalid",
+        "DatabaseConnected=False/SecretInvalid",
     )
     .await;
     assert!(password.contains("quote values"), "{password}");
@@ -152,15 +150,8 @@ async fn a_json_object_rendered_directly_fails_its_row_naming_the_expression() {
         .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"j-{{Row.id}}\"\ndata:\n  obj: \"{{Row.obj}}\"\n")
         .create(&s.client, &s.namespace)
         .await;
-    let message = wait_for_condition(
-        &s.client,
-        &s.namespace,
-        "json",
-        "Synced",
-        "False",
-        "RenderFailed",
-    )
-    .await;
+    let message =
+        wait_for_condition(&s.client, &s.namespace, "json", "Synced=False/RenderFailed").await;
     assert!(
         message.contains("{{Row.obj}} is a JSON object") && message.contains("toJson Row.obj"),
         "{message}"

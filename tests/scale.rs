@@ -161,12 +161,11 @@ async fn two_hundred_dbqrs_stay_within_the_connection_budget() {
 /// each reacts to its own channel only.
 #[tokio::test]
 async fn two_hundred_notify_dbqrs_share_one_listen_connection() {
-    let s = common::operator::setup(
+    let (s, operator) = common::operator::setup_and_start(
         "listen",
         "CREATE TABLE items AS SELECT g AS grp, 1 AS id FROM generate_series(1, 200) g;",
     )
     .await;
-    let operator = Operator::start(&[]);
     create_dbqrs(&s.client, &s.namespace, &operator, 200, |i, b| {
         b.set("/pollInterval", json!("1h")).set(
             "/changeDetection",

@@ -134,7 +134,7 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
         .template(ANY_OBJECT)
         .create(c, ns)
         .await;
-    let message = wait_for_condition(c, ns, "objects", "Synced", "False", "ObjectExists").await;
+    let message = wait_for_condition(c, ns, "objects", "Synced=False/ObjectExists").await;
     // The message names the first rows' objects; the count covers the Namespace's.
     for expected in [
         "3 problem(s), nothing pruned",
@@ -612,7 +612,7 @@ async fn a_dbqr_acts_with_its_service_accounts_rights_only() {
         .await;
 
     let deployer = format!("system:serviceaccount:{ns}:deployer");
-    let message = wait_for_condition(c, ns, "by-default", "Synced", "False", "Forbidden").await;
+    let message = wait_for_condition(c, ns, "by-default", "Synced=False/Forbidden").await;
     assert!(
         message.contains(&format!(
             "{deployer} may not get configmaps in namespace {other}"
@@ -629,15 +629,7 @@ async fn a_dbqr_acts_with_its_service_accounts_rights_only() {
     let theirs = Api::<ConfigMap>::namespaced(c.clone(), &other);
     assert!(theirs.get_opt("theirs").await.unwrap().is_none());
 
-    let message = wait_for_condition(
-        c,
-        ns,
-        "no-secret",
-        "DatabaseConnected",
-        "False",
-        "Forbidden",
-    )
-    .await;
+    let message = wait_for_condition(c, ns, "no-secret", "DatabaseConnected=False/Forbidden").await;
     assert!(
         message.contains(&format!(
             "system:serviceaccount:{ns}:no-secret may not get secrets in namespace {ns}"
@@ -694,7 +686,7 @@ async fn a_listen_connection_is_shared_only_with_the_same_credentials() {
         .set("/changeDetection", notify.clone())
         .create(c, ns)
         .await;
-    wait_for_condition(c, ns, "right", "Ready", "True", "Ready").await;
+    wait_for_condition(c, ns, "right", "Ready=True/Ready").await;
     wait_for_listen(&s.db).await;
     DbqrBuilder::new("wrong", &operator)
         .query("SELECT name FROM items")
@@ -708,9 +700,7 @@ async fn a_listen_connection_is_shared_only_with_the_same_credentials() {
         c,
         ns,
         "wrong",
-        "DatabaseConnected",
-        "False",
-        "AuthenticationFailed",
+        "DatabaseConnected=False/AuthenticationFailed",
     )
     .await;
     // Only a notification can bring the row before the hour-long poll.

@@ -16,9 +16,7 @@ async fn write_back_failure(client: &kube::Client, ns: &str, name: &str) -> Stri
         client,
         ns,
         name,
-        "StatusWriteBack",
-        "False",
-        "StatusWriteBackFailed",
+        "StatusWriteBack=False/StatusWriteBackFailed",
     )
     .await
 }
@@ -75,7 +73,7 @@ async fn deployment_status_is_written_back_to_its_row() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(written, expected, "the final status, written back");
-    wait_for_condition(&client, &ns, "apps", "StatusWriteBack", "True", "Written").await;
+    wait_for_condition(&client, &ns, "apps", "StatusWriteBack=True/Written").await;
 }
 
 #[tokio::test]
@@ -152,15 +150,8 @@ async fn a_status_template_with_two_statements_is_refused() {
         )
         .create(&client, &ns)
         .await;
-    let message = wait_for_condition(
-        &client,
-        &ns,
-        "two",
-        "Synced",
-        "False",
-        "StatusTemplateInvalid",
-    )
-    .await;
+    let message =
+        wait_for_condition(&client, &ns, "two", "Synced=False/StatusTemplateInvalid").await;
     assert!(message.contains("exactly one statement"), "{message}");
     let raw = DbqrBuilder::new("raw", &operator)
         .query("SELECT 1 AS id")
@@ -170,15 +161,8 @@ async fn a_status_template_with_two_statements_is_refused() {
             json!("UPDATE t SET x = {{{Row.id}}}"),
         );
     raw.create(&client, &ns).await;
-    let message = wait_for_condition(
-        &client,
-        &ns,
-        "raw",
-        "Synced",
-        "False",
-        "StatusTemplateInvalid",
-    )
-    .await;
+    let message =
+        wait_for_condition(&client, &ns, "raw", "Synced=False/StatusTemplateInvalid").await;
     assert!(message.contains("bound as parameters"), "{message}");
 }
 
@@ -214,7 +198,7 @@ spec:
     );
     assert!(!message.contains("\"conv-1\""), "{message}");
     // Reconciliation is not blocked by it.
-    wait_for_condition(&client, &ns, "conv", "Synced", "True", "Synced").await;
+    wait_for_condition(&client, &ns, "conv", "Synced=True/Synced").await;
 }
 
 const APP_DEPLOYMENT: &str = "apiVersion: apps/v1
@@ -274,9 +258,7 @@ async fn failed_write_backs_are_retried_and_a_restart_writes_every_status_once()
         &s.client,
         &s.namespace,
         "apps",
-        "StatusWriteBack",
-        "True",
-        "Written",
+        "StatusWriteBack=True/Written",
     )
     .await;
 
@@ -301,12 +283,11 @@ async fn failed_write_backs_are_retried_and_a_restart_writes_every_status_once()
 /// Every write-back statement runs under the DBQR's statement timeout.
 #[tokio::test]
 async fn a_slow_write_back_is_cancelled_by_the_statement_timeout() {
-    let s = common::operator::setup(
+    let (s, operator) = common::operator::setup_and_start(
         "wbslow",
         "CREATE TABLE apps (id int PRIMARY KEY, replicas int); INSERT INTO apps VALUES (1);",
     )
     .await;
-    let operator = Operator::start(&[]);
     DbqrBuilder::new("apps", &operator)
         .query("SELECT id FROM apps")
         .template(APP_DEPLOYMENT)
@@ -325,8 +306,9 @@ async fn a_slow_write_back_is_cancelled_by_the_statement_timeout() {
 /// the DBQR is read, with a message that says what to write instead.
 #[tokio::test]
 async fn an_expression_inside_quotes_is_refused_when_the_dbqr_is_read() {
-    let s = common::operator::setup("wbquoted", "CREATE TABLE apps (id int, note text);").await;
-    let operator = Operator::start(&[]);
+    let (s, operator) =
+        common::operator::setup_and_start("wbquoted", "CREATE TABLE apps (id int, note text);")
+            .await;
     DbqrBuilder::new("apps", &operator)
         .query("SELECT 1 AS id")
         .template(APP_DEPLOYMENT)
@@ -340,9 +322,7 @@ async fn an_expression_inside_quotes_is_refused_when_the_dbqr_is_read() {
         &s.client,
         &s.namespace,
         "apps",
-        "Synced",
-        "False",
-        "StatusTemplateInvalid",
+        "Synced=False/StatusTemplateInvalid",
     )
     .await;
     assert!(

@@ -469,7 +469,7 @@ async fn main() {
     let done = seen.until(Duration::from_secs(600), |m| m.len() == n).await;
     let op_create = done - t;
     let cpu_create = cpu_seconds(operator.pid()) - cpu0;
-    common::operator::wait_for_condition(&client, &ns, "items", "Ready", "True", "Ready").await;
+    common::operator::wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
     common::operator::wait_for_listen(&db).await;
 
     let objects = produced(&client, &ns).await;
@@ -662,7 +662,7 @@ async fn main() {
     let id = operator.id.clone();
     drop(operator);
     let operator = Operator::start_with_id(&id, &[]);
-    common::operator::wait_for_condition(&client, &ns, "items", "Ready", "True", "Ready").await;
+    common::operator::wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (w, r, s, q) = idle_cost(&client, &db, args.idle).await;
     rows.push(row(
@@ -711,8 +711,7 @@ async fn main() {
             .await;
         let took = done - t;
         let cpu = cpu_seconds(operator.pid()) - cpu0;
-        common::operator::wait_for_condition(&client, &size_ns, "sized", "Ready", "True", "Ready")
-            .await;
+        common::operator::wait_for_condition(&client, &size_ns, "sized", "Ready=True/Ready").await;
         // Idle long enough for freed pages to go back (jemalloc's decay is 10 s).
         tokio::time::sleep(Duration::from_secs(15)).await;
         let rss = common::rss_mib(operator.pid());

@@ -22,7 +22,10 @@ use dbqo::api::database::{Database, DatabaseStatus};
 use dbqo::api::server::DatabaseServer;
 use dbqo::backoff::backoff;
 use dbqo::db::Connections;
-use dbqo::provision::{admin::BudgetedSessions, database_pass::DatabasePass};
+use dbqo::provision::{
+    admin::BudgetedSessions,
+    database_pass::{DatabasePass, PassOutcome},
+};
 use dbqo::settings::Settings;
 /// A converged `Database` is checked again this often (reads only).
 const RESYNC: Duration = Duration::from_secs(600);
@@ -111,14 +114,23 @@ impl DatabaseActor {
         }
         self.running = true;
         let version = self.database.resource_version();
+        let pass = self.pass(version.is_some() && version == self.reset_done_for);
+        ctx.spawn(pass.into_actor(self).map(move |outcome, act, ctx| {
+            act.running = false;
+            if outcome.reset_done {
+                act.reset_done_for = version;
+            }
+            act.passed(outcome, ctx);
+        }));
+    }
+
+    /// One pass over the `Database` as the actor has it now (owned: the
+    /// pass runs beside the actor).
+    fn pass(&self, reset_done: bool) -> impl std::future::Future<Output = PassOutcome> + 'static {
         let (database, server) = (self.database.clone(), self.server());
         let (writer, settings) = (self.writer.clone(), self.settings.clone());
-        let budget = self.connections.budget.clone();
-        let (status, reset_done) = (
-            self.status.clone(),
-            version.is_some() && version == self.reset_done_for,
-        );
-        let pass = async move {
+        let (budget, status) = (self.connections.budget.clone(), self.status.clone());
+        async move {
             let started = std::time::Instant::now();
             let outcome = DatabasePass {
                 database: &database,
@@ -135,33 +147,32 @@ impl DatabaseActor {
             tracing::debug!(database = %database.name_any(), namespace = ?database.namespace(), reason = ?outcome.reason, "database pass finished");
             crate::metrics::global().database_pass(outcome.reason, started.elapsed());
             outcome
+        }
+    }
+
+    /// A pass ended: keep its status, follow its Secrets, and stop or arm
+    /// the next pass (at once if a change came meanwhile).
+    fn passed(&mut self, outcome: PassOutcome, ctx: &mut Context<Self>) {
+        if let Some(status) = outcome.status {
+            self.status = Some(status);
+        }
+        self.subscribe(outcome.secrets, ctx);
+        if outcome.finished || self.stopping.pending() {
+            ctx.stop();
+            return;
+        }
+        let delay = if outcome.failed {
+            self.failures += 1;
+            backoff(self.failures, RETRY_CAP)
+        } else {
+            self.failures = 0;
+            RESYNC
         };
-        ctx.spawn(pass.into_actor(self).map(move |outcome, act, ctx| {
-            act.running = false;
-            if outcome.reset_done {
-                act.reset_done_for = version;
-            }
-            if let Some(status) = outcome.status {
-                act.status = Some(status);
-            }
-            act.subscribe(outcome.secrets, ctx);
-            if outcome.finished || act.stopping.pending() {
-                ctx.stop();
-                return;
-            }
-            let delay = if outcome.failed {
-                act.failures += 1;
-                backoff(act.failures, RETRY_CAP)
-            } else {
-                act.failures = 0;
-                RESYNC
-            };
-            if std::mem::take(&mut act.again) {
-                act.kick(ctx);
-            } else {
-                act.timer = Some(ctx.run_later(delay, |act, ctx| act.kick(ctx)));
-            }
-        }));
+        if std::mem::take(&mut self.again) {
+            self.kick(ctx);
+        } else {
+            self.timer = Some(ctx.run_later(delay, |act, ctx| act.kick(ctx)));
+        }
     }
 
     /// Hears about exactly `secrets` from now on.

@@ -10,10 +10,7 @@ pub mod database;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, ResponseActFuture,
-    StreamHandler, WrapFuture,
-};
+use actix::{Actor, AsyncContext, Context, Handler, ResponseActFuture, StreamHandler, WrapFuture};
 use futures_util::{stream::LocalBoxStream, StreamExt};
 use kube::{
     api::Api,
@@ -253,15 +250,7 @@ impl Handler<Shutdown> for ProvisionSupervisor {
     /// Every DatabaseActor finishes its pass in flight, then stops.
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
         self.stopping = true;
-        Box::pin(
-            self.actors
-                .shut_down()
-                .into_actor(self)
-                .map(move |count, _, ctx| {
-                    tracing::info!(actors = count, "database actors stopped");
-                    ctx.stop();
-                }),
-        )
+        self.actors.shut_down_supervisor("database actors")
     }
 }
 

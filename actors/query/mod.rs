@@ -22,10 +22,10 @@ use kube::{api::ApiResource, ResourceExt};
 
 use crate::stopping::{Stop, StopRequests};
 use crate::writer::{DriftSubscription, Drifted, SecretChanged, SecretSubscription, WriterHandle};
-use dbqo::api::DatabaseQueryResource;
+use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
 use dbqo::db::Connections;
+use dbqo::kube_api::ObjectKey;
 use dbqo::kube_api::Target;
-use dbqo::kube_api::{Gvk, ObjectKey};
 use dbqo::reconcile::{
     guard::RELEASE_ANNOTATION,
     needs_no_repair, repair, run_pass,
@@ -83,12 +83,7 @@ impl QueryActor {
             .map_err(Arc::new);
         let status = status::StatusWrites::new(dbqr.status.clone());
         // What earlier lives of the operator wrote: the prune inventory.
-        let managed = dbqr
-            .status
-            .iter()
-            .flat_map(|s| &s.managed_kinds)
-            .filter_map(|k| k.parse::<Gvk>().ok())
-            .collect();
+        let managed = DatabaseQueryResourceStatus::managed_gvks(dbqr.status.as_ref());
         let detection = Detection::for_spec(&dbqr.spec);
         // Every object request of this DBQR is made as its ServiceAccount.
         let writer = writer.acting_as(dbqo::reconcile::pass::acting_user(&dbqr, &settings));

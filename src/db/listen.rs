@@ -181,54 +181,91 @@ impl Registry {
 async fn run_hub(
     registry: Registry,
     budget: ConnectionBudget,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::UnboundedReceiver<Command>,
 ) {
-    let mut channels: Channels = HashMap::new();
-    let mut info: Option<ConnInfo> = None;
-    let mut failures = 0u32;
-    loop {
-        // Gather commands until there is something to connect with.
-        while channels.is_empty() {
-            let command = if info.is_none() {
-                commands.recv().await
-            } else {
-                let mut pending = registry.retire(&mut commands).into_iter();
-                let Some(first) = pending.next() else { return };
-                for command in pending {
-                    apply(command, &mut channels, &mut info, None).await;
-                }
-                Some(first)
-            };
-            match command {
-                Some(command) => apply(command, &mut channels, &mut info, None).await,
-                None => return,
-            }
-        }
-        let Some(slot) = budget.server(&registry.key.0).acquire(SLOT_WAIT).await else {
+    let mut hub = Hub {
+        registry,
+        commands,
+        channels: HashMap::new(),
+        info: None,
+        failures: 0,
+    };
+    while hub.gather().await {
+        let Some(slot) = budget.server(&hub.registry.key.0).acquire(SLOT_WAIT).await else {
             tracing::info!("no connection slot for the LISTEN connection yet");
             continue;
         };
         // Whatever arrived while waiting for the slot is LISTENed at once.
-        while let Ok(command) = commands.try_recv() {
-            apply(command, &mut channels, &mut info, None).await;
+        while let Ok(command) = hub.commands.try_recv() {
+            apply(command, &mut hub.channels, &mut hub.info, None).await;
         }
-        let Some(current) = info.clone().filter(|_| !channels.is_empty()) else {
+        let Some(current) = hub.info.clone().filter(|_| !hub.channels.is_empty()) else {
             continue;
         };
-        let connection = match connect(&current, channels.keys()).await {
+        let connection = match connect(&current, hub.channels.keys()).await {
             Ok(connection) => connection,
             Err(error) => {
-                failures = failures.saturating_add(1);
+                hub.failures = hub.failures.saturating_add(1);
                 tracing::info!(reason = error.reason(), "LISTEN connection failed");
                 drop(slot);
-                let delay = crate::backoff::backoff(failures, Duration::from_secs(30));
-                wait_applying(&mut commands, &mut channels, &mut info, delay).await;
+                let delay = crate::backoff::backoff(hub.failures, Duration::from_secs(30));
+                wait_applying(&mut hub.commands, &mut hub.channels, &mut hub.info, delay).await;
                 continue;
             }
         };
-        failures = 0;
-        tracing::info!(channels = channels.len(), "listening for notifications");
-        for subscribers in channels.values() {
+        hub.failures = 0;
+        let Some(lost) = hub.serve(connection).await else {
+            return;
+        };
+        tracing::info!(why = lost, "LISTEN connection lost; reconnecting");
+        drop(slot);
+    }
+}
+
+/// What a hub task holds: its registry entry, its commands, the channels
+/// and their subscribers, the connection settings.
+struct Hub {
+    registry: Registry,
+    commands: mpsc::UnboundedReceiver<Command>,
+    channels: Channels,
+    info: Option<ConnInfo>,
+    failures: u32,
+}
+
+impl Hub {
+    /// Gathers commands until there is something to connect with; `false`
+    /// once the hub is to end (no subscriber left, no one to send more).
+    async fn gather(&mut self) -> bool {
+        while self.channels.is_empty() {
+            let command = if self.info.is_none() {
+                self.commands.recv().await
+            } else {
+                let mut pending = self.registry.retire(&mut self.commands).into_iter();
+                let Some(first) = pending.next() else {
+                    return false;
+                };
+                for command in pending {
+                    apply(command, &mut self.channels, &mut self.info, None).await;
+                }
+                Some(first)
+            };
+            match command {
+                Some(command) => apply(command, &mut self.channels, &mut self.info, None).await,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Serves `connection` until it is lost (why) or the hub is to end
+    /// (`None`): notifications to their subscribers, commands applied, a
+    /// ping every `PING` (a half-open connection answers none).
+    async fn serve(&mut self, connection: SharedListener) -> Option<&'static str> {
+        tracing::info!(
+            channels = self.channels.len(),
+            "listening for notifications"
+        );
+        for subscribers in self.channels.values() {
             for (_, tx) in subscribers {
                 let _ = tx.try_send(Notice::Listening);
             }
@@ -239,36 +276,32 @@ async fn run_hub(
         } = connection;
         let mut ping = tokio::time::interval(PING);
         ping.tick().await;
-        let lost = loop {
+        loop {
             tokio::select! {
-                command = commands.recv() => {
-                    let Some(command) = command else { return };
-                    let before = info.as_ref().map(settings);
-                    apply(command, &mut channels, &mut info, Some(&client)).await;
-                    if channels.is_empty() {
-                        break "no subscriber is left";
+                command = self.commands.recv() => {
+                    let before = self.info.as_ref().map(settings);
+                    apply(command?, &mut self.channels, &mut self.info, Some(&client)).await;
+                    if self.channels.is_empty() {
+                        return Some("no subscriber is left");
                     }
-                    if info.as_ref().map(settings) != before {
-                        break "the connection settings changed";
+                    if self.info.as_ref().map(settings) != before {
+                        return Some("the connection settings changed");
                     }
                 }
                 channel = notifications.recv() => {
-                    let Some(channel) = channel else { break "the connection ended" };
-                    for (_, tx) in channels.get(&channel).into_iter().flatten() {
+                    let Some(channel) = channel else { return Some("the connection ended") };
+                    for (_, tx) in self.channels.get(&channel).into_iter().flatten() {
                         let _ = tx.try_send(Notice::Notified);
                     }
                 }
                 _ = ping.tick() => {
                     let alive = tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await;
                     if !matches!(alive, Ok(Ok(_))) {
-                        break "a ping went unanswered";
+                        return Some("a ping went unanswered");
                     }
                 }
             }
-        };
-        tracing::info!(why = lost, "LISTEN connection lost; reconnecting");
-        drop(client);
-        drop(slot);
+        }
     }
 }
 

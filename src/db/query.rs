@@ -95,21 +95,41 @@ pub async fn run_query(
             refusal,
         })?;
     }
-    let statement_error = |index| {
-        move |e: tokio_postgres::Error| QueryError::Statement {
-            index,
-            message: super::describe(&e),
-            code: e.code().map(|c| c.code().to_owned()),
-        }
-    };
-
     let tx = client
         .build_transaction()
         .read_only(options.read_only)
         .start()
         .await
         .map_err(statement_error(0))?;
-    // SET LOCAL ends with the transaction, so a pooled connection keeps no state.
+    run_setup(&tx, setup, options).await?;
+    let last_index = setup.len() + 1;
+    let (columns, prepared) = prepare_measured(&tx, last, last_index, options).await?;
+    let rows = tx
+        .query_raw(&prepared, std::iter::empty::<i32>())
+        .await
+        .map_err(statement_error(last_index))?;
+    let result = read_rows(rows, columns, last_index, options).await?;
+    tx.commit().await.map_err(statement_error(last_index))?;
+    Ok(result)
+}
+
+/// The error of statement `index` (1-based; 0 for the operator's own).
+fn statement_error(index: usize) -> impl Fn(tokio_postgres::Error) -> QueryError {
+    move |e: tokio_postgres::Error| QueryError::Statement {
+        index,
+        message: super::describe(&e),
+        code: e.code().map(|c| c.code().to_owned()),
+    }
+}
+
+/// The statement timeout, then the setup statements; a setup statement may
+/// lower the timeout, never lift it (0 is none). `SET LOCAL` ends with the
+/// transaction, so a pooled connection keeps no state.
+async fn run_setup(
+    tx: &tokio_postgres::Transaction<'_>,
+    setup: &[&str],
+    options: &QueryOptions,
+) -> Result<(), QueryError> {
     let timeout_ms = options.statement_timeout.as_millis().max(1);
     tx.batch_execute(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
         .await
@@ -120,7 +140,6 @@ pub async fn run_query(
             .map_err(statement_error(i + 1))?;
     }
     if !setup.is_empty() {
-        // A setup statement may lower the timeout, never lift it (0 is none).
         tx.batch_execute(&format!(
             "SELECT set_config('statement_timeout', \
              LEAST(NULLIF(setting::bigint, 0), {timeout_ms})::text, true) \
@@ -129,11 +148,20 @@ pub async fn run_query(
         .await
         .map_err(statement_error(0))?;
     }
-    let last_index = setup.len() + 1;
-    let prepared = tx
-        .prepare(last)
-        .await
-        .map_err(statement_error(last_index))?;
+    Ok(())
+}
+
+/// Prepares the query (no parameters, named and unique columns) and the
+/// wrapper its rows come through: each row is measured on the server, and a
+/// row over maxRowBytes arrives as a flag and NULLs, never as its bytes (the
+/// driver buffers a whole row before anyone can look at it).
+async fn prepare_measured(
+    tx: &tokio_postgres::Transaction<'_>,
+    last: &str,
+    index: usize,
+    options: &QueryOptions,
+) -> Result<(Vec<String>, Statement), QueryError> {
+    let prepared = tx.prepare(last).await.map_err(statement_error(index))?;
     if !prepared.params().is_empty() {
         return Err(QueryError::HasParameters(prepared.params().len()));
     }
@@ -148,33 +176,33 @@ pub async fn run_query(
     if let Some(dup) = first_duplicate(&columns) {
         return Err(QueryError::DuplicateColumn(dup.to_owned()));
     }
-    // The rows come through a wrapper that measures each one on the server:
-    // a row over maxRowBytes arrives as a flag and NULLs, never as its
-    // bytes (the driver buffers a whole row before anyone can look at it).
     let wrapped = wrap(last, &prepared, options.max_row_bytes);
-    let prepared = tx
-        .prepare(&wrapped)
-        .await
-        .map_err(statement_error(last_index))?;
+    let measured = tx.prepare(&wrapped).await.map_err(statement_error(index))?;
+    Ok((columns, measured))
+}
 
-    let rows = tx
-        .query_raw(&prepared, std::iter::empty::<i32>())
-        .await
-        .map_err(statement_error(last_index))?;
+/// Decodes the rows of the measured statement within maxRows and
+/// maxResultBytes; an oversized row becomes a marker the render refuses.
+async fn read_rows(
+    rows: tokio_postgres::RowStream,
+    columns: Vec<String>,
+    index: usize,
+    options: &QueryOptions,
+) -> Result<QueryResult, QueryError> {
     pin_mut!(rows);
     let mut result = QueryResult {
         columns,
         rows: Vec::new(),
     };
     let mut total: u64 = 0;
-    while let Some(row) = rows.try_next().await.map_err(statement_error(last_index))? {
+    while let Some(row) = rows.try_next().await.map_err(statement_error(index))? {
         if result.rows.len() >= options.max_rows as usize {
             return Err(QueryError::TooManyRows(options.max_rows));
         }
-        let over: bool = row.try_get(0).map_err(statement_error(last_index))?;
+        let over: bool = row.try_get(0).map_err(statement_error(index))?;
         let mut raws = Vec::with_capacity(result.columns.len());
         for i in 1..=result.columns.len() {
-            let raw: RawValue<'_> = row.try_get(i).map_err(statement_error(last_index))?;
+            let raw: RawValue<'_> = row.try_get(i).map_err(statement_error(index))?;
             raws.push(raw.0);
         }
         // The binary form can be larger than the text the server measured.
@@ -194,7 +222,6 @@ pub async fn run_query(
         }
         result.rows.push(object);
     }
-    tx.commit().await.map_err(statement_error(last_index))?;
     Ok(result)
 }
 

@@ -34,101 +34,115 @@ pub fn conninfo_from_secret(
     data: &BTreeMap<String, Vec<u8>>,
     reference: &ConnectionSecretRef,
 ) -> Result<ConnInfo, SecretError> {
-    let text = |key: &str| -> Result<Option<String>, SecretError> {
-        match data.get(key) {
-            None => Ok(None),
-            Some(bytes) => String::from_utf8(bytes.clone())
-                // Values written with `echo` into a Secret end in a newline.
-                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
-                .map_err(|_| SecretError::NotUtf8 {
-                    secret: secret.to_owned(),
-                    key: key.to_owned(),
-                }),
-        }
-    };
-    let required = |key: &str| -> Result<String, SecretError> {
-        text(key)?.ok_or_else(|| SecretError::MissingKey {
-            secret: secret.to_owned(),
-            key: key.to_owned(),
-        })
-    };
-
-    let mut info = if let Some(uri_key) = &reference.uri_key {
-        required(uri_key)?
+    let values = SecretValues { secret, data };
+    let mut info = match &reference.uri_key {
+        Some(uri_key) => values
+            .required(uri_key)?
             .parse::<ConnInfo>()
-            .map_err(|e| SecretError::Invalid {
-                secret: secret.to_owned(),
-                problem: format!("key {uri_key:?}: {e}"),
-            })?
-    } else {
-        let key = |custom: &Option<String>, default: &'static str| {
-            custom.clone().unwrap_or_else(|| default.to_owned())
-        };
-        let host_key = key(&reference.host_key, "host");
-        let port_key = key(&reference.port_key, "port");
-        let mut config = tokio_postgres::Config::new();
-        config.host(&required(&host_key)?);
-        if let Some(port) = text(&port_key)? {
-            let port = port
-                .trim()
-                .parse::<u16>()
-                .map_err(|_| SecretError::BadPort {
-                    secret: secret.to_owned(),
-                    key: port_key.clone(),
-                })?;
-            config.port(port);
-        }
-        config.user(&required(&key(&reference.user_key, "username"))?);
-        if let Some(password) = text(&key(&reference.password_key, "password"))? {
-            config.password(password);
-        }
-        config.dbname(&required(&key(&reference.db_name_key, "dbname"))?);
-        let ssl_mode_key = key(&reference.ssl_mode_key, "sslmode");
-        let ssl_mode = match text(&ssl_mode_key)? {
-            Some(mode) => mode
-                .trim()
-                .parse::<SslMode>()
-                .map_err(|e| SecretError::Invalid {
-                    secret: secret.to_owned(),
-                    problem: format!("key {ssl_mode_key:?}: {e}"),
-                })?,
-            None => SslMode::Prefer,
-        };
-        ConnInfo {
-            config,
-            ssl_mode,
-            root_cert: None,
-        }
+            .map_err(|e| values.invalid(format!("key {uri_key:?}: {e}")))?,
+        None => values.from_keys(reference)?,
     };
-    let refuse = |problem: &str| SecretError::Invalid {
-        secret: secret.to_owned(),
-        problem: problem.to_owned(),
-    };
-    // Files and sockets are the operator's, not the Secret author's.
-    if matches!(info.root_cert, Some(RootCert::File(_))) {
-        return Err(refuse(
-            "sslrootcert names a file on the operator's filesystem, which is not supported: \
-             put the CA bundle in the Secret and name its key in caCertKey \
-             (or use sslrootcert=system)",
-        ));
-    }
-    if info
-        .config
-        .get_hosts()
-        .iter()
-        .any(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
-    {
-        return Err(refuse(
-            "the host is a Unix socket path on the operator's filesystem; give a TCP host name",
-        ));
-    }
+    refuse_local(&values, &info)?;
     if let Some(ca_key) = &reference.ca_cert_key {
-        info.root_cert = Some(RootCert::Pem(required(ca_key)?.into_bytes()));
+        info.root_cert = Some(RootCert::Pem(values.required(ca_key)?.into_bytes()));
     }
     if info.config.get_application_name().is_none() {
         info.config.application_name("db-query-operator");
     }
     Ok(info)
+}
+
+/// Files and sockets are the operator's, not the Secret author's.
+fn refuse_local(values: &SecretValues<'_>, info: &ConnInfo) -> Result<(), SecretError> {
+    if matches!(info.root_cert, Some(RootCert::File(_))) {
+        return Err(values.invalid(
+            "sslrootcert names a file on the operator's filesystem, which is not supported: \
+             put the CA bundle in the Secret and name its key in caCertKey \
+             (or use sslrootcert=system)",
+        ));
+    }
+    let unix =
+        |h: &tokio_postgres::config::Host| matches!(h, tokio_postgres::config::Host::Unix(_));
+    if info.config.get_hosts().iter().any(unix) {
+        return Err(values.invalid(
+            "the host is a Unix socket path on the operator's filesystem; give a TCP host name",
+        ));
+    }
+    Ok(())
+}
+
+/// A Secret's values, read as text; errors name the Secret and the key,
+/// never a value.
+struct SecretValues<'a> {
+    secret: &'a str,
+    data: &'a BTreeMap<String, Vec<u8>>,
+}
+
+impl SecretValues<'_> {
+    fn text(&self, key: &str) -> Result<Option<String>, SecretError> {
+        match self.data.get(key) {
+            None => Ok(None),
+            Some(bytes) => String::from_utf8(bytes.clone())
+                // Values written with `echo` into a Secret end in a newline.
+                .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
+                .map_err(|_| SecretError::NotUtf8 {
+                    secret: self.secret.to_owned(),
+                    key: key.to_owned(),
+                }),
+        }
+    }
+
+    fn required(&self, key: &str) -> Result<String, SecretError> {
+        self.text(key)?.ok_or_else(|| SecretError::MissingKey {
+            secret: self.secret.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    fn invalid(&self, problem: impl Into<String>) -> SecretError {
+        SecretError::Invalid {
+            secret: self.secret.to_owned(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The connection from one key per part (host, port, user, ...).
+    fn from_keys(&self, reference: &ConnectionSecretRef) -> Result<ConnInfo, SecretError> {
+        let key = |custom: &Option<String>, default: &'static str| {
+            custom.clone().unwrap_or_else(|| default.to_owned())
+        };
+        let mut config = tokio_postgres::Config::new();
+        config.host(&self.required(&key(&reference.host_key, "host"))?);
+        let port_key = key(&reference.port_key, "port");
+        if let Some(port) = self.text(&port_key)? {
+            let port = port
+                .trim()
+                .parse::<u16>()
+                .map_err(|_| SecretError::BadPort {
+                    secret: self.secret.to_owned(),
+                    key: port_key.clone(),
+                })?;
+            config.port(port);
+        }
+        config.user(&self.required(&key(&reference.user_key, "username"))?);
+        if let Some(password) = self.text(&key(&reference.password_key, "password"))? {
+            config.password(password);
+        }
+        config.dbname(&self.required(&key(&reference.db_name_key, "dbname"))?);
+        let ssl_mode_key = key(&reference.ssl_mode_key, "sslmode");
+        let ssl_mode = match self.text(&ssl_mode_key)? {
+            Some(mode) => mode
+                .trim()
+                .parse::<SslMode>()
+                .map_err(|e| self.invalid(format!("key {ssl_mode_key:?}: {e}")))?,
+            None => SslMode::Prefer,
+        };
+        Ok(ConnInfo {
+            config,
+            ssl_mode,
+            root_cert: None,
+        })
+    }
 }
 
 #[cfg(test)]

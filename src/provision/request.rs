@@ -165,59 +165,9 @@ pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, 
     let user_max = if engine == Engine::Mysql { 32 } else { 63 };
     check_name("username", &username, user_max)?;
 
-    let asked = spec
-        .privileges
-        .as_ref()
-        .unwrap_or(&server.spec.default_privileges);
-    let privileges = privileges(&with_presets(asked, server), engine)?;
-    if !server.spec.allowed_privileges.is_empty() {
-        let allowed = self::privileges(&server.spec.allowed_privileges, engine)?;
-        for privilege in &privileges {
-            if !allowed.contains(privilege) && !allowed.iter().any(|a| a == "ALL") {
-                return Err(RequestError::PrivilegeNotAllowed {
-                    privilege: privilege.clone(),
-                    server: server_name,
-                });
-            }
-        }
-    }
-
-    let mut extensions = spec.extensions.clone();
-    extensions.sort();
-    extensions.dedup();
-    if !extensions.is_empty() && engine != Engine::Postgres {
-        return Err(wrong_engine("extensions", "PostgreSQL", engine));
-    }
-    for extension in &extensions {
-        if !server.spec.allowed_extensions.contains(extension) {
-            return Err(RequestError::ExtensionNotAllowed {
-                extension: extension.clone(),
-                server: server_name,
-            });
-        }
-    }
-
-    let options = CreateOptions {
-        encoding: setting("encoding", &spec.encoding)?,
-        locale: setting("locale", &spec.locale)?,
-        charset: setting("charset", &spec.charset)?,
-        collation: setting("collation", &spec.collation)?,
-    };
-    if engine == Engine::Postgres {
-        if options.charset.is_some() {
-            return Err(wrong_engine("charset", "MySQL and MariaDB", engine));
-        }
-        if options.collation.is_some() {
-            return Err(wrong_engine("collation", "MySQL and MariaDB", engine));
-        }
-    } else {
-        if options.encoding.is_some() {
-            return Err(wrong_engine("encoding", "PostgreSQL", engine));
-        }
-        if options.locale.is_some() {
-            return Err(wrong_engine("locale", "PostgreSQL", engine));
-        }
-    }
+    let privileges = allowed_privileges(spec, server, &server_name)?;
+    let extensions = allowed_extensions(spec, server, &server_name)?;
+    let options = create_options(spec, engine)?;
     let secret_name = spec
         .credentials_secret
         .clone()
@@ -232,6 +182,92 @@ pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, 
         secret_name,
         deletion: spec.deletion_policy,
     })
+}
+
+/// The privileges asked (or the server's default), presets expanded, each
+/// one the server allows.
+fn allowed_privileges(
+    spec: &crate::api::database::DatabaseSpec,
+    server: &DatabaseServer,
+    server_name: &str,
+) -> Result<Vec<String>, RequestError> {
+    let engine = server.spec.engine;
+    let asked = spec
+        .privileges
+        .as_ref()
+        .unwrap_or(&server.spec.default_privileges);
+    let privileges = privileges(&with_presets(asked, server), engine)?;
+    if !server.spec.allowed_privileges.is_empty() {
+        let allowed = self::privileges(&server.spec.allowed_privileges, engine)?;
+        for privilege in &privileges {
+            if !allowed.contains(privilege) && !allowed.iter().any(|a| a == "ALL") {
+                return Err(RequestError::PrivilegeNotAllowed {
+                    privilege: privilege.clone(),
+                    server: server_name.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(privileges)
+}
+
+/// The extensions asked, sorted and unique: PostgreSQL only, each one the
+/// server allows.
+fn allowed_extensions(
+    spec: &crate::api::database::DatabaseSpec,
+    server: &DatabaseServer,
+    server_name: &str,
+) -> Result<Vec<String>, RequestError> {
+    let mut extensions = spec.extensions.clone();
+    extensions.sort();
+    extensions.dedup();
+    if !extensions.is_empty() && server.spec.engine != Engine::Postgres {
+        return Err(wrong_engine("extensions", "PostgreSQL", server.spec.engine));
+    }
+    for extension in &extensions {
+        if !server.spec.allowed_extensions.contains(extension) {
+            return Err(RequestError::ExtensionNotAllowed {
+                extension: extension.clone(),
+                server: server_name.to_owned(),
+            });
+        }
+    }
+    Ok(extensions)
+}
+
+/// The settings used when the database is created, each for its engine only.
+fn create_options(
+    spec: &crate::api::database::DatabaseSpec,
+    engine: Engine,
+) -> Result<CreateOptions, RequestError> {
+    let options = CreateOptions {
+        encoding: setting("encoding", &spec.encoding)?,
+        locale: setting("locale", &spec.locale)?,
+        charset: setting("charset", &spec.charset)?,
+        collation: setting("collation", &spec.collation)?,
+    };
+    // Each of these applies to one engine family only.
+    let (misplaced, applies_to) = if engine == Engine::Postgres {
+        (
+            [
+                ("charset", options.charset.is_some()),
+                ("collation", options.collation.is_some()),
+            ],
+            "MySQL and MariaDB",
+        )
+    } else {
+        (
+            [
+                ("encoding", options.encoding.is_some()),
+                ("locale", options.locale.is_some()),
+            ],
+            "PostgreSQL",
+        )
+    };
+    if let Some((field, _)) = misplaced.into_iter().find(|(_, set)| *set) {
+        return Err(wrong_engine(field, applies_to, engine));
+    }
+    Ok(options)
 }
 
 /// The privileges with every preset name of the server replaced by its list.

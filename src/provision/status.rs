@@ -14,7 +14,7 @@ pub const READY: &str = "Ready";
 
 /// The `Ready` condition for `verdict`, keeping `before`'s transition time
 /// while the status holds.
-fn ready_condition(
+fn ready(
     before: &[Condition],
     verdict: &Verdict,
     generation: Option<i64>,
@@ -44,12 +44,7 @@ pub fn next_database_status(
         username: names
             .map(|(_, u)| u.to_owned())
             .or_else(|| before.username.clone()),
-        conditions: vec![ready_condition(
-            &before.conditions,
-            verdict,
-            generation,
-            &now,
-        )],
+        conditions: vec![ready(&before.conditions, verdict, generation, &now)],
     };
     (next != *before).then_some(next)
 }
@@ -71,12 +66,7 @@ pub fn next_server_status(
             .map(|(v, _)| v.to_owned())
             .or_else(|| before.server_version.clone()),
         missing_rights: facts.map(|(_, m)| m.to_vec()).unwrap_or_default(),
-        conditions: vec![ready_condition(
-            &before.conditions,
-            verdict,
-            generation,
-            &now,
-        )],
+        conditions: vec![ready(&before.conditions, verdict, generation, &now)],
     };
     (next != *before).then_some(next)
 }

@@ -257,6 +257,27 @@ fn pass(
     .expect("the fakes never suspend")
 }
 
+/// Whether an Event with `reason` (a warning or not) was published.
+fn announced(writer: &FakeCluster, reason: &str, warning: bool) -> bool {
+    writer
+        .events
+        .borrow()
+        .contains(&(reason.to_owned(), warning))
+}
+
+/// `database` as the watch has it once it is being deleted.
+fn deleting(database: &Database) -> Database {
+    let mut deleting = database.clone();
+    deleting.metadata.deletion_timestamp = Some(time());
+    deleting
+}
+
+/// The stored object of `kind` in `namespace`.
+fn stored(writer: &FakeCluster, kind: &str, namespace: &str, name: &str) -> Json {
+    let key = (kind.to_owned(), Some(namespace.to_owned()), name.to_owned());
+    writer.objects.borrow()[&key].clone()
+}
+
 fn finalizers(writer: &FakeCluster) -> Json {
     let objects = writer.objects.borrow();
     let key = (
@@ -457,17 +478,9 @@ fn the_reset_label_sets_a_new_password_once_and_is_removed() {
         ["ALTER ROLE".to_owned()],
         "one new password"
     );
-    let objects = writer.objects.borrow();
-    let labels = &objects[&(
-        "Database".to_owned(),
-        Some("team".to_owned()),
-        "orders".to_owned(),
-    )]["metadata"]["labels"];
+    let labels = &stored(&writer, "Database", "team", "orders")["metadata"]["labels"];
     assert_eq!(labels[ACTION_LABEL], Json::Null, "the label is removed");
-    assert!(writer
-        .events
-        .borrow()
-        .contains(&("PasswordReset".to_owned(), false)));
+    assert!(announced(&writer, "PasswordReset", false));
 }
 
 /// Deleted with `deletionPolicy: Delete` on a server that allows it: the
@@ -480,8 +493,7 @@ fn deletion_drops_what_the_records_say_is_ours_and_lets_go() {
     );
     let (writer, server_state) = (cluster(&db), FakeServer::default());
     pass(&writer, &server_state, &db, Some(&server(json!({}))));
-    let mut deleting = db.clone();
-    deleting.metadata.deletion_timestamp = Some(time());
+    let deleting = deleting(&db);
     writer.conflicts.set(1);
     let outcome = pass(&writer, &server_state, &deleting, Some(&server(json!({}))));
     assert!(outcome.finished && !outcome.failed, "{outcome:?}");
@@ -494,10 +506,7 @@ fn deletion_drops_what_the_records_say_is_ours_and_lets_go() {
         json!(["other/keep"]),
         "only ours removed"
     );
-    assert!(writer
-        .events
-        .borrow()
-        .contains(&("Dropped".to_owned(), false)));
+    assert!(announced(&writer, "Dropped", false));
 }
 
 /// `Delete` asked, but the server does not allow it: everything is kept
@@ -508,23 +517,14 @@ fn deletion_on_a_server_that_forbids_it_retains_and_says_so() {
     let (writer, server_state) = (cluster(&db), FakeServer::default());
     let strict = server(json!({"allowDelete": false}));
     pass(&writer, &server_state, &db, Some(&strict));
-    let mut deleting = db.clone();
-    deleting.metadata.deletion_timestamp = Some(time());
+    let deleting = deleting(&db);
     let outcome = pass(&writer, &server_state, &deleting, Some(&strict));
     assert!(outcome.finished);
     assert_eq!(server_state.0.borrow().databases, vec!["orders".to_owned()]);
-    let objects = writer.objects.borrow();
-    let secret = &objects[&(
-        "Secret".to_owned(),
-        Some("team".to_owned()),
-        "orders-credentials".to_owned(),
-    )];
+    let secret = stored(&writer, "Secret", "team", "orders-credentials");
     assert_eq!(secret["metadata"]["ownerReferences"], Json::Null);
     assert!(
-        writer
-            .events
-            .borrow()
-            .contains(&("Retained".to_owned(), true)),
+        announced(&writer, "Retained", true),
         "a warning: Delete was asked"
     );
 }
@@ -535,8 +535,7 @@ fn a_failed_drop_keeps_the_finalizer_and_reports_deleting() {
     let (writer, server_state) = (cluster(&db), FakeServer::default());
     pass(&writer, &server_state, &db, Some(&server(json!({}))));
     server_state.state().failing = Some("DROP DATABASE");
-    let mut deleting = db.clone();
-    deleting.metadata.deletion_timestamp = Some(time());
+    let deleting = deleting(&db);
     let outcome = pass(&writer, &server_state, &deleting, Some(&server(json!({}))));
     assert!(outcome.failed && !outcome.finished);
     assert_eq!(

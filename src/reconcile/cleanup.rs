@@ -88,7 +88,6 @@ pub async fn clean_up<W: Cluster>(
         .filter_map(|gk| kinds.get(gk))
         .map(|info| info.resource.clone());
 
-    let labels = owner.labels();
     let mut remaining = 0;
     for resource in resources {
         // The writer's label-selected watch of the kind holds every object
@@ -105,40 +104,53 @@ pub async fn clean_up<W: Cluster>(
                 })
             }
         }
-        let live = writer.cached_list(&resource, &labels);
-        for object in live.into_iter().filter(|o| owner.owns_object(o)) {
-            let failed = |source| CleanupError::Object {
-                kind: resource.kind.clone(),
-                name: object.name.clone(),
-                source,
-            };
-            let target = Target {
-                resource: resource.clone(),
-                namespace: object.namespace.clone(),
-                name: object.name.clone(),
-            };
-            match policy {
-                DeletionPolicy::Delete => {
-                    remaining += 1;
-                    if !object.deleting {
-                        writer
-                            .delete(&target, object.uid.as_deref())
-                            .await
-                            .map_err(failed)?;
-                    }
-                }
-                DeletionPolicy::Orphan => {
-                    let patch = detach_patch(owner, &object.owner_references);
-                    writer.merge_patch(&target, &patch).await.map_err(failed)?;
-                }
-            }
-        }
+        remaining += clean_up_kind(owner, policy, &resource, writer).await?;
     }
     Ok(if remaining == 0 {
         Cleanup::Done
     } else {
         Cleanup::Waiting { remaining }
     })
+}
+
+/// Deletes or detaches the objects of `owner` of one kind (from the
+/// writer's watch cache of it); the deletions still under way.
+async fn clean_up_kind<W: Cluster>(
+    owner: &Owner,
+    policy: DeletionPolicy,
+    resource: &kube::api::ApiResource,
+    writer: &W,
+) -> Result<usize, CleanupError> {
+    let mut remaining = 0;
+    let live = writer.cached_list(resource, &owner.labels());
+    for object in live.into_iter().filter(|o| owner.owns_object(o)) {
+        let failed = |source| CleanupError::Object {
+            kind: resource.kind.clone(),
+            name: object.name.clone(),
+            source,
+        };
+        let target = Target {
+            resource: resource.clone(),
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+        };
+        match policy {
+            DeletionPolicy::Delete => {
+                remaining += 1;
+                if !object.deleting {
+                    writer
+                        .delete(&target, object.uid.as_deref())
+                        .await
+                        .map_err(failed)?;
+                }
+            }
+            DeletionPolicy::Orphan => {
+                let patch = detach_patch(owner, &object.owner_references);
+                writer.merge_patch(&target, &patch).await.map_err(failed)?;
+            }
+        }
+    }
+    Ok(remaining)
 }
 
 /// The DBQR status that reports a blocked clean-up: condition

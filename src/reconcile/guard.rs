@@ -178,6 +178,18 @@ impl PruneGuard {
             held.1.add(now, candidates.len());
             return verdict(candidates, Ruling::Immediate);
         }
+        self.hold(candidates, owned, held, now)
+    }
+
+    /// A large prune: each candidate waits the confirmation interval from
+    /// when it was first held; those that waited it out are deleted.
+    fn hold(
+        &self,
+        candidates: Vec<Candidate>,
+        owned: usize,
+        held: &mut Held,
+        now: Instant,
+    ) -> GuardDecision {
         // An object produced again (the reload finished) is no longer held.
         let keys: HashMap<ObjectKey, ()> = candidates.iter().map(|c| (c.key(), ())).collect();
         held.0.retain(|k, _| keys.contains_key(k));

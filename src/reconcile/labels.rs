@@ -78,7 +78,6 @@ impl Owner {
         self.labels().iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 
-    /// Whether `labels` say the object belongs to some other DBQR.
     /// Whether a live object is this DBQR's: its labels, and its controller
     /// reference's uid where it has one. Labels alone are not enough: a
     /// long DBQR name becomes a hashed label value, and a DBQR named like
@@ -91,6 +90,7 @@ impl Owner {
                 .is_none_or(|uid| *uid == self.uid)
     }
 
+    /// Whether `labels` say the object belongs to some other DBQR.
     pub fn is_foreign(&self, labels: &BTreeMap<String, String>) -> bool {
         labels.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE) && !self.owns(labels)
     }

@@ -659,51 +659,8 @@ async fn read_live<W: Cluster>(
     failed: &mut Vec<RowFailure>,
 ) -> HashMap<ObjectKey, Live> {
     let mut live = HashMap::with_capacity(desired.len());
-    // Objects the watch cache does not hold, by kind and namespace.
-    let mut uncached: BTreeMap<(String, String, String, Option<String>), Vec<&Desired>> =
-        BTreeMap::new();
-    for object in desired.iter() {
-        match writer.cached(&object.target) {
-            Some(cached) => {
-                live.insert(object.key(), Live::Cached(cached));
-            }
-            None => {
-                let r = &object.target.resource;
-                let group = (
-                    r.group.clone(),
-                    r.version.clone(),
-                    r.plural.clone(),
-                    object.target.namespace.clone(),
-                );
-                uncached.entry(group).or_default().push(object);
-            }
-        }
-    }
-    // Many new objects of one kind and namespace (a new DBQR, a bulk insert):
-    // one list of names tells which exist; only those are read one by one.
-    // Below the threshold, or if the list fails, each is read.
-    let lists = join_all(uncached.values().map(|objects| async move {
-        if objects.len() < LIST_INSTEAD_OF_GETS {
-            return None;
-        }
-        let target = &objects[0].target;
-        writer
-            .names(&target.resource, target.namespace.as_deref())
-            .await
-            .ok()
-    }))
-    .await;
-    let mut to_read = Vec::new();
-    for (objects, names) in uncached.into_values().zip(lists) {
-        for object in objects {
-            match &names {
-                Some(names) if !names.contains(&object.target.name) => {
-                    live.insert(object.key(), Live::Absent);
-                }
-                _ => to_read.push(object),
-            }
-        }
-    }
+    let uncached = uncached_by_kind(writer, desired, &mut live);
+    let to_read = absent_by_list(writer, uncached, &mut live).await;
     let reads = join_all(to_read.iter().map(|o| writer.get(&o.target))).await;
     let mut unreadable = BTreeSet::new();
     for (object, read) in to_read.into_iter().zip(reads) {
@@ -729,6 +686,70 @@ async fn read_live<W: Cluster>(
     live
 }
 
+/// Objects the watch cache does not hold, by kind and namespace (the
+/// cached ones go into `live`).
+type Uncached<'a> = BTreeMap<(String, String, String, Option<String>), Vec<&'a Desired>>;
+
+fn uncached_by_kind<'a, W: Cluster>(
+    writer: &W,
+    desired: &'a [Desired],
+    live: &mut HashMap<ObjectKey, Live>,
+) -> Uncached<'a> {
+    let mut uncached = Uncached::new();
+    for object in desired {
+        match writer.cached(&object.target) {
+            Some(cached) => {
+                live.insert(object.key(), Live::Cached(cached));
+            }
+            None => {
+                let r = &object.target.resource;
+                let group = (
+                    r.group.clone(),
+                    r.version.clone(),
+                    r.plural.clone(),
+                    object.target.namespace.clone(),
+                );
+                uncached.entry(group).or_default().push(object);
+            }
+        }
+    }
+    uncached
+}
+
+/// Many new objects of one kind and namespace (a new DBQR, a bulk insert):
+/// one list of names tells which exist (those absent go into `live`); only
+/// the others are read one by one. Below the threshold, or if the list
+/// fails, each is read. The objects still to read.
+async fn absent_by_list<'a, W: Cluster>(
+    writer: &W,
+    uncached: Uncached<'a>,
+    live: &mut HashMap<ObjectKey, Live>,
+) -> Vec<&'a Desired> {
+    let lists = join_all(uncached.values().map(|objects| async move {
+        if objects.len() < LIST_INSTEAD_OF_GETS {
+            return None;
+        }
+        let target = &objects[0].target;
+        writer
+            .names(&target.resource, target.namespace.as_deref())
+            .await
+            .ok()
+    }))
+    .await;
+    let mut to_read = Vec::new();
+    for (objects, names) in uncached.into_values().zip(lists) {
+        for object in objects {
+            match &names {
+                Some(names) if !names.contains(&object.target.name) => {
+                    live.insert(object.key(), Live::Absent);
+                }
+                _ => to_read.push(object),
+            }
+        }
+    }
+    to_read
+}
+
 /// Carries out `plan`: applies concurrently, then, only if every row and
 /// every apply succeeded, deletes what the plan prunes and the prune guard
 /// lets through.
@@ -741,47 +762,8 @@ async fn execute<W: Cluster>(
 ) {
     report.objects = plan.produced.len();
     report.skipped = plan.skip.len();
-    // A bounded window, not every apply at once: memory follows the
-    // writer's concurrency, not the number of rows.
-    let mut results: Vec<(usize, Result<(), KubeError>)> = futures_util::stream::iter(
-        plan.apply
-            .iter()
-            .enumerate()
-            .map(|(i, o)| async move { (i, writer.apply(&o.target, &o.manifest).await) }),
-    )
-    .buffer_unordered(config.in_flight)
-    .collect()
-    .await;
-    results.sort_by_key(|(i, _)| *i);
-    let results = results.into_iter().map(|(_, result)| result);
-
-    // Only what this pass put (or found) in place is worth repairing: not
-    // objects of failed rows, and never an object another owner holds.
-    // Moved, not copied: the state keeps the one copy of each object.
-    state.applied.clear();
-    state.kinds.clear();
-    for object in std::mem::take(&mut plan.skip) {
-        state.keep(object);
-    }
-    let mut failures: Vec<RowFailure> = Vec::new();
-    for (object, result) in std::mem::take(&mut plan.apply).into_iter().zip(results) {
-        match result {
-            Ok(()) => {
-                report.applied += 1;
-                state.keep(object);
-            }
-            Err(source) => {
-                failures.push(RowFailure {
-                    row: object.row,
-                    error: ObjectError::Apply {
-                        kind: object.gvk.group_kind(),
-                        name: object.target.name.clone(),
-                        source,
-                    },
-                });
-            }
-        }
-    }
+    let results = apply_all(config, writer, &plan.apply).await;
+    let mut failures = keep_applied(state, &mut plan, results, report);
     state.rediscover = failures
         .iter()
         .chain(&plan.refuse)
@@ -795,9 +777,75 @@ async fn execute<W: Cluster>(
         report.sync = Some(Err(Arc::new(PassError::Rows(failures))));
         return;
     }
+    prune(config, state, writer, plan, report).await;
+}
 
+/// Applies `objects` in a bounded window, not all at once: memory follows
+/// the writer's concurrency, not the number of rows. Results in order.
+async fn apply_all<W: Cluster>(
+    config: &PassConfig,
+    writer: &W,
+    objects: &[Desired],
+) -> Vec<Result<(), KubeError>> {
+    let mut results: Vec<(usize, Result<(), KubeError>)> = futures_util::stream::iter(
+        objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| async move { (i, writer.apply(&o.target, &o.manifest).await) }),
+    )
+    .buffer_unordered(config.in_flight)
+    .collect()
+    .await;
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
+/// Keeps in `state` what this pass put (or found) in place: only that is
+/// worth repairing, not objects of failed rows, and never an object another
+/// owner holds. Moved, not copied: the state keeps the one copy of each
+/// object. The rows whose apply failed.
+fn keep_applied(
+    state: &mut PassState,
+    plan: &mut Plan,
+    results: Vec<Result<(), KubeError>>,
+    report: &mut PassReport,
+) -> Vec<RowFailure> {
+    state.applied.clear();
+    state.kinds.clear();
+    for object in std::mem::take(&mut plan.skip) {
+        state.keep(object);
+    }
+    let mut failures = Vec::new();
+    for (object, result) in std::mem::take(&mut plan.apply).into_iter().zip(results) {
+        match result {
+            Ok(()) => {
+                report.applied += 1;
+                state.keep(object);
+            }
+            Err(source) => failures.push(RowFailure {
+                row: object.row,
+                error: ObjectError::Apply {
+                    kind: object.gvk.group_kind(),
+                    name: object.target.name.clone(),
+                    source,
+                },
+            }),
+        }
+    }
+    failures
+}
+
+/// Deletes what the plan prunes and the prune guard lets through; records
+/// the guard's ruling, the inventory and how the sync ended.
+async fn prune<W: Cluster>(
+    config: &PassConfig,
+    state: &mut PassState,
+    writer: &W,
+    mut plan: Plan,
+    report: &mut PassReport,
+) {
     let released = config.release_requested();
-    let verdict = config.guard.rule(
+    let decision = config.guard.rule(
         std::mem::take(&mut plan.prune),
         plan.owned,
         &mut state.held,
@@ -805,15 +853,15 @@ async fn execute<W: Cluster>(
         released,
     );
     report.guard = Some(GuardReport {
-        ruling: verdict.ruling,
-        held: verdict.held,
-        owned: verdict.owned,
-        confirm_in: verdict.confirm_in,
+        ruling: decision.ruling,
+        held: decision.held,
+        owned: decision.owned,
+        confirm_in: decision.confirm_in,
         confirmation: config.guard.confirmation,
         released,
     });
     let deletions = join_all(
-        verdict
+        decision
             .delete
             .iter()
             .map(|c| writer.delete(&c.target, c.uid.as_deref())),
@@ -821,7 +869,7 @@ async fn execute<W: Cluster>(
     .await;
     let mut delete_failures = Vec::new();
     let mut unpruned = Vec::new();
-    for (candidate, result) in verdict.delete.iter().zip(deletions) {
+    for (candidate, result) in decision.delete.iter().zip(deletions) {
         match result {
             Ok(()) => report.pruned += 1,
             Err(source) => {
@@ -835,7 +883,7 @@ async fn execute<W: Cluster>(
         }
     }
     // Held deletions keep their kinds in the inventory.
-    let held_kinds: Vec<&Gvk> = if verdict.held > 0 {
+    let held_kinds: Vec<&Gvk> = if decision.held > 0 {
         plan.inventory.iter().collect()
     } else {
         Vec::new()

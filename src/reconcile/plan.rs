@@ -171,8 +171,25 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         ..Plan::default()
     };
     plan.produced = desired.iter().map(Desired::key).collect();
-
     for object in desired {
+        plan.place(owner, object, &live);
+    }
+    plan.refuse.sort_by_key(|f| f.row);
+
+    // A refused row might be the one that produces an object: prune only
+    // after a pass in which every row rendered and was planned.
+    plan.pruning = prune && plan.refuse.is_empty();
+    if plan.pruning {
+        for (group_kind, owned) in owned {
+            plan.prune_unproduced(owner, group_kind, owned);
+        }
+    }
+    plan
+}
+
+impl Plan {
+    /// Refuses `object` (its name is taken), skips it (in place) or applies it.
+    fn place(&mut self, owner: &Owner, object: Desired, live: &HashMap<ObjectKey, Live>) {
         let key = object.key();
         let state = live.get(&key).unwrap_or(&Live::Absent);
         let metadata = match state {
@@ -181,34 +198,29 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
             Live::Absent => None,
         };
         if let Some(error) = metadata.and_then(|m| refusal(owner, &key, m)) {
-            plan.refuse.push(RowFailure {
+            self.refuse.push(RowFailure {
                 row: object.row,
                 error,
             });
-            continue;
+            return;
         }
-        plan.written.insert(object.gvk.clone());
-        let in_place = matches!(state, Live::Cached(c) if in_place(c, &object.manifest));
-        if in_place {
-            plan.skip.push(object);
+        self.written.insert(object.gvk.clone());
+        if matches!(state, Live::Cached(c) if in_place(c, &object.manifest)) {
+            self.skip.push(object);
         } else {
-            plan.apply.push(object);
+            self.apply.push(object);
         }
     }
-    plan.refuse.sort_by_key(|f| f.row);
 
-    // A refused row might be the one that produces an object: prune only
-    // after a pass in which every row rendered and was planned.
-    plan.pruning = prune && plan.refuse.is_empty();
-    if !plan.pruning {
-        return plan;
-    }
-    for (group_kind, Owned { gvk, listing }) in owned {
+    /// Every object of one kind this DBQR owns and no row produces becomes
+    /// a prune candidate (a kind that could not be listed, a failure).
+    fn prune_unproduced(&mut self, owner: &Owner, group_kind: GroupKind, owned: Owned) {
+        let Owned { gvk, listing } = owned;
         let (resource, objects) = match listing {
             Ok(listing) => listing,
             Err(failure) => {
-                plan.prune_failures.push((gvk, failure));
-                continue;
+                self.prune_failures.push((gvk, failure));
+                return;
             }
         };
         for object in objects {
@@ -220,8 +232,8 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
             if object.deleting || !owner.owns_object(&object) {
                 continue;
             }
-            plan.owned += 1;
-            if plan.produced.contains(&key) {
+            self.owned += 1;
+            if self.produced.contains(&key) {
                 continue;
             }
             let target = Target {
@@ -229,12 +241,11 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
                 namespace: object.namespace,
                 name: object.name,
             };
-            plan.prune.push(Candidate {
+            self.prune.push(Candidate {
                 gvk: gvk.clone(),
                 target,
                 uid: object.uid,
             });
         }
     }
-    plan
 }

@@ -55,6 +55,35 @@ pub enum Outcome<'a> {
     ProbeFailed(&'a PassError),
 }
 
+/// `DatabaseConnected` after a pass.
+fn database_verdict(report: &PassReport) -> Verdict {
+    match &report.database {
+        Some(Ok(())) => ok(crate::reason::CONNECTED, "connected to the database"),
+        Some(Err(e)) => failed(e),
+        None => unknown(crate::reason::NOT_CHECKED, "no connection attempted"),
+    }
+}
+
+/// `Synced` after a pass.
+fn synced_verdict(report: &PassReport) -> Verdict {
+    match &report.sync {
+        // The cluster still holds objects the rows no longer produce.
+        Some(Ok(())) if report.guard.is_some_and(|g| g.held > 0) => Verdict::failed(
+            crate::reason::PRUNE_HELD,
+            format!(
+                "{} objects from {} rows; deletions held (see PruneHeld)",
+                report.objects, report.rows
+            ),
+        ),
+        Some(Ok(())) => ok(
+            crate::reason::SYNCED,
+            format!("{} objects from {} rows", report.objects, report.rows),
+        ),
+        Some(Err(e)) => failed(e),
+        None => database_unavailable(),
+    }
+}
+
 fn verdicts(
     outcome: &Outcome<'_>,
     writeback: Option<&WriteBackResult>,
@@ -69,30 +98,7 @@ fn verdicts(
             ok(crate::reason::CONNECTED, "connected to the database"),
             failed(e),
         ),
-        Outcome::Pass(report) => {
-            let database = match &report.database {
-                Some(Ok(())) => ok(crate::reason::CONNECTED, "connected to the database"),
-                Some(Err(e)) => failed(e),
-                None => unknown(crate::reason::NOT_CHECKED, "no connection attempted"),
-            };
-            let synced = match &report.sync {
-                // The cluster still holds objects the rows no longer produce.
-                Some(Ok(())) if report.guard.is_some_and(|g| g.held > 0) => Verdict::failed(
-                    crate::reason::PRUNE_HELD,
-                    format!(
-                        "{} objects from {} rows; deletions held (see PruneHeld)",
-                        report.objects, report.rows
-                    ),
-                ),
-                Some(Ok(())) => ok(
-                    crate::reason::SYNCED,
-                    format!("{} objects from {} rows", report.objects, report.rows),
-                ),
-                Some(Err(e)) => failed(e),
-                None => database_unavailable(),
-            };
-            (database, synced)
-        }
+        Outcome::Pass(report) => (database_verdict(report), synced_verdict(report)),
     };
     let ready = if database.holds() && synced.holds() {
         Verdict::ready(synced.message.clone())

@@ -312,7 +312,22 @@ fn render_rows_within(
         })
         .collect();
 
-    // An object produced twice is an error for every row that produced it.
+    fail_duplicates(&mut per_row);
+
+    for (index, result) in per_row.into_iter().enumerate() {
+        match result {
+            Ok(objects) => outcome.objects.extend(objects),
+            Err(error) => outcome.failures.push(RenderFailure {
+                row: RowRef::of(index, &rows[index]),
+                error,
+            }),
+        }
+    }
+    outcome
+}
+
+/// An object produced twice is an error for every row that produced it.
+fn fail_duplicates(per_row: &mut [Result<Vec<RenderedObject>, RowError>]) {
     let mut first_row: HashMap<ObjectKey, usize> = HashMap::new();
     let mut duplicates: Vec<(usize, usize)> = Vec::new();
     for (index, result) in per_row.iter().enumerate() {
@@ -336,17 +351,6 @@ fn render_rows_within(
             per_row[index] = Err(RowError::Duplicate { other_row });
         }
     }
-
-    for (index, result) in per_row.into_iter().enumerate() {
-        match result {
-            Ok(objects) => outcome.objects.extend(objects),
-            Err(error) => outcome.failures.push(RenderFailure {
-                row: RowRef::of(index, &rows[index]),
-                error,
-            }),
-        }
-    }
-    outcome
 }
 
 #[cfg(test)]

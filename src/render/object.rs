@@ -139,38 +139,7 @@ pub fn validate_object(
     }
     check_name(&kind, &name)?;
 
-    let requested = string_at(&doc, &["metadata", "namespace"]).map(str::to_owned);
-    let scope = scopes
-        .scope(&group_kind)
-        .ok_or_else(|| ObjectProblem::UnknownKind(group_kind.to_string()))?;
-    let namespace = match scope {
-        Scope::Cluster => {
-            if requested.as_deref().is_some_and(|ns| !ns.is_empty()) {
-                return Err(ObjectProblem::NamespaceOnClusterScoped(
-                    group_kind.to_string(),
-                ));
-            }
-            None
-        }
-        Scope::Namespaced => {
-            let ns = requested
-                .filter(|ns| !ns.is_empty())
-                .unwrap_or_else(|| dbqr_namespace.to_owned());
-            if dns_label_problem(&ns).is_some() {
-                return Err(ObjectProblem::InvalidNamespace(ns));
-            }
-            let allowed = ns == dbqr_namespace
-                || policy
-                    .extra_namespaces
-                    .as_ref()
-                    .is_none_or(|extra| extra.contains(&ns));
-            if !allowed {
-                return Err(ObjectProblem::NamespaceNotAllowed(ns));
-            }
-            doc["metadata"]["namespace"] = Json::String(ns.clone());
-            Some(ns)
-        }
-    };
+    let namespace = namespace_of(&mut doc, &group_kind, dbqr_namespace, policy, scopes)?;
     Ok(RenderedObject {
         row,
         gvk,
@@ -179,6 +148,46 @@ pub fn validate_object(
         name,
         manifest: doc,
     })
+}
+
+/// The namespace the object goes to: none for a cluster-scoped kind; the
+/// DBQR's unless the document names one the policy allows (written into
+/// the document).
+fn namespace_of(
+    doc: &mut Json,
+    group_kind: &GroupKind,
+    dbqr_namespace: &str,
+    policy: &ObjectPolicy,
+    scopes: &dyn ScopeLookup,
+) -> Result<Option<String>, ObjectProblem> {
+    let requested = string_at(doc, &["metadata", "namespace"]).map(str::to_owned);
+    let scope = scopes
+        .scope(group_kind)
+        .ok_or_else(|| ObjectProblem::UnknownKind(group_kind.to_string()))?;
+    if scope == Scope::Cluster {
+        if requested.as_deref().is_some_and(|ns| !ns.is_empty()) {
+            return Err(ObjectProblem::NamespaceOnClusterScoped(
+                group_kind.to_string(),
+            ));
+        }
+        return Ok(None);
+    }
+    let ns = requested
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| dbqr_namespace.to_owned());
+    if dns_label_problem(&ns).is_some() {
+        return Err(ObjectProblem::InvalidNamespace(ns));
+    }
+    let allowed = ns == dbqr_namespace
+        || policy
+            .extra_namespaces
+            .as_ref()
+            .is_none_or(|extra| extra.contains(&ns));
+    if !allowed {
+        return Err(ObjectProblem::NamespaceNotAllowed(ns));
+    }
+    doc["metadata"]["namespace"] = Json::String(ns.clone());
+    Ok(Some(ns))
 }
 
 fn check_name(kind: &str, name: &str) -> Result<(), ObjectProblem> {

@@ -294,6 +294,25 @@ pub fn impersonating_kubeconfig(user: &str) -> std::path::PathBuf {
     path
 }
 
+/// Waits until one backend in `db`'s database waits for a lock (a
+/// statement the test holds up on purpose). Ask on a connection outside any
+/// transaction: a transaction sees one snapshot of pg_stat_activity.
+pub async fn wait_for_a_lock_waiter(db: &tokio_postgres::Client, what: &str) {
+    eventually(Duration::from_secs(60), what, || async {
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (waiting == 1).then_some(())
+    })
+    .await
+}
+
 /// `GET path` over plain HTTP/1.0: the status code and the body.
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;

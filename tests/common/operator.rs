@@ -415,18 +415,20 @@ pub async fn condition(
         .map(|c| (c.status, c.reason, c.message))
 }
 
-/// Waits for `type_` to have `status` and `reason`; returns its message.
+/// Waits for condition `expected` of DBQR `name`, written as kubectl's
+/// `--for` reads: `"Synced=False/PruneHeld"` (type=status/reason); the
+/// condition's message.
 pub async fn wait_for_condition(
     client: &Client,
     namespace: &str,
     name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
+    expected: &str,
 ) -> String {
+    let (type_, rest) = expected.split_once('=').expect("Type=Status/Reason");
+    let (status, reason) = rest.split_once('/').expect("Type=Status/Reason");
     eventually(
         Duration::from_secs(30),
-        &format!("{name}: {type_}={status} ({reason})"),
+        &format!("{name}: {expected}"),
         || async {
             let (s, r, m) = condition(client, namespace, name, type_).await?;
             (s == status && r == reason).then_some(m)
@@ -441,6 +443,11 @@ pub struct Setup {
     pub namespace: String,
     pub url: String,
     pub db: tokio_postgres::Client,
+}
+
+/// [`setup`], and an operator for the test's DBQRs.
+pub async fn setup_and_start(prefix: &str, schema: &str) -> (Setup, Operator) {
+    (setup(prefix, schema).await, Operator::start(&[]))
 }
 
 /// A namespace, a database holding `schema`, and a Secret `db` pointing at it.
