@@ -35,10 +35,7 @@ pub struct Children<A: ChildActor, M> {
 
 impl<A: ChildActor, M> Default for Children<A, M> {
     fn default() -> Self {
-        Self {
-            running: HashMap::new(),
-            relisting: None,
-        }
+        Self { running: HashMap::new(), relisting: None }
     }
 }
 
@@ -102,12 +99,8 @@ impl<A: ChildActor, M> Children<A, M> {
     /// returns their keys.
     pub fn relist_done(&mut self) -> Vec<Key> {
         let listed = self.relisting.take().unwrap_or_default();
-        let gone: Vec<Key> = self
-            .running
-            .keys()
-            .filter(|key| !listed.contains(*key))
-            .cloned()
-            .collect();
+        let gone: Vec<Key> =
+            self.running.keys().filter(|key| !listed.contains(*key)).cloned().collect();
         for key in &gone {
             self.stop(key);
         }
@@ -131,11 +124,8 @@ impl<A: ChildActor, M> Children<A, M> {
     /// Asks every actor to stop once the work under way has finished;
     /// resolves when all have stopped.
     pub fn shut_down(&mut self) -> impl Future<Output = usize> + 'static {
-        let stops: Vec<_> = self
-            .running
-            .drain()
-            .map(|(_, child)| child.actor.send(Stop::WhenIdle))
-            .collect();
+        let stops: Vec<_> =
+            self.running.drain().map(|(_, child)| child.actor.send(Stop::WhenIdle)).collect();
         let count = stops.len();
         async move {
             futures_util::future::join_all(stops).await;

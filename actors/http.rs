@@ -94,9 +94,8 @@ pub async fn serve(addr: SocketAddr, routes: Routes) -> std::io::Result<SocketAd
                     let response = answer(request.uri().path(), &routes);
                     async move { Ok::<_, Infallible>(response) }
                 });
-                if let Err(error) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
+                if let Err(error) =
+                    http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
                 {
                     tracing::debug!(%error, "HTTP connection ended");
                 }

@@ -40,11 +40,7 @@ fn now() -> MicroTime {
 
 impl Elector {
     pub fn new(client: kube::Client, config: LeaderElection) -> Self {
-        Self {
-            api: Api::namespaced(client, &config.namespace),
-            config,
-            observed: None,
-        }
+        Self { api: Api::namespaced(client, &config.namespace), config, observed: None }
     }
 
     /// One try: reads the Lease and writes it with us as holder if we may.
@@ -52,12 +48,8 @@ impl Elector {
     async fn try_hold(&mut self) -> Result<bool, kube::Error> {
         let me = self.config.identity.clone();
         let current = self.api.get_opt(&self.config.name).await?;
-        let decision = decide(
-            current.as_ref().map(record).as_ref(),
-            &me,
-            &mut self.observed,
-            Instant::now(),
-        );
+        let decision =
+            decide(current.as_ref().map(record).as_ref(), &me, &mut self.observed, Instant::now());
         let seconds = self.config.lease_duration.as_secs() as i32;
         match (decision, current) {
             (Decision::Wait, _) => Ok(false),
@@ -93,11 +85,7 @@ impl Elector {
                 spec.lease_duration_seconds = Some(seconds);
                 spec.renew_time = Some(now());
                 // The resourceVersion read makes this a compare-and-swap.
-                match self
-                    .api
-                    .replace(&self.config.name, &PostParams::default(), &lease)
-                    .await
-                {
+                match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(e),
@@ -168,10 +156,7 @@ pub async fn release(client: kube::Client, config: &LeaderElection) {
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
     spec.renew_time = Some(now());
-    match api
-        .replace(&config.name, &PostParams::default(), &lease)
-        .await
-    {
+    match api.replace(&config.name, &PostParams::default(), &lease).await {
         Ok(_) => tracing::info!("lease released"),
         Err(error) => tracing::warn!(%error, "cannot release the lease"),
     }

@@ -50,11 +50,7 @@ pub enum Fatal {
     #[error("cannot install signal handlers: {0}")]
     Signals(String),
     #[error("cannot serve {what} on {addr}: {error}")]
-    Http {
-        what: &'static str,
-        addr: std::net::SocketAddr,
-        error: String,
-    },
+    Http { what: &'static str, addr: std::net::SocketAddr, error: String },
     #[error("leadership lost: the lease could not be renewed in time")]
     LeadershipLost,
     #[error("a second signal during the drain: exiting without waiting for work under way")]
@@ -89,9 +85,8 @@ pub fn report_panics(fatal: UnboundedSender<Fatal>) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         previous(info);
-        let place = info
-            .location()
-            .map_or_else(|| "an unknown place".to_owned(), ToString::to_string);
+        let place =
+            info.location().map_or_else(|| "an unknown place".to_owned(), ToString::to_string);
         let _ = fatal.send(Fatal::Panicked(place));
     }));
 }
@@ -144,9 +139,7 @@ async fn operate(
 
 /// The Kubernetes client, from the kubeconfig or the pod's service account.
 async fn kube_client() -> Result<(kube::Config, kube::Client), Fatal> {
-    let mut config = kube::Config::infer()
-        .await
-        .map_err(|e| Fatal::Client(e.to_string()))?;
+    let mut config = kube::Config::infer().await.map_err(|e| Fatal::Client(e.to_string()))?;
     // kube's default retry repeats a 503 up to 15 times with a backoff that
     // outgrows the API timeout: one aggregated API whose backend is down
     // stalled discovery, and every pass waiting for it, for the whole
@@ -221,11 +214,7 @@ impl Running {
             fatal,
         )
         .start();
-        Self {
-            writer,
-            provisioning,
-            supervisor,
-        }
+        Self { writer, provisioning, supervisor }
     }
 
     /// The drain, the same for both sides: every actor finishes the work
@@ -280,36 +269,13 @@ async fn serve_http(
     let health = Some(readiness.clone());
     let listeners = match (operations.metrics, operations.health) {
         // The same fixed address: one listener (`:0` asks for two ports).
-        (Some(m), Some(h)) if m == h && m.port() != 0 => vec![(
-            m,
-            "metrics and probes",
-            http::Routes {
-                metrics: true,
-                health,
-            },
-        )],
+        (Some(m), Some(h)) if m == h && m.port() != 0 => {
+            vec![(m, "metrics and probes", http::Routes { metrics: true, health })]
+        }
         (metrics, probes) => metrics
-            .map(|m| {
-                (
-                    m,
-                    "metrics",
-                    http::Routes {
-                        metrics: true,
-                        health: None,
-                    },
-                )
-            })
+            .map(|m| (m, "metrics", http::Routes { metrics: true, health: None }))
             .into_iter()
-            .chain(probes.map(|h| {
-                (
-                    h,
-                    "probes",
-                    http::Routes {
-                        metrics: false,
-                        health,
-                    },
-                )
-            }))
+            .chain(probes.map(|h| (h, "probes", http::Routes { metrics: false, health })))
             .collect(),
     };
     for (addr, what, routes) in listeners {
@@ -333,10 +299,7 @@ struct Signals {
 impl Signals {
     fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
 
     async fn next(&mut self) {
@@ -436,10 +399,7 @@ mod tests {
                     Ok(Event::InitDone),
                 ])
             });
-            let events = events
-                .chain(relist)
-                .chain(futures_util::stream::pending())
-                .boxed_local();
+            let events = events.chain(relist).chain(futures_util::stream::pending()).boxed_local();
             let _supervisor = supervisor::Supervisor::new(
                 events,
                 offline_writer(),

@@ -41,9 +41,7 @@ pub struct ServerLabel {
 }
 
 fn result(ok: bool) -> ResultLabel {
-    ResultLabel {
-        result: if ok { "success" } else { "failure" }.to_owned(),
-    }
+    ResultLabel { result: if ok { "success" } else { "failure" }.to_owned() }
 }
 
 fn seconds() -> Histogram {
@@ -137,11 +135,7 @@ impl Metrics {
             "Failed passes, by the reason in their condition",
             m.errors.clone(),
         );
-        registry.register(
-            "change_probes",
-            "Timestamp change probes, by result",
-            m.probes.clone(),
-        );
+        registry.register("change_probes", "Timestamp change probes, by result", m.probes.clone());
         registry.register(
             "notifications",
             "Notifications received on LISTEN connections",
@@ -152,11 +146,7 @@ impl Metrics {
             "Status write-back statements, by result",
             m.writebacks.clone(),
         );
-        registry.register(
-            "query_actors",
-            "DBQRs with a running QueryActor",
-            m.actors.clone(),
-        );
+        registry.register("query_actors", "DBQRs with a running QueryActor", m.actors.clone());
         registry.register(
             "writer_in_flight_requests",
             "API requests admitted to the writer: running or waiting for a slot",
@@ -188,9 +178,7 @@ impl Metrics {
     pub fn pass(&self, report: &PassReport, duration: std::time::Duration) {
         let ok = report.succeeded();
         self.passes.get_or_create(&result(ok)).inc();
-        self.pass_duration
-            .get_or_create(&result(ok))
-            .observe(duration.as_secs_f64());
+        self.pass_duration.get_or_create(&result(ok)).observe(duration.as_secs_f64());
         if let Some(query) = report.query_duration {
             self.query_duration.observe(query.as_secs_f64());
         }
@@ -203,32 +191,20 @@ impl Metrics {
             ("held", held),
         ] {
             self.objects
-                .get_or_create(&OperationLabel {
-                    operation: operation.to_owned(),
-                })
+                .get_or_create(&OperationLabel { operation: operation.to_owned() })
                 .inc_by(count as u64);
         }
         if let Some(failure) = report.failure() {
-            self.errors
-                .get_or_create(&ReasonLabel {
-                    reason: failure.reason().to_owned(),
-                })
-                .inc();
+            self.errors.get_or_create(&ReasonLabel { reason: failure.reason().to_owned() }).inc();
         }
     }
 
     /// A provisioning pass of a `Database` ended; `failure` is its reason if it failed.
     pub fn database_pass(&self, failure: Option<&str>, duration: std::time::Duration) {
-        self.database_passes
-            .get_or_create(&result(failure.is_none()))
-            .inc();
+        self.database_passes.get_or_create(&result(failure.is_none())).inc();
         self.database_pass_duration.observe(duration.as_secs_f64());
         if let Some(reason) = failure {
-            self.database_errors
-                .get_or_create(&ReasonLabel {
-                    reason: reason.to_owned(),
-                })
-                .inc();
+            self.database_errors.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
         }
     }
 
@@ -241,9 +217,7 @@ impl Metrics {
     }
 
     pub fn writeback(&self, ok: bool, count: usize) {
-        self.writebacks
-            .get_or_create(&result(ok))
-            .inc_by(count as u64);
+        self.writebacks.get_or_create(&result(ok)).inc_by(count as u64);
     }
 
     pub fn actor_started(&self) {
@@ -280,9 +254,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         if let Some(budget) = self.budget.get() {
             for (server, held) in budget.snapshot() {
-                let label = ServerLabel {
-                    server: server.fingerprint(),
-                };
+                let label = ServerLabel { server: server.fingerprint() };
                 self.connections.get_or_create(&label).set(held as i64);
             }
         }

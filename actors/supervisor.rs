@@ -143,8 +143,7 @@ impl Supervisor {
             self.add_finalizer(dbqr, ctx);
             return;
         }
-        self.finalizer_failures
-            .remove(&dbqr.uid().unwrap_or_default());
+        self.finalizer_failures.remove(&dbqr.uid().unwrap_or_default());
         let uid = dbqr.uid().unwrap_or_default();
         let metadata = Metadata::of(&dbqr);
         if let Some(child) = self.actors.get(&key) {
@@ -156,8 +155,7 @@ impl Supervisor {
                 if same.metadata != metadata {
                     let actor = child.actor.clone();
                     actor.do_send(MetadataChanged(Box::new(dbqr)));
-                    self.actors
-                        .update(&key, |running| running.metadata = metadata);
+                    self.actors.update(&key, |running| running.metadata = metadata);
                 }
                 return;
             }
@@ -166,11 +164,7 @@ impl Supervisor {
         let generation = dbqr.metadata.generation;
         let shared = (self.settings.clone(), self.connections.clone());
         let actor = QueryActor::new(dbqr, shared, self.writer.clone()).start();
-        let running = QueryChild {
-            uid,
-            generation,
-            metadata,
-        };
+        let running = QueryChild { uid, generation, metadata };
         self.actors.insert(key, actor, running);
     }
 
@@ -223,9 +217,8 @@ impl Supervisor {
         let managed = DatabaseQueryResourceStatus::managed_gvks(dbqr.status.as_ref());
         let allowed = self.settings.policy.allowed_kinds.clone();
         // The objects are deleted as the DBQR's ServiceAccount, like its passes.
-        let writer = self
-            .writer
-            .acting_as(dbqo::reconcile::pass::acting_user(&dbqr, &self.settings));
+        let writer =
+            self.writer.acting_as(dbqo::reconcile::pass::acting_user(&dbqr, &self.settings));
         let work = async move {
             match clean_up(&owner, policy, &managed, &allowed, &writer).await {
                 Ok(Cleanup::Done) => release(&writer, &dbqr)
@@ -274,10 +267,7 @@ impl Supervisor {
         let blocked = self
             .blocked
             .entry(uid.to_owned())
-            .or_insert_with(|| Blocked {
-                failures: 0,
-                status: dbqr.status.clone(),
-            });
+            .or_insert_with(|| Blocked { failures: 0, status: dbqr.status.clone() });
         blocked.failures = blocked.failures.saturating_add(1);
         let delay = backoff(blocked.failures, CLEANUP_RETRY_CAP);
         tracing::warn!(dbqr = %dbqr.name_any(), reason = error.reason(), retry_in = ?delay, "clean-up blocked");

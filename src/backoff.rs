@@ -22,10 +22,7 @@ mod tests {
         let cap = Duration::from_secs(30);
         for (failures, base) in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 30.0), (40, 30.0)] {
             let delay = backoff(failures, cap).as_secs_f64();
-            assert!(
-                (base * 0.8..=base * 1.2).contains(&delay),
-                "{failures} failures: {delay}s"
-            );
+            assert!((base * 0.8..=base * 1.2).contains(&delay), "{failures} failures: {delay}s");
         }
     }
 }

@@ -70,18 +70,11 @@ pub(crate) fn kinds() -> Kinds {
             versions: vec!["v1".into()],
         },
     );
-    Arc::new(crate::kube_api::Discovered {
-        kinds,
-        unavailable: Default::default(),
-    })
+    Arc::new(crate::kube_api::Discovered { kinds, unavailable: Default::default() })
 }
 
 fn slot(target: &Target) -> (String, Option<String>, String) {
-    (
-        target.resource.kind.clone(),
-        target.namespace.clone(),
-        target.name.clone(),
-    )
+    (target.resource.kind.clone(), target.namespace.clone(), target.name.clone())
 }
 
 pub(crate) fn live(object: &Json) -> LiveObject {
@@ -113,11 +106,7 @@ impl FakeCluster {
         self.calls
             .borrow()
             .iter()
-            .filter(|c| {
-                ["apply", "create", "delete"]
-                    .iter()
-                    .any(|v| c.starts_with(v))
-            })
+            .filter(|c| ["apply", "create", "delete"].iter().any(|v| c.starts_with(v)))
             .cloned()
             .collect()
     }
@@ -144,11 +133,7 @@ impl Cluster for FakeCluster {
         if self.uncached.borrow().contains(&target.name) {
             return None;
         }
-        Some(CachedObject {
-            live: live(object),
-            manifest: object.clone(),
-            owned_fields: None,
-        })
+        Some(CachedObject { live: live(object), manifest: object.clone(), owned_fields: None })
     }
 
     fn cached_list(&self, resource: &ApiResource, labels: &Labels) -> Vec<LiveObject> {
@@ -216,15 +201,10 @@ impl Cluster for FakeCluster {
 
     async fn delete(&self, target: &Target, uid: Option<&str>) -> Result<(), KubeError> {
         self.record("delete", target);
-        self.deletions
-            .borrow_mut()
-            .push((target.name.clone(), uid.map(str::to_owned)));
+        self.deletions.borrow_mut().push((target.name.clone(), uid.map(str::to_owned)));
         let mut objects = self.objects.borrow_mut();
         if let Some((name, new_uid)) = self.replaced.borrow_mut().take() {
-            if let Some(object) = objects
-                .get_mut(&slot(target))
-                .filter(|_| name == target.name)
-            {
+            if let Some(object) = objects.get_mut(&slot(target)).filter(|_| name == target.name) {
                 object["metadata"]["uid"] = json!(new_uid);
             }
         }
@@ -250,11 +230,7 @@ impl Cluster for FakeCluster {
         namespace: &str,
         name: &str,
     ) -> Result<Option<SecretData>, KubeError> {
-        let key = (
-            "Secret".to_owned(),
-            Some(namespace.to_owned()),
-            name.to_owned(),
-        );
+        let key = ("Secret".to_owned(), Some(namespace.to_owned()), name.to_owned());
         Ok(self.objects.borrow().get(&key).map(secret_data))
     }
 
@@ -285,11 +261,7 @@ impl Cluster for FakeCluster {
         namespace: &str,
         name: &str,
     ) -> Result<Option<ObjectMeta>, KubeError> {
-        let key = (
-            resource.kind.clone(),
-            Some(namespace.to_owned()),
-            name.to_owned(),
-        );
+        let key = (resource.kind.clone(), Some(namespace.to_owned()), name.to_owned());
         Ok(self
             .objects
             .borrow()
@@ -302,21 +274,16 @@ impl Cluster for FakeCluster {
     async fn set_finalizers(
         &self,
         resource: &ApiResource,
-        namespace: &str,
-        name: &str,
-        resource_version: Option<&str>,
+        seen: &ObjectMeta,
         finalizers: &[String],
     ) -> Result<(), KubeError> {
-        let key = (
-            resource.kind.clone(),
-            Some(namespace.to_owned()),
-            name.to_owned(),
-        );
         let target = Target {
             resource: resource.clone(),
-            namespace: Some(namespace.to_owned()),
-            name: name.to_owned(),
+            namespace: seen.namespace.clone(),
+            name: seen.name.clone().unwrap_or_default(),
         };
+        let key = slot(&target);
+        let resource_version = seen.resource_version.as_deref();
         self.record("finalizers", &target);
         let mut objects = self.objects.borrow_mut();
         let Some(object) = objects.get_mut(&key) else {
@@ -339,19 +306,13 @@ impl Cluster for FakeCluster {
         _: &k8s_openapi::api::core::v1::ObjectReference,
         event: &NewEvent,
     ) -> Result<(), KubeError> {
-        self.events
-            .borrow_mut()
-            .push((event.reason.to_owned(), event.warning));
+        self.events.borrow_mut().push((event.reason.to_owned(), event.warning));
         Ok(())
     }
 }
 
 fn api_error(code: u16, reason: &str) -> KubeError {
-    KubeError::Api {
-        code,
-        reason: reason.into(),
-        message: reason.into(),
-    }
+    KubeError::Api { code, reason: reason.into(), message: reason.into() }
 }
 
 /// A new resourceVersion, as every write gets.
@@ -384,10 +345,7 @@ fn secret_data(object: &Json) -> SecretData {
         .filter_map(|r| r["uid"].as_str().map(str::to_owned))
         .collect();
     SecretData {
-        resource_version: object["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or("1")
-            .to_owned(),
+        resource_version: object["metadata"]["resourceVersion"].as_str().unwrap_or("1").to_owned(),
         data,
         owners,
     }

@@ -51,10 +51,7 @@ pub fn decide(
         Some(seen) if seen.record == *record => seen.since,
         _ => now,
     };
-    *observed = Some(ObservedLease {
-        record: record.clone(),
-        since,
-    });
+    *observed = Some(ObservedLease { record: record.clone(), since });
     match record.holder.as_deref() {
         None | Some("") => Decision::Take,
         Some(holder) if holder == me => Decision::Take,
@@ -80,44 +77,23 @@ mod tests {
         let mut seen = None;
         let t0 = Instant::now();
         assert_eq!(decide(None, "me", &mut seen, t0), Decision::Create);
-        assert_eq!(
-            decide(Some(&held_by("other", "r1")), "me", &mut seen, t0),
-            Decision::Wait
-        );
+        assert_eq!(decide(Some(&held_by("other", "r1")), "me", &mut seen, t0), Decision::Wait);
         // Renewed: the clock starts again.
         let t1 = t0 + Duration::from_secs(10);
-        assert_eq!(
-            decide(Some(&held_by("other", "r2")), "me", &mut seen, t1),
-            Decision::Wait
-        );
+        assert_eq!(decide(Some(&held_by("other", "r2")), "me", &mut seen, t1), Decision::Wait);
         let t2 = t1 + Duration::from_secs(14);
-        assert_eq!(
-            decide(Some(&held_by("other", "r2")), "me", &mut seen, t2),
-            Decision::Wait
-        );
+        assert_eq!(decide(Some(&held_by("other", "r2")), "me", &mut seen, t2), Decision::Wait);
         // Unchanged for the lease duration on our own clock: expired.
         let t3 = t1 + Duration::from_secs(15);
-        assert_eq!(
-            decide(Some(&held_by("other", "r2")), "me", &mut seen, t3),
-            Decision::Take
-        );
+        assert_eq!(decide(Some(&held_by("other", "r2")), "me", &mut seen, t3), Decision::Take);
     }
 
     #[test]
     fn our_own_or_a_released_lease_is_taken_at_once() {
         let mut seen = None;
         let now = Instant::now();
-        assert_eq!(
-            decide(Some(&held_by("me", "r1")), "me", &mut seen, now),
-            Decision::Take
-        );
-        let released = Record {
-            holder: None,
-            ..held_by("x", "r1")
-        };
-        assert_eq!(
-            decide(Some(&released), "me", &mut seen, now),
-            Decision::Take
-        );
+        assert_eq!(decide(Some(&held_by("me", "r1")), "me", &mut seen, now), Decision::Take);
+        let released = Record { holder: None, ..held_by("x", "r1") };
+        assert_eq!(decide(Some(&released), "me", &mut seen, now), Decision::Take);
     }
 }

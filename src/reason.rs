@@ -167,12 +167,7 @@ mod tests {
             .take_while(|line| line.starts_with('|'))
             .flat_map(|line| {
                 let first = line.split('|').nth(1).unwrap_or_default();
-                first
-                    .split('`')
-                    .skip(1)
-                    .step_by(2)
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
+                first.split('`').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>()
             })
             .collect()
     }

@@ -56,10 +56,7 @@ pub fn bind_address(flag: &'static str, value: &str) -> Result<Option<SocketAddr
         Some(port) => format!("0.0.0.0:{port}"),
         None => value.to_owned(),
     };
-    full.parse().map(Some).map_err(|_| ConfigError::Address {
-        flag,
-        value: value.to_owned(),
-    })
+    full.parse().map(Some).map_err(|_| ConfigError::Address { flag, value: value.to_owned() })
 }
 
 #[derive(Debug, Clone)]
@@ -95,11 +92,7 @@ impl Settings {
     /// namespace only, and a namespace-scoped install (Roles, no
     /// ClusterRoles) is enough.
     pub fn object_namespace(&self) -> Option<&str> {
-        let own_only = self
-            .policy
-            .extra_namespaces
-            .as_ref()
-            .is_some_and(|extra| extra.is_empty());
+        let own_only = self.policy.extra_namespaces.as_ref().is_some_and(|extra| extra.is_empty());
         self.watch_namespace.as_deref().filter(|_| own_only)
     }
 }
@@ -111,18 +104,9 @@ mod tests {
     #[test]
     fn bind_addresses_read_like_controller_runtime() {
         let addr = |v| bind_address("metrics-bind-address", v);
-        assert_eq!(
-            addr(":8080").unwrap(),
-            Some("0.0.0.0:8080".parse().unwrap())
-        );
-        assert_eq!(
-            addr("127.0.0.1:0").unwrap(),
-            Some("127.0.0.1:0".parse().unwrap())
-        );
-        assert_eq!(
-            addr("[::1]:9090").unwrap(),
-            Some("[::1]:9090".parse().unwrap())
-        );
+        assert_eq!(addr(":8080").unwrap(), Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(addr("127.0.0.1:0").unwrap(), Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(addr("[::1]:9090").unwrap(), Some("[::1]:9090".parse().unwrap()));
         assert_eq!(addr("0").unwrap(), None);
         let err = addr("localhost").unwrap_err();
         assert!(err.to_string().contains("--metrics-bind-address"), "{err}");

@@ -115,14 +115,8 @@ impl StatusTemplate {
         registry.set_strict_mode(false);
         registry.register_escape_fn(bind);
         let helpers = helpers::register(&mut registry, helpers::HelperMode::Sql);
-        values::register(
-            &mut registry,
-            NAME,
-            source,
-            &helpers,
-            values::ValueHelper(bind_value),
-        )
-        .map_err(|e| WritebackError::Template(e.0))?;
+        values::register(&mut registry, NAME, source, &helpers, values::ValueHelper(bind_value))
+            .map_err(|e| WritebackError::Template(e.0))?;
         // The statement count does not depend on values: check it with placeholders now.
         let probe = Self { registry };
         let shape = probe.render_with(&json!({}))?;
@@ -134,9 +128,7 @@ impl StatusTemplate {
         PARAMS.with(|p| *p.borrow_mut() = Some(Vec::new()));
         let (rendered, exceeded) = crate::render::limits::within(|| {
             let mut text = crate::render::limits::BoundedText::default();
-            self.registry
-                .render_to_write(NAME, context, &mut text)
-                .map(|()| text.0)
+            self.registry.render_to_write(NAME, context, &mut text).map(|()| text.0)
         });
         let params = PARAMS.with(|p| p.borrow_mut().take()).unwrap_or_default();
         if let Some(bound) = exceeded {
@@ -221,10 +213,9 @@ impl ToSql for TextParam<'_> {
         ty: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        let textual = matches!(
-            *ty,
-            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
-        ) || ty.name() == "citext";
+        let textual =
+            matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN)
+                || ty.name() == "citext";
         let Some(text) = self.0.filter(|t| textual || !t.is_empty()) else {
             return Ok(IsNull::Yes);
         };
@@ -261,11 +252,8 @@ pub async fn execute(
         .await
         .map_err(failed)?;
     let prepared = tx.prepare_cached(&statement.sql).await.map_err(failed)?;
-    let params: Vec<TextParam<'_>> = statement
-        .params
-        .iter()
-        .map(|p| TextParam(p.as_deref()))
-        .collect();
+    let params: Vec<TextParam<'_>> =
+        statement.params.iter().map(|p| TextParam(p.as_deref())).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
     let rows = tx.execute(&prepared, &refs).await.map_err(failed)?;
     tx.commit().await.map_err(failed)?;
@@ -285,10 +273,7 @@ mod tests {
         let resource = json!({"status": {"readyReplicas": 2}, "metadata": {"annotations": {"note": "'); DROP TABLE apps; --"}}});
         let row = json!({"name": "web"}).as_object().unwrap().clone();
         let bound = t.render(&resource, &row, &Metadata::default()).unwrap();
-        assert_eq!(
-            bound.sql,
-            "UPDATE apps SET ready = $1, note = $2 WHERE name = $3"
-        );
+        assert_eq!(bound.sql, "UPDATE apps SET ready = $1, note = $2 WHERE name = $3");
         let params: Vec<_> = bound.params.iter().map(|p| p.as_deref().unwrap()).collect();
         assert_eq!(params, ["2", "'); DROP TABLE apps; --", "web"]);
     }
@@ -308,10 +293,7 @@ mod tests {
     #[test]
     fn secret_payloads_never_reach_the_template() {
         let secret = json!({"kind": "Secret", "data": {"k": "c2VjcmV0"}, "stringData": {"k": "s"}, "metadata": {"name": "s", "managedFields": []}});
-        assert_eq!(
-            sanitize(&secret),
-            json!({"kind": "Secret", "metadata": {"name": "s"}})
-        );
+        assert_eq!(sanitize(&secret), json!({"kind": "Secret", "metadata": {"name": "s"}}));
     }
 
     #[test]
@@ -320,24 +302,13 @@ mod tests {
             "UPDATE apps SET ready = {{Resource.status.readyReplicas}}, note = {{Row.note}} WHERE name = {{Row.name}}",
         )
         .unwrap();
-        let row = json!({"name": "web", "note": null})
-            .as_object()
-            .unwrap()
-            .clone();
+        let row = json!({"name": "web", "note": null}).as_object().unwrap().clone();
         let bound = t.render(&json!({}), &row, &Metadata::default()).unwrap();
-        assert_eq!(
-            bound.sql,
-            "UPDATE apps SET ready = $1, note = $2 WHERE name = $3"
-        );
+        assert_eq!(bound.sql, "UPDATE apps SET ready = $1, note = $2 WHERE name = $3");
         assert_eq!(bound.params, [None, None, Some("web".to_owned())]);
 
-        let row = json!({"name": {"m4rker": 1}, "note": "x"})
-            .as_object()
-            .unwrap()
-            .clone();
-        let err = t
-            .render(&json!({}), &row, &Metadata::default())
-            .unwrap_err();
+        let row = json!({"name": {"m4rker": 1}, "note": "x"}).as_object().unwrap().clone();
+        let err = t.render(&json!({}), &row, &Metadata::default()).unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("{{Row.name}} is a JSON object") && message.contains("toJson"),
@@ -349,14 +320,8 @@ mod tests {
     #[test]
     fn expressions_inside_quotes_are_refused_when_the_template_is_read() {
         for (template, what) in [
-            (
-                "UPDATE t SET a = '{{Row.a}}' WHERE id = {{Row.id}}",
-                "string literal",
-            ),
-            (
-                "UPDATE t SET a = $$x {{Row.a}}$$ WHERE id = 1",
-                "dollar-quoted string",
-            ),
+            ("UPDATE t SET a = '{{Row.a}}' WHERE id = {{Row.id}}", "string literal"),
+            ("UPDATE t SET a = $$x {{Row.a}}$$ WHERE id = 1", "dollar-quoted string"),
             ("UPDATE t SET a = $q${{Row.a}}$q$", "dollar-quoted string"),
             ("UPDATE t SET \"{{Row.col}}\" = 1", "quoted identifier"),
             ("UPDATE t SET a = 1 -- {{Row.a}}", "line comment"),

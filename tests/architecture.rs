@@ -9,10 +9,7 @@ use serde_json::Value as Json;
 /// The host's target triple: the dependency graph is resolved for it alone,
 /// so no crate for another platform has to be downloaded.
 fn host() -> String {
-    let out = Command::new("rustc")
-        .arg("-vV")
-        .output()
-        .expect("run rustc -vV");
+    let out = Command::new("rustc").arg("-vV").output().expect("run rustc -vV");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("host: "))
@@ -53,12 +50,7 @@ fn normal_closure(metadata: &Json, root: &str) -> BTreeSet<String> {
     let nodes = metadata["resolve"]["nodes"].as_array().unwrap();
     let node = |id: &str| nodes.iter().find(|n| n["id"] == id).unwrap();
     let name_of = |id: &str| {
-        metadata["packages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["id"] == id)
-            .unwrap()["name"]
+        metadata["packages"].as_array().unwrap().iter().find(|p| p["id"] == id).unwrap()["name"]
             .as_str()
             .unwrap()
             .to_owned()
@@ -67,11 +59,7 @@ fn normal_closure(metadata: &Json, root: &str) -> BTreeSet<String> {
     let mut todo = vec![root.to_owned()];
     while let Some(id) = todo.pop() {
         for dep in node(&id)["deps"].as_array().unwrap() {
-            let normal = dep["dep_kinds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|k| k["kind"].is_null());
+            let normal = dep["dep_kinds"].as_array().unwrap().iter().any(|k| k["kind"].is_null());
             let dep_id = dep["pkg"].as_str().unwrap().to_owned();
             if normal && seen.insert(dep_id.clone()) {
                 todo.push(dep_id);
@@ -85,10 +73,7 @@ fn normal_closure(metadata: &Json, root: &str) -> BTreeSet<String> {
 fn the_domain_does_not_depend_on_actix() {
     let metadata = metadata();
     let domain = normal_closure(&metadata, &package_id(&metadata, "dbqo"));
-    assert!(
-        domain.contains("kube"),
-        "the closure was computed: {domain:?}"
-    );
+    assert!(domain.contains("kube"), "the closure was computed: {domain:?}");
     let actix: Vec<_> = domain.iter().filter(|n| n.starts_with("actix")).collect();
     assert!(actix.is_empty(), "dbqo depends on {actix:?}");
 
@@ -121,10 +106,7 @@ fn every_acceptance_test_file_is_a_test_target() {
                 name.strip_suffix(".rs").map(str::to_owned)
             })
             .collect();
-    assert_eq!(
-        files, targets,
-        "tests/*.rs and the targets Cargo found through actors/tests"
-    );
+    assert_eq!(files, targets, "tests/*.rs and the targets Cargo found through actors/tests");
 }
 
 /// Every file of production code under `dir` (tests and benches left out),
@@ -187,8 +169,5 @@ fn reasons_are_spelled_only_in_the_reason_list() {
             }
         }
     }
-    assert!(
-        spelled.is_empty(),
-        "reasons spelled outside src/reason.rs: {spelled:#?}"
-    );
+    assert!(spelled.is_empty(), "reasons spelled outside src/reason.rs: {spelled:#?}");
 }

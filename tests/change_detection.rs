@@ -20,11 +20,7 @@ async fn setup(prefix: &str, schema: &str) -> (kube::Client, String, tokio_postg
 }
 
 async fn value_of(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
-    common::operator::configmaps(client, ns)
-        .await
-        .get(name)?
-        .get("value")
-        .cloned()
+    common::operator::configmaps(client, ns).await.get(name)?.get("value").cloned()
 }
 
 #[tokio::test]
@@ -50,9 +46,7 @@ async fn timestamp_mode_reacts_within_the_change_poll_interval() {
         (value_of(&client, &ns, "flag-a").await? == "2").then_some(())
     })
     .await;
-    db.batch_execute("INSERT INTO flags (key, value) VALUES ('b', 'x')")
-        .await
-        .unwrap();
+    db.batch_execute("INSERT INTO flags (key, value) VALUES ('b', 'x')").await.unwrap();
     wait_for_configmaps(&client, &ns, &["flag-a", "flag-b"]).await;
     // With a one-hour poll, only the probe can have brought both: it ran, and
     // succeeded.
@@ -64,11 +58,9 @@ async fn timestamp_mode_reacts_within_the_change_poll_interval() {
 
 #[tokio::test]
 async fn timestamp_probe_failures_are_reported() {
-    let s = common::operator::setup(
-        "tsfail",
-        "CREATE TABLE flags (key text PRIMARY KEY, value text);",
-    )
-    .await;
+    let s =
+        common::operator::setup("tsfail", "CREATE TABLE flags (key text PRIMARY KEY, value text);")
+            .await;
     let (client, ns, url) = (s.client, s.namespace, s.url);
     let operator = Operator::start(&[]);
     DbqrBuilder::new("flags", &operator)
@@ -96,18 +88,13 @@ async fn timestamp_probe_failures_are_reported() {
 #[tokio::test]
 async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
     let (client, ns, db) = setup("notify", "CREATE TABLE flags (key text PRIMARY KEY, value text); INSERT INTO flags VALUES ('a', '1');").await;
-    db.batch_execute(&trigger_sql("public.flags", "flags changed"))
-        .await
-        .unwrap();
+    db.batch_execute(&trigger_sql("public.flags", "flags changed")).await.unwrap();
     let operator = Operator::start(&[]);
     DbqrBuilder::new("flags", &operator)
         .query("SELECT key, value FROM flags ORDER BY key")
         .template(FLAG_CM)
         .set("/pollInterval", json!("1h"))
-        .set(
-            "/changeDetection",
-            json!({ "mode": "notify", "channel": "flags changed" }),
-        )
+        .set("/changeDetection", json!({ "mode": "notify", "channel": "flags changed" }))
         // The TRUNCATE below is meant to empty the namespace at once; the
         // prune guard that would hold it has tests of its own.
         .set("/pruneGuard", json!({ "confirmationInterval": "0s" }))
@@ -117,46 +104,29 @@ async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
     wait_for_listen(&db).await;
 
     let quick = Duration::from_secs(3);
-    db.batch_execute("INSERT INTO flags VALUES ('b', '1')")
-        .await
-        .unwrap();
-    eventually(quick, "insert", || async {
-        value_of(&client, &ns, "flag-b").await
-    })
-    .await;
-    db.batch_execute("UPDATE flags SET value = '2' WHERE key = 'b'")
-        .await
-        .unwrap();
+    db.batch_execute("INSERT INTO flags VALUES ('b', '1')").await.unwrap();
+    eventually(quick, "insert", || async { value_of(&client, &ns, "flag-b").await }).await;
+    db.batch_execute("UPDATE flags SET value = '2' WHERE key = 'b'").await.unwrap();
     eventually(quick, "update", || async {
         (value_of(&client, &ns, "flag-b").await? == "2").then_some(())
     })
     .await;
-    db.batch_execute("DELETE FROM flags WHERE key = 'a'")
-        .await
-        .unwrap();
+    db.batch_execute("DELETE FROM flags WHERE key = 'a'").await.unwrap();
     eventually(quick, "delete", || async {
-        (common::operator::configmaps(&client, &ns)
-            .await
-            .keys()
-            .collect::<Vec<_>>()
-            == ["flag-b"])
-        .then_some(())
+        (common::operator::configmaps(&client, &ns).await.keys().collect::<Vec<_>>() == ["flag-b"])
+            .then_some(())
     })
     .await;
     db.batch_execute("TRUNCATE flags").await.unwrap();
     eventually(quick, "truncate", || async {
-        common::operator::configmaps(&client, &ns)
-            .await
-            .is_empty()
-            .then_some(())
+        common::operator::configmaps(&client, &ns).await.is_empty().then_some(())
     })
     .await;
 
     // A burst of a thousand statements costs a handful of passes.
     let passes_before = operator.totals().await;
-    let burst: String = (0..1000)
-        .map(|i| format!("INSERT INTO flags VALUES ('k{i}', '{i}');"))
-        .collect();
+    let burst: String =
+        (0..1000).map(|i| format!("INSERT INTO flags VALUES ('k{i}', '{i}');")).collect();
     db.simple_query(&burst).await.unwrap();
     eventually(Duration::from_secs(30), "the burst's objects", || async {
         (common::operator::configmaps(&client, &ns).await.len() == 1000).then_some(())
@@ -177,25 +147,17 @@ async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
     };
     let lost = eventually(Duration::from_secs(10), "the LISTEN connection", listener).await;
     let before_reconnect = operator.totals().await;
-    db.batch_execute(&format!("SELECT pg_terminate_backend({lost})"))
-        .await
-        .unwrap();
+    db.batch_execute(&format!("SELECT pg_terminate_backend({lost})")).await.unwrap();
     eventually(Duration::from_secs(10), "the reconnect", || async {
         listener().await.filter(|pid| *pid != lost)
     })
     .await;
-    operator
-        .wait_for_passes(before_reconnect, 1, Duration::from_secs(10))
-        .await;
+    operator.wait_for_passes(before_reconnect, 1, Duration::from_secs(10)).await;
     // 111 of 1,000 rows (k1, k10..k19, k100..k199): a prune the guard lets through.
-    db.batch_execute("DELETE FROM flags WHERE key LIKE 'k1%'")
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the delete after reconnecting",
-        || async { (common::operator::configmaps(&client, &ns).await.len() == 889).then_some(()) },
-    )
+    db.batch_execute("DELETE FROM flags WHERE key LIKE 'k1%'").await.unwrap();
+    eventually(Duration::from_secs(10), "the delete after reconnecting", || async {
+        (common::operator::configmaps(&client, &ns).await.len() == 889).then_some(())
+    })
     .await;
 }
 
@@ -206,18 +168,13 @@ async fn notify_mode_sees_inserts_updates_deletes_and_truncates_at_once() {
 async fn a_steady_stream_of_changes_does_not_postpone_passes() {
     let s = common::operator::setup("stream", "CREATE TABLE ticks (id int PRIMARY KEY);").await;
     let (client, ns, db, url) = (s.client, s.namespace, s.db, s.url);
-    db.batch_execute(&trigger_sql("public.ticks", "ticks"))
-        .await
-        .unwrap();
+    db.batch_execute(&trigger_sql("public.ticks", "ticks")).await.unwrap();
     let operator = Operator::start(&[]);
     DbqrBuilder::new("ticks", &operator)
         .query("SELECT id FROM ticks ORDER BY id")
         .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"tick-{{Row.id}}\"\n")
         .set("/pollInterval", json!("1h"))
-        .set(
-            "/changeDetection",
-            json!({ "mode": "notify", "channel": "ticks" }),
-        )
+        .set("/changeDetection", json!({ "mode": "notify", "channel": "ticks" }))
         .create(&client, &ns)
         .await;
     wait_for_condition(&client, &ns, "ticks", "Ready=True/Ready").await;
@@ -228,24 +185,17 @@ async fn a_steady_stream_of_changes_does_not_postpone_passes() {
     let streaming = tokio::spawn(async move {
         let writer = common::connect(&url).await;
         for id in 0..300 {
-            writer
-                .execute("INSERT INTO ticks VALUES ($1)", &[&id])
-                .await
-                .unwrap();
+            writer.execute("INSERT INTO ticks VALUES ($1)", &[&id]).await.unwrap();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
     let started = std::time::Instant::now();
-    eventually(
-        Duration::from_secs(3),
-        "tick-0 while rows keep coming",
-        || async {
-            kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ns)
-                .get_opt("tick-0")
-                .await
-                .ok()?
-        },
-    )
+    eventually(Duration::from_secs(3), "tick-0 while rows keep coming", || async {
+        kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ns)
+            .get_opt("tick-0")
+            .await
+            .ok()?
+    })
     .await;
     assert!(
         !streaming.is_finished(),
@@ -263,10 +213,7 @@ async fn a_half_open_listen_connection_is_replaced_within_a_minute() {
         .query("SELECT key, value FROM flags ORDER BY key")
         .template(FLAG_CM)
         .set("/pollInterval", json!("1h"))
-        .set(
-            "/changeDetection",
-            json!({ "mode": "notify", "channel": "flags" }),
-        )
+        .set("/changeDetection", json!({ "mode": "notify", "channel": "flags" }))
         .create(&client, &ns)
         .await;
     wait_for_configmaps(&client, &ns, &["flag-a"]).await;
@@ -282,32 +229,22 @@ async fn a_half_open_listen_connection_is_replaced_within_a_minute() {
     let stuck = eventually(Duration::from_secs(10), "the LISTEN connection", listener).await;
     // The pass that follows the first LISTEN is done: from now on only the
     // LISTEN connection (or its replacement) can start one.
-    operator
-        .wait_for_passes(PassTotals::default(), 2, Duration::from_secs(10))
-        .await;
+    operator.wait_for_passes(PassTotals::default(), 2, Duration::from_secs(10)).await;
 
     // The backend stops answering; its socket stays open.
     let stopped = Stopped(stuck);
     assert!(signal("-STOP", stuck));
-    db.batch_execute("INSERT INTO flags VALUES ('b', '2'); NOTIFY flags;")
-        .await
-        .unwrap();
-    let arrived = eventually(
-        Duration::from_secs(60),
-        "the change, over a new LISTEN connection",
-        || async { value_of(&client, &ns, "flag-b").await },
-    )
-    .await;
+    db.batch_execute("INSERT INTO flags VALUES ('b', '2'); NOTIFY flags;").await.unwrap();
+    let arrived =
+        eventually(Duration::from_secs(60), "the change, over a new LISTEN connection", || async {
+            value_of(&client, &ns, "flag-b").await
+        })
+        .await;
     assert_eq!(arrived, "2");
     let replaced = listener().await;
-    assert!(
-        replaced.is_some() && replaced != Some(stuck),
-        "a new LISTEN connection"
-    );
+    assert!(replaced.is_some() && replaced != Some(stuck), "a new LISTEN connection");
     drop(stopped);
-    db.batch_execute(&format!("SELECT pg_terminate_backend({stuck})"))
-        .await
-        .unwrap();
+    db.batch_execute(&format!("SELECT pg_terminate_backend({stuck})")).await.unwrap();
 }
 
 fn signal(sig: &str, pid: i32) -> bool {

@@ -84,11 +84,7 @@ fn render(values: Value, release: &str, namespace: &str) -> Result<Rendered, Str
             }
         }
     }
-    Ok(Rendered {
-        lint: answer["lint"].clone(),
-        chart: answer["chart"].clone(),
-        objects,
-    })
+    Ok(Rendered { lint: answer["lint"].clone(), chart: answer["chart"].clone(), objects })
 }
 
 fn managed_rules(role: &Value) -> BTreeMap<(String, String), Vec<String>> {
@@ -148,23 +144,16 @@ fn the_chart_lints_and_renders_what_the_values_say() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(
-        container["securityContext"]["allowPrivilegeEscalation"],
-        false
-    );
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
-    assert!(
-        grace > 10,
-        "the grace period ({grace}) outlasts the drain deadline"
-    );
+    assert!(grace > 10, "the grace period ({grace}) outlasts the drain deadline");
     assert!(container["resources"]["requests"].is_object());
 
     // RBAC: exactly the verbs the operator uses, on exactly the allowed kinds.
     let role = defaults.role("ClusterRole", "");
     let rules = managed_rules(role);
-    let verbs: Vec<String> = ["get", "list", "watch", "create", "patch", "delete"]
-        .map(String::from)
-        .to_vec();
+    let verbs: Vec<String> =
+        ["get", "list", "watch", "create", "patch", "delete"].map(String::from).to_vec();
     let expected: BTreeMap<(String, String), Vec<String>> = [
         ("", "configmaps"),
         ("", "secrets"),
@@ -190,23 +179,11 @@ fn the_chart_lints_and_renders_what_the_values_say() {
     // Users' rights join Kubernetes' own roles; DatabaseServers stay the platform's.
     let aggregate =
         |suffix: &str| defaults.role("ClusterRole", suffix)["metadata"]["labels"].clone();
-    assert_eq!(
-        aggregate("-edit")["rbac.authorization.k8s.io/aggregate-to-edit"],
-        "true"
-    );
-    assert_eq!(
-        aggregate("-edit")["rbac.authorization.k8s.io/aggregate-to-admin"],
-        "true"
-    );
-    assert_eq!(
-        aggregate("-view")["rbac.authorization.k8s.io/aggregate-to-view"],
-        "true"
-    );
+    assert_eq!(aggregate("-edit")["rbac.authorization.k8s.io/aggregate-to-edit"], "true");
+    assert_eq!(aggregate("-edit")["rbac.authorization.k8s.io/aggregate-to-admin"], "true");
+    assert_eq!(aggregate("-view")["rbac.authorization.k8s.io/aggregate-to-view"], "true");
     assert!(!aggregate("-platform").to_string().contains("aggregate-to"));
-    assert!(!defaults
-        .role("ClusterRole", "-edit")
-        .to_string()
-        .contains("databaseservers"));
+    assert!(!defaults.role("ClusterRole", "-edit").to_string().contains("databaseservers"));
     assert_eq!(defaults.kind("ServiceMonitor").len(), 0);
 
     // Other values, other objects.
@@ -224,26 +201,11 @@ fn the_chart_lints_and_renders_what_the_values_say() {
     )
     .unwrap();
     let args = custom.args();
-    assert!(
-        args.contains(&"--allowed-kinds=ConfigMap".to_owned()),
-        "{args:?}"
-    );
-    assert!(
-        args.contains(&"--watch-namespace=team-a".to_owned()),
-        "{args:?}"
-    );
-    assert!(
-        args.contains(&"--label-selector=dbqo.dev/shard=a".to_owned()),
-        "{args:?}"
-    );
-    assert!(
-        !args.iter().any(|a| a.starts_with("--leader-elect")),
-        "{args:?}"
-    );
-    assert!(
-        !custom.to_string_all().contains("leases"),
-        "no Lease rights without leader election"
-    );
+    assert!(args.contains(&"--allowed-kinds=ConfigMap".to_owned()), "{args:?}");
+    assert!(args.contains(&"--watch-namespace=team-a".to_owned()), "{args:?}");
+    assert!(args.contains(&"--label-selector=dbqo.dev/shard=a".to_owned()), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--leader-elect")), "{args:?}");
+    assert!(!custom.to_string_all().contains("leases"), "no Lease rights without leader election");
     // watchNamespace (and no other namespace): Roles and RoleBindings only.
     assert_eq!(custom.kind("ClusterRole").len(), 0);
     assert_eq!(custom.kind("ClusterRoleBinding").len(), 0);
@@ -263,9 +225,7 @@ fn the_chart_lints_and_renders_what_the_values_say() {
     assert_eq!(custom.kind("PrometheusRule").len(), 1);
 
     // values.schema.json refuses what the templates could not use.
-    let err = render(json!({"replicaCount": "two"}), "dbqo", "dbqo-system")
-        .err()
-        .unwrap();
+    let err = render(json!({"replicaCount": "two"}), "dbqo", "dbqo-system").err().unwrap();
     assert!(err.contains("/replicaCount"), "{err}");
     let err = render(
         json!({"allowedKinds": [{"group": "", "kind": "ConfigMap"}]}),
@@ -330,10 +290,7 @@ async fn the_charts_rbac_and_arguments_run_the_operator() {
         .create(&PostParams::default(), &server)
         .await
         .unwrap_err();
-    assert!(
-        matches!(refused, kube::Error::Api(ref e) if e.code == 403),
-        "{refused}"
-    );
+    assert!(matches!(refused, kube::Error::Api(ref e) if e.code == 403), "{refused}");
 }
 
 /// `watchNamespace` set: the chart renders Roles and RoleBindings only, and
@@ -361,18 +318,12 @@ async fn install(s: &common::operator::Setup, values: Value) -> Rendered {
         {"group": "", "kind": "ConfigMap", "resource": "configmaps"},
         {"group": "", "kind": "Secret", "resource": "secrets"},
     ]});
-    all.as_object_mut()
-        .unwrap()
-        .extend(values.as_object().unwrap().clone());
+    all.as_object_mut().unwrap().extend(values.as_object().unwrap().clone());
     let rendered = render(all, &release, &release_ns).unwrap();
     let pp = PostParams::default();
     // Namespaced objects go where they say, else to the release namespace.
-    let ns_of = |object: &Value| {
-        object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or(&release_ns)
-            .to_owned()
-    };
+    let ns_of =
+        |object: &Value| object["metadata"]["namespace"].as_str().unwrap_or(&release_ns).to_owned();
     macro_rules! create {
         ($t:ty, namespaced) => {
             for object in rendered.kind(stringify!($t)) {
@@ -386,10 +337,7 @@ async fn install(s: &common::operator::Setup, values: Value) -> Rendered {
         ($t:ty, cluster) => {
             for object in rendered.kind(stringify!($t)) {
                 let typed: $t = serde_json::from_value((*object).clone()).unwrap();
-                Api::<$t>::all(s.client.clone())
-                    .create(&pp, &typed)
-                    .await
-                    .unwrap();
+                Api::<$t>::all(s.client.clone()).create(&pp, &typed).await.unwrap();
             }
         };
     }
@@ -408,10 +356,7 @@ async fn run_as_the_charts_account(s: &common::operator::Setup, rendered: &Rende
         .to_owned();
     // The chart's arguments (HTTP on ports of its own, and the JSON log the
     // harness sets anyway), as the chart's ServiceAccount.
-    let account = rendered.one("ServiceAccount")["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let account = rendered.one("ServiceAccount")["metadata"]["name"].as_str().unwrap().to_owned();
     let kubeconfig =
         common::impersonating_kubeconfig(&format!("system:serviceaccount:{release_ns}:{account}"));
     let args: Vec<String> = rendered
@@ -419,13 +364,9 @@ async fn run_as_the_charts_account(s: &common::operator::Setup, rendered: &Rende
         .into_iter()
         .skip(1) // `run`
         .filter(|a| {
-            ![
-                "--metrics-bind-address",
-                "--health-probe-bind-address",
-                "--log-format",
-            ]
-            .iter()
-            .any(|flag| a.starts_with(flag))
+            !["--metrics-bind-address", "--health-probe-bind-address", "--log-format"]
+                .iter()
+                .any(|flag| a.starts_with(flag))
         })
         .collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -443,9 +384,7 @@ async fn run_as_the_charts_account(s: &common::operator::Setup, rendered: &Rende
         .await;
     wait_for_configmaps(&s.client, &s.namespace, &["cm-1", "cm-2", "cm-3"]).await;
     wait_for_condition(&s.client, &s.namespace, "items", "Ready=True/Ready").await;
-    s.db.batch_execute("DELETE FROM t WHERE id = 3")
-        .await
-        .unwrap();
+    s.db.batch_execute("DELETE FROM t WHERE id = 3").await.unwrap();
     wait_for_configmaps(&s.client, &s.namespace, &["cm-1", "cm-2"]).await;
 
     // A Service is not in allowedKinds: its row fails, clearly.
@@ -454,29 +393,18 @@ async fn run_as_the_charts_account(s: &common::operator::Setup, rendered: &Rende
         .template("apiVersion: v1\nkind: Service\nmetadata:\n  name: \"svc-{{Row.id}}\"\nspec:\n  ports: [{port: 80}]\n")
         .create(&s.client, &s.namespace)
         .await;
-    let message = wait_for_condition(
-        &s.client,
-        &s.namespace,
-        "services",
-        "Synced=False/KindNotAllowed",
-    )
-    .await;
+    let message =
+        wait_for_condition(&s.client, &s.namespace, "services", "Synced=False/KindNotAllowed")
+            .await;
     assert!(message.contains("Service"), "{message}");
 
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &s.namespace);
-    dbqrs
-        .delete("items", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "the DBQR and its objects to go",
-        || async {
-            let gone = dbqrs.get_opt("items").await.ok()?.is_none();
-            let cms = common::operator::configmaps(&s.client, &s.namespace).await;
-            (gone && cms.is_empty()).then_some(())
-        },
-    )
+    dbqrs.delete("items", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(30), "the DBQR and its objects to go", || async {
+        let gone = dbqrs.get_opt("items").await.ok()?.is_none();
+        let cms = common::operator::configmaps(&s.client, &s.namespace).await;
+        (gone && cms.is_empty()).then_some(())
+    })
     .await;
     assert_eq!(
         operator.failures_of("Forbidden").await,

@@ -46,10 +46,7 @@ const CONFIGMAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"c
 
 /// The lines of stderr that report errors.
 fn error_lines(o: &Outcome) -> Vec<&str> {
-    o.stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect()
+    o.stderr.lines().filter(|l| l.starts_with("error: ")).collect()
 }
 
 #[test]
@@ -83,21 +80,9 @@ fn each_bad_row_gets_one_line_naming_dbqr_row_and_cause() {
     assert_eq!(o.code, 1);
     let errors = error_lines(&o);
     assert_eq!(errors.len(), 2, "{}", o.stderr);
-    assert!(
-        errors[0].starts_with("error: dbqr team-a/users: row 1 (id=2): "),
-        "{}",
-        errors[0]
-    );
-    assert!(
-        errors[0].contains("inserted value breaks the YAML"),
-        "{}",
-        errors[0]
-    );
-    assert!(
-        errors[1].starts_with("error: dbqr team-a/users: row 2 (id=3): "),
-        "{}",
-        errors[1]
-    );
+    assert!(errors[0].starts_with("error: dbqr team-a/users: row 1 (id=2): "), "{}", errors[0]);
+    assert!(errors[0].contains("inserted value breaks the YAML"), "{}", errors[0]);
+    assert!(errors[1].starts_with("error: dbqr team-a/users: row 2 (id=3): "), "{}", errors[1]);
     assert!(errors[1].contains("Row.emial is missing"), "{}", errors[1]);
     // The good row is still previewed.
     assert!(o.stdout.contains("name: cm-1"), "{}", o.stdout);
@@ -106,18 +91,12 @@ fn each_bad_row_gets_one_line_naming_dbqr_row_and_cause() {
 #[test]
 fn objects_without_kind_or_name_and_non_yaml_output_are_named() {
     let cases = [
-        (
-            "apiVersion: v1\nmetadata:\n  name: \"x-{{Row.id}}\"",
-            "kind is missing",
-        ),
+        ("apiVersion: v1\nmetadata:\n  name: \"x-{{Row.id}}\"", "kind is missing"),
         (
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  labels: {a: \"{{Row.id}}\"}",
             "metadata.name is missing",
         ),
-        (
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: [\"{{Row.id}}\"",
-            "output is not YAML",
-        ),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: [\"{{Row.id}}\"", "output is not YAML"),
         (
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: \"s-{{Row.id}}\"\n  namespace: other",
             "namespace \"other\" is not allowed",
@@ -128,11 +107,7 @@ fn objects_without_kind_or_name_and_non_yaml_output_are_named() {
         assert_eq!(o.code, 1, "{template}");
         let errors = error_lines(&o);
         assert_eq!(errors.len(), 1, "{}", o.stderr);
-        assert!(
-            errors[0].starts_with("error: dbqr team-a/users: row 0 (id=7): "),
-            "{}",
-            errors[0]
-        );
+        assert!(errors[0].starts_with("error: dbqr team-a/users: row 0 (id=7): "), "{}", errors[0]);
         assert!(errors[0].contains(cause), "{} lacks {cause:?}", errors[0]);
     }
 }
@@ -148,19 +123,13 @@ fn bad_dbqr_files_are_refused_with_the_field_named() {
             dbqr("", CONFIGMAP).replace("pollInterval: 30s", "pollInterval: 500ms"),
             "spec.pollInterval is 500ms",
         ),
-        (
-            dbqr("  tempalte: x\n", CONFIGMAP),
-            "unknown field spec.tempalte",
-        ),
+        (dbqr("  tempalte: x\n", CONFIGMAP), "unknown field spec.tempalte"),
         (dbqr("  maxRows: -1\n", CONFIGMAP), "maxRows"),
         (
             dbqr("  changeDetection:\n    mode: notify\n", CONFIGMAP),
             "spec.changeDetection.channel is required",
         ),
-        (
-            dbqr("", "{{#if Row.x}}never closed"),
-            "template does not parse",
-        ),
+        (dbqr("", "{{#if Row.x}}never closed"), "template does not parse"),
         (
             dbqr("", CONFIGMAP).replace("kind: DatabaseQueryResource", "kind: ConfigMap"),
             "expected apiVersion dbqo.dev/v1alpha1",
@@ -175,11 +144,7 @@ fn bad_dbqr_files_are_refused_with_the_field_named() {
         assert_eq!(o.code, 1, "{cause}: {}", o.stderr);
         let errors = error_lines(&o);
         assert_eq!(errors.len(), 1, "{}", o.stderr);
-        assert!(
-            errors[0].contains("dbqr.yaml"),
-            "names the DBQR file: {}",
-            errors[0]
-        );
+        assert!(errors[0].contains("dbqr.yaml"), "names the DBQR file: {}", errors[0]);
         assert!(errors[0].contains(cause), "{} lacks {cause:?}", errors[0]);
     }
 }
@@ -187,15 +152,10 @@ fn bad_dbqr_files_are_refused_with_the_field_named() {
 #[test]
 fn help_is_there_for_every_subcommand() {
     for args in [&["--help"][..], &["render", "--help"], &["crd", "--help"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_db-query-operator")).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
-            "{args:?}"
-        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"), "{args:?}");
     }
 }
 
@@ -203,10 +163,7 @@ fn help_is_there_for_every_subcommand() {
 /// domain crate the parser happens to live in.
 #[test]
 fn help_opens_with_what_the_program_is() {
-    let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator")).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         help.lines().next(),
@@ -219,10 +176,7 @@ fn help_opens_with_what_the_program_is() {
 async fn renders_rows_from_a_live_database_read_only() {
     let url = common::database("render").await;
     let setup = common::connect(&url).await;
-    setup
-        .batch_execute(include_str!("../examples/configmap-per-row/schema.sql"))
-        .await
-        .unwrap();
+    setup.batch_execute(include_str!("../examples/configmap-per-row/schema.sql")).await.unwrap();
     let manifest = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/configmap-per-row/dbqr.yaml"
@@ -233,43 +187,27 @@ async fn renders_rows_from_a_live_database_read_only() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("name: user-alice"), "{}", o.stdout);
     assert!(o.stdout.contains("name: user-bob-smith"), "{}", o.stdout);
-    assert!(
-        !o.stdout.contains("carol"),
-        "inactive users are not rendered"
-    );
+    assert!(!o.stdout.contains("carol"), "inactive users are not rendered");
 
     // Even a DBQR with readOnly: false cannot write through a preview.
-    let writer = manifest
-        .replace("spec:\n", "spec:\n  readOnly: false\n")
-        .replace(
+    let writer = manifest.replace("spec:\n", "spec:\n  readOnly: false\n").replace(
         "SELECT id, username, email, created_at\n    FROM users\n    WHERE active\n    ORDER BY id",
         "DELETE FROM users RETURNING id, username, email, created_at",
     );
     let o = render(dir.path(), &writer, &["--database-url", &url]);
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("read-only transaction"), "{}", o.stderr);
-    let count: i64 = setup
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = setup.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
     assert_eq!(count, 3, "the preview deleted nothing");
 
     let o = render(
         dir.path(),
         &manifest,
-        &[
-            "--database-url",
-            &url.replace("dbqo-test-password", "wrong"),
-        ],
+        &["--database-url", &url.replace("dbqo-test-password", "wrong")],
     );
     assert_eq!(o.code, 1);
     let errors = error_lines(&o);
     assert_eq!(errors.len(), 1, "{}", o.stderr);
     assert!(errors[0].contains("authentication failed"), "{}", errors[0]);
-    assert!(
-        !errors[0].contains("wrong"),
-        "no password in errors: {}",
-        errors[0]
-    );
+    assert!(!errors[0].contains("wrong"), "no password in errors: {}", errors[0]);
 }

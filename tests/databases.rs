@@ -56,10 +56,7 @@ impl Server {
                 let server = tokio::task::spawn_blocking(move || {
                     dbqo_testenv::MariaDb::start(
                         &dir,
-                        dbqo_testenv::MariaDbOptions {
-                            tls,
-                            ..Default::default()
-                        },
+                        dbqo_testenv::MariaDbOptions { tls, ..Default::default() },
                     )
                 })
                 .await
@@ -220,10 +217,7 @@ impl Admin {
                 .iter()
                 .map(|n| get(n))
                 .sum();
-                (
-                    writes,
-                    get("Com_grant") + get("Com_revoke") + get("Com_revoke_all"),
-                )
+                (writes, get("Com_grant") + get("Com_revoke") + get("Com_revoke_all"))
             }
         }
     }
@@ -266,10 +260,7 @@ impl App {
                     .pass(Some(data["password"].clone()))
                     .db_name(Some(db))
                     .prefer_socket(false);
-                mysql_async::Conn::new(opts)
-                    .await
-                    .map(App::MariaDb)
-                    .map_err(|e| e.to_string())
+                mysql_async::Conn::new(opts).await.map(App::MariaDb).map_err(|e| e.to_string())
             }
         }
     }
@@ -327,14 +318,7 @@ impl World {
         let team_b = namespace(&client, &format!("{prefix}-b")).await;
         create_secret(&client, &platform, "admin", server.admin_keys()).await;
         let operator = Operator::start(&[]);
-        let world = Self {
-            server,
-            client,
-            platform,
-            team_a,
-            team_b,
-            operator,
-        };
+        let world = Self { server, client, platform, team_a, team_b, operator };
         world
             .create_server(
                 "main",
@@ -363,9 +347,7 @@ impl World {
             .status()
             .unwrap();
         assert!(
-            self.operator
-                .wait_for_exit(Duration::from_secs(20))
-                .is_some(),
+            self.operator.wait_for_exit(Duration::from_secs(20)).is_some(),
             "the operator stops"
         );
         self.operator = Operator::start_with_id(&id, args);
@@ -376,9 +358,7 @@ impl World {
             "engine": self.server.engine_name(),
             "connectionSecretRef": {"name": "admin"},
         });
-        spec.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let server: DatabaseServer = serde_json::from_value(json!({
             "apiVersion": "dbqo.dev/v1alpha1",
             "kind": "DatabaseServer",
@@ -413,9 +393,7 @@ impl World {
         extra: Value,
     ) -> Result<Database, kube::Error> {
         let mut spec = json!({"serverRef": {"name": "main", "namespace": self.platform}});
-        spec.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let database: Database = serde_json::from_value(json!({
             "apiVersion": "dbqo.dev/v1alpha1",
             "kind": "Database",
@@ -435,25 +413,18 @@ impl World {
     /// Waits for the `Database`'s phase and Ready reason; returns the message.
     async fn wait_for(&self, ns: &str, name: &str, phase: Phase, reason: &str) -> String {
         let api = self.databases(ns);
-        eventually(
-            WAIT,
-            &format!("{ns}/{name}: {phase:?} ({reason})"),
-            || async {
-                let d = api.get_opt(name).await.ok()??;
-                let status = d.status?;
-                let ready = status.conditions.first()?;
-                (status.phase == Some(phase) && ready.reason == reason)
-                    .then(|| ready.message.clone())
-            },
-        )
+        eventually(WAIT, &format!("{ns}/{name}: {phase:?} ({reason})"), || async {
+            let d = api.get_opt(name).await.ok()??;
+            let status = d.status?;
+            let ready = status.conditions.first()?;
+            (status.phase == Some(phase) && ready.reason == reason).then(|| ready.message.clone())
+        })
         .await
     }
 
     async fn secret(&self, ns: &str, name: &str) -> Option<(BTreeMap<String, String>, Secret)> {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
-            .get_opt(name)
-            .await
-            .unwrap()?;
+        let secret =
+            Api::<Secret>::namespaced(self.client.clone(), ns).get_opt(name).await.unwrap()?;
         let data = secret
             .data
             .clone()
@@ -468,10 +439,7 @@ impl World {
     /// (succeeded, failed), from its `/metrics`.
     async fn database_passes(&self) -> (u64, u64) {
         let metrics = self.operator.http_address("metrics").await;
-        let text = common::http_get(&metrics, "/metrics")
-            .await
-            .map(|r| r.1)
-            .unwrap_or_default();
+        let text = common::http_get(&metrics, "/metrics").await.map(|r| r.1).unwrap_or_default();
         let count = |result: &str| {
             let name = format!("dbqo_database_passes_total{{result=\"{result}\"}}");
             common::metric_sample(&text, &name).unwrap_or(0.0) as u64
@@ -540,32 +508,18 @@ async fn lifecycle(engine: Engine, prefix: &str) {
         Engine::Postgres => json!({"extensions": ["pgcrypto"], "encoding": "UTF8", "locale": "C"}),
         Engine::MariaDb => json!({"charset": "utf8mb4", "collation": "utf8mb4_bin"}),
     };
-    w.create_database(&w.team_a, "orders", options)
-        .await
-        .unwrap();
+    w.create_database(&w.team_a, "orders", options).await.unwrap();
     w.wait_for(&w.team_a, "orders", Phase::Ready, "Ready").await;
-    let (data, secret) = w
-        .secret(&w.team_a, "orders-credentials")
-        .await
-        .expect("the Secret");
-    for key in [
-        "host", "port", "dbname", "username", "password", "sslmode", "uri",
-    ] {
+    let (data, secret) = w.secret(&w.team_a, "orders-credentials").await.expect("the Secret");
+    for key in ["host", "port", "dbname", "username", "password", "sslmode", "uri"] {
         assert!(data.contains_key(key), "Secret key {key}");
     }
     assert_eq!(data["dbname"], "orders");
     assert_eq!(data["password"].chars().count(), 40);
     let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!(
-        (owner.kind.as_str(), owner.name.as_str()),
-        ("Database", "orders")
-    );
-    let mut app = App::connect(engine, &data, None)
-        .await
-        .expect("the Secret's credentials work");
-    app.exec("CREATE TABLE t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Database", "orders"));
+    let mut app = App::connect(engine, &data, None).await.expect("the Secret's credentials work");
+    app.exec("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
     app.exec("INSERT INTO t VALUES (1)").await.unwrap();
     match engine {
         Engine::Postgres => {
@@ -595,41 +549,27 @@ async fn lifecycle(engine: Engine, prefix: &str) {
     let events = w.events(&w.team_a).await;
     assert!(events.iter().any(|(r, _)| r == "Created"), "{events:?}");
     let metrics = w.operator.http_address("metrics").await;
-    let (_, text) = common::http_get(&metrics, "/metrics")
-        .await
-        .expect("/metrics");
+    let (_, text) = common::http_get(&metrics, "/metrics").await.expect("/metrics");
     let passes = common::metric_sample(&text, "dbqo_database_passes_total{result=\"success\"}");
     assert!(passes.is_some_and(|n| n >= 1.0), "{text}");
 
     // The other team: its own database, and none of team a's.
-    w.create_database(&w.team_b, "inventory", json!({}))
-        .await
-        .unwrap();
-    w.wait_for(&w.team_b, "inventory", Phase::Ready, "Ready")
-        .await;
+    w.create_database(&w.team_b, "inventory", json!({})).await.unwrap();
+    w.wait_for(&w.team_b, "inventory", Phase::Ready, "Ready").await;
     let (b_data, _) = w.secret(&w.team_b, "inventory-credentials").await.unwrap();
     let mut b = App::connect(engine, &b_data, None).await.unwrap();
     let visible = b.databases().await;
     assert!(visible.contains(&"inventory".to_owned()), "{visible:?}");
-    assert!(
-        !visible.contains(&"orders".to_owned()),
-        "team b sees team a's database: {visible:?}"
-    );
+    assert!(!visible.contains(&"orders".to_owned()), "team b sees team a's database: {visible:?}");
     assert!(
         App::connect(engine, &b_data, Some("orders")).await.is_err(),
         "team b connects to team a's database"
     );
     // Another Database naming team a's database is refused; team a unaffected.
-    w.create_database(
-        &w.team_b,
-        "thief",
-        json!({"databaseName": "orders", "username": "thief"}),
-    )
-    .await
-    .unwrap();
-    let message = w
-        .wait_for(&w.team_b, "thief", Phase::Error, "AlreadyExists")
-        .await;
+    w.create_database(&w.team_b, "thief", json!({"databaseName": "orders", "username": "thief"}))
+        .await
+        .unwrap();
+    let message = w.wait_for(&w.team_b, "thief", Phase::Error, "AlreadyExists").await;
     assert!(message.contains("\"orders\""), "{message}");
     assert!(App::connect(engine, &data, None).await.is_ok());
 
@@ -639,62 +579,34 @@ async fn lifecycle(engine: Engine, prefix: &str) {
     // Only orders and inventory can succeed, only thief fails.
     w.wait_for_passes((0, 0), (2, 1)).await;
     let after = admin.statements().await;
-    assert_eq!(
-        after.0, before.0,
-        "statements other than reads after a restart"
-    );
+    assert_eq!(after.0, before.0, "statements other than reads after a restart");
     assert_eq!(
         w.secret(&w.team_a, "orders-credentials").await.unwrap().0["password"],
         data["password"]
     );
-    assert!(
-        App::connect(engine, &data, None).await.is_ok(),
-        "the password works after a restart"
-    );
+    assert!(App::connect(engine, &data, None).await.is_ok(), "the password works after a restart");
 
     // Reset by label: a new password that works, the old one does not, the label gone.
-    w.label(
-        &w.team_a,
-        "orders",
-        "dbqo.dev/action",
-        json!("reset-password"),
-    )
-    .await;
+    w.label(&w.team_a, "orders", "dbqo.dev/action", json!("reset-password")).await;
     let fresh = eventually(WAIT, "a new password", || async {
         let d = w.databases(&w.team_a).get("orders").await.ok()?;
         let (now, _) = w.secret(&w.team_a, "orders-credentials").await?;
         (now["password"] != data["password"]
-            && !d
-                .metadata
-                .labels
-                .unwrap_or_default()
-                .contains_key("dbqo.dev/action"))
+            && !d.metadata.labels.unwrap_or_default().contains_key("dbqo.dev/action"))
         .then_some(now)
     })
     .await;
-    let mut app = App::connect(engine, &fresh, None)
-        .await
-        .expect("the new password works");
+    let mut app = App::connect(engine, &fresh, None).await.expect("the new password works");
     app.exec("INSERT INTO t VALUES (2)").await.unwrap();
-    assert!(
-        App::connect(engine, &data, None).await.is_err(),
-        "the old password still works"
-    );
+    assert!(App::connect(engine, &data, None).await.is_err(), "the old password still works");
     eventually(WAIT, "the PasswordReset event", || async {
-        w.events(&w.team_a)
-            .await
-            .iter()
-            .any(|(r, _)| r == "PasswordReset")
-            .then_some(())
+        w.events(&w.team_a).await.iter().any(|(r, _)| r == "PasswordReset").then_some(())
     })
     .await;
 
-    for password in [
-        &data["password"],
-        &fresh["password"],
-        &b_data["password"],
-        &w.server.admin_password(),
-    ] {
+    for password in
+        [&data["password"], &fresh["password"], &b_data["password"], &w.server.admin_password()]
+    {
         w.assert_never_shown(password).await;
     }
     assert!(admin.user_exists("orders").await);
@@ -705,26 +617,15 @@ async fn lifecycle(engine: Engine, prefix: &str) {
 async fn privileges(engine: Engine, prefix: &str) {
     let w = World::start(engine, prefix).await;
     let mut admin = w.server.admin().await;
-    w.create_database(&w.team_a, "reports", json!({"privileges": ["readonly"]}))
-        .await
-        .unwrap();
-    w.wait_for(&w.team_a, "reports", Phase::Ready, "Ready")
-        .await;
+    w.create_database(&w.team_a, "reports", json!({"privileges": ["readonly"]})).await.unwrap();
+    w.wait_for(&w.team_a, "reports", Phase::Ready, "Ready").await;
     admin
-        .exec_in(
-            "reports",
-            "CREATE TABLE facts (id int PRIMARY KEY); INSERT INTO facts VALUES (1)",
-        )
+        .exec_in("reports", "CREATE TABLE facts (id int PRIMARY KEY); INSERT INTO facts VALUES (1)")
         .await;
     let (data, _) = w.secret(&w.team_a, "reports-credentials").await.unwrap();
     let mut app = App::connect(engine, &data, None).await.unwrap();
-    app.exec("SELECT * FROM facts")
-        .await
-        .expect("SELECT is granted");
-    assert!(
-        app.exec("INSERT INTO facts VALUES (2)").await.is_err(),
-        "INSERT is not granted"
-    );
+    app.exec("SELECT * FROM facts").await.expect("SELECT is granted");
+    assert!(app.exec("INSERT INTO facts VALUES (2)").await.is_err(), "INSERT is not granted");
 
     w.databases(&w.team_a)
         .patch(
@@ -744,20 +645,12 @@ async fn privileges(engine: Engine, prefix: &str) {
     for i in 0..3 {
         // reports is the only Database here.
         let passes = w.database_passes().await;
-        w.label(&w.team_a, "reports", "touch", json!(i.to_string()))
-            .await;
+        w.label(&w.team_a, "reports", "touch", json!(i.to_string())).await;
         w.wait_for_passes(passes, (1, 0)).await;
     }
-    assert_eq!(
-        admin.statements().await.1,
-        grants,
-        "GRANT/REVOKE on passes with nothing to change"
-    );
+    assert_eq!(admin.statements().await.1, grants, "GRANT/REVOKE on passes with nothing to change");
     let events = w.events(&w.team_a).await;
-    assert!(
-        events.iter().any(|(r, _)| r == "PrivilegesChanged"),
-        "{events:?}"
-    );
+    assert!(events.iter().any(|(r, _)| r == "PrivilegesChanged"), "{events:?}");
 }
 
 /// Deletion: `Retain` keeps database, user and Secret; `Delete` drops them.
@@ -765,81 +658,46 @@ async fn privileges(engine: Engine, prefix: &str) {
 async fn deletion_and_adoption(engine: Engine, prefix: &str) {
     let w = World::start(engine, prefix).await;
     let mut admin = w.server.admin().await;
-    w.create_database(&w.team_a, "kept", json!({}))
-        .await
-        .unwrap();
-    w.create_database(&w.team_a, "scratch", json!({"deletionPolicy": "Delete"}))
-        .await
-        .unwrap();
+    w.create_database(&w.team_a, "kept", json!({})).await.unwrap();
+    w.create_database(&w.team_a, "scratch", json!({"deletionPolicy": "Delete"})).await.unwrap();
     w.wait_for(&w.team_a, "kept", Phase::Ready, "Ready").await;
-    w.wait_for(&w.team_a, "scratch", Phase::Ready, "Ready")
-        .await;
+    w.wait_for(&w.team_a, "scratch", Phase::Ready, "Ready").await;
 
     for name in ["kept", "scratch"] {
-        w.databases(&w.team_a)
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap();
+        w.databases(&w.team_a).delete(name, &DeleteParams::default()).await.unwrap();
     }
     eventually(WAIT, "both Databases gone", || async {
-        let list = w
-            .databases(&w.team_a)
-            .list(&Default::default())
-            .await
-            .ok()?;
+        let list = w.databases(&w.team_a).list(&Default::default()).await.ok()?;
         list.items.is_empty().then_some(())
     })
     .await;
     assert!(admin.database_exists("kept").await && admin.user_exists("kept").await);
-    let (kept, secret) = w
-        .secret(&w.team_a, "kept-credentials")
-        .await
-        .expect("a retained Secret stays");
-    assert!(secret
-        .metadata
-        .owner_references
-        .unwrap_or_default()
-        .is_empty());
+    let (kept, secret) =
+        w.secret(&w.team_a, "kept-credentials").await.expect("a retained Secret stays");
+    assert!(secret.metadata.owner_references.unwrap_or_default().is_empty());
     assert!(App::connect(engine, &kept, None).await.is_ok());
     assert!(!admin.database_exists("scratch").await && !admin.user_exists("scratch").await);
     let events = w.events(&w.team_a).await;
-    let retained = events
-        .iter()
-        .find(|(r, _)| r == "Retained")
-        .expect("a Retained event");
+    let retained = events.iter().find(|(r, _)| r == "Retained").expect("a Retained event");
     assert!(retained.1.contains("\"kept\""), "{retained:?}");
 
     // Hostile names: refused by the API server's validation.
     for hostile in ["x\"; DROP DATABASE kept; --", "x`y", "x';--", "a\\b"] {
-        let e = w
-            .create_database(&w.team_a, "hostile", json!({"databaseName": hostile}))
-            .await;
-        assert!(
-            matches!(e, Err(kube::Error::Api(ref s)) if s.code == 422),
-            "{hostile}: {e:?}"
-        );
+        let e = w.create_database(&w.team_a, "hostile", json!({"databaseName": hostile})).await;
+        assert!(matches!(e, Err(kube::Error::Api(ref s)) if s.code == 422), "{hostile}: {e:?}");
     }
 
     // A database made by hand is not taken over, nor its user's password changed.
     admin.exec("CREATE DATABASE legacy").await;
     match engine {
-        Engine::Postgres => {
-            admin
-                .exec("CREATE ROLE legacy LOGIN PASSWORD 'legacy-pw'")
-                .await
-        }
+        Engine::Postgres => admin.exec("CREATE ROLE legacy LOGIN PASSWORD 'legacy-pw'").await,
         Engine::MariaDb => {
-            admin
-                .exec("CREATE USER 'legacy'@'%' IDENTIFIED BY 'legacy-pw'")
-                .await;
+            admin.exec("CREATE USER 'legacy'@'%' IDENTIFIED BY 'legacy-pw'").await;
             admin.exec("GRANT ALL ON legacy.* TO 'legacy'@'%'").await;
         }
     }
-    w.create_database(&w.team_a, "legacy", json!({}))
-        .await
-        .unwrap();
-    w.wait_for(&w.team_a, "legacy", Phase::Error, "AlreadyExists")
-        .await;
+    w.create_database(&w.team_a, "legacy", json!({})).await.unwrap();
+    w.wait_for(&w.team_a, "legacy", Phase::Error, "AlreadyExists").await;
     let legacy = BTreeMap::from([
         ("host".to_owned(), kept["host"].clone()),
         ("port".to_owned(), kept["port"].clone()),
@@ -847,18 +705,12 @@ async fn deletion_and_adoption(engine: Engine, prefix: &str) {
         ("password".to_owned(), "legacy-pw".to_owned()),
         ("dbname".to_owned(), "legacy".to_owned()),
     ]);
-    assert!(
-        App::connect(engine, &legacy, None).await.is_ok(),
-        "the legacy password is untouched"
-    );
+    assert!(App::connect(engine, &legacy, None).await.is_ok(), "the legacy password is untouched");
     assert!(w.secret(&w.team_a, "legacy-credentials").await.is_none());
 
     // Delete asked for on a server that does not allow it: retained, with a Warning.
-    w.create_server(
-        "guarded",
-        json!({"allowedNamespaces": [w.team_a], "allowDelete": false}),
-    )
-    .await;
+    w.create_server("guarded", json!({"allowedNamespaces": [w.team_a], "allowDelete": false}))
+        .await;
     w.create_database(
         &w.team_a,
         "precious",
@@ -866,19 +718,10 @@ async fn deletion_and_adoption(engine: Engine, prefix: &str) {
     )
     .await
     .unwrap();
-    w.wait_for(&w.team_a, "precious", Phase::Ready, "Ready")
-        .await;
-    w.databases(&w.team_a)
-        .delete("precious", &DeleteParams::default())
-        .await
-        .unwrap();
+    w.wait_for(&w.team_a, "precious", Phase::Ready, "Ready").await;
+    w.databases(&w.team_a).delete("precious", &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "precious gone", || async {
-        w.databases(&w.team_a)
-            .get_opt("precious")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
+        w.databases(&w.team_a).get_opt("precious").await.ok()?.is_none().then_some(())
     })
     .await;
     assert!(admin.database_exists("precious").await && admin.user_exists("precious").await);
@@ -891,34 +734,20 @@ async fn deletion_and_adoption(engine: Engine, prefix: &str) {
     );
 
     // A lost Secret is not made up again silently; the reset label recovers.
-    w.create_database(&w.team_a, "lost", json!({}))
-        .await
-        .unwrap();
+    w.create_database(&w.team_a, "lost", json!({})).await.unwrap();
     w.wait_for(&w.team_a, "lost", Phase::Ready, "Ready").await;
     let (before, _) = w.secret(&w.team_a, "lost-credentials").await.unwrap();
     Api::<Secret>::namespaced(w.client.clone(), &w.team_a)
         .delete("lost-credentials", &DeleteParams::default())
         .await
         .unwrap();
-    w.wait_for(&w.team_a, "lost", Phase::Error, "CredentialsLost")
-        .await;
+    w.wait_for(&w.team_a, "lost", Phase::Error, "CredentialsLost").await;
     assert!(w.secret(&w.team_a, "lost-credentials").await.is_none());
-    assert!(
-        App::connect(engine, &before, None).await.is_ok(),
-        "the password was not changed"
-    );
-    w.label(
-        &w.team_a,
-        "lost",
-        "dbqo.dev/action",
-        json!("reset-password"),
-    )
-    .await;
+    assert!(App::connect(engine, &before, None).await.is_ok(), "the password was not changed");
+    w.label(&w.team_a, "lost", "dbqo.dev/action", json!("reset-password")).await;
     w.wait_for(&w.team_a, "lost", Phase::Ready, "Ready").await;
-    let (after, _) = eventually(WAIT, "a new Secret", || {
-        w.secret(&w.team_a, "lost-credentials")
-    })
-    .await;
+    let (after, _) =
+        eventually(WAIT, "a new Secret", || w.secret(&w.team_a, "lost-credentials")).await;
     assert_ne!(after["password"], before["password"]);
     assert!(App::connect(engine, &after, None).await.is_ok());
 
@@ -930,8 +759,7 @@ async fn deletion_and_adoption(engine: Engine, prefix: &str) {
         Engine::MariaDb => json!({"charset": "nope"}),
     };
     w.create_database(&w.team_a, "halfway", bad).await.unwrap();
-    w.wait_for(&w.team_a, "halfway", Phase::Error, "StatementFailed")
-        .await;
+    w.wait_for(&w.team_a, "halfway", Phase::Error, "StatementFailed").await;
     assert!(admin.user_exists("halfway").await && !admin.database_exists("halfway").await);
     let (saved, _) = w
         .secret(&w.team_a, "halfway-credentials")
@@ -945,19 +773,15 @@ async fn deletion_and_adoption(engine: Engine, prefix: &str) {
         .patch("halfway", &PatchParams::default(), &Patch::Merge(good))
         .await
         .unwrap();
-    w.wait_for(&w.team_a, "halfway", Phase::Ready, "Ready")
-        .await;
+    w.wait_for(&w.team_a, "halfway", Phase::Ready, "Ready").await;
     let (now, _) = w.secret(&w.team_a, "halfway-credentials").await.unwrap();
     assert_eq!(now["password"], saved["password"]);
     assert!(App::connect(engine, &now, None).await.is_ok());
 
     // A Database in a namespace the server does not allow.
     let other = namespace(&w.client, &format!("{prefix}-c")).await;
-    w.create_database(&other, "stranger", json!({}))
-        .await
-        .unwrap();
-    w.wait_for(&other, "stranger", Phase::Error, "NamespaceNotAllowed")
-        .await;
+    w.create_database(&other, "stranger", json!({})).await.unwrap();
+    w.wait_for(&other, "stranger", Phase::Error, "NamespaceNotAllowed").await;
     assert!(!admin.database_exists("stranger").await);
 }
 
@@ -971,25 +795,14 @@ async fn server_faults(engine: Engine, prefix: &str) {
     wrong.insert("password", "not-the-password".into());
     create_secret(&w.client, &w.platform, "wrong", wrong).await;
     let mut down = w.server.admin_keys();
-    down.insert(
-        "port",
-        dbqo_testenv::process::free_port().unwrap().to_string(),
-    );
+    down.insert("port", dbqo_testenv::process::free_port().unwrap().to_string());
     create_secret(&w.client, &w.platform, "down", down).await;
     let mut weak = w.server.admin_keys();
     weak.insert("username", "weak".into());
     weak.insert("password", "weak-pw".into());
     match engine {
-        Engine::Postgres => {
-            admin
-                .exec("CREATE ROLE weak LOGIN PASSWORD 'weak-pw'")
-                .await
-        }
-        Engine::MariaDb => {
-            admin
-                .exec("CREATE USER 'weak'@'%' IDENTIFIED BY 'weak-pw'")
-                .await
-        }
+        Engine::Postgres => admin.exec("CREATE ROLE weak LOGIN PASSWORD 'weak-pw'").await,
+        Engine::MariaDb => admin.exec("CREATE USER 'weak'@'%' IDENTIFIED BY 'weak-pw'").await,
     }
     create_secret(&w.client, &w.platform, "weak", weak).await;
     let allowed = json!([w.team_a]);
@@ -1000,9 +813,7 @@ async fn server_faults(engine: Engine, prefix: &str) {
         )
         .await;
     }
-    w.create_database(&w.team_a, "healthy", json!({}))
-        .await
-        .unwrap();
+    w.create_database(&w.team_a, "healthy", json!({})).await.unwrap();
     for (server, database) in [("wrongpw", "a1"), ("down", "a2")] {
         w.create_database(
             &w.team_a,
@@ -1022,47 +833,23 @@ async fn server_faults(engine: Engine, prefix: &str) {
         Engine::MariaDb => &["CREATE USER", "CREATE", "GRANT OPTION"],
     };
     assert_eq!(weak.missing_rights, expected);
-    w.wait_for(&w.team_a, "a1", Phase::Error, "AuthenticationFailed")
-        .await;
-    w.wait_for(&w.team_a, "a2", Phase::Error, "ConnectionFailed")
-        .await;
-    w.wait_for(&w.team_a, "healthy", Phase::Ready, "Ready")
-        .await;
-    let server_events: Vec<String> = w
-        .events(&w.platform)
-        .await
-        .into_iter()
-        .map(|(r, _)| r)
-        .collect();
-    for reason in [
-        "AuthenticationFailed",
-        "ConnectionFailed",
-        "InsufficientPrivileges",
-    ] {
-        assert!(
-            server_events.iter().any(|r| r == reason),
-            "{reason}: {server_events:?}"
-        );
+    w.wait_for(&w.team_a, "a1", Phase::Error, "AuthenticationFailed").await;
+    w.wait_for(&w.team_a, "a2", Phase::Error, "ConnectionFailed").await;
+    w.wait_for(&w.team_a, "healthy", Phase::Ready, "Ready").await;
+    let server_events: Vec<String> =
+        w.events(&w.platform).await.into_iter().map(|(r, _)| r).collect();
+    for reason in ["AuthenticationFailed", "ConnectionFailed", "InsufficientPrivileges"] {
+        assert!(server_events.iter().any(|r| r == reason), "{reason}: {server_events:?}");
     }
-    let team_events: Vec<String> = w
-        .events(&w.team_a)
-        .await
-        .into_iter()
-        .map(|(r, _)| r)
-        .collect();
+    let team_events: Vec<String> = w.events(&w.team_a).await.into_iter().map(|(r, _)| r).collect();
     for reason in ["AuthenticationFailed", "ConnectionFailed"] {
-        assert!(
-            team_events.iter().any(|r| r == reason),
-            "{reason}: {team_events:?}"
-        );
+        assert!(team_events.iter().any(|r| r == reason), "{reason}: {team_events:?}");
     }
     for password in ["not-the-password", "weak-pw"] {
         w.assert_never_shown(password).await;
     }
     let metrics = w.operator.http_address("metrics").await;
-    let (_, text) = common::http_get(&metrics, "/metrics")
-        .await
-        .expect("/metrics");
+    let (_, text) = common::http_get(&metrics, "/metrics").await.expect("/metrics");
     for reason in ["AuthenticationFailed", "ConnectionFailed"] {
         let failures = common::metric_sample(
             &text,
@@ -1078,17 +865,14 @@ async fn server_faults(engine: Engine, prefix: &str) {
     )
     .await
     .unwrap();
-    w.wait_for(&w.team_a, "orphan", Phase::Pending, "ServerNotFound")
-        .await;
+    w.wait_for(&w.team_a, "orphan", Phase::Pending, "ServerNotFound").await;
 }
 
 /// The admin connection over TLS verifies the server against the Secret's CA.
 #[tokio::test]
 async fn mariadb_admin_connection_over_tls() {
     let w = World::start_with(Engine::MariaDb, "mytls", true).await;
-    let Server::MariaDb(server) = &w.server else {
-        unreachable!()
-    };
+    let Server::MariaDb(server) = &w.server else { unreachable!() };
     let ca = std::fs::read_to_string(server.info.ca_cert.as_ref().unwrap()).unwrap();
     let mut verified = w.server.admin_keys();
     verified.insert("sslmode", "verify-full".into());
@@ -1110,17 +894,13 @@ async fn mariadb_admin_connection_over_tls() {
         if let Some(key) = ca_key {
             reference["caCertKey"] = json!(key);
         }
-        w.create_server(name, json!({"connectionSecretRef": reference}))
-            .await;
+        w.create_server(name, json!({"connectionSecretRef": reference})).await;
     }
     w.wait_for_server("tls", "Ready").await;
     w.wait_for_server("badca", "ConnectionFailed").await;
     w.wait_for_server("noca", "TlsConfigError").await;
-    w.create_database(&w.platform, "secure", json!({"serverRef": {"name": "tls"}}))
-        .await
-        .unwrap();
-    w.wait_for(&w.platform, "secure", Phase::Ready, "Ready")
-        .await;
+    w.create_database(&w.platform, "secure", json!({"serverRef": {"name": "tls"}})).await.unwrap();
+    w.wait_for(&w.platform, "secure", Phase::Ready, "Ready").await;
     let (data, _) = w.secret(&w.platform, "secure-credentials").await.unwrap();
     assert_eq!(data["sslmode"], "verify-full");
 }
@@ -1132,9 +912,7 @@ async fn mariadb_admin_connection_over_tls() {
 async fn postgres_databases_keep_to_the_connection_budget() {
     let mut w = World::start(Engine::Postgres, "pgbudget").await;
     w.restart_operator(&["--max-connections-per-database", "1"]);
-    let Server::Postgres(pg) = &w.server else {
-        unreachable!()
-    };
+    let Server::Postgres(pg) = &w.server else { unreachable!() };
     // Sampled every few milliseconds: a pass holds its connection for tens.
     let sampler = common::connect(&pg.info.url("postgres")).await;
     let most = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
@@ -1157,11 +935,7 @@ async fn postgres_databases_keep_to_the_connection_budget() {
         w.create_database(&w.team_a, name, json!({})).await.unwrap();
     }
     eventually(WAIT, "four Databases Ready", || async {
-        let list = w
-            .databases(&w.team_a)
-            .list(&Default::default())
-            .await
-            .ok()?;
+        let list = w.databases(&w.team_a).list(&Default::default()).await.ok()?;
         let ready = list
             .items
             .iter()
@@ -1183,13 +957,9 @@ async fn postgres_databases_keep_to_the_connection_budget() {
 async fn postgres_admin_connection_over_tls() {
     let w = World::start(Engine::Postgres, "pgtls").await;
     let shared = &dbqo_testenv::shared().postgres;
-    let ca = std::fs::read_to_string(
-        shared
-            .ca_cert
-            .as_ref()
-            .expect("the shared server serves TLS"),
-    )
-    .unwrap();
+    let ca =
+        std::fs::read_to_string(shared.ca_cert.as_ref().expect("the shared server serves TLS"))
+            .unwrap();
     let keys = |sslmode: &str, ca: &str| {
         let mut keys = common::server_secret_keys(shared, "postgres");
         keys.insert("sslmode", sslmode.into());
@@ -1198,13 +968,7 @@ async fn postgres_admin_connection_over_tls() {
     };
     create_secret(&w.client, &w.platform, "verified", keys("verify-full", &ca)).await;
     let other_ca = UNRELATED_CA;
-    create_secret(
-        &w.client,
-        &w.platform,
-        "unrelated",
-        keys("verify-full", other_ca),
-    )
-    .await;
+    create_secret(&w.client, &w.platform, "unrelated", keys("verify-full", other_ca)).await;
     for (name, secret) in [("tls", "verified"), ("badca", "unrelated")] {
         w.create_server(
             name,
@@ -1222,8 +986,7 @@ async fn postgres_admin_connection_over_tls() {
     )
     .await
     .unwrap();
-    w.wait_for(&w.platform, "secure", Phase::Ready, "Ready")
-        .await;
+    w.wait_for(&w.platform, "secure", Phase::Ready, "Ready").await;
     let (data, _) = w.secret(&w.platform, "secure-credentials").await.unwrap();
     assert_eq!(data["sslmode"], "verify-full");
     assert!(data["uri"].ends_with("?sslmode=verify-full"));
@@ -1277,9 +1040,7 @@ async fn mariadb_deletion_and_adoption() {
 async fn postgres_extensions_are_created_with_a_pinned_search_path() {
     let w = World::start(Engine::Postgres, "pinned").await;
     let mut admin = w.server.admin().await;
-    w.create_database(&w.team_a, "pinned", json!({"extensions": ["pgcrypto"]}))
-        .await
-        .unwrap();
+    w.create_database(&w.team_a, "pinned", json!({"extensions": ["pgcrypto"]})).await.unwrap();
     w.wait_for(&w.team_a, "pinned", Phase::Ready, "Ready").await;
     // The extension goes (a restore without it, say), and the database's
     // default search_path now leads to a schema of the team's choosing.
@@ -1314,10 +1075,7 @@ async fn postgres_extensions_are_created_with_a_pinned_search_path() {
         .map(|row| row.get::<_, String>(0))
     })
     .await;
-    assert_eq!(
-        schema, "public",
-        "not the schema the database's default names"
-    );
+    assert_eq!(schema, "public", "not the schema the database's default names");
 }
 
 /// SIGTERM while a `Database` pass waits on the server: the replica is not
@@ -1327,19 +1085,12 @@ async fn postgres_extensions_are_created_with_a_pinned_search_path() {
 async fn postgres_shutdown_lets_the_pass_under_way_finish() {
     let mut w = World::start(Engine::Postgres, "pgdrain").await;
     w.restart_operator(&["--shutdown-timeout-seconds", "60"]);
-    let Server::Postgres(pg) = &w.server else {
-        unreachable!()
-    };
+    let Server::Postgres(pg) = &w.server else { unreachable!() };
     // A role of the same name created in a transaction left open: the
     // operator's CREATE ROLE waits for it to end.
     let blocker = common::connect(&pg.info.url("postgres")).await;
-    blocker
-        .batch_execute("BEGIN; CREATE ROLE held_user")
-        .await
-        .unwrap();
-    w.create_database(&w.team_a, "held", json!({"username": "held_user"}))
-        .await
-        .unwrap();
+    blocker.batch_execute("BEGIN; CREATE ROLE held_user").await.unwrap();
+    w.create_database(&w.team_a, "held", json!({"username": "held_user"})).await.unwrap();
     let observer = common::connect(&pg.info.url("postgres")).await;
     common::wait_for_a_lock_waiter(&observer, "the operator's CREATE ROLE waiting").await;
     let probes = w.operator.http_address("probes").await;

@@ -60,13 +60,8 @@ async fn every_type_decodes_to_its_documented_json_form() {
     setup.batch_execute(ROW).await.unwrap();
 
     let mut client = client(&url).await;
-    let result = run_query(
-        &mut client,
-        "SELECT * FROM everything ORDER BY id",
-        &options(),
-    )
-    .await
-    .unwrap();
+    let result =
+        run_query(&mut client, "SELECT * FROM everything ORDER BY id", &options()).await.unwrap();
     assert_eq!(result.rows.len(), 3);
     let row = Value::Object(result.rows[0].clone());
     let expected = json!({
@@ -106,11 +101,7 @@ async fn every_type_decodes_to_its_documented_json_form() {
     assert_eq!(third["n"], json!("0.000123"));
     assert_eq!(third["f8"], json!(0.1));
     assert_eq!(third["tz"], json!("infinity"));
-    assert_eq!(
-        third["hs"],
-        Value::Null,
-        "NULL of an unknown type is still null"
-    );
+    assert_eq!(third["hs"], Value::Null, "NULL of an unknown type is still null");
 }
 
 #[tokio::test]
@@ -132,36 +123,22 @@ async fn multi_statement_queries_keep_session_settings_and_run_read_only() {
     assert_eq!(result.rows.len(), 2);
     assert_eq!(result.rows[0]["timeout"], json!("5s"));
 
-    let err = run_query(
-        &mut client,
-        "INSERT INTO t VALUES (3, 'c') RETURNING id",
-        &options(),
-    )
-    .await
-    .unwrap_err();
+    let err = run_query(&mut client, "INSERT INTO t VALUES (3, 'c') RETURNING id", &options())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("read-only"), "{err}");
 
     // Setup statements are session settings: nothing ends the READ ONLY
     // transaction or turns it writable, and the timeout cannot be lifted.
     for (sql, refused) in [
         ("COMMIT; INSERT INTO t VALUES (9, 'x'); SELECT 1 AS id", 1),
-        (
-            "SET transaction_read_only = off; INSERT INTO t VALUES (9, 'x') RETURNING id",
-            1,
-        ),
-        (
-            "SET TRANSACTION READ WRITE; INSERT INTO t VALUES (9, 'x') RETURNING id",
-            1,
-        ),
+        ("SET transaction_read_only = off; INSERT INTO t VALUES (9, 'x') RETURNING id", 1),
+        ("SET TRANSACTION READ WRITE; INSERT INTO t VALUES (9, 'x') RETURNING id", 1),
         ("SET work_mem = '8MB'; DELETE FROM t; SELECT 1 AS id", 2),
     ] {
         let err = run_query(&mut client, sql, &options()).await.unwrap_err();
         assert_eq!(err.reason(), "SetupStatementRefused", "{sql}: {err}");
-        assert!(
-            err.to_string()
-                .starts_with(&format!("statement {refused} is refused")),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with(&format!("statement {refused} is refused")), "{err}");
     }
     let mut quick = options();
     quick.statement_timeout = Duration::from_millis(500);
@@ -189,11 +166,7 @@ async fn multi_statement_queries_keep_session_settings_and_run_read_only() {
         json!("(1,2)"),
         "unknown types work for INSERT ... RETURNING too"
     );
-    let count: i64 = setup
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = setup.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
     assert_eq!(count, 3);
 }
 
@@ -204,16 +177,11 @@ async fn bad_results_are_errors_not_empty_results() {
 
     let mut small = options();
     small.max_rows = 5;
-    let err = run_query(&mut client, "SELECT generate_series(1, 6) AS id", &small)
-        .await
-        .unwrap_err();
+    let err =
+        run_query(&mut client, "SELECT generate_series(1, 6) AS id", &small).await.unwrap_err();
     assert!(matches!(err, QueryError::TooManyRows(5)), "{err}");
     assert_eq!(err.reason(), "TooManyRows");
-    assert!(
-        run_query(&mut client, "SELECT generate_series(1, 5) AS id", &small)
-            .await
-            .is_ok()
-    );
+    assert!(run_query(&mut client, "SELECT generate_series(1, 5) AS id", &small).await.is_ok());
 
     // A row over maxRowBytes is kept in place but not decoded (it fails
     // alone when rendered); a result over maxResultBytes fails as a whole.
@@ -225,57 +193,36 @@ async fn bad_results_are_errors_not_empty_results() {
     let result = run_query(&mut client, sql, &bytes).await.unwrap();
     assert_eq!(result.rows.len(), 3);
     assert_eq!(result.rows[0]["v"], "small");
-    assert_eq!(
-        result.rows[1].keys().collect::<Vec<_>>(),
-        [dbqo::db::OVERSIZED_ROW]
-    );
+    assert_eq!(result.rows[1].keys().collect::<Vec<_>>(), [dbqo::db::OVERSIZED_ROW]);
     assert_eq!(result.rows[2]["id"], 3);
     let sql = "SELECT repeat('x', 4000) AS v FROM generate_series(1, 3)";
     let err = run_query(&mut client, sql, &bytes).await.unwrap_err();
     assert!(matches!(err, QueryError::ResultTooLarge(10_000)), "{err}");
     assert_eq!(err.reason(), "ResultTooLarge");
 
-    let err = run_query(&mut client, "SELECT 1 AS a, 2 AS a", &options())
+    let err = run_query(&mut client, "SELECT 1 AS a, 2 AS a", &options()).await.unwrap_err();
+    assert!(matches!(err, QueryError::DuplicateColumn(ref c) if c == "a"), "{err}");
+
+    let err = run_query(&mut client, "SET work_mem = '4MB'; SET work_mem = '8MB'", &options())
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, QueryError::DuplicateColumn(ref c) if c == "a"),
-        "{err}"
-    );
-
-    let err = run_query(
-        &mut client,
-        "SET work_mem = '4MB'; SET work_mem = '8MB'",
-        &options(),
-    )
-    .await
-    .unwrap_err();
     assert!(matches!(err, QueryError::NoColumns), "{err}");
     // The rows come last: a SELECT before a setting is a refused setup statement.
-    let err = run_query(
-        &mut client,
-        "SELECT 1 AS id; SET work_mem = '8MB'",
-        &options(),
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(err, QueryError::Setup { index: 1, .. }), "{err}");
-
-    let err = run_query(&mut client, "SELECT 'open", &options())
+    let err = run_query(&mut client, "SELECT 1 AS id; SET work_mem = '8MB'", &options())
         .await
         .unwrap_err();
+    assert!(matches!(err, QueryError::Setup { index: 1, .. }), "{err}");
+
+    let err = run_query(&mut client, "SELECT 'open", &options()).await.unwrap_err();
     assert!(matches!(err, QueryError::Split(_)), "{err}");
 
     let mut quick = options();
     quick.statement_timeout = Duration::from_millis(50);
-    let err = run_query(&mut client, "SELECT pg_sleep(2) IS NULL AS slept", &quick)
-        .await
-        .unwrap_err();
+    let err =
+        run_query(&mut client, "SELECT pg_sleep(2) IS NULL AS slept", &quick).await.unwrap_err();
     assert_eq!(err.reason(), "QueryTimeout", "{err}");
 
-    let err = run_query(&mut client, "SELECT * FROM missing_table", &options())
-        .await
-        .unwrap_err();
+    let err = run_query(&mut client, "SELECT * FROM missing_table", &options()).await.unwrap_err();
     assert_eq!(err.reason(), "QueryFailed");
     assert!(err.to_string().contains("missing_table"), "{err}");
 }

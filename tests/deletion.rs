@@ -43,35 +43,19 @@ async fn held_clean_up(
         .await;
     wait_for_configmaps(client, ns, &["cm-1"]).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    cms.patch("cm-1", &PatchParams::default(), &finalizers(vec![HOLD]))
-        .await
-        .unwrap();
+    cms.patch("cm-1", &PatchParams::default(), &finalizers(vec![HOLD])).await.unwrap();
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(client.clone(), ns);
-    dbqrs
-        .delete("held", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the object to be deleting",
-        || async {
-            cms.get("cm-1")
-                .await
-                .ok()?
-                .metadata
-                .deletion_timestamp
-                .map(|_| ())
-        },
-    )
+    dbqrs.delete("held", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(10), "the object to be deleting", || async {
+        cms.get("cm-1").await.ok()?.metadata.deletion_timestamp.map(|_| ())
+    })
     .await;
     (cms, dbqrs)
 }
 
 /// Takes the holding finalizer off `cm-1`.
 async fn let_go(cms: &Api<ConfigMap>) {
-    cms.patch("cm-1", &PatchParams::default(), &finalizers(vec![]))
-        .await
-        .unwrap();
+    cms.patch("cm-1", &PatchParams::default(), &finalizers(vec![])).await.unwrap();
 }
 
 /// The DBQR changes (a label) while its clean-up waits for an object held
@@ -110,9 +94,7 @@ async fn a_waiting_clean_up_costs_no_list_requests() {
     let (_control_plane, client, kubeconfig) = common::private_cluster(ns).await;
     let url = common::database("waiting").await;
     let db = common::connect(&url).await;
-    db.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
-        .await
-        .unwrap();
+    db.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1);").await.unwrap();
     common::operator::create_secret(&client, ns, "db", common::operator::secret_keys(&url)).await;
     let operator = Operator::start_on(&kubeconfig, &common::unique("waiting"), &[]);
     let (cms, dbqrs) = held_clean_up(&client, ns, &operator).await;
@@ -140,15 +122,9 @@ async fn a_waiting_clean_up_costs_no_list_requests() {
         verb == "LIST" && cleanup_kinds.contains(&resource)
     });
     let deletes = common::requests_between(&before, &after, |verb, _| verb == "DELETE");
-    assert!(
-        lists < cleanup_kinds.len() as f64,
-        "{lists} LISTs: {after:?}"
-    );
+    assert!(lists < cleanup_kinds.len() as f64, "{lists} LISTs: {after:?}");
     assert_eq!(deletes, 0.0, "{after:?}");
-    assert!(
-        dbqrs.get_opt("held").await.unwrap().is_some(),
-        "kept while waiting"
-    );
+    assert!(dbqrs.get_opt("held").await.unwrap().is_some(), "kept while waiting");
 
     let_go(&cms).await;
     gone(&dbqrs, "held").await;

@@ -38,29 +38,18 @@ async fn deleted_or_edited_objects_are_repaired_within_two_seconds() {
     wait_for_configmaps(&client, &ns, &["item-1", "item-2"]).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
 
-    cms.delete("item-1", &DeleteParams::default())
-        .await
-        .unwrap();
+    cms.delete("item-1", &DeleteParams::default()).await.unwrap();
     eventually(Duration::from_secs(2), "item-1 to come back", || async {
-        cms.get_opt("item-1")
-            .await
-            .ok()?
-            .filter(|cm| cm.metadata.deletion_timestamp.is_none())
+        cms.get_opt("item-1").await.ok()?.filter(|cm| cm.metadata.deletion_timestamp.is_none())
     })
     .await;
 
     let edit = json!({ "data": { "value": "tampered", "extra": "kept" } });
-    cms.patch("item-2", &PatchParams::default(), &Patch::Merge(&edit))
-        .await
-        .unwrap();
-    let repaired = eventually(
-        Duration::from_secs(2),
-        "item-2's value to be reverted",
-        || async {
-            let data = cms.get("item-2").await.ok()?.data?;
-            (data.get("value")? == "two").then_some(data)
-        },
-    )
+    cms.patch("item-2", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    let repaired = eventually(Duration::from_secs(2), "item-2's value to be reverted", || async {
+        let data = cms.get("item-2").await.ok()?.data?;
+        (data.get("value")? == "two").then_some(data)
+    })
     .await;
     // Fields the operator does not manage are left alone.
     assert_eq!(repaired.get("extra").map(String::as_str), Some("kept"));
@@ -69,27 +58,15 @@ async fn deleted_or_edited_objects_are_repaired_within_two_seconds() {
     // unsubscribe its successor from drift notices.
     let dbqrs: Api<dbqo::api::DatabaseQueryResource> = Api::namespaced(client.clone(), &ns);
     let spec = json!({"spec": {"template": ITEM_CM.replace("{{Row.value}}", "v2-{{Row.value}}")}});
-    dbqrs
-        .patch("items", &PatchParams::default(), &Patch::Merge(&spec))
-        .await
-        .unwrap();
+    dbqrs.patch("items", &PatchParams::default(), &Patch::Merge(&spec)).await.unwrap();
     eventually(Duration::from_secs(10), "the new spec applied", || async {
         (cms.get("item-1").await.ok()?.data?.get("value")? == "v2-one").then_some(())
     })
     .await;
-    cms.delete("item-1", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(2),
-        "item-1 back under the new actor",
-        || async {
-            cms.get_opt("item-1")
-                .await
-                .ok()?
-                .filter(|cm| cm.metadata.deletion_timestamp.is_none())
-        },
-    )
+    cms.delete("item-1", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(2), "item-1 back under the new actor", || async {
+        cms.get_opt("item-1").await.ok()?.filter(|cm| cm.metadata.deletion_timestamp.is_none())
+    })
     .await;
 }
 
@@ -138,32 +115,18 @@ async fn a_steady_state_costs_no_writes_and_no_object_reads() {
     .await;
     // Let the status and event writes of convergence land before measuring.
     operator
-        .wait_for_pass(PassTotals::default(), "a pass that skips all 200", |p| {
-            p.converged(200)
-        })
+        .wait_for_pass(PassTotals::default(), "a pass that skips all 200", |p| p.converged(200))
         .await;
 
     let passes_before = operator.totals().await;
     let before = request_counts(&client).await;
     // Six full polls, 10 s apart: a minute of nothing changing.
-    operator
-        .wait_for_passes(passes_before, 6, Duration::from_secs(90))
-        .await;
+    operator.wait_for_passes(passes_before, 6, Duration::from_secs(90)).await;
     let after = request_counts(&client).await;
     let idle = operator.totals().await.since(&passes_before);
-    assert!(
-        idle.converged(200),
-        "every idle pass skipped all objects: {idle:?}"
-    );
+    assert!(idle.converged(200), "every idle pass skipped all objects: {idle:?}");
 
-    let writes = [
-        "POST",
-        "PUT",
-        "PATCH",
-        "DELETE",
-        "APPLY",
-        "DELETECOLLECTION",
-    ];
+    let writes = ["POST", "PUT", "PATCH", "DELETE", "APPLY", "DELETECOLLECTION"];
     let ours = ["configmaps", "databasequeryresources", "events"];
     assert_eq!(
         delta(&before, &after, &writes, &ours),
@@ -171,12 +134,7 @@ async fn a_steady_state_costs_no_writes_and_no_object_reads() {
         "write requests while idle"
     );
     assert_eq!(
-        delta(
-            &before,
-            &after,
-            &["GET", "LIST"],
-            &["configmaps", "secrets"]
-        ),
+        delta(&before, &after, &["GET", "LIST"], &["configmaps", "secrets"]),
         BTreeMap::new(),
         "object and Secret reads while idle"
     );
@@ -285,11 +243,9 @@ async fn after_a_restart_a_steady_state_costs_no_writes_and_no_reads() {
         .create(&client, ns)
         .await;
     first
-        .wait_for_pass(
-            PassTotals::default(),
-            "a pass that skips all 15 objects",
-            |p| p.converged(15),
-        )
+        .wait_for_pass(PassTotals::default(), "a pass that skips all 15 objects", |p| {
+            p.converged(15)
+        })
         .await;
 
     // Another manager appends to a list the operator renders (the container's env).
@@ -298,48 +254,25 @@ async fn after_a_restart_a_steady_state_costs_no_writes_and_no_reads() {
     let extra = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app-1"},
         "spec": {"template": {"spec": {"containers": [{"name": "c", "env": [{"name": "EXTRA", "value": "x"}]}]}}}});
     deployments
-        .patch(
-            "app-1",
-            &PatchParams::apply("someone-else"),
-            &Patch::Apply(&extra),
-        )
+        .patch("app-1", &PatchParams::apply("someone-else"), &Patch::Apply(&extra))
         .await
         .unwrap();
     let since = first.totals().await;
-    first
-        .wait_for_pass(since, "a converged pass after the append", |p| {
-            p.converged(15)
-        })
-        .await;
+    first.wait_for_pass(since, "a converged pass after the append", |p| p.converged(15)).await;
     drop(first);
 
     let second = Operator::start_on(&kubeconfig, &id, &[]);
-    second
-        .wait_for_pass(
-            PassTotals::default(),
-            "the first pass after the restart",
-            |_| true,
-        )
-        .await;
+    second.wait_for_pass(PassTotals::default(), "the first pass after the restart", |_| true).await;
     let first_passes = second.totals().await;
     let before = request_counts(&client).await;
-    second
-        .wait_for_passes(first_passes, 3, Duration::from_secs(30))
-        .await;
+    second.wait_for_passes(first_passes, 3, Duration::from_secs(30)).await;
     let after = request_counts(&client).await;
     let passes = second.totals().await;
     assert!(
         passes.converged(15),
         "every pass after the restart skipped all 15 objects: {passes:?}"
     );
-    let writes = [
-        "POST",
-        "PUT",
-        "PATCH",
-        "DELETE",
-        "APPLY",
-        "DELETECOLLECTION",
-    ];
+    let writes = ["POST", "PUT", "PATCH", "DELETE", "APPLY", "DELETECOLLECTION"];
     let mut watched = FIVE_RESOURCES.to_vec();
     watched.extend(["databasequeryresources", "events"]);
     assert_eq!(
@@ -352,19 +285,11 @@ async fn after_a_restart_a_steady_state_costs_no_writes_and_no_reads() {
         BTreeMap::new(),
         "object and Secret reads after the restart"
     );
-    let env = deployments
-        .get("app-1")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap()
-        .containers[0]
-        .env
-        .clone()
-        .unwrap();
+    let env =
+        deployments.get("app-1").await.unwrap().spec.unwrap().template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
     assert_eq!(env.len(), 2, "the other manager's entry stays: {env:?}");
 
     // Drift is still repaired at once.
@@ -381,16 +306,9 @@ async fn after_a_restart_a_steady_state_costs_no_writes_and_no_reads() {
     })
     .await;
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), ns);
-    services
-        .delete("svc-3", &DeleteParams::default())
-        .await
-        .unwrap();
+    services.delete("svc-3", &DeleteParams::default()).await.unwrap();
     eventually(Duration::from_secs(2), "svc-3 back", || async {
-        services
-            .get_opt("svc-3")
-            .await
-            .ok()?
-            .filter(|s| s.metadata.deletion_timestamp.is_none())
+        services.get_opt("svc-3").await.ok()?.filter(|s| s.metadata.deletion_timestamp.is_none())
     })
     .await;
     drop(control_plane);

@@ -9,20 +9,15 @@ use dbqo::api::DatabaseQueryResource;
 use kube::api::{Api, DeleteParams, PostParams};
 
 fn examples() -> Vec<std::path::PathBuf> {
-    let mut dirs: Vec<_> = std::fs::read_dir(Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples"
-    )))
-    .unwrap()
-    .flatten()
-    .map(|e| e.path())
-    .filter(|p| p.join("dbqr.yaml").exists())
-    .collect();
+    let mut dirs: Vec<_> =
+        std::fs::read_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples")))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("dbqr.yaml").exists())
+            .collect();
     dirs.sort();
-    assert!(
-        dirs.len() >= 4,
-        "examples/ holds the four documented scenarios"
-    );
+    assert!(dirs.len() >= 4, "examples/ holds the four documented scenarios");
     dirs
 }
 
@@ -48,15 +43,10 @@ fn crd_subcommand_prints_each_crd() {
         (&["crd", "databaseservers"][..], "databaseservers"),
         (&["crd", "databases"][..], "databases"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_db-query-operator")).args(args).output().unwrap();
         assert!(out.status.success());
-        assert_eq!(
-            Some(String::from_utf8(out.stdout).unwrap()),
-            dbqo::cli::crd_yaml_of(plural)
-        );
+        assert_eq!(Some(String::from_utf8(out.stdout).unwrap()), dbqo::cli::crd_yaml_of(plural));
     }
     let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
         .args(["crd", "widgets"])
@@ -112,10 +102,7 @@ async fn the_api_server_accepts_the_crd_and_every_example() {
             .await
             .unwrap_or_else(|e| panic!("{}: the API server refused it: {e}", dir.display()));
         // What the server stored (defaults applied) reads back into the same spec.
-        let stored = api
-            .get(created.metadata.name.as_deref().unwrap())
-            .await
-            .unwrap();
+        let stored = api.get(created.metadata.name.as_deref().unwrap()).await.unwrap();
         assert_eq!(stored.spec, dbqr.spec, "{}", dir.display());
     }
 
@@ -131,14 +118,9 @@ async fn the_api_server_accepts_the_crd_and_every_example() {
         &kube::api::ApiResource::erase::<DatabaseQueryResource>(&()),
     );
     let err = raw
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(bad).unwrap(),
-        )
+        .create(&PostParams::default(), &serde_json::from_value(bad).unwrap())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("pollInterval"), "{err}");
-    let _ = api
-        .delete_collection(&DeleteParams::default(), &Default::default())
-        .await;
+    let _ = api.delete_collection(&DeleteParams::default(), &Default::default()).await;
 }

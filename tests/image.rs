@@ -6,11 +6,7 @@ use std::process::Command;
 
 fn image(args: &[&str]) -> (bool, String, String) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/image.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run hack/image.sh");
+    let out = Command::new("bash").arg(script).args(args).output().expect("run hack/image.sh");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -29,10 +25,7 @@ fn the_image_runs_the_operator_as_a_non_root_user() {
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     let oci = &config["OCIv1"]["config"];
     assert_eq!(oci["User"], "65532:65532");
-    assert_eq!(
-        oci["Entrypoint"],
-        serde_json::json!(["/usr/local/bin/db-query-operator"])
-    );
+    assert_eq!(oci["Entrypoint"], serde_json::json!(["/usr/local/bin/db-query-operator"]));
 
     // The binary runs in it (its libraries are there) and as that user.
     let (ok, crd, log) = image(&["run", "/usr/local/bin/db-query-operator", "crd"]);

@@ -62,11 +62,7 @@ fn helm(action: &str, kubeconfig: &Path, values: Value) -> Value {
         "namespace": RELEASE_NS,
         "values": values,
     }));
-    assert!(
-        answer["error"].is_null(),
-        "helm {action}: {}",
-        answer["error"]
-    );
+    assert!(answer["error"].is_null(), "helm {action}: {}", answer["error"]);
     answer
 }
 
@@ -92,20 +88,16 @@ fn values(image: &str, allowed: &[(&str, &str, &str)], concurrency: u32) -> Valu
 /// every replica ready (ready = `/readyz`, the chart's readiness probe).
 async fn wait_rolled_out(client: &Client) -> Deployment {
     let api: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NS);
-    eventually(
-        Duration::from_secs(120),
-        "the Deployment rolled out",
-        || async {
-            let d = api.get_opt(FULL_NAME).await.ok()??;
-            let want = d.spec.as_ref()?.replicas.unwrap_or(1);
-            let s = d.status.as_ref()?;
-            let done = s.observed_generation == d.metadata.generation
-                && s.updated_replicas == Some(want)
-                && s.ready_replicas == Some(want)
-                && s.replicas == Some(want);
-            done.then_some(d.clone())
-        },
-    )
+    eventually(Duration::from_secs(120), "the Deployment rolled out", || async {
+        let d = api.get_opt(FULL_NAME).await.ok()??;
+        let want = d.spec.as_ref()?.replicas.unwrap_or(1);
+        let s = d.status.as_ref()?;
+        let done = s.observed_generation == d.metadata.generation
+            && s.updated_replicas == Some(want)
+            && s.ready_replicas == Some(want)
+            && s.replicas == Some(want);
+        done.then_some(d.clone())
+    })
     .await
 }
 
@@ -140,29 +132,20 @@ async fn leader(client: &Client, not: Option<&str>) -> Pod {
 }
 
 fn pod_ip(pod: &Pod) -> String {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .expect("a Pod IP")
+    pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("a Pod IP")
 }
 
 async fn wait_for_items(client: &Client, expected: &[(&str, &str)]) {
-    let want: BTreeMap<String, String> = expected
-        .iter()
-        .map(|(name, color)| (format!("item-{name}"), color.to_string()))
-        .collect();
-    eventually(
-        Duration::from_secs(60),
-        &format!("ConfigMaps {want:?}"),
-        || async {
-            let have: BTreeMap<String, String> = configmaps(client, APP_NS)
-                .await
-                .into_iter()
-                .map(|(name, data)| (name, data.get("color").cloned().unwrap_or_default()))
-                .collect();
-            (have == want).then_some(())
-        },
-    )
+    let want: BTreeMap<String, String> =
+        expected.iter().map(|(name, color)| (format!("item-{name}"), color.to_string())).collect();
+    eventually(Duration::from_secs(60), &format!("ConfigMaps {want:?}"), || async {
+        let have: BTreeMap<String, String> = configmaps(client, APP_NS)
+            .await
+            .into_iter()
+            .map(|(name, data)| (name, data.get("color").cloned().unwrap_or_default()))
+            .collect();
+        (have == want).then_some(())
+    })
     .await;
 }
 
@@ -186,10 +169,7 @@ fn operator_writes(audit_log: &Path) -> Vec<Write> {
             resource == "configmaps" || resource == "databasequeryresources"
         })
         .map(|e| Write {
-            at: e["requestReceivedTimestamp"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            at: e["requestReceivedTimestamp"].as_str().unwrap_or_default().to_owned(),
             source: e["sourceIPs"][0].as_str().unwrap_or_default().to_owned(),
             what: format!(
                 "{} {}/{}",
@@ -264,10 +244,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         tokio::task::spawn_blocking(move || {
             Postgres::start(
                 &dir,
-                PostgresOptions {
-                    listen: Some(ip),
-                    ..PostgresOptions::default()
-                },
+                PostgresOptions { listen: Some(ip), ..PostgresOptions::default() },
             )
         })
         .await
@@ -295,11 +272,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         .unwrap();
     // Install: the chart's CRD, RBAC from allowedKinds (ConfigMaps only) and
     // two replicas of the image, which pull nothing.
-    helm(
-        "install",
-        &node.info.kubeconfig,
-        values(&image, &[("", "ConfigMap", "configmaps")], 16),
-    );
+    helm("install", &node.info.kubeconfig, values(&image, &[("", "ConfigMap", "configmaps")], 16));
     wait_rolled_out(&client).await;
     let pods = operator_pods(&client).await;
     assert_eq!(pods.len(), 2);
@@ -309,10 +282,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         let container = &spec.containers[0];
         assert_eq!(container.image.as_deref(), Some(image.as_str()));
         let env = container.env.clone().unwrap_or_default();
-        assert!(
-            env.iter().all(|e| e.name != "KUBECONFIG"),
-            "in-cluster configuration only"
-        );
+        assert!(env.iter().all(|e| e.name != "KUBECONFIG"), "in-cluster configuration only");
     }
 
     // The walk-through, against the database over the pod network.
@@ -347,33 +317,15 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         )
         .await
         .unwrap();
-    wait_for_items(
-        &client,
-        &[("anchor", "red"), ("buoy", "green"), ("cleat", "blue")],
-    )
-    .await;
+    wait_for_items(&client, &[("anchor", "red"), ("buoy", "green"), ("cleat", "blue")]).await;
     wait_for_condition(&client, APP_NS, "items", "Ready=True/Ready").await;
-    db.batch_execute("UPDATE items SET color = 'yellow' WHERE name = 'buoy'")
-        .await
-        .unwrap();
-    wait_for_items(
-        &client,
-        &[("anchor", "red"), ("buoy", "yellow"), ("cleat", "blue")],
-    )
-    .await;
-    db.batch_execute("DELETE FROM items WHERE name = 'cleat'")
-        .await
-        .unwrap();
+    db.batch_execute("UPDATE items SET color = 'yellow' WHERE name = 'buoy'").await.unwrap();
+    wait_for_items(&client, &[("anchor", "red"), ("buoy", "yellow"), ("cleat", "blue")]).await;
+    db.batch_execute("DELETE FROM items WHERE name = 'cleat'").await.unwrap();
     wait_for_items(&client, &[("anchor", "red"), ("buoy", "yellow")]).await;
 
     // A kind outside allowedKinds fails its rows, clearly.
-    dbqrs
-        .create(
-            &PostParams::default(),
-            &dbqr("robots", "SELECT 'r2' AS name", SA),
-        )
-        .await
-        .unwrap();
+    dbqrs.create(&PostParams::default(), &dbqr("robots", "SELECT 'r2' AS name", SA)).await.unwrap();
     let message =
         wait_for_condition(&client, APP_NS, "robots", "Synced=False/KindNotAllowed").await;
     assert!(message.contains("ServiceAccount"), "{message}");
@@ -398,23 +350,14 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     Api::<Pod>::namespaced(client.clone(), RELEASE_NS)
         .delete(
             &first_name,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..DeleteParams::default()
-            },
+            &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() },
         )
         .await
         .unwrap();
     let second_leader = leader(&client, Some(&first_name)).await;
     let takeover = deleted_at.elapsed();
-    db.batch_execute("INSERT INTO items VALUES ('davit', 'black')")
-        .await
-        .unwrap();
-    wait_for_items(
-        &client,
-        &[("anchor", "red"), ("buoy", "yellow"), ("davit", "black")],
-    )
-    .await;
+    db.batch_execute("INSERT INTO items VALUES ('davit', 'black')").await.unwrap();
+    wait_for_items(&client, &[("anchor", "red"), ("buoy", "yellow"), ("davit", "black")]).await;
     let converged = deleted_at.elapsed();
     eprintln!(
         "failover: Lease taken over {takeover:?}, new row converged {converged:?} after the leader Pod was force-deleted"
@@ -426,22 +369,13 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     // No interleaving: once another replica has written, an earlier writer
     // never writes again.
     let writes = operator_writes(&node.info.audit_log);
-    assert!(
-        !writes.is_empty(),
-        "the audit log shows the operator's writes"
-    );
+    assert!(!writes.is_empty(), "the audit log shows the operator's writes");
     if let Some(w) = interleaved(&writes) {
-        panic!(
-            "{} wrote {} at {} after another replica had written",
-            w.source, w.what, w.at
-        );
+        panic!("{} wrote {} at {} after another replica had written", w.source, w.what, w.at);
     }
     let sources: Vec<&str> = writes.iter().map(|w| w.source.as_str()).collect();
     assert!(sources.contains(&pod_ip(&first_leader).as_str()));
-    assert_eq!(
-        sources.last().copied(),
-        Some(pod_ip(&second_leader).as_str())
-    );
+    assert_eq!(sources.last().copied(), Some(pod_ip(&second_leader).as_str()));
 
     // helm upgrade: ServiceAccounts allowed now (RBAC and flag), and a
     // lower concurrency: a new rollout, and the failing DBQR converges.
@@ -451,10 +385,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         &node.info.kubeconfig,
         values(
             &image,
-            &[
-                ("", "ConfigMap", "configmaps"),
-                ("", "ServiceAccount", "serviceaccounts"),
-            ],
+            &[("", "ConfigMap", "configmaps"), ("", "ServiceAccount", "serviceaccounts")],
             8,
         ),
     );
@@ -472,18 +403,11 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     wait_for_condition(&client, APP_NS, "robots", "Ready=True/Ready").await;
 
     // The finalizer: a deleted DBQR takes its objects with it.
-    dbqrs
-        .delete("items", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(60),
-        "items and its ConfigMaps gone",
-        || async {
-            let gone = dbqrs.get_opt("items").await.ok()?.is_none();
-            (gone && configmaps(&client, APP_NS).await.is_empty()).then_some(())
-        },
-    )
+    dbqrs.delete("items", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(60), "items and its ConfigMaps gone", || async {
+        let gone = dbqrs.get_opt("items").await.ok()?.is_none();
+        (gone && configmaps(&client, APP_NS).await.is_empty()).then_some(())
+    })
     .await;
 
     // Databases for teams, in-cluster: the chart's RBAC lets the operator
@@ -517,17 +441,14 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         .await
         .unwrap();
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), APP_NS);
-    let credentials = eventually(
-        Duration::from_secs(60),
-        "orders Ready with its Secret",
-        || async {
+    let credentials =
+        eventually(Duration::from_secs(60), "orders Ready with its Secret", || async {
             let ready = databases.get_opt("orders").await.ok()??.status?.phase
                 == Some(dbqo::api::database::Phase::Ready);
             let secret = secrets.get_opt("orders-credentials").await.ok()??;
             ready.then_some(secret)
-        },
-    )
-    .await;
+        })
+        .await;
     let value =
         |key: &str| String::from_utf8(credentials.data.as_ref().unwrap()[key].0.clone()).unwrap();
     let team = common::connect(&format!(
@@ -553,11 +474,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     })
     .await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    assert!(crds
-        .get_opt("databasequeryresources.dbqo.dev")
-        .await
-        .unwrap()
-        .is_some());
+    assert!(crds.get_opt("databasequeryresources.dbqo.dev").await.unwrap().is_some());
     assert!(dbqrs.get_opt("robots").await.unwrap().is_some());
     assert!(accounts.get_opt("robot-r2").await.unwrap().is_some());
     drop(postgres);

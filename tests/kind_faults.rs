@@ -46,13 +46,8 @@ async fn an_unserved_version_fails_only_its_dbqr_and_the_served_one_converges() 
         .template(&deployment("apps/v1beta2"))
         .create(&s.client, &s.namespace)
         .await;
-    let message = wait_for_condition(
-        &s.client,
-        &s.namespace,
-        "old",
-        "Synced=False/VersionNotServed",
-    )
-    .await;
+    let message =
+        wait_for_condition(&s.client, &s.namespace, "old", "Synced=False/VersionNotServed").await;
     assert!(
         message.contains("apps/v1beta2/Deployment") && message.contains("serves v1"),
         "{message}"
@@ -65,27 +60,17 @@ async fn an_unserved_version_fails_only_its_dbqr_and_the_served_one_converges() 
         .create(&s.client, &s.namespace)
         .await;
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.namespace);
-    eventually(
-        Duration::from_secs(10),
-        "the apps/v1 Deployment",
-        || async { deployments.get_opt("web-2").await.ok()?.map(|_| ()) },
-    )
+    eventually(Duration::from_secs(10), "the apps/v1 Deployment", || async {
+        deployments.get_opt("web-2").await.ok()?.map(|_| ())
+    })
     .await;
     wait_for_condition(&s.client, &s.namespace, "new", "Ready=True/Ready").await;
-    assert!(
-        created.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        created.elapsed()
-    );
+    assert!(created.elapsed() < Duration::from_secs(10), "{:?}", created.elapsed());
     assert!(deployments.get_opt("web-1").await.unwrap().is_none());
     // The bad DBQR keeps failing on its own.
-    let (status, reason, _) = common::operator::condition(&s.client, &s.namespace, "old", "Synced")
-        .await
-        .unwrap();
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "VersionNotServed")
-    );
+    let (status, reason, _) =
+        common::operator::condition(&s.client, &s.namespace, "old", "Synced").await.unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "VersionNotServed"));
 }
 
 /// An aggregated API whose backend is down (its APIService points at a
@@ -119,43 +104,27 @@ async fn an_unavailable_api_group_does_not_stop_discovery() {
         .await
         .unwrap();
     // The group is listed, and asking it fails.
-    eventually(
-        Duration::from_secs(20),
-        "the broken group to be listed",
-        || async {
-            let groups = client.list_api_groups().await.ok()?;
-            groups
-                .groups
-                .iter()
-                .any(|g| g.name == "broken.dbqo.dev")
-                .then_some(())
-        },
-    )
+    eventually(Duration::from_secs(20), "the broken group to be listed", || async {
+        let groups = client.list_api_groups().await.ok()?;
+        groups.groups.iter().any(|g| g.name == "broken.dbqo.dev").then_some(())
+    })
     .await;
     // Wait until the API server proxies the group and answers 503 (it
     // answers 404 before): the answer a retrying client repeats with a
     // growing backoff (kube's default retry), which stalled discovery.
     let no_retry = {
         let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap();
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
         config.default_retry = false;
         kube::Client::try_from(config).unwrap()
     };
-    eventually(
-        Duration::from_secs(30),
-        "the broken group to answer 503",
-        || async {
-            match no_retry
-                .list_api_group_resources("broken.dbqo.dev/v1")
-                .await
-            {
-                Err(kube::Error::Api(e)) if e.code == 503 => Some(()),
-                _ => None,
-            }
-        },
-    )
+    eventually(Duration::from_secs(30), "the broken group to answer 503", || async {
+        match no_retry.list_api_group_resources("broken.dbqo.dev/v1").await {
+            Err(kube::Error::Api(e)) if e.code == 503 => Some(()),
+            _ => None,
+        }
+    })
     .await;
 
     let url = common::database("aggregated").await;
@@ -187,11 +156,9 @@ async fn an_unavailable_api_group_does_not_stop_discovery() {
 #[tokio::test]
 async fn a_kind_whose_crd_is_deleted_drops_out_of_the_inventory() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let s = common::operator::setup(
-        "crdgone",
-        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
-    )
-    .await;
+    let s =
+        common::operator::setup("crdgone", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+            .await;
     let group = format!("{}.dbqo.dev", common::unique("g"));
     let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
         "metadata": {"name": format!("gadgets.{group}")},
@@ -207,11 +174,7 @@ async fn a_kind_whose_crd_is_deleted_drops_out_of_the_inventory() {
     let crds: Api<CustomResourceDefinition> = Api::all(s.client.clone());
     crds.create(&Default::default(), &crd).await.unwrap();
     eventually(Duration::from_secs(20), "the CRD to be served", || async {
-        s.client
-            .list_api_group_resources(&format!("{group}/v1"))
-            .await
-            .ok()
-            .map(|_| ())
+        s.client.list_api_group_resources(&format!("{group}/v1")).await.ok().map(|_| ())
     })
     .await;
 
@@ -232,22 +195,11 @@ async fn a_kind_whose_crd_is_deleted_drops_out_of_the_inventory() {
         let dbqr = dbqrs.get("gadgets").await.unwrap();
         dbqr.status.unwrap_or_default().managed_kinds
     };
-    assert_eq!(
-        kinds().await,
-        ["v1/ConfigMap".to_owned(), format!("{group}/v1/Gadget")]
-    );
+    assert_eq!(kinds().await, ["v1/ConfigMap".to_owned(), format!("{group}/v1/Gadget")]);
 
-    crds.delete(&format!("gadgets.{group}"), &Default::default())
-        .await
-        .unwrap();
+    crds.delete(&format!("gadgets.{group}"), &Default::default()).await.unwrap();
     // The rows still render Gadgets: they fail, and the operator rediscovers.
-    wait_for_condition(
-        &s.client,
-        &s.namespace,
-        "gadgets",
-        "Synced=False/UnknownKind",
-    )
-    .await;
+    wait_for_condition(&s.client, &s.namespace, "gadgets", "Synced=False/UnknownKind").await;
     dbqrs
         .patch(
             "gadgets",
@@ -258,10 +210,8 @@ async fn a_kind_whose_crd_is_deleted_drops_out_of_the_inventory() {
         .await
         .unwrap();
     wait_for_condition(&s.client, &s.namespace, "gadgets", "Ready=True/Ready").await;
-    eventually(
-        Duration::from_secs(10),
-        "the Gadget kind to drop out",
-        || async { (kinds().await == ["v1/ConfigMap"]).then_some(()) },
-    )
+    eventually(Duration::from_secs(10), "the Gadget kind to drop out", || async {
+        (kinds().await == ["v1/ConfigMap"]).then_some(())
+    })
     .await;
 }

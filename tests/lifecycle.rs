@@ -24,19 +24,12 @@ async fn backends(db: &tokio_postgres::Client, listening: bool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_every_actor_and_exits_zero_within_the_deadline() {
-    let s = setup(
-        "term",
-        "CREATE TABLE items (id int); INSERT INTO items VALUES (1), (2);",
-    )
-    .await;
+    let s = setup("term", "CREATE TABLE items (id int); INSERT INTO items VALUES (1), (2);").await;
     let mut operator = Operator::start(&["--shutdown-timeout-seconds", "5"]);
     DbqrBuilder::new("items", &operator)
         .query("SELECT id FROM items")
         .template(ITEM_CM)
-        .set(
-            "/changeDetection",
-            json!({ "mode": "notify", "channel": "items_changed" }),
-        )
+        .set("/changeDetection", json!({ "mode": "notify", "channel": "items_changed" }))
         .create(&s.client, &s.namespace)
         .await;
     wait_for_configmaps(&s.client, &s.namespace, &["item-1", "item-2"]).await;
@@ -49,15 +42,8 @@ async fn sigterm_stops_every_actor_and_exits_zero_within_the_deadline() {
     signal(&operator, "TERM");
     let status = tokio::task::block_in_place(|| operator.wait_for_exit(Duration::from_secs(8)));
     let took = signalled.elapsed();
-    assert_eq!(
-        status.map(|s| s.code()),
-        Some(Some(0)),
-        "exit status after SIGTERM"
-    );
-    assert!(
-        took < Duration::from_secs(5),
-        "exited within the drain deadline: {took:?}"
-    );
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status after SIGTERM");
+    assert!(took < Duration::from_secs(5), "exited within the drain deadline: {took:?}");
     // The pool and the LISTEN connection were closed, not dropped with the
     // process: the server has no backend of the operator left.
     eventually(Duration::from_secs(10), "no connection left", || async {
@@ -79,11 +65,7 @@ fn signal(operator: &Operator, name: &str) {
 async fn a_pass_waiting_for_a_lock(
     prefix: &str,
 ) -> (common::operator::Setup, Operator, tokio_postgres::Client) {
-    let s = setup(
-        prefix,
-        "CREATE TABLE items (id int); INSERT INTO items VALUES (1);",
-    )
-    .await;
+    let s = setup(prefix, "CREATE TABLE items (id int); INSERT INTO items VALUES (1);").await;
     let operator = Operator::start(&["--shutdown-timeout-seconds", "60"]);
     DbqrBuilder::new("items", &operator)
         .query("SELECT id FROM items")
@@ -110,11 +92,9 @@ async fn sigterm_lets_the_pass_under_way_finish_and_is_not_ready_meanwhile() {
     let (s, mut operator, locker) = a_pass_waiting_for_a_lock("drainpass").await;
     let probes = operator.http_address("probes").await;
     signal(&operator, "TERM");
-    eventually(
-        Duration::from_secs(10),
-        "/readyz 503 while draining",
-        || async { (common::http_get(&probes, "/readyz").await?.0 == 503).then_some(()) },
-    )
+    eventually(Duration::from_secs(10), "/readyz 503 while draining", || async {
+        (common::http_get(&probes, "/readyz").await?.0 == 503).then_some(())
+    })
     .await;
     assert_eq!(
         common::http_get(&probes, "/healthz").await.map(|r| r.0),
@@ -148,10 +128,7 @@ async fn a_second_signal_during_the_drain_exits_at_once() {
     assert_eq!(status.map(|s| s.code()), Some(Some(1)), "exit status");
     locker.batch_execute("COMMIT").await.unwrap();
     let cms = common::operator::configmaps(&s.client, &s.namespace).await;
-    assert!(
-        !cms.contains_key("item-2"),
-        "the pass under way was given up: {cms:?}"
-    );
+    assert!(!cms.contains_key("item-2"), "the pass under way was given up: {cms:?}");
 }
 
 #[test]
@@ -162,10 +139,7 @@ fn a_bad_flag_is_a_clear_error_with_exit_code_two() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("--allowed-kinds: \"not a kind\" is not a valid kind"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("--allowed-kinds: \"not a kind\" is not a valid kind"), "{stderr}");
 }
 
 #[test]

@@ -43,11 +43,7 @@ async fn metrics_health_and_readiness_are_served() {
         .create(&s.client, &s.namespace)
         .await;
     wait_for_configmaps(&s.client, &s.namespace, &["cm-1", "cm-2"]).await;
-    operator
-        .wait_for_pass(PassTotals::default(), "a converged pass", |p| {
-            p.converged(2)
-        })
-        .await;
+    operator.wait_for_pass(PassTotals::default(), "a converged pass", |p| p.converged(2)).await;
     let (status, text) = get(&metrics, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     let at_least = |name: &str, min: f64| {
@@ -61,15 +57,8 @@ async fn metrics_health_and_readiness_are_served() {
     at_least("dbqo_query_actors", 1.0);
     at_least("dbqo_pass_duration_seconds_count{result=\"success\"}", 2.0);
     at_least("dbqo_query_duration_seconds_count", 2.0);
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("dbqo_database_connections{server=")),
-        "{text}"
-    );
-    assert!(
-        !text.contains(&common::shared().postgres.password),
-        "no secrets in metrics"
-    );
+    assert!(text.lines().any(|l| l.starts_with("dbqo_database_connections{server=")), "{text}");
+    assert!(!text.contains(&common::shared().postgres.password), "no secrets in metrics");
 }
 
 /// Runs a replica that elects on the Lease `lease` in `ns`, with short
@@ -104,29 +93,22 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn one_replica_leads_and_another_takes_over_after_a_crash_or_a_release() {
-    let s = common::operator::setup(
-        "leader",
-        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
-    )
-    .await;
+    let s = common::operator::setup("leader", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+        .await;
     let ns = s.namespace.as_str();
     let id = common::unique("replicas");
     let lease = "dbqo-test-lease";
     let mut first = replica(&id, "first", ns, lease);
-    eventually(
-        Duration::from_secs(10),
-        "the first replica to lead",
-        || async { leads(&first).await.then_some(()) },
-    )
+    eventually(Duration::from_secs(10), "the first replica to lead", || async {
+        leads(&first).await.then_some(())
+    })
     .await;
     let second = replica(&id, "second", ns, lease);
     let second_probes = second.http_address("probes").await;
     // Waiting for the lease, the second replica is ready to take over.
-    eventually(
-        Duration::from_secs(10),
-        "the standby to be ready",
-        || async { (get(&second_probes, "/readyz").await?.0 == 200).then_some(()) },
-    )
+    eventually(Duration::from_secs(10), "the standby to be ready", || async {
+        (get(&second_probes, "/readyz").await?.0 == 200).then_some(())
+    })
     .await;
 
     DbqrBuilder::new("items", &first)
@@ -144,14 +126,9 @@ async fn one_replica_leads_and_another_takes_over_after_a_crash_or_a_release() {
 
     // The leader crashes: the standby takes over once the lease expires.
     let crashed = Instant::now();
-    std::process::Command::new("kill")
-        .args(["-KILL", &first.pid().to_string()])
-        .status()
-        .unwrap();
+    std::process::Command::new("kill").args(["-KILL", &first.pid().to_string()]).status().unwrap();
     assert!(first.wait_for_exit(Duration::from_secs(5)).is_some());
-    s.db.batch_execute("INSERT INTO t VALUES (2)")
-        .await
-        .unwrap();
+    s.db.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
     wait_for_configmaps(&s.client, ns, &["cm-1", "cm-2"]).await;
     let took = crashed.elapsed();
     assert!(leads(&second).await);
@@ -163,38 +140,28 @@ async fn one_replica_leads_and_another_takes_over_after_a_crash_or_a_release() {
     // and the third takes over without waiting for it to expire.
     let third = replica(&id, "third", ns, lease);
     let third_probes = third.http_address("probes").await;
-    eventually(
-        Duration::from_secs(10),
-        "the third replica to stand by",
-        || async { (get(&third_probes, "/readyz").await?.0 == 200).then_some(()) },
-    )
+    eventually(Duration::from_secs(10), "the third replica to stand by", || async {
+        (get(&third_probes, "/readyz").await?.0 == 200).then_some(())
+    })
     .await;
     let mut second = second;
     let stopped = Instant::now();
-    std::process::Command::new("kill")
-        .args(["-TERM", &second.pid().to_string()])
-        .status()
-        .unwrap();
+    std::process::Command::new("kill").args(["-TERM", &second.pid().to_string()]).status().unwrap();
     let status = second.wait_for_exit(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{status:?}");
-    eventually(
-        Duration::from_secs(10),
-        "the third replica to lead",
-        || async { leads(&third).await.then_some(()) },
-    )
+    eventually(Duration::from_secs(10), "the third replica to lead", || async {
+        leads(&third).await.then_some(())
+    })
     .await;
     assert!(
         stopped.elapsed() < Duration::from_secs(4),
         "a released lease is taken at once, not after it expires ({:?})",
         stopped.elapsed()
     );
-    s.db.batch_execute("INSERT INTO t VALUES (3)")
-        .await
-        .unwrap();
+    s.db.batch_execute("INSERT INTO t VALUES (3)").await.unwrap();
     let names: Vec<String> = eventually(Duration::from_secs(20), "cm-3", || async {
         let cms = configmaps(&s.client, ns).await;
-        cms.contains_key("cm-3")
-            .then(|| cms.keys().cloned().collect())
+        cms.contains_key("cm-3").then(|| cms.keys().cloned().collect())
     })
     .await;
     assert_eq!(names, ["cm-1", "cm-2", "cm-3"]);
@@ -223,13 +190,7 @@ async fn a_leader_that_loses_its_lease_stops_writing() {
         )
         .await
         .unwrap();
-    let status = leader
-        .wait_for_exit(Duration::from_secs(10))
-        .expect("the replica stops");
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "a replica that lost its Lease exits 1"
-    );
+    let status = leader.wait_for_exit(Duration::from_secs(10)).expect("the replica stops");
+    assert_eq!(status.code(), Some(1), "a replica that lost its Lease exits 1");
     assert_eq!(holder(&leases, lease).await.as_deref(), Some("intruder"));
 }

@@ -31,11 +31,7 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
     let (client, ns) = cluster("outage").await;
     let mut server = common::private_postgres("outage", None).await;
     let url = server.info.url("postgres");
-    common::connect(&url)
-        .await
-        .batch_execute(ITEMS)
-        .await
-        .unwrap();
+    common::connect(&url).await.batch_execute(ITEMS).await.unwrap();
     let mut keys = secret_keys(&url);
     keys.insert("port", server.info.port.to_string());
     create_secret(&client, &ns, "db", keys).await;
@@ -56,13 +52,8 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
     })
     .await
     .unwrap();
-    let message = wait_for_condition(
-        &client,
-        &ns,
-        "items",
-        "DatabaseConnected=False/ConnectionFailed",
-    )
-    .await;
+    let message =
+        wait_for_condition(&client, &ns, "items", "DatabaseConnected=False/ConnectionFailed").await;
     assert!(!message.contains(&shared().postgres.password), "{message}");
     wait_for_condition(&client, &ns, "items", "Ready=False/ConnectionFailed").await;
     // Several failed passes later, every object is still there.
@@ -107,12 +98,7 @@ async fn wrong_password_unknown_host_and_tls_mismatch_have_clear_reasons() {
     requires_tls.insert("sslmode", "require".into());
     create_secret(&client, &ns, "requires-tls", requires_tls).await;
 
-    for secret in [
-        "wrong-password",
-        "unknown-host",
-        "requires-tls",
-        "missing-secret",
-    ] {
+    for secret in ["wrong-password", "unknown-host", "requires-tls", "missing-secret"] {
         DbqrBuilder::new(secret, &operator)
             .query("SELECT 1 AS id")
             .template(ITEM_CM)
@@ -149,10 +135,7 @@ async fn wrong_password_unknown_host_and_tls_mismatch_have_clear_reasons() {
         "DatabaseConnected=False/ConnectionFailed",
     )
     .await;
-    assert!(
-        m.to_lowercase().contains("tls") || m.to_lowercase().contains("ssl"),
-        "{m}"
-    );
+    assert!(m.to_lowercase().contains("tls") || m.to_lowercase().contains("ssl"), "{m}");
     let m = wait_for_condition(
         &client,
         &ns,
@@ -168,19 +151,11 @@ async fn wrong_password_unknown_host_and_tls_mismatch_have_clear_reasons() {
 async fn tls_modes_behave_as_libpq_defines() {
     let (client, ns) = cluster("tls").await;
     let url = common::database("tls").await;
-    common::connect(&url)
-        .await
-        .batch_execute(ITEMS)
-        .await
-        .unwrap();
+    common::connect(&url).await.batch_execute(ITEMS).await.unwrap();
     let env = shared();
-    let ca = std::fs::read_to_string(
-        env.postgres
-            .ca_cert
-            .as_ref()
-            .expect("the shared server has TLS"),
-    )
-    .unwrap();
+    let ca =
+        std::fs::read_to_string(env.postgres.ca_cert.as_ref().expect("the shared server has TLS"))
+            .unwrap();
     let operator = Operator::start(&[]);
 
     // verify-full with the right CA, by IP (in the certificate's SANs).
@@ -194,10 +169,7 @@ async fn tls_modes_behave_as_libpq_defines() {
     wrong_ca.insert("ca.crt", include_str!("fixtures/unrelated-ca.pem").into());
     create_secret(&client, &ns, "wrong-ca", wrong_ca).await;
     // A full URI with sslmode=require (no verification) and application_name.
-    let uri = url.replace(
-        "sslmode=disable",
-        "sslmode=require&application_name=dbqo-tls-test",
-    );
+    let uri = url.replace("sslmode=disable", "sslmode=require&application_name=dbqo-tls-test");
     create_secret(&client, &ns, "uri-require", BTreeMap::from([("uri", uri)])).await;
 
     DbqrBuilder::new("full", &operator)
@@ -216,13 +188,9 @@ async fn tls_modes_behave_as_libpq_defines() {
         .set("/database/connectionSecretRef/caCertKey", json!("ca.crt"))
         .create(&client, &ns)
         .await;
-    let m = wait_for_condition(
-        &client,
-        &ns,
-        "wrong-ca",
-        "DatabaseConnected=False/ConnectionFailed",
-    )
-    .await;
+    let m =
+        wait_for_condition(&client, &ns, "wrong-ca", "DatabaseConnected=False/ConnectionFailed")
+            .await;
     assert!(m.to_lowercase().contains("certificate"), "{m}");
 
     DbqrBuilder::new("uri", &operator)
@@ -290,26 +258,13 @@ async fn every_verifying_mode_with_a_right_and_a_wrong_ca() {
     let names: Vec<&str> = converged.iter().map(String::as_str).collect();
     wait_for_configmaps(&client, &ns, &names).await;
     for name in refused.iter().map(String::as_str).chain(["system"]) {
-        let m = wait_for_condition(
-            &client,
-            &ns,
-            name,
-            "DatabaseConnected=False/ConnectionFailed",
-        )
-        .await;
+        let m = wait_for_condition(&client, &ns, name, "DatabaseConnected=False/ConnectionFailed")
+            .await;
         assert!(m.to_lowercase().contains("certificate"), "{name}: {m}");
     }
-    let m = wait_for_condition(
-        &client,
-        &ns,
-        "no-ca",
-        "DatabaseConnected=False/TlsConfigError",
-    )
-    .await;
-    assert!(
-        m.contains("sslmode=verify-ca") && m.contains("caCertKey"),
-        "{m}"
-    );
+    let m =
+        wait_for_condition(&client, &ns, "no-ca", "DatabaseConnected=False/TlsConfigError").await;
+    assert!(m.contains("sslmode=verify-ca") && m.contains("caCertKey"), "{m}");
 }
 
 #[tokio::test]
@@ -349,13 +304,8 @@ async fn secret_changes_are_picked_up_and_cross_namespace_secrets_are_refused() 
         .set("/database/connectionSecretRef/namespace", json!(elsewhere))
         .create(&client, &ns)
         .await;
-    let m = wait_for_condition(
-        &client,
-        &ns,
-        "cross",
-        "DatabaseConnected=False/SecretNotAllowed",
-    )
-    .await;
+    let m =
+        wait_for_condition(&client, &ns, "cross", "DatabaseConnected=False/SecretNotAllowed").await;
     assert!(m.contains(&elsewhere), "{m}");
     drop(operator);
 
@@ -370,10 +320,7 @@ async fn secret_changes_are_picked_up_and_cross_namespace_secrets_are_refused() 
     // An invalid spec is reported, not run.
     let dbqrs: Api<dbqo::api::DatabaseQueryResource> = Api::namespaced(client.clone(), &ns);
     let patch = json!({ "spec": { "pollInterval": "500ms" } });
-    dbqrs
-        .patch("items", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    dbqrs.patch("items", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let op = Operator::start_with_id(&operator_id(&client, &ns).await, &[]);
     let m = wait_for_condition(&client, &ns, "items", "Synced=False/InvalidSpec").await;
     assert!(m.contains("spec.pollInterval is 500ms"), "{m}");
@@ -395,12 +342,7 @@ async fn secret_changes_are_picked_up_and_cross_namespace_secrets_are_refused() 
 /// The test label of the DBQRs in `namespace` (to restart their operator).
 async fn operator_id(client: &Client, namespace: &str) -> String {
     let dbqrs: Api<dbqo::api::DatabaseQueryResource> = Api::namespaced(client.clone(), namespace);
-    let first = dbqrs
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .remove(0);
+    let first = dbqrs.list(&Default::default()).await.unwrap().items.remove(0);
     first.metadata.labels.unwrap()[common::operator::TEST_LABEL].clone()
 }
 
@@ -423,10 +365,7 @@ async fn a_server_with_no_connection_to_spare_is_reported_and_recovers() {
         "postgresql://app:app-pw@{}:{}/postgres?sslmode=disable",
         server.info.host, server.info.port
     );
-    let held = [
-        common::connect(&app_url).await,
-        common::connect(&app_url).await,
-    ];
+    let held = [common::connect(&app_url).await, common::connect(&app_url).await];
     let mut keys = common::server_secret_keys(&server.info, "postgres");
     keys.insert("username", "app".into());
     keys.insert("password", "app-pw".into());
@@ -438,13 +377,9 @@ async fn a_server_with_no_connection_to_spare_is_reported_and_recovers() {
         .template(ITEM_CM)
         .create(&client, &ns)
         .await;
-    let message = wait_for_condition(
-        &client,
-        &ns,
-        "items",
-        "DatabaseConnected=False/TooManyConnections",
-    )
-    .await;
+    let message =
+        wait_for_condition(&client, &ns, "items", "DatabaseConnected=False/TooManyConnections")
+            .await;
     assert!(!message.contains("app-pw"), "{message}");
     drop(held);
     wait_for_configmaps(&client, &ns, &["item-one", "item-two"]).await;

@@ -51,57 +51,31 @@ async fn the_peer_walk_through_creates_updates_and_prunes() {
     assert_eq!(labels["dbqo.dev/owner-name"], "users");
     assert_eq!(labels["dbqo.dev/owner-namespace"], s.namespace);
     let owner = &cm.metadata.owner_references.unwrap()[0];
-    assert_eq!(
-        (owner.kind.as_str(), owner.controller),
-        ("DatabaseQueryResource", Some(true))
-    );
-    let managers: Vec<_> = cm
-        .metadata
-        .managed_fields
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| m.manager)
-        .collect();
-    assert!(
-        managers.contains(&"db-query-operator".to_string()),
-        "{managers:?}"
-    );
+    assert_eq!((owner.kind.as_str(), owner.controller), ("DatabaseQueryResource", Some(true)));
+    let managers: Vec<_> =
+        cm.metadata.managed_fields.unwrap().into_iter().filter_map(|m| m.manager).collect();
+    assert!(managers.contains(&"db-query-operator".to_string()), "{managers:?}");
 
     // Converged: later passes send nothing.
     operator
-        .wait_for_pass(
-            PassTotals::default(),
-            "a pass that skips every object",
-            |p| p.converged(2),
-        )
+        .wait_for_pass(PassTotals::default(), "a pass that skips every object", |p| p.converged(2))
         .await;
 
     s.db.batch_execute("INSERT INTO users VALUES (3, 'carol', 'c@example.com', true)")
         .await
         .unwrap();
-    wait_for_configmaps(
-        &s.client,
-        &s.namespace,
-        &["user-alice", "user-bob", "user-carol"],
-    )
-    .await;
+    wait_for_configmaps(&s.client, &s.namespace, &["user-alice", "user-bob", "user-carol"]).await;
 
-    s.db.batch_execute("UPDATE users SET email = 'bob@example.com' WHERE id = 2")
-        .await
-        .unwrap();
+    s.db.batch_execute("UPDATE users SET email = 'bob@example.com' WHERE id = 2").await.unwrap();
     eventually(Duration::from_secs(20), "bob's email to change", || async {
         let cms = configmaps(&s.client, &s.namespace).await;
         (cms.get("user-bob")?.get("email")? == "bob@example.com").then_some(())
     })
     .await;
 
-    s.db.batch_execute("UPDATE users SET active = false WHERE id = 1")
-        .await
-        .unwrap();
+    s.db.batch_execute("UPDATE users SET active = false WHERE id = 1").await.unwrap();
     wait_for_configmaps(&s.client, &s.namespace, &["user-bob", "user-carol"]).await;
-    s.db.batch_execute("DELETE FROM users WHERE id = 3")
-        .await
-        .unwrap();
+    s.db.batch_execute("DELETE FROM users WHERE id = 3").await.unwrap();
     wait_for_configmaps(&s.client, &s.namespace, &["user-bob"]).await;
 
     // The status is written after the pass that pruned: wait for it.
@@ -114,11 +88,7 @@ async fn the_peer_walk_through_creates_updates_and_prunes() {
     let status = dbqr.status.unwrap();
     assert_eq!(status.managed_kinds, vec!["v1/ConfigMap".to_string()]);
     assert_eq!(status.observed_generation, Some(1));
-    assert!(dbqr
-        .metadata
-        .finalizers
-        .unwrap()
-        .contains(&"dbqo.dev/finalizer".to_string()));
+    assert!(dbqr.metadata.finalizers.unwrap().contains(&"dbqo.dev/finalizer".to_string()));
     let log = operator.log();
     let password = common::shared().postgres.password.clone();
     for leak in ["alice@example.com", "bob@example.com", password.as_str()] {
@@ -128,11 +98,7 @@ async fn the_peer_walk_through_creates_updates_and_prunes() {
 
 #[tokio::test]
 async fn deployments_from_a_cnpg_uri_secret_with_a_multi_statement_query() {
-    let s = setup(
-        "deploy",
-        include_str!("../examples/deployment-per-row/schema.sql"),
-    )
-    .await;
+    let s = setup("deploy", include_str!("../examples/deployment-per-row/schema.sql")).await;
     let operator = Operator::start(&[]);
     // CloudNativePG's app Secret carries the whole URI under `fqdn-uri`.
     let uri = s.url.clone();
@@ -158,10 +124,7 @@ async fn deployments_from_a_cnpg_uri_secret_with_a_multi_statement_query() {
     })
     .await;
     assert_eq!(web.spec.as_ref().unwrap().replicas, Some(2));
-    let env = web.spec.unwrap().template.spec.unwrap().containers[0]
-        .env
-        .clone()
-        .unwrap();
+    let env = web.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
     let greeting = env.iter().find(|e| e.name == "GREETING").unwrap();
     assert_eq!(
         greeting.value.as_deref(),
@@ -173,14 +136,10 @@ async fn deployments_from_a_cnpg_uri_secret_with_a_multi_statement_query() {
     })
     .await;
     // The real deployment controller acts on what we applied.
-    eventually(
-        Duration::from_secs(30),
-        "the deployment controller to report status",
-        || async {
-            let web = deployments.get("web").await.ok()?;
-            (web.status?.observed_generation? >= 1).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(30), "the deployment controller to report status", || async {
+        let web = deployments.get("web").await.ok()?;
+        (web.status?.observed_generation? >= 1).then_some(())
+    })
     .await;
     wait_for_condition(&s.client, &s.namespace, "apps", "Synced=True/Synced").await;
 }
@@ -200,12 +159,7 @@ async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
         .template(template)
         .create(&s.client, &s.namespace)
         .await;
-    wait_for_configmaps(
-        &s.client,
-        &s.namespace,
-        &["a-alice", "a-bob", "b-alice", "b-bob"],
-    )
-    .await;
+    wait_for_configmaps(&s.client, &s.namespace, &["a-alice", "a-bob", "b-alice", "b-bob"]).await;
 
     // A row whose name is not a valid object name, and a row that is gone.
     s.db.batch_execute("UPDATE users SET username = 'Not Valid!' WHERE id = 1; INSERT INTO users VALUES (3, 'carol', NULL, true)")
@@ -214,10 +168,7 @@ async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
     let message =
         wait_for_condition(&s.client, &s.namespace, "first", "Synced=False/InvalidName").await;
     assert!(message.contains("row 0"), "{message}");
-    assert!(
-        !message.contains("Not Valid"),
-        "no row data in conditions: {message}"
-    );
+    assert!(!message.contains("Not Valid"), "no row data in conditions: {message}");
     // `first` applied the good rows but pruned nothing (a-alice stays); `second` as well.
     let cms = wait_for_configmaps(
         &s.client,
@@ -231,22 +182,15 @@ async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
         Api::namespaced(s.client.clone(), &s.namespace);
     eventually(Duration::from_secs(20), "an InvalidName event", || async {
         let list = events.list(&Default::default()).await.ok()?;
-        list.items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("InvalidName"))
-            .then_some(())
+        list.items.iter().any(|e| e.reason.as_deref() == Some("InvalidName")).then_some(())
     })
     .await;
 
-    s.db.batch_execute("UPDATE users SET username = 'alice2' WHERE id = 1")
-        .await
-        .unwrap();
+    s.db.batch_execute("UPDATE users SET username = 'alice2' WHERE id = 1").await.unwrap();
     wait_for_configmaps(
         &s.client,
         &s.namespace,
-        &[
-            "a-alice2", "a-bob", "a-carol", "b-alice2", "b-bob", "b-carol",
-        ],
+        &["a-alice2", "a-bob", "a-carol", "b-alice2", "b-bob", "b-carol"],
     )
     .await;
     wait_for_condition(&s.client, &s.namespace, "first", "Ready=True/Ready").await;
@@ -255,12 +199,8 @@ async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
 #[tokio::test]
 async fn deletion_policies_and_contested_objects() {
     let s = setup("delete", USERS).await;
-    let operator = Operator::start(&[
-        "--allowed-namespaces",
-        "*",
-        "--allowed-kinds",
-        "ConfigMap,Namespace",
-    ]);
+    let operator =
+        Operator::start(&["--allowed-namespaces", "*", "--allowed-kinds", "ConfigMap,Namespace"]);
     let other = common::namespace(&s.client, "delete-other").await;
     let template = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n  namespace: {other}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: \"{{{{Metadata.Namespace}}}}-{{{{Metadata.Name}}}}-{{{{Row.username}}}}\"\n"
@@ -294,19 +234,11 @@ async fn deletion_policies_and_contested_objects() {
 
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &s.namespace);
     dbqrs.delete("del", &DeleteParams::default()).await.unwrap();
-    dbqrs
-        .delete("orph", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "both DBQRs to be released",
-        || async {
-            (dbqrs.get_opt("del").await.ok()?.is_none()
-                && dbqrs.get_opt("orph").await.ok()?.is_none())
+    dbqrs.delete("orph", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(30), "both DBQRs to be released", || async {
+        (dbqrs.get_opt("del").await.ok()?.is_none() && dbqrs.get_opt("orph").await.ok()?.is_none())
             .then_some(())
-        },
-    )
+    })
     .await;
     // Delete removed its objects everywhere; Orphan's stay, detached, and the
     // real garbage collector leaves them alone.
@@ -331,11 +263,7 @@ async fn deletion_policies_and_contested_objects() {
         .await
         .unwrap();
     assert!(cm.metadata.owner_references.unwrap_or_default().is_empty());
-    assert!(!cm
-        .metadata
-        .labels
-        .unwrap_or_default()
-        .contains_key("dbqo.dev/owner-name"));
+    assert!(!cm.metadata.labels.unwrap_or_default().contains_key("dbqo.dev/owner-name"));
 
     // Two DBQRs rendering the same object: the second does not take it over.
     let same = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\ndata:\n  by: \"{{Metadata.Name}}\"\n";
@@ -350,13 +278,9 @@ async fn deletion_policies_and_contested_objects() {
         .template(same)
         .create(&s.client, &s.namespace)
         .await;
-    let message = wait_for_condition(
-        &s.client,
-        &s.namespace,
-        "owner-b",
-        "Synced=False/ObjectOwnedElsewhere",
-    )
-    .await;
+    let message =
+        wait_for_condition(&s.client, &s.namespace, "owner-b", "Synced=False/ObjectOwnedElsewhere")
+            .await;
     assert!(message.contains("another owner"), "{message}");
     let cms = configmaps(&s.client, &s.namespace).await;
     assert_eq!(cms["shared"]["by"], "owner-a");
@@ -384,10 +308,7 @@ async fn twenty_dbqrs_in_twenty_namespaces() {
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &namespaces[0]);
     let patch =
         json!({ "spec": { "query": "SELECT id, username, email FROM users WHERE id = 2" } });
-    dbqrs
-        .patch("users", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    dbqrs.patch("users", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     wait_for_configmaps(&s.client, &namespaces[0], &["user-bob"]).await;
     eventually(Duration::from_secs(20), "observedGeneration 2", || async {
         let status = dbqrs.get("users").await.ok()?.status?;
@@ -405,11 +326,9 @@ async fn twenty_dbqrs_in_twenty_namespaces() {
 /// neither prunes the other's.
 #[tokio::test]
 async fn a_dbqr_named_like_anothers_hashed_label_value_prunes_nothing_of_it() {
-    let (s, operator) = setup_and_start(
-        "lookalike",
-        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);",
-    )
-    .await;
+    let (s, operator) =
+        setup_and_start("lookalike", "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);")
+            .await;
     let long = format!("long-{}", "x".repeat(70));
     let lookalike = dbqo::reconcile::labels::label_value(&long);
     assert_ne!(lookalike, long);
@@ -429,14 +348,9 @@ async fn a_dbqr_named_like_anothers_hashed_label_value_prunes_nothing_of_it() {
     // Both run passes (every second) with the other's objects in their
     // label selection; a few of each later nothing was written or deleted.
     let since = operator.totals().await;
-    operator
-        .wait_for_passes(since, 6, Duration::from_secs(30))
-        .await;
+    operator.wait_for_passes(since, 6, Duration::from_secs(30)).await;
     let done = operator.totals().await.since(&since);
-    assert!(
-        done.ok() && done.applied == 0 && done.pruned == 0,
-        "{done:?}"
-    );
+    assert!(done.ok() && done.applied == 0 && done.pruned == 0, "{done:?}");
     wait_for_configmaps(&s.client, &s.namespace, &["a-1", "a-2", "b-1"]).await;
     let total = operator.totals().await;
     assert_eq!(total.pruned, 0, "no pass deleted anything: {total:?}");
@@ -446,11 +360,8 @@ async fn a_dbqr_named_like_anothers_hashed_label_value_prunes_nothing_of_it() {
 /// them (no new generation) re-renders the objects.
 #[tokio::test]
 async fn a_label_edit_of_the_dbqr_re_renders_its_objects() {
-    let (s, operator) = setup_and_start(
-        "relabel",
-        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
-    )
-    .await;
+    let (s, operator) =
+        setup_and_start("relabel", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);").await;
     DbqrBuilder::new("tiered", &operator)
         .query("SELECT id FROM t")
         .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{Row.id}}\"\ndata:\n  tier: \"{{default Metadata.Labels.tier \"none\"}}\"\n")
@@ -471,13 +382,9 @@ async fn a_label_edit_of_the_dbqr_re_renders_its_objects() {
         )
         .await
         .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the new label rendered",
-        || async {
-            let cms = common::operator::configmaps(&s.client, &s.namespace).await;
-            (tier(cms).as_deref() == Some("gold")).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(10), "the new label rendered", || async {
+        let cms = common::operator::configmaps(&s.client, &s.namespace).await;
+        (tier(cms).as_deref() == Some("gold")).then_some(())
+    })
     .await;
 }

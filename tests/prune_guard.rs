@@ -31,10 +31,7 @@ fn items_dbqr(operator: &Operator) -> DbqrBuilder {
         .query("SELECT id, value FROM items ORDER BY id")
         .template(ITEM_CM)
         .set("/pollInterval", json!("1h"))
-        .set(
-            "/changeDetection",
-            json!({ "mode": "notify", "channel": "items" }),
-        )
+        .set("/changeDetection", json!({ "mode": "notify", "channel": "items" }))
 }
 
 fn names() -> Vec<String> {
@@ -56,10 +53,7 @@ async fn uids(client: &kube::Client, ns: &str) -> Vec<(String, String)> {
 }
 
 fn deletes(counts: &common::RequestCounts) -> f64 {
-    counts
-        .get(&("DELETE".to_owned(), "configmaps".to_owned()))
-        .copied()
-        .unwrap_or(0.0)
+    counts.get(&("DELETE".to_owned(), "configmaps".to_owned())).copied().unwrap_or(0.0)
 }
 
 /// A nightly reload (TRUNCATE, then INSERT 1.5 s later, in separate
@@ -73,13 +67,9 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
     let (_control_plane, client, kubeconfig) = common::private_cluster(ns).await;
     let url = common::database("reload").await;
     let db = common::connect(&url).await;
-    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, value text)")
-        .await
-        .unwrap();
+    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, value text)").await.unwrap();
     db.batch_execute(&fill()).await.unwrap();
-    db.batch_execute(&trigger_sql("items", "items"))
-        .await
-        .unwrap();
+    db.batch_execute(&trigger_sql("items", "items")).await.unwrap();
     create_secret(&client, ns, "db", secret_keys(&url)).await;
     let operator = Operator::start_on(&kubeconfig, &common::unique("reload"), &[]);
     let confirmation = Duration::from_secs(4);
@@ -99,15 +89,9 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
     db.batch_execute("TRUNCATE items").await.unwrap();
     let truncated = Instant::now();
     let held = operator
-        .wait_for_pass(passes, "the pass that sees the empty table", |p| {
-            p.ok() && p.rows == 0
-        })
+        .wait_for_pass(passes, "the pass that sees the empty table", |p| p.ok() && p.rows == 0)
         .await;
-    assert_eq!(
-        (held.pruned, held.held),
-        (0, ROWS as u64 * held.passes),
-        "{held:?}"
-    );
+    assert_eq!((held.pruned, held.held), (0, ROWS as u64 * held.passes), "{held:?}");
     let message = wait_for_condition(&client, ns, "items", "PruneHeld=True/PruneHeld").await;
     assert!(message.contains(&format!("{ROWS} of {ROWS}")), "{message}");
     let (status, reason, _) = condition(&client, ns, "items", "Synced").await.unwrap();
@@ -123,20 +107,9 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
     wait_for_condition(&client, ns, "items", "PruneHeld=False/NothingHeld").await;
     wait_for_condition(&client, ns, "items", "Synced=True/Synced").await;
     let after = request_counts(&client).await;
-    assert_eq!(
-        deletes(&after),
-        deletes(&before),
-        "no DELETE reached the API server"
-    );
-    assert_eq!(
-        uids(&client, ns).await,
-        before_uids,
-        "every object is the one from before"
-    );
-    assert!(event_reasons(&client, ns)
-        .await
-        .iter()
-        .any(|r| r == "PruneHeld"));
+    assert_eq!(deletes(&after), deletes(&before), "no DELETE reached the API server");
+    assert_eq!(uids(&client, ns).await, before_uids, "every object is the one from before");
+    assert!(event_reasons(&client, ns).await.iter().any(|r| r == "PruneHeld"));
 
     // Emptying the table for real: held first, carried out after the interval.
     let passes = operator.totals().await;
@@ -147,30 +120,19 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
             p.ok() && p.rows == 0 && p.held == ROWS as u64 * p.passes
         })
         .await;
-    eventually(
-        Duration::from_secs(20),
-        "the confirmed deletions",
-        || async {
-            common::operator::configmaps(&client, ns)
-                .await
-                .is_empty()
-                .then_some(())
-        },
-    )
+    eventually(Duration::from_secs(20), "the confirmed deletions", || async {
+        common::operator::configmaps(&client, ns).await.is_empty().then_some(())
+    })
     .await;
     assert!(
         emptied.elapsed() >= confirmation,
         "deleted after {:?}, before the confirmation interval",
         emptied.elapsed()
     );
-    eventually(
-        Duration::from_secs(10),
-        "a PruneConfirmed event",
-        || async {
-            let reasons = event_reasons(&client, ns).await;
-            reasons.iter().any(|r| r == "PruneConfirmed").then_some(())
-        },
-    )
+    eventually(Duration::from_secs(10), "a PruneConfirmed event", || async {
+        let reasons = event_reasons(&client, ns).await;
+        reasons.iter().any(|r| r == "PruneConfirmed").then_some(())
+    })
     .await;
     wait_for_condition(&client, ns, "items", "Ready=True/Ready").await;
     // Nothing is left of any kind: the inventory is written empty, not left as it was.
@@ -187,16 +149,12 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
 /// prune) still goes at once.
 #[tokio::test]
 async fn the_release_annotation_lets_a_held_prune_through_and_small_prunes_are_immediate() {
-    let s = common::operator::setup(
-        "release",
-        "CREATE TABLE items (id int PRIMARY KEY, value text)",
-    )
-    .await;
+    let s =
+        common::operator::setup("release", "CREATE TABLE items (id int PRIMARY KEY, value text)")
+            .await;
     let (client, ns, db) = (&s.client, s.namespace.as_str(), &s.db);
     db.batch_execute(&fill()).await.unwrap();
-    db.batch_execute(&trigger_sql("items", "items"))
-        .await
-        .unwrap();
+    db.batch_execute(&trigger_sql("items", "items")).await.unwrap();
     let operator = Operator::start(&[]);
     items_dbqr(&operator).create(client, ns).await;
     let names = names();
@@ -206,28 +164,18 @@ async fn the_release_annotation_lets_a_held_prune_through_and_small_prunes_are_i
 
     // One row of forty: deleted at once.
     let deleted = Instant::now();
-    db.batch_execute("DELETE FROM items WHERE id = 40")
-        .await
-        .unwrap();
+    db.batch_execute("DELETE FROM items WHERE id = 40").await.unwrap();
     wait_for_configmaps(client, ns, &names[..ROWS - 1]).await;
     let took = deleted.elapsed();
-    assert!(
-        took < Duration::from_secs(3),
-        "a deleted row's object took {took:?}"
-    );
+    assert!(took < Duration::from_secs(3), "a deleted row's object took {took:?}");
 
     // Every row: held (the default interval is 30 s) until the annotation.
     let passes = operator.totals().await;
     db.batch_execute("DELETE FROM items").await.unwrap();
     operator
-        .wait_for_pass(passes, "the held prune", |p| {
-            p.held == (ROWS as u64 - 1) * p.passes
-        })
+        .wait_for_pass(passes, "the held prune", |p| p.held == (ROWS as u64 - 1) * p.passes)
         .await;
-    assert_eq!(
-        common::operator::configmaps(client, ns).await.len(),
-        ROWS - 1
-    );
+    assert_eq!(common::operator::configmaps(client, ns).await.len(), ROWS - 1);
     let dbqrs = Api::<DatabaseQueryResource>::namespaced(client.clone(), ns);
     let released = Instant::now();
     dbqrs
@@ -238,16 +186,9 @@ async fn the_release_annotation_lets_a_held_prune_through_and_small_prunes_are_i
         )
         .await
         .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the released deletions",
-        || async {
-            common::operator::configmaps(client, ns)
-                .await
-                .is_empty()
-                .then_some(())
-        },
-    )
+    eventually(Duration::from_secs(10), "the released deletions", || async {
+        common::operator::configmaps(client, ns).await.is_empty().then_some(())
+    })
     .await;
     assert!(released.elapsed() < Duration::from_secs(30));
     // The pass after it (the annotation's removal triggers one) finds nothing held.
@@ -258,19 +199,11 @@ async fn the_release_annotation_lets_a_held_prune_through_and_small_prunes_are_i
     .await;
     let (status, _, _) = condition(client, ns, "items", "PruneHeld").await.unwrap();
     assert_eq!(status, "False");
-    eventually(
-        Duration::from_secs(10),
-        "the annotation to be removed",
-        || async {
-            let dbqr = dbqrs.get("items").await.ok()?;
-            (!dbqr
-                .metadata
-                .annotations
-                .unwrap_or_default()
-                .contains_key("dbqo.dev/release-prune"))
+    eventually(Duration::from_secs(10), "the annotation to be removed", || async {
+        let dbqr = dbqrs.get("items").await.ok()?;
+        (!dbqr.metadata.annotations.unwrap_or_default().contains_key("dbqo.dev/release-prune"))
             .then_some(())
-        },
-    )
+    })
     .await;
 }
 
@@ -279,16 +212,12 @@ async fn the_release_annotation_lets_a_held_prune_through_and_small_prunes_are_i
 /// window). The second batch is held.
 #[tokio::test]
 async fn deletions_in_batches_add_up_and_are_held() {
-    let s = common::operator::setup(
-        "batches",
-        "CREATE TABLE items (id int PRIMARY KEY, value text)",
-    )
-    .await;
+    let s =
+        common::operator::setup("batches", "CREATE TABLE items (id int PRIMARY KEY, value text)")
+            .await;
     let (client, ns) = (&s.client, s.namespace.as_str());
     s.db.batch_execute(&fill()).await.unwrap();
-    s.db.batch_execute(&trigger_sql("items", "items"))
-        .await
-        .unwrap();
+    s.db.batch_execute(&trigger_sql("items", "items")).await.unwrap();
     let operator = Operator::start(&[]);
     items_dbqr(&operator).create(client, ns).await;
     let all = names();
@@ -296,13 +225,9 @@ async fn deletions_in_batches_add_up_and_are_held() {
     wait_for_configmaps(client, ns, &all).await;
     wait_for_listen(&s.db).await;
 
-    s.db.batch_execute("DELETE FROM items WHERE id <= 16")
-        .await
-        .unwrap();
+    s.db.batch_execute("DELETE FROM items WHERE id <= 16").await.unwrap();
     wait_for_configmaps(client, ns, &all[16..]).await;
-    s.db.batch_execute("DELETE FROM items WHERE id <= 28")
-        .await
-        .unwrap();
+    s.db.batch_execute("DELETE FROM items WHERE id <= 28").await.unwrap();
     let message = wait_for_condition(client, ns, "items", "PruneHeld=True/PruneHeld").await;
     assert!(message.contains("12 of 24"), "{message}");
     assert_eq!(

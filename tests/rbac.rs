@@ -35,10 +35,7 @@ async fn grant(client: &Client, user: &str, name: &str, rules: Vec<Value>) {
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
     }))
     .unwrap();
-    Api::<ClusterRole>::all(client.clone())
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
+    Api::<ClusterRole>::all(client.clone()).create(&PostParams::default(), &role).await.unwrap();
     Api::<ClusterRoleBinding>::all(client.clone())
         .create(&PostParams::default(), &binding)
         .await
@@ -63,11 +60,7 @@ fn operator_rules(configmap_delete: bool, status: bool) -> Vec<Value> {
         rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
     ];
     if status {
-        rules.push(rule(
-            &["dbqo.dev"],
-            &["databasequeryresources/status"],
-            &["patch", "update"],
-        ));
+        rules.push(rule(&["dbqo.dev"], &["databasequeryresources/status"], &["patch", "update"]));
     }
     rules
 }
@@ -103,29 +96,16 @@ async fn a_clean_up_without_permission_is_reported_and_completes_once_allowed() 
     wait_for_configmaps(&s.client, &s.namespace, &["cm-1", "cm-2"]).await;
 
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &s.namespace);
-    dbqrs
-        .delete("users", &DeleteParams::default())
-        .await
-        .unwrap();
-    let message = wait_for_condition(
-        &s.client,
-        &s.namespace,
-        "users",
-        "CleanupBlocked=True/Forbidden",
-    )
-    .await;
+    dbqrs.delete("users", &DeleteParams::default()).await.unwrap();
+    let message =
+        wait_for_condition(&s.client, &s.namespace, "users", "CleanupBlocked=True/Forbidden").await;
     assert!(message.contains("ConfigMap cm-"), "{message}");
     eventually(Duration::from_secs(10), "a Forbidden event", || async {
         let reasons = common::operator::event_reasons(&s.client, &s.namespace).await;
         reasons.iter().any(|r| r == "Forbidden").then_some(())
     })
     .await;
-    assert_eq!(
-        common::operator::configmaps(&s.client, &s.namespace)
-            .await
-            .len(),
-        2
-    );
+    assert_eq!(common::operator::configmaps(&s.client, &s.namespace).await.len(), 2);
 
     grant(
         &s.client,
@@ -138,9 +118,7 @@ async fn a_clean_up_without_permission_is_reported_and_completes_once_allowed() 
         dbqrs.get_opt("users").await.ok()?.is_none().then_some(())
     })
     .await;
-    assert!(common::operator::configmaps(&s.client, &s.namespace)
-        .await
-        .is_empty());
+    assert!(common::operator::configmaps(&s.client, &s.namespace).await.is_empty());
 }
 
 /// The status subresource is refused at first. With the full poll an hour
@@ -164,16 +142,11 @@ async fn a_refused_status_write_is_retried_until_it_lands() {
         .create(&s.client, &s.namespace)
         .await;
     wait_for_configmaps(&s.client, &s.namespace, &["cm-1"]).await;
-    eventually(
-        Duration::from_secs(10),
-        "a refused status write",
-        || async {
-            let refused =
-                common::refused_requests(&s.client, "PATCH", "databasequeryresources", "status")
-                    .await;
-            (refused > refused_before).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(10), "a refused status write", || async {
+        let refused =
+            common::refused_requests(&s.client, "PATCH", "databasequeryresources", "status").await;
+        (refused > refused_before).then_some(())
+    })
     .await;
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &s.namespace);
     assert!(dbqrs.get("users").await.unwrap().status.is_none());
@@ -182,19 +155,11 @@ async fn a_refused_status_write_is_retried_until_it_lands() {
         &s.client,
         &user,
         &format!("{user}-status"),
-        vec![rule(
-            &["dbqo.dev"],
-            &["databasequeryresources/status"],
-            &["patch", "update"],
-        )],
+        vec![rule(&["dbqo.dev"], &["databasequeryresources/status"], &["patch", "update"])],
     )
     .await;
     wait_for_condition(&s.client, &s.namespace, "users", "Ready=True/Ready").await;
-    assert_eq!(
-        operator.totals().await.passes,
-        1,
-        "the status came from a retry, not a pass"
-    );
+    assert_eq!(operator.totals().await.passes, 1, "the status came from a retry, not a pass");
 }
 
 /// The finalizer cannot be added at first (no `patch` on DBQRs). No event
@@ -209,11 +174,7 @@ async fn a_refused_finalizer_is_retried_until_it_lands() {
     .await;
     let user = common::unique("dbqo-limited");
     let mut rules = operator_rules(true, true);
-    rules[0] = rule(
-        &["dbqo.dev"],
-        &["databasequeryresources"],
-        &["get", "list", "watch"],
-    );
+    rules[0] = rule(&["dbqo.dev"], &["databasequeryresources"], &["get", "list", "watch"]);
     grant(&s.client, &user, &user, rules).await;
     let operator = limited_operator(&user);
     DbqrBuilder::new("users", &operator)
@@ -222,23 +183,13 @@ async fn a_refused_finalizer_is_retried_until_it_lands() {
         .create(&s.client, &s.namespace)
         .await;
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(s.client.clone(), &s.namespace);
-    assert!(dbqrs
-        .get("users")
-        .await
-        .unwrap()
-        .metadata
-        .finalizers
-        .is_none());
+    assert!(dbqrs.get("users").await.unwrap().metadata.finalizers.is_none());
 
     grant(
         &s.client,
         &user,
         &format!("{user}-patch"),
-        vec![rule(
-            &["dbqo.dev"],
-            &["databasequeryresources"],
-            &["patch", "update"],
-        )],
+        vec![rule(&["dbqo.dev"], &["databasequeryresources"], &["patch", "update"])],
     )
     .await;
     wait_for_configmaps(&s.client, &s.namespace, &["cm-1"]).await;

@@ -74,24 +74,13 @@ async fn row_values_and_passwords_never_reach_conditions_events_or_info_logs() {
 
     wait_for_condition(client, ns, "notice", "Ready=True/Ready").await;
     let cast = wait_for_condition(client, ns, "cast", "Synced=False/QueryFailed").await;
-    assert!(
-        cast.contains("invalid_text_representation (SQLSTATE 22P02"),
-        "{cast}"
-    );
+    assert!(cast.contains("invalid_text_representation (SQLSTATE 22P02"), "{cast}");
     let unique = wait_for_condition(client, ns, "unique", "Synced=False/QueryFailed").await;
-    assert!(
-        unique.contains("unique_violation (SQLSTATE 23505"),
-        "{unique}"
-    );
+    assert!(unique.contains("unique_violation (SQLSTATE 23505"), "{unique}");
     let label = wait_for_condition(client, ns, "label", "Synced=False/Invalid").await;
     assert!(label.contains("label-1"), "names the object: {label}");
-    let password = wait_for_condition(
-        client,
-        ns,
-        "password",
-        "DatabaseConnected=False/SecretInvalid",
-    )
-    .await;
+    let password =
+        wait_for_condition(client, ns, "password", "DatabaseConnected=False/SecretInvalid").await;
     assert!(password.contains("quote values"), "{password}");
 
     // Every condition of every DBQR, every Event, every log line at info or above.
@@ -100,11 +89,7 @@ async fn row_values_and_passwords_never_reach_conditions_events_or_info_logs() {
         .await
         .unwrap();
     let conditions = serde_json::to_string(
-        &dbqrs
-            .items
-            .iter()
-            .map(|d| &d.status.as_ref().unwrap().conditions)
-            .collect::<Vec<_>>(),
+        &dbqrs.items.iter().map(|d| &d.status.as_ref().unwrap().conditions).collect::<Vec<_>>(),
     )
     .unwrap();
     assert!(!conditions.contains(MARKER), "{conditions}");
@@ -112,11 +97,7 @@ async fn row_values_and_passwords_never_reach_conditions_events_or_info_logs() {
         .list(&ListParams::default())
         .await
         .unwrap();
-    assert!(
-        events.items.len() >= 4,
-        "an Event per failure: {}",
-        events.items.len()
-    );
+    assert!(events.items.len() >= 4, "an Event per failure: {}", events.items.len());
     let events = serde_json::to_string(&events.items).unwrap();
     assert!(!events.contains(MARKER), "{events}");
     let log = operator.log();

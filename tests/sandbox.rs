@@ -59,15 +59,11 @@ async fn the_sandbox_stays_up_until_stopped() {
 
     // The team database: listed Ready, and the team's own connection worked.
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("database.dbqo.dev/orders") && l.contains("Ready")),
+        lines.iter().any(|l| l.contains("database.dbqo.dev/orders") && l.contains("Ready")),
         "the Database is shown Ready: {lines:#?}"
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| l.split_whitespace().eq(["orders", "|", "orders"])),
+        lines.iter().any(|l| l.split_whitespace().eq(["orders", "|", "orders"])),
         "psql with the Secret's uri connects as orders to orders: {lines:#?}"
     );
     let db = common::connect(url).await;
@@ -80,10 +76,7 @@ async fn the_sandbox_stays_up_until_stopped() {
         configmaps.get_opt("user-erin").await.ok()?
     })
     .await;
-    assert_eq!(
-        erin.data.unwrap().get("email").map(String::as_str),
-        Some("erin@example.com")
-    );
+    assert_eq!(erin.data.unwrap().get("email").map(String::as_str), Some("erin@example.com"));
 
     let status = Command::new("kill").arg(stop_pid).status().unwrap();
     assert!(status.success());
@@ -96,8 +89,5 @@ async fn the_sandbox_stays_up_until_stopped() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(exit.success(), "the sandbox stopped with {exit}");
-    assert!(
-        common::connect_opt(url).await.is_none(),
-        "PostgreSQL still up after the stop"
-    );
+    assert!(common::connect_opt(url).await.is_none(), "PostgreSQL still up after the stop");
 }

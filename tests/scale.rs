@@ -32,42 +32,31 @@ async fn create_dbqrs(
 ) {
     let creates = (1..=count).map(|i| {
         let builder = DbqrBuilder::new(&format!("g{i}"), operator)
-            .query(&format!(
-                "SELECT grp, id FROM items WHERE grp = {i} ORDER BY id"
-            ))
+            .query(&format!("SELECT grp, id FROM items WHERE grp = {i} ORDER BY id"))
             .template(ITEM_CM);
         spec(i, builder).create(client, ns)
     });
-    futures_util::stream::iter(creates)
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
+    futures_util::stream::iter(creates).buffer_unordered(16).collect::<Vec<_>>().await;
 }
 
 /// Waits until all `count` DBQRs in `ns` are Ready.
 async fn wait_all_ready(client: &kube::Client, ns: &str, count: usize) {
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(client.clone(), ns);
-    eventually(
-        Duration::from_secs(180),
-        &format!("{count} DBQRs Ready"),
-        || async {
-            let ready = dbqrs
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .iter()
-                .filter(|d| {
-                    d.status.as_ref().is_some_and(|s| {
-                        s.conditions
-                            .iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
+    eventually(Duration::from_secs(180), &format!("{count} DBQRs Ready"), || async {
+        let ready = dbqrs
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .filter(|d| {
+                d.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
                 })
-                .count();
-            (ready == count).then_some(())
-        },
-    )
+            })
+            .count();
+        (ready == count).then_some(())
+    })
     .await;
 }
 
@@ -86,13 +75,7 @@ async fn two_hundred_dbqrs_stay_within_the_connection_budget() {
     let client = kube_client().await;
     common::install_crd(&client).await;
     let ns = namespace(&client, "budget").await;
-    create_secret(
-        &client,
-        &ns,
-        "db",
-        common::server_secret_keys(&server.info, "postgres"),
-    )
-    .await;
+    create_secret(&client, &ns, "db", common::server_secret_keys(&server.info, "postgres")).await;
 
     // Samples the operator's connections, each time as a new client.
     let peak = Arc::new(AtomicI64::new(0));
@@ -136,23 +119,14 @@ async fn two_hundred_dbqrs_stay_within_the_connection_budget() {
     .await;
     // A few more polls and probes of all 200 while the sampler watches.
     let since = operator.totals().await;
-    operator
-        .wait_for_passes(since, 400, Duration::from_secs(60))
-        .await;
+    operator.wait_for_passes(since, 400, Duration::from_secs(60)).await;
     done.store(true, Ordering::SeqCst);
     sampler.await.unwrap();
 
     let peak = peak.load(Ordering::SeqCst);
     assert!(peak > 0, "the sampler saw the operator's connections");
-    assert!(
-        peak <= 5,
-        "the operator held {peak} connections, more than its budget of 5"
-    );
-    assert_eq!(
-        refused.load(Ordering::SeqCst),
-        0,
-        "another client was refused"
-    );
+    assert!(peak <= 5, "the operator held {peak} connections, more than its budget of 5");
+    assert_eq!(refused.load(Ordering::SeqCst), 0, "another client was refused");
     drop(operator);
     drop(server);
 }
@@ -167,10 +141,8 @@ async fn two_hundred_notify_dbqrs_share_one_listen_connection() {
     )
     .await;
     create_dbqrs(&s.client, &s.namespace, &operator, 200, |i, b| {
-        b.set("/pollInterval", json!("1h")).set(
-            "/changeDetection",
-            json!({"mode": "notify", "channel": format!("ch{i}")}),
-        )
+        b.set("/pollInterval", json!("1h"))
+            .set("/changeDetection", json!({"mode": "notify", "channel": format!("ch{i}")}))
     })
     .await;
     wait_all_ready(&s.client, &s.namespace, 200).await;
@@ -191,14 +163,10 @@ async fn two_hundred_notify_dbqrs_share_one_listen_connection() {
     // that may have been missed): after it, notifications reach it. With a
     // one-hour poll and no failure, nothing else runs a pass: 400 passes are
     // the first pass and the one after LISTEN of each.
-    eventually(
-        Duration::from_secs(60),
-        "a pass of each DBQR after LISTEN",
-        || async {
-            let done = operator.totals().await;
-            (done.ok() && done.passes >= 400).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(60), "a pass of each DBQR after LISTEN", || async {
+        let done = operator.totals().await;
+        (done.ok() && done.passes >= 400).then_some(())
+    })
     .await;
 
     // Every group gets a second row; only groups 1..100 are told.
@@ -209,24 +177,15 @@ async fn two_hundred_notify_dbqrs_share_one_listen_connection() {
     .await
     .unwrap();
     let told: Vec<String> = (1..=100).map(|g| format!("g{g}-2")).collect();
-    eventually(
-        Duration::from_secs(30),
-        "the told groups' new objects",
-        || async {
-            let cms = common::operator::configmaps(&s.client, &s.namespace).await;
-            told.iter().all(|name| cms.contains_key(name)).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(30), "the told groups' new objects", || async {
+        let cms = common::operator::configmaps(&s.client, &s.namespace).await;
+        told.iter().all(|name| cms.contains_key(name)).then_some(())
+    })
     .await;
     // A DBQR that ran would have made its group's second object.
     let cms = common::operator::configmaps(&s.client, &s.namespace).await;
-    let untold: Vec<_> = (101..=200)
-        .map(|g| format!("g{g}-2"))
-        .filter(|name| cms.contains_key(name))
-        .collect();
-    assert!(
-        untold.is_empty(),
-        "DBQRs that were not notified ran: {untold:?}"
-    );
+    let untold: Vec<_> =
+        (101..=200).map(|g| format!("g{g}-2")).filter(|name| cms.contains_key(name)).collect();
+    assert!(untold.is_empty(), "DBQRs that were not notified ran: {untold:?}");
     assert_eq!(listening().await, 1, "still one LISTEN connection");
 }

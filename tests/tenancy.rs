@@ -32,12 +32,7 @@ metadata:
 
 fn meta(name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
     let map = |pairs: &[(&str, &str)]| {
-        Some(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
-        )
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>())
     };
     ObjectMeta {
         name: Some(name.into()),
@@ -58,9 +53,7 @@ fn untouched(meta: &ObjectMeta) -> bool {
     let labels = meta.labels.clone().unwrap_or_default();
     let annotations = meta.annotations.clone().unwrap_or_default();
     !labels.keys().any(|k| k.starts_with("dbqo.dev/"))
-        && labels
-            .get("app.kubernetes.io/managed-by")
-            .map(String::as_str)
+        && labels.get("app.kubernetes.io/managed-by").map(String::as_str)
             != Some("db-query-operator")
         && !annotations.contains_key("from-row")
         && meta.deletion_timestamp.is_none()
@@ -96,11 +89,7 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
     let helm = create(
         &secrets,
         Secret {
-            metadata: meta(
-                "sh.helm.release.v1.app.v1",
-                &[("owner", "helm"), ("name", "app")],
-                &[],
-            ),
+            metadata: meta("sh.helm.release.v1.app.v1", &[("owner", "helm"), ("name", "app")], &[]),
             type_: Some("helm.sh/release.v1".into()),
             ..Secret::default()
         },
@@ -145,23 +134,16 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
         assert!(message.contains(expected), "{expected:?} in {message}");
     }
     // The rows that may write did: the new object and the handed-over one.
-    eventually(
-        Duration::from_secs(20),
-        "fresh and handed-over written",
-        || async {
-            let fresh = cms.get_opt("fresh").await.ok()??;
-            let handed = cms.get_opt("handed-over").await.ok()??;
-            let written = |m: &ObjectMeta| m.annotations.as_ref()?.get("from-row").cloned();
-            (written(&fresh.metadata)? == "5" && written(&handed.metadata)? == "4").then_some(())
-        },
-    )
+    eventually(Duration::from_secs(20), "fresh and handed-over written", || async {
+        let fresh = cms.get_opt("fresh").await.ok()??;
+        let handed = cms.get_opt("handed-over").await.ok()??;
+        let written = |m: &ObjectMeta| m.annotations.as_ref()?.get("from-row").cloned();
+        (written(&fresh.metadata)? == "5" && written(&handed.metadata)? == "4").then_some(())
+    })
     .await;
     // The Event follows the status write.
     eventually(Duration::from_secs(10), "an ObjectExists Event", || async {
-        event_reasons(c, ns)
-            .await
-            .contains(&"ObjectExists".to_owned())
-            .then_some(())
+        event_reasons(c, ns).await.contains(&"ObjectExists".to_owned()).then_some(())
     })
     .await;
     let now_plain = cms.get("plain").await.unwrap();
@@ -171,18 +153,10 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
         now_plain.metadata.resource_version, plain.metadata.resource_version,
         "never written"
     );
-    let now_helm = secrets
-        .get(&helm.metadata.name.clone().unwrap())
-        .await
-        .unwrap();
+    let now_helm = secrets.get(&helm.metadata.name.clone().unwrap()).await.unwrap();
     assert!(untouched(&now_helm.metadata));
-    assert_eq!(
-        now_helm.metadata.resource_version,
-        helm.metadata.resource_version
-    );
-    assert!(untouched(
-        &namespaces.get(&victim_ns).await.unwrap().metadata
-    ));
+    assert_eq!(now_helm.metadata.resource_version, helm.metadata.resource_version);
+    assert!(untouched(&namespaces.get(&victim_ns).await.unwrap().metadata));
 
     // The DBQR goes (deletionPolicy Delete): what it made or was handed goes
     // with it, what it refused stays.
@@ -203,16 +177,8 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
         );
     }
     assert!(untouched(&cms.get("plain").await.unwrap().metadata));
-    assert!(untouched(
-        &secrets
-            .get(&helm.metadata.name.clone().unwrap())
-            .await
-            .unwrap()
-            .metadata
-    ));
-    assert!(untouched(
-        &namespaces.get(&victim_ns).await.unwrap().metadata
-    ));
+    assert!(untouched(&secrets.get(&helm.metadata.name.clone().unwrap()).await.unwrap().metadata));
+    assert!(untouched(&namespaces.get(&victim_ns).await.unwrap().metadata));
 }
 
 /// A deletion names the uid the operator saw: the API server refuses to
@@ -222,29 +188,17 @@ async fn a_delete_with_a_stale_uid_leaves_the_replacement() {
     let client = common::kube_client().await;
     let ns = common::namespace(&client, "uid-precondition").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let first = create(
-        &cms,
-        ConfigMap {
-            metadata: meta("same-name", &[], &[]),
-            ..ConfigMap::default()
-        },
-    )
-    .await;
-    cms.delete("same-name", &DeleteParams::default())
-        .await
-        .unwrap();
+    let first =
+        create(&cms, ConfigMap { metadata: meta("same-name", &[], &[]), ..ConfigMap::default() })
+            .await;
+    cms.delete("same-name", &DeleteParams::default()).await.unwrap();
     eventually(Duration::from_secs(10), "the first one gone", || async {
         cms.get_opt("same-name").await.ok()?.is_none().then_some(())
     })
     .await;
-    let second = create(
-        &cms,
-        ConfigMap {
-            metadata: meta("same-name", &[], &[]),
-            ..ConfigMap::default()
-        },
-    )
-    .await;
+    let second =
+        create(&cms, ConfigMap { metadata: meta("same-name", &[], &[]), ..ConfigMap::default() })
+            .await;
     let target = dbqo::kube_api::Target {
         resource: ApiResource::erase::<ConfigMap>(&()),
         namespace: Some(ns.clone()),
@@ -256,14 +210,10 @@ async fn a_delete_with_a_stale_uid_leaves_the_replacement() {
     let live = cms.get("same-name").await.expect("the replacement stays");
     assert_eq!(live.metadata.uid, second.metadata.uid);
     assert!(live.metadata.deletion_timestamp.is_none());
-    dbqo::kube_api::delete(&client, &target, second.metadata.uid.as_deref())
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "deleted with its own uid",
-        || async { cms.get_opt("same-name").await.ok()?.is_none().then_some(()) },
-    )
+    dbqo::kube_api::delete(&client, &target, second.metadata.uid.as_deref()).await.unwrap();
+    eventually(Duration::from_secs(10), "deleted with its own uid", || async {
+        cms.get_opt("same-name").await.ok()?.is_none().then_some(())
+    })
     .await;
 }
 
@@ -308,18 +258,12 @@ async fn a_secret_value_mapped_onto_any_connection_key_is_never_shown() {
         let name = format!("k-{}", field.to_lowercase());
         DbqrBuilder::new(&name, &operator)
             .secret("marked")
-            .set(
-                &format!("/database/connectionSecretRef/{field}"),
-                json!("token"),
-            )
+            .set(&format!("/database/connectionSecretRef/{field}"), json!("token"))
             .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"x{{Row.id}}\"\n")
             .create(c, ns)
             .await;
         let reference = json!({"name": "marked", field: "token"});
-        servers
-            .create(&PostParams::default(), &server(&name, &operator, reference))
-            .await
-            .unwrap();
+        servers.create(&PostParams::default(), &server(&name, &operator, reference)).await.unwrap();
     }
     let dbqrs: Api<DatabaseQueryResource> = Api::namespaced(c.clone(), ns);
     // Every DBQR and server has been tried; the reasons show each mapping
@@ -329,11 +273,8 @@ async fn a_secret_value_mapped_onto_any_connection_key_is_never_shown() {
         for field in SECRET_KEYS {
             let name = format!("k-{}", field.to_lowercase());
             let dbqr = dbqrs.get(&name).await.ok()?;
-            let connected = dbqr
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "DatabaseConnected")?;
+            let connected =
+                dbqr.status?.conditions.into_iter().find(|c| c.type_ == "DatabaseConnected")?;
             let server = servers.get(&name).await.ok()?.status?;
             let checked = server.conditions.first()?.reason.clone();
             reasons.insert(field, (connected.reason, checked));
@@ -350,10 +291,7 @@ async fn a_secret_value_mapped_onto_any_connection_key_is_never_shown() {
         ("hostKey", "ConnectionFailed"),
     ] {
         assert_eq!(reasons[field].0, expected, "DBQR with {field}: {reasons:?}");
-        assert_eq!(
-            reasons[field].1, expected,
-            "server with {field}: {reasons:?}"
-        );
+        assert_eq!(reasons[field].1, expected, "server with {field}: {reasons:?}");
     }
 
     let mut shown = Vec::new();
@@ -369,23 +307,14 @@ async fn a_secret_value_mapped_onto_any_connection_key_is_never_shown() {
             .list(&Default::default())
             .await
             .ok()?;
-        let reasons: Vec<&str> = events
-            .items
-            .iter()
-            .filter_map(|e| e.reason.as_deref())
-            .collect();
+        let reasons: Vec<&str> = events.items.iter().filter_map(|e| e.reason.as_deref()).collect();
         ["SecretInvalid", "AuthenticationFailed", "ConnectionFailed"]
             .iter()
             .all(|r| reasons.contains(r))
             .then_some(events)
     })
     .await;
-    shown.extend(
-        events
-            .items
-            .iter()
-            .map(|e| serde_json::to_string(e).unwrap()),
-    );
+    shown.extend(events.items.iter().map(|e| serde_json::to_string(e).unwrap()));
     let metrics = operator.http_address("metrics").await;
     let (_, body) = common::http_get(&metrics, "/metrics").await.unwrap();
     shown.push(body);
@@ -405,11 +334,8 @@ async fn a_database_server_cannot_borrow_another_namespaces_admin_secret() {
     let team = common::namespace(c, "borrow-team").await;
     let operator = Operator::start(&[]);
     // The platform's admin Secret is `db` in s.namespace.
-    let mut borrowed = server(
-        "borrowed",
-        &operator,
-        json!({"name": "db", "namespace": s.namespace}),
-    );
+    let mut borrowed =
+        server("borrowed", &operator, json!({"name": "db", "namespace": s.namespace}));
     borrowed.spec.allowed_namespaces = vec![team.clone()];
     Api::<DatabaseServer>::namespaced(c.clone(), &team)
         .create(&PostParams::default(), &borrowed)
@@ -423,10 +349,7 @@ async fn a_database_server_cannot_borrow_another_namespaces_admin_secret() {
     }))
     .unwrap();
     let databases: Api<Database> = Api::namespaced(c.clone(), &team);
-    databases
-        .create(&PostParams::default(), &database)
-        .await
-        .unwrap();
+    databases.create(&PostParams::default(), &database).await.unwrap();
     let servers: Api<DatabaseServer> = Api::namespaced(c.clone(), &team);
     let message = eventually(Duration::from_secs(30), "the server refused", || async {
         let status = servers.get("borrowed").await.ok()?.status?;
@@ -434,27 +357,18 @@ async fn a_database_server_cannot_borrow_another_namespaces_admin_secret() {
         (ready.reason == "SecretNotAllowed").then(|| ready.message.clone())
     })
     .await;
-    assert!(
-        message.contains("--allow-cross-namespace-secrets"),
-        "{message}"
-    );
+    assert!(message.contains("--allow-cross-namespace-secrets"), "{message}");
     eventually(Duration::from_secs(30), "the Database refused", || async {
         let status = databases.get("stolen").await.ok()?.status?;
         (status.conditions.first()?.reason == "SecretNotAllowed").then_some(())
     })
     .await;
     let exists: i64 =
-        s.db.query_one(
-            "SELECT count(*) FROM pg_database WHERE datname = 'borrow_stolen'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        exists, 0,
-        "no database was created with the borrowed Secret"
-    );
+        s.db.query_one("SELECT count(*) FROM pg_database WHERE datname = 'borrow_stolen'", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(exists, 0, "no database was created with the borrowed Secret");
 }
 
 /// Hostile input does not take the operator down: a 300 MB row fails alone
@@ -507,9 +421,7 @@ async fn a_huge_row_and_a_template_bomb_fail_alone_while_health_answers() {
         assert_eq!(answer.map(|a| a.0), Some(200), "/healthz answers");
         peak_rss = peak_rss.max(common::rss_mib(pid));
         let reason = |name: &'static str| async move {
-            common::operator::condition(c, ns, name, "Synced")
-                .await
-                .map(|(_, reason, _)| reason)
+            common::operator::condition(c, ns, name, "Synced").await.map(|(_, reason, _)| reason)
         };
         let now = (
             reason("huge").await,
@@ -532,10 +444,7 @@ async fn a_huge_row_and_a_template_bomb_fail_alone_while_health_answers() {
     }
     println!("/healthz worst latency {worst:?}, peak RSS {peak_rss:.0} MiB");
     assert!(settled.is_some(), "every DBQR reached its verdict");
-    assert!(
-        worst < Duration::from_secs(1),
-        "/healthz took {worst:?} during the heavy passes"
-    );
+    assert!(worst < Duration::from_secs(1), "/healthz took {worst:?} during the heavy passes");
     // The 300 MB row is buffered once by the driver; it is never decoded.
     assert!(peak_rss < 1024.0, "peak RSS {peak_rss:.0} MiB");
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
@@ -573,11 +482,8 @@ async fn service_account(c: &kube::Client, ns: &str, name: &str, rules: serde_js
 /// deletion deletes as it.
 #[tokio::test]
 async fn a_dbqr_acts_with_its_service_accounts_rights_only() {
-    let s = setup(
-        "impersonate",
-        "CREATE TABLE items (name text NOT NULL, ns text NOT NULL);",
-    )
-    .await;
+    let s =
+        setup("impersonate", "CREATE TABLE items (name text NOT NULL, ns text NOT NULL);").await;
     let (c, ns) = (&s.client, s.namespace.as_str());
     let other = common::namespace(c, "impersonate-other").await;
     let configmaps = json!({"apiGroups": [""], "resources": ["configmaps"],
@@ -592,12 +498,8 @@ async fn a_dbqr_acts_with_its_service_accounts_rights_only() {
     .await
     .unwrap();
     // The operator itself may write in every namespace.
-    let operator = Operator::start(&[
-        "--allowed-namespaces",
-        "*",
-        "--default-service-account",
-        "deployer",
-    ]);
+    let operator =
+        Operator::start(&["--allowed-namespaces", "*", "--default-service-account", "deployer"]);
     let template = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"{{Row.name}}\"\n  namespace: \"{{Row.ns}}\"\n";
     DbqrBuilder::new("by-default", &operator)
         .query("SELECT name, ns FROM items ORDER BY name")
@@ -614,17 +516,13 @@ async fn a_dbqr_acts_with_its_service_accounts_rights_only() {
     let deployer = format!("system:serviceaccount:{ns}:deployer");
     let message = wait_for_condition(c, ns, "by-default", "Synced=False/Forbidden").await;
     assert!(
-        message.contains(&format!(
-            "{deployer} may not get configmaps in namespace {other}"
-        )),
+        message.contains(&format!("{deployer} may not get configmaps in namespace {other}")),
         "{message}"
     );
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
-    eventually(
-        Duration::from_secs(20),
-        "its own namespace's object",
-        || async { cms.get_opt("mine").await.ok()?.map(|_| ()) },
-    )
+    eventually(Duration::from_secs(20), "its own namespace's object", || async {
+        cms.get_opt("mine").await.ok()?.map(|_| ())
+    })
     .await;
     let theirs = Api::<ConfigMap>::namespaced(c.clone(), &other);
     assert!(theirs.get_opt("theirs").await.unwrap().is_none());
@@ -643,20 +541,16 @@ async fn a_dbqr_acts_with_its_service_accounts_rights_only() {
         .delete("by-default", &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "the DBQR released, its object gone",
-        || async {
-            let dbqrs = Api::<DatabaseQueryResource>::namespaced(c.clone(), ns);
-            let released = dbqrs.get_opt("by-default").await.ok()?.is_none();
-            let gone = cms
-                .get_opt("mine")
-                .await
-                .ok()?
-                .is_none_or(|cm| cm.metadata.deletion_timestamp.is_some());
-            (released && gone).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(30), "the DBQR released, its object gone", || async {
+        let dbqrs = Api::<DatabaseQueryResource>::namespaced(c.clone(), ns);
+        let released = dbqrs.get_opt("by-default").await.ok()?.is_none();
+        let gone = cms
+            .get_opt("mine")
+            .await
+            .ok()?
+            .is_none_or(|cm| cm.metadata.deletion_timestamp.is_some());
+        (released && gone).then_some(())
+    })
     .await;
 }
 
@@ -669,9 +563,7 @@ async fn a_listen_connection_is_shared_only_with_the_same_credentials() {
     use common::operator::{trigger_sql, wait_for_listen};
     let s = setup("listenshare", "CREATE TABLE items (name text PRIMARY KEY);").await;
     let (c, ns) = (&s.client, s.namespace.as_str());
-    s.db.batch_execute(&trigger_sql("items", "items"))
-        .await
-        .unwrap();
+    s.db.batch_execute(&trigger_sql("items", "items")).await.unwrap();
     let mut wrong = secret_keys(&s.url);
     wrong.insert("password", "not-the-password".into());
     create_secret(c, ns, "wrong", wrong).await;
@@ -696,23 +588,13 @@ async fn a_listen_connection_is_shared_only_with_the_same_credentials() {
         .set("/changeDetection", notify)
         .create(c, ns)
         .await;
-    wait_for_condition(
-        c,
-        ns,
-        "wrong",
-        "DatabaseConnected=False/AuthenticationFailed",
-    )
-    .await;
+    wait_for_condition(c, ns, "wrong", "DatabaseConnected=False/AuthenticationFailed").await;
     // Only a notification can bring the row before the hour-long poll.
-    s.db.batch_execute("INSERT INTO items VALUES ('a')")
-        .await
-        .unwrap();
+    s.db.batch_execute("INSERT INTO items VALUES ('a')").await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
-    eventually(
-        Duration::from_secs(15),
-        "the notified row applied",
-        || async { cms.get_opt("aright").await.ok()?.map(|_| ()) },
-    )
+    eventually(Duration::from_secs(15), "the notified row applied", || async {
+        cms.get_opt("aright").await.ok()?.map(|_| ())
+    })
     .await;
     assert!(cms.get_opt("awrong").await.unwrap().is_none());
 }

@@ -12,13 +12,7 @@ use serde_json::json;
 /// Waits for the StatusWriteBack condition of `name` to report a failure;
 /// returns its message.
 async fn write_back_failure(client: &kube::Client, ns: &str, name: &str) -> String {
-    wait_for_condition(
-        client,
-        ns,
-        name,
-        "StatusWriteBack=False/StatusWriteBackFailed",
-    )
-    .await
+    wait_for_condition(client, ns, name, "StatusWriteBack=False/StatusWriteBackFailed").await
 }
 
 async fn setup(prefix: &str, schema: &str) -> (kube::Client, String, tokio_postgres::Client) {
@@ -28,11 +22,8 @@ async fn setup(prefix: &str, schema: &str) -> (kube::Client, String, tokio_postg
 
 #[tokio::test]
 async fn deployment_status_is_written_back_to_its_row() {
-    let (client, ns, db) = setup(
-        "wb",
-        include_str!("../examples/deployment-per-row/schema.sql"),
-    )
-    .await;
+    let (client, ns, db) =
+        setup("wb", include_str!("../examples/deployment-per-row/schema.sql")).await;
     let example: serde_yaml::Value =
         serde_yaml::from_str(include_str!("../examples/deployment-per-row/dbqr.yaml")).unwrap();
     let operator = Operator::start(&[]);
@@ -41,9 +32,7 @@ async fn deployment_status_is_written_back_to_its_row() {
         .template(example["spec"]["template"].as_str().unwrap())
         .set(
             "/statusUpdateQueryTemplate",
-            json!(example["spec"]["statusUpdateQueryTemplate"]
-                .as_str()
-                .unwrap()),
+            json!(example["spec"]["statusUpdateQueryTemplate"].as_str().unwrap()),
         )
         .set("/pollInterval", json!("1h"))
         .create(&client, &ns)
@@ -51,17 +40,12 @@ async fn deployment_status_is_written_back_to_its_row() {
     // No kubelet runs here, so every replica the controller wants stays
     // unavailable. The controller fills the status in steps (replicas first,
     // unavailableReplicas later), so wait for the final values.
-    let expected = vec![
-        ("web".to_string(), Some(0), Some(2)),
-        ("worker".to_string(), Some(0), Some(1)),
-    ];
+    let expected =
+        vec![("web".to_string(), Some(0), Some(2)), ("worker".to_string(), Some(0), Some(1))];
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let written = loop {
         let rows: Vec<(String, Option<i32>, Option<i32>)> = db
-            .query(
-                "SELECT name, ready_replicas, unavailable_replicas FROM apps ORDER BY name",
-                &[],
-            )
+            .query("SELECT name, ready_replicas, unavailable_replicas FROM apps ORDER BY name", &[])
             .await
             .unwrap()
             .iter()
@@ -105,21 +89,15 @@ spec:
         .set("/pollInterval", json!("1h"))
         .create(&client, &ns)
         .await;
-    let (note, echoed) = eventually(
-        Duration::from_secs(30),
-        "the annotation written back",
-        || async {
+    let (note, echoed) =
+        eventually(Duration::from_secs(30), "the annotation written back", || async {
             let row = db
-                .query_opt(
-                    "SELECT note, echoed FROM notes WHERE id = 1 AND replicas = 1",
-                    &[],
-                )
+                .query_opt("SELECT note, echoed FROM notes WHERE id = 1 AND replicas = 1", &[])
                 .await
                 .ok()??;
             Some((row.get::<_, String>(0), row.get::<_, Option<String>>(1)?))
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(echoed, note, "written verbatim, as data");
     assert!(
         echoed.contains("DROP TABLE")
@@ -127,10 +105,7 @@ spec:
             && echoed.contains("\\back\\slash")
     );
     let tables: i64 = db
-        .query_one(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'notes'",
-            &[],
-        )
+        .query_one("SELECT count(*) FROM information_schema.tables WHERE table_name = 'notes'", &[])
         .await
         .unwrap()
         .get(0);
@@ -144,10 +119,7 @@ async fn a_status_template_with_two_statements_is_refused() {
     DbqrBuilder::new("two", &operator)
         .query("SELECT 1 AS id")
         .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"two-{{Row.id}}\"\n")
-        .set(
-            "/statusUpdateQueryTemplate",
-            json!("UPDATE t SET x = {{Row.id}}; DELETE FROM t"),
-        )
+        .set("/statusUpdateQueryTemplate", json!("UPDATE t SET x = {{Row.id}}; DELETE FROM t"))
         .create(&client, &ns)
         .await;
     let message =
@@ -156,10 +128,7 @@ async fn a_status_template_with_two_statements_is_refused() {
     let raw = DbqrBuilder::new("raw", &operator)
         .query("SELECT 1 AS id")
         .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"raw-{{Row.id}}\"\n")
-        .set(
-            "/statusUpdateQueryTemplate",
-            json!("UPDATE t SET x = {{{Row.id}}}"),
-        );
+        .set("/statusUpdateQueryTemplate", json!("UPDATE t SET x = {{{Row.id}}}"));
     raw.create(&client, &ns).await;
     let message =
         wait_for_condition(&client, &ns, "raw", "Synced=False/StatusTemplateInvalid").await;
@@ -192,10 +161,7 @@ spec:
         .await;
     let message = write_back_failure(&client, &ns, "conv").await;
     // Named by its condition; the value (the object's name) is not quoted.
-    assert!(
-        message.contains("invalid_text_representation (SQLSTATE 22P02"),
-        "{message}"
-    );
+    assert!(message.contains("invalid_text_representation (SQLSTATE 22P02"), "{message}");
     assert!(!message.contains("\"conv-1\""), "{message}");
     // Reconciliation is not blocked by it.
     wait_for_condition(&client, &ns, "conv", "Synced=True/Synced").await;
@@ -245,39 +211,21 @@ async fn failed_write_backs_are_retried_and_a_restart_writes_every_status_once()
         .await;
     let message = write_back_failure(&s.client, &s.namespace, "apps").await;
     assert!(message.contains("42703"), "{message}");
-    s.db.batch_execute("ALTER TABLE apps ADD COLUMN replicas int")
-        .await
-        .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "the retried write-back",
-        || async { (replicas_column(&s.db).await == [Some(1), Some(1)]).then_some(()) },
-    )
+    s.db.batch_execute("ALTER TABLE apps ADD COLUMN replicas int").await.unwrap();
+    eventually(Duration::from_secs(30), "the retried write-back", || async {
+        (replicas_column(&s.db).await == [Some(1), Some(1)]).then_some(())
+    })
     .await;
-    wait_for_condition(
-        &s.client,
-        &s.namespace,
-        "apps",
-        "StatusWriteBack=True/Written",
-    )
-    .await;
+    wait_for_condition(&s.client, &s.namespace, "apps", "StatusWriteBack=True/Written").await;
 
     drop(first);
-    s.db.batch_execute("UPDATE apps SET replicas = NULL")
-        .await
-        .unwrap();
+    s.db.batch_execute("UPDATE apps SET replicas = NULL").await.unwrap();
     let second = Operator::start_with_id(&id, &[]);
-    eventually(
-        Duration::from_secs(30),
-        "every status written once after the restart",
-        || async { (replicas_column(&s.db).await == [Some(1), Some(1)]).then_some(()) },
-    )
+    eventually(Duration::from_secs(30), "every status written once after the restart", || async {
+        (replicas_column(&s.db).await == [Some(1), Some(1)]).then_some(())
+    })
     .await;
-    assert_eq!(
-        second.totals().await.passes,
-        1,
-        "no pass but the first one ran"
-    );
+    assert_eq!(second.totals().await.passes, 1, "no pass but the first one ran");
 }
 
 /// Every write-back statement runs under the DBQR's statement timeout.
@@ -318,20 +266,12 @@ async fn an_expression_inside_quotes_is_refused_when_the_dbqr_is_read() {
         )
         .create(&s.client, &s.namespace)
         .await;
-    let message = wait_for_condition(
-        &s.client,
-        &s.namespace,
-        "apps",
-        "Synced=False/StatusTemplateInvalid",
-    )
-    .await;
+    let message =
+        wait_for_condition(&s.client, &s.namespace, "apps", "Synced=False/StatusTemplateInvalid")
+            .await;
     assert!(
         message.contains("inside a string literal") && message.contains("outside quotes"),
         "{message}"
     );
-    assert_eq!(
-        operator.totals().await.passes,
-        0,
-        "an invalid spec runs no pass"
-    );
+    assert_eq!(operator.totals().await.passes, 0, "an invalid spec runs no pass");
 }

@@ -43,12 +43,7 @@ struct PerfArgs {
 }
 
 fn args() -> PerfArgs {
-    let mut args = PerfArgs {
-        objects: 1000,
-        samples: 50,
-        idle: 30,
-        sizes: vec![1000, 10_000],
-    };
+    let mut args = PerfArgs { objects: 1000, samples: 50, idle: 30, sizes: vec![1000, 10_000] };
     let list: Vec<String> = std::env::args().collect();
     for pair in list.windows(2) {
         let number = || pair[1].parse::<usize>().expect("a number");
@@ -73,16 +68,9 @@ fn args() -> PerfArgs {
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command (which may hold spaces) start at ") ".
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest.split(' ').collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let fields: Vec<&str> =
+        stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the line, 11 and 12 after the command.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -128,14 +116,8 @@ impl Seen {
                     _ => continue,
                 };
                 let name = cm.metadata.name.unwrap_or_default();
-                let value = cm
-                    .data
-                    .and_then(|d| d.get("value").cloned())
-                    .unwrap_or_default();
-                s.at.lock()
-                    .unwrap()
-                    .entry((name.clone(), value.clone()))
-                    .or_insert(now);
+                let value = cm.data.and_then(|d| d.get("value").cloned()).unwrap_or_default();
+                s.at.lock().unwrap().entry((name.clone(), value.clone())).or_insert(now);
                 s.latest.lock().unwrap().insert(name, value);
                 s.changed.notify_waiters();
             }
@@ -164,10 +146,7 @@ impl Seen {
     /// When the first content ending in `suffix` arrived.
     fn first(&self, suffix: &str) -> Option<Instant> {
         let at = self.at.lock().unwrap();
-        at.iter()
-            .filter(|((_, value), _)| value.ends_with(suffix))
-            .map(|(_, at)| *at)
-            .min()
+        at.iter().filter(|((_, value), _)| value.ends_with(suffix)).map(|(_, at)| *at).min()
     }
 
     /// Waits for `name` to carry `value`; when the watch delivered it.
@@ -201,13 +180,9 @@ async fn produced(client: &kube::Client, ns: &str) -> Vec<Value> {
         .map(|cm| {
             let mut v = serde_json::to_value(cm).unwrap();
             let meta = v["metadata"].as_object_mut().unwrap();
-            for field in [
-                "uid",
-                "resourceVersion",
-                "creationTimestamp",
-                "managedFields",
-                "namespace",
-            ] {
+            for field in
+                ["uid", "resourceVersion", "creationTimestamp", "managedFields", "namespace"]
+            {
                 meta.remove(field);
             }
             if let Some(labels) = v["metadata"]["labels"].as_object_mut() {
@@ -219,10 +194,7 @@ async fn produced(client: &kube::Client, ns: &str) -> Vec<Value> {
                 let renamed: serde_json::Map<String, Value> = labels
                     .iter()
                     .map(|(k, v)| {
-                        (
-                            format!("bench.dbqo.dev/{}", k.rsplit('/').next().unwrap()),
-                            v.clone(),
-                        )
+                        (format!("bench.dbqo.dev/{}", k.rsplit('/').next().unwrap()), v.clone())
                     })
                     .collect();
                 *labels = renamed;
@@ -300,27 +272,13 @@ async fn raw_apply_watched(
         let mut events = watcher(api, watcher::Config::default()).boxed();
         while events.next().await.is_some() {}
     });
-    let names: Vec<&str> = objects
-        .iter()
-        .filter_map(|o| o["metadata"]["name"].as_str())
-        .collect();
-    seen.until(Duration::from_secs(120), |m| {
-        names.iter().all(|name| m.contains_key(*name))
-    })
-    .await;
+    let names: Vec<&str> = objects.iter().filter_map(|o| o["metadata"]["name"].as_str()).collect();
+    seen.until(Duration::from_secs(120), |m| names.iter().all(|name| m.contains_key(*name))).await;
     let t = Instant::now();
-    raw_apply(
-        client,
-        ns,
-        &with_value(objects, suffix),
-        OPERATOR_CONCURRENCY,
-    )
-    .await;
+    raw_apply(client, ns, &with_value(objects, suffix), OPERATOR_CONCURRENCY).await;
     let done = seen
         .until(Duration::from_secs(120), |m| {
-            names
-                .iter()
-                .all(|name| m.get(*name).is_some_and(|v| v.ends_with(suffix)))
+            names.iter().all(|name| m.get(*name).is_some_and(|v| v.ends_with(suffix)))
         })
         .await;
     cache.abort();
@@ -372,13 +330,7 @@ async fn new_namespace(
     server: &dbqo_testenv::PostgresInfo,
 ) -> String {
     let ns = common::namespace(client, prefix).await;
-    create_secret(
-        client,
-        &ns,
-        "db",
-        common::server_secret_keys(server, "postgres"),
-    )
-    .await;
+    create_secret(client, &ns, "db", common::server_secret_keys(server, "postgres")).await;
     ns
 }
 
@@ -432,9 +384,7 @@ async fn main() {
     ))
     .await
     .unwrap();
-    db.batch_execute(&trigger_sql("items", "items_changed"))
-        .await
-        .unwrap();
+    db.batch_execute(&trigger_sql("items", "items_changed")).await.unwrap();
     let client = common::kube_client().await;
     common::install_crd(&client).await;
     let mut rows: Vec<Row> = Vec::new();
@@ -460,10 +410,7 @@ async fn main() {
         .template(CM)
         .set("/pollInterval", json!("1h"))
         .set("/maxRows", json!(n.max(60_000) + 1))
-        .set(
-            "/changeDetection",
-            json!({"mode": "notify", "channel": "items_changed"}),
-        )
+        .set("/changeDetection", json!({"mode": "notify", "channel": "items_changed"}))
         .create(&client, &ns)
         .await;
     let done = seen.until(Duration::from_secs(600), |m| m.len() == n).await;
@@ -496,26 +443,17 @@ async fn main() {
     // Update all: one UPDATE of every row -> every object shows it.
     let cpu0 = cpu_seconds(operator.pid());
     let t = Instant::now();
-    db.batch_execute("UPDATE items SET value = value || '-u'")
-        .await
-        .unwrap();
+    db.batch_execute("UPDATE items SET value = value || '-u'").await.unwrap();
     let done = seen
-        .until(Duration::from_secs(600), |m| {
-            m.len() == n && m.values().all(|v| v.ends_with("-u"))
-        })
+        .until(Duration::from_secs(600), |m| m.len() == n && m.values().all(|v| v.ends_with("-u")))
         .await;
     let op_update = done - t;
     if let Some(first) = seen.first("-u") {
         eprintln!("operator update: first object seen after {:?}", first - t);
     }
     let cpu_update = cpu_seconds(operator.pid()) - cpu0;
-    let raw_update = raw_apply(
-        &client,
-        &raw_ns16,
-        &with_value(&objects, "-u"),
-        OPERATOR_CONCURRENCY,
-    )
-    .await;
+    let raw_update =
+        raw_apply(&client, &raw_ns16, &with_value(&objects, "-u"), OPERATOR_CONCURRENCY).await;
     let raw_watched = raw_apply_watched(&client, &raw_ns16, &objects, "-w").await;
     rows.push(row(
         format!("UPDATE of all {n} rows -> all objects show it"),
@@ -548,12 +486,9 @@ async fn main() {
     for i in 0..args.samples {
         let id = 1 + (i * 7919) % n;
         let value = format!("lat-{i}");
-        db.execute(
-            "UPDATE items SET value = $1 WHERE id = $2",
-            &[&value, &(id as i32)],
-        )
-        .await
-        .unwrap();
+        db.execute("UPDATE items SET value = $1 WHERE id = $2", &[&value, &(id as i32)])
+            .await
+            .unwrap();
         let committed = Instant::now();
         let name = format!("item-{id}");
         let at = seen.arrival(&name, &value, Duration::from_secs(30)).await;
@@ -561,19 +496,12 @@ async fn main() {
         // The floor: the same commit, then a plain client's apply and the
         // watch event it causes.
         let raw_value = format!("raw-{i}");
-        db.execute("UPDATE stamped SET value = $1 WHERE id = 1", &[&raw_value])
-            .await
-            .unwrap();
+        db.execute("UPDATE stamped SET value = $1 WHERE id = 1", &[&raw_value]).await.unwrap();
         let committed = Instant::now();
         let object = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name}, "data": {"value": raw_value}});
-        raw_api
-            .patch(&name, &pp, &Patch::Apply(&object))
-            .await
-            .unwrap();
-        let at = raw_seen
-            .arrival(&name, &raw_value, Duration::from_secs(30))
-            .await;
+        raw_api.patch(&name, &pp, &Patch::Apply(&object)).await.unwrap();
+        let at = raw_seen.arrival(&name, &raw_value, Duration::from_secs(30)).await;
         floors.push(at.saturating_duration_since(committed));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -585,11 +513,7 @@ async fn main() {
             "notify, {n} objects: one-row UPDATE committed -> watch event, p50 / p99 ({} samples)",
             args.samples
         ),
-        format!(
-            "{} / {}",
-            ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.99))
-        ),
+        format!("{} / {}", ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99))),
         format!(
             "{} / {} (commit, then one apply)",
             ms(percentile(&floors, 0.5)),
@@ -612,9 +536,7 @@ async fn main() {
         )
         .create(&client, &ts_ns)
         .await;
-    ts_seen
-        .until(Duration::from_secs(60), |m| m.len() == 100)
-        .await;
+    ts_seen.until(Duration::from_secs(60), |m| m.len() == 100).await;
     let mut ts_latencies = Vec::new();
     let ts_samples = args.samples.min(30);
     for i in 0..ts_samples {
@@ -627,9 +549,7 @@ async fn main() {
         .await
         .unwrap();
         let committed = Instant::now();
-        let at = ts_seen
-            .arrival(&format!("item-{id}"), &value, Duration::from_secs(30))
-            .await;
+        let at = ts_seen.arrival(&format!("item-{id}"), &value, Duration::from_secs(30)).await;
         ts_latencies.push(at.saturating_duration_since(committed));
         // Commits spread evenly over the probe's period (a fixed pause
         // would lock onto its phase and measure one point of it).
@@ -706,9 +626,7 @@ async fn main() {
             .set("/maxRows", json!(size + 1))
             .create(&client, &size_ns)
             .await;
-        let done = size_seen
-            .until(Duration::from_secs(1800), |m| m.len() == size)
-            .await;
+        let done = size_seen.until(Duration::from_secs(1800), |m| m.len() == size).await;
         let took = done - t;
         let cpu = cpu_seconds(operator.pid()) - cpu0;
         common::operator::wait_for_condition(&client, &size_ns, "sized", "Ready=True/Ready").await;
@@ -719,24 +637,16 @@ async fn main() {
         per_object.push(us);
         rows.push(row(
             format!("1 DBQR x {size} rows: created -> all exist; RSS at idle; CPU"),
-            format!(
-                "{} ({us:.0} us/object); {rss:.1} MiB; {cpu:.1} s",
-                secs(took)
-            ),
+            format!("{} ({us:.0} us/object); {rss:.1} MiB; {cpu:.1} s", secs(took)),
             "".into(),
             None,
-            if size >= 10_000 {
-                "<= 80 MiB at 10,000"
-            } else {
-                ""
-            },
+            if size >= 10_000 { "<= 80 MiB at 10,000" } else { "" },
         ));
         drop(operator);
     }
     if per_object.len() > 1 {
-        let (lo, hi) = per_object
-            .iter()
-            .fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (lo, hi) =
+            per_object.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         rows.push(row(
             "time per object, largest / smallest across the sizes".into(),
             format!("{:.2}x", hi / lo),
@@ -749,10 +659,7 @@ async fn main() {
     println!("| figure | operator | baseline | ratio | target |");
     println!("|---|---|---|---|---|");
     for r in rows {
-        println!(
-            "| {} | {} | {} | {} | {} |",
-            r.figure, r.operator, r.baseline, r.ratio, r.target
-        );
+        println!("| {} | {} | {} | {} | {} |", r.figure, r.operator, r.baseline, r.ratio, r.target);
     }
     drop(server);
 }

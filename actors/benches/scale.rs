@@ -36,12 +36,7 @@ struct ScaleArgs {
 }
 
 fn args() -> ScaleArgs {
-    let mut args = ScaleArgs {
-        dbqrs: 1000,
-        rows: 10,
-        big: 10_000,
-        idle: 60,
-    };
+    let mut args = ScaleArgs { dbqrs: 1000, rows: 10, big: 10_000, idle: 60 };
     let list: Vec<String> = std::env::args().collect();
     for pair in list.windows(2) {
         let value = || pair[1].parse().expect("a number");
@@ -114,16 +109,11 @@ async fn converged(client: &kube::Client, ns: &str, dbqrs: usize, objects: usize
         if let Ok(list) = api.list(&Default::default()).await {
             let ready = list.items.iter().filter(|d| {
                 d.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                    s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
                 })
             });
             let (count, total) = ready.fold((0, 0), |(n, t), d| {
-                (
-                    n + 1,
-                    t + d.status.as_ref().and_then(|s| s.object_count).unwrap_or(0) as usize,
-                )
+                (n + 1, t + d.status.as_ref().and_then(|s| s.object_count).unwrap_or(0) as usize)
             });
             if count == dbqrs && total == objects {
                 return;
@@ -161,13 +151,7 @@ async fn main() {
     let rss_empty = common::rss_mib(operator.pid());
 
     let ns = common::namespace(&client, "bench").await;
-    create_secret(
-        &client,
-        &ns,
-        "db",
-        common::server_secret_keys(&server.info, "postgres"),
-    )
-    .await;
+    create_secret(&client, &ns, "db", common::server_secret_keys(&server.info, "postgres")).await;
     let sampler = Sampler::start(url.clone());
 
     // N DBQRs x R rows.
@@ -180,17 +164,11 @@ async fn main() {
             .set("/changeDetection", json!({"tableName": "items", "timestampColumn": "touched", "changePollInterval": "10s"}))
             .create(&client, &ns)
     });
-    futures_util::stream::iter(creates)
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
+    futures_util::stream::iter(creates).buffer_unordered(16).collect::<Vec<_>>().await;
     let created = t0.elapsed();
     converged(&client, &ns, args.dbqrs, args.dbqrs * args.rows).await;
     let converge = t0.elapsed();
-    eprintln!(
-        "{} DBQRs created in {created:.1?}, converged in {converge:.1?}",
-        args.dbqrs
-    );
+    eprintln!("{} DBQRs created in {created:.1?}, converged in {converge:.1?}", args.dbqrs);
 
     // Idle: nothing changes for `idle` seconds.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -199,11 +177,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(args.idle)).await;
     let after = common::request_counts(&client).await;
     let minutes = args.idle as f64 / 60.0;
-    let idle_writes = sum(
-        &before,
-        &after,
-        &["POST", "PUT", "PATCH", "DELETE", "APPLY"],
-    ) / minutes;
+    let idle_writes = sum(&before, &after, &["POST", "PUT", "PATCH", "DELETE", "APPLY"]) / minutes;
     let idle_reads = sum(&before, &after, &["GET", "LIST"]) / minutes;
     let idle_peak = sampler.peak.load(Ordering::SeqCst);
     let idle_last = sampler.last.load(Ordering::SeqCst);
@@ -211,13 +185,8 @@ async fn main() {
 
     // One DBQR x `big` rows, alone.
     let big_ns = common::namespace(&client, "bench-big").await;
-    create_secret(
-        &client,
-        &big_ns,
-        "db",
-        common::server_secret_keys(&server.info, "postgres"),
-    )
-    .await;
+    create_secret(&client, &big_ns, "db", common::server_secret_keys(&server.info, "postgres"))
+        .await;
     let t1 = Instant::now();
     DbqrBuilder::new("big", &operator)
         .query("SELECT grp, id, value FROM big ORDER BY id")
@@ -248,10 +217,7 @@ async fn main() {
     );
     println!("| API writes per minute at idle | {idle_writes:.1} | 0 |");
     println!("| API reads (GET/LIST) per minute at idle | {idle_reads:.1} | 0 |");
-    println!(
-        "| RSS with {} DBQRs, idle | {rss_many:.1} MiB | <= 150 MiB |",
-        args.dbqrs
-    );
+    println!("| RSS with {} DBQRs, idle | {rss_many:.1} MiB | <= 150 MiB |", args.dbqrs);
     println!(
         "| 1 DBQR x {} rows: created -> converged | {:.1} s | |",
         args.big,

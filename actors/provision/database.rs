@@ -91,13 +91,9 @@ impl DatabaseActor {
 
     fn server(&self) -> Option<Arc<DatabaseServer>> {
         let spec = &self.database.spec.server_ref;
-        let namespace = spec
-            .namespace
-            .clone()
-            .or_else(|| self.database.namespace())
-            .unwrap_or_default();
-        self.servers
-            .get(&ObjectRef::new(&spec.name).within(&namespace))
+        let namespace =
+            spec.namespace.clone().or_else(|| self.database.namespace()).unwrap_or_default();
+        self.servers.get(&ObjectRef::new(&spec.name).within(&namespace))
     }
 
     /// Runs a pass now, or right after the one running.

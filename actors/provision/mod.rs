@@ -74,19 +74,14 @@ impl ProvisionSupervisor {
         }
         let (databases, servers): (Api<Database>, Api<DatabaseServer>) =
             match &settings.watch_namespace {
-                Some(ns) => (
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client, ns),
-                ),
+                Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
                 None => (Api::all(client.clone()), Api::all(client)),
             };
         let store_writer = StoreWriter::<DatabaseServer>::default();
         let store = store_writer.as_reader();
-        let server_events = reflector::reflector(
-            store_writer,
-            watcher(servers, config.clone()).default_backoff(),
-        )
-        .boxed_local();
+        let server_events =
+            reflector::reflector(store_writer, watcher(servers, config.clone()).default_backoff())
+                .boxed_local();
         let database_events = watcher(databases, config).default_backoff().boxed_local();
         Self {
             streams: Some((database_events, server_events)),
@@ -105,12 +100,7 @@ impl ProvisionSupervisor {
         let key = key_of(&database);
         let uid = database.uid().unwrap_or_default();
         let server = (
-            database
-                .spec
-                .server_ref
-                .namespace
-                .clone()
-                .unwrap_or_else(|| key.0.clone()),
+            database.spec.server_ref.namespace.clone().unwrap_or_else(|| key.0.clone()),
             database.spec.server_ref.name.clone(),
         );
         if self.stopping {
@@ -131,8 +121,7 @@ impl ProvisionSupervisor {
             self.servers.clone(),
         )
         .start();
-        self.actors
-            .insert(key, actor, DatabaseChild { uid, server });
+        self.actors.insert(key, actor, DatabaseChild { uid, server });
     }
 
     /// Tells the `Database`s of `server` that it changed.
@@ -146,9 +135,7 @@ impl ProvisionSupervisor {
         let key = (server.namespace().unwrap_or_default(), server.name_any());
         let version = server.resource_version().unwrap_or_default();
         let generation = server.metadata.generation;
-        let before = self
-            .checked
-            .insert(key.clone(), (version.clone(), generation));
+        let before = self.checked.insert(key.clone(), (version.clone(), generation));
         // Its own status writes change only the resourceVersion.
         if before.as_ref().map(|(_, g)| *g) != Some(generation) {
             self.tell(&key);
@@ -255,8 +242,5 @@ impl Handler<Shutdown> for ProvisionSupervisor {
 }
 
 fn key_of(database: &Database) -> Key {
-    (
-        database.namespace().unwrap_or_default(),
-        database.name_any(),
-    )
+    (database.namespace().unwrap_or_default(), database.name_any())
 }

@@ -48,13 +48,8 @@ impl QueryActor {
         };
         match spec.mode {
             ChangeDetectionMode::Timestamp => {
-                self.detection = Detection::Probing {
-                    last: None,
-                    failed: false,
-                };
-                ctx.run_later(spec.change_poll_interval.get(), |actor, ctx| {
-                    actor.probe(ctx)
-                });
+                self.detection = Detection::Probing { last: None, failed: false };
+                ctx.run_later(spec.change_poll_interval.get(), |actor, ctx| actor.probe(ctx));
             }
             ChangeDetectionMode::Notify => {
                 self.detection = Detection::Listening { subscribed: None };
@@ -123,11 +118,7 @@ impl QueryActor {
     /// connection of its connection identity.
     fn listen(&mut self, ctx: &mut Context<Self>) {
         let (Some(channel), Some(connection), Ok(config)) = (
-            self.dbqr
-                .spec
-                .change_detection
-                .as_ref()
-                .and_then(|cd| cd.channel.clone()),
+            self.dbqr.spec.change_detection.as_ref().and_then(|cd| cd.channel.clone()),
             self.connection.clone(),
             self.config.clone(),
         ) else {

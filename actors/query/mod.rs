@@ -78,9 +78,8 @@ impl QueryActor {
         (settings, connections): (Arc<Settings>, Connections),
         writer: WriterHandle,
     ) -> Self {
-        let config = PassConfig::new(&dbqr, &settings, &connections)
-            .map(Arc::new)
-            .map_err(Arc::new);
+        let config =
+            PassConfig::new(&dbqr, &settings, &connections).map(Arc::new).map_err(Arc::new);
         let status = status::StatusWrites::new(dbqr.status.clone());
         // What earlier lives of the operator wrote: the prune inventory.
         let managed = DatabaseQueryResourceStatus::managed_gvks(dbqr.status.as_ref());
@@ -249,9 +248,8 @@ impl QueryActor {
             return;
         }
         self.subscription(ctx, false);
-        if let Detection::Listening {
-            subscribed: Some(handle),
-        } = std::mem::replace(&mut self.detection, Detection::Off)
+        if let Detection::Listening { subscribed: Some(handle) } =
+            std::mem::replace(&mut self.detection, Detection::Off)
         {
             // Drops the subscription: the shared LISTEN connection closes
             // when its last subscriber is gone.

@@ -35,12 +35,7 @@ pub(super) struct StatusWrites {
 
 impl StatusWrites {
     pub(super) fn new(current: Option<DatabaseQueryResourceStatus>) -> Self {
-        Self {
-            current,
-            version: 0,
-            writing: None,
-            failures: 0,
-        }
+        Self { current, version: 0, writing: None, failures: 0 }
     }
 
     /// A write is waiting for the API server's answer.

@@ -106,11 +106,9 @@ impl QueryActor {
     /// while a pass holds the state (or before one made a pool) the
     /// objects wait for the end of the pass.
     fn flush_writebacks(&mut self, ctx: &mut Context<Self>) {
-        let (Ok(config), Some(state), Some(connection)) = (
-            self.config.clone(),
-            self.state.as_ref(),
-            self.connection.clone(),
-        ) else {
+        let (Ok(config), Some(state), Some(connection)) =
+            (self.config.clone(), self.state.as_ref(), self.connection.clone())
+        else {
             return;
         };
         let keys = std::mem::take(&mut self.writeback_queue.pending);

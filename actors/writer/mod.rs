@@ -190,9 +190,7 @@ impl KubeWriter {
         let config = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
         let events = reflector::reflector(
             writer,
-            watcher(api, config)
-                .default_backoff()
-                .modify(kube_api::trim_for_cache),
+            watcher(api, config).default_backoff().modify(kube_api::trim_for_cache),
         );
         let kind = gk.clone();
         ctx.add_stream(events.map(move |event| (kind.clone(), event)).boxed_local());
@@ -236,10 +234,7 @@ impl<T: Send + 'static> Handler<ApiCall<T>> for KubeWriter {
         let timeout = self.timeout;
         Box::pin(async move {
             let _admitted = request.admitted;
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .map_err(|_| KubeError::Closed)?;
+            let _permit = permits.acquire_owned().await.map_err(|_| KubeError::Closed)?;
             tokio::time::timeout(timeout, (request.call)(client?))
                 .await
                 .map_err(|_| KubeError::Timeout)?
@@ -307,10 +302,7 @@ impl Handler<Drain> for KubeWriter {
     }
 }
 
-type WatchItem = (
-    GroupKind,
-    Result<watcher::Event<DynamicObject>, watcher::Error>,
-);
+type WatchItem = (GroupKind, Result<watcher::Event<DynamicObject>, watcher::Error>);
 
 impl StreamHandler<WatchItem> for KubeWriter {
     fn handle(&mut self, (kind, event): WatchItem, _: &mut Context<Self>) {
@@ -359,10 +351,7 @@ impl WriterHandle {
     /// objects) are made as `user`; DBQR status, Events, finalizers and the
     /// watches stay the operator's.
     pub fn acting_as(&self, user: Option<String>) -> Self {
-        Self {
-            acting_as: user.map(Arc::from),
-            ..self.clone()
-        }
+        Self { acting_as: user.map(Arc::from), ..self.clone() }
     }
 
     /// A request with the operator's own rights.
@@ -487,19 +476,14 @@ impl Cluster for WriterHandle {
             return Ok(kinds.clone());
         }
         let kinds: Kinds = Arc::new(
-            self.request(|client| async move { kube_api::discover(&client).await })
-                .await?,
+            self.request(|client| async move { kube_api::discover(&client).await }).await?,
         );
         *cache = Some((kinds.clone(), std::time::Instant::now()));
         Ok(kinds)
     }
 
     async fn watch(&self, resource: &ApiResource) -> Result<(), KubeError> {
-        let ready = self
-            .addr
-            .send(Watch(resource.clone()))
-            .await
-            .map_err(|_| KubeError::Closed)?;
+        let ready = self.addr.send(Watch(resource.clone())).await.map_err(|_| KubeError::Closed)?;
         self.ready(ready).await
     }
 
@@ -630,12 +614,8 @@ impl Cluster for WriterHandle {
         name: &str,
         status: &Json,
     ) -> Result<(), KubeError> {
-        let (resource, namespace, name, status) = (
-            resource.clone(),
-            namespace.to_owned(),
-            name.to_owned(),
-            status.clone(),
-        );
+        let (resource, namespace, name, status) =
+            (resource.clone(), namespace.to_owned(), name.to_owned(), status.clone());
         self.request(|client| async move {
             kube_api::patch_status(&client, &resource, &namespace, &name, &status).await
         })
@@ -658,24 +638,12 @@ impl Cluster for WriterHandle {
     async fn set_finalizers(
         &self,
         resource: &ApiResource,
-        namespace: &str,
-        name: &str,
-        resource_version: Option<&str>,
+        seen: &ObjectMeta,
         finalizers: &[String],
     ) -> Result<(), KubeError> {
-        let (resource, namespace, name) = (resource.clone(), namespace.to_owned(), name.to_owned());
-        let (resource_version, finalizers) =
-            (resource_version.map(str::to_owned), finalizers.to_vec());
+        let (resource, seen, finalizers) = (resource.clone(), seen.clone(), finalizers.to_vec());
         self.request(|client| async move {
-            kube_api::set_finalizers(
-                &client,
-                &resource,
-                &namespace,
-                &name,
-                resource_version.as_deref(),
-                &finalizers,
-            )
-            .await
+            kube_api::set_finalizers(&client, &resource, &seen, &finalizers).await
         })
         .await
     }
@@ -756,13 +724,8 @@ mod tests {
             gate.notify_one();
             let mut answers = Vec::new();
             for caller in callers {
-                answers.push(
-                    tokio::time::timeout(DEADLINE, caller)
-                        .await
-                        .unwrap()
-                        .unwrap()
-                        .unwrap(),
-                );
+                answers
+                    .push(tokio::time::timeout(DEADLINE, caller).await.unwrap().unwrap().unwrap());
             }
             answers.sort_unstable();
             assert_eq!(answers, vec![0, 1, 2]);

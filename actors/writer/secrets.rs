@@ -85,15 +85,8 @@ impl KubeWriter {
             stores.insert(key.clone(), store);
         }
         let (ready, waiting) = tokio::sync::watch::channel(false);
-        self.secrets.insert(
-            key,
-            WatchedSecret {
-                ready,
-                lists: 0,
-                stream,
-                subscribers: Vec::new(),
-            },
-        );
+        self.secrets
+            .insert(key, WatchedSecret { ready, lists: 0, stream, subscribers: Vec::new() });
         waiting
     }
 

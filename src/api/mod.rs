@@ -74,10 +74,7 @@ pub struct DatabaseQueryResourceSpec {
     pub max_row_bytes: u64,
     /// A result larger than this many bytes in all is an error: nothing is applied and nothing is pruned.
     #[serde(default = "default_max_result_bytes")]
-    #[schemars(
-        default = "default_max_result_bytes",
-        range(min = 1024, max = 1_073_741_824)
-    )]
+    #[schemars(default = "default_max_result_bytes", range(min = 1024, max = 1_073_741_824))]
     pub max_result_bytes: u64,
     /// Handlebars template rendered once per row into zero, one or several YAML documents.
     /// Context: `Row` (the row's columns) and `Metadata` (`Name`, `Namespace`, `Labels`, `Annotations`, `Uid` of this DBQR).
@@ -280,11 +277,7 @@ impl DatabaseQueryResourceStatus {
     /// The kinds in `managedKinds` (the prune inventory earlier passes wrote);
     /// an entry that does not parse is skipped.
     pub fn managed_gvks(status: Option<&Self>) -> std::collections::BTreeSet<crate::kube_api::Gvk> {
-        status
-            .iter()
-            .flat_map(|s| &s.managed_kinds)
-            .filter_map(|k| k.parse().ok())
-            .collect()
+        status.iter().flat_map(|s| &s.managed_kinds).filter_map(|k| k.parse().ok()).collect()
     }
 }
 

@@ -2,10 +2,7 @@
 //! names of rendered objects and of what a spec names.
 
 fn label_chars_problem(s: &str) -> Option<&'static str> {
-    if !s
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
+    if !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
         return Some("only lower-case letters, digits and '-' are allowed");
     }
     if s.starts_with('-') || s.ends_with('-') {

@@ -115,10 +115,7 @@ pub struct PasswordPolicy {
 
 impl Default for PasswordPolicy {
     fn default() -> Self {
-        Self {
-            length: default_password_length(),
-            alphabet: default_alphabet(),
-        }
+        Self { length: default_password_length(), alphabet: default_alphabet() }
     }
 }
 

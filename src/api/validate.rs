@@ -9,17 +9,9 @@ use super::{ChangeDetectionMode, DatabaseQueryResourceSpec, Duration};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     #[error("spec.{field} is {value}; it must be between {min} and {max}")]
-    DurationOutOfRange {
-        field: &'static str,
-        value: Duration,
-        min: Duration,
-        max: Duration,
-    },
+    DurationOutOfRange { field: &'static str, value: Duration, min: Duration, max: Duration },
     #[error("spec.changeDetection.{field} is required in {mode} mode")]
-    MissingChangeDetectionField {
-        field: &'static str,
-        mode: &'static str,
-    },
+    MissingChangeDetectionField { field: &'static str, mode: &'static str },
     #[error(
         "spec.changeDetection.channel {0:?} is not a valid PostgreSQL channel name (1-63 bytes)"
     )]
@@ -112,10 +104,8 @@ impl DatabaseQueryResourceSpec {
         if self.template.trim().is_empty() {
             push(Err(SpecError::EmptyTemplate));
         }
-        if let Some(problem) = self
-            .service_account_name
-            .as_deref()
-            .and_then(super::names::dns_subdomain_problem)
+        if let Some(problem) =
+            self.service_account_name.as_deref().and_then(super::names::dns_subdomain_problem)
         {
             push(Err(SpecError::InvalidServiceAccount(problem)));
         }
@@ -123,10 +113,9 @@ impl DatabaseQueryResourceSpec {
             match cd.mode {
                 ChangeDetectionMode::Timestamp => {
                     push(CHANGE_POLL_INTERVAL.check(cd.change_poll_interval));
-                    for (field, value) in [
-                        ("tableName", &cd.table_name),
-                        ("timestampColumn", &cd.timestamp_column),
-                    ] {
+                    for (field, value) in
+                        [("tableName", &cd.table_name), ("timestampColumn", &cd.timestamp_column)]
+                    {
                         if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
                             push(Err(SpecError::MissingChangeDetectionField {
                                 field,

@@ -48,11 +48,7 @@ pub enum Command {
 /// Runs the parsed command; returns the process exit code. `operator` runs
 /// the `run` subcommand: the actor system lives outside this crate.
 pub fn run(cli: Cli, operator: impl FnOnce(RunArgs) -> i32) -> i32 {
-    let tokio = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
+    let tokio = || tokio::runtime::Builder::new_current_thread().enable_all().build();
     match cli.command {
         Command::Crd { plural } => {
             print!("{}", crd_yaml_of(&plural).unwrap_or_default());

@@ -38,9 +38,6 @@ impl PolicyArgs {
                     .collect(),
             )
         };
-        Ok(ObjectPolicy {
-            allowed_kinds,
-            extra_namespaces,
-        })
+        Ok(ObjectPolicy { allowed_kinds, extra_namespaces })
     }
 }

@@ -53,13 +53,7 @@ pub enum DbqrFileError {
 pub fn load_dbqr(text: &str) -> Result<(DatabaseQueryResource, RowTemplate), DbqrFileError> {
     let value: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| DbqrFileError::Yaml(e.to_string()))?;
-    let field = |k: &str| {
-        value
-            .get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_owned()
-    };
+    let field = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
     let (api_version, kind) = (field("apiVersion"), field("kind"));
     if api_version != "dbqo.dev/v1alpha1" || kind != "DatabaseQueryResource" {
         return Err(DbqrFileError::WrongKind { api_version, kind });
@@ -111,9 +105,8 @@ async fn rows_from(
         max_result_bytes: dbqr.spec.max_result_bytes,
         statement_timeout: dbqr.spec.database.statement_timeout.get(),
     };
-    let result = db::run_query(&mut client, &dbqr.spec.query, &options)
-        .await
-        .map_err(|e| e.to_string())?;
+    let result =
+        db::run_query(&mut client, &dbqr.spec.query, &options).await.map_err(|e| e.to_string())?;
     Ok(result.rows)
 }
 
@@ -159,11 +152,7 @@ pub(super) async fn run(args: RenderArgs) -> i32 {
         eprintln!("error: {who}: {}: {}", failure.row, failure.error);
     }
     if outcome.is_complete() {
-        eprintln!(
-            "{who}: {} rows, {} objects",
-            rows.len(),
-            outcome.objects.len()
-        );
+        eprintln!("{who}: {} rows, {} objects", rows.len(), outcome.objects.len());
         0
     } else {
         eprintln!(

@@ -63,25 +63,13 @@ pub struct RunArgs {
     #[arg(long, env = "DBQO_LEADER_ELECTION_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
     /// Name of the Lease.
-    #[arg(
-        long,
-        env = "DBQO_LEADER_ELECTION_ID",
-        default_value = "db-query-operator"
-    )]
+    #[arg(long, env = "DBQO_LEADER_ELECTION_ID", default_value = "db-query-operator")]
     pub leader_election_id: String,
     /// Seconds a lease is good for without renewal.
-    #[arg(
-        long,
-        env = "DBQO_LEADER_ELECTION_LEASE_DURATION",
-        default_value_t = 15
-    )]
+    #[arg(long, env = "DBQO_LEADER_ELECTION_LEASE_DURATION", default_value_t = 15)]
     pub leader_election_lease_duration: u64,
     /// Seconds a leader keeps trying to renew before it stops.
-    #[arg(
-        long,
-        env = "DBQO_LEADER_ELECTION_RENEW_DEADLINE",
-        default_value_t = 10
-    )]
+    #[arg(long, env = "DBQO_LEADER_ELECTION_RENEW_DEADLINE", default_value_t = 10)]
     pub leader_election_renew_deadline: u64,
     /// Seconds between tries to acquire or renew the lease.
     #[arg(long, env = "DBQO_LEADER_ELECTION_RETRY_PERIOD", default_value_t = 2)]
@@ -94,10 +82,7 @@ const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/
 impl RunArgs {
     /// The process-level settings: HTTP endpoints and leader election.
     pub fn operations(&self) -> Result<Operations, ConfigError> {
-        let leader_election = self
-            .leader_elect
-            .then(|| self.leader_election())
-            .transpose()?;
+        let leader_election = self.leader_elect.then(|| self.leader_election()).transpose()?;
         Ok(Operations {
             metrics: bind_address("metrics-bind-address", &self.metrics_bind_address)?,
             health: bind_address("health-probe-bind-address", &self.health_probe_bind_address)?,

@@ -54,11 +54,7 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn new(status: Status, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            reason,
-            message: truncate(message.into()),
-        }
+        Self { status, reason, message: truncate(message.into()) }
     }
 
     /// `Ready`, True.
@@ -146,26 +142,11 @@ mod tests {
     fn the_transition_time_is_kept_while_the_status_holds() {
         let first = condition(None, "Ready", &Verdict::failed("A", "a"), Some(1), &time(1));
         assert_eq!(first.status, "False");
-        let same = condition(
-            Some(&first),
-            "Ready",
-            &Verdict::failed("B", "b"),
-            Some(1),
-            &time(2),
-        );
+        let same = condition(Some(&first), "Ready", &Verdict::failed("B", "b"), Some(1), &time(2));
         assert_eq!(same.last_transition_time, time(1), "False to False");
-        let flipped = condition(
-            Some(&same),
-            "Ready",
-            &Verdict::ready("ok"),
-            Some(2),
-            &time(3),
-        );
+        let flipped = condition(Some(&same), "Ready", &Verdict::ready("ok"), Some(2), &time(3));
         assert_eq!(
-            (
-                flipped.status.as_str(),
-                flipped.last_transition_time.clone()
-            ),
+            (flipped.status.as_str(), flipped.last_transition_time.clone()),
             ("True", time(3))
         );
         assert_eq!(Status::of(&flipped), Status::True);
@@ -175,10 +156,7 @@ mod tests {
     fn an_event_only_for_a_new_reason() {
         let before = condition(None, "Ready", &Verdict::failed("A", "a"), None, &time(1));
         let again = Verdict::failed("A", "other words");
-        assert_eq!(
-            event_on_new_reason(Some(&before), &again, Status::False, String::new()),
-            None
-        );
+        assert_eq!(event_on_new_reason(Some(&before), &again, Status::False, String::new()), None);
         let event = event_on_new_reason(
             Some(&before),
             &Verdict::failed("B", "b"),

@@ -58,11 +58,7 @@ async fn change<W: Cluster>(
         } else {
             finalizers.retain(|f| f != FINALIZER);
         }
-        let version = current.resource_version.as_deref();
-        match writer
-            .set_finalizers(resource, &namespace, &name, version, &finalizers)
-            .await
-        {
+        match writer.set_finalizers(resource, &current, &finalizers).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) if e.is_conflict() && rereads < REREADS => {

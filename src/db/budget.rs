@@ -101,10 +101,7 @@ pub struct Server {
 
 impl ConnectionBudget {
     pub fn new(per_server: usize) -> Self {
-        Self {
-            per_server: per_server.max(1),
-            servers: Arc::default(),
-        }
+        Self { per_server: per_server.max(1), servers: Arc::default() }
     }
 
     pub fn per_server(&self) -> usize {
@@ -131,10 +128,7 @@ impl ConnectionBudget {
     /// Connections open now, per server the operator has talked to.
     pub fn snapshot(&self) -> Vec<(ServerKey, usize)> {
         let servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-        servers
-            .iter()
-            .map(|(key, server)| (key.clone(), server.in_use()))
-            .collect()
+        servers.iter().map(|(key, server)| (key.clone(), server.in_use())).collect()
     }
 
     /// Connections open to `key`'s server now.
@@ -239,12 +233,7 @@ mod tests {
     }
 
     fn key(user: &str) -> ServerKey {
-        ServerKey {
-            host: "db".into(),
-            port: 5432,
-            dbname: "app".into(),
-            user: user.into(),
-        }
+        ServerKey { host: "db".into(), port: 5432, dbname: "app".into(), user: user.into() }
     }
 
     #[tokio::test]
@@ -259,11 +248,7 @@ mod tests {
             "a third waits, then gives up"
         );
         // Another identity has its own budget.
-        assert!(budget
-            .server(&key("other"))
-            .acquire(Duration::ZERO)
-            .await
-            .is_some());
+        assert!(budget.server(&key("other")).acquire(Duration::ZERO).await.is_some());
         // A slot given back goes to the next waiter.
         let waiter = tokio::spawn({
             let server = server.clone();
@@ -276,17 +261,11 @@ mod tests {
 
     #[test]
     fn the_identity_is_host_port_database_and_user() {
-        let config: tokio_postgres::Config = "host=db port=6432 dbname=app user=u password=secret"
-            .parse()
-            .unwrap();
+        let config: tokio_postgres::Config =
+            "host=db port=6432 dbname=app user=u password=secret".parse().unwrap();
         assert_eq!(
             ServerKey::of(&config),
-            ServerKey {
-                host: "db".into(),
-                port: 6432,
-                dbname: "app".into(),
-                user: "u".into()
-            }
+            ServerKey { host: "db".into(), port: 6432, dbname: "app".into(), user: "u".into() }
         );
     }
 }

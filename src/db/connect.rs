@@ -63,12 +63,10 @@ fn verification(info: &ConnInfo) -> Result<Verify, ConnectError> {
     let mode = info.effective_ssl_mode();
     let roots = match &info.root_cert {
         Some(RootCert::Pem(pem)) => Some(Some(pem.clone())),
-        Some(RootCert::File(path)) => Some(Some(read_root_cert(path).map_err(|source| {
-            ConnectError::ReadRootCert {
-                path: path.clone(),
-                source,
-            }
-        })?)),
+        Some(RootCert::File(path)) => Some(Some(
+            read_root_cert(path)
+                .map_err(|source| ConnectError::ReadRootCert { path: path.clone(), source })?,
+        )),
         Some(RootCert::System) => Some(None),
         None => None,
     };
@@ -91,9 +89,7 @@ const MAX_ROOT_CERT_BYTES: u64 = 1 << 20;
 fn read_root_cert(path: &str) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut pem = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_ROOT_CERT_BYTES + 1)
-        .read_to_end(&mut pem)?;
+    std::fs::File::open(path)?.take(MAX_ROOT_CERT_BYTES + 1).read_to_end(&mut pem)?;
     if pem.len() as u64 > MAX_ROOT_CERT_BYTES {
         return Err(std::io::Error::other("larger than 1 MiB"));
     }
@@ -123,9 +119,7 @@ pub fn tls_connector(info: &ConnInfo) -> Result<MakeTlsConnector, ConnectError> 
             );
         }
     }
-    Ok(MakeTlsConnector::new(
-        builder.build().map_err(ConnectError::Tls)?,
-    ))
+    Ok(MakeTlsConnector::new(builder.build().map_err(ConnectError::Tls)?))
 }
 
 fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
@@ -133,9 +127,7 @@ fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
     const END: &str = "-----END CERTIFICATE-----";
     text.split_inclusive(END)
         .filter_map(|chunk| {
-            chunk
-                .find("-----BEGIN CERTIFICATE-----")
-                .map(|i| chunk.as_bytes()[i..].to_vec())
+            chunk.find("-----BEGIN CERTIFICATE-----").map(|i| chunk.as_bytes()[i..].to_vec())
         })
         .collect()
 }
@@ -292,16 +284,12 @@ mod tests {
             "system roots verify fully by default"
         );
         assert_eq!(
-            rule(&info(
-                "postgresql://u@h/d?sslrootcert=system&sslmode=verify-full"
-            )),
+            rule(&info("postgresql://u@h/d?sslrootcert=system&sslmode=verify-full")),
             Ok("full, system store")
         );
         for weak in ["require", "verify-ca"] {
-            let err = rule(&info(&format!(
-                "postgresql://u@h/d?sslrootcert=system&sslmode={weak}"
-            )))
-            .unwrap_err();
+            let err = rule(&info(&format!("postgresql://u@h/d?sslrootcert=system&sslmode={weak}")))
+                .unwrap_err();
             assert!(err.contains("needs sslmode=verify-full"), "{err}");
         }
     }

@@ -132,11 +132,7 @@ impl FromStr for ConnInfo {
             split_key_value(s)?
         };
         let config = tokio_postgres::Config::from_str(&rest).map_err(|e| parse_error(&e))?;
-        let mut info = ConnInfo {
-            config,
-            ssl_mode: SslMode::default(),
-            root_cert: None,
-        };
+        let mut info = ConnInfo { config, ssl_mode: SslMode::default(), root_cert: None };
         for (key, value) in tls {
             match key.as_str() {
                 "sslmode" => info.ssl_mode = value.parse()?,
@@ -205,11 +201,7 @@ fn split_uri(s: &str) -> Result<Split, ConnInfoError> {
             kept.push(pair);
         }
     }
-    let rest = if kept.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
+    let rest = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
     Ok((rest, tls))
 }
 
@@ -283,10 +275,7 @@ mod tests {
         assert_eq!(info.config.get_dbname(), Some("main"));
         assert_eq!(info.config.get_ports(), &[6432]);
         assert_eq!(info.config.get_application_name(), Some("dbqo"));
-        assert_eq!(
-            info.config.get_connect_timeout(),
-            Some(&std::time::Duration::from_secs(7))
-        );
+        assert_eq!(info.config.get_connect_timeout(), Some(&std::time::Duration::from_secs(7)));
         assert_eq!(info.config.get_options(), Some("-c search_path=app"));
     }
 
@@ -306,9 +295,7 @@ mod tests {
     fn defaults_to_prefer_and_refuses_unknown_modes() {
         let info: ConnInfo = "postgresql://u@h/d".parse().unwrap();
         assert_eq!(info.ssl_mode, SslMode::Prefer);
-        let err = "postgresql://u@h/d?sslmode=m4rker"
-            .parse::<ConnInfo>()
-            .unwrap_err();
+        let err = "postgresql://u@h/d?sslmode=m4rker".parse::<ConnInfo>().unwrap_err();
         assert!(err.to_string().contains("unsupported sslmode"), "{err}");
         assert!(!err.to_string().contains("m4rker"), "{err}");
     }
@@ -317,19 +304,13 @@ mod tests {
     fn parameters_that_read_files_are_refused_by_name() {
         for (text, key) in [
             ("postgresql://u@h/d?sslkey=/etc/shadow", "sslkey"),
-            (
-                "postgresql://u@h/d?application_name=x&sslcert=/m4rker",
-                "sslcert",
-            ),
+            ("postgresql://u@h/d?application_name=x&sslcert=/m4rker", "sslcert"),
             ("host=h user=u passfile=/m4rker", "passfile"),
             ("service=m4rker", "service"),
             ("postgresql://u@h/d?sslcrl=/m4rker", "sslcrl"),
         ] {
             let err = text.parse::<ConnInfo>().unwrap_err();
-            assert!(
-                matches!(err, ConnInfoError::FileParameter(k) if k == key),
-                "{text}: {err}"
-            );
+            assert!(matches!(err, ConnInfoError::FileParameter(k) if k == key), "{text}: {err}");
             assert!(!err.to_string().contains("m4rker"), "{err}");
         }
     }

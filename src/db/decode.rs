@@ -151,10 +151,8 @@ fn float(f: f64) -> Value {
 
 fn decode_array(element: &Type, raw: &[u8]) -> Result<Value, BoxError> {
     let array = wire::array_from_sql(raw)?;
-    let dims: Vec<usize> = array
-        .dimensions()
-        .map(|d| Ok(usize::try_from(d.len).unwrap_or(0)))
-        .collect()?;
+    let dims: Vec<usize> =
+        array.dimensions().map(|d| Ok(usize::try_from(d.len).unwrap_or(0))).collect()?;
     let values: Vec<Value> = array
         .values()
         .map(|v| match v {
@@ -189,14 +187,7 @@ fn nest(dims: &[usize], values: &mut std::vec::IntoIter<Value>) -> Value {
 
 fn uuid_to_string(b: [u8; 16]) -> String {
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 fn pg_epoch() -> NaiveDateTime {
@@ -228,10 +219,7 @@ fn date(days: i32) -> Value {
     match days {
         i32::MAX => Value::String("infinity".into()),
         i32::MIN => Value::String("-infinity".into()),
-        _ => match pg_epoch()
-            .date()
-            .checked_add_signed(ChronoDuration::days(i64::from(days)))
-        {
+        _ => match pg_epoch().date().checked_add_signed(ChronoDuration::days(i64::from(days))) {
             Some(d) => Value::String(d.format("%Y-%m-%d").to_string()),
             None => Value::String(days.to_string()),
         },
@@ -281,11 +269,8 @@ fn interval_to_iso8601(raw: &[u8]) -> Result<String, BoxError> {
     let sub_minute = micros % 60_000_000;
 
     let mut out = String::from("P");
-    for (value, unit) in [
-        (i64::from(years), 'Y'),
-        (i64::from(months), 'M'),
-        (i64::from(days), 'D'),
-    ] {
+    for (value, unit) in [(i64::from(years), 'Y'), (i64::from(months), 'M'), (i64::from(days), 'D')]
+    {
         if value != 0 {
             out.push_str(&format!("{value}{unit}"));
         }
@@ -334,9 +319,7 @@ fn inet_to_string(ty: &Type, raw: &[u8]) -> Result<String, BoxError> {
 /// scale; printing it exactly avoids any float rounding.
 fn numeric_to_string(raw: &[u8]) -> Result<String, BoxError> {
     let header = |i: usize| -> Result<u16, BoxError> {
-        Ok(u16::from_be_bytes(
-            raw.get(i..i + 2).ok_or("numeric too short")?.try_into()?,
-        ))
+        Ok(u16::from_be_bytes(raw.get(i..i + 2).ok_or("numeric too short")?.try_into()?))
     };
     let ndigits = header(0)? as usize;
     let weight = header(2)? as i16 as i32;
@@ -349,17 +332,12 @@ fn numeric_to_string(raw: &[u8]) -> Result<String, BoxError> {
         0xF000 => return Ok("-Infinity".into()),
         _ => return Err("invalid numeric sign".into()),
     }
-    let digits = (0..ndigits)
-        .map(|i| header(8 + 2 * i))
-        .collect::<Result<Vec<u16>, _>>()?;
+    let digits = (0..ndigits).map(|i| header(8 + 2 * i)).collect::<Result<Vec<u16>, _>>()?;
     if digits.iter().any(|&d| d > 9999) {
         return Err("invalid numeric digit".into());
     }
     let digit_at = |pos: i32| -> u16 {
-        usize::try_from(pos)
-            .ok()
-            .and_then(|p| digits.get(p).copied())
-            .unwrap_or(0)
+        usize::try_from(pos).ok().and_then(|p| digits.get(p).copied()).unwrap_or(0)
     };
 
     let mut out = String::new();
@@ -419,10 +397,7 @@ mod tests {
         assert_eq!(ok, serde_json::json!([[1, 2], [3, 4]]));
         // Outer dimensions that would loop 2^31 times around an empty one.
         for dims in [&[65536, 32768, 0][..], &[-1, 2][..], &[0][..]] {
-            assert!(
-                decode_array(&Type::INT4, &int4_array(dims, &[])).is_err(),
-                "{dims:?}"
-            );
+            assert!(decode_array(&Type::INT4, &int4_array(dims, &[])).is_err(), "{dims:?}");
         }
     }
 
@@ -477,14 +452,8 @@ mod tests {
 
     #[test]
     fn timestamps_use_rfc3339_and_keep_infinity() {
-        assert_eq!(
-            timestamp(0, true),
-            Value::String("2000-01-01T00:00:00Z".into())
-        );
-        assert_eq!(
-            timestamp(1_500_000, false),
-            Value::String("2000-01-01T00:00:01.500".into())
-        );
+        assert_eq!(timestamp(0, true), Value::String("2000-01-01T00:00:00Z".into()));
+        assert_eq!(timestamp(1_500_000, false), Value::String("2000-01-01T00:00:01.500".into()));
         assert_eq!(timestamp(i64::MAX, true), Value::String("infinity".into()));
         assert_eq!(date(-1), Value::String("1999-12-31".into()));
     }

@@ -49,10 +49,7 @@ type HubKey = (ServerKey, [u8; 32]);
 
 fn hub_key(info: &ConnInfo) -> HubKey {
     use sha2::{Digest, Sha256};
-    (
-        ServerKey::of(&info.config),
-        Sha256::digest(settings(info)).into(),
-    )
+    (ServerKey::of(&info.config), Sha256::digest(settings(info)).into())
 }
 
 type Hubs = Arc<Mutex<HashMap<HubKey, mpsc::UnboundedSender<Command>>>>;
@@ -74,24 +71,15 @@ pub struct ChannelSubscription {
 
 impl Drop for ChannelSubscription {
     fn drop(&mut self) {
-        let _ = self.hub.send(Command::Unsubscribe {
-            id: self.id,
-            channel: std::mem::take(&mut self.channel),
-        });
+        let _ = self
+            .hub
+            .send(Command::Unsubscribe { id: self.id, channel: std::mem::take(&mut self.channel) });
     }
 }
 
 enum Command {
-    Subscribe {
-        id: u64,
-        channel: String,
-        info: Box<ConnInfo>,
-        notices: mpsc::Sender<Notice>,
-    },
-    Unsubscribe {
-        id: u64,
-        channel: String,
-    },
+    Subscribe { id: u64, channel: String, info: Box<ConnInfo>, notices: mpsc::Sender<Notice> },
+    Unsubscribe { id: u64, channel: String },
 }
 
 impl std::fmt::Debug for Listeners {
@@ -110,39 +98,24 @@ impl Listeners {
         budget: &ConnectionBudget,
     ) -> ChannelSubscription {
         let key = hub_key(info);
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Notices only mean "run a pass": one pending is as good as many.
         let (tx, notices) = mpsc::channel(1);
         let mut hubs = self.hubs.lock().unwrap_or_else(|e| e.into_inner());
-        let hub = hubs
-            .get(&key)
-            .filter(|hub| !hub.is_closed())
-            .cloned()
-            .unwrap_or_else(|| {
-                let (hub, commands) = mpsc::unbounded_channel();
-                let registry = Registry {
-                    hubs: self.hubs.clone(),
-                    key: key.clone(),
-                    hub: hub.clone(),
-                };
-                tokio::spawn(run_hub(registry, budget.clone(), commands));
-                hubs.insert(key.clone(), hub.clone());
-                hub
-            });
+        let hub = hubs.get(&key).filter(|hub| !hub.is_closed()).cloned().unwrap_or_else(|| {
+            let (hub, commands) = mpsc::unbounded_channel();
+            let registry = Registry { hubs: self.hubs.clone(), key: key.clone(), hub: hub.clone() };
+            tokio::spawn(run_hub(registry, budget.clone(), commands));
+            hubs.insert(key.clone(), hub.clone());
+            hub
+        });
         let _ = hub.send(Command::Subscribe {
             id,
             channel: channel.to_owned(),
             info: Box::new(info.clone()),
             notices: tx,
         });
-        ChannelSubscription {
-            notices,
-            id,
-            channel: channel.to_owned(),
-            hub,
-        }
+        ChannelSubscription { notices, id, channel: channel.to_owned(), hub }
     }
 }
 
@@ -166,11 +139,7 @@ impl Registry {
         while let Ok(command) = commands.try_recv() {
             pending.push(command);
         }
-        if pending.is_empty()
-            && hubs
-                .get(&self.key)
-                .is_some_and(|h| h.same_channel(&self.hub))
-        {
+        if pending.is_empty() && hubs.get(&self.key).is_some_and(|h| h.same_channel(&self.hub)) {
             hubs.remove(&self.key);
         }
         pending
@@ -183,13 +152,7 @@ async fn run_hub(
     budget: ConnectionBudget,
     commands: mpsc::UnboundedReceiver<Command>,
 ) {
-    let mut hub = Hub {
-        registry,
-        commands,
-        channels: HashMap::new(),
-        info: None,
-        failures: 0,
-    };
+    let mut hub = Hub { registry, commands, channels: HashMap::new(), info: None, failures: 0 };
     while hub.gather().await {
         let Some(slot) = budget.server(&hub.registry.key.0).acquire(SLOT_WAIT).await else {
             tracing::info!("no connection slot for the LISTEN connection yet");
@@ -261,19 +224,13 @@ impl Hub {
     /// (`None`): notifications to their subscribers, commands applied, a
     /// ping every `PING` (a half-open connection answers none).
     async fn serve(&mut self, connection: SharedListener) -> Option<&'static str> {
-        tracing::info!(
-            channels = self.channels.len(),
-            "listening for notifications"
-        );
+        tracing::info!(channels = self.channels.len(), "listening for notifications");
         for subscribers in self.channels.values() {
             for (_, tx) in subscribers {
                 let _ = tx.try_send(Notice::Listening);
             }
         }
-        let SharedListener {
-            client,
-            mut notifications,
-        } = connection;
+        let SharedListener { client, mut notifications } = connection;
         let mut ping = tokio::time::interval(PING);
         ping.tick().await;
         loop {
@@ -307,12 +264,7 @@ impl Hub {
 
 /// What identifies the connection settings (a changed Secret changes them).
 fn settings(info: &ConnInfo) -> String {
-    format!(
-        "{:?}{:?}{:?}",
-        info.config.get_password(),
-        info.ssl_mode,
-        info.root_cert
-    )
+    format!("{:?}{:?}{:?}", info.config.get_password(), info.ssl_mode, info.root_cert)
 }
 
 /// Applies a command; on a live connection, LISTENs or UNLISTENs as needed.
@@ -323,12 +275,7 @@ async fn apply(
     client: Option<&tokio_postgres::Client>,
 ) {
     match command {
-        Command::Subscribe {
-            id,
-            channel,
-            info: newer,
-            notices,
-        } => {
+        Command::Subscribe { id, channel, info: newer, notices } => {
             *info = Some(*newer);
             let subscribers = channels.entry(channel.clone()).or_default();
             if let Some(client) = client {
@@ -351,9 +298,8 @@ async fn apply(
             if subscribers.is_empty() {
                 channels.remove(&channel);
                 if let Some(client) = client {
-                    let _ = client
-                        .batch_execute(&format!("UNLISTEN {}", quote_ident(&channel)))
-                        .await;
+                    let _ =
+                        client.batch_execute(&format!("UNLISTEN {}", quote_ident(&channel))).await;
                 }
             }
         }
@@ -396,21 +342,15 @@ async fn connect<'a>(
 ) -> Result<SharedListener, ConnectError> {
     let mut config = wire_config(info);
     // Told apart from the pools' connections in pg_stat_activity.
-    let name = format!(
-        "{} (listen)",
-        info.config
-            .get_application_name()
-            .unwrap_or("db-query-operator")
-    );
+    let name =
+        format!("{} (listen)", info.config.get_application_name().unwrap_or("db-query-operator"));
     config.application_name(&name);
     config.keepalives(true);
     config.keepalives_idle(Duration::from_secs(20));
     config.keepalives_interval(Duration::from_secs(5));
     config.keepalives_retries(4);
-    let (client, mut connection) = config
-        .connect(tls_connector(info)?)
-        .await
-        .map_err(|e| connect_error(&e))?;
+    let (client, mut connection) =
+        config.connect(tls_connector(info)?).await.map_err(|e| connect_error(&e))?;
     // Unbounded: dropping one channel's notification because another's
     // flooded the buffer would lose a change; the hub drains it at once.
     let (tx, notifications) = mpsc::unbounded_channel();
@@ -422,25 +362,14 @@ async fn connect<'a>(
                     let _ = tx.send(n.channel().to_owned());
                 }
                 Ok(AsyncMessage::Notice(notice)) => {
-                    tracing::debug!(
-                        code = notice.code().code(),
-                        "notice on the LISTEN connection"
-                    );
+                    tracing::debug!(code = notice.code().code(), "notice on the LISTEN connection");
                 }
                 Ok(_) => {}
                 Err(_) => break,
             }
         }
     });
-    let statements: String = channels
-        .map(|c| format!("LISTEN {};", quote_ident(c)))
-        .collect();
-    client
-        .batch_execute(&statements)
-        .await
-        .map_err(|e| connect_error(&e))?;
-    Ok(SharedListener {
-        client,
-        notifications,
-    })
+    let statements: String = channels.map(|c| format!("LISTEN {};", quote_ident(c))).collect();
+    client.batch_execute(&statements).await.map_err(|e| connect_error(&e))?;
+    Ok(SharedListener { client, notifications })
 }

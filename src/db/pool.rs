@@ -80,11 +80,7 @@ pub async fn checkout(pool: &Pool) -> Result<Checkout, PoolGetError> {
         .map_err(|_| managed::PoolError::Timeout(managed::TimeoutType::Wait))?
         .map_err(|_| managed::PoolError::Closed)?;
     let object = pool.shared.get().await?;
-    Ok(Checkout {
-        object: Some(object),
-        server: pool.shared.manager().server.clone(),
-        _own: own,
-    })
+    Ok(Checkout { object: Some(object), server: pool.shared.manager().server.clone(), _own: own })
 }
 
 impl Deref for Checkout {
@@ -146,16 +142,10 @@ impl managed::Manager for BudgetedManager {
     type Error = PoolConnectError;
 
     async fn create(&self) -> Result<Budgeted, PoolConnectError> {
-        let slot = self
-            .server
-            .acquire(self.wait)
-            .await
-            .ok_or(PoolConnectError::Budget(self.wait))?;
+        let slot =
+            self.server.acquire(self.wait).await.ok_or(PoolConnectError::Budget(self.wait))?;
         let client = managed::Manager::create(&self.inner).await?;
-        Ok(Budgeted {
-            client,
-            _slot: slot,
-        })
+        Ok(Budgeted { client, _slot: slot })
     }
 
     async fn recycle(
@@ -163,12 +153,12 @@ impl managed::Manager for BudgetedManager {
         object: &mut Budgeted,
         metrics: &Metrics,
     ) -> RecycleResult<PoolConnectError> {
-        managed::Manager::recycle(&self.inner, &mut object.client, metrics)
-            .await
-            .map_err(|e| match e {
+        managed::Manager::recycle(&self.inner, &mut object.client, metrics).await.map_err(|e| {
+            match e {
                 managed::RecycleError::Message(m) => managed::RecycleError::Message(m),
                 managed::RecycleError::Backend(e) => managed::RecycleError::Backend(e.into()),
-            })
+            }
+        })
     }
 
     fn detach(&self, object: &mut Budgeted) {
@@ -203,10 +193,7 @@ pub fn build_pool(
 /// configuration, password included (hashed, so the key holds no secret).
 fn settings_key(info: &ConnInfo) -> String {
     let mut hash = Sha256::new();
-    hash.update(format!(
-        "{:?}|{:?}|{:?}",
-        info.config, info.ssl_mode, info.root_cert
-    ));
+    hash.update(format!("{:?}|{:?}|{:?}", info.config, info.ssl_mode, info.root_cert));
     hash.update(info.config.get_password().unwrap_or_default());
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -222,18 +209,10 @@ fn shared_pool(
     let server = budget.server(&ServerKey::of(&config));
     let inner = Manager::from_connect(
         config,
-        PoolConnect {
-            tls: tls_connector(info)?,
-        },
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Clean,
-        },
+        PoolConnect { tls: tls_connector(info)? },
+        ManagerConfig { recycling_method: RecyclingMethod::Clean },
     );
-    let manager = BudgetedManager {
-        inner,
-        server: server.clone(),
-        wait: budget_wait,
-    };
+    let manager = BudgetedManager { inner, server: server.clone(), wait: budget_wait };
     // No create timeout here: connecting has its own (connect_timeout) and
     // waiting for a slot its own (budget_wait).
     let pool = SharedPool::builder(manager)

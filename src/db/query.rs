@@ -71,9 +71,9 @@ impl QueryError {
             Self::TooManyRows(_) => crate::reason::TOO_MANY_ROWS,
             Self::ResultTooLarge(_) => crate::reason::RESULT_TOO_LARGE,
             // 57014 query_canceled: what statement_timeout raises.
-            Self::Statement {
-                code: Some(code), ..
-            } if code == "57014" => crate::reason::QUERY_TIMEOUT,
+            Self::Statement { code: Some(code), .. } if code == "57014" => {
+                crate::reason::QUERY_TIMEOUT
+            }
             Self::Decode(_) => crate::reason::DECODE_FAILED,
             Self::Setup { .. } => crate::reason::SETUP_STATEMENT_REFUSED,
             _ => crate::reason::QUERY_FAILED,
@@ -90,10 +90,7 @@ pub async fn run_query(
     let statements = split_statements(sql)?;
     let (last, setup) = statements.split_last().ok_or(SplitError::Empty)?;
     for (i, statement) in setup.iter().enumerate() {
-        check_setup(statement).map_err(|refusal| QueryError::Setup {
-            index: i + 1,
-            refusal,
-        })?;
+        check_setup(statement).map_err(|refusal| QueryError::Setup { index: i + 1, refusal })?;
     }
     let tx = client
         .build_transaction()
@@ -135,9 +132,7 @@ async fn run_setup(
         .await
         .map_err(statement_error(0))?;
     for (i, statement) in setup.iter().enumerate() {
-        tx.batch_execute(statement)
-            .await
-            .map_err(statement_error(i + 1))?;
+        tx.batch_execute(statement).await.map_err(statement_error(i + 1))?;
     }
     if !setup.is_empty() {
         tx.batch_execute(&format!(
@@ -165,11 +160,7 @@ async fn prepare_measured(
     if !prepared.params().is_empty() {
         return Err(QueryError::HasParameters(prepared.params().len()));
     }
-    let columns: Vec<String> = prepared
-        .columns()
-        .iter()
-        .map(|c| c.name().to_owned())
-        .collect();
+    let columns: Vec<String> = prepared.columns().iter().map(|c| c.name().to_owned()).collect();
     if columns.is_empty() {
         return Err(QueryError::NoColumns);
     }
@@ -190,10 +181,7 @@ async fn read_rows(
     options: &QueryOptions,
 ) -> Result<QueryResult, QueryError> {
     pin_mut!(rows);
-    let mut result = QueryResult {
-        columns,
-        rows: Vec::new(),
-    };
+    let mut result = QueryResult { columns, rows: Vec::new() };
     let mut total: u64 = 0;
     while let Some(row) = rows.try_next().await.map_err(statement_error(index))? {
         if result.rows.len() >= options.max_rows as usize {
@@ -227,10 +215,7 @@ async fn read_rows(
 
 fn first_duplicate(columns: &[String]) -> Option<&str> {
     let mut seen = std::collections::HashSet::new();
-    columns
-        .iter()
-        .find(|c| !seen.insert(c.as_str()))
-        .map(String::as_str)
+    columns.iter().find(|c| !seen.insert(c.as_str())).map(String::as_str)
 }
 
 /// The statement the rows are read through: the query's columns renamed
@@ -240,19 +225,15 @@ fn first_duplicate(columns: &[String]) -> Option<&str> {
 /// sent as that flag and NULLs. Types without a binary decoder are read
 /// through their text output function.
 fn wrap(sql: &str, prepared: &Statement, max_row_bytes: u64) -> String {
-    let aliases: Vec<String> = (1..=prepared.columns().len())
-        .map(|i| quote_ident(&format!("c{i}")))
-        .collect();
+    let aliases: Vec<String> =
+        (1..=prepared.columns().len()).map(|i| quote_ident(&format!("c{i}"))).collect();
     let select: Vec<String> = prepared
         .columns()
         .iter()
         .zip(&aliases)
         .map(|(c, alias)| {
-            let column = if is_decodable(c.type_()) {
-                alias.clone()
-            } else {
-                format!("{alias}::text")
-            };
+            let column =
+                if is_decodable(c.type_()) { alias.clone() } else { format!("{alias}::text") };
             format!("CASE WHEN dbqo_size.over THEN NULL ELSE {column} END")
         })
         .collect();

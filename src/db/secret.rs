@@ -40,7 +40,7 @@ pub fn conninfo_from_secret(
             .required(uri_key)?
             .parse::<ConnInfo>()
             .map_err(|e| values.invalid(format!("key {uri_key:?}: {e}")))?,
-        None => values.from_keys(reference)?,
+        None => values.connection_from_keys(reference)?,
     };
     refuse_local(&values, &info)?;
     if let Some(ca_key) = &reference.ca_cert_key {
@@ -100,14 +100,14 @@ impl SecretValues<'_> {
     }
 
     fn invalid(&self, problem: impl Into<String>) -> SecretError {
-        SecretError::Invalid {
-            secret: self.secret.to_owned(),
-            problem: problem.into(),
-        }
+        SecretError::Invalid { secret: self.secret.to_owned(), problem: problem.into() }
     }
 
     /// The connection from one key per part (host, port, user, ...).
-    fn from_keys(&self, reference: &ConnectionSecretRef) -> Result<ConnInfo, SecretError> {
+    fn connection_from_keys(
+        &self,
+        reference: &ConnectionSecretRef,
+    ) -> Result<ConnInfo, SecretError> {
         let key = |custom: &Option<String>, default: &'static str| {
             custom.clone().unwrap_or_else(|| default.to_owned())
         };
@@ -115,13 +115,10 @@ impl SecretValues<'_> {
         config.host(&self.required(&key(&reference.host_key, "host"))?);
         let port_key = key(&reference.port_key, "port");
         if let Some(port) = self.text(&port_key)? {
-            let port = port
-                .trim()
-                .parse::<u16>()
-                .map_err(|_| SecretError::BadPort {
-                    secret: self.secret.to_owned(),
-                    key: port_key.clone(),
-                })?;
+            let port = port.trim().parse::<u16>().map_err(|_| SecretError::BadPort {
+                secret: self.secret.to_owned(),
+                key: port_key.clone(),
+            })?;
             config.port(port);
         }
         config.user(&self.required(&key(&reference.user_key, "username"))?);
@@ -137,11 +134,7 @@ impl SecretValues<'_> {
                 .map_err(|e| self.invalid(format!("key {ssl_mode_key:?}: {e}")))?,
             None => SslMode::Prefer,
         };
-        Ok(ConnInfo {
-            config,
-            ssl_mode,
-            root_cert: None,
-        })
+        Ok(ConnInfo { config, ssl_mode, root_cert: None })
     }
 }
 
@@ -154,10 +147,7 @@ mod tests {
     }
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
     }
 
     #[test]
@@ -173,10 +163,7 @@ mod tests {
         assert_eq!(info.config.get_ports(), &[6432]);
         assert_eq!(info.config.get_password(), Some(&b"p@ss/w:rd'\""[..]));
         assert_eq!(info.ssl_mode, SslMode::Prefer);
-        assert_eq!(
-            info.config.get_application_name(),
-            Some("db-query-operator")
-        );
+        assert_eq!(info.config.get_application_name(), Some("db-query-operator"));
 
         let mut r = reference();
         r.user_key = Some("user".into());
@@ -208,19 +195,11 @@ mod tests {
 
     #[test]
     fn problems_name_the_key_not_the_value() {
-        let err = conninfo_from_secret(
-            "ns/db",
-            &data(&[("host", "h"), ("username", "u")]),
-            &reference(),
-        )
-        .unwrap_err();
+        let err =
+            conninfo_from_secret("ns/db", &data(&[("host", "h"), ("username", "u")]), &reference())
+                .unwrap_err();
         assert_eq!(err.to_string(), "secret ns/db has no key \"dbname\"");
-        let d = data(&[
-            ("host", "h"),
-            ("username", "u"),
-            ("dbname", "d"),
-            ("port", "secret-ish"),
-        ]);
+        let d = data(&[("host", "h"), ("username", "u"), ("dbname", "d"), ("port", "secret-ish")]);
         let err = conninfo_from_secret("ns/db", &d, &reference()).unwrap_err();
         assert!(!err.to_string().contains("secret-ish"), "{err}");
     }
@@ -250,10 +229,7 @@ mod tests {
         ] {
             let err = conninfo_from_secret("ns/db", &data(&[("uri", uri)]), &r).unwrap_err();
             assert_eq!(err.reason(), "SecretInvalid");
-            assert!(
-                err.to_string().contains("operator's filesystem"),
-                "{uri}: {err}"
-            );
+            assert!(err.to_string().contains("operator's filesystem"), "{uri}: {err}");
         }
         let ok = "postgresql://u@h/d?sslrootcert=system&sslmode=verify-full";
         assert!(conninfo_from_secret("ns/db", &data(&[("uri", ok)]), &r).is_ok());

@@ -56,10 +56,7 @@ pub fn data_condition(code: &str) -> Option<&'static str> {
         return Some(name);
     }
     let class = code.get(..2)?;
-    DATA_CLASSES
-        .iter()
-        .find(|(c, _)| *c == class)
-        .map(|(_, name)| *name)
+    DATA_CLASSES.iter().find(|(c, _)| *c == class).map(|(_, name)| *name)
 }
 
 /// A server error as one line that may go into a condition, an Event or a
@@ -107,10 +104,7 @@ mod tests {
         assert!(server_error_line("22P99", "m4rker").starts_with("data_exception"));
         assert!(server_error_line("P0001", "m4rker").starts_with("raise_exception"));
         for code in ["22P02", "23505", "22P99", "P0001", "2F005", "44000"] {
-            assert!(
-                !server_error_line(code, "m4rker").contains("m4rker"),
-                "{code}"
-            );
+            assert!(!server_error_line(code, "m4rker").contains("m4rker"), "{code}");
         }
     }
 

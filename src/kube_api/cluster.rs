@@ -83,13 +83,11 @@ pub trait Cluster {
         name: &str,
     ) -> Result<Option<ObjectMeta>, KubeError>;
     /// Replaces the finalizers of one of the operator's own objects if it
-    /// is still at `resource_version` (see `controller::finalizer`).
+    /// is still at the resourceVersion `seen` has (see `controller::finalizer`).
     async fn set_finalizers(
         &self,
         resource: &ApiResource,
-        namespace: &str,
-        name: &str,
-        resource_version: Option<&str>,
+        seen: &ObjectMeta,
         finalizers: &[String],
     ) -> Result<(), KubeError>;
     /// An Event about one of the operator's own objects.

@@ -10,11 +10,7 @@ pub enum KubeError {
     #[error("{kind}: the API server does not serve this version of the kind (it serves {served})")]
     VersionNotServed { kind: String, served: String },
     #[error("API server refused ({code}): {message}")]
-    Api {
-        code: u16,
-        reason: String,
-        message: String,
-    },
+    Api { code: u16, reason: String, message: String },
     #[error("API request failed: {0}")]
     Transport(#[source] Arc<kube::Error>),
     #[error("a manifest is not a Kubernetes object: {0}")]

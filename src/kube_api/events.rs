@@ -24,18 +24,12 @@ pub async fn publish_event(
     event: &NewEvent,
 ) -> Result<(), KubeError> {
     let event = Event {
-        type_: if event.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
+        type_: if event.warning { EventType::Warning } else { EventType::Normal },
         reason: event.reason.to_owned(),
         note: Some(event.message.clone()),
         action: "Reconcile".into(),
         secondary: None,
     };
-    Recorder::new(client.clone(), reporter.clone())
-        .publish(&event, regarding)
-        .await?;
+    Recorder::new(client.clone(), reporter.clone()).publish(&event, regarding).await?;
     Ok(())
 }

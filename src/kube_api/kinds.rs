@@ -17,10 +17,7 @@ pub struct GroupKind {
 
 impl GroupKind {
     pub fn new(group: impl Into<String>, kind: impl Into<String>) -> Self {
-        Self {
-            group: group.into(),
-            kind: kind.into(),
-        }
+        Self { group: group.into(), kind: kind.into() }
     }
 }
 
@@ -65,11 +62,7 @@ impl Gvk {
         version: impl Into<String>,
         kind: impl Into<String>,
     ) -> Self {
-        Self {
-            group: group.into(),
-            version: version.into(),
-            kind: kind.into(),
-        }
+        Self { group: group.into(), version: version.into(), kind: kind.into() }
     }
 
     /// From a manifest's `apiVersion` (`v1`, `apps/v1`) and `kind`.
@@ -173,11 +166,8 @@ pub async fn discover(client: &Client) -> Result<Discovered, KubeError> {
     let core = client.list_core_api_versions().await?;
     let groups = client.list_api_groups().await?;
     // (group, version, whether it is the group's preferred version)
-    let mut versions: Vec<(String, String, bool)> = core
-        .versions
-        .iter()
-        .map(|v| (String::new(), v.clone(), v == "v1"))
-        .collect();
+    let mut versions: Vec<(String, String, bool)> =
+        core.versions.iter().map(|v| (String::new(), v.clone(), v == "v1")).collect();
     for group in groups.groups {
         let preferred = group.preferred_version.map(|p| p.version);
         for v in group.versions {
@@ -233,9 +223,7 @@ pub fn resource_for(gvk: &Gvk, known: &KindInfo) -> ApiResource {
 pub fn resolve(kinds: &Discovered, gvk: &Gvk) -> Result<ApiResource, KubeError> {
     let info = kinds
         .get(&gvk.group_kind())
-        .ok_or_else(|| KubeError::UnknownKind {
-            kind: gvk.to_string(),
-        })?;
+        .ok_or_else(|| KubeError::UnknownKind { kind: gvk.to_string() })?;
     if !info.versions.contains(&gvk.version) {
         return Err(KubeError::VersionNotServed {
             kind: gvk.to_string(),

@@ -37,11 +37,7 @@ pub type Labels = BTreeMap<String, String>;
 
 /// `k=v,k=v`: the API's form of an equality label selector.
 pub fn selector(labels: &Labels) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 fn target_api(client: &Client, target: &Target) -> Api<DynamicObject> {
@@ -79,22 +75,11 @@ impl From<&DynamicObject> for LiveObject {
             namespace: o.metadata.namespace.clone(),
             name: o.metadata.name.clone().unwrap_or_default(),
             labels: o.metadata.labels.clone().unwrap_or_default(),
-            controller_uid: refs
-                .iter()
-                .find(|r| r.controller == Some(true))
-                .map(|r| r.uid.clone()),
-            owner_references: refs
-                .iter()
-                .filter_map(|r| serde_json::to_value(r).ok())
-                .collect(),
+            controller_uid: refs.iter().find(|r| r.controller == Some(true)).map(|r| r.uid.clone()),
+            owner_references: refs.iter().filter_map(|r| serde_json::to_value(r).ok()).collect(),
             deleting: o.metadata.deletion_timestamp.is_some(),
             uid: o.metadata.uid.clone(),
-            adopt: o
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ADOPT_ANNOTATION))
-                .cloned(),
+            adopt: o.metadata.annotations.as_ref().and_then(|a| a.get(ADOPT_ANNOTATION)).cloned(),
         }
     }
 }
@@ -196,10 +181,7 @@ fn expand(value: &Json) -> Json {
 }
 
 pub async fn get(client: &Client, target: &Target) -> Result<Option<LiveObject>, KubeError> {
-    Ok(target_api(client, target)
-        .get_opt(&target.name)
-        .await?
-        .map(LiveObject::from))
+    Ok(target_api(client, target).get_opt(&target.name).await?.map(LiveObject::from))
 }
 
 /// The names of every object of a kind in `namespace` (or, cluster-scoped,
@@ -210,24 +192,14 @@ pub async fn names(
     resource: &ApiResource,
     namespace: Option<&str>,
 ) -> Result<std::collections::HashSet<String>, KubeError> {
-    let list = api(client, resource, namespace)
-        .list_metadata(&ListParams::default())
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter_map(|o| o.metadata.name)
-        .collect())
+    let list = api(client, resource, namespace).list_metadata(&ListParams::default()).await?;
+    Ok(list.items.into_iter().filter_map(|o| o.metadata.name).collect())
 }
 
 /// Server-side apply, forcing conflicts: the database is the source of truth.
 pub async fn apply(client: &Client, target: &Target, manifest: &Json) -> Result<(), KubeError> {
     target_api(client, target)
-        .patch(
-            &target.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(manifest),
-        )
+        .patch(&target.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(manifest))
         .await?;
     Ok(())
 }
@@ -237,10 +209,8 @@ pub async fn apply(client: &Client, target: &Target, manifest: &Json) -> Result<
 pub async fn create(client: &Client, target: &Target, manifest: &Json) -> Result<(), KubeError> {
     let object: DynamicObject = serde_json::from_value(manifest.clone())
         .map_err(|e| KubeError::Manifest(std::sync::Arc::new(e)))?;
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PostParams::default()
-    };
+    let params =
+        PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PostParams::default() };
     target_api(client, target).create(&params, &object).await?;
     Ok(())
 }
@@ -253,15 +223,10 @@ pub async fn create(client: &Client, target: &Target, manifest: &Json) -> Result
 pub async fn delete(client: &Client, target: &Target, uid: Option<&str>) -> Result<(), KubeError> {
     let mut params = DeleteParams::background();
     if let Some(uid) = uid {
-        params = params.preconditions(Preconditions {
-            uid: Some(uid.to_owned()),
-            resource_version: None,
-        });
+        params = params
+            .preconditions(Preconditions { uid: Some(uid.to_owned()), resource_version: None });
     }
-    match target_api(client, target)
-        .delete(&target.name, &params)
-        .await
-    {
+    match target_api(client, target).delete(&target.name, &params).await {
         Ok(_) => Ok(()),
         Err(e) => {
             let e = KubeError::from(e);
@@ -317,19 +282,10 @@ mod tests {
 
         let cached = CachedObject::of(&kept).unwrap();
         let mut expected = original;
-        expected["metadata"]
-            .as_object_mut()
-            .unwrap()
-            .remove("managedFields");
+        expected["metadata"].as_object_mut().unwrap().remove("managedFields");
         assert_eq!(cached.manifest, expected);
-        assert_eq!(
-            cached.owned_fields,
-            Some(serde_json::json!({"f:spec": {"f:replicas": {}}}))
-        );
+        assert_eq!(cached.owned_fields, Some(serde_json::json!({"f:spec": {"f:replicas": {}}})));
         assert_eq!(cached.live.controller_uid.as_deref(), Some("u0"));
-        assert_eq!(
-            cached.live.labels.get("app").map(String::as_str),
-            Some("web")
-        );
+        assert_eq!(cached.live.labels.get("app").map(String::as_str), Some("web"));
     }
 }

@@ -38,11 +38,7 @@ pub async fn patch_dbqr_status(
     status: &DatabaseQueryResourceStatus,
 ) -> Result<(), KubeError> {
     dbqrs(client, namespace)
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&status_patch(status)),
-        )
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status_patch(status)))
         .await?;
     Ok(())
 }
@@ -83,15 +79,14 @@ pub async fn patch_status(
 pub async fn set_finalizers(
     client: &Client,
     resource: &ApiResource,
-    namespace: &str,
-    name: &str,
-    resource_version: Option<&str>,
+    seen: &ObjectMeta,
     finalizers: &[String],
 ) -> Result<(), KubeError> {
     let patch = serde_json::json!({
-        "metadata": { "finalizers": finalizers, "resourceVersion": resource_version }
+        "metadata": { "finalizers": finalizers, "resourceVersion": seen.resource_version }
     });
-    api(client, resource, Some(namespace))
+    let name = seen.name.as_deref().unwrap_or_default();
+    api(client, resource, seen.namespace.as_deref())
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
@@ -105,9 +100,6 @@ mod tests {
     fn an_empty_inventory_is_written_not_left_out() {
         let patch = status_patch(&Default::default());
         assert_eq!(patch["status"]["managedKinds"], serde_json::Value::Null);
-        assert!(patch["status"]
-            .as_object()
-            .unwrap()
-            .contains_key("managedKinds"));
+        assert!(patch["status"].as_object().unwrap().contains_key("managedKinds"));
     }
 }

@@ -15,12 +15,7 @@ impl SecretData {
     pub fn of(secret: &k8s_openapi::api::core::v1::Secret) -> Self {
         Self {
             resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
-            data: secret
-                .data
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.clone(), v.0.clone()))
-                .collect(),
+            data: secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
             owners: secret
                 .metadata
                 .owner_references

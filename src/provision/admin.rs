@@ -41,11 +41,7 @@ impl Sessions for BudgetedSessions<'_> {
 /// Where `server`'s admin Secret lives (namespace, name).
 pub fn admin_secret(server: &DatabaseServer) -> (String, String) {
     let reference = &server.spec.connection_secret_ref;
-    let namespace = reference
-        .namespace
-        .clone()
-        .or_else(|| server.namespace())
-        .unwrap_or_default();
+    let namespace = reference.namespace.clone().or_else(|| server.namespace()).unwrap_or_default();
     (namespace, reference.name.clone())
 }
 
@@ -68,10 +64,5 @@ pub async fn admin_connection<W: Cluster>(
         .read_secret(&namespace, &name)
         .await?
         .ok_or_else(|| ServerError::SecretNotFound(label.clone()))?;
-    Ok(admin_conninfo(
-        server.spec.engine,
-        &label,
-        &admin.data,
-        &server.spec.connection_secret_ref,
-    )?)
+    Ok(admin_conninfo(server.spec.engine, &label, &admin.data, &server.spec.connection_secret_ref)?)
 }

@@ -29,10 +29,7 @@ pub enum SecretFound {
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdoptDecision {
-    Proceed {
-        create_user: bool,
-        create_database: bool,
-    },
+    Proceed { create_user: bool, create_database: bool },
     Refuse(Refusal),
 }
 
@@ -107,10 +104,7 @@ pub fn decide(
     if user_exists && password.is_none() && !reset_requested {
         return AdoptDecision::Refuse(Refusal::CredentialsLost);
     }
-    AdoptDecision::Proceed {
-        create_user: !user.exists,
-        create_database: !database.exists,
-    }
+    AdoptDecision::Proceed { create_user: !user.exists, create_database: !database.exists }
 }
 
 #[cfg(test)]
@@ -120,49 +114,26 @@ mod tests {
     const UID: &str = "uid-1";
 
     fn found(exists: bool, owner: Option<&str>) -> Found {
-        Found {
-            exists,
-            recorded_owner: owner.map(str::to_owned),
-        }
+        Found { exists, recorded_owner: owner.map(str::to_owned) }
     }
 
     fn ours() -> SecretFound {
-        SecretFound::Ours {
-            password: Some("pw".into()),
-        }
+        SecretFound::Ours { password: Some("pw".into()) }
     }
 
     #[test]
     fn absent_everything_is_created() {
         assert_eq!(
-            decide(
-                UID,
-                &found(false, None),
-                &found(false, None),
-                &SecretFound::Absent,
-                false
-            ),
-            AdoptDecision::Proceed {
-                create_user: true,
-                create_database: true,
-            }
+            decide(UID, &found(false, None), &found(false, None), &SecretFound::Absent, false),
+            AdoptDecision::Proceed { create_user: true, create_database: true }
         );
     }
 
     #[test]
     fn ours_is_kept_with_its_password() {
         assert_eq!(
-            decide(
-                UID,
-                &found(true, Some(UID)),
-                &found(true, Some(UID)),
-                &ours(),
-                false
-            ),
-            AdoptDecision::Proceed {
-                create_user: false,
-                create_database: false,
-            }
+            decide(UID, &found(true, Some(UID)), &found(true, Some(UID)), &ours(), false),
+            AdoptDecision::Proceed { create_user: false, create_database: false }
         );
     }
 
@@ -175,11 +146,7 @@ mod tests {
             (found(false, Some(UID)), found(true, Some("other")), ours()),
             (found(false, None), found(false, None), SecretFound::NotOurs),
             // A record of another Database for an object not (yet) created.
-            (
-                found(false, Some("other")),
-                found(false, None),
-                SecretFound::Absent,
-            ),
+            (found(false, Some("other")), found(false, None), SecretFound::Absent),
         ] {
             let verdict = decide(UID, &db, &user, &secret, true);
             assert!(
@@ -207,10 +174,7 @@ mod tests {
                 &SecretFound::Absent,
                 true
             ),
-            AdoptDecision::Proceed {
-                create_user: false,
-                create_database: false,
-            }
+            AdoptDecision::Proceed { create_user: false, create_database: false }
         );
     }
 }

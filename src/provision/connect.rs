@@ -39,8 +39,7 @@ pub fn admin_conninfo(
         }
         None => {
             let key = reference.db_name_key.as_deref().unwrap_or("dbname");
-            data.entry(key.to_owned())
-                .or_insert_with(|| b"mysql".to_vec());
+            data.entry(key.to_owned()).or_insert_with(|| b"mysql".to_vec());
         }
     }
     conninfo_from_secret(secret, &data, reference)

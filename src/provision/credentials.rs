@@ -93,9 +93,7 @@ pub fn found(secret: Option<&crate::kube_api::SecretData>, uid: &str) -> super::
 /// Whether a Secret already holds exactly `data` (then nothing is written).
 pub fn unchanged(current: &BTreeMap<String, Vec<u8>>, data: &BTreeMap<String, String>) -> bool {
     current.len() == data.len()
-        && data
-            .iter()
-            .all(|(k, v)| current.get(k).map(Vec::as_slice) == Some(v.as_bytes()))
+        && data.iter().all(|(k, v)| current.get(k).map(Vec::as_slice) == Some(v.as_bytes()))
 }
 
 /// The Secret as applied: `stringData`-free (`data` base64), owned by the
@@ -111,10 +109,7 @@ pub fn manifest(
     let encoded: serde_json::Map<String, Json> = data
         .iter()
         .map(|(k, v)| {
-            (
-                k.clone(),
-                Json::String(base64::engine::general_purpose::STANDARD.encode(v)),
-            )
+            (k.clone(), Json::String(base64::engine::general_purpose::STANDARD.encode(v)))
         })
         .collect();
     json!({
@@ -155,10 +150,7 @@ mod tests {
             "postgresql://orders:p%40ss%2Fw%3Ard%27%22%5C%3B%25@db.local:5432/orders?sslmode=require"
         );
         let parsed: crate::db::ConnInfo = data["uri"].parse().unwrap();
-        assert_eq!(
-            parsed.config.get_password(),
-            Some("p@ss/w:rd'\"\\;%".as_bytes())
-        );
+        assert_eq!(parsed.config.get_password(), Some("p@ss/w:rd'\"\\;%".as_bytes()));
         let my = credentials(Engine::Mariadb, "x").data();
         assert_eq!(my["uri"], "mysql://orders:x@db.local:5432/orders");
         assert_eq!(data.len(), 7);
@@ -167,10 +159,8 @@ mod tests {
     #[test]
     fn unchanged_compares_every_key() {
         let data = credentials(Engine::Postgres, "x").data();
-        let mut current: BTreeMap<String, Vec<u8>> = data
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
-            .collect();
+        let mut current: BTreeMap<String, Vec<u8>> =
+            data.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect();
         assert!(unchanged(&current, &data));
         current.insert("password".into(), b"y".to_vec());
         assert!(!unchanged(&current, &data));

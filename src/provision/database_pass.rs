@@ -72,10 +72,7 @@ struct Failure {
 
 impl Failure {
     fn error(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            phase: Phase::Error,
-            verdict: Verdict::failed(reason, message),
-        }
+        Self { phase: Phase::Error, verdict: Verdict::failed(reason, message) }
     }
 }
 
@@ -118,15 +115,9 @@ struct Endpoint {
 impl Endpoint {
     fn of(server: &DatabaseServer, request: &Request, info: &ConnInfo) -> Self {
         let client = server.spec.client_endpoint.as_ref();
-        let default_port = if request.engine.is_mysql_family() {
-            3306
-        } else {
-            5432
-        };
+        let default_port = if request.engine.is_mysql_family() { 3306 } else { 5432 };
         Self {
-            host: client
-                .map(|e| e.host.clone())
-                .unwrap_or_else(|| admin_host(info)),
+            host: client.map(|e| e.host.clone()).unwrap_or_else(|| admin_host(info)),
             port: client
                 .and_then(|e| e.port)
                 .or_else(|| info.config.get_ports().first().copied())
@@ -174,11 +165,7 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
     }
 
     async fn event(&self, warning: bool, reason: &'static str, message: String) {
-        let event = NewEvent {
-            warning,
-            reason,
-            message,
-        };
+        let event = NewEvent { warning, reason, message };
         self.publish(event).await;
     }
 
@@ -205,9 +192,7 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             verdict,
             self.now.clone(),
         )?;
-        let before = self
-            .status
-            .and_then(|s| condition::find(&s.conditions, READY));
+        let before = self.status.and_then(|s| condition::find(&s.conditions, READY));
         let message = verdict.message.clone();
         if let Some(event) = condition::event_on_new_reason(before, verdict, Status::False, message)
         {
@@ -217,11 +202,7 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
         }
         let body = serde_json::to_value(&next).unwrap_or_default();
         let name = self.database.name_any();
-        match self
-            .writer
-            .patch_status(&resource(), &self.namespace(), &name, &body)
-            .await
-        {
+        match self.writer.patch_status(&resource(), &self.namespace(), &name, &body).await {
             Ok(()) => Some(next),
             Err(error) => {
                 tracing::debug!(%error, "status not written; retried with the next pass");
@@ -253,18 +234,11 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             .map_err(|e| fail(e.into()))?;
         let found = credentials::found(existing.as_ref(), &self.uid());
         let reset = !self.reset_done
-            && self
-                .database
-                .labels()
-                .get(ACTION_LABEL)
-                .is_some_and(|a| a == RESET_PASSWORD);
+            && self.database.labels().get(ACTION_LABEL).is_some_and(|a| a == RESET_PASSWORD);
         let endpoint = Endpoint::of(server, &request, &info);
 
-        let mut session = self
-            .sessions
-            .open(request.engine, info)
-            .await
-            .map_err(|e| fail(e.into()))?;
+        let mut session =
+            self.sessions.open(request.engine, info).await.map_err(|e| fail(e.into()))?;
         let claimant = Claimant {
             uid: self.uid(),
             name: format!("{}/{}", self.namespace(), self.database.name_any()),
@@ -287,9 +261,7 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
         self.write_credentials(&request, &found, existing.as_ref(), &credentials)
             .await
             .map_err(fail)?;
-        let done = carry_out(&mut session, &request, &planned)
-            .await
-            .map_err(|e| fail(e.into()))?;
+        let done = carry_out(&mut session, &request, &planned).await.map_err(|e| fail(e.into()))?;
         drop(session);
         self.announce(&request, &done).await;
         if reset {
@@ -372,8 +344,7 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
                 "a new password for user {:?} is set and in Secret {:?}",
                 request.username, request.secret_name
             );
-            self.event(false, crate::reason::PASSWORD_RESET, message)
-                .await;
+            self.event(false, crate::reason::PASSWORD_RESET, message).await;
         }
         if done.privileges_changed && !done.created_user {
             let message = format!(
@@ -382,13 +353,11 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
                 request.database,
                 request.privileges_text()
             );
-            self.event(false, crate::reason::PRIVILEGES_CHANGED, message)
-                .await;
+            self.event(false, crate::reason::PRIVILEGES_CHANGED, message).await;
         }
         if !done.extensions_created.is_empty() {
             let message = format!("created extensions {}", done.extensions_created.join(", "));
-            self.event(false, crate::reason::EXTENSIONS_CREATED, message)
-                .await;
+            self.event(false, crate::reason::EXTENSIONS_CREATED, message).await;
         }
     }
 
@@ -409,9 +378,8 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
         if let Err(failure) = cleaned {
             outcome.failed = true;
             outcome.reason = Some(failure.verdict.reason);
-            outcome.status = self
-                .write_status(Phase::Deleting, request.as_ref(), &failure.verdict)
-                .await;
+            outcome.status =
+                self.write_status(Phase::Deleting, request.as_ref(), &failure.verdict).await;
             return outcome;
         }
         match finalizer::remove(self.writer, &resource(), &self.database.metadata).await {
@@ -433,10 +401,8 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             admin_connection(server, self.writer, self.allow_cross_namespace_secrets).await?;
         let mut session = self.sessions.open(server.spec.engine, info).await?;
         drop_owned(&mut session, request, &self.uid()).await?;
-        let message = format!(
-            "dropped database {:?} and user {:?}",
-            request.database, request.username
-        );
+        let message =
+            format!("dropped database {:?} and user {:?}", request.database, request.username);
         self.event(false, crate::reason::DROPPED, message).await;
         Ok(())
     }
@@ -472,8 +438,7 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             ""
         };
         let message = format!("{what} retained on the server, Secret {name:?} kept{why}");
-        self.event(wants_delete, crate::reason::RETAINED, message)
-            .await;
+        self.event(wants_delete, crate::reason::RETAINED, message).await;
         Ok(())
     }
 }

@@ -92,20 +92,9 @@ pub async fn connect(
     };
     let port = config.get_ports().first().copied().unwrap_or(3306);
     let user = config.get_user().unwrap_or_default().to_owned();
-    let password = config
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned());
-    let key = ServerKey {
-        host: host.clone(),
-        port,
-        dbname: String::new(),
-        user: user.clone(),
-    };
-    let slot = budget
-        .server(&key)
-        .acquire(wait)
-        .await
-        .ok_or(ServerError::Budget)?;
+    let password = config.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
+    let key = ServerKey { host: host.clone(), port, dbname: String::new(), user: user.clone() };
+    let slot = budget.server(&key).acquire(wait).await.ok_or(ServerError::Budget)?;
     let mode = info.effective_ssl_mode();
     let opts = |ssl: Option<SslOpts>| {
         OptsBuilder::default()
@@ -134,11 +123,7 @@ pub async fn connect(
             )) if mode == SslMode::Prefer => attempt(None).await?.map_err(|e| connect_error(&e))?,
             other => other.map_err(|e| connect_error(&e))?,
         };
-    Ok(MySession {
-        conn: Some(conn),
-        slot: Some(slot),
-        records_ready: false,
-    })
+    Ok(MySession { conn: Some(conn), slot: Some(slot), records_ready: false })
 }
 
 fn connect_error(e: &mysql_async::Error) -> ServerError {
@@ -170,10 +155,7 @@ fn failed(what: &str, e: &mysql_async::Error, quote_message: bool) -> ServerErro
         mysql_async::Error::Server(s) => format!("MySQL error {}", s.code),
         other => other.to_string(),
     };
-    ServerError::Statement {
-        what: what.to_owned(),
-        message,
-    }
+    ServerError::Statement { what: what.to_owned(), message }
 }
 
 impl MySession {
@@ -237,10 +219,7 @@ impl Session for MySession {
         if !rows.iter().any(|(_, grantable)| grantable == "YES") {
             missing_rights.push("GRANT OPTION".to_owned());
         }
-        Ok(ServerFacts {
-            version: version.unwrap_or_default(),
-            missing_rights,
-        })
+        Ok(ServerFacts { version: version.unwrap_or_default(), missing_rights })
     }
 
     async fn observe(&mut self, request: &Request) -> Result<ServerObjects, ServerError> {
@@ -266,14 +245,8 @@ impl Session for MySession {
             .map_err(|e| failed("reading the database and the user", &e, true))?;
         let (db, user, db_owner, user_owner, privileges) = row.unwrap_or_default();
         Ok(ServerObjects {
-            database: Found {
-                exists: db > 0,
-                recorded_owner: db_owner,
-            },
-            user: Found {
-                exists: user > 0,
-                recorded_owner: user_owner,
-            },
+            database: Found { exists: db > 0, recorded_owner: db_owner },
+            user: Found { exists: user > 0, recorded_owner: user_owner },
             privileges,
         })
     }
@@ -357,9 +330,8 @@ mod tests {
     use super::*;
 
     fn info(mode: &str, root: Option<RootCert>) -> ConnInfo {
-        let mut info: ConnInfo = format!("postgresql://u:p@h:3306/d?sslmode={mode}")
-            .parse()
-            .unwrap();
+        let mut info: ConnInfo =
+            format!("postgresql://u:p@h:3306/d?sslmode={mode}").parse().unwrap();
         info.root_cert = root;
         info
     }
@@ -374,11 +346,7 @@ mod tests {
         ssl_opts(&info, info.effective_ssl_mode())
             .map(|opts| {
                 opts.map(|o| {
-                    (
-                        !o.accept_invalid_certs(),
-                        !o.skip_domain_validation(),
-                        o.root_certs().len(),
-                    )
+                    (!o.accept_invalid_certs(), !o.skip_domain_validation(), o.root_certs().len())
                 })
             })
             .map_err(|e| e.reason().to_owned())
@@ -399,25 +367,14 @@ mod tests {
         assert_eq!(verification("require", ca()), Ok(Some((true, false, 1))));
         assert_eq!(verification("verify-ca", ca()), Ok(Some((true, false, 1))));
         assert_eq!(verification("verify-full", ca()), Ok(Some((true, true, 1))));
-        assert_eq!(
-            verification("verify-full", system()),
-            Ok(Some((true, true, 0)))
-        );
+        assert_eq!(verification("verify-full", system()), Ok(Some((true, true, 0))));
         // sslrootcert=system alone means verify-full, as in libpq 16.
         assert_eq!(verification("prefer", system()), Ok(Some((true, true, 0))));
         for weak in ["require", "verify-ca"] {
-            assert_eq!(
-                verification(weak, system()),
-                Err("TlsConfigError".into()),
-                "{weak}"
-            );
+            assert_eq!(verification(weak, system()), Err("TlsConfigError".into()), "{weak}");
         }
         for needs_ca in ["verify-ca", "verify-full"] {
-            assert_eq!(
-                verification(needs_ca, None),
-                Err("TlsConfigError".into()),
-                "{needs_ca}"
-            );
+            assert_eq!(verification(needs_ca, None), Err("TlsConfigError".into()), "{needs_ca}");
         }
     }
 }

@@ -52,10 +52,7 @@ mod tests {
     use super::*;
 
     fn policy(length: u32, alphabet: &str) -> PasswordPolicy {
-        PasswordPolicy {
-            length,
-            alphabet: alphabet.into(),
-        }
+        PasswordPolicy { length, alphabet: alphabet.into() }
     }
 
     #[test]
@@ -76,17 +73,8 @@ mod tests {
 
     #[test]
     fn bad_policies_are_refused() {
-        assert_eq!(
-            generate(&policy(32, "aaaaabbbbb")),
-            Err(PolicyError::AlphabetTooSmall(2))
-        );
-        assert_eq!(
-            generate(&policy(32, "abcdefghij k")),
-            Err(PolicyError::AlphabetNotPrintable)
-        );
-        assert_eq!(
-            generate(&policy(8, "abcdefghijk")),
-            Err(PolicyError::Length(8))
-        );
+        assert_eq!(generate(&policy(32, "aaaaabbbbb")), Err(PolicyError::AlphabetTooSmall(2)));
+        assert_eq!(generate(&policy(32, "abcdefghij k")), Err(PolicyError::AlphabetNotPrintable));
+        assert_eq!(generate(&policy(8, "abcdefghijk")), Err(PolicyError::Length(8)));
     }
 }

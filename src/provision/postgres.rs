@@ -29,13 +29,7 @@ pub async fn connect(
     wait: Duration,
 ) -> Result<PgSession, ServerError> {
     let admin = open(&info, budget, wait).await?;
-    Ok(PgSession {
-        info,
-        budget: budget.clone(),
-        wait,
-        admin,
-        records_ready: false,
-    })
+    Ok(PgSession { info, budget: budget.clone(), wait, admin, records_ready: false })
 }
 
 /// A connection within the budget; its slot is given back once the
@@ -54,10 +48,7 @@ async fn open(
 }
 
 fn failed(what: &str, e: &tokio_postgres::Error) -> ServerError {
-    ServerError::Statement {
-        what: what.to_owned(),
-        message: db::describe(e),
-    }
+    ServerError::Statement { what: what.to_owned(), message: db::describe(e) }
 }
 
 impl PgSession {
@@ -120,10 +111,7 @@ impl Session for PgSession {
         if !superuser && !createrole {
             missing_rights.push("CREATEROLE".to_owned());
         }
-        Ok(ServerFacts {
-            version: row.get(0),
-            missing_rights,
-        })
+        Ok(ServerFacts { version: row.get(0), missing_rights })
     }
 
     async fn observe(&mut self, request: &Request) -> Result<ServerObjects, ServerError> {
@@ -141,14 +129,8 @@ impl Session for PgSession {
             .await
             .map_err(|e| failed("reading the database and the user", &e))?;
         Ok(ServerObjects {
-            database: Found {
-                exists: row.get(0),
-                recorded_owner: row.get(2),
-            },
-            user: Found {
-                exists: row.get(1),
-                recorded_owner: row.get(3),
-            },
+            database: Found { exists: row.get(0), recorded_owner: row.get(2) },
+            user: Found { exists: row.get(1), recorded_owner: row.get(3) },
             privileges: row.get(4),
         })
     }
@@ -163,12 +145,7 @@ impl Session for PgSession {
             .execute(
                 "INSERT INTO dbqo.ownership (object, name, owner_uid, owner) \
                  VALUES ('database', $1, $3, $4), ('user', $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[
-                    &request.database,
-                    &request.username,
-                    &claimant.uid,
-                    &claimant.name,
-                ],
+                &[&request.database, &request.username, &claimant.uid, &claimant.name],
             )
             .await
             .map_err(|e| failed("recording ownership", &e))?;
@@ -215,12 +192,7 @@ impl Session for PgSession {
             .iter()
             .map(|row| row.get(0))
             .collect();
-        Ok(request
-            .extensions
-            .iter()
-            .filter(|e| !present.contains(e))
-            .cloned()
-            .collect())
+        Ok(request.extensions.iter().filter(|e| !present.contains(e)).cloned().collect())
     }
 
     async fn record_privileges(

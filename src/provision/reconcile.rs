@@ -47,10 +47,7 @@ impl ProvisionError {
 }
 
 fn refused(refusal: Refusal, request: &Request) -> ProvisionError {
-    ProvisionError::Refused {
-        refusal,
-        message: refusal.message(request),
-    }
+    ProvisionError::Refused { refusal, message: refusal.message(request) }
 }
 
 /// What a pass will do, decided before anything changes. The password is
@@ -83,13 +80,7 @@ pub async fn plan<S: Session>(
 ) -> Result<Planned, ProvisionError> {
     let mut observed = session.observe(request).await?;
     let decide_now = |observed: &super::session::ServerObjects| {
-        decide(
-            &claimant.uid,
-            &observed.database,
-            &observed.user,
-            secret,
-            reset,
-        )
+        decide(&claimant.uid, &observed.database, &observed.user, secret, reset)
     };
     if let AdoptDecision::Refuse(refusal) = decide_now(&observed) {
         return Err(refused(refusal, request));
@@ -101,19 +92,15 @@ pub async fn plan<S: Session>(
     }
     let (create_user, create_database) = match decide_now(&observed) {
         AdoptDecision::Refuse(refusal) => return Err(refused(refusal, request)),
-        AdoptDecision::Proceed {
-            create_user,
-            create_database,
-            ..
-        } => (create_user, create_database),
+        AdoptDecision::Proceed { create_user, create_database, .. } => {
+            (create_user, create_database)
+        }
     };
     // The Secret's password is kept unless a reset asks for a new one; for
     // a user still to be created it is one an earlier pass chose and saved
     // before failing.
     let password = match secret {
-        SecretFound::Ours {
-            password: Some(password),
-        } if !reset => password.clone(),
+        SecretFound::Ours { password: Some(password) } if !reset => password.clone(),
         _ => password::generate(policy)?,
     };
     Ok(Planned {
@@ -134,21 +121,9 @@ pub async fn carry_out<S: Session>(
 ) -> Result<Provisioned, ServerError> {
     let engine = request.engine;
     if planned.create_user {
-        session
-            .execute(&[sql::create_user(
-                engine,
-                &request.username,
-                &planned.password,
-            )])
-            .await?;
+        session.execute(&[sql::create_user(engine, &request.username, &planned.password)]).await?;
     } else if planned.set_password {
-        session
-            .execute(&[sql::set_password(
-                engine,
-                &request.username,
-                &planned.password,
-            )])
-            .await?;
+        session.execute(&[sql::set_password(engine, &request.username, &planned.password)]).await?;
     }
     if planned.create_database {
         session.execute(&sql::create_database(request)).await?;
@@ -157,13 +132,9 @@ pub async fn carry_out<S: Session>(
     let privileges_changed = planned.recorded_privileges.as_deref() != Some(wanted.as_str());
     if privileges_changed {
         let replace = planned.recorded_privileges.is_some();
-        session
-            .execute(&sql::database_privileges(request, replace))
-            .await?;
+        session.execute(&sql::database_privileges(request, replace)).await?;
         if engine == crate::api::server::Engine::Postgres {
-            session
-                .execute_inside(request, &sql::pg_schema_privileges(request, replace))
-                .await?;
+            session.execute_inside(request, &sql::pg_schema_privileges(request, replace)).await?;
         }
         session.record_privileges(request, &wanted).await?;
     }

@@ -17,11 +17,7 @@ pub enum RequestError {
     #[error("namespace {namespace} may not use DatabaseServer {server} (see its spec.allowedNamespaces)")]
     NamespaceNotAllowed { namespace: String, server: String },
     #[error("spec.{field} {value:?} is not valid: {rule}")]
-    InvalidName {
-        field: &'static str,
-        value: String,
-        rule: &'static str,
-    },
+    InvalidName { field: &'static str, value: String, rule: &'static str },
     #[error("privilege {0:?} is not a {1} database privilege")]
     UnknownPrivilege(String, &'static str),
     #[error("privilege {privilege} is not allowed by DatabaseServer {server}")]
@@ -29,11 +25,7 @@ pub enum RequestError {
     #[error("extension {extension:?} is not allowed by DatabaseServer {server}")]
     ExtensionNotAllowed { extension: String, server: String },
     #[error("spec.{field} applies to {applies_to} only; this server is {engine}")]
-    WrongEngine {
-        field: &'static str,
-        applies_to: &'static str,
-        engine: &'static str,
-    },
+    WrongEngine { field: &'static str, applies_to: &'static str, engine: &'static str },
     #[error("DatabaseServer {server}: {source}")]
     Policy {
         server: String,
@@ -125,31 +117,18 @@ const MYSQL_PRIVILEGES: &[&str] = &[
 /// Whether `namespace` may use `server` (its own namespace always may).
 pub fn namespace_allowed(server: &DatabaseServer, namespace: &str) -> bool {
     server.namespace().as_deref() == Some(namespace)
-        || server
-            .spec
-            .allowed_namespaces
-            .iter()
-            .any(|n| n == "*" || n == namespace)
+        || server.spec.allowed_namespaces.iter().any(|n| n == "*" || n == namespace)
 }
 
 /// Resolves `database` against `server`, or says why it cannot be served.
 pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, RequestError> {
     let namespace = database.namespace().unwrap_or_default();
-    let server_name = format!(
-        "{}/{}",
-        server.namespace().unwrap_or_default(),
-        server.name_any()
-    );
+    let server_name = format!("{}/{}", server.namespace().unwrap_or_default(), server.name_any());
     if !namespace_allowed(server, &namespace) {
-        return Err(RequestError::NamespaceNotAllowed {
-            namespace,
-            server: server_name,
-        });
+        return Err(RequestError::NamespaceNotAllowed { namespace, server: server_name });
     }
-    password::check(&server.spec.password_policy).map_err(|source| RequestError::Policy {
-        server: server_name.clone(),
-        source,
-    })?;
+    password::check(&server.spec.password_policy)
+        .map_err(|source| RequestError::Policy { server: server_name.clone(), source })?;
     let engine = server.spec.engine;
     let spec = &database.spec;
     let database_name = match &spec.database_name {
@@ -157,10 +136,7 @@ pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, 
         None => database.name_any().replace('-', "_"),
     };
     check_name("databaseName", &database_name, 63)?;
-    let username = spec
-        .username
-        .clone()
-        .unwrap_or_else(|| database_name.clone());
+    let username = spec.username.clone().unwrap_or_else(|| database_name.clone());
     // MySQL user names are at most 32 characters (MariaDB allows 80).
     let user_max = if engine == Engine::Mysql { 32 } else { 63 };
     check_name("username", &username, user_max)?;
@@ -192,10 +168,7 @@ fn allowed_privileges(
     server_name: &str,
 ) -> Result<Vec<String>, RequestError> {
     let engine = server.spec.engine;
-    let asked = spec
-        .privileges
-        .as_ref()
-        .unwrap_or(&server.spec.default_privileges);
+    let asked = spec.privileges.as_ref().unwrap_or(&server.spec.default_privileges);
     let privileges = privileges(&with_presets(asked, server), engine)?;
     if !server.spec.allowed_privileges.is_empty() {
         let allowed = self::privileges(&server.spec.allowed_privileges, engine)?;
@@ -249,18 +222,12 @@ fn create_options(
     // Each of these applies to one engine family only.
     let (misplaced, applies_to) = if engine == Engine::Postgres {
         (
-            [
-                ("charset", options.charset.is_some()),
-                ("collation", options.collation.is_some()),
-            ],
+            [("charset", options.charset.is_some()), ("collation", options.collation.is_some())],
             "MySQL and MariaDB",
         )
     } else {
         (
-            [
-                ("encoding", options.encoding.is_some()),
-                ("locale", options.locale.is_some()),
-            ],
+            [("encoding", options.encoding.is_some()), ("locale", options.locale.is_some())],
             "PostgreSQL",
         )
     };
@@ -283,11 +250,7 @@ fn with_presets(list: &[String], server: &DatabaseServer) -> Vec<String> {
 }
 
 fn wrong_engine(field: &'static str, applies_to: &'static str, engine: Engine) -> RequestError {
-    RequestError::WrongEngine {
-        field,
-        applies_to,
-        engine: engine.as_str(),
-    }
+    RequestError::WrongEngine { field, applies_to, engine: engine.as_str() }
 }
 
 /// Database and user names: `^[a-z][a-z0-9_]*$`, at most `max` characters
@@ -323,9 +286,7 @@ fn setting(field: &'static str, value: &Option<String>) -> Result<Option<String>
     let Some(value) = value else { return Ok(None) };
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-@".contains(c));
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || "_.-@".contains(c));
     if !ok {
         return Err(RequestError::InvalidName {
             field,
@@ -339,31 +300,16 @@ fn setting(field: &'static str, value: &Option<String>) -> Result<Option<String>
 /// Privileges normalised: upper case, single spaces, known to the engine,
 /// sorted; `ALL` (or `ALL PRIVILEGES`) alone stands for everything.
 fn privileges(list: &[String], engine: Engine) -> Result<Vec<String>, RequestError> {
-    let known = if engine == Engine::Postgres {
-        POSTGRES_PRIVILEGES
-    } else {
-        MYSQL_PRIVILEGES
-    };
+    let known = if engine == Engine::Postgres { POSTGRES_PRIVILEGES } else { MYSQL_PRIVILEGES };
     let mut out = Vec::new();
     for privilege in list {
-        let normal = privilege
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_ascii_uppercase();
-        let normal = if normal == "ALL PRIVILEGES" {
-            "ALL".to_owned()
-        } else {
-            normal
-        };
+        let normal =
+            privilege.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_uppercase();
+        let normal = if normal == "ALL PRIVILEGES" { "ALL".to_owned() } else { normal };
         if !known.contains(&normal.as_str()) {
             return Err(RequestError::UnknownPrivilege(
                 privilege.clone(),
-                if engine == Engine::Postgres {
-                    "PostgreSQL"
-                } else {
-                    "MySQL"
-                },
+                if engine == Engine::Postgres { "PostgreSQL" } else { "MySQL" },
             ));
         }
         out.push(normal);
@@ -385,9 +331,7 @@ mod tests {
 
     fn server(engine: &str, extra: serde_json::Value) -> DatabaseServer {
         let mut spec = json!({"engine": engine, "connectionSecretRef": {"name": "admin"}});
-        spec.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let spec: DatabaseServerSpec = serde_json::from_value(spec).unwrap();
         let mut s = DatabaseServer::new("main", spec);
         s.metadata.namespace = Some("platform".into());
@@ -396,9 +340,7 @@ mod tests {
 
     fn database(ns: &str, name: &str, extra: serde_json::Value) -> Database {
         let mut spec = json!({"serverRef": {"name": "main", "namespace": "platform"}});
-        spec.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let spec: DatabaseSpec = serde_json::from_value(spec).unwrap();
         let mut d = Database::new(name, spec);
         d.metadata.namespace = Some(ns.into());
@@ -414,10 +356,7 @@ mod tests {
         assert_eq!(r.privileges, vec!["ALL"]);
         assert_eq!(r.secret_name, "orders-db-credentials");
         assert_eq!(r.deletion, DatabaseDeletionPolicy::Retain);
-        let _ = ServerRef {
-            name: "x".into(),
-            namespace: None,
-        };
+        let _ = ServerRef { name: "x".into(), namespace: None };
     }
 
     #[test]
@@ -433,16 +372,9 @@ mod tests {
     #[test]
     fn hostile_names_are_refused() {
         let s = server("mariadb", json!({"allowedNamespaces": ["*"]}));
-        for name in [
-            "a\"; DROP DATABASE x; --",
-            "a`b",
-            "A",
-            "1abc",
-            "a-b",
-            "a'b",
-            "a\\b",
-            &"a".repeat(64),
-        ] {
+        for name in
+            ["a\"; DROP DATABASE x; --", "a`b", "A", "1abc", "a-b", "a'b", "a\\b", &"a".repeat(64)]
+        {
             let e = resolve(&database("t", "x", json!({ "databaseName": name })), &s).unwrap_err();
             assert_eq!(e.reason(), "InvalidSpec", "{name}");
         }
@@ -465,37 +397,21 @@ mod tests {
             "postgres",
             json!({"allowedNamespaces": ["*"], "allowedPrivileges": ["select", "insert"]}),
         );
-        let r = resolve(
-            &database(
-                "t",
-                "x",
-                json!({"privileges": ["insert", "SELECT", "select"]}),
-            ),
-            &s,
-        )
-        .unwrap();
+        let r =
+            resolve(&database("t", "x", json!({"privileges": ["insert", "SELECT", "select"]})), &s)
+                .unwrap();
         assert_eq!(r.privileges, vec!["INSERT", "SELECT"]);
         assert_eq!(r.privileges_text(), "INSERT,SELECT");
         let e = resolve(&database("t", "x", json!({"privileges": ["DELETE"]})), &s).unwrap_err();
         assert_eq!(e.reason(), "NotAllowed");
-        let e = resolve(
-            &database("t", "x", json!({"privileges": ["SELECT; DROP"]})),
-            &s,
-        )
-        .unwrap_err();
+        let e =
+            resolve(&database("t", "x", json!({"privileges": ["SELECT; DROP"]})), &s).unwrap_err();
         assert_eq!(e.reason(), "InvalidSpec");
         let m = server("mariadb", json!({"allowedNamespaces": ["*"]}));
-        let r = resolve(
-            &database("t", "x", json!({"privileges": ["all privileges"]})),
-            &m,
-        )
-        .unwrap();
+        let r =
+            resolve(&database("t", "x", json!({"privileges": ["all privileges"]})), &m).unwrap();
         assert_eq!(r.privileges, vec!["ALL"]);
-        let r = resolve(
-            &database("t", "x", json!({"privileges": ["create  view"]})),
-            &m,
-        )
-        .unwrap();
+        let r = resolve(&database("t", "x", json!({"privileges": ["create  view"]})), &m).unwrap();
         assert_eq!(r.privileges, vec!["CREATE VIEW"]);
     }
 
@@ -508,25 +424,12 @@ mod tests {
                    "defaultPrivileges": ["readonly"]}),
         );
         let r = resolve(&database("t", "x", json!({})), &s).unwrap();
-        assert_eq!(
-            r.privileges,
-            vec!["SELECT"],
-            "the server's default, a preset"
-        );
-        let r = resolve(
-            &database("t", "x", json!({"privileges": ["readwrite", "TRUNCATE"]})),
-            &s,
-        )
-        .unwrap();
-        assert_eq!(
-            r.privileges,
-            vec!["DELETE", "INSERT", "SELECT", "TRUNCATE", "UPDATE"]
-        );
-        let e = resolve(
-            &database("t", "x", json!({"privileges": ["superpowers"]})),
-            &s,
-        )
-        .unwrap_err();
+        assert_eq!(r.privileges, vec!["SELECT"], "the server's default, a preset");
+        let r = resolve(&database("t", "x", json!({"privileges": ["readwrite", "TRUNCATE"]})), &s)
+            .unwrap();
+        assert_eq!(r.privileges, vec!["DELETE", "INSERT", "SELECT", "TRUNCATE", "UPDATE"]);
+        let e =
+            resolve(&database("t", "x", json!({"privileges": ["superpowers"]})), &s).unwrap_err();
         assert_eq!(e.reason(), "InvalidSpec");
     }
 
@@ -536,16 +439,9 @@ mod tests {
             "postgres",
             json!({"allowedNamespaces": ["*"], "allowedExtensions": ["pgcrypto"]}),
         );
-        assert!(resolve(
-            &database("t", "x", json!({"extensions": ["pgcrypto"]})),
-            &pg
-        )
-        .is_ok());
-        let e = resolve(
-            &database("t", "x", json!({"extensions": ["plpython3u"]})),
-            &pg,
-        )
-        .unwrap_err();
+        assert!(resolve(&database("t", "x", json!({"extensions": ["pgcrypto"]})), &pg).is_ok());
+        let e =
+            resolve(&database("t", "x", json!({"extensions": ["plpython3u"]})), &pg).unwrap_err();
         assert_eq!(e.reason(), "NotAllowed");
         assert!(resolve(&database("t", "x", json!({"charset": "utf8mb4"})), &pg).is_err());
         let m = server("mariadb", json!({"allowedNamespaces": ["*"]}));

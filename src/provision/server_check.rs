@@ -48,10 +48,7 @@ pub async fn check_server<W: Cluster, S: Sessions>(
 ) {
     let result = facts(server, writer, sessions, allow_cross_namespace_secrets).await;
     let verdict = verdict(server, &result);
-    let facts = result
-        .as_ref()
-        .ok()
-        .map(|f| (f.version.as_str(), f.missing_rights.as_slice()));
+    let facts = result.as_ref().ok().map(|f| (f.version.as_str(), f.missing_rights.as_slice()));
     let before = server.status.as_ref();
     let Some(next) = next_server_status(before, server.metadata.generation, facts, &verdict, now)
     else {
@@ -65,9 +62,7 @@ pub async fn check_server<W: Cluster, S: Sessions>(
     let body = serde_json::to_value(&next).unwrap_or_default();
     let resource = ApiResource::erase::<DatabaseServer>(&());
     let namespace = server.namespace().unwrap_or_default();
-    if let Err(error) = writer
-        .patch_status(&resource, &namespace, &server.name_any(), &body)
-        .await
+    if let Err(error) = writer.patch_status(&resource, &namespace, &server.name_any(), &body).await
     {
         tracing::debug!(%error, "server status not written; retried with the next check");
     }

@@ -15,9 +15,7 @@ pub fn pg_ident(name: &str) -> String {
 
 /// `'text'` (PostgreSQL), backslashes handled with an `E''` literal.
 pub fn pg_literal(text: &str) -> String {
-    postgres_protocol::escape::escape_literal(text)
-        .trim()
-        .to_owned()
+    postgres_protocol::escape::escape_literal(text).trim().to_owned()
 }
 
 /// `` `name` ``, backticks doubled (MySQL).
@@ -28,12 +26,7 @@ pub fn my_ident(name: &str) -> String {
 /// A database name as a GRANT pattern (MySQL): `_` and `%` are wildcards
 /// there, so `team_a` would also grant on `teamXa`; both are escaped.
 pub fn my_grant_db(name: &str) -> String {
-    my_ident(
-        &name
-            .replace('\\', "\\\\")
-            .replace('_', "\\_")
-            .replace('%', "\\%"),
-    )
+    my_ident(&name.replace('\\', "\\\\").replace('_', "\\_").replace('%', "\\%"))
 }
 
 /// `'text'`, escaped by the driver for a session in `NO_BACKSLASH_ESCAPES` mode.
@@ -78,27 +71,17 @@ pub fn create_user(engine: Engine, user: &str, password: &str) -> String {
             pg_ident(user),
             pg_literal(&scram(password))
         ),
-        _ => format!(
-            "CREATE USER {} IDENTIFIED BY {}",
-            my_user(user),
-            my_literal(password)
-        ),
+        _ => format!("CREATE USER {} IDENTIFIED BY {}", my_user(user), my_literal(password)),
     }
 }
 
 /// Sets a new password.
 pub fn set_password(engine: Engine, user: &str, password: &str) -> String {
     match engine {
-        Engine::Postgres => format!(
-            "ALTER ROLE {} PASSWORD {}",
-            pg_ident(user),
-            pg_literal(&scram(password))
-        ),
-        _ => format!(
-            "ALTER USER {} IDENTIFIED BY {}",
-            my_user(user),
-            my_literal(password)
-        ),
+        Engine::Postgres => {
+            format!("ALTER ROLE {} PASSWORD {}", pg_ident(user), pg_literal(&scram(password)))
+        }
+        _ => format!("ALTER USER {} IDENTIFIED BY {}", my_user(user), my_literal(password)),
     }
 }
 
@@ -114,10 +97,7 @@ pub fn create_database(request: &Request) -> Vec<String> {
     match request.engine {
         Engine::Postgres => vec![
             create,
-            format!(
-                "REVOKE ALL ON DATABASE {} FROM PUBLIC",
-                pg_ident(&request.database)
-            ),
+            format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", pg_ident(&request.database)),
         ],
         _ => vec![create],
     }
@@ -184,10 +164,7 @@ pub fn database_privileges(request: &Request, replace: bool) -> Vec<String> {
             if !on_db.contains(&"CONNECT") && !on_db.contains(&"ALL PRIVILEGES") {
                 on_db.insert(0, "CONNECT");
             }
-            sql.push(format!(
-                "GRANT {} ON DATABASE {db} TO {user}",
-                on_db.join(", ")
-            ));
+            sql.push(format!("GRANT {} ON DATABASE {db} TO {user}", on_db.join(", ")));
         }
         _ => {
             let (db, user) = (my_grant_db(&request.database), my_user(&request.username));
@@ -213,12 +190,8 @@ pub fn pg_schema_privileges(request: &Request, replace: bool) -> Vec<String> {
     let mut sql = Vec::new();
     if replace {
         sql.push(format!("REVOKE ALL ON SCHEMA public FROM {user}"));
-        sql.push(format!(
-            "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {user}"
-        ));
-        sql.push(format!(
-            "REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {user}"
-        ));
+        sql.push(format!("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {user}"));
+        sql.push(format!("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {user}"));
         sql.push(format!(
             "ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM {user}"
         ));
@@ -228,12 +201,8 @@ pub fn pg_schema_privileges(request: &Request, replace: bool) -> Vec<String> {
     }
     if is_all(request) {
         sql.push(format!("GRANT ALL ON SCHEMA public TO {user}"));
-        sql.push(format!(
-            "GRANT ALL ON ALL TABLES IN SCHEMA public TO {user}"
-        ));
-        sql.push(format!(
-            "GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {user}"
-        ));
+        sql.push(format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {user}"));
+        sql.push(format!("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {user}"));
         sql.push(format!(
             "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO {user}"
         ));
@@ -254,9 +223,7 @@ pub fn pg_schema_privileges(request: &Request, replace: bool) -> Vec<String> {
     }
     if !on_tables.is_empty() {
         let list = on_tables.join(", ");
-        sql.push(format!(
-            "GRANT {list} ON ALL TABLES IN SCHEMA public TO {user}"
-        ));
+        sql.push(format!("GRANT {list} ON ALL TABLES IN SCHEMA public TO {user}"));
         sql.push(format!(
             "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT {list} ON TABLES TO {user}"
         ));
@@ -272,10 +239,7 @@ fn is_all(request: &Request) -> bool {
 pub fn drop_all(request: &Request) -> Vec<String> {
     match request.engine {
         Engine::Postgres => vec![
-            format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                pg_ident(&request.database)
-            ),
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg_ident(&request.database)),
             format!("DROP ROLE IF EXISTS {}", pg_ident(&request.username)),
         ],
         _ => vec![

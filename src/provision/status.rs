@@ -38,12 +38,8 @@ pub fn next_database_status(
     let next = DatabaseStatus {
         observed_generation: generation,
         phase: Some(phase),
-        database_name: names
-            .map(|(d, _)| d.to_owned())
-            .or_else(|| before.database_name.clone()),
-        username: names
-            .map(|(_, u)| u.to_owned())
-            .or_else(|| before.username.clone()),
+        database_name: names.map(|(d, _)| d.to_owned()).or_else(|| before.database_name.clone()),
+        username: names.map(|(_, u)| u.to_owned()).or_else(|| before.username.clone()),
         conditions: vec![ready(&before.conditions, verdict, generation, &now)],
     };
     (next != *before).then_some(next)
@@ -62,9 +58,7 @@ pub fn next_server_status(
     let next = DatabaseServerStatus {
         observed_generation: generation,
         reachable: Some(facts.is_some()),
-        server_version: facts
-            .map(|(v, _)| v.to_owned())
-            .or_else(|| before.server_version.clone()),
+        server_version: facts.map(|(v, _)| v.to_owned()).or_else(|| before.server_version.clone()),
         missing_rights: facts.map(|(_, m)| m.to_vec()).unwrap_or_default(),
         conditions: vec![ready(&before.conditions, verdict, generation, &now)],
     };

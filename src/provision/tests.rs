@@ -64,10 +64,7 @@ impl Sessions for FakeServer {
 
 impl Session for FakeServer {
     async fn facts(&mut self) -> Result<ServerFacts, ServerError> {
-        Ok(ServerFacts {
-            version: "15.0".into(),
-            missing_rights: Vec::new(),
-        })
+        Ok(ServerFacts { version: "15.0".into(), missing_rights: Vec::new() })
     }
 
     async fn observe(&mut self, request: &Request) -> Result<ServerObjects, ServerError> {
@@ -91,10 +88,7 @@ impl Session for FakeServer {
         {
             let mut state = self.state();
             for (kind, name) in [("database", &request.database), ("user", &request.username)] {
-                state
-                    .records
-                    .entry((kind, name.clone()))
-                    .or_insert_with(|| claimant.uid.clone());
+                state.records.entry((kind, name.clone())).or_insert_with(|| claimant.uid.clone());
             }
         }
         self.observe(request).await
@@ -147,9 +141,7 @@ impl Session for FakeServer {
         request: &Request,
         text: &str,
     ) -> Result<(), ServerError> {
-        self.state()
-            .privileges
-            .insert(request.database.clone(), text.to_owned());
+        self.state().privileges.insert(request.database.clone(), text.to_owned());
         Ok(())
     }
 
@@ -157,11 +149,7 @@ impl Session for FakeServer {
         let names = [("database", &request.database), ("user", &request.username)];
         let mut state = self.state();
         for (kind, name) in names {
-            if state
-                .records
-                .get(&(kind, name.clone()))
-                .is_some_and(|o| o == uid)
-            {
+            if state.records.get(&(kind, name.clone())).is_some_and(|o| o == uid) {
                 state.records.remove(&(kind, name.clone()));
             }
         }
@@ -181,9 +169,7 @@ fn server(extra: Json) -> DatabaseServer {
         "allowedNamespaces": ["team"],
         "allowDelete": true,
     });
-    spec.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     serde_json::from_value(json!({
         "apiVersion": "dbqo.dev/v1alpha1",
         "kind": "DatabaseServer",
@@ -195,9 +181,7 @@ fn server(extra: Json) -> DatabaseServer {
 
 fn database(extra: Json, finalizers: &[&str]) -> Database {
     let mut spec = json!({"serverRef": {"name": "main", "namespace": "platform"}});
-    spec.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     serde_json::from_value(json!({
         "apiVersion": "dbqo.dev/v1alpha1",
         "kind": "Database",
@@ -222,12 +206,7 @@ fn cluster(database: &Database) -> FakeCluster {
         },
     });
     writer.put("Secret", "platform", "admin", admin);
-    writer.put(
-        "Database",
-        "team",
-        "orders",
-        serde_json::to_value(database).unwrap(),
-    );
+    writer.put("Database", "team", "orders", serde_json::to_value(database).unwrap());
     writer
 }
 
@@ -259,10 +238,7 @@ fn pass(
 
 /// Whether an Event with `reason` (a warning or not) was published.
 fn announced(writer: &FakeCluster, reason: &str, warning: bool) -> bool {
-    writer
-        .events
-        .borrow()
-        .contains(&(reason.to_owned(), warning))
+    writer.events.borrow().contains(&(reason.to_owned(), warning))
 }
 
 /// `database` as the watch has it once it is being deleted.
@@ -280,11 +256,7 @@ fn stored(writer: &FakeCluster, kind: &str, namespace: &str, name: &str) -> Json
 
 fn finalizers(writer: &FakeCluster) -> Json {
     let objects = writer.objects.borrow();
-    let key = (
-        "Database".to_owned(),
-        Some("team".to_owned()),
-        "orders".to_owned(),
-    );
+    let key = ("Database".to_owned(), Some("team".to_owned()), "orders".to_owned());
     objects[&key]["metadata"]["finalizers"].clone()
 }
 
@@ -326,10 +298,7 @@ fn a_new_database_gets_its_finalizer_user_database_and_secret() {
         ]
     );
     let events = writer.events.borrow();
-    assert!(
-        events.contains(&("Created".to_owned(), false)),
-        "{events:?}"
-    );
+    assert!(events.contains(&("Created".to_owned(), false)), "{events:?}");
 }
 
 #[test]
@@ -353,12 +322,7 @@ fn a_second_pass_of_a_converged_database_runs_no_statement_and_writes_nothing() 
     .now_or_never()
     .unwrap();
     assert!(second.status.is_none(), "the status did not change");
-    assert_eq!(
-        server_state.writes().len(),
-        statements,
-        "{:?}",
-        server_state.writes()
-    );
+    assert_eq!(server_state.writes().len(), statements, "{:?}", server_state.writes());
     assert_eq!(writer.writes().len(), writes, "{:?}", writer.writes());
 }
 
@@ -369,23 +333,14 @@ fn a_database_recorded_as_another_databases_is_refused() {
     {
         let mut state = server_state.state();
         state.databases.push("orders".into());
-        state
-            .records
-            .insert(("database", "orders".into()), "uid-someone-else".into());
+        state.records.insert(("database", "orders".into()), "uid-someone-else".into());
     }
     let outcome = pass(&writer, &server_state, &db, Some(&server(json!({}))));
     let (phase, reason) = ready_reason(&outcome);
     assert_eq!(phase, Some(Phase::Error));
     assert!(outcome.failed);
-    assert!(
-        server_state.writes().is_empty(),
-        "nothing run: {:?}",
-        server_state.writes()
-    );
-    assert!(
-        writer.events.borrow().contains(&(reason, true)),
-        "a warning Event"
-    );
+    assert!(server_state.writes().is_empty(), "nothing run: {:?}", server_state.writes());
+    assert!(writer.events.borrow().contains(&(reason, true)), "a warning Event");
 }
 
 #[test]
@@ -393,14 +348,8 @@ fn an_unknown_server_is_pending_without_backoff() {
     let db = database(json!({}), &["dbqo.dev/finalizer"]);
     let (writer, server_state) = (cluster(&db), FakeServer::default());
     let outcome = pass(&writer, &server_state, &db, None);
-    assert_eq!(
-        ready_reason(&outcome),
-        (Some(Phase::Pending), "ServerNotFound".into())
-    );
-    assert!(
-        !outcome.failed,
-        "a server that appears runs the pass; no retry timer"
-    );
+    assert_eq!(ready_reason(&outcome), (Some(Phase::Pending), "ServerNotFound".into()));
+    assert!(!outcome.failed, "a server that appears runs the pass; no retry timer");
 }
 
 /// Sets up the failure of one case.
@@ -433,12 +382,7 @@ fn every_failure_is_reported_under_its_own_reason() {
             json!({}),
             "SecretNotFound",
         ),
-        (
-            "privilege",
-            Box::new(|_, _| {}),
-            json!({"privileges": ["SUPERUSER"]}),
-            "InvalidSpec",
-        ),
+        ("privilege", Box::new(|_, _| {}), json!({"privileges": ["SUPERUSER"]}), "InvalidSpec"),
         (
             "a Secret of that name, not ours",
             Box::new(|w, _| {
@@ -473,11 +417,7 @@ fn the_reset_label_sets_a_new_password_once_and_is_removed() {
     let before = server_state.writes().len();
     let outcome = pass(&writer, &server_state, &db, Some(&server(json!({}))));
     assert!(outcome.reset_done);
-    assert_eq!(
-        server_state.writes()[before..],
-        ["ALTER ROLE".to_owned()],
-        "one new password"
-    );
+    assert_eq!(server_state.writes()[before..], ["ALTER ROLE".to_owned()], "one new password");
     let labels = &stored(&writer, "Database", "team", "orders")["metadata"]["labels"];
     assert_eq!(labels[ACTION_LABEL], Json::Null, "the label is removed");
     assert!(announced(&writer, "PasswordReset", false));
@@ -487,10 +427,7 @@ fn the_reset_label_sets_a_new_password_once_and_is_removed() {
 /// database and the user go, the finalizer too (after a conflict retried).
 #[test]
 fn deletion_drops_what_the_records_say_is_ours_and_lets_go() {
-    let db = database(
-        json!({"deletionPolicy": "Delete"}),
-        &["dbqo.dev/finalizer", "other/keep"],
-    );
+    let db = database(json!({"deletionPolicy": "Delete"}), &["dbqo.dev/finalizer", "other/keep"]);
     let (writer, server_state) = (cluster(&db), FakeServer::default());
     pass(&writer, &server_state, &db, Some(&server(json!({}))));
     let deleting = deleting(&db);
@@ -501,11 +438,7 @@ fn deletion_drops_what_the_records_say_is_ours_and_lets_go() {
     assert!(state.databases.is_empty() && state.users.is_empty());
     assert!(state.records.is_empty(), "the records are forgotten");
     drop(state);
-    assert_eq!(
-        finalizers(&writer),
-        json!(["other/keep"]),
-        "only ours removed"
-    );
+    assert_eq!(finalizers(&writer), json!(["other/keep"]), "only ours removed");
     assert!(announced(&writer, "Dropped", false));
 }
 
@@ -523,10 +456,7 @@ fn deletion_on_a_server_that_forbids_it_retains_and_says_so() {
     assert_eq!(server_state.0.borrow().databases, vec!["orders".to_owned()]);
     let secret = stored(&writer, "Secret", "team", "orders-credentials");
     assert_eq!(secret["metadata"]["ownerReferences"], Json::Null);
-    assert!(
-        announced(&writer, "Retained", true),
-        "a warning: Delete was asked"
-    );
+    assert!(announced(&writer, "Retained", true), "a warning: Delete was asked");
 }
 
 #[test]
@@ -538,10 +468,7 @@ fn a_failed_drop_keeps_the_finalizer_and_reports_deleting() {
     let deleting = deleting(&db);
     let outcome = pass(&writer, &server_state, &deleting, Some(&server(json!({}))));
     assert!(outcome.failed && !outcome.finished);
-    assert_eq!(
-        ready_reason(&outcome),
-        (Some(Phase::Deleting), "StatementFailed".into())
-    );
+    assert_eq!(ready_reason(&outcome), (Some(Phase::Deleting), "StatementFailed".into()));
     assert_eq!(finalizers(&writer), json!(["dbqo.dev/finalizer"]));
 }
 
@@ -550,14 +477,8 @@ fn the_server_check_writes_its_status_and_announces_a_new_reason_once() {
     let writer = cluster(&database(json!({}), &[]));
     let server_state = FakeServer::default();
     let main = server(json!({}));
-    check_server(&main, &writer, &server_state, false, time())
-        .now_or_never()
-        .unwrap();
-    let key = (
-        "DatabaseServer".to_owned(),
-        "platform".to_owned(),
-        "main".to_owned(),
-    );
+    check_server(&main, &writer, &server_state, false, time()).now_or_never().unwrap();
+    let key = ("DatabaseServer".to_owned(), "platform".to_owned(), "main".to_owned());
     let status = writer.statuses.borrow()[&key].clone();
     assert_eq!(status["reachable"], true);
     assert_eq!(status["serverVersion"], "15.0");
@@ -566,18 +487,10 @@ fn the_server_check_writes_its_status_and_announces_a_new_reason_once() {
     server_state.state().unreachable = true;
     let mut known = main.clone();
     known.status = Some(serde_json::from_value(status).unwrap());
-    check_server(&known, &writer, &server_state, false, time())
-        .now_or_never()
-        .unwrap();
+    check_server(&known, &writer, &server_state, false, time()).now_or_never().unwrap();
     let status = writer.statuses.borrow()[&key].clone();
     assert_eq!(status["conditions"][0]["reason"], "ConnectionFailed");
-    let warnings: Vec<_> = writer
-        .events
-        .borrow()
-        .iter()
-        .filter(|(_, w)| *w)
-        .cloned()
-        .collect();
+    let warnings: Vec<_> = writer.events.borrow().iter().filter(|(_, w)| *w).cloned().collect();
     assert_eq!(warnings, vec![("ConnectionFailed".to_owned(), true)]);
 }
 
@@ -589,13 +502,6 @@ fn an_admin_secret_of_another_namespace_is_refused() {
     check_server(&elsewhere, &writer, &FakeServer::default(), false, time())
         .now_or_never()
         .unwrap();
-    let key = (
-        "DatabaseServer".to_owned(),
-        "platform".to_owned(),
-        "main".to_owned(),
-    );
-    assert_eq!(
-        writer.statuses.borrow()[&key]["conditions"][0]["reason"],
-        "SecretNotAllowed"
-    );
+    let key = ("DatabaseServer".to_owned(), "platform".to_owned(), "main".to_owned());
+    assert_eq!(writer.statuses.borrow()[&key]["conditions"][0]["reason"], "SecretNotAllowed");
 }

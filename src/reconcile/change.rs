@@ -19,30 +19,18 @@ pub fn probe_sql(spec: &ChangeDetectionSpec) -> Option<String> {
     }
     let table = spec.table_name.as_deref()?;
     let column = spec.timestamp_column.as_deref()?;
-    Some(format!(
-        "SELECT max({})::text FROM {}",
-        quote_ident(column),
-        quote_qualified(table)
-    ))
+    Some(format!("SELECT max({})::text FROM {}", quote_ident(column), quote_qualified(table)))
 }
 
 /// Runs the probe; `None` is an empty table.
 pub async fn probe(pool: &Pool, sql: &str, timeout: Duration) -> Result<Option<String>, PassError> {
     let work = async {
-        let client = crate::db::checkout(pool)
-            .await
-            .map_err(PassError::from_pool)?;
+        let client = crate::db::checkout(pool).await.map_err(PassError::from_pool)?;
         let statement = client.prepare_cached(sql).await.map_err(PassError::Probe)?;
-        let row = client
-            .query_one(&statement, &[])
-            .await
-            .map_err(PassError::Probe)?;
-        row.try_get::<_, Option<String>>(0)
-            .map_err(PassError::Probe)
+        let row = client.query_one(&statement, &[]).await.map_err(PassError::Probe)?;
+        row.try_get::<_, Option<String>>(0).map_err(PassError::Probe)
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| PassError::ProbeTimeout)?
+    tokio::time::timeout(timeout, work).await.map_err(|_| PassError::ProbeTimeout)?
 }
 
 #[cfg(test)]

@@ -78,15 +78,10 @@ pub async fn clean_up<W: Cluster>(
     // Every kind at the version the API server prefers (a recorded version
     // may no longer be served). Kinds that are not served (a CRD deleted or
     // never installed) hold no objects.
-    let group_kinds: BTreeSet<GroupKind> = allowed_kinds
-        .iter()
-        .cloned()
-        .chain(managed_kinds.iter().map(Gvk::group_kind))
-        .collect();
-    let resources = group_kinds
-        .iter()
-        .filter_map(|gk| kinds.get(gk))
-        .map(|info| info.resource.clone());
+    let group_kinds: BTreeSet<GroupKind> =
+        allowed_kinds.iter().cloned().chain(managed_kinds.iter().map(Gvk::group_kind)).collect();
+    let resources =
+        group_kinds.iter().filter_map(|gk| kinds.get(gk)).map(|info| info.resource.clone());
 
     let mut remaining = 0;
     for resource in resources {
@@ -97,20 +92,11 @@ pub async fn clean_up<W: Cluster>(
             Ok(()) => {}
             // Gone since discovery ran: nothing of it is left to clean up.
             Err(e) if e.is_not_found() => continue,
-            Err(source) => {
-                return Err(CleanupError::List {
-                    kind: resource.kind.clone(),
-                    source,
-                })
-            }
+            Err(source) => return Err(CleanupError::List { kind: resource.kind.clone(), source }),
         }
         remaining += clean_up_kind(owner, policy, &resource, writer).await?;
     }
-    Ok(if remaining == 0 {
-        Cleanup::Done
-    } else {
-        Cleanup::Waiting { remaining }
-    })
+    Ok(if remaining == 0 { Cleanup::Done } else { Cleanup::Waiting { remaining } })
 }
 
 /// Deletes or detaches the objects of `owner` of one kind (from the
@@ -138,10 +124,7 @@ async fn clean_up_kind<W: Cluster>(
             DeletionPolicy::Delete => {
                 remaining += 1;
                 if !object.deleting {
-                    writer
-                        .delete(&target, object.uid.as_deref())
-                        .await
-                        .map_err(failed)?;
+                    writer.delete(&target, object.uid.as_deref()).await.map_err(failed)?;
                 }
             }
             DeletionPolicy::Orphan => {
@@ -191,11 +174,8 @@ pub async fn release<W: Cluster>(
 /// Removes the owner labels and this DBQR's owner reference, so the garbage
 /// collector keeps the object once the DBQR is gone.
 fn detach_patch(owner: &Owner, owner_references: &[Json]) -> Json {
-    let kept: Vec<Json> = owner_references
-        .iter()
-        .filter(|r| r["uid"] != owner.uid.as_str())
-        .cloned()
-        .collect();
+    let kept: Vec<Json> =
+        owner_references.iter().filter(|r| r["uid"] != owner.uid.as_str()).cloned().collect();
     json!({
         "metadata": {
             "labels": { MANAGED_BY: null, OWNER_NAME: null, OWNER_NAMESPACE: null },
@@ -212,11 +192,7 @@ mod tests {
         CleanupError::Object {
             kind: "ConfigMap".into(),
             name: "cm-1".into(),
-            source: KubeError::Api {
-                code: 403,
-                reason: "Forbidden".into(),
-                message: "no".into(),
-            },
+            source: KubeError::Api { code: 403, reason: "Forbidden".into(), message: "no".into() },
         }
     }
 
@@ -229,18 +205,10 @@ mod tests {
         let (status, event) = blocked_status(None, &forbidden(), now()).unwrap();
         let condition = &status.conditions[0];
         assert_eq!(
-            (
-                condition.type_.as_str(),
-                condition.status.as_str(),
-                condition.reason.as_str()
-            ),
+            (condition.type_.as_str(), condition.status.as_str(), condition.reason.as_str()),
             (CLEANUP_BLOCKED, "True", "Forbidden")
         );
-        assert!(
-            condition.message.contains("ConfigMap cm-1"),
-            "{}",
-            condition.message
-        );
+        assert!(condition.message.contains("ConfigMap cm-1"), "{}", condition.message);
         assert_eq!(event.unwrap().reason, "Forbidden");
         assert!(blocked_status(Some(&status), &forbidden(), now()).is_none());
         let gone = CleanupError::Discovery(KubeError::Timeout);

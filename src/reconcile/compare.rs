@@ -39,17 +39,10 @@ pub fn in_place(live: &CachedObject, desired: &Json) -> bool {
     if covers(&live.manifest, desired) {
         return true;
     }
-    let stamp = |o: &Json| {
-        o["metadata"]["annotations"][APPLIED_HASH]
-            .as_str()
-            .map(str::to_owned)
-    };
+    let stamp = |o: &Json| o["metadata"]["annotations"][APPLIED_HASH].as_str().map(str::to_owned);
     stamp(desired).is_some()
         && stamp(desired) == stamp(&live.manifest)
-        && live
-            .owned_fields
-            .as_ref()
-            .is_some_and(|fields| owns(fields, desired))
+        && live.owned_fields.as_ref().is_some_and(|fields| owns(fields, desired))
 }
 
 /// Whether `live` holds every field of `desired` with the same value: what a
@@ -68,9 +61,9 @@ pub fn covers(live: &Json, desired: &Json) -> bool {
 
 fn covers_value(live: &Json, desired: &Json) -> bool {
     match (live, desired) {
-        (Json::Object(l), Json::Object(d)) => d
-            .iter()
-            .all(|(k, v)| l.get(k).is_some_and(|lv| covers_value(lv, v))),
+        (Json::Object(l), Json::Object(d)) => {
+            d.iter().all(|(k, v)| l.get(k).is_some_and(|lv| covers_value(lv, v)))
+        }
         (Json::Array(l), Json::Array(d)) => {
             l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| covers_value(lv, dv))
         }
@@ -120,9 +113,7 @@ fn owns_map(fields: Option<&Json>, desired: &Map<String, Json>) -> bool {
     if fields.as_object().is_some_and(|m| m.is_empty()) {
         return true;
     }
-    desired
-        .iter()
-        .all(|(k, v)| owns_value(fields.get(format!("f:{k}")), v))
+    desired.iter().all(|(k, v)| owns_value(fields.get(format!("f:{k}")), v))
 }
 
 /// Values the API server drops rather than stores: nothing to own.
@@ -162,10 +153,8 @@ fn owns_list(fields: &Json, items: &[Json]) -> bool {
             Some((key.as_object()?.clone(), v))
         })
         .collect();
-    let values: Vec<Json> = members
-        .keys()
-        .filter_map(|k| serde_json::from_str(k.strip_prefix("v:")?).ok())
-        .collect();
+    let values: Vec<Json> =
+        members.keys().filter_map(|k| serde_json::from_str(k.strip_prefix("v:")?).ok()).collect();
     if keyed.is_empty() && values.is_empty() {
         return true;
     }
@@ -213,10 +202,7 @@ mod tests {
         let live = json!({"data": {"a": "1", "b": "2"}, "status": {},
             "spec": {"replicas": 2.0, "ports": [{"port": 80, "protocol": "TCP"}]}});
         assert!(covers(&live, &desired), "apiVersion and kind are identity");
-        assert!(!covers(
-            &json!({"data": {"a": "2"}}),
-            &json!({"data": {"a": "1"}})
-        ));
+        assert!(!covers(&json!({"data": {"a": "2"}}), &json!({"data": {"a": "1"}})));
         assert!(!covers(&json!({}), &json!({"data": {"a": "1"}})));
         assert!(!covers(
             &json!({"spec": {"ports": [{"port": 80}, {"port": 81}]}}),
@@ -231,10 +217,7 @@ mod tests {
         stamp(&mut a);
         stamp(&mut b);
         assert_eq!(a, b);
-        let hash = a["metadata"]["annotations"][APPLIED_HASH]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let hash = a["metadata"]["annotations"][APPLIED_HASH].as_str().unwrap().to_owned();
         assert_eq!(hash.len(), 32);
         stamp(&mut a);
         assert_eq!(
@@ -325,14 +308,8 @@ mod tests {
             manifest,
             owned_fields: owned,
         };
-        assert!(in_place(
-            &cached(live.clone(), Some(fields.clone())),
-            &desired
-        ));
-        assert!(
-            !in_place(&cached(live.clone(), None), &desired),
-            "ownership unknown"
-        );
+        assert!(in_place(&cached(live.clone(), Some(fields.clone())), &desired));
+        assert!(!in_place(&cached(live.clone(), None), &desired), "ownership unknown");
         let mut unstamped = live.clone();
         unstamped["metadata"]["annotations"] = json!({});
         assert!(
@@ -342,9 +319,6 @@ mod tests {
         let mut changed = desired.clone();
         changed["spec"]["replicas"] = json!(3);
         stamp(&mut changed);
-        assert!(
-            !in_place(&cached(live, Some(fields)), &changed),
-            "the row changed"
-        );
+        assert!(!in_place(&cached(live, Some(fields)), &changed), "the row changed");
     }
 }

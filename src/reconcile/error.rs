@@ -86,9 +86,9 @@ impl PassError {
             Self::Probe(_) => crate::reason::QUERY_FAILED,
             Self::ProbeTimeout => crate::reason::QUERY_TIMEOUT,
             Self::Discovery(e) => e.reason(),
-            Self::Rows(failures) => failures
-                .first()
-                .map_or(crate::reason::SYNC_FAILED, |f| f.error.reason()),
+            Self::Rows(failures) => {
+                failures.first().map_or(crate::reason::SYNC_FAILED, |f| f.error.reason())
+            }
             Self::Prune(_) => crate::reason::PRUNE_FAILED,
         }
     }
@@ -126,11 +126,7 @@ impl PassError {
 }
 
 fn join(errors: &[SpecError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 fn rows_message(failures: &[RowFailure]) -> String {
@@ -152,10 +148,7 @@ pub struct RowFailure {
 
 impl From<crate::render::RenderFailure> for RowFailure {
     fn from(f: crate::render::RenderFailure) -> Self {
-        Self {
-            row: f.row.index,
-            error: ObjectError::Render(f.error),
-        }
+        Self { row: f.row.index, error: ObjectError::Render(f.error) }
     }
 }
 

@@ -51,10 +51,7 @@ pub struct PruneGuard {
 
 impl From<&PruneGuardSpec> for PruneGuard {
     fn from(spec: &PruneGuardSpec) -> Self {
-        Self {
-            max_percent: spec.max_prune_percent,
-            confirmation: spec.confirmation_interval.get(),
-        }
+        Self { max_percent: spec.max_prune_percent, confirmation: spec.confirmation_interval.get() }
     }
 }
 
@@ -70,11 +67,7 @@ struct Recent(std::collections::VecDeque<(Instant, usize)>);
 
 impl Recent {
     fn count(&mut self, now: Instant, window: Duration) -> usize {
-        while self
-            .0
-            .front()
-            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > window)
-        {
+        while self.0.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > window) {
             self.0.pop_front();
         }
         self.0.iter().map(|(_, n)| n).sum()
@@ -159,11 +152,7 @@ impl PruneGuard {
         if released || self.confirmation.is_zero() {
             held.0.clear();
             held.1 = Recent::default();
-            let ruling = if released {
-                Ruling::Released
-            } else {
-                Ruling::Immediate
-            };
+            let ruling = if released { Ruling::Released } else { Ruling::Immediate };
             return verdict(candidates, ruling);
         }
         // Judged with what was deleted lately: against the objects there
@@ -211,18 +200,8 @@ impl PruneGuard {
             held.0.remove(&candidate.key());
         }
         held.1.add(now, delete.len());
-        let ruling = if waiting == 0 {
-            Ruling::Confirmed
-        } else {
-            Ruling::Holding
-        };
-        GuardDecision {
-            delete,
-            held: waiting,
-            owned,
-            confirm_in,
-            ruling,
-        }
+        let ruling = if waiting == 0 { Ruling::Confirmed } else { Ruling::Holding };
+        GuardDecision { delete, held: waiting, owned, confirm_in, ruling }
     }
 }
 
@@ -247,10 +226,7 @@ mod tests {
             .collect()
     }
 
-    const GUARD: PruneGuard = PruneGuard {
-        max_percent: 50,
-        confirmation: Duration::from_secs(30),
-    };
+    const GUARD: PruneGuard = PruneGuard { max_percent: 50, confirmation: Duration::from_secs(30) };
 
     #[test]
     fn deletions_in_small_batches_add_up_to_a_large_prune() {
@@ -258,13 +234,7 @@ mod tests {
         let start = Instant::now();
         // 10 objects; a reload deletes 4, then 3 of the 6 left: each alone
         // is at most half, together 7 of 10.
-        let v = GUARD.rule(
-            candidates(&["a", "b", "c", "d"]),
-            10,
-            &mut held,
-            start,
-            false,
-        );
+        let v = GUARD.rule(candidates(&["a", "b", "c", "d"]), 10, &mut held, start, false);
         assert_eq!((v.delete.len(), v.ruling), (4, Ruling::Immediate));
         let later = start + Duration::from_secs(5);
         let v = GUARD.rule(candidates(&["e", "f", "g"]), 6, &mut held, later, false);
@@ -272,20 +242,8 @@ mod tests {
         // Outside the window the batch is judged on its own again.
         let much_later = start + GUARD.window() + Duration::from_secs(1);
         let mut fresh = Held::default();
-        let _ = GUARD.rule(
-            candidates(&["a", "b", "c", "d"]),
-            10,
-            &mut fresh,
-            start,
-            false,
-        );
-        let v = GUARD.rule(
-            candidates(&["e", "f", "g"]),
-            6,
-            &mut fresh,
-            much_later,
-            false,
-        );
+        let _ = GUARD.rule(candidates(&["a", "b", "c", "d"]), 10, &mut fresh, start, false);
+        let v = GUARD.rule(candidates(&["e", "f", "g"]), 6, &mut fresh, much_later, false);
         assert_eq!((v.delete.len(), v.ruling), (3, Ruling::Immediate));
     }
 
@@ -293,18 +251,9 @@ mod tests {
     fn small_prunes_are_immediate() {
         let mut held = Held::default();
         let v = GUARD.rule(candidates(&["a"]), 10, &mut held, Instant::now(), false);
-        assert_eq!(
-            (v.delete.len(), v.held, v.ruling),
-            (1, 0, Ruling::Immediate)
-        );
+        assert_eq!((v.delete.len(), v.held, v.ruling), (1, 0, Ruling::Immediate));
         let mut fresh = Held::default();
-        let v = GUARD.rule(
-            candidates(&["a", "b"]),
-            4,
-            &mut fresh,
-            Instant::now(),
-            false,
-        );
+        let v = GUARD.rule(candidates(&["a", "b"]), 4, &mut fresh, Instant::now(), false);
         assert_eq!(v.delete.len(), 2, "exactly half is not more than half");
     }
 
@@ -326,10 +275,7 @@ mod tests {
             start + Duration::from_secs(30),
             false,
         );
-        assert_eq!(
-            (v.delete.len(), v.held, v.ruling),
-            (3, 0, Ruling::Confirmed)
-        );
+        assert_eq!((v.delete.len(), v.held, v.ruling), (3, 0, Ruling::Confirmed));
         assert!(held.is_empty());
         // Two of three over half of the owned objects.
         let v = GUARD.rule(candidates(&["a", "b"]), 3, &mut held, start, false);
@@ -342,13 +288,7 @@ mod tests {
         let start = Instant::now();
         GUARD.rule(candidates(&["a", "b"]), 2, &mut held, start, false);
         // The reload finished: nothing to delete, the holds go.
-        let v = GUARD.rule(
-            Vec::new(),
-            2,
-            &mut held,
-            start + Duration::from_secs(1),
-            false,
-        );
+        let v = GUARD.rule(Vec::new(), 2, &mut held, start + Duration::from_secs(1), false);
         assert_eq!(v.ruling, Ruling::Nothing);
         let v = GUARD.rule(
             candidates(&["a", "b"]),
@@ -368,10 +308,7 @@ mod tests {
         let v = GUARD.rule(candidates(&["a", "b"]), 2, &mut held, now, true);
         assert_eq!((v.delete.len(), v.ruling), (2, Ruling::Released));
         assert!(held.is_empty());
-        let off = PruneGuard {
-            confirmation: Duration::ZERO,
-            ..GUARD
-        };
+        let off = PruneGuard { confirmation: Duration::ZERO, ..GUARD };
         let v = off.rule(candidates(&["a", "b"]), 2, &mut held, now, false);
         assert_eq!((v.delete.len(), v.ruling), (2, Ruling::Immediate));
     }

@@ -84,10 +84,7 @@ impl Owner {
     /// that value would carry the same labels.
     pub fn owns_object(&self, object: &crate::kube_api::LiveObject) -> bool {
         self.owns(&object.labels)
-            && object
-                .controller_uid
-                .as_ref()
-                .is_none_or(|uid| *uid == self.uid)
+            && object.controller_uid.as_ref().is_none_or(|uid| *uid == self.uid)
     }
 
     /// Whether `labels` say the object belongs to some other DBQR.
@@ -109,10 +106,7 @@ impl Owner {
             let reference = crate::controller::owner::controller_reference::<
                 crate::api::DatabaseQueryResource,
             >(&self.name, &self.uid);
-            let mut refs = metadata["ownerReferences"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
+            let mut refs = metadata["ownerReferences"].as_array().cloned().unwrap_or_default();
             refs.retain(|r| r["uid"] != self.uid.as_str());
             refs.push(reference);
             metadata["ownerReferences"] = Json::Array(refs);
@@ -126,20 +120,14 @@ mod tests {
 
     #[test]
     fn the_acting_user_is_a_service_account_of_the_dbqrs_namespace() {
-        let owner = Owner {
-            name: "users".into(),
-            namespace: "team-a".into(),
-            uid: "u1".into(),
-        };
+        let owner = Owner { name: "users".into(), namespace: "team-a".into(), uid: "u1".into() };
         assert_eq!(owner.acting_user(None, None), None);
         assert_eq!(
             owner.acting_user(None, Some("dbqr-runner")).as_deref(),
             Some("system:serviceaccount:team-a:dbqr-runner")
         );
         assert_eq!(
-            owner
-                .acting_user(Some("deployer"), Some("dbqr-runner"))
-                .as_deref(),
+            owner.acting_user(Some("deployer"), Some("dbqr-runner")).as_deref(),
             Some("system:serviceaccount:team-a:deployer")
         );
     }
@@ -155,11 +143,7 @@ mod tests {
 
     #[test]
     fn decorate_adds_labels_and_owner_reference_only_in_own_namespace() {
-        let owner = Owner {
-            name: "users".into(),
-            namespace: "apps".into(),
-            uid: "u1".into(),
-        };
+        let owner = Owner { name: "users".into(), namespace: "apps".into(), uid: "u1".into() };
         let mut same = json!({"metadata": {"name": "x", "labels": {"keep": "me"}}});
         owner.decorate(&mut same, Some("apps"));
         assert_eq!(same["metadata"]["labels"]["keep"], "me");

@@ -111,10 +111,7 @@ impl PassConfig {
     /// when the operator does not allow Secrets from other namespaces.
     pub fn secret(&self) -> Result<(String, String), PassError> {
         let reference = &self.spec.database.connection_secret_ref;
-        let namespace = reference
-            .namespace
-            .clone()
-            .unwrap_or_else(|| self.owner.namespace.clone());
+        let namespace = reference.namespace.clone().unwrap_or_else(|| self.owner.namespace.clone());
         if namespace != self.owner.namespace && !self.allow_cross_namespace_secrets {
             return Err(PassError::SecretNotAllowed(namespace));
         }
@@ -166,10 +163,7 @@ pub struct PassState {
 
 impl PassState {
     pub fn new(managed_kinds: BTreeSet<Gvk>) -> Self {
-        Self {
-            managed_kinds,
-            ..Self::default()
-        }
+        Self { managed_kinds, ..Self::default() }
     }
 
     /// The row that produced `key` in the last pass.
@@ -223,11 +217,7 @@ impl PassState {
         };
         self.applied.insert(
             key,
-            Kept {
-                row: object.row,
-                kind,
-                manifest: object.manifest.to_string().into_boxed_str(),
-            },
+            Kept { row: object.row, kind, manifest: object.manifest.to_string().into_boxed_str() },
         );
     }
 }
@@ -317,10 +307,8 @@ pub async fn run_pass<W: Cluster>(
     writer: &W,
     now: &str,
 ) -> PassReport {
-    let mut report = PassReport {
-        managed_kinds: state.managed_kinds.clone(),
-        ..PassReport::default()
-    };
+    let mut report =
+        PassReport { managed_kinds: state.managed_kinds.clone(), ..PassReport::default() };
     let pool = match connect(config, connection, writer).await {
         Ok(pool) => pool,
         Err(e) => {
@@ -372,16 +360,10 @@ async fn connect<W: Cluster>(
     let reference = &config.spec.database.connection_secret_ref;
     let (namespace, name) = config.secret()?;
     let secret = format!("{namespace}/{name}");
-    let unreadable = |source| PassError::SecretUnreadable {
-        secret: secret.clone(),
-        source,
-    };
+    let unreadable = |source| PassError::SecretUnreadable { secret: secret.clone(), source };
     let missing = || PassError::SecretNotFound(secret.clone());
-    let found = writer
-        .read_secret(&namespace, &name)
-        .await
-        .map_err(unreadable)?
-        .ok_or_else(missing)?;
+    let found =
+        writer.read_secret(&namespace, &name).await.map_err(unreadable)?.ok_or_else(missing)?;
     if let Some(current) = connection {
         if current.secret_version == found.resource_version {
             return Ok(current.pool.clone());
@@ -397,11 +379,7 @@ async fn connect<W: Cluster>(
             namespace: Some(namespace.clone()),
             name: name.clone(),
         };
-        writer
-            .get(&target)
-            .await
-            .map_err(unreadable)?
-            .ok_or_else(missing)?;
+        writer.get(&target).await.map_err(unreadable)?.ok_or_else(missing)?;
     }
     let info = db::conninfo_from_secret(&secret, &found.data, reference)?;
     let pool_spec = &config.spec.database.pool;
@@ -412,11 +390,7 @@ async fn connect<W: Cluster>(
         (&config.connections.budget, &config.connections.pools),
         BUDGET_WAIT,
     )?;
-    let fresh = Connection {
-        pool: pool.clone(),
-        info,
-        secret_version: found.resource_version,
-    };
+    let fresh = Connection { pool: pool.clone(), info, secret_version: found.resource_version };
     if let Some(old) = connection.replace(fresh) {
         old.close();
     }
@@ -451,28 +425,13 @@ pub async fn reconcile_rows<W: Cluster>(
             rendered = render(config, rows, &kinds, now);
         }
     }
-    let failed = rendered
-        .failures
-        .into_iter()
-        .map(RowFailure::from)
-        .collect();
-    let inputs = gather(
-        config,
-        writer,
-        &kinds,
-        rendered.objects,
-        failed,
-        &state.managed_kinds,
-    )
-    .await;
+    let failed = rendered.failures.into_iter().map(RowFailure::from).collect();
+    let inputs =
+        gather(config, writer, &kinds, rendered.objects, failed, &state.managed_kinds).await;
     let plan = plan::plan(inputs);
     // Rows are kept only for status write-back.
     state.rows = if config.status_template.is_some() {
-        plan.apply
-            .iter()
-            .chain(&plan.skip)
-            .map(|d| (d.key(), rows[d.row].clone()))
-            .collect()
+        plan.apply.iter().chain(&plan.skip).map(|d| (d.key(), rows[d.row].clone())).collect()
     } else {
         HashMap::new()
     };
@@ -514,24 +473,10 @@ async fn gather<'a, W: Cluster>(
                 let objects = writer.cached_list(&resource, &labels);
                 (resource, objects)
             });
-            (
-                group_kind,
-                Owned {
-                    gvk: kind.gvk,
-                    listing,
-                },
-            )
+            (group_kind, Owned { gvk: kind.gvk, listing })
         })
         .collect();
-    Inputs {
-        owner,
-        desired,
-        failed,
-        live,
-        owned,
-        inventory,
-        prune: config.spec.prune,
-    }
+    Inputs { owner, desired, failed, live, owned, inventory, prune: config.spec.prune }
 }
 
 /// Decorates each rendered object with the owner's labels and resolves its kind.
@@ -548,18 +493,13 @@ fn resolve_objects(
         match resolve(kinds, &object.gvk) {
             Ok(resource) => desired.push(Desired {
                 row: object.row,
-                target: Target {
-                    resource,
-                    namespace: object.namespace,
-                    name: object.name,
-                },
+                target: Target { resource, namespace: object.namespace, name: object.name },
                 gvk: object.gvk,
                 manifest: object.manifest,
             }),
-            Err(e) => failed.push(RowFailure {
-                row: object.row,
-                error: ObjectError::UnknownKind(e),
-            }),
+            Err(e) => {
+                failed.push(RowFailure { row: object.row, error: ObjectError::UnknownKind(e) })
+            }
         }
     }
     desired
@@ -573,15 +513,11 @@ struct Involved {
 
 /// The resource of `gvk`'s kind at the version discovery prefers.
 fn preferred_resource(kinds: &Discovered, gvk: &Gvk) -> Option<ApiResource> {
-    kinds
-        .get(&gvk.group_kind())
-        .map(|info| info.resource.clone())
+    kinds.get(&gvk.group_kind()).map(|info| info.resource.clone())
 }
 
 fn not_served(gvk: &Gvk) -> PruneFailure {
-    PruneFailure::UnknownKind(KubeError::UnknownKind {
-        kind: gvk.to_string(),
-    })
+    PruneFailure::UnknownKind(KubeError::UnknownKind { kind: gvk.to_string() })
 }
 
 /// Makes sure every kind involved (what the rows render and what was written
@@ -598,13 +534,10 @@ async fn watch_kinds<W: Cluster>(
     // kind, whatever version each DBQR renders.
     let mut involved: BTreeMap<GroupKind, Involved> = BTreeMap::new();
     for object in desired.iter() {
-        involved
-            .entry(object.gvk.group_kind())
-            .or_insert_with(|| Involved {
-                gvk: object.gvk.clone(),
-                resource: preferred_resource(kinds, &object.gvk)
-                    .ok_or_else(|| not_served(&object.gvk)),
-            });
+        involved.entry(object.gvk.group_kind()).or_insert_with(|| Involved {
+            gvk: object.gvk.clone(),
+            resource: preferred_resource(kinds, &object.gvk).ok_or_else(|| not_served(&object.gvk)),
+        });
     }
     for gvk in inventory {
         // A kind discovery confirms is gone holds no objects any more; one
@@ -612,12 +545,10 @@ async fn watch_kinds<W: Cluster>(
         if kinds.confirms_absent(&gvk.group_kind()) {
             continue;
         }
-        involved
-            .entry(gvk.group_kind())
-            .or_insert_with(|| Involved {
-                gvk: gvk.clone(),
-                resource: preferred_resource(kinds, gvk).ok_or_else(|| not_served(gvk)),
-            });
+        involved.entry(gvk.group_kind()).or_insert_with(|| Involved {
+            gvk: gvk.clone(),
+            resource: preferred_resource(kinds, gvk).ok_or_else(|| not_served(gvk)),
+        });
     }
     for kind in involved.values_mut() {
         if let Ok(resource) = &kind.resource {
@@ -633,10 +564,7 @@ async fn watch_kinds<W: Cluster>(
             Some(Err(PruneFailure::Watch { source, .. })) => {
                 failed.push(RowFailure {
                     row: object.row,
-                    error: ObjectError::Watch {
-                        kind: group_kind,
-                        source: source.clone(),
-                    },
+                    error: ObjectError::Watch { kind: group_kind, source: source.clone() },
                 });
                 false
             }
@@ -730,10 +658,7 @@ async fn absent_by_list<'a, W: Cluster>(
             return None;
         }
         let target = &objects[0].target;
-        writer
-            .names(&target.resource, target.namespace.as_deref())
-            .await
-            .ok()
+        writer.names(&target.resource, target.namespace.as_deref()).await.ok()
     }))
     .await;
     let mut to_read = Vec::new();
@@ -764,10 +689,7 @@ async fn execute<W: Cluster>(
     report.skipped = plan.skip.len();
     let results = apply_all(config, writer, &plan.apply).await;
     let mut failures = keep_applied(state, &mut plan, results, report);
-    state.rediscover = failures
-        .iter()
-        .chain(&plan.refuse)
-        .any(|f| f.error.is_not_found());
+    state.rediscover = failures.iter().chain(&plan.refuse).any(|f| f.error.is_not_found());
     if !failures.is_empty() || !plan.refuse.is_empty() {
         let inventory = plan.next_inventory(true, []);
         state.managed_kinds = inventory.clone();
@@ -860,13 +782,8 @@ async fn prune<W: Cluster>(
         confirmation: config.guard.confirmation,
         released,
     });
-    let deletions = join_all(
-        decision
-            .delete
-            .iter()
-            .map(|c| writer.delete(&c.target, c.uid.as_deref())),
-    )
-    .await;
+    let deletions =
+        join_all(decision.delete.iter().map(|c| writer.delete(&c.target, c.uid.as_deref()))).await;
     let mut delete_failures = Vec::new();
     let mut unpruned = Vec::new();
     for (candidate, result) in decision.delete.iter().zip(deletions) {
@@ -883,11 +800,8 @@ async fn prune<W: Cluster>(
         }
     }
     // Held deletions keep their kinds in the inventory.
-    let held_kinds: Vec<&Gvk> = if decision.held > 0 {
-        plan.inventory.iter().collect()
-    } else {
-        Vec::new()
-    };
+    let held_kinds: Vec<&Gvk> =
+        if decision.held > 0 { plan.inventory.iter().collect() } else { Vec::new() };
     let inventory = plan.next_inventory(false, unpruned.into_iter().chain(held_kinds));
     state.managed_kinds = inventory.clone();
     report.managed_kinds = inventory;
@@ -944,10 +858,7 @@ pub async fn repair<W: Cluster>(
         // Another DBQR's or controller's now: the next pass reports it.
         Some(live) if plan::owned_elsewhere(owner, &live.live) => Ok(Repair::Nothing),
         Some(_) => {
-            writer
-                .apply(&wanted.target, &wanted.manifest)
-                .await
-                .map_err(failed)?;
+            writer.apply(&wanted.target, &wanted.manifest).await.map_err(failed)?;
             Ok(Repair::Reapplied)
         }
         None => match writer.create(&wanted.target, &wanted.manifest).await {

@@ -128,10 +128,7 @@ impl Plan {
 /// another DBQR's labels, or another controller.
 pub(crate) fn owned_elsewhere(owner: &Owner, live: &LiveObject) -> bool {
     owner.is_foreign(&live.labels)
-        || live
-            .controller_uid
-            .as_ref()
-            .is_some_and(|uid| *uid != owner.uid)
+        || live.controller_uid.as_ref().is_some_and(|uid| *uid != owner.uid)
 }
 
 /// Why an existing object may not be written by `owner`, if it may not:
@@ -147,29 +144,13 @@ fn refusal(owner: &Owner, key: &ObjectKey, live: &LiveObject) -> Option<ObjectEr
     if owner.owns(&live.labels) || live.adopt.as_deref() == Some(adopter.as_str()) {
         return None;
     }
-    Some(ObjectError::Exists {
-        kind,
-        name,
-        adopter,
-    })
+    Some(ObjectError::Exists { kind, name, adopter })
 }
 
 /// Decides the pass.
 pub fn plan(inputs: Inputs<'_>) -> Plan {
-    let Inputs {
-        owner,
-        desired,
-        failed,
-        live,
-        owned,
-        inventory,
-        prune,
-    } = inputs;
-    let mut plan = Plan {
-        refuse: failed,
-        inventory: inventory.clone(),
-        ..Plan::default()
-    };
+    let Inputs { owner, desired, failed, live, owned, inventory, prune } = inputs;
+    let mut plan = Plan { refuse: failed, inventory: inventory.clone(), ..Plan::default() };
     plan.produced = desired.iter().map(Desired::key).collect();
     for object in desired {
         plan.place(owner, object, &live);
@@ -198,10 +179,7 @@ impl Plan {
             Live::Absent => None,
         };
         if let Some(error) = metadata.and_then(|m| refusal(owner, &key, m)) {
-            self.refuse.push(RowFailure {
-                row: object.row,
-                error,
-            });
+            self.refuse.push(RowFailure { row: object.row, error });
             return;
         }
         self.written.insert(object.gvk.clone());
@@ -241,11 +219,7 @@ impl Plan {
                 namespace: object.namespace,
                 name: object.name,
             };
-            self.prune.push(Candidate {
-                gvk: gvk.clone(),
-                target,
-                uid: object.uid,
-            });
+            self.prune.push(Candidate { gvk: gvk.clone(), target, uid: object.uid });
         }
     }
 }

@@ -123,11 +123,7 @@ impl Scheduler {
             backoff(self.failures, self.poll)
         };
         let delay = end.confirm_in.map_or(delay, |confirm| delay.min(confirm));
-        let delay = if std::mem::take(&mut self.dirty) {
-            DEBOUNCE
-        } else {
-            delay
-        };
+        let delay = if std::mem::take(&mut self.dirty) { DEBOUNCE } else { delay };
         self.wake_in(delay, now)
     }
 
@@ -181,17 +177,11 @@ mod tests {
     const POLL: Duration = Duration::from_secs(10);
 
     fn ok() -> PassEnd {
-        PassEnd {
-            succeeded: true,
-            confirm_in: None,
-        }
+        PassEnd { succeeded: true, confirm_in: None }
     }
 
     fn failed() -> PassEnd {
-        PassEnd {
-            succeeded: false,
-            confirm_in: None,
-        }
+        PassEnd { succeeded: false, confirm_in: None }
     }
 
     #[test]
@@ -211,12 +201,8 @@ mod tests {
         let mut s = Scheduler::new(Duration::from_secs(60));
         let mut delays = Vec::new();
         for _ in 0..3 {
-            let Next::RunPass(_) = s.woke() else {
-                panic!("a pass runs")
-            };
-            let Next::WakeAt(at) = s.pass_ended(failed(), t0) else {
-                panic!("a retry is armed")
-            };
+            let Next::RunPass(_) = s.woke() else { panic!("a pass runs") };
+            let Next::WakeAt(at) = s.pass_ended(failed(), t0) else { panic!("a retry is armed") };
             delays.push((at - t0).as_secs_f64());
         }
         // 1 s, 2 s, 4 s, each within the jitter.
@@ -224,10 +210,7 @@ mod tests {
             assert!((base * 0.8..=base * 1.2).contains(delay), "{delays:?}");
         }
         s.woke();
-        assert_eq!(
-            s.pass_ended(ok(), t0),
-            Next::WakeAt(t0 + Duration::from_secs(60))
-        );
+        assert_eq!(s.pass_ended(ok(), t0), Next::WakeAt(t0 + Duration::from_secs(60)));
     }
 
     #[test]
@@ -253,9 +236,7 @@ mod tests {
         let mut s = Scheduler::new(POLL);
         s.start();
         s.changed(t0);
-        let Next::WakeAt(at) = s.pass_ended(ok(), t0) else {
-            panic!("armed")
-        };
+        let Next::WakeAt(at) = s.pass_ended(ok(), t0) else { panic!("armed") };
         assert_eq!(at, t0 + DEBOUNCE);
         // A stream of changes never postpones the pass already due.
         assert_eq!(s.changed(t0 + Duration::from_millis(10)), Next::Nothing);
@@ -283,14 +264,8 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Scheduler::new(Duration::from_secs(3600));
         s.start();
-        let end = PassEnd {
-            succeeded: true,
-            confirm_in: Some(Duration::from_secs(30)),
-        };
-        assert_eq!(
-            s.pass_ended(end, t0),
-            Next::WakeAt(t0 + Duration::from_secs(30))
-        );
+        let end = PassEnd { succeeded: true, confirm_in: Some(Duration::from_secs(30)) };
+        assert_eq!(s.pass_ended(end, t0), Next::WakeAt(t0 + Duration::from_secs(30)));
     }
 
     #[test]

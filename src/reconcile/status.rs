@@ -39,10 +39,7 @@ fn unknown(reason: &'static str, message: &str) -> Verdict {
 
 /// Not synced because the database is not there to read.
 fn database_unavailable() -> Verdict {
-    Verdict::failed(
-        crate::reason::DATABASE_UNAVAILABLE,
-        "not synced: the database is unavailable",
-    )
+    Verdict::failed(crate::reason::DATABASE_UNAVAILABLE, "not synced: the database is unavailable")
 }
 
 /// What a DBQR's status should say.
@@ -89,46 +86,31 @@ fn verdicts(
     writeback: Option<&WriteBackResult>,
 ) -> Vec<(&'static str, Verdict)> {
     let (database, synced) = match outcome {
-        Outcome::InvalidSpec(e) => (
-            unknown(crate::reason::NOT_CHECKED, "the spec is invalid"),
-            failed(e),
-        ),
+        Outcome::InvalidSpec(e) => {
+            (unknown(crate::reason::NOT_CHECKED, "the spec is invalid"), failed(e))
+        }
         Outcome::ProbeFailed(e) if e.is_database() => (failed(e), database_unavailable()),
-        Outcome::ProbeFailed(e) => (
-            ok(crate::reason::CONNECTED, "connected to the database"),
-            failed(e),
-        ),
+        Outcome::ProbeFailed(e) => {
+            (ok(crate::reason::CONNECTED, "connected to the database"), failed(e))
+        }
         Outcome::Pass(report) => (database_verdict(report), synced_verdict(report)),
     };
     let ready = if database.holds() && synced.holds() {
         Verdict::ready(synced.message.clone())
     } else if database.holds() {
-        Verdict {
-            status: Status::False,
-            ..synced.clone()
-        }
+        Verdict { status: Status::False, ..synced.clone() }
     } else {
         Verdict::failed(database.reason, database.message.clone())
     };
-    let mut all = vec![
-        (READY, ready),
-        (DATABASE_CONNECTED, database),
-        (SYNCED, synced),
-    ];
-    if let Outcome::Pass(PassReport {
-        guard: Some(guard), ..
-    }) = outcome
-    {
+    let mut all = vec![(READY, ready), (DATABASE_CONNECTED, database), (SYNCED, synced)];
+    if let Outcome::Pass(PassReport { guard: Some(guard), .. }) = outcome {
         all.push((PRUNE_HELD, prune_held(guard)));
     }
     // Write-back failures are reported beside, never instead of, the sync state.
     match writeback {
         Some(Ok(())) => all.push((
             STATUS_WRITE_BACK,
-            ok(
-                crate::reason::WRITTEN,
-                "object status written back to the database",
-            ),
+            ok(crate::reason::WRITTEN, "object status written back to the database"),
         )),
         Some(Err(e)) => all.push((STATUS_WRITE_BACK, failed(e))),
         None => {}
@@ -153,10 +135,7 @@ fn prune_held(guard: &GuardReport) -> Verdict {
         ),
         Ruling::Confirmed => Verdict::failed(
             crate::reason::PRUNE_CONFIRMED,
-            format!(
-                "held deletions confirmed after {:?} and carried out",
-                guard.confirmation
-            ),
+            format!("held deletions confirmed after {:?} and carried out", guard.confirmation),
         ),
         Ruling::Released => Verdict::failed(
             crate::reason::PRUNE_RELEASED,
@@ -189,11 +168,7 @@ pub fn next_status(
         .map(|(type_, v)| {
             let before = condition::find(&old.conditions, type_);
             // PruneHeld is the one condition whose True is bad news.
-            let bad = if type_ == PRUNE_HELD {
-                Status::True
-            } else {
-                Status::False
-            };
+            let bad = if type_ == PRUNE_HELD { Status::True } else { Status::False };
             let message = format!("{type_}: {}", v.message);
             if type_ != READY {
                 events.extend(condition::event_on_new_reason(before, &v, bad, message));
@@ -209,11 +184,7 @@ pub fn next_status(
         }
     }
     if let Outcome::Pass(report) = outcome {
-        next.managed_kinds = report
-            .managed_kinds
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        next.managed_kinds = report.managed_kinds.iter().map(ToString::to_string).collect();
         if report.succeeded() {
             next.object_count = Some(report.objects as i64);
         }
@@ -252,22 +223,11 @@ mod tests {
             next_status(None, &Outcome::Pass(&ok_report(3)), None, Some(1), time(10)).unwrap();
         assert_eq!(events.len(), 2, "DatabaseConnected and Synced appear");
         assert_eq!(first.last_poll_time, Some(time(10)));
-        assert!(next_status(
-            Some(&first),
-            &Outcome::Pass(&ok_report(3)),
-            None,
-            Some(1),
-            time(20)
-        )
-        .is_none());
-        let (second, events) = next_status(
-            Some(&first),
-            &Outcome::Pass(&ok_report(4)),
-            None,
-            Some(1),
-            time(30),
-        )
-        .unwrap();
+        assert!(next_status(Some(&first), &Outcome::Pass(&ok_report(3)), None, Some(1), time(20))
+            .is_none());
+        let (second, events) =
+            next_status(Some(&first), &Outcome::Pass(&ok_report(4)), None, Some(1), time(30))
+                .unwrap();
         assert!(events.is_empty(), "same reasons, no events");
         assert_eq!(second.object_count, Some(4));
         let ready = second.conditions.iter().find(|c| c.type_ == READY).unwrap();
@@ -284,14 +244,7 @@ mod tests {
         };
         let (failed, events) =
             next_status(Some(&ok), &Outcome::Pass(&down), None, Some(1), time(20)).unwrap();
-        let get = |t: &str| {
-            failed
-                .conditions
-                .iter()
-                .find(|c| c.type_ == t)
-                .unwrap()
-                .clone()
-        };
+        let get = |t: &str| failed.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
         assert_eq!(
             (get(READY).status.as_str(), get(READY).reason.as_str()),
             ("False", "ConnectionFailed")
@@ -319,10 +272,7 @@ mod tests {
     #[test]
     fn a_held_prune_is_reported_until_it_ends() {
         let get = |s: &DatabaseQueryResourceStatus, t: &str| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == t)
-                .map(|c| (c.status.clone(), c.reason.clone()))
+            s.conditions.iter().find(|c| c.type_ == t).map(|c| (c.status.clone(), c.reason.clone()))
         };
         // No hold yet: no PruneHeld condition at all.
         let (first, _) = next_status(
@@ -343,37 +293,17 @@ mod tests {
             time(20),
         )
         .unwrap();
-        assert_eq!(
-            get(&held, PRUNE_HELD),
-            Some(("True".into(), "PruneHeld".into()))
-        );
-        assert_eq!(
-            get(&held, SYNCED),
-            Some(("False".into(), "PruneHeld".into()))
-        );
-        let event = events
-            .iter()
-            .find(|e| e.message.starts_with("PruneHeld:"))
-            .unwrap();
-        assert!(
-            event.warning && event.message.contains("3 of 3"),
-            "{event:?}"
-        );
+        assert_eq!(get(&held, PRUNE_HELD), Some(("True".into(), "PruneHeld".into())));
+        assert_eq!(get(&held, SYNCED), Some(("False".into(), "PruneHeld".into())));
+        let event = events.iter().find(|e| e.message.starts_with("PruneHeld:")).unwrap();
+        assert!(event.warning && event.message.contains("3 of 3"), "{event:?}");
 
         // A failed probe does not touch it; the end of the hold does.
         let probe = PassError::ProbeTimeout;
-        let (probed, _) = next_status(
-            Some(&held),
-            &Outcome::ProbeFailed(&probe),
-            None,
-            Some(1),
-            time(25),
-        )
-        .unwrap();
-        assert_eq!(
-            get(&probed, PRUNE_HELD),
-            Some(("True".into(), "PruneHeld".into()))
-        );
+        let (probed, _) =
+            next_status(Some(&held), &Outcome::ProbeFailed(&probe), None, Some(1), time(25))
+                .unwrap();
+        assert_eq!(get(&probed, PRUNE_HELD), Some(("True".into(), "PruneHeld".into())));
         let (ended, events) = next_status(
             Some(&held),
             &Outcome::Pass(&guarded(Ruling::Confirmed, 0)),
@@ -382,14 +312,8 @@ mod tests {
             time(30),
         )
         .unwrap();
-        assert_eq!(
-            get(&ended, PRUNE_HELD),
-            Some(("False".into(), "PruneConfirmed".into()))
-        );
-        let event = events
-            .iter()
-            .find(|e| e.reason == "PruneConfirmed")
-            .unwrap();
+        assert_eq!(get(&ended, PRUNE_HELD), Some(("False".into(), "PruneConfirmed".into())));
+        let event = events.iter().find(|e| e.reason == "PruneConfirmed").unwrap();
         assert!(!event.warning);
     }
 }

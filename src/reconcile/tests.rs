@@ -63,12 +63,7 @@ fn config(prune: bool) -> PassConfig {
 
 fn rows(rows: &[(&str, &str)]) -> Vec<Row> {
     rows.iter()
-        .map(|(name, value)| {
-            json!({ "name": name, "value": value })
-                .as_object()
-                .unwrap()
-                .clone()
-        })
+        .map(|(name, value)| json!({ "name": name, "value": value }).as_object().unwrap().clone())
         .collect()
 }
 
@@ -80,16 +75,9 @@ fn pass(
     rows: &[Row],
 ) -> PassReport {
     let mut report = PassReport::default();
-    reconcile_rows(
-        config,
-        state,
-        writer,
-        rows,
-        "2024-01-01T00:00:00Z",
-        &mut report,
-    )
-    .now_or_never()
-    .expect("the fake writer never waits");
+    reconcile_rows(config, state, writer, rows, "2024-01-01T00:00:00Z", &mut report)
+        .now_or_never()
+        .expect("the fake writer never waits");
     report
 }
 
@@ -115,28 +103,14 @@ fn owner_labels(name: &str) -> Json {
 fn a_converged_pass_writes_nothing_and_reads_nothing() {
     let (config, writer) = (config(true), FakeCluster::default());
     let mut state = PassState::default();
-    let first = pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("b", "2")]),
-    );
+    let first = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("b", "2")]));
     assert!(first.succeeded(), "{:?}", first.failure());
     assert_eq!((first.applied, first.skipped), (2, 0));
     writer.calls.borrow_mut().clear();
 
-    let second = pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("b", "2")]),
-    );
+    let second = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("b", "2")]));
     assert_eq!((second.applied, second.skipped, second.pruned), (0, 2, 0));
-    assert!(
-        writer.calls.borrow().is_empty(),
-        "{:?}",
-        writer.calls.borrow()
-    );
+    assert!(writer.calls.borrow().is_empty(), "{:?}", writer.calls.borrow());
     assert_eq!(state.managed_kinds, BTreeSet::from([cm_gvk()]));
 }
 
@@ -147,10 +121,7 @@ fn a_changed_row_is_applied_and_a_removed_row_pruned() {
     let report = pass(&config, &mut state, &writer, &rows(&[("a", "changed")]));
     assert!(report.succeeded());
     assert_eq!((report.applied, report.pruned), (1, 1));
-    assert_eq!(
-        writer.writes(),
-        ["apply ConfigMap apps/a", "delete ConfigMap apps/b"]
-    );
+    assert_eq!(writer.writes(), ["apply ConfigMap apps/a", "delete ConfigMap apps/b"]);
 }
 
 #[test]
@@ -163,33 +134,17 @@ fn an_empty_result_holds_every_deletion_until_a_later_pass_confirms_it() {
     let guard = report.guard.unwrap();
     assert_eq!((report.pruned, guard.held, guard.owned), (0, 3, 3));
     assert_eq!(guard.ruling, Ruling::Holding);
-    assert!(guard
-        .confirm_in
-        .is_some_and(|d| d <= Duration::from_secs(30)));
+    assert!(guard.confirm_in.is_some_and(|d| d <= Duration::from_secs(30)));
     assert!(writer.writes().is_empty(), "{:?}", writer.writes());
-    assert_eq!(
-        state.managed_kinds,
-        BTreeSet::from([cm_gvk()]),
-        "the inventory stays"
-    );
+    assert_eq!(state.managed_kinds, BTreeSet::from([cm_gvk()]), "the inventory stays");
 
     // The rows are back: the hold ends, nothing was ever deleted.
-    let report = pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("b", "2"), ("c", "3")]),
-    );
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("b", "2"), ("c", "3")]));
     assert_eq!(report.guard.unwrap().ruling, Ruling::Nothing);
     assert!(writer.writes().is_empty(), "{:?}", writer.writes());
 
     // A deleted row (a small prune) goes at once.
-    let report = pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("b", "2")]),
-    );
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("b", "2")]));
     assert_eq!(report.pruned, 1);
     assert_eq!(writer.writes(), ["delete ConfigMap apps/c"]);
 }
@@ -197,10 +152,7 @@ fn an_empty_result_holds_every_deletion_until_a_later_pass_confirms_it() {
 #[test]
 fn the_release_annotation_and_a_zero_interval_prune_at_once() {
     let (mut config, writer, mut state) = converged(true, &[("a", "1"), ("b", "2")]);
-    config
-        .metadata
-        .annotations
-        .insert(RELEASE_ANNOTATION.into(), "true".into());
+    config.metadata.annotations.insert(RELEASE_ANNOTATION.into(), "true".into());
     let report = pass(&config, &mut state, &writer, &[]);
     assert_eq!(report.pruned, 2);
     assert_eq!(report.guard.unwrap().ruling, Ruling::Released);
@@ -217,12 +169,7 @@ fn nothing_is_pruned_after_a_row_fails() {
     let (config, writer, mut state) = converged(true, &[("a", "1"), ("b", "2")]);
 
     // Row 1 renders an invalid name; "b" is gone from the rows.
-    let report = pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("Not_Valid", "x")]),
-    );
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("Not_Valid", "x")]));
     assert!(!report.succeeded());
     assert_eq!(report.failure().unwrap().reason(), "InvalidName");
     assert!(writer.writes().is_empty(), "{:?}", writer.writes());
@@ -237,9 +184,7 @@ fn nothing_is_pruned_after_an_apply_fails() {
     let report = pass(&config, &mut state, &writer, &rows(&[("a", "new")]));
     let failure = report.failure().expect("the refused apply fails the pass");
     assert_eq!(failure.reason(), "Invalid");
-    assert!(failure
-        .to_string()
-        .contains("row 0: cannot apply ConfigMap a"));
+    assert!(failure.to_string().contains("row 0: cannot apply ConfigMap a"));
     assert!(!writer.writes().iter().any(|w| w.starts_with("delete")));
     assert_eq!(writer.names(), ["a", "b"]);
 }
@@ -266,28 +211,18 @@ fn an_object_of_another_owner_is_not_taken_over() {
                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "uid-rs", "controller": true}]}}),
     );
     let mut state = PassState::default();
-    let report = pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("b", "2"), ("c", "3")]),
-    );
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("b", "2"), ("c", "3")]));
 
     let failure = report.failure().expect("both rows fail");
     assert_eq!(failure.reason(), "ObjectOwnedElsewhere");
-    assert!(failure
-        .to_string()
-        .starts_with("2 problem(s), nothing pruned; row 0"));
+    assert!(failure.to_string().starts_with("2 problem(s), nothing pruned; row 0"));
     assert_eq!(writer.writes(), ["apply ConfigMap apps/c"]);
     assert_eq!(
         writer.objects.borrow()[&("ConfigMap".into(), Some("apps".into()), "a".into())]["data"]
             ["value"],
         "theirs"
     );
-    assert!(writer
-        .calls
-        .borrow()
-        .contains(&"get ConfigMap apps/b".to_owned()));
+    assert!(writer.calls.borrow().contains(&"get ConfigMap apps/b".to_owned()));
 }
 
 #[test]
@@ -340,20 +275,14 @@ fn an_object_another_owner_took_is_no_longer_repaired() {
         namespace: Some("apps".into()),
         name: "a".into(),
     };
-    assert!(
-        state.applied(&key).is_some(),
-        "a converged object is repaired"
-    );
+    assert!(state.applied(&key).is_some(), "a converged object is repaired");
     merge(
         writer.objects.borrow_mut().values_mut().next().unwrap(),
         &json!({"metadata": {"labels": owner_labels("other")}}),
     );
     let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
     assert_eq!(report.failure().unwrap().reason(), "ObjectOwnedElsewhere");
-    assert!(
-        state.applied(&key).is_none(),
-        "drift repair must not take it back"
-    );
+    assert!(state.applied(&key).is_none(), "drift repair must not take it back");
     assert!(writer.writes().is_empty());
 }
 
@@ -397,17 +326,9 @@ fn the_inventory_is_kept_when_a_pass_fails() {
     let (config, writer) = (config(true), FakeCluster::default());
     let deployments: Gvk = "apps/v1/Deployment".parse().unwrap();
     let mut state = PassState::new(BTreeSet::from([deployments.clone()]));
-    let report = pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("Not_Valid", "x")]),
-    );
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("Not_Valid", "x")]));
     assert!(!report.succeeded());
-    assert_eq!(
-        state.managed_kinds,
-        BTreeSet::from([cm_gvk(), deployments.clone()])
-    );
+    assert_eq!(state.managed_kinds, BTreeSet::from([cm_gvk(), deployments.clone()]));
     assert_eq!(report.managed_kinds, state.managed_kinds);
 
     // Once a pass succeeds and finds no Deployment of this DBQR, the kind drops out.
@@ -467,11 +388,7 @@ fn desired(name: &str, row: usize) -> Desired {
 }
 
 fn owner() -> Owner {
-    Owner {
-        name: "users".into(),
-        namespace: "apps".into(),
-        uid: "uid-users".into(),
-    }
+    Owner { name: "users".into(), namespace: "apps".into(), uid: "uid-users".into() }
 }
 
 fn live_cm(name: &str, labels: Json, deleting: bool) -> LiveObject {
@@ -486,10 +403,7 @@ fn live_cm(name: &str, labels: Json, deleting: bool) -> LiveObject {
 fn owned(objects: Vec<LiveObject>) -> BTreeMap<GroupKind, Owned> {
     BTreeMap::from([(
         GroupKind::new("", "ConfigMap"),
-        Owned {
-            gvk: cm_gvk(),
-            listing: Ok((ApiResource::erase::<ConfigMap>(&()), objects)),
-        },
+        Owned { gvk: cm_gvk(), listing: Ok((ApiResource::erase::<ConfigMap>(&()), objects)) },
     )])
 }
 
@@ -564,10 +478,7 @@ fn plan_prunes_nothing_when_a_row_failed_and_keeps_the_inventory() {
     input.owned = owned(vec![live_cm("gone", owner_labels("users"), false)]);
     let plan = plan::plan(input);
     assert!(plan.prune.is_empty() && !plan.pruning);
-    assert_eq!(
-        plan.next_inventory(false, []),
-        BTreeSet::from([deployments])
-    );
+    assert_eq!(plan.next_inventory(false, []), BTreeSet::from([deployments]));
 }
 
 #[test]
@@ -614,10 +525,8 @@ fn many_new_objects_are_checked_with_one_list_and_existing_ones_still_read() {
     let mut state = PassState::default();
     let report = pass(&config, &mut state, &writer, &rows(&input));
     let calls = writer.calls.borrow().clone();
-    let reads: Vec<&String> = calls
-        .iter()
-        .filter(|c| c.starts_with("get") || c.starts_with("names"))
-        .collect();
+    let reads: Vec<&String> =
+        calls.iter().filter(|c| c.starts_with("get") || c.starts_with("names")).collect();
     assert_eq!(
         reads,
         ["names ConfigMap apps", "get ConfigMap apps/n7"],
@@ -632,12 +541,7 @@ fn many_new_objects_are_checked_with_one_list_and_existing_ones_still_read() {
 fn a_few_new_objects_are_read_one_by_one() {
     let (config, writer) = (config(true), FakeCluster::default());
     let mut state = PassState::default();
-    let report = pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("b", "2")]),
-    );
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("b", "2")]));
     assert!(report.succeeded(), "{:?}", report.failure());
     let calls = writer.calls.borrow().clone();
     assert_eq!(calls.iter().filter(|c| c.starts_with("get")).count(), 2);
@@ -665,20 +569,12 @@ fn an_existing_object_nobody_handed_over_is_refused_by_name_and_left_alone() {
     // Adoption names a DBQR: a different one does not count.
     hand_made(&writer, "b", json!({"dbqo.dev/adopt": "apps/other"}));
     let mut state = PassState::default();
-    let report = pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("b", "2"), ("c", "3")]),
-    );
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("b", "2"), ("c", "3")]));
 
     let failure = report.failure().expect("rows a and b fail");
     assert_eq!(failure.reason(), "ObjectExists");
     let message = failure.to_string();
-    assert!(
-        message.contains("row 0: ConfigMap a already exists"),
-        "{message}"
-    );
+    assert!(message.contains("row 0: ConfigMap a already exists"), "{message}");
     assert!(message.contains("dbqo.dev/adopt: apps/users"), "{message}");
     assert_eq!(writer.writes(), ["apply ConfigMap apps/c"]);
     for name in ["a", "b"] {
@@ -712,36 +608,18 @@ fn an_object_with_this_dbqrs_labels_the_cache_has_not_seen_yet_is_its_own() {
     let mut state = PassState::default();
     let report = pass(&config, &mut state, &writer, &rows(&[("a", "1")]));
     assert!(report.succeeded(), "{:?}", report.failure());
-    assert!(writer
-        .calls
-        .borrow()
-        .contains(&"get ConfigMap apps/a".to_owned()));
+    assert!(writer.calls.borrow().contains(&"get ConfigMap apps/a".to_owned()));
 }
 
 #[test]
 fn a_prune_names_the_uid_it_saw_so_a_replacement_is_not_deleted() {
     let (config, writer, mut state) = converged(true, &[("a", "1"), ("b", "2"), ("c", "3")]);
     // b is deleted and made again by someone else, with our labels copied.
-    let key = (
-        "ConfigMap".to_owned(),
-        Some("apps".to_owned()),
-        "b".to_owned(),
-    );
+    let key = ("ConfigMap".to_owned(), Some("apps".to_owned()), "b".to_owned());
     writer.objects.borrow_mut().get_mut(&key).unwrap()["metadata"]["uid"] = json!("uid-b");
     *writer.replaced.borrow_mut() = Some(("b".into(), "uid-b-replacement".into()));
-    let report = pass(
-        &config,
-        &mut state,
-        &writer,
-        &rows(&[("a", "1"), ("c", "3")]),
-    );
+    let report = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("c", "3")]));
     assert!(report.succeeded(), "{:?}", report.failure());
-    assert_eq!(
-        writer.deletions.borrow().clone(),
-        [("b".to_owned(), Some("uid-b".to_owned()))]
-    );
-    assert!(
-        writer.objects.borrow().contains_key(&key),
-        "the replacement stays"
-    );
+    assert_eq!(writer.deletions.borrow().clone(), [("b".to_owned(), Some("uid-b".to_owned()))]);
+    assert!(writer.objects.borrow().contains_key(&key), "the replacement stays");
 }

@@ -65,24 +65,12 @@ pub async fn run(config: &PassConfig, pool: &Pool, due: Vec<Due>) -> Vec<Written
     };
     let timeout = config.spec.database.statement_timeout.get();
     let mut written = Vec::with_capacity(due.len());
-    for Due {
-        key,
-        resource,
-        row,
-        fingerprint,
-    } in due
-    {
+    for Due { key, resource, row, fingerprint } in due {
         let result = match template.render(&resource, &row, &config.metadata) {
-            Ok(bound) => status_template::execute(pool, &bound, timeout)
-                .await
-                .map(|_| ()),
+            Ok(bound) => status_template::execute(pool, &bound, timeout).await.map(|_| ()),
             Err(e) => Err(e),
         };
-        written.push(Written {
-            key,
-            fingerprint,
-            result,
-        });
+        written.push(Written { key, fingerprint, result });
     }
     written
 }
@@ -96,12 +84,7 @@ pub fn record(
 ) -> (Option<WriteBackResult>, Vec<ObjectKey>) {
     let mut verdict = None;
     let mut failed = Vec::new();
-    for Written {
-        key,
-        fingerprint,
-        result,
-    } in written
-    {
+    for Written { key, fingerprint, result } in written {
         match result {
             Ok(()) => {
                 seen.insert(key, fingerprint);

@@ -19,24 +19,13 @@ pub enum RowError {
     #[error("template error: {0}")]
     Render(String),
     #[error("output is not YAML (line {line}, column {column}): {problem}")]
-    NotYaml {
-        line: usize,
-        column: usize,
-        problem: String,
-    },
+    NotYaml { line: usize, column: usize, problem: String },
     #[error("an inserted value breaks the YAML at line {line}, column {column}; quote the expression (\"{{{{...}}}}\") or use quote/toJson")]
     ValueBreaksYaml { line: usize, column: usize },
     #[error("document {document}, at {path}: {problem}")]
-    ValueChangesStructure {
-        document: usize,
-        path: String,
-        problem: &'static str,
-    },
+    ValueChangesStructure { document: usize, path: String, problem: &'static str },
     #[error("document {document}: {problem}")]
-    Object {
-        document: usize,
-        problem: ObjectProblem,
-    },
+    Object { document: usize, problem: ObjectProblem },
     #[error("produces the same object as row {other_row}")]
     Duplicate { other_row: usize },
     #[error("{0}; the operator's bound keeps one row from taking the process down")]

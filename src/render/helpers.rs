@@ -122,19 +122,11 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
         ("trim", |h| Ok(Json::String(text(h, 0)?.trim().to_owned()))),
         ("trimPrefix", |h| {
             let s = text(h, 0)?;
-            Ok(Json::String(
-                s.strip_prefix(text(h, 1)?.as_str())
-                    .unwrap_or(&s)
-                    .to_owned(),
-            ))
+            Ok(Json::String(s.strip_prefix(text(h, 1)?.as_str()).unwrap_or(&s).to_owned()))
         }),
         ("trimSuffix", |h| {
             let s = text(h, 0)?;
-            Ok(Json::String(
-                s.strip_suffix(text(h, 1)?.as_str())
-                    .unwrap_or(&s)
-                    .to_owned(),
-            ))
+            Ok(Json::String(s.strip_suffix(text(h, 1)?.as_str()).unwrap_or(&s).to_owned()))
         }),
         ("replace", |h| {
             let (s, from, to) = (text(h, 0)?, text(h, 1)?, text(h, 2)?);
@@ -153,11 +145,7 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
         }),
         ("default", |h| {
             let value = param(h, 0);
-            Ok(if is_empty(value) {
-                param(h, 1).clone()
-            } else {
-                value.clone()
-            })
+            Ok(if is_empty(value) { param(h, 1).clone() } else { value.clone() })
         }),
         ("coalesce", |h| {
             Ok(h.params()
@@ -172,9 +160,7 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
                 .map_err(|e| failure(h, format!("input is not JSON: {e}")))
         }),
         ("b64enc", |h| {
-            Ok(Json::String(
-                base64::engine::general_purpose::STANDARD.encode(text(h, 0)?),
-            ))
+            Ok(Json::String(base64::engine::general_purpose::STANDARD.encode(text(h, 0)?)))
         }),
         ("b64dec", |h| {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -186,16 +172,14 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
         }),
         ("sha256sum", |h| {
             let digest = Sha256::digest(text(h, 0)?.as_bytes());
-            Ok(Json::String(
-                digest.iter().map(|b| format!("{b:02x}")).collect(),
-            ))
+            Ok(Json::String(digest.iter().map(|b| format!("{b:02x}")).collect()))
         }),
         ("join", |h| {
             let sep = text(h, 1)?;
             match param(h, 0) {
-                Json::Array(items) => Ok(Json::String(
-                    items.iter().map(to_text).collect::<Vec<_>>().join(&sep),
-                )),
+                Json::Array(items) => {
+                    Ok(Json::String(items.iter().map(to_text).collect::<Vec<_>>().join(&sep)))
+                }
                 Json::Null => Ok(Json::String(String::new())),
                 other => Ok(Json::String(to_text(other))),
             }
@@ -206,21 +190,12 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
                 return Err(failure(h, "separator is empty".into()));
             }
             Ok(Json::Array(
-                text(h, 0)?
-                    .split(sep.as_str())
-                    .map(|p| Json::String(p.to_owned()))
-                    .collect(),
+                text(h, 0)?.split(sep.as_str()).map(|p| Json::String(p.to_owned())).collect(),
             ))
         }),
-        ("contains", |h| {
-            Ok(Json::Bool(text(h, 0)?.contains(text(h, 1)?.as_str())))
-        }),
-        ("hasPrefix", |h| {
-            Ok(Json::Bool(text(h, 0)?.starts_with(text(h, 1)?.as_str())))
-        }),
-        ("hasSuffix", |h| {
-            Ok(Json::Bool(text(h, 0)?.ends_with(text(h, 1)?.as_str())))
-        }),
+        ("contains", |h| Ok(Json::Bool(text(h, 0)?.contains(text(h, 1)?.as_str())))),
+        ("hasPrefix", |h| Ok(Json::Bool(text(h, 0)?.starts_with(text(h, 1)?.as_str())))),
+        ("hasSuffix", |h| Ok(Json::Bool(text(h, 0)?.ends_with(text(h, 1)?.as_str())))),
         ("date", |h| {
             let input = text(h, 0)?;
             let format = text(h, 1)?;
@@ -247,8 +222,7 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
                 Json::Null => Some(0),
                 _ => None,
             };
-            n.map(Json::from)
-                .ok_or_else(|| failure(h, "argument is not a number".into()))
+            n.map(Json::from).ok_or_else(|| failure(h, "argument is not a number".into()))
         }),
         ("float", |h| {
             let v = param(h, 0);
@@ -265,10 +239,7 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
         ("dnsLabel", |h| {
             let label = dns_label(&text(h, 0)?);
             if label.is_empty() {
-                return Err(failure(
-                    h,
-                    "nothing of the input is usable in a DNS label".into(),
-                ));
+                return Err(failure(h, "nothing of the input is usable in a DNS label".into()));
             }
             Ok(Json::String(label))
         }),
@@ -288,10 +259,7 @@ pub(crate) fn register(registry: &mut Handlebars<'_>, mode: HelperMode) -> Vec<&
             let s = text(h, 0)?;
             // Single-quoted YAML cannot hold line breaks faithfully; fail rather than fold them.
             if s.contains(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']) {
-                return Err(failure(
-                    h,
-                    "value holds a line break; use quote instead".into(),
-                ));
+                return Err(failure(h, "value holds a line break; use quote instead".into()));
             }
             let text = format!("'{}'", s.replace('\'', "''"));
             Ok(Fragment::new(text.clone(), Json::String(s), text))
@@ -343,29 +311,15 @@ fn indent_helper(h: &Helper<'_>, leading_newline: bool) -> Result<Fragment, Rend
     let width = usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX);
     let lines = s.split('\n').count();
     if width > limits::MAX_INDENT || s.len() + lines * width > limits::MAX_RENDERED_BYTES {
-        return Err(limits::refuse_argument(if leading_newline {
-            "nindent"
-        } else {
-            "indent"
-        }));
+        return Err(limits::refuse_argument(if leading_newline { "nindent" } else { "indent" }));
     }
     let pad = " ".repeat(width);
     let indented = s
         .split('\n')
-        .map(|line| {
-            if line.is_empty() {
-                String::new()
-            } else {
-                format!("{pad}{line}")
-            }
-        })
+        .map(|line| if line.is_empty() { String::new() } else { format!("{pad}{line}") })
         .collect::<Vec<_>>()
         .join("\n");
-    let text = if leading_newline {
-        format!("\n{indented}")
-    } else {
-        indented
-    };
+    let text = if leading_newline { format!("\n{indented}") } else { indented };
     let intended = structured_value(&s).unwrap_or(Json::String(s.clone()));
     Ok(Fragment::new(text, intended, s))
 }
@@ -376,10 +330,7 @@ fn indent_helper(h: &Helper<'_>, leading_newline: bool) -> Result<Fragment, Rend
 fn yaml_safe_json(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     for c in json.chars() {
-        if matches!(
-            c,
-            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}'
-        ) {
+        if matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}') {
             out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
             out.push(c);
@@ -416,9 +367,7 @@ pub(super) fn to_text(v: &Json) -> String {
 fn text_and_count(h: &Helper<'_>) -> Result<(String, i64), RenderError> {
     match (param(h, 0), param(h, 1)) {
         (Json::Number(n), other) | (other, Json::Number(n)) => {
-            let n = n
-                .as_i64()
-                .ok_or_else(|| failure(h, "count is not an integer".into()))?;
+            let n = n.as_i64().ok_or_else(|| failure(h, "count is not an integer".into()))?;
             Ok((to_text(other), n))
         }
         _ => Err(failure(h, "expects a string and a number".into())),
@@ -474,14 +423,11 @@ fn arithmetic(
     };
     let (a, b) = (number(0)?, number(1)?);
     match (a.as_i64(), b.as_i64()) {
-        (Some(x), Some(y)) => int_op(x, y)
-            .map(Json::from)
-            .ok_or_else(|| failure(h, "integer overflow".into())),
+        (Some(x), Some(y)) => {
+            int_op(x, y).map(Json::from).ok_or_else(|| failure(h, "integer overflow".into()))
+        }
         _ => {
-            let result = float_op(
-                a.as_f64().unwrap_or(f64::NAN),
-                b.as_f64().unwrap_or(f64::NAN),
-            );
+            let result = float_op(a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
             serde_json::Number::from_f64(result)
                 .map(Json::Number)
                 .ok_or_else(|| failure(h, "result is not a finite number".into()))

@@ -52,11 +52,7 @@ impl std::fmt::Display for Exceeded {
         match self {
             Self::Bytes => write!(f, "renders more than {} KiB", MAX_RENDERED_BYTES >> 10),
             Self::Iterations => write!(f, "runs more than {MAX_ITERATIONS} iterations of each"),
-            Self::Time => write!(
-                f,
-                "takes longer than {} s to render",
-                MAX_RENDER_TIME.as_secs()
-            ),
+            Self::Time => write!(f, "takes longer than {} s to render", MAX_RENDER_TIME.as_secs()),
             Self::Argument(helper) => write!(
                 f,
                 "asks {helper} for more than its bound (indent at most {MAX_INDENT} columns, \
@@ -200,9 +196,7 @@ pub fn check_source(source: &str) -> Result<(), TemplateError> {
         if tag.starts_with('#') {
             depth += 1;
             if depth > MAX_NESTING {
-                return Err(TemplateError(format!(
-                    "blocks nest more than {MAX_NESTING} deep"
-                )));
+                return Err(TemplateError(format!("blocks nest more than {MAX_NESTING} deep")));
             }
         } else if tag.starts_with('/') {
             depth = depth.saturating_sub(1);
@@ -217,9 +211,7 @@ pub fn bound_template(template: &mut Template) -> Result<(), TemplateError> {
     for element in &mut template.elements {
         match element {
             TemplateElement::PartialExpression(_) | TemplateElement::PartialBlock(_) => {
-                return Err(TemplateError(
-                    "partials ({{> name}}) are not supported".into(),
-                ))
+                return Err(TemplateError("partials ({{> name}}) are not supported".into()))
             }
             TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
                 return Err(TemplateError(
@@ -231,10 +223,7 @@ pub fn bound_template(template: &mut Template) -> Result<(), TemplateError> {
                 if let (true, Some(body)) = (is_each, block.template.as_mut()) {
                     body.elements.insert(0, tick_element());
                 }
-                for inner in [&mut block.template, &mut block.inverse]
-                    .into_iter()
-                    .flatten()
-                {
+                for inner in [&mut block.template, &mut block.inverse].into_iter().flatten() {
                     bound_template(inner)?;
                 }
             }
@@ -280,14 +269,8 @@ impl std::io::Write for BoundedText {
 
 /// The length of `s.replace(from, to)`, without making it.
 pub fn replaced_len(s: &str, from: &str, to: &str) -> Option<usize> {
-    let count = if from.is_empty() {
-        s.chars().count() + 1
-    } else {
-        s.matches(from).count()
-    };
-    s.len()
-        .checked_sub(count.checked_mul(from.len())?)?
-        .checked_add(count.checked_mul(to.len())?)
+    let count = if from.is_empty() { s.chars().count() + 1 } else { s.matches(from).count() };
+    s.len().checked_sub(count.checked_mul(from.len())?)?.checked_add(count.checked_mul(to.len())?)
 }
 
 #[cfg(test)]
@@ -311,10 +294,7 @@ mod tests {
 
     #[test]
     fn bytes_are_counted_only_within_a_budget() {
-        assert!(
-            take_bytes(usize::MAX),
-            "outside a render nothing is counted"
-        );
+        assert!(take_bytes(usize::MAX), "outside a render nothing is counted");
         let (kept, exceeded) = within(|| (take_bytes(MAX_RENDERED_BYTES), take_bytes(1)));
         assert_eq!(kept, (true, false));
         assert_eq!(exceeded, Some(Exceeded::Bytes));

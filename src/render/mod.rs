@@ -99,9 +99,7 @@ impl RowTemplate {
         let ((marked, inserts), exceeded) = limits::within(|| {
             tracking::record(now, || {
                 let mut text = limits::BoundedText::default();
-                self.registry
-                    .render_to_write(TEMPLATE_NAME, &context, &mut text)
-                    .map(|()| text.0)
+                self.registry.render_to_write(TEMPLATE_NAME, &context, &mut text).map(|()| text.0)
             })
         });
         if let Some(bound) = exceeded {
@@ -163,9 +161,7 @@ fn describe_render_error(e: &handlebars::RenderError) -> String {
 
 fn parse_documents(text: &str) -> Result<Vec<Yaml>, serde_yaml::Error> {
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(text)
-        .map(Yaml::deserialize)
-        .collect()
+    serde_yaml::Deserializer::from_str(text).map(Yaml::deserialize).collect()
 }
 
 fn location(e: &serde_yaml::Error) -> (usize, usize) {
@@ -176,16 +172,8 @@ fn location(e: &serde_yaml::Error) -> (usize, usize) {
 fn not_yaml(e: &serde_yaml::Error) -> RowError {
     let (line, column) = location(e);
     let problem = e.to_string();
-    let problem = problem
-        .split(" at line ")
-        .next()
-        .unwrap_or(&problem)
-        .to_owned();
-    RowError::NotYaml {
-        line,
-        column,
-        problem,
-    }
+    let problem = problem.split(" at line ").next().unwrap_or(&problem).to_owned();
+    RowError::NotYaml { line, column, problem }
 }
 
 /// A row as error messages name it: its index, and for offline use its key.
@@ -233,13 +221,7 @@ impl RenderFailure {
     /// The row names a kind discovery did not know: a CRD may have been
     /// installed since, so discovery is worth refreshing.
     pub fn is_unknown_kind(&self) -> bool {
-        matches!(
-            &self.error,
-            RowError::Object {
-                problem: ObjectProblem::UnknownKind(_),
-                ..
-            }
-        )
+        matches!(&self.error, RowError::Object { problem: ObjectProblem::UnknownKind(_), .. })
     }
 }
 
@@ -301,12 +283,8 @@ fn render_rows_within(
             docs.into_iter()
                 .enumerate()
                 .map(|(d, doc)| {
-                    validate_object(doc, index, &metadata.namespace, policy, scopes).map_err(
-                        |problem| RowError::Object {
-                            document: d + 1,
-                            problem,
-                        },
-                    )
+                    validate_object(doc, index, &metadata.namespace, policy, scopes)
+                        .map_err(|problem| RowError::Object { document: d + 1, problem })
                 })
                 .collect()
         })
@@ -317,10 +295,9 @@ fn render_rows_within(
     for (index, result) in per_row.into_iter().enumerate() {
         match result {
             Ok(objects) => outcome.objects.extend(objects),
-            Err(error) => outcome.failures.push(RenderFailure {
-                row: RowRef::of(index, &rows[index]),
-                error,
-            }),
+            Err(error) => {
+                outcome.failures.push(RenderFailure { row: RowRef::of(index, &rows[index]), error })
+            }
         }
     }
     outcome

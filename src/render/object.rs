@@ -29,21 +29,11 @@ impl ScopeLookup for BuiltinScopes {
             ("apiextensions.k8s.io", "CustomResourceDefinition"),
             ("storage.k8s.io", "StorageClass"),
             ("scheduling.k8s.io", "PriorityClass"),
-            (
-                "admissionregistration.k8s.io",
-                "ValidatingWebhookConfiguration",
-            ),
-            (
-                "admissionregistration.k8s.io",
-                "MutatingWebhookConfiguration",
-            ),
+            ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
+            ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
         ];
         let cluster = CLUSTER.iter().any(|(g, k)| *g == gk.group && *k == gk.kind);
-        Some(if cluster {
-            Scope::Cluster
-        } else {
-            Scope::Namespaced
-        })
+        Some(if cluster { Scope::Cluster } else { Scope::Namespaced })
     }
 }
 
@@ -140,14 +130,7 @@ pub fn validate_object(
     check_name(&kind, &name)?;
 
     let namespace = namespace_of(&mut doc, &group_kind, dbqr_namespace, policy, scopes)?;
-    Ok(RenderedObject {
-        row,
-        gvk,
-        group_kind,
-        namespace,
-        name,
-        manifest: doc,
-    })
+    Ok(RenderedObject { row, gvk, group_kind, namespace, name, manifest: doc })
 }
 
 /// The namespace the object goes to: none for a cluster-scoped kind; the
@@ -166,23 +149,16 @@ fn namespace_of(
         .ok_or_else(|| ObjectProblem::UnknownKind(group_kind.to_string()))?;
     if scope == Scope::Cluster {
         if requested.as_deref().is_some_and(|ns| !ns.is_empty()) {
-            return Err(ObjectProblem::NamespaceOnClusterScoped(
-                group_kind.to_string(),
-            ));
+            return Err(ObjectProblem::NamespaceOnClusterScoped(group_kind.to_string()));
         }
         return Ok(None);
     }
-    let ns = requested
-        .filter(|ns| !ns.is_empty())
-        .unwrap_or_else(|| dbqr_namespace.to_owned());
+    let ns = requested.filter(|ns| !ns.is_empty()).unwrap_or_else(|| dbqr_namespace.to_owned());
     if dns_label_problem(&ns).is_some() {
         return Err(ObjectProblem::InvalidNamespace(ns));
     }
     let allowed = ns == dbqr_namespace
-        || policy
-            .extra_namespaces
-            .as_ref()
-            .is_none_or(|extra| extra.contains(&ns));
+        || policy.extra_namespaces.as_ref().is_none_or(|extra| extra.contains(&ns));
     if !allowed {
         return Err(ObjectProblem::NamespaceNotAllowed(ns));
     }
@@ -203,10 +179,7 @@ fn check_name(kind: &str, name: &str) -> Result<(), ObjectProblem> {
         _ => dns_subdomain_problem(name),
     };
     match problem {
-        Some(rule) => Err(ObjectProblem::InvalidName {
-            kind: kind.to_owned(),
-            rule,
-        }),
+        Some(rule) => Err(ObjectProblem::InvalidName { kind: kind.to_owned(), rule }),
         None => Ok(()),
     }
 }

@@ -23,9 +23,7 @@ fn metadata() -> Metadata {
 }
 
 fn render(template: &str, r: Json) -> Result<Vec<Json>, RowError> {
-    RowTemplate::compile(template)
-        .unwrap()
-        .render(&row(r), &metadata(), NOW)
+    RowTemplate::compile(template).unwrap().render(&row(r), &metadata(), NOW)
 }
 
 fn render_value(template: &str, v: &str) -> Result<Vec<Json>, RowError> {
@@ -146,11 +144,7 @@ fn contexts() -> Vec<Context> {
             template: t("data:\n  key: '{{Row.v}}'\n"),
             pointer: Some("/data/key"),
         },
-        Context {
-            name: "key",
-            template: t("data:\n  {{Row.v}}: x\n"),
-            pointer: None,
-        },
+        Context { name: "key", template: t("data:\n  {{Row.v}}: x\n"), pointer: None },
         Context {
             name: "flow",
             template: t("data: {key: {{Row.v}}}\n"),
@@ -166,11 +160,7 @@ fn contexts() -> Vec<Context> {
             template: t("data:\n  key: |\n    {{Row.v}}\n"),
             pointer: None,
         },
-        Context {
-            name: "comment",
-            template: t("# {{Row.v}}\ndata:\n  key: x\n"),
-            pointer: None,
-        },
+        Context { name: "comment", template: t("# {{Row.v}}\ndata:\n  key: x\n"), pointer: None },
         Context {
             name: "quote helper",
             template: t("data:\n  key: {{quote Row.v}}\n"),
@@ -239,11 +229,7 @@ fn hostile_values_never_change_structure() {
                     );
                     let doc = &docs[0];
                     assert_eq!(doc["kind"], "ConfigMap", "{}: {shown:?}", context.name);
-                    assert_eq!(
-                        doc["metadata"]["name"], "fixed",
-                        "{}: {shown:?}",
-                        context.name
-                    );
+                    assert_eq!(doc["metadata"]["name"], "fixed", "{}: {shown:?}", context.name);
                     assert!(
                         doc["metadata"].get("namespace").is_none(),
                         "{}: {shown:?}",
@@ -278,23 +264,16 @@ fn hostile_values_never_change_structure() {
         }
         // The safe forms must carry every value, not just refuse them.
         if ["double-quoted", "quote helper", "toJson helper"].contains(&context.name) {
-            assert_eq!(
-                rendered,
-                hostile_corpus().len(),
-                "{} refused a value",
-                context.name
-            );
+            assert_eq!(rendered, hostile_corpus().len(), "{} refused a value", context.name);
         }
     }
 }
 
 #[test]
 fn strict_mode_names_the_missing_variable() {
-    let err = render(
-        &format!("{HEADER}data:\n  key: \"{{{{Row.emial}}}}\"\n"),
-        json!({"email": "a@b"}),
-    )
-    .unwrap_err();
+    let err =
+        render(&format!("{HEADER}data:\n  key: \"{{{{Row.emial}}}}\"\n"), json!({"email": "a@b"}))
+            .unwrap_err();
     assert_eq!(err.reason(), "RenderFailed");
     assert!(err.to_string().contains("Row.emial"), "{err}");
 }
@@ -308,38 +287,17 @@ fn helpers_see_missing_and_null_values() {
         let docs = render(&template, json!({"meta": meta, "n": null})).unwrap();
         assert_eq!(docs[0]["data"], json!({"tier": "free", "x": "no", "n": ""}));
     }
-    let docs = render(
-        &template,
-        json!({"meta": {"tier": "gold"}, "x": true, "n": null}),
-    )
-    .unwrap();
-    assert_eq!(
-        docs[0]["data"],
-        json!({"tier": "gold", "x": "yes", "n": ""})
-    );
+    let docs = render(&template, json!({"meta": {"tier": "gold"}, "x": true, "n": null})).unwrap();
+    assert_eq!(docs[0]["data"], json!({"tier": "gold", "x": "yes", "n": ""}));
 }
 
 #[test]
 fn zero_one_or_many_documents_per_row() {
     let template = "{{#if Row.enabled}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"a-{{Row.id}}\"\n{{#each Row.extra}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"b-{{this}}\"\n{{/each}}{{/if}}\n";
-    assert!(render(template, json!({"id": 1, "enabled": false}))
-        .unwrap()
-        .is_empty());
-    assert_eq!(
-        render(template, json!({"id": 1, "enabled": true, "extra": []}))
-            .unwrap()
-            .len(),
-        1
-    );
-    let docs = render(
-        template,
-        json!({"id": 1, "enabled": true, "extra": ["x", "y"]}),
-    )
-    .unwrap();
-    let names: Vec<_> = docs
-        .iter()
-        .map(|d| d["metadata"]["name"].as_str().unwrap())
-        .collect();
+    assert!(render(template, json!({"id": 1, "enabled": false})).unwrap().is_empty());
+    assert_eq!(render(template, json!({"id": 1, "enabled": true, "extra": []})).unwrap().len(), 1);
+    let docs = render(template, json!({"id": 1, "enabled": true, "extra": ["x", "y"]})).unwrap();
+    let names: Vec<_> = docs.iter().map(|d| d["metadata"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["a-1", "b-x", "b-y"]);
 }
 
@@ -376,11 +334,8 @@ fn helpers_compute_what_their_names_say() {
 
 #[test]
 fn raw_form_is_explicitly_unescaped() {
-    let docs = render(
-        &format!("{HEADER}data: {{{{{{Row.v}}}}}}\n"),
-        json!({"v": "{a: b}"}),
-    )
-    .unwrap();
+    let docs =
+        render(&format!("{HEADER}data: {{{{{{Row.v}}}}}}\n"), json!({"v": "{a: b}"})).unwrap();
     assert_eq!(docs[0]["data"], json!({"a": "b"}));
 }
 
@@ -395,10 +350,7 @@ fn bad_templates_and_outputs_give_clear_errors() {
 
     let err = render_value(&format!("{HEADER}data:\n  key: {{{{Row.v}}}}\n"), "a: b").unwrap_err();
     assert_eq!(err.reason(), "UnsafeValue");
-    assert!(
-        !err.to_string().contains("a: b"),
-        "errors never echo row values: {err}"
-    );
+    assert!(!err.to_string().contains("a: b"), "errors never echo row values: {err}");
 
     let err = render_value(&format!("{HEADER}data:\n  key: {{{{Row.v}}}}\n"), "x #y").unwrap_err();
     assert!(err.to_string().contains("data.key"), "{err}");
@@ -428,27 +380,14 @@ fn objects_are_validated_against_the_policy() {
         doc
     };
     let object = validate(cm(json!({})), &policy).unwrap();
-    assert_eq!(
-        object.namespace.as_deref(),
-        Some("apps"),
-        "defaults to the DBQR's namespace"
-    );
+    assert_eq!(object.namespace.as_deref(), Some("apps"), "defaults to the DBQR's namespace");
     assert_eq!(object.manifest["metadata"]["namespace"], "apps");
     assert!(validate(cm(json!({"namespace": "shared"})), &policy).is_ok());
 
     let problems = [
-        (
-            json!({"kind": "ConfigMap", "metadata": {"name": "x"}}),
-            "InvalidObject",
-        ),
-        (
-            json!({"apiVersion": "v1", "metadata": {"name": "x"}}),
-            "InvalidObject",
-        ),
-        (
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}),
-            "InvalidObject",
-        ),
+        (json!({"kind": "ConfigMap", "metadata": {"name": "x"}}), "InvalidObject"),
+        (json!({"apiVersion": "v1", "metadata": {"name": "x"}}), "InvalidObject"),
+        (json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}), "InvalidObject"),
         (json!(["not", "a", "mapping"]), "InvalidObject"),
         (
             json!({"apiVersion": "a/b/c", "kind": "ConfigMap", "metadata": {"name": "x"}}),
@@ -462,10 +401,7 @@ fn objects_are_validated_against_the_policy() {
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Not_Valid"}}),
             "InvalidName",
         ),
-        (
-            cm(json!({"namespace": "kube-system"})),
-            "NamespaceNotAllowed",
-        ),
+        (cm(json!({"namespace": "kube-system"})), "NamespaceNotAllowed"),
         (
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t", "namespace": "apps"}}),
             "NamespaceNotAllowed",
@@ -501,21 +437,11 @@ fn two_rows_producing_one_object_both_fail() {
     .into_iter()
     .map(row)
     .collect();
-    let outcome = render_rows(
-        &template,
-        &rows,
-        &metadata(),
-        NOW,
-        &ObjectPolicy::default(),
-        &BuiltinScopes,
-    );
+    let outcome =
+        render_rows(&template, &rows, &metadata(), NOW, &ObjectPolicy::default(), &BuiltinScopes);
     assert_eq!(outcome.objects.len(), 1);
     assert_eq!(outcome.objects[0].name, "cm-b");
-    let failed: Vec<_> = outcome
-        .failures
-        .iter()
-        .map(|f| (f.row.index, f.error.reason()))
-        .collect();
+    let failed: Vec<_> = outcome.failures.iter().map(|f| (f.row.index, f.error.reason())).collect();
     assert_eq!(failed, [(0, "DuplicateObject"), (2, "DuplicateObject")]);
     assert_eq!(outcome.failures[0].row.to_string(), "row 0 (id=1)");
 }
@@ -540,34 +466,21 @@ fn rows_left_when_the_pass_render_budget_is_spent_fail() {
         std::time::Duration::ZERO,
     );
     assert!(outcome.objects.is_empty());
-    let failed: Vec<_> = outcome
-        .failures
-        .iter()
-        .map(|f| (f.row.index, f.error.reason()))
-        .collect();
-    assert_eq!(
-        failed,
-        [(0, "RenderLimitExceeded"), (1, "RenderLimitExceeded")]
-    );
+    let failed: Vec<_> = outcome.failures.iter().map(|f| (f.row.index, f.error.reason())).collect();
+    assert_eq!(failed, [(0, "RenderLimitExceeded"), (1, "RenderLimitExceeded")]);
 }
 
 #[test]
 fn a_structured_value_rendered_directly_fails_the_row_and_names_the_expression() {
-    for (value, kind) in [
-        (json!({"m4rker": 1}), "a JSON object"),
-        (json!(["m4rker", 2]), "a JSON array"),
-    ] {
-        let err = render(
-            &format!("{HEADER}data:\n  key: \"{{{{Row.obj}}}}\"\n"),
-            json!({"obj": value}),
-        )
-        .unwrap_err();
+    for (value, kind) in
+        [(json!({"m4rker": 1}), "a JSON object"), (json!(["m4rker", 2]), "a JSON array")]
+    {
+        let err =
+            render(&format!("{HEADER}data:\n  key: \"{{{{Row.obj}}}}\"\n"), json!({"obj": value}))
+                .unwrap_err();
         let message = err.to_string();
         assert_eq!(err.reason(), "RenderFailed");
-        assert!(
-            message.contains("{{Row.obj}} is ") && message.contains(kind),
-            "{message}"
-        );
+        assert!(message.contains("{{Row.obj}} is ") && message.contains(kind), "{message}");
         assert!(message.contains("toJson Row.obj"), "{message}");
         assert!(!message.contains("m4rker"), "{message}");
     }
@@ -590,11 +503,7 @@ mod bounds {
 
     fn render(template: &str, row: serde_json::Value) -> Result<Vec<serde_json::Value>, RowError> {
         let compiled = RowTemplate::compile(template).expect("compiles");
-        compiled.render(
-            row.as_object().unwrap(),
-            &Metadata::default(),
-            "2024-01-01T00:00:00Z",
-        )
+        compiled.render(row.as_object().unwrap(), &Metadata::default(), "2024-01-01T00:00:00Z")
     }
 
     fn reason(result: Result<Vec<serde_json::Value>, RowError>) -> String {
@@ -606,14 +515,8 @@ mod bounds {
     fn a_huge_indent_fails_the_row_without_allocating() {
         let e = reason(render("a: {{indent 100000000000 \"x\"}}\n", json!({})));
         assert!(e.starts_with("RenderLimitExceeded"), "{e}");
-        assert!(
-            e.contains(&format!("indent at most {MAX_INDENT} columns")),
-            "{e}"
-        );
-        let e = reason(render(
-            "a: {{nindent Row.n \"x\"}}\n",
-            json!({"n": -9_000_000_000_i64}),
-        ));
+        assert!(e.contains(&format!("indent at most {MAX_INDENT} columns")), "{e}");
+        let e = reason(render("a: {{nindent Row.n \"x\"}}\n", json!({"n": -9_000_000_000_i64})));
         assert!(e.contains("asks nindent"), "{e}");
     }
 
@@ -628,18 +531,13 @@ mod bounds {
     fn output_and_inserted_values_are_bounded_per_row() {
         // 600 copies of a 4 KiB value: 2.4 MiB of inserts from a small row.
         let row = json!({"items": vec![0; 600], "big": "v".repeat(4096)});
-        let e = reason(render(
-            "a: |\n{{#each Row.items}}  {{../Row.big}}\n{{/each}}",
-            row,
-        ));
+        let e = reason(render("a: |\n{{#each Row.items}}  {{../Row.big}}\n{{/each}}", row));
         assert!(e.starts_with("RenderLimitExceeded"), "{e}");
         // Template text alone: an each over a long array repeating a long line.
         let line = "x".repeat(100);
         let row = json!({"items": vec![0; 20_000]});
-        let e = reason(render(
-            &format!("{{{{#each Row.items}}}}# {line}\n{{{{/each}}}}a: 1\n"),
-            row,
-        ));
+        let e =
+            reason(render(&format!("{{{{#each Row.items}}}}# {line}\n{{{{/each}}}}a: 1\n"), row));
         assert!(e.starts_with("RenderLimitExceeded"), "{e}");
     }
 
@@ -655,11 +553,8 @@ mod bounds {
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
         // Below the bound it renders.
         let small = json!({"items": vec![0; 100]});
-        assert!(render(
-            "{{#each Row.items}}{{#each ../Row.items}}{{/each}}{{/each}}a: 1\n",
-            small
-        )
-        .is_ok());
+        assert!(render("{{#each Row.items}}{{#each ../Row.items}}{{/each}}{{/each}}a: 1\n", small)
+            .is_ok());
     }
 
     #[test]
@@ -676,9 +571,6 @@ mod bounds {
         let deep = "{{#if x}}".repeat(MAX_NESTING + 1) + &"{{/if}}".repeat(MAX_NESTING + 1);
         assert!(RowTemplate::compile(&deep).is_err());
         let very_deep = "{{#if x}}".repeat(200_000);
-        assert!(
-            RowTemplate::compile(&very_deep).is_err(),
-            "no stack overflow"
-        );
+        assert!(RowTemplate::compile(&very_deep).is_err(), "no stack overflow");
     }
 }

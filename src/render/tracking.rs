@@ -39,12 +39,7 @@ pub(super) struct Fragment {
 
 impl Fragment {
     pub fn new(text: String, intended: Json, inline: String) -> Self {
-        Self {
-            text,
-            intended,
-            inline,
-            kept: (0, 0),
-        }
+        Self { text, intended, inline, kept: (0, 0) }
     }
 
     /// What replaces the marker: the text minus what the marked text kept around it.
@@ -73,15 +68,10 @@ pub(super) fn record<T, E>(
     render: impl FnOnce() -> Result<T, E>,
 ) -> (Result<T, E>, Vec<Insert>) {
     RECORDING.with(|r| {
-        *r.borrow_mut() = Some(Recording {
-            now: now.to_owned(),
-            ..Recording::default()
-        })
+        *r.borrow_mut() = Some(Recording { now: now.to_owned(), ..Recording::default() })
     });
     let result = render();
-    let recording = RECORDING
-        .with(|r| r.borrow_mut().take())
-        .unwrap_or_default();
+    let recording = RECORDING.with(|r| r.borrow_mut().take()).unwrap_or_default();
     (result, recording.inserts)
 }
 
@@ -119,11 +109,7 @@ pub(super) fn emit_fragment(mut fragment: Fragment) -> String {
             let text = &fragment.text;
             let lead_len = text.len() - text.trim_start_matches([' ', '\n']).len();
             let lead = text[..lead_len].to_owned();
-            let trail = if text.len() > lead_len && text.ends_with('\n') {
-                "\n"
-            } else {
-                ""
-            };
+            let trail = if text.len() > lead_len && text.ends_with('\n') { "\n" } else { "" };
             fragment.kept = (lead_len, trail.len());
             rec.inserts.push(Insert::Fragment(fragment));
             format!("{lead}{}{trail}", marker(rec.inserts.len() - 1))
@@ -134,12 +120,7 @@ pub(super) fn emit_fragment(mut fragment: Fragment) -> String {
 
 /// The pass time the `now` helper prints.
 pub(super) fn now() -> String {
-    RECORDING.with(|r| {
-        r.borrow()
-            .as_ref()
-            .map(|rec| rec.now.clone())
-            .unwrap_or_default()
-    })
+    RECORDING.with(|r| r.borrow().as_ref().map(|rec| rec.now.clone()).unwrap_or_default())
 }
 
 /// Remembers that `yaml` is the serialisation of `value` (see [`Recording::structured`]).
@@ -155,11 +136,7 @@ pub(super) fn note_structured(yaml: &str, value: &Json) {
 pub(super) fn structured_value(yaml: &str) -> Option<Json> {
     RECORDING.with(|r| {
         r.borrow().as_ref().and_then(|rec| {
-            rec.structured
-                .iter()
-                .rev()
-                .find(|(text, _)| text == yaml)
-                .map(|(_, v)| v.clone())
+            rec.structured.iter().rev().find(|(text, _)| text == yaml).map(|(_, v)| v.clone())
         })
     })
 }
@@ -222,14 +199,7 @@ fn whole_marker<'a>(s: &str, inserts: &'a [Insert]) -> Option<&'a Insert> {
 }
 
 fn diverge(path: &[String], problem: &'static str) -> Divergence {
-    Divergence {
-        path: if path.is_empty() {
-            "(document)".into()
-        } else {
-            path.join("")
-        },
-        problem,
-    }
+    Divergence { path: if path.is_empty() { "(document)".into() } else { path.join("") }, problem }
 }
 
 fn check_node(
@@ -298,10 +268,7 @@ fn check_inserted_scalar(
         return if same_json(&actual, &fragment.intended) {
             Ok(())
         } else {
-            Err(diverge(
-                path,
-                "a helper's output does not read back as the value it was given",
-            ))
+            Err(diverge(path, "a helper's output does not read back as the value it was given"))
         };
     }
     let expected = substitute(marked, inserts, |insert| match insert {
@@ -329,9 +296,7 @@ fn check_inserted_scalar(
 /// no comment, no second line, no trailing text.
 fn plain_number_reads_as(text: &str, real: &Yaml) -> bool {
     let simple = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '_'));
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '_'));
     // .inf and .nan have no JSON form and would silently become null.
     let finite = real.as_f64().is_some_and(f64::is_finite);
     simple && finite && serde_yaml::from_str::<Yaml>(text).ok().as_ref() == Some(real)
@@ -345,9 +310,7 @@ fn same_json(a: &Json, b: &Json) -> bool {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
         }
         (Json::Object(x), Json::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
         }
         _ => a == b,
     }

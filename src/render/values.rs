@@ -45,10 +45,7 @@ pub(crate) fn route_values(template: &mut Template, helpers: &[&str]) {
                 }
             }
             TemplateElement::HelperBlock(block) => {
-                for inner in [&mut block.template, &mut block.inverse]
-                    .into_iter()
-                    .flatten()
-                {
+                for inner in [&mut block.template, &mut block.inverse].into_iter().flatten() {
                     route_values(inner, helpers);
                 }
             }
@@ -89,13 +86,8 @@ pub(crate) enum Scalar {
 
 /// What `{{expr}}` stands for: its text, or an error for a structured value.
 pub(crate) fn scalar(h: &Helper<'_>) -> Result<Scalar, RenderError> {
-    let param = h
-        .param(0)
-        .ok_or(RenderErrorReason::ParamNotFoundForIndex(VALUE_HELPER, 0))?;
-    let expression = param
-        .relative_path()
-        .cloned()
-        .unwrap_or_else(|| "the value".to_owned());
+    let param = h.param(0).ok_or(RenderErrorReason::ParamNotFoundForIndex(VALUE_HELPER, 0))?;
+    let expression = param.relative_path().cloned().unwrap_or_else(|| "the value".to_owned());
     if param.is_value_missing() {
         return Ok(Scalar::Missing(expression));
     }

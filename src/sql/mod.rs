@@ -33,11 +33,7 @@ pub fn quote_qualified(name: &str) -> String {
         }
     }
     parts.push(current);
-    parts
-        .iter()
-        .map(|p| quote_ident(p))
-        .collect::<Vec<_>>()
-        .join(".")
+    parts.iter().map(|p| quote_ident(p)).collect::<Vec<_>>().join(".")
 }
 
 #[cfg(test)]
@@ -47,10 +43,7 @@ mod tests {
     #[test]
     fn quotes_identifiers_and_qualified_names() {
         assert_eq!(quote_ident("users"), "\"users\"");
-        assert_eq!(
-            quote_ident("a\"; DROP TABLE x; --"),
-            "\"a\"\"; DROP TABLE x; --\""
-        );
+        assert_eq!(quote_ident("a\"; DROP TABLE x; --"), "\"a\"\"; DROP TABLE x; --\"");
         assert_eq!(quote_qualified("app.users"), "\"app\".\"users\"");
         assert_eq!(quote_qualified("\"my.schema\".t"), "\"my.schema\".\"t\"");
         assert_eq!(quote_qualified("\"a\"\"b\""), "\"a\"\"b\"");

@@ -140,22 +140,10 @@ mod tests {
             ("SELECT pg_sleep(100)", SetupRefusal::NotASetting),
             ("RESET ALL", SetupRefusal::NotASetting),
             ("SET TRANSACTION READ WRITE", SetupRefusal::Transaction),
-            (
-                "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
-                SetupRefusal::Transaction,
-            ),
-            (
-                "SET transaction_read_only = off",
-                SetupRefusal::ReadOnlyMode,
-            ),
-            (
-                "SET LOCAL \"Transaction_Read_Only\" TO off",
-                SetupRefusal::ReadOnlyMode,
-            ),
-            (
-                "set session default_transaction_read_only = off",
-                SetupRefusal::ReadOnlyMode,
-            ),
+            ("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", SetupRefusal::Transaction),
+            ("SET transaction_read_only = off", SetupRefusal::ReadOnlyMode),
+            ("SET LOCAL \"Transaction_Read_Only\" TO off", SetupRefusal::ReadOnlyMode),
+            ("set session default_transaction_read_only = off", SetupRefusal::ReadOnlyMode),
         ] {
             assert_eq!(check_setup(bad), Err(refusal), "{bad}");
         }

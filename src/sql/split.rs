@@ -31,10 +31,7 @@ fn opaque_at(sql: &str, i: usize) -> Result<Option<Opaque>, SplitError> {
     let (what, end) = match bytes[i] {
         b'-' if next == Some(b'-') => (
             "line comment",
-            bytes[i..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(bytes.len(), |p| i + p + 1),
+            bytes[i..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |p| i + p + 1),
         ),
         b'/' if next == Some(b'*') => ("block comment", skip_block_comment(bytes, i)?),
         b'\'' => {
@@ -52,10 +49,7 @@ fn opaque_at(sql: &str, i: usize) -> Result<Option<Opaque>, SplitError> {
         },
         _ => return Ok(None),
     };
-    Ok(Some(Opaque {
-        what,
-        range: i..end,
-    }))
+    Ok(Some(Opaque { what, range: i..end }))
 }
 
 /// Every comment, literal, quoted identifier and dollar-quoted string of
@@ -131,10 +125,7 @@ fn skip_block_comment(bytes: &[u8], open: usize) -> Result<usize, SplitError> {
             _ => i += 1,
         }
     }
-    Err(SplitError::Unterminated {
-        what: "block comment",
-        offset: open,
-    })
+    Err(SplitError::Unterminated { what: "block comment", offset: open })
 }
 
 fn is_ident_byte(b: u8) -> bool {
@@ -204,10 +195,7 @@ fn dollar_quote_end(sql: &str, open: usize) -> Result<Option<usize>, SplitError>
     let body_start = j + 1;
     match sql[body_start..].find(delimiter) {
         Some(p) => Ok(Some(body_start + p + delimiter.len())),
-        None => Err(SplitError::Unterminated {
-            what: "dollar-quoted string",
-            offset: open,
-        }),
+        None => Err(SplitError::Unterminated { what: "dollar-quoted string", offset: open }),
     }
 }
 
@@ -221,40 +209,19 @@ mod tests {
             ("SELECT 1", &["SELECT 1"]),
             ("SELECT 1;", &["SELECT 1"]),
             ("SET a = 1; SELECT 2", &["SET a = 1", "SELECT 2"]),
-            (
-                "SELECT ';' AS x; SELECT 2",
-                &["SELECT ';' AS x", "SELECT 2"],
-            ),
-            (
-                "SELECT 'it''s;' ; SELECT 2",
-                &["SELECT 'it''s;'", "SELECT 2"],
-            ),
-            (
-                r"SELECT E'a\';b'; SELECT 2",
-                &[r"SELECT E'a\';b'", "SELECT 2"],
-            ),
-            (
-                "SELECT \"a;b\" FROM t; SELECT 2",
-                &["SELECT \"a;b\" FROM t", "SELECT 2"],
-            ),
+            ("SELECT ';' AS x; SELECT 2", &["SELECT ';' AS x", "SELECT 2"]),
+            ("SELECT 'it''s;' ; SELECT 2", &["SELECT 'it''s;'", "SELECT 2"]),
+            (r"SELECT E'a\';b'; SELECT 2", &[r"SELECT E'a\';b'", "SELECT 2"]),
+            ("SELECT \"a;b\" FROM t; SELECT 2", &["SELECT \"a;b\" FROM t", "SELECT 2"]),
             ("SELECT $$a;b$$; SELECT 2", &["SELECT $$a;b$$", "SELECT 2"]),
-            (
-                "SELECT $fn$ $$;$$ $fn$; SELECT 2",
-                &["SELECT $fn$ $$;$$ $fn$", "SELECT 2"],
-            ),
+            ("SELECT $fn$ $$;$$ $fn$; SELECT 2", &["SELECT $fn$ $$;$$ $fn$", "SELECT 2"]),
             ("SELECT $1, a$b; SELECT 2", &["SELECT $1, a$b", "SELECT 2"]),
-            (
-                "SELECT 1 -- no; split\n; SELECT 2",
-                &["SELECT 1 -- no; split", "SELECT 2"],
-            ),
+            ("SELECT 1 -- no; split\n; SELECT 2", &["SELECT 1 -- no; split", "SELECT 2"]),
             (
                 "SELECT /* a; /* nested; */ b; */ 1; SELECT 2",
                 &["SELECT /* a; /* nested; */ b; */ 1", "SELECT 2"],
             ),
-            (
-                "SELECT 1; -- trailing comment; with semicolon",
-                &["SELECT 1"],
-            ),
+            ("SELECT 1; -- trailing comment; with semicolon", &["SELECT 1"]),
             ("SELECT 1; /* trailing */ ;;", &["SELECT 1"]),
             (
                 "-- it's a comment with a quote\nSELECT 1",
@@ -262,23 +229,15 @@ mod tests {
             ),
         ];
         for (sql, expected) in cases {
-            assert_eq!(
-                split_statements(sql).unwrap(),
-                *expected,
-                "splitting {sql:?}"
-            );
+            assert_eq!(split_statements(sql).unwrap(), *expected, "splitting {sql:?}");
         }
     }
 
     #[test]
     fn refuses_unterminated_quotes_and_comments() {
-        for sql in [
-            "SELECT 'open",
-            "SELECT \"open",
-            "SELECT $$open",
-            "SELECT /* open",
-            "SELECT $a$ x $b$",
-        ] {
+        for sql in
+            ["SELECT 'open", "SELECT \"open", "SELECT $$open", "SELECT /* open", "SELECT $a$ x $b$"]
+        {
             assert!(
                 matches!(split_statements(sql), Err(SplitError::Unterminated { .. })),
                 "{sql:?}"
@@ -288,9 +247,6 @@ mod tests {
 
     #[test]
     fn a_query_of_only_comments_is_empty() {
-        assert_eq!(
-            split_statements("  -- nothing\n /* here */ ; "),
-            Err(SplitError::Empty)
-        );
+        assert_eq!(split_statements("  -- nothing\n /* here */ ; "), Err(SplitError::Empty));
     }
 }

@@ -75,17 +75,7 @@ impl ControlPlane {
         })?;
 
         run("openssl", &["genrsa", "-out", &path("sa.key"), "2048"])?;
-        run(
-            "openssl",
-            &[
-                "rsa",
-                "-in",
-                &path("sa.key"),
-                "-pubout",
-                "-out",
-                &path("sa.pub"),
-            ],
-        )?;
+        run("openssl", &["rsa", "-in", &path("sa.key"), "-pubout", "-out", &path("sa.pub")])?;
         std::fs::write(
             dir.join("tokens.csv"),
             format!("{ADMIN_TOKEN},admin,admin,\"system:masters\"\n"),
@@ -122,9 +112,8 @@ impl ControlPlane {
             ],
             dir.join("kube-apiserver.log"),
         )?;
-        apiserver.wait_until(Duration::from_secs(120), || {
-            info.ca_cert.exists() && api_ready(&info)
-        })?;
+        apiserver
+            .wait_until(Duration::from_secs(120), || info.ca_cert.exists() && api_ready(&info))?;
 
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: testenv\n  context:\n    cluster: testenv\n    user: admin\n    namespace: default\ncurrent-context: testenv\n",

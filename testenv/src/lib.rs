@@ -43,10 +43,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
-        }
+        Self::Io { context: context.into(), source }
     }
 
     pub(crate) fn msg(message: impl Into<String>) -> Self {
@@ -79,18 +76,10 @@ impl TestEnv {
         // Both start in parallel: the control plane takes the longest.
         let pg_dir = dir.join("postgres");
         let pg = std::thread::spawn(move || {
-            Postgres::start(
-                &pg_dir,
-                PostgresOptions {
-                    tls: true,
-                    ..PostgresOptions::default()
-                },
-            )
+            Postgres::start(&pg_dir, PostgresOptions { tls: true, ..PostgresOptions::default() })
         });
         let control_plane = ControlPlane::start(&dir.join("kube"), &assets)?;
-        let postgres = pg
-            .join()
-            .map_err(|_| Error::msg("postgres start-up panicked"))??;
+        let postgres = pg.join().map_err(|_| Error::msg("postgres start-up panicked"))??;
         Ok(Self {
             info: EnvInfo {
                 control_plane: control_plane.info.clone(),
@@ -173,9 +162,7 @@ pub fn repo_root() -> PathBuf {
 
 pub fn assets() -> Result<PathBuf, Error> {
     let complete = |dir: &Path| {
-        ["etcd", "kube-apiserver", "kube-controller-manager"]
-            .iter()
-            .all(|b| dir.join(b).exists())
+        ["etcd", "kube-apiserver", "kube-controller-manager"].iter().all(|b| dir.join(b).exists())
     };
     if let Some(dir) = std::env::var_os("KUBEBUILDER_ASSETS").map(PathBuf::from) {
         if complete(&dir) {
@@ -189,11 +176,7 @@ pub fn assets() -> Result<PathBuf, Error> {
         .output()
         .map_err(|e| Error::io(format!("run {}", script.display()), e))?;
     if !output.status.success() {
-        return Err(Error::msg(format!(
-            "{} failed ({})",
-            script.display(),
-            output.status
-        )));
+        return Err(Error::msg(format!("{} failed ({})", script.display(), output.status)));
     }
     let dir = String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -203,9 +186,6 @@ pub fn assets() -> Result<PathBuf, Error> {
     if complete(&dir) {
         Ok(dir)
     } else {
-        Err(Error::msg(format!(
-            "{} lacks the control-plane binaries",
-            dir.display()
-        )))
+        Err(Error::msg(format!("{} lacks the control-plane binaries", dir.display())))
     }
 }

@@ -72,11 +72,7 @@ impl MariaDb {
             std::fs::create_dir_all(d)
                 .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
         }
-        let ca_cert = if options.tls {
-            Some(make_tls(dir)?)
-        } else {
-            None
-        };
+        let ca_cert = if options.tls { Some(make_tls(dir)?) } else { None };
         // mariadbd will not run as root without being told to; as root the
         // server runs as `mysql`, which must own its files.
         let root = run("id", &["-u"])?.trim() == "0";
@@ -114,10 +110,7 @@ impl MariaDb {
             format!("--socket={}", socket.display()),
             format!("--pid-file={}", dir.join("mysqld.pid").display()),
             format!("--log-error={}", dir.join("mariadb.err").display()),
-            format!(
-                "--max-connections={}",
-                options.max_connections.unwrap_or(200)
-            ),
+            format!("--max-connections={}", options.max_connections.unwrap_or(200)),
             "--skip-name-resolve".into(),
             "--skip-log-bin".into(),
             "--innodb-buffer-pool-size=16M".into(),
@@ -152,13 +145,7 @@ impl MariaDb {
         );
         run(
             &client.to_string_lossy(),
-            &[
-                "--no-defaults",
-                "-uroot",
-                &format!("--socket={}", socket.display()),
-                "-e",
-                &setup,
-            ],
+            &["--no-defaults", "-uroot", &format!("--socket={}", socket.display()), "-e", &setup],
         )?;
         Ok(Self {
             info: MariaDbInfo {

@@ -48,18 +48,11 @@ impl Node {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let script = crate::repo_root().join("hack/node.sh");
-        let mut args = vec![
-            script.to_string_lossy().into_owned(),
-            dir.to_string_lossy().into_owned(),
-        ];
+        let mut args =
+            vec![script.to_string_lossy().into_owned(), dir.to_string_lossy().into_owned()];
         args.extend(images.iter().map(|i| i.to_string_lossy().into_owned()));
-        let mut process = Supervised::start(
-            "node",
-            &[],
-            Path::new("bash"),
-            &args,
-            dir.join("node-outer.log"),
-        )?;
+        let mut process =
+            Supervised::start("node", &[], Path::new("bash"), &args, dir.join("node-outer.log"))?;
         let env_file = dir.join("node.env");
         process.wait_until(Duration::from_secs(300), || env_file.exists())?;
         let text = std::fs::read_to_string(&env_file)

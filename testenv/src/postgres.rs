@@ -88,13 +88,8 @@ fn run_as_prefix(dir: &Path) -> Result<Vec<String>, Error> {
     if uid.trim() != "0" {
         return Ok(Vec::new());
     }
-    run(
-        "chown",
-        &["-R", "postgres:postgres", &dir.to_string_lossy()],
-    )?;
-    Ok(["--reuid=postgres", "--regid=postgres", "--init-groups"]
-        .map(String::from)
-        .to_vec())
+    run("chown", &["-R", "postgres:postgres", &dir.to_string_lossy()])?;
+    Ok(["--reuid=postgres", "--regid=postgres", "--init-groups"].map(String::from).to_vec())
 }
 
 pub(crate) fn make_tls(dir: &Path) -> Result<PathBuf, Error> {
@@ -132,11 +127,8 @@ pub(crate) fn make_tls(dir: &Path) -> Result<PathBuf, Error> {
             &p("server.csr"),
         ],
     )?;
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .map_err(|e| Error::io("write san.ext", e))?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        .map_err(|e| Error::io("write san.ext", e))?;
     run(
         "openssl",
         &[
@@ -171,11 +163,7 @@ impl Postgres {
             std::fs::create_dir_all(d)
                 .map_err(|e| Error::io(format!("create {}", d.display()), e))?;
         }
-        let ca_cert = if options.tls {
-            Some(make_tls(dir)?)
-        } else {
-            None
-        };
+        let ca_cert = if options.tls { Some(make_tls(dir)?) } else { None };
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, SUPERUSER_PASSWORD).map_err(|e| Error::io("write pwfile", e))?;
         let run_as = run_as_prefix(dir)?;
@@ -209,10 +197,7 @@ impl Postgres {
                 None => "listen_addresses = '127.0.0.1'".into(),
             },
             format!("unix_socket_directories = '{}'", socket_dir.display()),
-            format!(
-                "max_connections = {}",
-                options.max_connections.unwrap_or(400)
-            ),
+            format!("max_connections = {}", options.max_connections.unwrap_or(400)),
             "fsync = off".into(),
             "synchronous_commit = off".into(),
             "full_page_writes = off".into(),
@@ -221,14 +206,8 @@ impl Postgres {
         ];
         if options.tls {
             settings.push("ssl = on".into());
-            settings.push(format!(
-                "ssl_cert_file = '{}'",
-                dir.join("server.crt").display()
-            ));
-            settings.push(format!(
-                "ssl_key_file = '{}'",
-                dir.join("server.key").display()
-            ));
+            settings.push(format!("ssl_cert_file = '{}'", dir.join("server.crt").display()));
+            settings.push(format!("ssl_key_file = '{}'", dir.join("server.key").display()));
         }
         if options.listen.is_some() {
             let hba = data.join("pg_hba.conf");
@@ -244,21 +223,14 @@ impl Postgres {
         std::fs::write(&conf, text).map_err(|e| Error::io("write postgresql.conf", e))?;
 
         let info = PostgresInfo {
-            host: options
-                .listen
-                .map_or_else(|| "127.0.0.1".into(), |ip| ip.to_string()),
+            host: options.listen.map_or_else(|| "127.0.0.1".into(), |ip| ip.to_string()),
             port,
             user: SUPERUSER.into(),
             password: SUPERUSER_PASSWORD.into(),
             ca_cert,
             data_dir: data,
         };
-        let mut server = Self {
-            info,
-            process: None,
-            run_as,
-            bin,
-        };
+        let mut server = Self { info, process: None, run_as, bin };
         server.resume()?;
         Ok(server)
     }

@@ -70,9 +70,7 @@ impl Supervised {
     ) -> Result<Self, Error> {
         let out =
             File::create(&log).map_err(|e| Error::io(format!("create {}", log.display()), e))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| Error::io("clone log handle", e))?;
+        let err = out.try_clone().map_err(|e| Error::io("clone log handle", e))?;
         let mut command = Command::new("setpriv");
         command
             .args(prefix)
@@ -93,12 +91,7 @@ impl Supervised {
             .recv()
             .map_err(|_| Error::msg("spawner thread is gone"))?
             .map_err(|e| Error::io(format!("start {name} ({})", program.display()), e))?;
-        Ok(Self {
-            name,
-            child,
-            log,
-            stop_signal: "TERM",
-        })
+        Ok(Self { name, child, log, stop_signal: "TERM" })
     }
 
     /// Fails with the log's tail if the process has exited.
@@ -193,10 +186,7 @@ impl Supervised {
     pub fn stop(&mut self, grace: Duration) {
         if let Ok(None) = self.child.try_wait() {
             let _ = Command::new("kill")
-                .args([
-                    &format!("-{}", self.stop_signal),
-                    &self.child.id().to_string(),
-                ])
+                .args([&format!("-{}", self.stop_signal), &self.child.id().to_string()])
                 .status();
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline {
@@ -239,10 +229,7 @@ pub fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
     for port in &mut ports {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .map_err(|e| Error::io("bind a free port", e))?;
-        *port = listener
-            .local_addr()
-            .map_err(|e| Error::io("read the free port", e))?
-            .port();
+        *port = listener.local_addr().map_err(|e| Error::io("read the free port", e))?.port();
         listeners.push(listener);
     }
     Ok(ports)

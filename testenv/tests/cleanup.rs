@@ -71,16 +71,8 @@ fn a_panicking_test_leaves_no_server_behind() {
         .status()
         .unwrap();
     assert!(!status.success(), "the child test was meant to panic");
-    let pid: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    wait_until(
-        Duration::from_secs(15),
-        "postgres to die with its test",
-        || !alive(pid),
-    );
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    wait_until(Duration::from_secs(15), "postgres to die with its test", || !alive(pid));
 }
 
 #[test]
@@ -93,15 +85,9 @@ fn a_killed_testenv_takes_its_servers_with_it() {
         .unwrap();
     let mut lines = BufReader::new(testenv.stdout.take().unwrap()).lines();
     let env_line = lines.next().unwrap().unwrap();
-    let env_file = env_line
-        .strip_prefix(&format!("export {}=", dbqo_testenv::ENV_VAR))
-        .unwrap()
-        .to_owned();
-    let run_dir = Path::new(&env_file)
-        .parent()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let env_file =
+        env_line.strip_prefix(&format!("export {}=", dbqo_testenv::ENV_VAR)).unwrap().to_owned();
+    let run_dir = Path::new(&env_file).parent().unwrap().to_string_lossy().into_owned();
     // kube-controller-manager is the last to start; give it a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     let servers = loop {
@@ -117,16 +103,11 @@ fn a_killed_testenv_takes_its_servers_with_it() {
         dbqo_testenv::process::tail(&Path::new(&run_dir).join("kube/kube-controller-manager.log"), 20)
     );
 
-    Command::new("kill")
-        .args(["-KILL", &testenv.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-KILL", &testenv.id().to_string()]).status().unwrap();
     let _ = testenv.wait();
-    wait_until(
-        Duration::from_secs(15),
-        "every server to die with testenv",
-        || servers.iter().all(|&pid| !alive(pid)),
-    );
+    wait_until(Duration::from_secs(15), "every server to die with testenv", || {
+        servers.iter().all(|&pid| !alive(pid))
+    });
 }
 
 fn tempfile_dir(name: &str) -> std::path::PathBuf {

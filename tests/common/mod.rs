@@ -23,11 +23,7 @@ pub mod operator;
 /// A name unique within this test run: `<prefix>-<pid>-<n>`.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A client of the shared control plane, as cluster admin.
@@ -61,18 +57,14 @@ pub async fn database(prefix: &str) -> String {
     let env = shared();
     let name = unique(prefix).replace('-', "_");
     let admin = connect(&env.postgres.url("postgres")).await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .expect("create database");
+    admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await.expect("create database");
     env.postgres.url(&name)
 }
 
 /// A plain connection, for test setup.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .expect("connect to test PostgreSQL");
+    let (client, connection) =
+        tokio_postgres::connect(url, NoTls).await.expect("connect to test PostgreSQL");
     tokio::spawn(connection);
     client
 }
@@ -95,10 +87,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -110,13 +99,9 @@ pub async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (_, crd) in dbqo::cli::crds() {
         let name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &name,
-            &PatchParams::apply("dbqo-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply the CRD");
+        crds.patch(&name, &PatchParams::apply("dbqo-tests").force(), &Patch::Apply(&crd))
+            .await
+            .expect("apply the CRD");
         eventually(Duration::from_secs(30), "the CRD to be established", || {
             let crds = crds.clone();
             let name = name.clone();
@@ -164,31 +149,11 @@ pub type RequestCounts = std::collections::BTreeMap<(String, String), f64>;
 /// operator speaks JSON: counting JSON requests counts the operator's (and
 /// the test's, which makes none while measuring).
 pub async fn request_counts(client: &Client) -> RequestCounts {
-    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let text = client.request_text(request).await.expect("read /metrics");
     let mut counts = RequestCounts::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |name: &str| {
-            line.split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .unwrap_or("")
-                .to_owned()
-        };
-        if label("contentType") != "application/json" {
-            continue;
+    for (label, value) in api_server_requests(client).await {
+        if label("contentType") == "application/json" {
+            *counts.entry((label("verb"), label("resource"))).or_insert(0.0) += value;
         }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *counts
-            .entry((label("verb"), label("resource")))
-            .or_insert(0.0) += value;
     }
     counts
 }
@@ -201,25 +166,41 @@ pub async fn refused_requests(
     resource: &str,
     subresource: &str,
 ) -> f64 {
+    api_server_requests(client)
+        .await
+        .into_iter()
+        .filter(|(label, _)| {
+            label("code") == "403"
+                && label("verb") == verb
+                && label("resource") == resource
+                && label("subresource") == subresource
+        })
+        .map(|(_, value)| value)
+        .sum()
+}
+
+/// One sample of `apiserver_request_total`: its labels, looked up by name
+/// (`""` when absent), and its value.
+type RequestSample = (Box<dyn Fn(&str) -> String>, f64);
+
+async fn api_server_requests(client: &Client) -> Vec<RequestSample> {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = client.request_text(request).await.expect("read /metrics");
     text.lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|line| {
-            let label = |name: &str| {
+        .map(|line| {
+            let value = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let line = line.to_owned();
+            let label = move |name: &str| {
                 line.split(&format!("{name}=\""))
                     .nth(1)
                     .and_then(|rest| rest.split('"').next())
                     .unwrap_or("")
                     .to_owned()
             };
-            label("code") == "403"
-                && label("verb") == verb
-                && label("resource") == resource
-                && label("subresource") == subresource
+            (Box::new(label) as Box<dyn Fn(&str) -> String>, value)
         })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect()
 }
 
 /// Requests counted between two readings whose (verb, resource) `pick` accepts.
@@ -281,16 +262,10 @@ pub fn impersonating_kubeconfig(user: &str) -> std::path::PathBuf {
     let env = shared();
     let admin = std::fs::read_to_string(&env.control_plane.kubeconfig).expect("admin kubeconfig");
     let token = format!("    token: {}\n", env.control_plane.token);
-    assert!(
-        admin.contains(&token),
-        "the admin kubeconfig has its token line"
-    );
+    assert!(admin.contains(&token), "the admin kubeconfig has its token line");
     let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("as")));
-    std::fs::write(
-        &path,
-        admin.replace(&token, &format!("{token}    as: {user}\n")),
-    )
-    .expect("write kubeconfig");
+    std::fs::write(&path, admin.replace(&token, &format!("{token}    as: {user}\n")))
+        .expect("write kubeconfig");
     path
 }
 
@@ -317,13 +292,9 @@ pub async fn wait_for_a_lock_waiter(db: &tokio_postgres::Client, what: &str) {
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-        .await
-        .ok()?;
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.ok()?;
     let mut response = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response)
-        .await
-        .ok()?;
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await.ok()?;
     let status = response.split(' ').nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n")?.1.to_owned();
     Some((status, body))
@@ -343,11 +314,7 @@ pub fn helm(request: &serde_json::Value) -> serde_json::Value {
         .arg(format!("{root}/hack/helm-venv.sh"))
         .output()
         .expect("run hack/helm-venv.sh");
-    assert!(
-        venv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&venv.stderr)
-    );
+    assert!(venv.status.success(), "{}", String::from_utf8_lossy(&venv.stderr));
     let python = String::from_utf8(venv.stdout).unwrap().trim().to_owned();
     let mut child = std::process::Command::new(python)
         .arg(format!("{root}/hack/chart.py"))
@@ -355,11 +322,8 @@ pub fn helm(request: &serde_json::Value) -> serde_json::Value {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(
-        child.stdin.as_mut().unwrap(),
-        request.to_string().as_bytes(),
-    )
-    .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), request.to_string().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "hack/chart.py failed");
     serde_json::from_slice(&out.stdout).expect("hack/chart.py answers JSON")

@@ -101,20 +101,13 @@ impl Operator {
                 ("KUBECONFIG", &kubeconfig),
                 (
                     "RUST_LOG",
-                    RUST_LOG
-                        .get()
-                        .map_or("info,dbqo=debug,dbqo_actors=debug", String::as_str),
+                    RUST_LOG.get().map_or("info,dbqo=debug,dbqo_actors=debug", String::as_str),
                 ),
             ],
             log,
         )
         .expect("start the operator");
-        Self {
-            id: id.to_owned(),
-            process,
-            metrics,
-            probes,
-        }
+        Self { id: id.to_owned(), process, metrics, probes }
     }
 
     /// Everything the operator logged so far. For checks that something
@@ -327,11 +320,7 @@ pub async fn create_secret(
     }))
     .unwrap();
     Api::<Secret>::namespaced(client.clone(), namespace)
-        .patch(
-            name,
-            &PatchParams::apply("dbqo-tests").force(),
-            &Patch::Apply(&secret),
-        )
+        .patch(name, &PatchParams::apply("dbqo-tests").force(), &Patch::Apply(&secret))
         .await
         .expect("apply the secret");
 }
@@ -339,14 +328,7 @@ pub async fn create_secret(
 /// Secret keys pointing at `database` on the shared PostgreSQL.
 pub fn secret_keys(database_url: &str) -> BTreeMap<&'static str, String> {
     let env = shared();
-    let dbname = database_url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap()
-        .to_owned();
+    let dbname = database_url.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
     BTreeMap::from([
         ("host", env.postgres.host.clone()),
         ("port", env.postgres.port.to_string()),
@@ -369,12 +351,7 @@ pub async fn configmaps(
         .items
         .into_iter()
         .filter(|cm| cm.metadata.name.as_deref() != Some("kube-root-ca.crt"))
-        .map(|cm| {
-            (
-                cm.metadata.name.unwrap_or_default(),
-                cm.data.unwrap_or_default(),
-            )
-        })
+        .map(|cm| (cm.metadata.name.unwrap_or_default(), cm.data.unwrap_or_default()))
         .collect()
 }
 
@@ -426,14 +403,10 @@ pub async fn wait_for_condition(
 ) -> String {
     let (type_, rest) = expected.split_once('=').expect("Type=Status/Reason");
     let (status, reason) = rest.split_once('/').expect("Type=Status/Reason");
-    eventually(
-        Duration::from_secs(30),
-        &format!("{name}: {expected}"),
-        || async {
-            let (s, r, m) = condition(client, namespace, name, type_).await?;
-            (s == status && r == reason).then_some(m)
-        },
-    )
+    eventually(Duration::from_secs(30), &format!("{name}: {expected}"), || async {
+        let (s, r, m) = condition(client, namespace, name, type_).await?;
+        (s == status && r == reason).then_some(m)
+    })
     .await
 }
 
@@ -459,12 +432,7 @@ pub async fn setup(prefix: &str, schema: &str) -> Setup {
     let db = super::connect(&url).await;
     db.batch_execute(schema).await.expect("schema");
     create_secret(&client, &namespace, "db", secret_keys(&url)).await;
-    Setup {
-        client,
-        namespace,
-        url,
-        db,
-    }
+    Setup { client, namespace, url, db }
 }
 
 /// The SQL of `db-query-operator trigger-sql` for `table` and `channel`.

@@ -50,10 +50,7 @@ fn main() -> ExitCode {
 
     if mode == "up" {
         println!("export {ENV_VAR}={}", env_file.display());
-        println!(
-            "export KUBECONFIG={}",
-            env.info.control_plane.kubeconfig.display()
-        );
+        println!("export KUBECONFIG={}", env.info.control_plane.kubeconfig.display());
         println!("# PostgreSQL: {}", env.info.postgres.url("postgres"));
         // Parked until a signal ends the process; children die with it.
         loop {
