@@ -60,6 +60,7 @@ pub struct Metrics {
     probes: Family<ResultLabel, Counter>,
     notifications: Counter,
     writebacks: Family<ResultLabel, Counter>,
+    status_writes: Family<ResultLabel, Counter>,
     actors: Gauge,
     writer_in_flight: Gauge,
     writer_waiting: Gauge,
@@ -84,6 +85,7 @@ impl Metrics {
             probes: Family::default(),
             notifications: Counter::default(),
             writebacks: Family::default(),
+            status_writes: Family::default(),
             actors: Gauge::default(),
             writer_in_flight: Gauge::default(),
             writer_waiting: Gauge::default(),
@@ -145,6 +147,11 @@ impl Metrics {
             "writebacks",
             "Status write-back statements, by result",
             m.writebacks.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Writes of DBQR status, by result (a failed one is retried)",
+            m.status_writes.clone(),
         );
         registry.register("query_actors", "DBQRs with a running QueryActor", m.actors.clone());
         registry.register(
@@ -218,6 +225,10 @@ impl Metrics {
 
     pub fn writeback(&self, ok: bool, count: usize) {
         self.writebacks.get_or_create(&result(ok)).inc_by(count as u64);
+    }
+
+    pub fn status_write(&self, ok: bool) {
+        self.status_writes.get_or_create(&result(ok)).inc();
     }
 
     pub fn actor_started(&self) {

@@ -145,6 +145,7 @@ impl QueryActor {
         events: Vec<NewEvent>,
         ctx: &mut Context<Self>,
     ) {
+        crate::metrics::global().status_write(result.is_ok());
         if let Err(error) = result {
             if self.stopping.pending() {
                 tracing::warn!(dbqr = %self.dbqr.name_any(), reason = error.reason(), "cannot write DBQR status; stopping without a retry");

@@ -149,58 +149,24 @@ pub type RequestCounts = std::collections::BTreeMap<(String, String), f64>;
 /// operator speaks JSON: counting JSON requests counts the operator's (and
 /// the test's, which makes none while measuring).
 pub async fn request_counts(client: &Client) -> RequestCounts {
-    let mut counts = RequestCounts::new();
-    for (label, value) in api_server_requests(client).await {
-        if label("contentType") == "application/json" {
-            *counts.entry((label("verb"), label("resource"))).or_insert(0.0) += value;
-        }
-    }
-    counts
-}
-
-/// Requests the API server answered 403 (Forbidden), by verb, resource and
-/// subresource (`""` for none), from its `apiserver_request_total`.
-pub async fn refused_requests(
-    client: &Client,
-    verb: &str,
-    resource: &str,
-    subresource: &str,
-) -> f64 {
-    api_server_requests(client)
-        .await
-        .into_iter()
-        .filter(|(label, _)| {
-            label("code") == "403"
-                && label("verb") == verb
-                && label("resource") == resource
-                && label("subresource") == subresource
-        })
-        .map(|(_, value)| value)
-        .sum()
-}
-
-/// One sample of `apiserver_request_total`: its labels, looked up by name
-/// (`""` when absent), and its value.
-type RequestSample = (Box<dyn Fn(&str) -> String>, f64);
-
-async fn api_server_requests(client: &Client) -> Vec<RequestSample> {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = client.request_text(request).await.expect("read /metrics");
-    text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .map(|line| {
-            let value = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            let line = line.to_owned();
-            let label = move |name: &str| {
-                line.split(&format!("{name}=\""))
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            (Box::new(label) as Box<dyn Fn(&str) -> String>, value)
-        })
-        .collect()
+    let mut counts = RequestCounts::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        if label("contentType") != "application/json" {
+            continue;
+        }
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *counts.entry((label("verb"), label("resource"))).or_insert(0.0) += value;
+    }
+    counts
 }
 
 /// Requests counted between two readings whose (verb, resource) `pick` accepts.

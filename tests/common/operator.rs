@@ -175,12 +175,18 @@ impl Operator {
         .await
     }
 
-    /// Where it serves `what` ("metrics", "probes").
+    /// Where it serves `what` ("metrics", "probes"), once it accepts
+    /// connections there.
     pub async fn http_address(&self, what: &str) -> String {
-        match what {
+        let address = match what {
             "metrics" => self.metrics.clone(),
             _ => self.probes.clone(),
-        }
+        };
+        eventually(Duration::from_secs(10), &format!("{what} on {address}"), || async {
+            tokio::net::TcpStream::connect(&address).await.ok().map(|_| ())
+        })
+        .await;
+        address
     }
 
     /// The operator's process id (to signal it).
