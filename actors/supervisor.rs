@@ -214,7 +214,7 @@ impl Supervisor {
         }
         let owner = Owner::of(&dbqr);
         let policy = dbqr.spec.deletion_policy;
-        let managed = DatabaseQueryResourceStatus::managed_gvks(dbqr.status.as_ref());
+        let managed = dbqo::reconcile::managed_kinds(dbqr.status.as_ref());
         let allowed = self.settings.policy.allowed_kinds.clone();
         // The objects are deleted as the DBQR's ServiceAccount, like its passes.
         let writer =

@@ -22,7 +22,7 @@ use kube::{api::ApiResource, ResourceExt};
 
 use crate::stopping::{Stop, StopRequests};
 use crate::writer::{DriftSubscription, Drifted, SecretChanged, SecretSubscription, WriterHandle};
-use dbqo::api::{DatabaseQueryResource, DatabaseQueryResourceStatus};
+use dbqo::api::DatabaseQueryResource;
 use dbqo::db::Connections;
 use dbqo::kube_api::ObjectKey;
 use dbqo::kube_api::Target;
@@ -82,7 +82,7 @@ impl QueryActor {
             PassConfig::new(&dbqr, &settings, &connections).map(Arc::new).map_err(Arc::new);
         let status = status::StatusWrites::new(dbqr.status.clone());
         // What earlier lives of the operator wrote: the prune inventory.
-        let managed = DatabaseQueryResourceStatus::managed_gvks(dbqr.status.as_ref());
+        let managed = dbqo::reconcile::managed_kinds(dbqr.status.as_ref());
         let detection = Detection::for_spec(&dbqr.spec);
         // Every object request of this DBQR is made as its ServiceAccount.
         let writer = writer.acting_as(dbqo::reconcile::pass::acting_user(&dbqr, &settings));

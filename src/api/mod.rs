@@ -273,14 +273,6 @@ pub struct DatabaseQueryResourceStatus {
     pub managed_kinds: Vec<String>,
 }
 
-impl DatabaseQueryResourceStatus {
-    /// The kinds in `managedKinds` (the prune inventory earlier passes wrote);
-    /// an entry that does not parse is skipped.
-    pub fn managed_gvks(status: Option<&Self>) -> std::collections::BTreeSet<crate::kube_api::Gvk> {
-        status.iter().flat_map(|s| &s.managed_kinds).filter_map(|k| k.parse().ok()).collect()
-    }
-}
-
 fn default_true() -> bool {
     true
 }

@@ -28,3 +28,11 @@ pub use pass::{
     needs_no_repair, reconcile_rows, repair, run_pass, Connection, PassConfig, PassReport,
     PassState, Repair, Row,
 };
+
+/// The kinds in a DBQR status's `managedKinds` (the prune inventory earlier
+/// passes wrote); an entry that does not parse is skipped.
+pub fn managed_kinds(
+    status: Option<&crate::api::DatabaseQueryResourceStatus>,
+) -> std::collections::BTreeSet<crate::kube_api::Gvk> {
+    status.iter().flat_map(|s| &s.managed_kinds).filter_map(|k| k.parse().ok()).collect()
+}
