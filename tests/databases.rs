@@ -1093,15 +1093,7 @@ async fn postgres_shutdown_lets_the_pass_under_way_finish() {
     w.create_database(&w.team_a, "held", json!({"username": "held_user"})).await.unwrap();
     let observer = common::connect(&pg.info.url("postgres")).await;
     common::wait_for_a_lock_waiter(&observer, "the operator's CREATE ROLE waiting").await;
-    let probes = w.operator.http_address("probes").await;
-    std::process::Command::new("kill")
-        .args(["-TERM", &w.operator.pid().to_string()])
-        .status()
-        .unwrap();
-    eventually(WAIT, "/readyz 503 while draining", || async {
-        (common::http_get(&probes, "/readyz").await?.0 == 503).then_some(())
-    })
-    .await;
+    w.operator.start_draining().await;
     blocker.batch_execute("ROLLBACK").await.unwrap();
     let status = tokio::task::block_in_place(|| w.operator.wait_for_exit(WAIT));
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status");

@@ -39,7 +39,7 @@ async fn sigterm_stops_every_actor_and_exits_zero_within_the_deadline() {
     .await;
 
     let signalled = Instant::now();
-    signal(&operator, "TERM");
+    operator.signal("TERM");
     let status = tokio::task::block_in_place(|| operator.wait_for_exit(Duration::from_secs(8)));
     let took = signalled.elapsed();
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "exit status after SIGTERM");
@@ -50,14 +50,6 @@ async fn sigterm_stops_every_actor_and_exits_zero_within_the_deadline() {
         (backends(&s.db, false).await == 0).then_some(())
     })
     .await;
-}
-
-fn signal(operator: &Operator, name: &str) {
-    let kill = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &operator.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
 }
 
 /// A pass of `items` that waits for the test's lock on the table: the
@@ -90,12 +82,7 @@ async fn a_pass_waiting_for_a_lock(
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_the_pass_under_way_finish_and_is_not_ready_meanwhile() {
     let (s, mut operator, locker) = a_pass_waiting_for_a_lock("drainpass").await;
-    let probes = operator.http_address("probes").await;
-    signal(&operator, "TERM");
-    eventually(Duration::from_secs(10), "/readyz 503 while draining", || async {
-        (common::http_get(&probes, "/readyz").await?.0 == 503).then_some(())
-    })
-    .await;
+    let probes = operator.start_draining().await;
     assert_eq!(
         common::http_get(&probes, "/healthz").await.map(|r| r.0),
         Some(200),
@@ -117,13 +104,8 @@ async fn sigterm_lets_the_pass_under_way_finish_and_is_not_ready_meanwhile() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_during_the_drain_exits_at_once() {
     let (s, mut operator, locker) = a_pass_waiting_for_a_lock("drainabort").await;
-    let probes = operator.http_address("probes").await;
-    signal(&operator, "TERM");
-    eventually(Duration::from_secs(10), "draining", || async {
-        (common::http_get(&probes, "/readyz").await?.0 == 503).then_some(())
-    })
-    .await;
-    signal(&operator, "INT");
+    operator.start_draining().await;
+    operator.signal("INT");
     let status = tokio::task::block_in_place(|| operator.wait_for_exit(Duration::from_secs(10)));
     assert_eq!(status.map(|s| s.code()), Some(Some(1)), "exit status");
     locker.batch_execute("COMMIT").await.unwrap();

@@ -194,6 +194,27 @@ impl Operator {
         self.process.pid()
     }
 
+    /// Sends signal `name` (`TERM`, `INT`, ...) to the operator.
+    pub fn signal(&self, name: &str) {
+        let kill = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success(), "kill -{name}");
+    }
+
+    /// SIGTERM, then waits until `/readyz` says the drain has begun (503);
+    /// the probes' address.
+    pub async fn start_draining(&self) -> String {
+        let probes = self.http_address("probes").await;
+        self.signal("TERM");
+        eventually(Duration::from_secs(10), "/readyz 503 while draining", || async {
+            (super::http_get(&probes, "/readyz").await?.0 == 503).then_some(())
+        })
+        .await;
+        probes
+    }
+
     /// Waits for the process to exit; its exit status, or `None` on timeout.
     pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         self.process.wait_timeout(timeout)
