@@ -42,6 +42,8 @@ reasons! {
     INVALID_CONNECTION_STRING = "InvalidConnectionString",
     /// The database server cannot be reached (error).
     CONNECTION_FAILED = "ConnectionFailed",
+    /// The database server (or the path to it) stopped answering: a round trip ran past its client-side deadline (error).
+    DATABASE_UNRESPONSIVE = "DatabaseUnresponsive",
     /// The server refuses the credentials (error).
     AUTHENTICATION_FAILED = "AuthenticationFailed",
     /// Sslmode and the CA do not fit together (error).

@@ -39,6 +39,8 @@ pub enum WritebackError {
     Database(#[source] std::sync::Arc<tokio_postgres::Error>),
     #[error("status SQL failed: {0}")]
     Connection(#[source] std::sync::Arc<crate::db::PoolGetError>),
+    #[error("status SQL failed: {0}")]
+    Unanswered(#[from] crate::db::Unanswered),
 }
 
 impl WritebackError {
@@ -48,7 +50,7 @@ impl WritebackError {
             | Self::RawExpression
             | Self::Statements(_)
             | Self::QuotedExpression(_) => crate::reason::STATUS_TEMPLATE_INVALID,
-            Self::Render(_) | Self::Database(_) | Self::Connection(_) => {
+            Self::Render(_) | Self::Database(_) | Self::Connection(_) | Self::Unanswered(_) => {
                 crate::reason::STATUS_WRITE_BACK_FAILED
             }
         }
@@ -235,28 +237,48 @@ impl ToSql for TextParam<'_> {
 }
 
 /// Runs a bound statement under `timeout` (the DBQR's statement timeout);
-/// returns the rows it affected.
+/// returns the rows it affected. Each round trip also has a client-side
+/// deadline (the timeout plus [`GRACE`](crate::db::GRACE)); a connection
+/// that missed one is closed, not pooled.
 pub async fn execute(
     pool: &Pool,
     statement: &BoundStatement,
     timeout: std::time::Duration,
 ) -> Result<u64, WritebackError> {
-    let failed = |e: tokio_postgres::Error| WritebackError::Database(std::sync::Arc::new(e));
     let mut client = crate::db::checkout(pool)
         .await
         .map_err(|e| WritebackError::Connection(std::sync::Arc::new(e)))?;
-    let tx = client.transaction().await.map_err(failed)?;
+    let result = execute_on(&mut client, statement, timeout).await;
+    if matches!(result, Err(WritebackError::Unanswered(_))) {
+        client.discard();
+    }
+    result
+}
+
+async fn execute_on(
+    client: &mut crate::db::Checkout,
+    statement: &BoundStatement,
+    timeout: std::time::Duration,
+) -> Result<u64, WritebackError> {
+    async fn answered<T>(
+        timeout: std::time::Duration,
+        round_trip: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, WritebackError> {
+        crate::db::after_server(timeout, round_trip)
+            .await?
+            .map_err(|e| WritebackError::Database(std::sync::Arc::new(e)))
+    }
+    let tx = answered(timeout, client.transaction()).await?;
     // SET LOCAL ends with the transaction, so the pooled connection keeps no state.
     let timeout_ms = timeout.as_millis().max(1);
-    tx.batch_execute(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
-        .await
-        .map_err(failed)?;
-    let prepared = tx.prepare_cached(&statement.sql).await.map_err(failed)?;
+    let limit = format!("SET LOCAL statement_timeout = {timeout_ms}");
+    answered(timeout, tx.batch_execute(&limit)).await?;
+    let prepared = answered(timeout, tx.prepare_cached(&statement.sql)).await?;
     let params: Vec<TextParam<'_>> =
         statement.params.iter().map(|p| TextParam(p.as_deref())).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    let rows = tx.execute(&prepared, &refs).await.map_err(failed)?;
-    tx.commit().await.map_err(failed)?;
+    let rows = answered(timeout, tx.execute(&prepared, &refs)).await?;
+    answered(timeout, tx.commit()).await?;
     Ok(rows)
 }
 

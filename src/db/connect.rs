@@ -29,6 +29,10 @@ pub enum ConnectError {
     TooManyConnections(String),
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The server (or something on the way) accepted the connection and
+    /// never finished the handshake.
+    #[error(transparent)]
+    Unanswered(#[from] super::deadline::Unanswered),
 }
 
 impl ConnectError {
@@ -43,6 +47,7 @@ impl ConnectError {
             Self::Authentication(_) => crate::reason::AUTHENTICATION_FAILED,
             Self::TooManyConnections(_) => crate::reason::TOO_MANY_CONNECTIONS,
             Self::Connect(_) => crate::reason::CONNECTION_FAILED,
+            Self::Unanswered(e) => e.reason(),
         }
     }
 }
@@ -188,11 +193,33 @@ where
     })
 }
 
+/// How long a connection's handshake may take when the connection settings
+/// name no `connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection made by `config`, unpolled.
+pub type Handshaken = (
+    Client,
+    tokio_postgres::Connection<
+        tokio_postgres::Socket,
+        postgres_native_tls::TlsStream<tokio_postgres::Socket>,
+    >,
+);
+
+/// Connects within a client-side deadline. tokio-postgres bounds only the
+/// TCP connect by `connect_timeout`; TLS, startup and authentication after
+/// it would wait forever on a server that accepted and then stalled.
+pub async fn handshake(
+    config: &tokio_postgres::Config,
+    tls: MakeTlsConnector,
+) -> Result<Handshaken, ConnectError> {
+    let limit = config.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    super::deadline::after_server(limit, config.connect(tls)).await?.map_err(|e| connect_error(&e))
+}
+
 /// Connects and drives the connection on the current tokio runtime.
 pub async fn connect(info: &ConnInfo) -> Result<Client, ConnectError> {
-    let config = wire_config(info);
-    let tls = tls_connector(info)?;
-    let (client, connection) = config.connect(tls).await.map_err(|e| connect_error(&e))?;
+    let (client, connection) = handshake(&wire_config(info), tls_connector(info)?).await?;
     drive(connection);
     Ok(client)
 }
@@ -204,9 +231,7 @@ pub async fn connect_in_slot(
     info: &ConnInfo,
     slot: super::budget::Slot,
 ) -> Result<Client, ConnectError> {
-    let config = wire_config(info);
-    let tls = tls_connector(info)?;
-    let (client, connection) = config.connect(tls).await.map_err(|e| connect_error(&e))?;
+    let (client, connection) = handshake(&wire_config(info), tls_connector(info)?).await?;
     let driver = drive(connection);
     tokio::spawn(async move {
         let _ = driver.await;
@@ -215,7 +240,8 @@ pub async fn connect_in_slot(
     Ok(client)
 }
 
-/// How pooled connections are made: as [`connect`] makes them, driven by [`drive`].
+/// How pooled connections are made: as [`connect`] makes them, driven by
+/// [`drive`]; the pool's create timeout is the handshake's deadline.
 pub struct PoolConnect {
     pub tls: MakeTlsConnector,
 }

@@ -19,8 +19,9 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 use super::budget::{ConnectionBudget, ServerKey};
-use super::connect::{connect_error, tls_connector, wire_config, ConnectError};
+use super::connect::{connect_error, handshake, tls_connector, wire_config, ConnectError};
 use super::conninfo::ConnInfo;
+use super::deadline::within;
 use crate::sql::quote_ident;
 
 /// How often the LISTEN connection proves it is alive.
@@ -252,7 +253,7 @@ impl Hub {
                     }
                 }
                 _ = ping.tick() => {
-                    let alive = tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await;
+                    let alive = within(PING_TIMEOUT, client.simple_query("SELECT 1")).await;
                     if !matches!(alive, Ok(Ok(_))) {
                         return Some("a ping went unanswered");
                     }
@@ -279,11 +280,12 @@ async fn apply(
             *info = Some(*newer);
             let subscribers = channels.entry(channel.clone()).or_default();
             if let Some(client) = client {
+                let listen = format!("LISTEN {}", quote_ident(&channel));
                 let listening = !subscribers.is_empty()
-                    || client
-                        .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
-                        .await
-                        .is_ok();
+                    || matches!(
+                        within(PING_TIMEOUT, client.batch_execute(&listen)).await,
+                        Ok(Ok(()))
+                    );
                 if listening {
                     let _ = notices.try_send(Notice::Listening);
                 }
@@ -298,8 +300,8 @@ async fn apply(
             if subscribers.is_empty() {
                 channels.remove(&channel);
                 if let Some(client) = client {
-                    let _ =
-                        client.batch_execute(&format!("UNLISTEN {}", quote_ident(&channel))).await;
+                    let unlisten = format!("UNLISTEN {}", quote_ident(&channel));
+                    let _ = within(PING_TIMEOUT, client.batch_execute(&unlisten)).await;
                 }
             }
         }
@@ -335,7 +337,8 @@ struct SharedListener {
     notifications: mpsc::UnboundedReceiver<String>,
 }
 
-/// Connects with keepalive and LISTENs on every channel.
+/// Connects with keepalive and LISTENs on every channel, each round trip
+/// within its deadline.
 async fn connect<'a>(
     info: &ConnInfo,
     channels: impl Iterator<Item = &'a String>,
@@ -349,8 +352,7 @@ async fn connect<'a>(
     config.keepalives_idle(Duration::from_secs(20));
     config.keepalives_interval(Duration::from_secs(5));
     config.keepalives_retries(4);
-    let (client, mut connection) =
-        config.connect(tls_connector(info)?).await.map_err(|e| connect_error(&e))?;
+    let (client, mut connection) = handshake(&config, tls_connector(info)?).await?;
     // Unbounded: dropping one channel's notification because another's
     // flooded the buffer would lose a change; the hub drains it at once.
     let (tx, notifications) = mpsc::unbounded_channel();
@@ -370,6 +372,8 @@ async fn connect<'a>(
         }
     });
     let statements: String = channels.map(|c| format!("LISTEN {};", quote_ident(c))).collect();
-    client.batch_execute(&statements).await.map_err(|e| connect_error(&e))?;
+    within(PING_TIMEOUT, client.batch_execute(&statements))
+        .await?
+        .map_err(|e| connect_error(&e))?;
     Ok(SharedListener { client, notifications })
 }

@@ -4,6 +4,7 @@
 mod budget;
 mod connect;
 mod conninfo;
+mod deadline;
 pub mod decode;
 mod listen;
 mod pool;
@@ -14,6 +15,7 @@ pub mod sqlstate;
 pub use budget::{ConnectionBudget, ServerKey, Slot, IDLE_TIMEOUT};
 pub use connect::{connect, connect_error, connect_in_slot, tls_connector, ConnectError};
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
+pub use deadline::{after_server, within, Unanswered, GRACE};
 pub use listen::{ChannelSubscription, Listeners, Notice, PING};
 pub use pool::{
     build_pool, checkout, Checkout, Pool, PoolConnectError, PoolError, PoolGetError, SharedPools,

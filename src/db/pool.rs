@@ -42,6 +42,8 @@ pub enum PoolConnectError {
     Budget(Duration),
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Unanswered(#[from] super::deadline::Unanswered),
 }
 
 /// The pool every DBQR with the same connection settings shares.
@@ -81,6 +83,18 @@ pub async fn checkout(pool: &Pool) -> Result<Checkout, PoolGetError> {
         .map_err(|_| managed::PoolError::Closed)?;
     let object = pool.shared.get().await?;
     Ok(Checkout { object: Some(object), server: pool.shared.manager().server.clone(), _own: own })
+}
+
+impl Checkout {
+    /// Closes the connection instead of returning it to the pool: after a
+    /// missed deadline its state is unknown (a reply may still be on the way,
+    /// or the path to the server is dead), and the next pass must not wait
+    /// on it again. Its slot in the budget frees as it closes.
+    pub fn discard(mut self) {
+        if let Some(object) = self.object.take() {
+            drop(managed::Object::take(object));
+        }
+    }
 }
 
 impl Deref for Checkout {
@@ -135,6 +149,7 @@ pub struct BudgetedManager {
     inner: Manager,
     server: Arc<Server>,
     wait: Duration,
+    connect_timeout: Duration,
 }
 
 impl managed::Manager for BudgetedManager {
@@ -144,7 +159,10 @@ impl managed::Manager for BudgetedManager {
     async fn create(&self) -> Result<Budgeted, PoolConnectError> {
         let slot =
             self.server.acquire(self.wait).await.ok_or(PoolConnectError::Budget(self.wait))?;
-        let client = managed::Manager::create(&self.inner).await?;
+        // tokio-postgres bounds only the TCP connect by connect_timeout; TLS,
+        // startup and authentication after it get a deadline here.
+        let handshake = managed::Manager::create(&self.inner);
+        let client = super::deadline::after_server(self.connect_timeout, handshake).await??;
         Ok(Budgeted { client, _slot: slot })
     }
 
@@ -212,9 +230,11 @@ fn shared_pool(
         PoolConnect { tls: tls_connector(info)? },
         ManagerConfig { recycling_method: RecyclingMethod::Clean },
     );
-    let manager = BudgetedManager { inner, server: server.clone(), wait: budget_wait };
-    // No create timeout here: connecting has its own (connect_timeout) and
-    // waiting for a slot its own (budget_wait).
+    let manager =
+        BudgetedManager { inner, server: server.clone(), wait: budget_wait, connect_timeout };
+    // No create timeout: waiting for a slot has its own (budget_wait) and the
+    // handshake its own (in BudgetedManager::create). Recycling runs a round
+    // trip; one that goes unanswered drops the connection.
     let pool = SharedPool::builder(manager)
         .max_size(budget.per_server())
         .runtime(deadpool::Runtime::Tokio1)

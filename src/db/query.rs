@@ -1,10 +1,13 @@
 //! Runs a DBQR's query: setup statements, then the row-returning one, inside
 //! one transaction that is READ ONLY unless the spec says otherwise.
 
+use std::future::Future;
+
 use futures_util::{pin_mut, TryStreamExt};
 use serde_json::{Map, Value};
 use tokio_postgres::{Client, Statement};
 
+use super::deadline::{after_server, Unanswered};
 use super::decode::{decode, is_decodable, DecodeError, RawValue};
 use crate::sql::{check_setup, quote_ident, split_statements, SetupRefusal, SplitError};
 
@@ -62,6 +65,10 @@ pub enum QueryError {
     ResultTooLarge(u64),
     #[error("cannot decode {0}")]
     Decode(#[from] DecodeError),
+    /// A round trip got no answer by its client-side deadline: the
+    /// connection is in an unknown state and must not be used again.
+    #[error(transparent)]
+    Unanswered(#[from] Unanswered),
 }
 
 impl QueryError {
@@ -76,12 +83,16 @@ impl QueryError {
             }
             Self::Decode(_) => crate::reason::DECODE_FAILED,
             Self::Setup { .. } => crate::reason::SETUP_STATEMENT_REFUSED,
+            Self::Unanswered(e) => e.reason(),
             _ => crate::reason::QUERY_FAILED,
         }
     }
 }
 
-/// Runs `sql` and decodes its rows.
+/// Runs `sql` and decodes its rows. Every round trip has a client-side
+/// deadline of the statement timeout plus [`GRACE`](super::GRACE): past it
+/// the result is [`QueryError::Unanswered`] and the caller closes the
+/// connection.
 pub async fn run_query(
     client: &mut Client,
     sql: &str,
@@ -92,22 +103,25 @@ pub async fn run_query(
     for (i, statement) in setup.iter().enumerate() {
         check_setup(statement).map_err(|refusal| QueryError::Setup { index: i + 1, refusal })?;
     }
-    let tx = client
-        .build_transaction()
-        .read_only(options.read_only)
-        .start()
-        .await
-        .map_err(statement_error(0))?;
+    let start = client.build_transaction().read_only(options.read_only).start();
+    let tx = answered(options, 0, start).await?;
     run_setup(&tx, setup, options).await?;
     let last_index = setup.len() + 1;
     let (columns, prepared) = prepare_measured(&tx, last, last_index, options).await?;
-    let rows = tx
-        .query_raw(&prepared, std::iter::empty::<i32>())
-        .await
-        .map_err(statement_error(last_index))?;
+    let rows =
+        answered(options, last_index, tx.query_raw(&prepared, std::iter::empty::<i32>())).await?;
     let result = read_rows(rows, columns, last_index, options).await?;
-    tx.commit().await.map_err(statement_error(last_index))?;
+    answered(options, last_index, tx.commit()).await?;
     Ok(result)
+}
+
+/// One round trip of statement `index`, within its client-side deadline.
+async fn answered<T>(
+    options: &QueryOptions,
+    index: usize,
+    round_trip: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, QueryError> {
+    after_server(options.statement_timeout, round_trip).await?.map_err(statement_error(index))
 }
 
 /// The error of statement `index` (1-based; 0 for the operator's own).
@@ -128,20 +142,18 @@ async fn run_setup(
     options: &QueryOptions,
 ) -> Result<(), QueryError> {
     let timeout_ms = options.statement_timeout.as_millis().max(1);
-    tx.batch_execute(&format!("SET LOCAL statement_timeout = {timeout_ms}"))
-        .await
-        .map_err(statement_error(0))?;
+    let limit = format!("SET LOCAL statement_timeout = {timeout_ms}");
+    answered(options, 0, tx.batch_execute(&limit)).await?;
     for (i, statement) in setup.iter().enumerate() {
-        tx.batch_execute(statement).await.map_err(statement_error(i + 1))?;
+        answered(options, i + 1, tx.batch_execute(statement)).await?;
     }
     if !setup.is_empty() {
-        tx.batch_execute(&format!(
+        let no_higher = format!(
             "SELECT set_config('statement_timeout', \
              LEAST(NULLIF(setting::bigint, 0), {timeout_ms})::text, true) \
              FROM pg_settings WHERE name = 'statement_timeout'"
-        ))
-        .await
-        .map_err(statement_error(0))?;
+        );
+        answered(options, 0, tx.batch_execute(&no_higher)).await?;
     }
     Ok(())
 }
@@ -156,7 +168,7 @@ async fn prepare_measured(
     index: usize,
     options: &QueryOptions,
 ) -> Result<(Vec<String>, Statement), QueryError> {
-    let prepared = tx.prepare(last).await.map_err(statement_error(index))?;
+    let prepared = answered(options, index, tx.prepare(last)).await?;
     if !prepared.params().is_empty() {
         return Err(QueryError::HasParameters(prepared.params().len()));
     }
@@ -168,7 +180,7 @@ async fn prepare_measured(
         return Err(QueryError::DuplicateColumn(dup.to_owned()));
     }
     let wrapped = wrap(last, &prepared, options.max_row_bytes);
-    let measured = tx.prepare(&wrapped).await.map_err(statement_error(index))?;
+    let measured = answered(options, index, tx.prepare(&wrapped)).await?;
     Ok((columns, measured))
 }
 
@@ -183,7 +195,7 @@ async fn read_rows(
     pin_mut!(rows);
     let mut result = QueryResult { columns, rows: Vec::new() };
     let mut total: u64 = 0;
-    while let Some(row) = rows.try_next().await.map_err(statement_error(index))? {
+    while let Some(row) = answered(options, index, rows.try_next()).await? {
         if result.rows.len() >= options.max_rows as usize {
             return Err(QueryError::TooManyRows(options.max_rows));
         }

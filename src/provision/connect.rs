@@ -82,12 +82,24 @@ pub async fn open(
     })
 }
 
+/// How long one admin round trip may take. Provisioning statements run
+/// without a server-side timeout (`CREATE DATABASE` may wait for the
+/// template database), so this client-side deadline is generous: it is
+/// there for a server or network path that stopped answering, which would
+/// otherwise hold the `Database`'s pass forever.
+pub const ADMIN_ROUND_TRIP: Duration = Duration::from_secs(30);
+
+/// Runs the call on either engine within [`ADMIN_ROUND_TRIP`].
 macro_rules! delegate {
     ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            AnySession::Postgres($s) => $call,
-            AnySession::Mysql($s) => $call,
-        }
+        crate::db::within(ADMIN_ROUND_TRIP, async {
+            match $self {
+                AnySession::Postgres($s) => $call,
+                AnySession::Mysql($s) => $call,
+            }
+        })
+        .await
+        .map_err(ServerError::from)?
     };
 }
 

@@ -26,6 +26,8 @@ pub enum ServerError {
     MissingRights(String),
     #[error(transparent)]
     Kubernetes(#[from] crate::kube_api::KubeError),
+    #[error(transparent)]
+    Unanswered(#[from] crate::db::Unanswered),
 }
 
 impl ServerError {
@@ -42,6 +44,7 @@ impl ServerError {
             Self::Statement { .. } => crate::reason::STATEMENT_FAILED,
             Self::MissingRights(_) => crate::reason::INSUFFICIENT_PRIVILEGES,
             Self::Kubernetes(e) => e.reason(),
+            Self::Unanswered(e) => e.reason(),
         }
     }
 }

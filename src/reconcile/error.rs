@@ -106,6 +106,7 @@ impl PassError {
                 | Self::Connect(_)
                 | Self::ConnectTimeout
                 | Self::PoolClosed
+                | Self::Query(QueryError::Unanswered(_))
         )
     }
 
@@ -117,6 +118,7 @@ impl PassError {
                 Self::Connect(crate::db::connect_error(&e))
             }
             E::Backend(PoolConnectError::Budget(waited)) => Self::BudgetSlot(waited),
+            E::Backend(PoolConnectError::Unanswered(e)) => Self::Connect(e.into()),
             // Waiting for a connection of the (shared) pool: the budget is busy.
             E::Timeout(deadpool::managed::TimeoutType::Wait) => Self::PoolBusy,
             E::Timeout(_) => Self::ConnectTimeout,

@@ -20,7 +20,7 @@ use super::guard::{Held, PruneGuard, Ruling, RELEASE_ANNOTATION};
 use super::labels::Owner;
 use super::plan::{self, Desired, Inputs, Live, Owned, Plan};
 use crate::api::{DatabaseQueryResource, DatabaseQueryResourceSpec};
-use crate::db::{self, ConnInfo, Connections, Pool, QueryOptions};
+use crate::db::{self, ConnInfo, Connections, Pool, QueryError, QueryOptions};
 use crate::kube_api::cluster::{Cluster, Kinds};
 use crate::kube_api::{resolve, Discovered, KubeError, Target};
 use crate::kube_api::{GroupKind, Gvk, ObjectKey, Scope};
@@ -341,9 +341,16 @@ pub async fn run_pass<W: Cluster>(
     let started = Instant::now();
     let result = db::run_query(&mut client, &config.spec.query, &options).await;
     report.query_duration = Some(started.elapsed());
-    drop(client);
     match result {
-        Ok(result) => reconcile_rows(config, state, writer, &result.rows, now, &mut report).await,
+        Ok(result) => {
+            drop(client);
+            reconcile_rows(config, state, writer, &result.rows, now, &mut report).await;
+        }
+        // The database stopped answering: that is its condition, not the query's.
+        Err(e @ QueryError::Unanswered(_)) => {
+            client.discard();
+            report.database = Some(Err(Arc::new(e.into())));
+        }
         Err(e) => report.sync = Some(Err(Arc::new(e.into()))),
     }
     report

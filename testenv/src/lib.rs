@@ -9,10 +9,12 @@
 #![forbid(unsafe_code)]
 
 pub mod control_plane;
+pub mod faults;
 pub mod mariadb;
 pub mod node;
 pub mod postgres;
 pub mod process;
+pub mod reliability;
 
 use std::{
     path::{Path, PathBuf},

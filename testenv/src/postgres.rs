@@ -264,6 +264,11 @@ impl Postgres {
         Ok(())
     }
 
+    /// The postmaster's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Supervised::pid)
+    }
+
     /// Stops the server (fast shutdown), keeping its data for [`Postgres::resume`].
     pub fn pause(&mut self) {
         if let Some(mut p) = self.process.take() {

@@ -1,0 +1,272 @@
+//! Faults of the database side (SPEC §10, RELIABILITY.md): a network path
+//! that stalls, a frozen server, a locked table, killed connections and a
+//! killed operator. Each test states its recovery bound, checks that nothing
+//! was pruned or lost, and records what it tried for the reliability report.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::operator::{
+    configmaps, create_secret, secret_keys, wait_for_condition, wait_for_configmaps, DbqrBuilder,
+    Operator,
+};
+use common::{eventually, kube_client, shared};
+use dbqo_testenv::faults::{pause_processes, resume_processes, StallProxy};
+use dbqo_testenv::reliability::{record, Outcome};
+use kube::Client;
+use serde_json::json;
+
+const ITEMS: &str = "CREATE TABLE items (name text PRIMARY KEY, value text NOT NULL); \
+     INSERT INTO items VALUES ('one', 'v0'), ('two', 'v0');";
+const ITEM_CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"item-{{Row.name}}\"\ndata:\n  value: \"{{Row.value}}\"\n";
+
+async fn cluster(prefix: &str) -> (Client, String) {
+    let client = kube_client().await;
+    common::install_crd(&client).await;
+    let namespace = common::namespace(&client, prefix).await;
+    (client, namespace)
+}
+
+/// A DBQR over `items` with short timeouts, so a stall is past them fast.
+async fn items_dbqr(client: &Client, ns: &str, operator: &Operator) {
+    DbqrBuilder::new("items", operator)
+        .query("SELECT name, value FROM items")
+        .template(ITEM_CM)
+        .set("/database/statementTimeout", json!("1s"))
+        .set("/database/pool/connectTimeout", json!("1s"))
+        .create(client, ns)
+        .await;
+    wait_for_configmaps(client, ns, &["item-one", "item-two"]).await;
+    wait_for_condition(client, ns, "items", "Ready=True/Ready").await;
+}
+
+/// Waits until ConfigMap `item-one` holds `value`; returns how long it took.
+async fn wait_for_value(client: &Client, ns: &str, value: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    eventually(within, &format!("item-one = {value}"), || async {
+        let cms = configmaps(client, ns).await;
+        (cms.get("item-one").and_then(|d| d.get("value")).map(String::as_str) == Some(value))
+            .then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+/// Both objects are still there (a failing pass prunes nothing).
+async fn assert_nothing_pruned(client: &Client, ns: &str) {
+    let names: Vec<String> = configmaps(client, ns).await.into_keys().collect();
+    assert_eq!(names, ["item-one", "item-two"], "nothing pruned during the fault");
+}
+
+#[tokio::test]
+async fn a_network_stall_shows_in_conditions_and_recovers() {
+    let (client, ns) = cluster("stall").await;
+    let url = common::database("stall").await;
+    let db = common::connect(&url).await;
+    db.batch_execute(ITEMS).await.unwrap();
+    let pg = &shared().postgres;
+    let proxy = StallProxy::start(format!("{}:{}", pg.host, pg.port).parse().unwrap()).unwrap();
+    let mut keys = secret_keys(&url);
+    keys.insert("port", proxy.port().to_string());
+    create_secret(&client, &ns, "db", keys).await;
+    let operator = Operator::start(&[]);
+    items_dbqr(&client, &ns, &operator).await;
+
+    let mut slowest = Duration::ZERO;
+    for round in 1..=2 {
+        proxy.stall();
+        let value = format!("during-stall-{round}");
+        db.execute("UPDATE items SET value = $1 WHERE name = 'one'", &[&value]).await.unwrap();
+        // Bound: a poll (1 s) + statementTimeout or connectTimeout (1 s) + 3 s grace.
+        let message = wait_for_condition(
+            &client,
+            &ns,
+            "items",
+            "DatabaseConnected=False/DatabaseUnresponsive",
+        )
+        .await;
+        assert!(message.contains("did not answer"), "{message}");
+        wait_for_condition(&client, &ns, "items", "Ready=False/DatabaseUnresponsive").await;
+        // Longer than the statement timeout: several passes give up meanwhile.
+        let since = operator.totals().await;
+        eventually(Duration::from_secs(30), "two more failed passes", || async {
+            (operator.totals().await.since(&since).failed >= 2).then_some(())
+        })
+        .await;
+        assert_nothing_pruned(&client, &ns).await;
+
+        proxy.resume();
+        slowest = slowest.max(wait_for_value(&client, &ns, &value, Duration::from_secs(30)).await);
+        wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
+    }
+    assert_nothing_pruned(&client, &ns).await;
+    record(
+        "database-stall",
+        &Outcome { injected: 2, checked: 2, lost: 0, recovered_secs: Some(slowest.as_secs_f64()) },
+    );
+}
+
+#[tokio::test]
+async fn a_frozen_database_server_shows_in_conditions_and_recovers() {
+    let (client, ns) = cluster("frozen").await;
+    let mut server = common::private_postgres("frozen", None).await;
+    let url = server.info.url("postgres");
+    let db = common::connect(&url).await;
+    db.batch_execute(ITEMS).await.unwrap();
+    let mut keys = secret_keys(&url);
+    keys.insert("port", server.info.port.to_string());
+    create_secret(&client, &ns, "db", keys).await;
+    let operator = Operator::start(&[]);
+    items_dbqr(&client, &ns, &operator).await;
+    db.execute("UPDATE items SET value = 'before-freeze' WHERE name = 'one'", &[]).await.unwrap();
+    wait_for_value(&client, &ns, "before-freeze", Duration::from_secs(30)).await;
+    drop(db);
+
+    let frozen = pause_processes(server.pid().expect("the server runs")).unwrap();
+    let outcome = async {
+        wait_for_condition(&client, &ns, "items", "DatabaseConnected=False/DatabaseUnresponsive")
+            .await;
+        assert_nothing_pruned(&client, &ns).await;
+    };
+    // The server must run again whatever the assertions say.
+    let result = tokio::time::timeout(Duration::from_secs(60), outcome).await;
+    resume_processes(&frozen).unwrap();
+    result.expect("the frozen server shows in conditions within 60 s");
+
+    let started = Instant::now();
+    wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
+    let db = common::connect(&url).await;
+    db.execute("UPDATE items SET value = 'after-thaw' WHERE name = 'one'", &[]).await.unwrap();
+    wait_for_value(&client, &ns, "after-thaw", Duration::from_secs(30)).await;
+    assert_nothing_pruned(&client, &ns).await;
+    record(
+        "database-paused",
+        &Outcome {
+            injected: 1,
+            checked: 2,
+            lost: 0,
+            recovered_secs: Some(started.elapsed().as_secs_f64()),
+        },
+    );
+    server.pause();
+}
+
+#[tokio::test]
+async fn a_locked_table_times_the_query_out_prunes_nothing_and_recovers() {
+    let (client, ns) = cluster("locked").await;
+    let url = common::database("locked").await;
+    let db = common::connect(&url).await;
+    db.batch_execute(ITEMS).await.unwrap();
+    create_secret(&client, &ns, "db", secret_keys(&url)).await;
+    let operator = Operator::start(&[]);
+    items_dbqr(&client, &ns, &operator).await;
+
+    let mut locker = common::connect(&url).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    tx.execute("UPDATE items SET value = 'under-lock' WHERE name = 'one'", &[]).await.unwrap();
+    // The server's own timeout answers here: a query, not the path, is slow.
+    wait_for_condition(&client, &ns, "items", "Synced=False/QueryTimeout").await;
+    wait_for_condition(&client, &ns, "items", "DatabaseConnected=True/Connected").await;
+    assert_nothing_pruned(&client, &ns).await;
+    tx.commit().await.unwrap();
+    let took = wait_for_value(&client, &ns, "under-lock", Duration::from_secs(30)).await;
+    wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
+    record(
+        "table-locked",
+        &Outcome { injected: 1, checked: 2, lost: 0, recovered_secs: Some(took.as_secs_f64()) },
+    );
+}
+
+#[tokio::test]
+async fn terminated_connections_are_replaced_and_nothing_is_pruned() {
+    let (client, ns) = cluster("terminated").await;
+    let url = common::database("terminated").await;
+    let db = common::connect(&url).await;
+    db.batch_execute(ITEMS).await.unwrap();
+    create_secret(&client, &ns, "db", secret_keys(&url)).await;
+    let operator = Operator::start(&[]);
+    items_dbqr(&client, &ns, &operator).await;
+
+    let mut killed = 0;
+    for _ in 0..3 {
+        let since = operator.totals().await;
+        let n: i64 = db
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                 AND application_name LIKE 'db-query-operator%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        killed += n;
+        operator.wait_for_pass(since, "a pass after the kill", |t| t.ok() && t.pruned == 0).await;
+    }
+    assert!(killed >= 1, "the operator held a connection to kill");
+    db.execute("UPDATE items SET value = 'after-kills' WHERE name = 'one'", &[]).await.unwrap();
+    let took = wait_for_value(&client, &ns, "after-kills", Duration::from_secs(30)).await;
+    assert_nothing_pruned(&client, &ns).await;
+    record(
+        "backends-terminated",
+        &Outcome {
+            injected: killed as u64,
+            checked: 2,
+            lost: 0,
+            recovered_secs: Some(took.as_secs_f64()),
+        },
+    );
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_apply_converges_after_a_restart() {
+    const ROWS: usize = 400;
+    let (client, ns) = cluster("killed").await;
+    let url = common::database("killed").await;
+    let db = common::connect(&url).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE items (name text PRIMARY KEY, value text NOT NULL); \
+         INSERT INTO items SELECT 'n' || i, 'v0' FROM generate_series(1, {ROWS}) i;"
+    ))
+    .await
+    .unwrap();
+    create_secret(&client, &ns, "db", secret_keys(&url)).await;
+    let id = common::unique("op");
+    let mut operator = Operator::start_with_id(&id, &[]);
+    DbqrBuilder::new("items", &operator)
+        .query("SELECT name, value FROM items")
+        .template(ITEM_CM)
+        .create(&client, &ns)
+        .await;
+    // Killed while the first pass is part-way through its applies.
+    eventually(Duration::from_secs(60), "some objects applied", || async {
+        (configmaps(&client, &ns).await.len() >= 20).then_some(())
+    })
+    .await;
+    operator.signal("KILL");
+    operator.wait_for_exit(Duration::from_secs(10)).expect("killed");
+    let partial = configmaps(&client, &ns).await.len();
+    let started = Instant::now();
+    let _operator = Operator::start_with_id(&id, &[]);
+    let all = eventually(Duration::from_secs(60), "every row's object", || async {
+        let cms = configmaps(&client, &ns).await;
+        (cms.len() == ROWS).then_some(cms)
+    })
+    .await;
+    wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
+    for i in 1..=ROWS {
+        assert_eq!(all[&format!("item-n{i}")]["value"], "v0", "row n{i}");
+    }
+    assert!(partial <= ROWS, "{partial}");
+    record(
+        "operator-killed",
+        &Outcome {
+            injected: 1,
+            checked: ROWS as u64,
+            lost: 0,
+            recovered_secs: Some(started.elapsed().as_secs_f64()),
+        },
+    );
+}
