@@ -33,5 +33,11 @@ runner=(cargo test --workspace --locked --no-fail-fast)
 if cargo nextest --version >/dev/null 2>&1; then
   runner=(cargo nextest run --workspace --locked --no-fail-fast --failure-output final)
 fi
+# The reliability trials record what they did here; after a run that passed,
+# RELIABILITY.md is made from it (tests/reliability.rs keeps its table and
+# the trials in step).
+export DBQO_RELIABILITY_DIR="$CARGO_TARGET_DIR/reliability"
+rm -rf "$DBQO_RELIABILITY_DIR"
 echo "== tests (${runner[*]})"
-exec "$CARGO_TARGET_DIR/debug/testenv" run -- "${runner[@]}"
+"$CARGO_TARGET_DIR/debug/testenv" run -- "${runner[@]}"
+"$CARGO_TARGET_DIR/debug/testenv" report "$DBQO_RELIABILITY_DIR" RELIABILITY.md

@@ -245,6 +245,10 @@ async fn a_half_open_listen_connection_is_replaced_within_a_minute() {
     assert!(replaced.is_some() && replaced != Some(stuck), "a new LISTEN connection");
     drop(stopped);
     db.batch_execute(&format!("SELECT pg_terminate_backend({stuck})")).await.unwrap();
+    dbqo_testenv::reliability::record(
+        "listen-half-open",
+        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+    );
 }
 
 fn signal(sig: &str, pid: i32) -> bool {

@@ -866,6 +866,10 @@ async fn server_faults(engine: Engine, prefix: &str) {
     .await
     .unwrap();
     w.wait_for(&w.team_a, "orphan", Phase::Pending, "ServerNotFound").await;
+    dbqo_testenv::reliability::record(
+        "server-misconfigured",
+        &dbqo_testenv::reliability::Outcome { injected: 3, checked: 3, ..Default::default() },
+    );
 }
 
 /// The admin connection over TLS verifies the server against the Secret's CA.

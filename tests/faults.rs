@@ -141,7 +141,7 @@ async fn a_frozen_database_server_shows_in_conditions_and_recovers() {
     wait_for_value(&client, &ns, "after-thaw", Duration::from_secs(30)).await;
     assert_nothing_pruned(&client, &ns).await;
     record(
-        "database-paused",
+        "database-frozen",
         &Outcome {
             injected: 1,
             checked: 2,

@@ -165,6 +165,10 @@ async fn one_replica_leads_and_another_takes_over_after_a_crash_or_a_release() {
     })
     .await;
     assert_eq!(names, ["cm-1", "cm-2", "cm-3"]);
+    dbqo_testenv::reliability::record(
+        "leader-failover",
+        &dbqo_testenv::reliability::Outcome { injected: 2, checked: 1, ..Default::default() },
+    );
 }
 
 /// A leader that finds the Lease held by someone else stops at once (exit

@@ -75,6 +75,10 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
     .await
     .unwrap();
     wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
+    dbqo_testenv::reliability::record(
+        "database-stopped",
+        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 2, ..Default::default() },
+    );
 }
 
 #[tokio::test]
@@ -145,6 +149,10 @@ async fn wrong_password_unknown_host_and_tls_mismatch_have_clear_reasons() {
     .await;
     assert!(m.contains("missing-secret"), "{m}");
     drop(plain);
+    dbqo_testenv::reliability::record(
+        "tls-not-offered",
+        &dbqo_testenv::reliability::Outcome { injected: 4, checked: 4, ..Default::default() },
+    );
 }
 
 #[tokio::test]

@@ -194,6 +194,10 @@ async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
     )
     .await;
     wait_for_condition(&s.client, &s.namespace, "first", "Ready=True/Ready").await;
+    dbqo_testenv::reliability::record(
+        "bad-row-isolated",
+        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 3, ..Default::default() },
+    );
 }
 
 #[tokio::test]

@@ -129,6 +129,10 @@ async fn two_hundred_dbqrs_stay_within_the_connection_budget() {
     assert_eq!(refused.load(Ordering::SeqCst), 0, "another client was refused");
     drop(operator);
     drop(server);
+    dbqo_testenv::reliability::record(
+        "connection-budget",
+        &dbqo_testenv::reliability::Outcome { injected: 0, checked: 200, ..Default::default() },
+    );
 }
 
 /// 200 notify-mode DBQRs sharing one Secret hold one LISTEN connection, and

@@ -179,6 +179,10 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
     assert!(untouched(&cms.get("plain").await.unwrap().metadata));
     assert!(untouched(&secrets.get(&helm.metadata.name.clone().unwrap()).await.unwrap().metadata));
     assert!(untouched(&namespaces.get(&victim_ns).await.unwrap().metadata));
+    dbqo_testenv::reliability::record(
+        "takeover",
+        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+    );
 }
 
 /// A deletion names the uid the operator saw: the API server refuses to
@@ -215,6 +219,10 @@ async fn a_delete_with_a_stale_uid_leaves_the_replacement() {
         cms.get_opt("same-name").await.ok()?.is_none().then_some(())
     })
     .await;
+    dbqo_testenv::reliability::record(
+        "stale-uid-delete",
+        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+    );
 }
 
 /// A value no message may hold; valid as a host, user and database name, so
@@ -322,6 +330,10 @@ async fn a_secret_value_mapped_onto_any_connection_key_is_never_shown() {
     for text in shown {
         assert!(!text.contains(MARKER), "the marker is shown: {text}");
     }
+    dbqo_testenv::reliability::record(
+        "secret-values",
+        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+    );
 }
 
 /// A team's own DatabaseServer cannot use another namespace's admin Secret
@@ -369,6 +381,10 @@ async fn a_database_server_cannot_borrow_another_namespaces_admin_secret() {
             .unwrap()
             .get(0);
     assert_eq!(exists, 0, "no database was created with the borrowed Secret");
+    dbqo_testenv::reliability::record(
+        "borrowed-admin-secret",
+        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+    );
 }
 
 /// Hostile input does not take the operator down: a 300 MB row fails alone
@@ -454,6 +470,10 @@ async fn a_huge_row_and_a_template_bomb_fail_alone_while_health_answers() {
     );
     assert!(cms.get_opt("healthy-1").await.unwrap().is_some());
     assert!(cms.get_opt("huge-1").await.unwrap().is_none());
+    dbqo_testenv::reliability::record(
+        "template-bomb",
+        &dbqo_testenv::reliability::Outcome { injected: 2, checked: 1, ..Default::default() },
+    );
 }
 
 /// A ServiceAccount `name` in `ns` allowed `rules` there.
@@ -552,6 +572,10 @@ async fn a_dbqr_acts_with_its_service_accounts_rights_only() {
         (released && gone).then_some(())
     })
     .await;
+    dbqo_testenv::reliability::record(
+        "service-account",
+        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+    );
 }
 
 /// Two notify-mode DBQRs for the same server and user, one with a wrong

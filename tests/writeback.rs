@@ -133,6 +133,10 @@ async fn a_status_template_with_two_statements_is_refused() {
     let message =
         wait_for_condition(&client, &ns, "raw", "Synced=False/StatusTemplateInvalid").await;
     assert!(message.contains("bound as parameters"), "{message}");
+    dbqo_testenv::reliability::record(
+        "status-two-statements",
+        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+    );
 }
 
 #[tokio::test]
@@ -165,6 +169,10 @@ spec:
     assert!(!message.contains("\"conv-1\""), "{message}");
     // Reconciliation is not blocked by it.
     wait_for_condition(&client, &ns, "conv", "Synced=True/Synced").await;
+    dbqo_testenv::reliability::record(
+        "status-type",
+        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+    );
 }
 
 const APP_DEPLOYMENT: &str = "apiVersion: apps/v1

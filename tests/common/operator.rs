@@ -430,11 +430,21 @@ pub async fn wait_for_condition(
 ) -> String {
     let (type_, rest) = expected.split_once('=').expect("Type=Status/Reason");
     let (status, reason) = rest.split_once('/').expect("Type=Status/Reason");
-    eventually(Duration::from_secs(30), &format!("{name}: {expected}"), || async {
-        let (s, r, m) = condition(client, namespace, name, type_).await?;
-        (s == status && r == reason).then_some(m)
-    })
-    .await
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = condition(client, namespace, name, type_).await;
+        if let Some((s, r, m)) = &seen {
+            if s == status && r == reason {
+                return m.clone();
+            }
+        }
+        // The condition it has instead says what went wrong.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after 30s waiting for {name}: {expected}; it is {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// What most operator tests start from.

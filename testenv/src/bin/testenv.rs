@@ -1,13 +1,17 @@
 //! `testenv run -- <command...>`: one real environment for a whole test run.
 //! `testenv up`: start one and keep it until interrupted (for manual use).
+//! `testenv report DIR OUT`: write the reliability report (`RELIABILITY.md`)
+//! from what the tests recorded in DIR.
 #![forbid(unsafe_code)]
 
 use std::process::{Command, ExitCode};
 
-use dbqo_testenv::{run_dir, TestEnv, ENV_VAR};
+use dbqo_testenv::{reliability, run_dir, TestEnv, ENV_VAR};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: testenv run -- <command> [args...]\n       testenv up");
+    eprintln!(
+        "usage: testenv run -- <command> [args...]\n       testenv up\n       testenv report <record-dir> <output.md>"
+    );
     ExitCode::from(2)
 }
 
@@ -22,6 +26,7 @@ fn main() -> ExitCode {
             ("run", rest.to_vec())
         }
         Some((m, [])) if m == "up" => ("up", Vec::new()),
+        Some((m, [dir, out])) if m == "report" => return report(dir.as_ref(), out.as_ref()),
         _ => return usage(),
     };
 
@@ -69,6 +74,27 @@ fn main() -> ExitCode {
         Ok(s) => ExitCode::from(s.code().map_or(1, |c| u8::try_from(c).unwrap_or(1))),
         Err(e) => {
             eprintln!("testenv: cannot run {}: {e}", command[0]);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Writes the reliability report of the records in `dir` to `out`.
+fn report(dir: &std::path::Path, out: &std::path::Path) -> ExitCode {
+    let outcomes = reliability::recorded(dir);
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let text = reliability::report(&outcomes, &reliability::machine(), &date);
+    match std::fs::write(out, text) {
+        Ok(()) => {
+            eprintln!("testenv: {} trials recorded, report in {}", outcomes.len(), out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("testenv: write {}: {e}", out.display());
             ExitCode::from(1)
         }
     }
