@@ -28,12 +28,56 @@ pub struct ControlPlaneInfo {
 }
 
 /// A running control plane; stopped when dropped (controller-manager first).
+/// A test may stop and start its API server and etcd (fault injection).
 pub struct ControlPlane {
     pub info: ControlPlaneInfo,
-    // Held only to be stopped on drop, in field order: controller-manager first.
+    // Stopped on drop in field order: controller-manager first.
     _controller_manager: Supervised,
-    _apiserver: Supervised,
-    _etcd: Supervised,
+    apiserver: Restartable,
+    etcd: Restartable,
+    etcd_port: u16,
+}
+
+/// A server started again with the same program, flags and data.
+struct Restartable {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    starts: u32,
+    process: Option<Supervised>,
+}
+
+impl Restartable {
+    fn start(
+        name: &'static str,
+        program: PathBuf,
+        args: Vec<String>,
+        log: PathBuf,
+    ) -> Result<Self, Error> {
+        let mut server = Self { name, program, args, log, starts: 0, process: None };
+        server.resume()?;
+        Ok(server)
+    }
+
+    fn resume(&mut self) -> Result<&mut Supervised, Error> {
+        if self.process.is_none() {
+            // Each start logs to a file of its own: the first one's log stays readable.
+            let log = match self.starts {
+                0 => self.log.clone(),
+                n => self.log.with_extension(format!("{n}.log")),
+            };
+            self.starts += 1;
+            self.process = Some(Supervised::start(self.name, &[], &self.program, &self.args, log)?);
+        }
+        Ok(self.process.as_mut().expect("started above"))
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        if let Some(mut process) = self.process.take() {
+            process.stop(grace);
+        }
+    }
 }
 
 fn api_ready(info: &ControlPlaneInfo) -> bool {
@@ -56,11 +100,10 @@ impl ControlPlane {
         let [etcd_port, peer_port] = free_ports()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut etcd = Supervised::start(
+        let mut etcd = Restartable::start(
             "etcd",
-            &[],
-            &assets.join("etcd"),
-            &[
+            assets.join("etcd"),
+            vec![
                 format!("--data-dir={}", path("etcd")),
                 format!("--listen-client-urls={etcd_url}"),
                 format!("--advertise-client-urls={etcd_url}"),
@@ -70,9 +113,7 @@ impl ControlPlane {
             ],
             dir.join("etcd.log"),
         )?;
-        etcd.wait_until(Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", etcd_port)).is_ok()
-        })?;
+        etcd.resume()?.wait_until(Duration::from_secs(30), || etcd_listens(etcd_port))?;
 
         run("openssl", &["genrsa", "-out", &path("sa.key"), "2048"])?;
         run("openssl", &["rsa", "-in", &path("sa.key"), "-pubout", "-out", &path("sa.pub")])?;
@@ -90,11 +131,10 @@ impl ControlPlane {
             ca_cert: certs.join("apiserver.crt"),
             token: ADMIN_TOKEN.into(),
         };
-        let mut apiserver = Supervised::start(
+        let mut apiserver = Restartable::start(
             "kube-apiserver",
-            &[],
-            &assets.join("kube-apiserver"),
-            &[
+            assets.join("kube-apiserver"),
+            vec![
                 format!("--etcd-servers={etcd_url}"),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
@@ -113,6 +153,7 @@ impl ControlPlane {
             dir.join("kube-apiserver.log"),
         )?;
         apiserver
+            .resume()?
             .wait_until(Duration::from_secs(120), || info.ca_cert.exists() && api_ready(&info))?;
 
         let kubeconfig = format!(
@@ -141,11 +182,37 @@ impl ControlPlane {
             dir.join("kube-controller-manager.log"),
         )?;
         controller_manager.wait_until(Duration::from_secs(5), || true)?;
-        Ok(Self {
-            info,
-            _controller_manager: controller_manager,
-            _apiserver: apiserver,
-            _etcd: etcd,
-        })
+        Ok(Self { info, _controller_manager: controller_manager, apiserver, etcd, etcd_port })
     }
+
+    /// Stops the API server (SIGTERM, then SIGKILL after `grace`).
+    pub fn stop_apiserver(&mut self, grace: Duration) {
+        self.apiserver.stop(grace);
+    }
+
+    /// Starts the API server again (same port, certificates and etcd) and
+    /// waits until it is ready.
+    pub fn start_apiserver(&mut self) -> Result<(), Error> {
+        let info = self.info.clone();
+        self.apiserver.resume()?.wait_until(Duration::from_secs(120), || api_ready(&info))
+    }
+
+    /// Stops etcd (SIGTERM, then SIGKILL after `grace`); the API server
+    /// keeps running and answers errors meanwhile.
+    pub fn stop_etcd(&mut self, grace: Duration) {
+        self.etcd.stop(grace);
+    }
+
+    /// Starts etcd again (same data) and waits until the API server is ready.
+    pub fn start_etcd(&mut self) -> Result<(), Error> {
+        let port = self.etcd_port;
+        self.etcd.resume()?.wait_until(Duration::from_secs(30), || etcd_listens(port))?;
+        let info = self.info.clone();
+        let apiserver = self.apiserver.resume()?;
+        apiserver.wait_until(Duration::from_secs(120), || api_ready(&info))
+    }
+}
+
+fn etcd_listens(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }

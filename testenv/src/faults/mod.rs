@@ -20,6 +20,9 @@ use std::{
 
 use crate::Error;
 
+mod api;
+pub use api::FaultyApi;
+
 /// How often a stalled pump looks whether it may carry bytes again.
 const POLL: Duration = Duration::from_millis(20);
 
