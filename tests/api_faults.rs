@@ -100,6 +100,7 @@ async fn the_operator_rides_out_an_api_server_restart_mid_pass() {
             checked: ROWS as u64,
             lost: 0,
             recovered_secs: Some(took.as_secs_f64()),
+            ..Default::default()
         },
     );
     // Control planes stop with blocking waits.
@@ -146,6 +147,7 @@ async fn the_operator_rides_out_an_etcd_restart() {
             checked: ROWS as u64,
             lost: 0,
             recovered_secs: Some(took.as_secs_f64()),
+            ..Default::default()
         },
     );
     tokio::task::spawn_blocking(move || drop(plane)).await.unwrap();
@@ -197,6 +199,7 @@ async fn answers_429_and_503_are_retried_and_the_operator_converges() {
             checked: ROWS as u64,
             lost: 0,
             recovered_secs: Some(started.elapsed().as_secs_f64()),
+            ..Default::default()
         },
     );
 }

@@ -208,6 +208,7 @@ async fn run(case: Case) {
             checked: 3,
             lost: 0,
             recovered_secs: Some(started.elapsed().as_secs_f64()),
+            ..Default::default()
         },
     );
 }

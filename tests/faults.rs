@@ -103,7 +103,13 @@ async fn a_network_stall_shows_in_conditions_and_recovers() {
     assert_nothing_pruned(&client, &ns).await;
     record(
         "database-stall",
-        &Outcome { injected: 2, checked: 2, lost: 0, recovered_secs: Some(slowest.as_secs_f64()) },
+        &Outcome {
+            injected: 2,
+            checked: 2,
+            lost: 0,
+            recovered_secs: Some(slowest.as_secs_f64()),
+            ..Default::default()
+        },
     );
 }
 
@@ -147,6 +153,7 @@ async fn a_frozen_database_server_shows_in_conditions_and_recovers() {
             checked: 2,
             lost: 0,
             recovered_secs: Some(started.elapsed().as_secs_f64()),
+            ..Default::default()
         },
     );
     server.pause();
@@ -175,7 +182,13 @@ async fn a_locked_table_times_the_query_out_prunes_nothing_and_recovers() {
     wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
     record(
         "table-locked",
-        &Outcome { injected: 1, checked: 2, lost: 0, recovered_secs: Some(took.as_secs_f64()) },
+        &Outcome {
+            injected: 1,
+            checked: 2,
+            lost: 0,
+            recovered_secs: Some(took.as_secs_f64()),
+            ..Default::default()
+        },
     );
 }
 
@@ -216,6 +229,7 @@ async fn terminated_connections_are_replaced_and_nothing_is_pruned() {
             checked: 2,
             lost: 0,
             recovered_secs: Some(took.as_secs_f64()),
+            ..Default::default()
         },
     );
 }
@@ -267,6 +281,146 @@ async fn an_operator_killed_mid_apply_converges_after_a_restart() {
             checked: ROWS as u64,
             lost: 0,
             recovered_secs: Some(started.elapsed().as_secs_f64()),
+            ..Default::default()
+        },
+    );
+}
+
+/// A small deterministic generator: the seed is printed, so a failing
+/// sequence of kill points can be replayed (`DBQO_KILL_SEED`).
+struct Points(u64);
+
+impl Points {
+    fn new() -> Self {
+        let seed = std::env::var("DBQO_KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("kill points seed: {seed} (DBQO_KILL_SEED={seed} replays them)");
+        Self(seed)
+    }
+
+    /// A number in `1..max`.
+    fn below(&mut self, max: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        1 + (self.0 >> 33) as usize % (max - 1)
+    }
+}
+
+/// The ConfigMaps of `ns` as (name → value).
+async fn values(client: &Client, ns: &str) -> std::collections::BTreeMap<String, String> {
+    configmaps(client, ns)
+        .await
+        .into_iter()
+        .map(|(name, data)| (name, data.get("value").cloned().unwrap_or_default()))
+        .collect()
+}
+
+/// The objects the rows of `items` ask for.
+async fn expected(db: &tokio_postgres::Client) -> std::collections::BTreeMap<String, String> {
+    db.query("SELECT name, value FROM items", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (format!("item-{}", r.get::<_, String>(0)), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_operator_killed_at_random_points_of_large_applies_and_prunes_converges_every_time() {
+    const ROWS: usize = 1000;
+    const KILLS: usize = 10;
+    const PRUNED_EACH: usize = 60;
+    let (client, ns) = cluster("killpoints").await;
+    let url = common::database("killpoints").await;
+    let db = common::connect(&url).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE items (name text PRIMARY KEY, value text NOT NULL); \
+         INSERT INTO items SELECT 'n' || i, 'v0' FROM generate_series(1, {ROWS}) i;"
+    ))
+    .await
+    .unwrap();
+    create_secret(&client, &ns, "db", secret_keys(&url)).await;
+    let id = common::unique("op");
+    let mut operator = Operator::start_with_id(&id, &[]);
+    DbqrBuilder::new("items", &operator)
+        .query("SELECT name, value FROM items")
+        .template(ITEM_CM)
+        // Ten prunes of 60 add up to more than the default guard allows in its window.
+        .set("/pruneGuard/maxPrunePercent", json!(100))
+        .create(&client, &ns)
+        .await;
+    let converge = |what: String| {
+        let (client, ns, db) = (&client, &ns, &db);
+        async move {
+            let want = expected(db).await;
+            eventually(Duration::from_secs(120), &what, || async {
+                (values(client, ns).await == want).then_some(())
+            })
+            .await;
+        }
+    };
+    converge("the first pass".into()).await;
+
+    let mut points = Points::new();
+    let (mut mid_apply, mut mid_prune, mut slowest) = (0, 0, Duration::ZERO);
+    for round in 1..=2 * KILLS {
+        let pruning = round > KILLS;
+        // Prunes are quick: one API call at a time makes a window to kill in.
+        let args: &[&str] = if pruning { &["--concurrency", "1"] } else { &[] };
+        let before = values(&client, &ns).await;
+        let (work, target) = if pruning {
+            let names: Vec<String> =
+                before.keys().take(PRUNED_EACH).map(|n| n["item-".len()..].to_owned()).collect();
+            db.execute("DELETE FROM items WHERE name = ANY($1)", &[&names]).await.unwrap();
+            (PRUNED_EACH, points.below(PRUNED_EACH))
+        } else {
+            let value = format!("v{round}");
+            db.execute("UPDATE items SET value = $1", &[&value]).await.unwrap();
+            (ROWS, points.below(ROWS))
+        };
+        // Killed once `target` of the `work` changes are made.
+        let done = eventually(Duration::from_secs(120), "the kill point", || async {
+            let now = values(&client, &ns).await;
+            let done = if pruning {
+                before.len() - now.len()
+            } else {
+                now.values().filter(|v| **v == format!("v{round}")).count()
+            };
+            (done >= target).then_some(done)
+        })
+        .await;
+        operator.signal("KILL");
+        operator.wait_for_exit(Duration::from_secs(10)).expect("killed");
+        if done < work {
+            if pruning {
+                mid_prune += 1
+            } else {
+                mid_apply += 1
+            }
+        }
+        let started = Instant::now();
+        operator = Operator::start_with_id(&id, args);
+        converge(format!("round {round}: every row's object, nothing else")).await;
+        slowest = slowest.max(started.elapsed());
+    }
+    let left = values(&client, &ns).await;
+    assert_eq!(left.len(), ROWS - KILLS * PRUNED_EACH, "nothing orphaned, nothing wrongly deleted");
+    eprintln!("kills mid-apply: {mid_apply} of {KILLS}; mid-prune: {mid_prune} of {KILLS}; slowest convergence {slowest:?}");
+    assert!(mid_apply >= 1, "some kills land part-way through an apply");
+    record(
+        "operator-killed-20",
+        &Outcome {
+            injected: 2 * KILLS as u64,
+            checked: (2 * KILLS * ROWS) as u64,
+            lost: 0,
+            recovered_secs: Some(slowest.as_secs_f64()),
+            note: Some(format!("{mid_apply} kills mid-apply, {mid_prune} mid-prune")),
         },
     );
 }

@@ -158,6 +158,14 @@ pub const CATALOG: &[Trial] = &[
         "faults::an_operator_killed_mid_apply_converges_after_a_restart",
     ),
     trial(
+        "operator-killed-20",
+        Fault,
+        "the operator SIGKILLed 20 times at random points (a random count of its changes made): 10 times during an update of all 1,000 rows, 10 times during a prune of 60",
+        "after each restart every row's object holds the row's value and no other object exists (nothing orphaned, nothing wrongly deleted)",
+        "converged within 120 s of each restart",
+        "faults::an_operator_killed_at_random_points_of_large_applies_and_prunes_converges_every_time",
+    ),
+    trial(
         "leader-failover",
         Fault,
         "two replicas; the leader SIGKILLed, then the new leader releasing its Lease",
@@ -427,6 +435,9 @@ pub struct Outcome {
     pub lost: u64,
     /// How long the slowest recovery (or the clear error) took.
     pub recovered_secs: Option<f64>,
+    /// Anything else the run measured, in a few words.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// Writes `outcome` for trial `id` where [`RECORD_DIR_VAR`] says; nothing
@@ -498,6 +509,10 @@ pub fn report(outcomes: &BTreeMap<String, Outcome>, machine: &str, date: &str) -
             let last = match outcomes.get(trial.id) {
                 Some(o) => {
                     let took = o.recovered_secs.map(|s| format!(", {s:.1} s")).unwrap_or_default();
+                    let took = match &o.note {
+                        Some(note) => format!("{took}; {note}"),
+                        None => took,
+                    };
                     format!(
                         "passed: {} injected, {} checked, {} lost{took}",
                         o.injected, o.checked, o.lost
