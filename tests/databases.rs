@@ -67,6 +67,22 @@ impl Server {
         }
     }
 
+    /// Stops the server (its data kept), as an outage does.
+    fn stop(&mut self) {
+        match self {
+            Server::Postgres(pg) => pg.pause(),
+            Server::MariaDb(_) => unimplemented!("the outage test runs on PostgreSQL"),
+        }
+    }
+
+    /// Starts it again after [`Server::stop`].
+    fn restart(&mut self) {
+        match self {
+            Server::Postgres(pg) => pg.resume().expect("PostgreSQL starts again"),
+            Server::MariaDb(_) => unimplemented!("the outage test runs on PostgreSQL"),
+        }
+    }
+
     fn engine_name(&self) -> &'static str {
         match self {
             Server::Postgres(_) => "postgres",
@@ -1106,5 +1122,72 @@ async fn postgres_shutdown_lets_the_pass_under_way_finish() {
         database.status.and_then(|s| s.phase),
         Some(Phase::Ready),
         "the pass under way finished and wrote its status before the exit"
+    );
+}
+
+/// The server down while a `Database` is created, while its password is
+/// reset and while it is deleted: each shows as `ConnectionFailed` on the
+/// `Database` while it lasts, and completes on its own once the server is
+/// back (the database and user made, a new password that works and an old
+/// one that does not, the database dropped and the Secret gone).
+#[tokio::test]
+async fn postgres_server_down_during_create_reset_and_delete() {
+    let engine = Engine::Postgres;
+    let mut w = World::start(engine, "pgdown").await;
+    let started = std::time::Instant::now();
+
+    // Create.
+    w.server.stop();
+    w.create_database(&w.team_a, "during", json!({"deletionPolicy": "Delete"})).await.unwrap();
+    w.wait_for(&w.team_a, "during", Phase::Error, "ConnectionFailed").await;
+    w.server.restart();
+    w.wait_for(&w.team_a, "during", Phase::Ready, "Ready").await;
+    let (first, _) = w.secret(&w.team_a, "during-credentials").await.expect("credentials");
+    assert!(App::connect(engine, &first, None).await.is_ok(), "the credentials work");
+
+    // Password reset.
+    w.server.stop();
+    w.label(&w.team_a, "during", "dbqo.dev/action", json!("reset-password")).await;
+    w.wait_for(&w.team_a, "during", Phase::Error, "ConnectionFailed").await;
+    let (unchanged, _) = w.secret(&w.team_a, "during-credentials").await.unwrap();
+    assert_eq!(
+        unchanged["password"], first["password"],
+        "no new password before the server has it"
+    );
+    w.server.restart();
+    let fresh = eventually(WAIT, "a new password", || async {
+        let d = w.databases(&w.team_a).get("during").await.ok()?;
+        let (now, _) = w.secret(&w.team_a, "during-credentials").await?;
+        (now["password"] != first["password"]
+            && !d.metadata.labels.unwrap_or_default().contains_key("dbqo.dev/action"))
+        .then_some(now)
+    })
+    .await;
+    w.wait_for(&w.team_a, "during", Phase::Ready, "Ready").await;
+    assert!(App::connect(engine, &fresh, None).await.is_ok(), "the new password works");
+    assert!(App::connect(engine, &first, None).await.is_err(), "the old password is gone");
+
+    // Delete.
+    w.server.stop();
+    w.databases(&w.team_a).delete("during", &DeleteParams::default()).await.unwrap();
+    w.wait_for(&w.team_a, "during", Phase::Error, "ConnectionFailed").await;
+    assert!(w.secret(&w.team_a, "during-credentials").await.is_some(), "kept until dropped");
+    w.server.restart();
+    eventually(WAIT, "the Database gone", || async {
+        w.databases(&w.team_a).get_opt("during").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let mut admin = w.server.admin().await;
+    assert!(!admin.database_exists("during").await && !admin.user_exists("during").await);
+    assert!(w.secret(&w.team_a, "during-credentials").await.is_none(), "the Secret removed");
+    w.assert_never_shown(&fresh["password"]).await;
+    dbqo_testenv::reliability::record(
+        "server-down-create-reset-delete",
+        &dbqo_testenv::reliability::Outcome {
+            injected: 3,
+            checked: 3,
+            recovered_secs: Some(started.elapsed().as_secs_f64()),
+            ..Default::default()
+        },
     );
 }

@@ -182,6 +182,14 @@ pub const CATALOG: &[Trial] = &[
         "change_detection::a_half_open_listen_connection_is_replaced_within_a_minute",
     ),
     trial(
+        "server-down-create-reset-delete",
+        Fault,
+        "a Database's PostgreSQL server stopped during its create, during a password reset and during its Delete, started again after each",
+        "Phase=Error/ConnectionFailed while down, no new password before the server has it; then Ready with database and user, a new password that works and an old one that does not, the database dropped and the Secret gone",
+        "each step within 60 s of the server's return",
+        "databases::postgres_server_down_during_create_reset_and_delete",
+    ),
+    trial(
         "server-misconfigured",
         Fault,
         "DatabaseServers with a wrong admin password, a port nothing listens on, an admin without CREATEDB/CREATEROLE (PostgreSQL and MariaDB)",
