@@ -198,3 +198,74 @@ async fn a_leader_that_loses_its_lease_stops_writing() {
     assert_eq!(status.code(), Some(1), "a replica that lost its Lease exits 1");
     assert_eq!(holder(&leases, lease).await.as_deref(), Some("intruder"));
 }
+
+/// The leader SIGKILLed part-way through a pass over 1,000 rows: the
+/// standby takes over within the lease duration, finishes the work, and
+/// deletes nothing a row still asks for.
+#[tokio::test]
+async fn a_leader_killed_during_a_pass_is_replaced_and_the_pass_completes() {
+    const ROWS: usize = 1000;
+    let s = common::operator::setup(
+        "failover",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY, value text NOT NULL); \
+             INSERT INTO t SELECT i, 'v0' FROM generate_series(1, {ROWS}) i;"
+        ),
+    )
+    .await;
+    let ns = s.namespace.as_str();
+    let id = common::unique("replicas");
+    let lease = "dbqo-failover-lease";
+    let mut first = replica(&id, "first", ns, lease);
+    eventually(Duration::from_secs(10), "the first replica to lead", || async {
+        leads(&first).await.then_some(())
+    })
+    .await;
+    let second = replica(&id, "second", ns, lease);
+    let values = || async {
+        configmaps(&s.client, ns)
+            .await
+            .into_values()
+            .filter_map(|d| d.get("value").cloned())
+            .collect::<Vec<String>>()
+    };
+    DbqrBuilder::new("items", &first)
+        .query("SELECT id, value FROM t")
+        .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"cm-{{Row.id}}\"\ndata:\n  value: \"{{Row.value}}\"\n")
+        .create(&s.client, ns)
+        .await;
+    eventually(Duration::from_secs(60), "the first pass", || async {
+        (values().await.len() == ROWS).then_some(())
+    })
+    .await;
+
+    // Every row changes; the leader dies a third of the way through.
+    s.db.batch_execute("UPDATE t SET value = 'v1'").await.unwrap();
+    let done = eventually(Duration::from_secs(60), "a third of the update", || async {
+        let done = values().await.iter().filter(|v| *v == "v1").count();
+        (done >= ROWS / 3).then_some(done)
+    })
+    .await;
+    let killed = Instant::now();
+    first.signal("KILL");
+    assert!(first.wait_for_exit(Duration::from_secs(5)).is_some());
+    eventually(Duration::from_secs(60), "every object updated by the new leader", || async {
+        let now = values().await;
+        (now.len() == ROWS && now.iter().all(|v| v == "v1")).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(leads(&second).await, "the standby leads");
+    assert!(took < Duration::from_secs(30), "took over and finished in {took:?}");
+    wait_for_condition(&s.client, ns, "items", "Ready=True/Ready").await;
+    dbqo_testenv::reliability::record(
+        "leader-killed-mid-pass",
+        &dbqo_testenv::reliability::Outcome {
+            injected: 1,
+            checked: ROWS as u64,
+            recovered_secs: Some(took.as_secs_f64()),
+            note: Some(format!("killed after {done} of {ROWS} updates")),
+            ..Default::default()
+        },
+    );
+}
