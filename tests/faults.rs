@@ -424,3 +424,106 @@ async fn an_operator_killed_at_random_points_of_large_applies_and_prunes_converg
         },
     );
 }
+
+const ITEM_DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: \"item-{{Row.name}}\"
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: \"item-{{Row.name}}\"}}
+  template:
+    metadata: {labels: {app: \"item-{{Row.name}}\"}}
+    spec: {containers: [{name: c, image: busybox}]}
+";
+
+/// A Deployment's status changes while the path to the database stalls
+/// (its spec edited by hand, then repaired by the operator: each step a new
+/// observedGeneration). The write-back fails by its deadline, shows in the
+/// condition, and lands after the stall with the latest status.
+#[tokio::test]
+async fn a_write_back_under_a_network_stall_is_retried_and_lands() {
+    let (client, ns) = cluster("wbstall").await;
+    let url = common::database("wbstall").await;
+    let db = common::connect(&url).await;
+    db.batch_execute(&format!("{ITEMS} ALTER TABLE items ADD COLUMN note text;")).await.unwrap();
+    let pg = &shared().postgres;
+    let proxy = StallProxy::start(format!("{}:{}", pg.host, pg.port).parse().unwrap()).unwrap();
+    let mut keys = secret_keys(&url);
+    keys.insert("port", proxy.port().to_string());
+    create_secret(&client, &ns, "db", keys).await;
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("items", &operator)
+        .query("SELECT name, value FROM items")
+        .template(ITEM_DEPLOYMENT)
+        .set(
+            "/statusUpdateQueryTemplate",
+            json!("UPDATE items SET note = {{Resource.status.observedGeneration}} WHERE name = {{Row.name}}"),
+        )
+        .set("/database/statementTimeout", json!("1s"))
+        .set("/database/pool/connectTimeout", json!("1s"))
+        .create(&client, &ns)
+        .await;
+    let deployments =
+        kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns);
+    let generation = |name: &'static str| {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get_opt(name).await.ok()??;
+            d.status?.observed_generation.map(|g| g.to_string())
+        }
+    };
+    let note = |name: &'static str| {
+        let db = &db;
+        async move {
+            let sql = "SELECT note FROM items WHERE name = $1";
+            let row = db.query_one(sql, &[&&name["item-".len()..]]).await.ok()?;
+            row.get::<_, Option<String>>(0)
+        }
+    };
+    // Written back: each row holds its Deployment's observedGeneration.
+    let written = || async {
+        for name in ["item-one", "item-two"] {
+            let now = generation(name).await?;
+            (note(name).await? == now).then_some(())?;
+        }
+        Some(generation("item-one").await?)
+    };
+    let first = eventually(Duration::from_secs(30), "the first write-back", written).await;
+    wait_for_condition(&client, &ns, "items", "StatusWriteBack=True/Written").await;
+
+    proxy.stall();
+    let edit = json!({"spec": {"replicas": 2}});
+    let params = kube::api::PatchParams::default();
+    deployments.patch("item-one", &params, &kube::api::Patch::Merge(edit)).await.unwrap();
+    let message =
+        wait_for_condition(&client, &ns, "items", "StatusWriteBack=False/StatusWriteBackFailed")
+            .await;
+    assert!(message.contains("did not answer"), "{message}");
+    proxy.resume();
+    let started = Instant::now();
+    let last = eventually(Duration::from_secs(30), "the latest status written back", || async {
+        let last = written().await?;
+        (last != first).then_some(last)
+    })
+    .await;
+    wait_for_condition(&client, &ns, "items", "StatusWriteBack=True/Written").await;
+    let values: Vec<String> = db
+        .query("SELECT value FROM items ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(values, ["v0", "v0"], "no row corrupted by the write-back");
+    record(
+        "writeback-stall",
+        &Outcome {
+            injected: 1,
+            checked: 2,
+            recovered_secs: Some(started.elapsed().as_secs_f64()),
+            note: Some(format!("observedGeneration {first} before, {last} written after")),
+            ..Default::default()
+        },
+    );
+}

@@ -110,6 +110,14 @@ pub const CATALOG: &[Trial] = &[
         "operator_database::a_database_outage_flips_conditions_prunes_nothing_and_recovers",
     ),
     trial(
+        "writeback-stall",
+        Fault,
+        "the path to the database stalls while a status write-back is pending (an object changed during the stall)",
+        "StatusWriteBack=False/StatusWriteBackFailed naming the client-side deadline; retried; after the stall the row holds the status, the other row and every value unchanged",
+        "written within 30 s of the path's return",
+        "faults::a_write_back_under_a_network_stall_is_retried_and_lands",
+    ),
+    trial(
         "table-locked",
         Fault,
         "the query's table held by an ACCESS EXCLUSIVE lock longer than statementTimeout",
@@ -428,6 +436,22 @@ pub const CATALOG: &[Trial] = &[
         "never in conditions, Events or info logs",
         "first pass",
         "redaction::row_values_and_passwords_never_reach_conditions_events_or_info_logs",
+    ),
+    trial(
+        "load-churn",
+        Load,
+        "50 DBQRs and 1,000 objects on one operator under steady row churn (inserts, updates, deletes) for 30 s at 20 changes/s",
+        "RSS under the bound (100 MiB), connections under the budget (5), no actor stuck (a last change to every row reaches every object), no change missed (the cluster equals the rows at the end)",
+        "settled within 120 s of the last change",
+        "load::many_dbqrs_under_row_churn_miss_no_change_and_stay_bounded",
+    ),
+    trial(
+        "load-churn-full",
+        Load,
+        "500 DBQRs and 50,000 objects on one operator under steady row churn for 10 min at 100 changes/s (outside the test command: the command is in tests/load.rs)",
+        "RSS under 400 MiB, connections under the budget (5), no actor stuck, no change missed",
+        "settled within 120 s of the last change",
+        "load::many_dbqrs_under_row_churn_miss_no_change_and_stay_bounded",
     ),
     trial(
         "connection-budget",
