@@ -1191,3 +1191,54 @@ async fn postgres_server_down_during_create_reset_and_delete() {
         },
     );
 }
+
+/// The path to a `DatabaseServer` stalls (a proxy stops forwarding, nothing
+/// is closed): a `Database` created meanwhile shows `DatabaseUnresponsive`
+/// once the admin connection's client-side deadline passes, and is created
+/// once the path carries packets again.
+#[tokio::test]
+async fn postgres_a_stalled_server_path_shows_on_the_database_and_recovers() {
+    let engine = Engine::Postgres;
+    let w = World::start(engine, "pgstall").await;
+    let Server::Postgres(pg) = &w.server else { unreachable!() };
+    let proxy = dbqo_testenv::faults::StallProxy::start(
+        format!("{}:{}", pg.info.host, pg.info.port).parse().unwrap(),
+    )
+    .unwrap();
+    let mut keys = w.server.admin_keys();
+    keys.insert("port", proxy.port().to_string());
+    create_secret(&w.client, &w.platform, "stalled-admin", keys).await;
+    w.create_server(
+        "stalled",
+        json!({"connectionSecretRef": {"name": "stalled-admin"}, "allowedNamespaces": [w.team_a]}),
+    )
+    .await;
+    w.wait_for_server("stalled", "Ready").await;
+
+    proxy.stall();
+    let started = std::time::Instant::now();
+    w.create_database(
+        &w.team_a,
+        "behind",
+        json!({"serverRef": {"name": "stalled", "namespace": w.platform}}),
+    )
+    .await
+    .unwrap();
+    let message = w.wait_for(&w.team_a, "behind", Phase::Error, "DatabaseUnresponsive").await;
+    assert!(message.contains("did not answer"), "{message}");
+    let shown = started.elapsed();
+    proxy.resume();
+    w.wait_for(&w.team_a, "behind", Phase::Ready, "Ready").await;
+    let (data, _) = w.secret(&w.team_a, "behind-credentials").await.expect("credentials");
+    assert!(App::connect(engine, &data, None).await.is_ok(), "the credentials work");
+    dbqo_testenv::reliability::record(
+        "server-stall",
+        &dbqo_testenv::reliability::Outcome {
+            injected: 1,
+            checked: 1,
+            recovered_secs: Some(started.elapsed().as_secs_f64()),
+            note: Some(format!("shown after {:.1} s", shown.as_secs_f64())),
+            ..Default::default()
+        },
+    );
+}

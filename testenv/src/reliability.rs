@@ -206,6 +206,14 @@ pub const CATALOG: &[Trial] = &[
         "databases::postgres_server_down_during_create_reset_and_delete",
     ),
     trial(
+        "server-stall",
+        Fault,
+        "the path to a DatabaseServer stalls (a loopback proxy stops forwarding) while a Database is created",
+        "Phase=Error/DatabaseUnresponsive once the admin connection's deadline passes (connect timeout 10 s + 3 s; 30 s per admin statement); Ready with working credentials after the path returns",
+        "shown within 60 s; Ready within 60 s of the path's return",
+        "databases::postgres_a_stalled_server_path_shows_on_the_database_and_recovers",
+    ),
+    trial(
         "server-misconfigured",
         Fault,
         "DatabaseServers with a wrong admin password, a port nothing listens on, an admin without CREATEDB/CREATEROLE (PostgreSQL and MariaDB)",
