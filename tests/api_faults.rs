@@ -14,6 +14,7 @@ use common::operator::{configmaps, create_secret, secret_keys, DbqrBuilder, Oper
 use dbqo::api::DatabaseQueryResource;
 use dbqo_testenv::faults::FaultyApi;
 use dbqo_testenv::reliability::{record, Outcome};
+use dbqo_testenv::ControlPlane;
 use kube::{api::Api, Client};
 
 const ROWS: usize = 300;
@@ -59,57 +60,18 @@ fn assert_running(operator: &mut Operator) {
     assert_eq!(operator.wait_for_exit(Duration::ZERO), None, "the operator keeps running");
 }
 
-#[tokio::test]
-async fn the_operator_rides_out_an_api_server_restart_mid_pass() {
-    let ns = common::unique("apirestart");
-    let (mut plane, client, kubeconfig) = common::private_cluster(&ns).await;
-    let db = items(&client, &ns).await;
-    let mut operator = Operator::start_on(&kubeconfig, &common::unique("op"), &[]);
-    DbqrBuilder::new("items", &operator)
-        .query("SELECT name, value FROM items")
-        .template(ITEM_CM)
-        .create(&client, &ns)
-        .await;
-    // Down while the first pass applies.
-    eventually(Duration::from_secs(60), "some objects applied", || async {
-        (configmaps(&client, &ns).await.len() >= 10).then_some(())
-    })
-    .await;
-    plane = tokio::task::spawn_blocking(move || {
-        plane.stop_apiserver(Duration::from_secs(5));
-        std::thread::sleep(Duration::from_secs(10));
-        plane
-    })
-    .await
-    .unwrap();
-    db.batch_execute("UPDATE items SET value = 'while-down'").await.unwrap();
-    assert_running(&mut operator);
-    let plane = tokio::task::spawn_blocking(move || {
-        plane.start_apiserver().unwrap();
-        plane
-    })
-    .await
-    .unwrap();
-    let took = converged(&client, &ns, "while-down", Duration::from_secs(90)).await;
-    ready(&client, &ns).await;
-    assert_running(&mut operator);
-    record(
-        "apiserver-restart",
-        &Outcome {
-            injected: 1,
-            checked: ROWS as u64,
-            lost: 0,
-            recovered_secs: Some(took.as_secs_f64()),
-            ..Default::default()
-        },
-    );
-    // Control planes stop with blocking waits.
-    tokio::task::spawn_blocking(move || drop(plane)).await.unwrap();
-}
-
-#[tokio::test]
-async fn the_operator_rides_out_an_etcd_restart() {
-    let ns = common::unique("etcdrestart");
+/// Part of the control plane stopped for 10 s (`stop`) and started again
+/// (`start`), the rows changed meanwhile: during the first pass
+/// (`mid_pass`) or under a converged DBQR. The operator keeps running and
+/// converges to the changed rows.
+async fn ride_out(
+    prefix: &str,
+    trial: &str,
+    mid_pass: bool,
+    stop: fn(&mut ControlPlane),
+    start: fn(&mut ControlPlane) -> Result<(), dbqo_testenv::Error>,
+) {
+    let ns = common::unique(prefix);
     let (plane, client, kubeconfig) = common::private_cluster(&ns).await;
     let db = items(&client, &ns).await;
     let mut operator = Operator::start_on(&kubeconfig, &common::unique("op"), &[]);
@@ -118,39 +80,49 @@ async fn the_operator_rides_out_an_etcd_restart() {
         .template(ITEM_CM)
         .create(&client, &ns)
         .await;
-    converged(&client, &ns, "v0", Duration::from_secs(60)).await;
-
-    let mut plane = tokio::task::spawn_blocking(move || {
+    if mid_pass {
+        eventually(Duration::from_secs(60), "some objects applied", || async {
+            (configmaps(&client, &ns).await.len() >= 10).then_some(())
+        })
+        .await;
+    } else {
+        converged(&client, &ns, "v0", Duration::from_secs(60)).await;
+    }
+    // Control planes stop and start with blocking waits.
+    let plane = tokio::task::spawn_blocking(move || {
         let mut plane = plane;
-        plane.stop_etcd(Duration::from_secs(5));
+        stop(&mut plane);
         plane
     })
     .await
     .unwrap();
-    db.batch_execute("UPDATE items SET value = 'etcd-down'").await.unwrap();
-    // Passes fail against an API server without its store meanwhile.
+    db.batch_execute("UPDATE items SET value = 'while-down'").await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_running(&mut operator);
     let plane = tokio::task::spawn_blocking(move || {
-        plane.start_etcd().unwrap();
+        let mut plane = plane;
+        start(&mut plane).unwrap();
         plane
     })
     .await
     .unwrap();
-    let took = converged(&client, &ns, "etcd-down", Duration::from_secs(90)).await;
+    let took = converged(&client, &ns, "while-down", Duration::from_secs(90)).await;
     ready(&client, &ns).await;
     assert_running(&mut operator);
-    record(
-        "etcd-restart",
-        &Outcome {
-            injected: 1,
-            checked: ROWS as u64,
-            lost: 0,
-            recovered_secs: Some(took.as_secs_f64()),
-            ..Default::default()
-        },
-    );
+    record(trial, &Outcome::passed(1, ROWS as u64, Some(took)));
     tokio::task::spawn_blocking(move || drop(plane)).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_operator_rides_out_an_api_server_restart_mid_pass() {
+    let stop = |plane: &mut ControlPlane| plane.stop_apiserver(Duration::from_secs(5));
+    ride_out("apirestart", "apiserver-restart", true, stop, ControlPlane::start_apiserver).await;
+}
+
+#[tokio::test]
+async fn the_operator_rides_out_an_etcd_restart() {
+    let stop = |plane: &mut ControlPlane| plane.stop_etcd(Duration::from_secs(5));
+    ride_out("etcdrestart", "etcd-restart", false, stop, ControlPlane::start_etcd).await;
 }
 
 #[tokio::test]
@@ -194,12 +166,6 @@ async fn answers_429_and_503_are_retried_and_the_operator_converges() {
     assert_running(&mut operator);
     record(
         "api-throttled",
-        &Outcome {
-            injected: proxy.injected(),
-            checked: ROWS as u64,
-            lost: 0,
-            recovered_secs: Some(started.elapsed().as_secs_f64()),
-            ..Default::default()
-        },
+        &Outcome::passed(proxy.injected(), ROWS as u64, Some(started.elapsed())),
     );
 }

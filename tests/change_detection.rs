@@ -247,7 +247,7 @@ async fn a_half_open_listen_connection_is_replaced_within_a_minute() {
     db.batch_execute(&format!("SELECT pg_terminate_backend({stuck})")).await.unwrap();
     dbqo_testenv::reliability::record(
         "listen-half-open",
-        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(1, 1, None),
     );
 }
 

@@ -884,7 +884,7 @@ async fn server_faults(engine: Engine, prefix: &str) {
     w.wait_for(&w.team_a, "orphan", Phase::Pending, "ServerNotFound").await;
     dbqo_testenv::reliability::record(
         "server-misconfigured",
-        &dbqo_testenv::reliability::Outcome { injected: 3, checked: 3, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(3, 3, None),
     );
 }
 
@@ -1183,12 +1183,7 @@ async fn postgres_server_down_during_create_reset_and_delete() {
     w.assert_never_shown(&fresh["password"]).await;
     dbqo_testenv::reliability::record(
         "server-down-create-reset-delete",
-        &dbqo_testenv::reliability::Outcome {
-            injected: 3,
-            checked: 3,
-            recovered_secs: Some(started.elapsed().as_secs_f64()),
-            ..Default::default()
-        },
+        &dbqo_testenv::reliability::Outcome::passed(3, 3, Some(started.elapsed())),
     );
 }
 
@@ -1233,12 +1228,7 @@ async fn postgres_a_stalled_server_path_shows_on_the_database_and_recovers() {
     assert!(App::connect(engine, &data, None).await.is_ok(), "the credentials work");
     dbqo_testenv::reliability::record(
         "server-stall",
-        &dbqo_testenv::reliability::Outcome {
-            injected: 1,
-            checked: 1,
-            recovered_secs: Some(started.elapsed().as_secs_f64()),
-            note: Some(format!("shown after {:.1} s", shown.as_secs_f64())),
-            ..Default::default()
-        },
+        &dbqo_testenv::reliability::Outcome::passed(1, 1, Some(started.elapsed()))
+            .with_note(format!("shown after {:.1} s", shown.as_secs_f64())),
     );
 }

@@ -53,6 +53,22 @@ async fn wait_for_value(client: &Client, ns: &str, value: &str, within: Duration
     started.elapsed()
 }
 
+/// A namespace and a database of `rows` items (`n1`, `n2`, ... all `v0`)
+/// with its Secret `db`.
+async fn numbered_items(prefix: &str, rows: usize) -> (Client, String, tokio_postgres::Client) {
+    let (client, ns) = cluster(prefix).await;
+    let url = common::database(prefix).await;
+    let db = common::connect(&url).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE items (name text PRIMARY KEY, value text NOT NULL); \
+         INSERT INTO items SELECT 'n' || i, 'v0' FROM generate_series(1, {rows}) i;"
+    ))
+    .await
+    .unwrap();
+    create_secret(&client, &ns, "db", secret_keys(&url)).await;
+    (client, ns, db)
+}
+
 /// Both objects are still there (a failing pass prunes nothing).
 async fn assert_nothing_pruned(client: &Client, ns: &str) {
     let names: Vec<String> = configmaps(client, ns).await.into_keys().collect();
@@ -101,16 +117,7 @@ async fn a_network_stall_shows_in_conditions_and_recovers() {
         wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
     }
     assert_nothing_pruned(&client, &ns).await;
-    record(
-        "database-stall",
-        &Outcome {
-            injected: 2,
-            checked: 2,
-            lost: 0,
-            recovered_secs: Some(slowest.as_secs_f64()),
-            ..Default::default()
-        },
-    );
+    record("database-stall", &Outcome::passed(2, 2, Some(slowest)));
 }
 
 #[tokio::test]
@@ -146,16 +153,7 @@ async fn a_frozen_database_server_shows_in_conditions_and_recovers() {
     db.execute("UPDATE items SET value = 'after-thaw' WHERE name = 'one'", &[]).await.unwrap();
     wait_for_value(&client, &ns, "after-thaw", Duration::from_secs(30)).await;
     assert_nothing_pruned(&client, &ns).await;
-    record(
-        "database-frozen",
-        &Outcome {
-            injected: 1,
-            checked: 2,
-            lost: 0,
-            recovered_secs: Some(started.elapsed().as_secs_f64()),
-            ..Default::default()
-        },
-    );
+    record("database-frozen", &Outcome::passed(1, 2, Some(started.elapsed())));
     server.pause();
 }
 
@@ -180,16 +178,7 @@ async fn a_locked_table_times_the_query_out_prunes_nothing_and_recovers() {
     tx.commit().await.unwrap();
     let took = wait_for_value(&client, &ns, "under-lock", Duration::from_secs(30)).await;
     wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
-    record(
-        "table-locked",
-        &Outcome {
-            injected: 1,
-            checked: 2,
-            lost: 0,
-            recovered_secs: Some(took.as_secs_f64()),
-            ..Default::default()
-        },
-    );
+    record("table-locked", &Outcome::passed(1, 2, Some(took)));
 }
 
 #[tokio::test]
@@ -222,31 +211,13 @@ async fn terminated_connections_are_replaced_and_nothing_is_pruned() {
     db.execute("UPDATE items SET value = 'after-kills' WHERE name = 'one'", &[]).await.unwrap();
     let took = wait_for_value(&client, &ns, "after-kills", Duration::from_secs(30)).await;
     assert_nothing_pruned(&client, &ns).await;
-    record(
-        "backends-terminated",
-        &Outcome {
-            injected: killed as u64,
-            checked: 2,
-            lost: 0,
-            recovered_secs: Some(took.as_secs_f64()),
-            ..Default::default()
-        },
-    );
+    record("backends-terminated", &Outcome::passed(killed as u64, 2, Some(took)));
 }
 
 #[tokio::test]
 async fn an_operator_killed_mid_apply_converges_after_a_restart() {
     const ROWS: usize = 400;
-    let (client, ns) = cluster("killed").await;
-    let url = common::database("killed").await;
-    let db = common::connect(&url).await;
-    db.batch_execute(&format!(
-        "CREATE TABLE items (name text PRIMARY KEY, value text NOT NULL); \
-         INSERT INTO items SELECT 'n' || i, 'v0' FROM generate_series(1, {ROWS}) i;"
-    ))
-    .await
-    .unwrap();
-    create_secret(&client, &ns, "db", secret_keys(&url)).await;
+    let (client, ns, _db) = numbered_items("killed", ROWS).await;
     let id = common::unique("op");
     let mut operator = Operator::start_with_id(&id, &[]);
     DbqrBuilder::new("items", &operator)
@@ -274,16 +245,7 @@ async fn an_operator_killed_mid_apply_converges_after_a_restart() {
         assert_eq!(all[&format!("item-n{i}")]["value"], "v0", "row n{i}");
     }
     assert!(partial <= ROWS, "{partial}");
-    record(
-        "operator-killed",
-        &Outcome {
-            injected: 1,
-            checked: ROWS as u64,
-            lost: 0,
-            recovered_secs: Some(started.elapsed().as_secs_f64()),
-            ..Default::default()
-        },
-    );
+    record("operator-killed", &Outcome::passed(1, ROWS as u64, Some(started.elapsed())));
 }
 
 /// A small deterministic generator: the seed is printed, so a failing
@@ -336,16 +298,7 @@ async fn an_operator_killed_at_random_points_of_large_applies_and_prunes_converg
     const ROWS: usize = 1000;
     const KILLS: usize = 10;
     const PRUNED_EACH: usize = 60;
-    let (client, ns) = cluster("killpoints").await;
-    let url = common::database("killpoints").await;
-    let db = common::connect(&url).await;
-    db.batch_execute(&format!(
-        "CREATE TABLE items (name text PRIMARY KEY, value text NOT NULL); \
-         INSERT INTO items SELECT 'n' || i, 'v0' FROM generate_series(1, {ROWS}) i;"
-    ))
-    .await
-    .unwrap();
-    create_secret(&client, &ns, "db", secret_keys(&url)).await;
+    let (client, ns, db) = numbered_items("killpoints", ROWS).await;
     let id = common::unique("op");
     let mut operator = Operator::start_with_id(&id, &[]);
     DbqrBuilder::new("items", &operator)
@@ -415,13 +368,8 @@ async fn an_operator_killed_at_random_points_of_large_applies_and_prunes_converg
     assert!(mid_apply >= 1, "some kills land part-way through an apply");
     record(
         "operator-killed-20",
-        &Outcome {
-            injected: 2 * KILLS as u64,
-            checked: (2 * KILLS * ROWS) as u64,
-            lost: 0,
-            recovered_secs: Some(slowest.as_secs_f64()),
-            note: Some(format!("{mid_apply} kills mid-apply, {mid_prune} mid-prune")),
-        },
+        &Outcome::passed(2 * KILLS as u64, (2 * KILLS * ROWS) as u64, Some(slowest))
+            .with_note(format!("{mid_apply} kills mid-apply, {mid_prune} mid-prune")),
     );
 }
 
@@ -518,12 +466,7 @@ async fn a_write_back_under_a_network_stall_is_retried_and_lands() {
     assert_eq!(values, ["v0", "v0"], "no row corrupted by the write-back");
     record(
         "writeback-stall",
-        &Outcome {
-            injected: 1,
-            checked: 2,
-            recovered_secs: Some(started.elapsed().as_secs_f64()),
-            note: Some(format!("observedGeneration {first} before, {last} written after")),
-            ..Default::default()
-        },
+        &Outcome::passed(1, 2, Some(started.elapsed()))
+            .with_note(format!("observedGeneration {first} before, {last} written after")),
     );
 }

@@ -167,7 +167,7 @@ async fn one_replica_leads_and_another_takes_over_after_a_crash_or_a_release() {
     assert_eq!(names, ["cm-1", "cm-2", "cm-3"]);
     dbqo_testenv::reliability::record(
         "leader-failover",
-        &dbqo_testenv::reliability::Outcome { injected: 2, checked: 1, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(2, 1, None),
     );
 }
 
@@ -260,12 +260,7 @@ async fn a_leader_killed_during_a_pass_is_replaced_and_the_pass_completes() {
     wait_for_condition(&s.client, ns, "items", "Ready=True/Ready").await;
     dbqo_testenv::reliability::record(
         "leader-killed-mid-pass",
-        &dbqo_testenv::reliability::Outcome {
-            injected: 1,
-            checked: ROWS as u64,
-            recovered_secs: Some(took.as_secs_f64()),
-            note: Some(format!("killed after {done} of {ROWS} updates")),
-            ..Default::default()
-        },
+        &dbqo_testenv::reliability::Outcome::passed(1, ROWS as u64, Some(took))
+            .with_note(format!("killed after {done} of {ROWS} updates")),
     );
 }

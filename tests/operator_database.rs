@@ -77,7 +77,7 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
     wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
     dbqo_testenv::reliability::record(
         "database-stopped",
-        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 2, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(1, 2, None),
     );
 }
 
@@ -151,7 +151,7 @@ async fn wrong_password_unknown_host_and_tls_mismatch_have_clear_reasons() {
     drop(plain);
     dbqo_testenv::reliability::record(
         "tls-not-offered",
-        &dbqo_testenv::reliability::Outcome { injected: 4, checked: 4, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(4, 4, None),
     );
 }
 

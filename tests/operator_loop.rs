@@ -196,7 +196,7 @@ async fn a_bad_row_blocks_pruning_but_not_other_dbqrs() {
     wait_for_condition(&s.client, &s.namespace, "first", "Ready=True/Ready").await;
     dbqo_testenv::reliability::record(
         "bad-row-isolated",
-        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 3, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(1, 3, None),
     );
 }
 

@@ -115,7 +115,7 @@ async fn row_values_and_passwords_never_reach_conditions_events_or_info_logs() {
     }
     dbqo_testenv::reliability::record(
         "row-values-redacted",
-        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(1, 1, None),
     );
 }
 

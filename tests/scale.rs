@@ -131,7 +131,7 @@ async fn two_hundred_dbqrs_stay_within_the_connection_budget() {
     drop(server);
     dbqo_testenv::reliability::record(
         "connection-budget",
-        &dbqo_testenv::reliability::Outcome { injected: 0, checked: 200, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(0, 200, None),
     );
 }
 

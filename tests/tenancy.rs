@@ -181,7 +181,7 @@ async fn existing_objects_are_not_taken_over_unless_handed_over() {
     assert!(untouched(&namespaces.get(&victim_ns).await.unwrap().metadata));
     dbqo_testenv::reliability::record(
         "takeover",
-        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(1, 1, None),
     );
 }
 
@@ -221,7 +221,7 @@ async fn a_delete_with_a_stale_uid_leaves_the_replacement() {
     .await;
     dbqo_testenv::reliability::record(
         "stale-uid-delete",
-        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(1, 1, None),
     );
 }
 
@@ -332,7 +332,7 @@ async fn a_secret_value_mapped_onto_any_connection_key_is_never_shown() {
     }
     dbqo_testenv::reliability::record(
         "secret-values",
-        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(1, 1, None),
     );
 }
 
@@ -383,7 +383,7 @@ async fn a_database_server_cannot_borrow_another_namespaces_admin_secret() {
     assert_eq!(exists, 0, "no database was created with the borrowed Secret");
     dbqo_testenv::reliability::record(
         "borrowed-admin-secret",
-        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(1, 1, None),
     );
 }
 
@@ -472,7 +472,7 @@ async fn a_huge_row_and_a_template_bomb_fail_alone_while_health_answers() {
     assert!(cms.get_opt("huge-1").await.unwrap().is_none());
     dbqo_testenv::reliability::record(
         "template-bomb",
-        &dbqo_testenv::reliability::Outcome { injected: 2, checked: 1, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(2, 1, None),
     );
 }
 
@@ -574,7 +574,7 @@ async fn a_dbqr_acts_with_its_service_accounts_rights_only() {
     .await;
     dbqo_testenv::reliability::record(
         "service-account",
-        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(1, 1, None),
     );
 }
 

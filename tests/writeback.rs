@@ -135,7 +135,7 @@ async fn a_status_template_with_two_statements_is_refused() {
     assert!(message.contains("bound as parameters"), "{message}");
     dbqo_testenv::reliability::record(
         "status-two-statements",
-        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(1, 1, None),
     );
 }
 
@@ -171,7 +171,7 @@ spec:
     wait_for_condition(&client, &ns, "conv", "Synced=True/Synced").await;
     dbqo_testenv::reliability::record(
         "status-type",
-        &dbqo_testenv::reliability::Outcome { injected: 1, checked: 1, ..Default::default() },
+        &dbqo_testenv::reliability::Outcome::passed(1, 1, None),
     );
 }
 

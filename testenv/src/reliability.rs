@@ -486,6 +486,24 @@ pub struct Outcome {
     /// Anything else the run measured, in a few words.
     #[serde(default)]
     pub note: Option<String>,
+    /// The day it ran (UTC), filled in by [`record`].
+    #[serde(default)]
+    pub date: Option<String>,
+}
+
+impl Outcome {
+    /// A run that passed (a test that finds a loss fails): `injected`
+    /// faults or inputs, `checked` objects or rows, the slowest recovery.
+    pub fn passed(injected: u64, checked: u64, recovered: Option<std::time::Duration>) -> Self {
+        let recovered_secs = recovered.map(|d| d.as_secs_f64());
+        Self { injected, checked, lost: 0, recovered_secs, note: None, date: None }
+    }
+
+    /// With a few words on what else the run measured.
+    pub fn with_note(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
+        self
+    }
 }
 
 /// Writes `outcome` for trial `id` where [`RECORD_DIR_VAR`] says; nothing
@@ -497,9 +515,23 @@ pub fn record(id: &str, outcome: &Outcome) {
         return;
     };
     let _ = std::fs::create_dir_all(&dir);
-    let text = serde_json::to_string(outcome).expect("an outcome serialises");
+    let dated = Outcome { date: Some(today()), ..outcome.clone() };
+    let text = serde_json::to_string(&dated).expect("an outcome serialises");
     std::fs::write(dir.join(format!("{id}.json")), text).expect("write the reliability record");
 }
+
+/// Today (UTC) as `YYYY-MM-DD`.
+pub fn today() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Where records of runs outside the test command are kept (the full load
+/// run): the report takes a trial from here when the run did not record it.
+pub const KEPT_RECORDS: &str = "testenv/records";
 
 /// The recorded outcomes in `dir`, by trial id.
 pub fn recorded(dir: &Path) -> BTreeMap<String, Outcome> {
@@ -559,6 +591,10 @@ pub fn report(outcomes: &BTreeMap<String, Outcome>, machine: &str, date: &str) -
                     let took = o.recovered_secs.map(|s| format!(", {s:.1} s")).unwrap_or_default();
                     let took = match &o.note {
                         Some(note) => format!("{took}; {note}"),
+                        None => took,
+                    };
+                    let took = match &o.date {
+                        Some(date) => format!("{took} ({date})"),
                         None => took,
                     };
                     format!(
