@@ -241,7 +241,7 @@ pub async fn connect_in_slot(
 }
 
 /// How pooled connections are made: as [`connect`] makes them, driven by
-/// [`drive`]; the pool's create timeout is the handshake's deadline.
+/// [`drive`] (the pool's manager puts the handshake's deadline around it).
 pub struct PoolConnect {
     pub tls: MakeTlsConnector,
 }
