@@ -6,7 +6,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use common::eventually;
 use common::operator::{
@@ -265,4 +268,113 @@ matrix! {
     a_row_too_large_for_the_api_server: "object-too-large", "Synced=False/RenderLimitExceeded",
         Break::Sql { run: "UPDATE items SET value = repeat('x', 1100000) WHERE name = 'one'",
                      undo: "UPDATE items SET value = 'v0' WHERE name = 'one'" };
+}
+
+/// Values that would change a manifest's structure if spliced as text
+/// (YAML documents, keys, quotes, anchors, line breaks): each row either
+/// arrives verbatim as data or fails alone with `UnsafeValue`; no other
+/// object (a Secret smuggled in a second document) appears.
+#[tokio::test]
+async fn hostile_strings_arrive_as_data_or_fail_alone() {
+    const CORPUS: &[&str] = &[
+        "a: b",
+        "key: value\nkind: Secret",
+        "x\n---\nkind: Secret\nmetadata:\n  name: evil",
+        "\"\nkind: Secret\n\"",
+        "'",
+        "\\\"",
+        "{a: 1}",
+        "[1, 2]",
+        "# comment",
+        "a\tb",
+        "\r\n",
+        "\u{2028}",
+        "&anchor",
+        "*alias",
+        "!!binary AAAA",
+        "{{Row.value}}",
+        "null",
+        "~",
+        "0x10",
+        "- item",
+    ];
+    let s =
+        common::operator::setup("hostile", "CREATE TABLE items (id int PRIMARY KEY, value text);")
+            .await;
+    let (client, ns) = (&s.client, s.namespace.as_str());
+    for (i, value) in CORPUS.iter().enumerate() {
+        s.db.execute("INSERT INTO items VALUES ($1, $2)", &[&(i as i32), value]).await.unwrap();
+    }
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("items", &operator)
+        .query("SELECT id, value FROM items")
+        .template("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"item-{{Row.id}}\"\ndata:\n  value: \"{{Row.value}}\"\n")
+        .create(client, ns)
+        .await;
+    let operator_done =
+        |cms: &BTreeMap<String, BTreeMap<String, String>>| cms.len() == CORPUS.len();
+    let cms = eventually(Duration::from_secs(30), "every hostile row handled", || async {
+        let cms = configmaps(client, ns).await;
+        if operator_done(&cms) {
+            return Some(cms);
+        }
+        // Rows that fail are named in the condition; the rest are applied.
+        let (status, reason, _) =
+            common::operator::condition(client, ns, "items", "Synced").await?;
+        (status == "False" && reason == "UnsafeValue" && !cms.is_empty()).then_some(cms)
+    })
+    .await;
+    for (name, data) in &cms {
+        let i: usize = name["item-".len()..].parse().unwrap();
+        assert_eq!(data.get("value").map(String::as_str), Some(CORPUS[i]), "{name} verbatim");
+    }
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns);
+    let names: Vec<String> = secrets
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|x| x.metadata.name)
+        .collect();
+    assert!(names.iter().all(|n| n == "db"), "no Secret smuggled in: {names:?}");
+    record(
+        "hostile-strings",
+        &Outcome::passed(CORPUS.len() as u64, cms.len() as u64, None).with_note(format!(
+            "{} of {} verbatim, the rest refused",
+            cms.len(),
+            CORPUS.len()
+        )),
+    );
+}
+
+/// A DBQR edited 50 times in 5 s: the operator follows without error and
+/// lands on the last version; the objects are never deleted meanwhile.
+#[tokio::test]
+async fn a_dbqr_updated_fifty_times_in_five_seconds_lands_on_the_last_version() {
+    let s = common::operator::setup("churned", SCHEMA).await;
+    let (client, ns) = (&s.client, s.namespace.as_str());
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("items", &operator)
+        .query("SELECT name, value FROM items")
+        .template(ITEM_CM)
+        .create(client, ns)
+        .await;
+    wait_for_condition(client, ns, "items", "Ready=True/Ready").await;
+    let api = Api::<DatabaseQueryResource>::namespaced(client.clone(), ns);
+    let started = Instant::now();
+    let mut counts = Vec::new();
+    for revision in 1..=50 {
+        let template = ITEM_CM.replace("{{Row.value}}", &format!("rev-{revision}"));
+        let patch = Patch::Merge(json!({"spec": {"template": template}}));
+        api.patch("items", &PatchParams::default(), &patch).await.unwrap();
+        counts.push(configmaps(client, ns).await.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "50 edits took {:?}", started.elapsed());
+    assert!(counts.iter().all(|n| *n == 2), "objects deleted while the DBQR changed: {counts:?}");
+    wait_for_value(client, ns, "item-one", "rev-50").await;
+    wait_for_value(client, ns, "item-two", "rev-50").await;
+    wait_for_condition(client, ns, "items", "Ready=True/Ready").await;
+    record("dbqr-edited-50-times", &Outcome::passed(50, 2, Some(started.elapsed())));
 }

@@ -158,6 +158,42 @@ async fn a_frozen_database_server_shows_in_conditions_and_recovers() {
 }
 
 #[tokio::test]
+async fn a_database_server_killed_with_sigkill_recovers_and_prunes_nothing() {
+    let (client, ns) = cluster("pgkilled").await;
+    let mut server = common::private_postgres("pgkilled", None).await;
+    let url = server.info.url("postgres");
+    common::connect(&url).await.batch_execute(ITEMS).await.unwrap();
+    let mut keys = secret_keys(&url);
+    keys.insert("port", server.info.port.to_string());
+    create_secret(&client, &ns, "db", keys).await;
+    let operator = Operator::start(&[]);
+    items_dbqr(&client, &ns, &operator).await;
+
+    // The postmaster and every backend at once, as the OOM killer or a
+    // node failure would: no shutdown, crash recovery on the next start.
+    for pid in dbqo_testenv::faults::process_tree(server.pid().expect("the server runs")) {
+        let _ = dbqo_testenv::faults::signal_process(pid, "KILL");
+    }
+    wait_for_condition(&client, &ns, "items", "DatabaseConnected=False/ConnectionFailed").await;
+    assert_nothing_pruned(&client, &ns).await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.pause(); // reaps the killed postmaster
+        server.resume().expect("PostgreSQL recovers and starts");
+        server
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
+    let db = common::connect(&url).await;
+    db.execute("UPDATE items SET value = 'after-crash' WHERE name = 'one'", &[]).await.unwrap();
+    wait_for_value(&client, &ns, "after-crash", Duration::from_secs(30)).await;
+    assert_nothing_pruned(&client, &ns).await;
+    record("database-killed", &Outcome::passed(1, 2, Some(started.elapsed())));
+    drop(server);
+}
+
+#[tokio::test]
 async fn a_locked_table_times_the_query_out_prunes_nothing_and_recovers() {
     let (client, ns) = cluster("locked").await;
     let url = common::database("locked").await;

@@ -19,6 +19,12 @@ const ITEMS: &str =
     "CREATE TABLE items (name text PRIMARY KEY); INSERT INTO items VALUES ('one'), ('two');";
 const ITEM_CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"item-{{Row.name}}\"\n";
 
+/// Condition `type_` of DBQR `items` still has `reason` (the fault still shows).
+async fn condition_still(client: &Client, ns: &str, type_: &str, reason: &str) {
+    let now = common::operator::condition(client, ns, "items", type_).await;
+    assert_eq!(now.map(|c| c.1).as_deref(), Some(reason), "{type_} while the fault lasts");
+}
+
 async fn cluster(prefix: &str) -> (Client, String) {
     let client = kube_client().await;
     common::install_crd(&client).await;
@@ -46,6 +52,7 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
     wait_for_configmaps(&client, &ns, &["item-one", "item-two"]).await;
     wait_for_condition(&client, &ns, "items", "DatabaseConnected=True/Connected").await;
 
+    let stopped = std::time::Instant::now();
     let server = tokio::task::spawn_blocking(move || {
         server.pause();
         server
@@ -54,6 +61,7 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
     .unwrap();
     let message =
         wait_for_condition(&client, &ns, "items", "DatabaseConnected=False/ConnectionFailed").await;
+    let shown = stopped.elapsed();
     assert!(!message.contains(&shared().postgres.password), "{message}");
     wait_for_condition(&client, &ns, "items", "Ready=False/ConnectionFailed").await;
     // Several failed passes later, every object is still there.
@@ -66,8 +74,13 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
         2,
         "nothing pruned while the database is down"
     );
+    // The outage lasts 30 s (its length is the fault, not a wait for a result).
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed())).await;
+    assert_eq!(common::operator::configmaps(&client, &ns).await.len(), 2, "nothing pruned in 30 s");
+    condition_still(&client, &ns, "DatabaseConnected", "ConnectionFailed").await;
 
     let mut server = server;
+    let restarted = std::time::Instant::now();
     let _server = tokio::task::spawn_blocking(move || {
         server.resume().unwrap();
         server
@@ -75,9 +88,11 @@ async fn a_database_outage_flips_conditions_prunes_nothing_and_recovers() {
     .await
     .unwrap();
     wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
+    let recovered = restarted.elapsed();
     dbqo_testenv::reliability::record(
         "database-stopped",
-        &dbqo_testenv::reliability::Outcome::passed(1, 2, None),
+        &dbqo_testenv::reliability::Outcome::passed(1, 2, Some(recovered))
+            .with_note(format!("shown after {:.1} s", shown.as_secs_f64())),
     );
 }
 

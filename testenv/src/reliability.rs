@@ -104,8 +104,8 @@ pub const CATALOG: &[Trial] = &[
     trial(
         "database-stopped",
         Fault,
-        "PostgreSQL stopped (fast shutdown) for three failed passes, then started again",
-        "DatabaseConnected=False/ConnectionFailed, Ready=False; nothing pruned; Ready again on its own",
+        "PostgreSQL stopped (fast shutdown) for 30 s, then started again",
+        "DatabaseConnected=False/ConnectionFailed and Ready=False for the whole outage; nothing pruned; Ready again on its own",
         "condition within 30 s; converged within 30 s of the restart",
         "operator_database::a_database_outage_flips_conditions_prunes_nothing_and_recovers",
     ),
@@ -116,6 +116,14 @@ pub const CATALOG: &[Trial] = &[
         "StatusWriteBack=False/StatusWriteBackFailed naming the client-side deadline; retried; after the stall the row holds the status, the other row and every value unchanged",
         "written within 30 s of the path's return",
         "faults::a_write_back_under_a_network_stall_is_retried_and_lands",
+    ),
+    trial(
+        "database-killed",
+        Fault,
+        "the PostgreSQL postmaster and every backend SIGKILLed at once (no shutdown; crash recovery on the next start)",
+        "DatabaseConnected=False/ConnectionFailed; nothing pruned; Ready and a change applied after the restart",
+        "condition within 30 s; converged within 30 s of the restart",
+        "faults::a_database_server_killed_with_sigkill_recovers_and_prunes_nothing",
     ),
     trial(
         "table-locked",
@@ -280,6 +288,18 @@ pub const CATALOG: &[Trial] = &[
         "NULL in the column a name is made of",
         "Synced=False/InvalidName and an Event",
         "bad_input::null_in_a_name_field",
+    ),
+    bad(
+        "hostile-strings",
+        "20 values that would change a manifest's structure if spliced as text (a second YAML document with a Secret, keys, quotes, anchors, tags, line and paragraph separators, `{{...}}`)",
+        "each row arrives verbatim as data or fails alone with UnsafeValue; no Secret smuggled in",
+        "bad_input::hostile_strings_arrive_as_data_or_fail_alone",
+    ),
+    bad(
+        "dbqr-edited-50-times",
+        "a DBQR's template edited 50 times in 5 s",
+        "objects never deleted meanwhile; the last version applied; Ready",
+        "bad_input::a_dbqr_updated_fifty_times_in_five_seconds_lands_on_the_last_version",
     ),
     bad(
         "too-many-rows",
