@@ -426,8 +426,8 @@ pub const CATALOG: &[Trial] = &[
         "load-churn-full",
         Load,
         "500 DBQRs and 50,000 objects on one operator under steady row churn for 10 min at 100 changes/s (outside the test command: the command is in tests/load.rs)",
-        "RSS under 400 MiB, connections under the budget (5), no actor stuck, no change missed",
-        "settled within 120 s of the last change",
+        "RSS under 400 MiB (release build), connections under the budget (5), no actor stuck, no change missed",
+        "the last change (every row at once, ~47,000 objects) applied within 300 s",
         "load::many_dbqrs_under_row_churn_miss_no_change_and_stay_bounded",
     ),
     trial(
