@@ -11,7 +11,7 @@
 //! ```text
 //! DBQO_LOAD_DBQRS=500 DBQO_LOAD_ROWS=100 DBQO_LOAD_SECONDS=600 DBQO_LOAD_RATE=100 \
 //! DBQO_LOAD_POLL=10s DBQO_LOAD_RSS_MIB=400 DBQO_LOAD_CREATE_SECONDS=1200 DBQO_LOAD_SETTLE_SECONDS=300 \
-//! DBQO_RELIABILITY_DIR=testenv/records \
+//! DBQO_RELIABILITY_DIR=$PWD/testenv/records \
 //! target/debug/testenv run -- cargo nextest run --release -p db-query-operator --test load --no-capture
 //! ```
 //!
