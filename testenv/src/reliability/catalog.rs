@@ -109,7 +109,7 @@ pub const CATALOG: &[Trial] = &[
     trial(
         "api-throttled",
         Fault,
-        "every third API request answered 429 Too Many Requests or 503 Service Unavailable by a proxy in front of the API server, over a create of 300 objects, an update of all and a prune of one",
+        "every tenth API request answered 429 Too Many Requests or 503 Service Unavailable by a proxy in front of the API server, over a create of 300 objects, an update of all and a prune of one",
         "the operator keeps running; all 300 created, all updated, exactly the one pruned; Ready",
         "converged within 120 s each",
         "api_faults::answers_429_and_503_are_retried_and_the_operator_converges",
