@@ -349,6 +349,14 @@ async fn a_dbqr_named_like_anothers_hashed_label_value_prunes_nothing_of_it() {
         .create(&s.client, &s.namespace)
         .await;
     wait_for_configmaps(&s.client, &s.namespace, &["a-1", "a-2", "b-1"]).await;
+    // The objects exist before the passes that made them are counted: wait
+    // for passes that wrote nothing before counting from there.
+    let settled = operator
+        .wait_for_pass(PassTotals::default(), "passes that write nothing", |p| {
+            p.ok() && p.applied == 0
+        })
+        .await;
+    assert_eq!(settled.pruned, 0, "{settled:?}");
     // Both run passes (every second) with the other's objects in their
     // label selection; a few of each later nothing was written or deleted.
     let since = operator.totals().await;
