@@ -1134,6 +1134,9 @@ async fn postgres_shutdown_lets_the_pass_under_way_finish() {
 async fn postgres_server_down_during_create_reset_and_delete() {
     let engine = Engine::Postgres;
     let mut w = World::start(engine, "pgdown").await;
+    // Checked once while it runs: a server never seen Ready holds its
+    // Databases back for another reason than the outage.
+    w.wait_for_server("main", "Ready").await;
     let started = std::time::Instant::now();
 
     // Create.
