@@ -429,13 +429,24 @@ impl World {
     /// Waits for the `Database`'s phase and Ready reason; returns the message.
     async fn wait_for(&self, ns: &str, name: &str, phase: Phase, reason: &str) -> String {
         let api = self.databases(ns);
-        eventually(WAIT, &format!("{ns}/{name}: {phase:?} ({reason})"), || async {
-            let d = api.get_opt(name).await.ok()??;
-            let status = d.status?;
-            let ready = status.conditions.first()?;
-            (status.phase == Some(phase) && ready.reason == reason).then(|| ready.message.clone())
-        })
-        .await
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let status = api.get_opt(name).await.ok().flatten().and_then(|d| d.status);
+            if let Some(status) = &status {
+                if let Some(ready) = status.conditions.first() {
+                    if status.phase == Some(phase) && ready.reason == reason {
+                        return ready.message.clone();
+                    }
+                }
+            }
+            // What it is instead says what went wrong.
+            let seen = status.map(|s| (s.phase, s.conditions.first().map(|c| c.reason.clone())));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {ns}/{name}: {phase:?} ({reason}); it is {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn secret(&self, ns: &str, name: &str) -> Option<(BTreeMap<String, String>, Secret)> {
@@ -1127,7 +1138,7 @@ async fn postgres_shutdown_lets_the_pass_under_way_finish() {
 
 /// The server down while a `Database` is created, while its password is
 /// reset and while it is deleted: each shows as `ConnectionFailed` on the
-/// `Database` while it lasts, and completes on its own once the server is
+/// `Database` while it lasts (phase `Error`, or `Deleting` for the delete), and completes on its own once the server is
 /// back (the database and user made, a new password that works and an old
 /// one that does not, the database dropped and the Secret gone).
 #[tokio::test]
@@ -1173,7 +1184,7 @@ async fn postgres_server_down_during_create_reset_and_delete() {
     // Delete.
     w.server.stop();
     w.databases(&w.team_a).delete("during", &DeleteParams::default()).await.unwrap();
-    w.wait_for(&w.team_a, "during", Phase::Error, "ConnectionFailed").await;
+    w.wait_for(&w.team_a, "during", Phase::Deleting, "ConnectionFailed").await;
     assert!(w.secret(&w.team_a, "during-credentials").await.is_some(), "kept until dropped");
     w.server.restart();
     eventually(WAIT, "the Database gone", || async {

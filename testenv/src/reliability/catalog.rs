@@ -158,7 +158,7 @@ pub const CATALOG: &[Trial] = &[
         "server-down-create-reset-delete",
         Fault,
         "a Database's PostgreSQL server stopped during its create, during a password reset and during its Delete, started again after each",
-        "Phase=Error/ConnectionFailed while down, no new password before the server has it; then Ready with database and user, a new password that works and an old one that does not, the database dropped and the Secret gone",
+        "ConnectionFailed while down (phase Error; Deleting for the delete), no new password before the server has it; then Ready with database and user, a new password that works and an old one that does not, the database dropped and the Secret gone",
         "each step within 60 s of the server's return",
         "databases::postgres_server_down_during_create_reset_and_delete",
     ),
