@@ -206,6 +206,10 @@ authorization:
   mode: AlwaysAllow
 resolvConf: $dir/kubelet/resolv.conf
 serializeImagePulls: false
+# A test node on a shared disk: never garbage-collect the images it was given
+# (they cannot be pulled again) nor evict Pods for a full host disk.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 evictionHard:
   memory.available: 50Mi
   nodefs.available: 1%

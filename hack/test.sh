@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/db-query-operator/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# A failing test's output ends with its panic message, not a backtrace: CI
+# keeps only the end of the output.
+export RUST_BACKTRACE=0
 
 # `node`: also kubelet, kube-scheduler, containerd, runc and the CNI plugins
 # for the in-cluster test (tests/in_cluster.rs, through hack/node.sh).

@@ -131,6 +131,12 @@ async fn leader(client: &Client, not: Option<&str>) -> Pod {
     .await
 }
 
+/// Progress on stderr: a failure's output then says how far the run got
+/// and how long each step took (CI keeps only the end of a failure's output).
+fn step(started: Instant, what: &str) {
+    eprintln!("in-cluster: {what} after {:.1?}", started.elapsed());
+}
+
 fn pod_ip(pod: &Pod) -> String {
     pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("a Pod IP")
 }
@@ -226,6 +232,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     if let Some(why) = Node::unavailable() {
         panic!("the in-cluster test cannot run here: {why}");
     }
+    let started = Instant::now();
     let dir = dbqo_testenv::run_dir().with_extension("node");
     std::fs::create_dir_all(&dir).unwrap();
     let archive = dir.join("operator.tar");
@@ -237,6 +244,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
             .unwrap()
             .expect("a node")
     };
+    step(started, "node Ready");
     // Imported into the node's containerd; a quarter of a gigabyte.
     std::fs::remove_file(&archive).unwrap();
     let postgres = {
@@ -274,6 +282,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     // two replicas of the image, which pull nothing.
     helm("install", &node.info.kubeconfig, values(&image, &[("", "ConfigMap", "configmaps")], 16));
     wait_rolled_out(&client).await;
+    step(started, "chart installed and rolled out");
     let pods = operator_pods(&client).await;
     assert_eq!(pods.len(), 2);
     for pod in &pods {
@@ -323,6 +332,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     wait_for_items(&client, &[("anchor", "red"), ("buoy", "yellow"), ("cleat", "blue")]).await;
     db.batch_execute("DELETE FROM items WHERE name = 'cleat'").await.unwrap();
     wait_for_items(&client, &[("anchor", "red"), ("buoy", "yellow")]).await;
+    step(started, "walk-through done");
 
     // A kind outside allowedKinds fails its rows, clearly.
     dbqrs.create(&PostParams::default(), &dbqr("robots", "SELECT 'r2' AS name", SA)).await.unwrap();
@@ -341,6 +351,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     let passes = common::metric_sample(&metrics, "dbqo_passes_total{result=\"success\"}");
     assert!(passes.is_some_and(|n| n >= 1.0), "{metrics}");
     assert!(metrics.contains("dbqo_objects_total"), "{metrics}");
+    step(started, "metrics read");
 
     // Failover: the leader Pod is force-deleted; another replica takes the
     // Lease (the dying one releases it on SIGTERM; a crash would leave it to
@@ -390,6 +401,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         ),
     );
     let after = wait_rolled_out(&client).await;
+    step(started, "upgrade rolled out");
     assert!(after.metadata.generation > before);
     for pod in operator_pods(&client).await {
         let args = pod.spec.unwrap().containers[0].args.clone().unwrap();
@@ -410,6 +422,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
     })
     .await;
 
+    step(started, "finalizer done");
     // Databases for teams, in-cluster: the chart's RBAC lets the operator
     // create a database, its user and the credentials Secret, which works.
     let servers: Api<dbqo::api::server::DatabaseServer> = Api::namespaced(client.clone(), APP_NS);
@@ -464,6 +477,7 @@ async fn the_chart_runs_the_operator_on_a_real_node() {
         .await
         .expect("the team's credentials work");
 
+    step(started, "database provisioned");
     // helm uninstall: the operator goes; the CRD, the DBQRs and what they
     // made stay (Helm never deletes a chart's CRDs).
     helm("uninstall", &node.info.kubeconfig, json!({}));
