@@ -430,6 +430,7 @@ async fn a_huge_row_and_a_template_bomb_fail_alone_while_health_answers() {
     let (mut worst, mut peak_rss) = (Duration::ZERO, 0f64);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut settled = None;
+    let (begun, mut last) = (std::time::Instant::now(), None);
     while std::time::Instant::now() < deadline {
         let started = std::time::Instant::now();
         let answer = common::http_get(&probes, "/healthz").await;
@@ -445,6 +446,10 @@ async fn a_huge_row_and_a_template_bomb_fail_alone_while_health_answers() {
             reason("indent").await,
             reason("healthy").await,
         );
+        if last.as_ref() != Some(&now) {
+            println!("{:?}: huge, bomb, indent, healthy: {now:?}", started.duration_since(begun));
+            last = Some(now.clone());
+        }
         let done = now.0.as_deref() == Some("RowTooLarge")
             && now.1.as_deref() == Some("RenderLimitExceeded")
             && now.2.as_deref() == Some("RenderLimitExceeded")
@@ -459,7 +464,7 @@ async fn a_huge_row_and_a_template_bomb_fail_alone_while_health_answers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("/healthz worst latency {worst:?}, peak RSS {peak_rss:.0} MiB");
-    assert!(settled.is_some(), "every DBQR reached its verdict");
+    assert!(settled.is_some(), "every DBQR reached its verdict; the last seen: {last:?}");
     assert!(worst < Duration::from_secs(1), "/healthz took {worst:?} during the heavy passes");
     // The 300 MB row is buffered once by the driver; it is never decoded.
     assert!(peak_rss < 1024.0, "peak RSS {peak_rss:.0} MiB");
