@@ -32,6 +32,8 @@ reasons! {
     PRUNE_CONFIRMED = "PruneConfirmed",
     /// Held deletions were released by the annotation and carried out (condition).
     PRUNE_RELEASED = "PruneReleased",
+    /// `spec.suspend` is true: nothing runs for this DBQR until it is set back (condition).
+    SUSPENDED = "Suspended",
     /// The connection (or admin) Secret is missing (error).
     SECRET_NOT_FOUND = "SecretNotFound",
     /// The Secret lacks a key or holds a value that is not a connection (error).

@@ -39,7 +39,7 @@ fn committed_crds_match_the_rust_types() {
 #[test]
 fn crd_subcommand_prints_each_crd() {
     for (args, plural) in [
-        (&["crd"][..], "databasequeryresources"),
+        (&["crd", "databasequeryresources"][..], "databasequeryresources"),
         (&["crd", "databaseservers"][..], "databaseservers"),
         (&["crd", "databases"][..], "databases"),
     ] {
@@ -53,6 +53,33 @@ fn crd_subcommand_prints_each_crd() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "an unknown CRD name is refused");
+}
+
+/// `crd` without a name: every CRD in one stream that one `kubectl apply`
+/// takes (here a server-side dry-run apply of each document it holds).
+#[tokio::test]
+async fn crd_without_a_name_prints_every_crd_in_one_applicable_stream() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    use serde::Deserialize;
+
+    let out = Command::new(env!("CARGO_BIN_EXE_db-query-operator")).arg("crd").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let documents: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| CustomResourceDefinition::deserialize(doc).expect("a CRD"))
+        .collect();
+    let names: Vec<String> = documents.iter().filter_map(|c| c.metadata.name.clone()).collect();
+    let expected: Vec<String> =
+        dbqo::cli::crds().iter().map(|(plural, _)| format!("{plural}.dbqo.dev")).collect();
+    assert_eq!(names, expected);
+
+    let crds: Api<CustomResourceDefinition> = Api::all(common::kube_client().await);
+    let dry_run = PatchParams { dry_run: true, ..PatchParams::apply("dbqo-tests").force() };
+    for crd in &documents {
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(&name, &dry_run, &Patch::Apply(crd)).await.expect("the API server takes it");
+    }
 }
 
 #[test]

@@ -30,8 +30,7 @@ fn the_image_runs_the_operator_as_a_non_root_user() {
     // The binary runs in it (its libraries are there) and as that user.
     let (ok, crd, log) = image(&["run", "/usr/local/bin/db-query-operator", "crd"]);
     assert!(ok, "{log}");
-    let committed = include_str!("../chart/crds/databasequeryresources.dbqo.dev.yaml");
-    assert_eq!(crd, committed);
+    assert_eq!(crd, dbqo::cli::all_crds_yaml());
     let (ok, uid, log) = image(&["run", "id", "-u"]);
     assert!(ok, "{log}");
     assert_eq!(uid.trim(), "65532");

@@ -86,7 +86,7 @@ impl QueryActor {
         let detection = Detection::for_spec(&dbqr.spec);
         // Every object request of this DBQR is made as its ServiceAccount.
         let writer = writer.acting_as(dbqo::reconcile::pass::acting_user(&dbqr, &settings));
-        let schedule = Scheduler::new(dbqr.spec.poll_interval.get());
+        let schedule = Scheduler::with_suspend(dbqr.spec.poll_interval.get(), dbqr.spec.suspend);
         Self {
             dbqr,
             config,
@@ -198,7 +198,7 @@ impl QueryActor {
         tracing::info!(
             dbqr = %self.dbqr.name_any(), namespace = %self.dbqr.namespace().unwrap_or_default(), pass,
             rows = report.rows, objects = report.objects, applied = report.applied, skipped = report.skipped,
-            pruned = report.pruned, held = report.guard.map_or(0, |g| g.held), ok = report.succeeded(), reason = report.failure().map_or("", |e| e.reason()),
+            pruned = report.pruned, detached = report.detached, held = report.guard.map_or(0, |g| g.held), ok = report.succeeded(), reason = report.failure().map_or("", |e| e.reason()),
             "pass finished"
         );
         crate::metrics::global().pass(&report, took);
@@ -289,6 +289,13 @@ impl Actor for QueryActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         crate::metrics::global().actor_started();
+        if self.schedule.suspended() {
+            // No drift notices, no Secret notices, no pass: nothing runs
+            // until a new generation resumes the DBQR.
+            tracing::info!(dbqr = %self.dbqr.name_any(), "suspended");
+            self.publish(Outcome::Suspended, ctx);
+            return;
+        }
         self.subscription(ctx, true);
         match &self.config {
             Ok(_) => {

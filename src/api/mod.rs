@@ -20,6 +20,10 @@ pub use validate::SpecError;
 pub const GROUP: &str = "dbqo.dev";
 /// Finalizer the operator places on every DBQR.
 pub const FINALIZER: &str = "dbqo.dev/finalizer";
+/// A new value of this DBQR annotation asks for a full pass at once
+/// (Flux's `reconcile.fluxcd.io/requestedAt` convention); the status echoes
+/// it in `lastHandledRequestedAt` once that pass ended.
+pub const REQUESTED_AT_ANNOTATION: &str = "dbqo.dev/requested-at";
 
 /// Turns the rows of a SQL query into Kubernetes objects and keeps them in step.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -33,12 +37,17 @@ pub const FINALIZER: &str = "dbqo.dev/finalizer";
     doc = "A SQL query whose rows become Kubernetes objects, kept in step by db-query-operator.",
     status = "DatabaseQueryResourceStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspend"}"#,
     printcolumn = r#"{"name":"Objects","type":"integer","jsonPath":".status.objectCount"}"#,
     printcolumn = r#"{"name":"Last Poll","type":"date","jsonPath":".status.lastPollTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseQueryResourceSpec {
+    /// Stop reconciling: no query, apply, prune, drift repair, status write-back or LISTEN until
+    /// set back to false (which runs a pass at once). The objects stay as they are.
+    #[serde(default)]
+    pub suspend: bool,
     /// Interval of the full reconcile (query, render, apply, prune), e.g. `30s`, `5m`, `1h`. At least 1s.
     pub poll_interval: Duration,
     /// Delete objects whose rows are gone.
@@ -271,6 +280,9 @@ pub struct DatabaseQueryResourceStatus {
     /// Kinds this DBQR has written (`group/version/Kind`): the prune inventory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub managed_kinds: Vec<String>,
+    /// The value of the `dbqo.dev/requested-at` annotation the last pass started under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_requested_at: Option<String>,
 }
 
 fn default_true() -> bool {

@@ -7,10 +7,10 @@ mod run;
 
 use clap::{Parser, Subcommand};
 
-pub use crd::{crd_yaml, crd_yaml_of, crds};
+pub use crd::{all_crds_yaml, crd_yaml, crd_yaml_of, crds};
 pub use policy::PolicyArgs;
 pub use render::{load_dbqr, DbqrFileError, RenderArgs};
-pub use run::{LogFormat, RunArgs};
+pub use run::{default_lease_name, LogFormat, RunArgs};
 
 /// Turns rows of a SQL database into Kubernetes objects and keeps them in step.
 #[derive(Debug, Parser)]
@@ -22,11 +22,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print a CustomResourceDefinition as YAML: `databasequeryresources`
-    /// (the default), `databaseservers` or `databases`.
+    /// Print the CustomResourceDefinitions as YAML: every one (one
+    /// `kubectl apply -f -` installs them all), or the one named
+    /// (`databasequeryresources`, `databaseservers` or `databases`).
     Crd {
-        #[arg(default_value = "databasequeryresources", value_parser = ["databasequeryresources", "databaseservers", "databases"])]
-        plural: String,
+        #[arg(value_parser = ["databasequeryresources", "databaseservers", "databases"])]
+        plural: Option<String>,
     },
     /// Preview the objects a DBQR would produce, offline: rows come from a
     /// JSON file or from running the DBQR's query against a live database.
@@ -50,8 +51,12 @@ pub enum Command {
 pub fn run(cli: Cli, operator: impl FnOnce(RunArgs) -> i32) -> i32 {
     let tokio = || tokio::runtime::Builder::new_current_thread().enable_all().build();
     match cli.command {
-        Command::Crd { plural } => {
+        Command::Crd { plural: Some(plural) } => {
             print!("{}", crd_yaml_of(&plural).unwrap_or_default());
+            0
+        }
+        Command::Crd { plural: None } => {
+            print!("{}", all_crds_yaml());
             0
         }
         Command::TriggerSql { table, channel } => {

@@ -62,9 +62,11 @@ pub struct RunArgs {
     /// Namespace of the Lease (default: the pod's namespace, or `default` outside a cluster).
     #[arg(long, env = "DBQO_LEADER_ELECTION_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
-    /// Name of the Lease.
-    #[arg(long, env = "DBQO_LEADER_ELECTION_ID", default_value = "db-query-operator")]
-    pub leader_election_id: String,
+    /// Name of the Lease (default `db-query-operator`; with --label-selector,
+    /// `db-query-operator-<12 hex digits of the selector's SHA-256>`, so each
+    /// shard elects its own leader).
+    #[arg(long, env = "DBQO_LEADER_ELECTION_ID")]
+    pub leader_election_id: Option<String>,
     /// Seconds a lease is good for without renewal.
     #[arg(long, env = "DBQO_LEADER_ELECTION_LEASE_DURATION", default_value_t = 15)]
     pub leader_election_lease_duration: u64,
@@ -74,6 +76,20 @@ pub struct RunArgs {
     /// Seconds between tries to acquire or renew the lease.
     #[arg(long, env = "DBQO_LEADER_ELECTION_RETRY_PERIOD", default_value_t = 2)]
     pub leader_election_retry_period: u64,
+}
+
+/// The Lease of a shard: one per label selector, so shards never wait for
+/// each other's leader.
+pub fn default_lease_name(label_selector: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    match label_selector {
+        None => "db-query-operator".to_owned(),
+        Some(selector) => {
+            let digest = Sha256::digest(selector.as_bytes());
+            let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+            format!("db-query-operator-{hex}")
+        }
+    }
 }
 
 /// Where a pod finds its own namespace.
@@ -109,7 +125,9 @@ impl RunArgs {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "db-query-operator".to_owned());
         Ok(LeaderElection {
             namespace,
-            name: self.leader_election_id.clone(),
+            name: self.leader_election_id.clone().unwrap_or_else(|| {
+                default_lease_name(self.label_selector.as_deref().filter(|s| !s.is_empty()))
+            }),
             identity: format!("{host}_{}", std::process::id()),
             lease_duration: lease,
             renew_deadline: renew,
@@ -130,5 +148,20 @@ impl RunArgs {
             drain: Duration::from_secs(self.shutdown_timeout_seconds),
             connections_per_server: self.max_connections_per_database as usize,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_lease_name;
+
+    #[test]
+    fn each_shard_has_a_lease_of_its_own() {
+        assert_eq!(default_lease_name(None), "db-query-operator");
+        let a = default_lease_name(Some("shard=a"));
+        let b = default_lease_name(Some("shard=b"));
+        assert_ne!(a, b);
+        assert_eq!(a, default_lease_name(Some("shard=a")), "stable across restarts");
+        assert!(a.starts_with("db-query-operator-") && a.len() == "db-query-operator-".len() + 12);
     }
 }

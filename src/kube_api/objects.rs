@@ -23,6 +23,25 @@ pub const FIELD_MANAGER: &str = "db-query-operator";
 /// did not make is never written, relabelled or deleted.
 pub const ADOPT_ANNOTATION: &str = "dbqo.dev/adopt";
 
+/// Per-object policy in a rendered manifest: [`CREATE_ONLY`] creates the
+/// object when it is missing and never updates or repairs it.
+pub const APPLY_ANNOTATION: &str = "dbqo.dev/apply";
+pub const CREATE_ONLY: &str = "create-only";
+/// Per-object policy in a rendered manifest: [`PRUNE_DISABLED`] detaches the
+/// object (owner labels and reference removed) where it would be deleted,
+/// by prune or by the DBQR's deletion.
+pub const PRUNE_ANNOTATION: &str = "dbqo.dev/prune";
+pub const PRUNE_DISABLED: &str = "disabled";
+
+/// The annotations the watch cache keeps readable in `metadata` (the rest
+/// it keeps as text): what prune and clean-up decide by.
+const POLICY_ANNOTATIONS: [&str; 2] = [PRUNE_ANNOTATION, ADOPT_ANNOTATION];
+
+/// Whether a rendered manifest asks to be created only, never updated.
+pub fn create_only(manifest: &Json) -> bool {
+    manifest["metadata"]["annotations"][APPLY_ANNOTATION].as_str() == Some(CREATE_ONLY)
+}
+
 /// One object in the cluster: how to address its kind, and its name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
@@ -60,6 +79,8 @@ pub struct LiveObject {
     /// The value of [`ADOPT_ANNOTATION`]: the DBQR (`namespace/name`) the
     /// object's owner lets take it over.
     pub adopt: Option<String>,
+    /// [`PRUNE_ANNOTATION`] says [`PRUNE_DISABLED`]: detached, never deleted.
+    pub prune_disabled: bool,
 }
 
 impl From<DynamicObject> for LiveObject {
@@ -71,6 +92,7 @@ impl From<DynamicObject> for LiveObject {
 impl From<&DynamicObject> for LiveObject {
     fn from(o: &DynamicObject) -> Self {
         let refs = o.metadata.owner_references.clone().unwrap_or_default();
+        let annotation = |key: &str| o.metadata.annotations.as_ref().and_then(|a| a.get(key));
         Self {
             namespace: o.metadata.namespace.clone(),
             name: o.metadata.name.clone().unwrap_or_default(),
@@ -79,7 +101,9 @@ impl From<&DynamicObject> for LiveObject {
             owner_references: refs.iter().filter_map(|r| serde_json::to_value(r).ok()).collect(),
             deleting: o.metadata.deletion_timestamp.is_some(),
             uid: o.metadata.uid.clone(),
-            adopt: o.metadata.annotations.as_ref().and_then(|a| a.get(ADOPT_ANNOTATION)).cloned(),
+            adopt: annotation(ADOPT_ANNOTATION).cloned(),
+            prune_disabled: annotation(PRUNE_ANNOTATION).map(String::as_str)
+                == Some(PRUNE_DISABLED),
         }
     }
 }
@@ -150,6 +174,14 @@ pub fn trim_for_cache(object: &mut DynamicObject) {
         .and_then(|entry| entry.fields_v1)
         .map(|fields| fields.0);
     let annotations = object.metadata.annotations.take();
+    // The few that prune and clean-up read stay readable without parsing.
+    let policy: BTreeMap<String, String> = POLICY_ANNOTATIONS
+        .iter()
+        .filter_map(|key| Some((key.to_string(), annotations.as_ref()?.get(*key)?.clone())))
+        .collect();
+    if !policy.is_empty() {
+        object.metadata.annotations = Some(policy);
+    }
     if !object.data.is_object() {
         object.data = Json::Object(serde_json::Map::new());
     }
@@ -287,5 +319,21 @@ mod tests {
         assert_eq!(cached.owned_fields, Some(serde_json::json!({"f:spec": {"f:replicas": {}}})));
         assert_eq!(cached.live.controller_uid.as_deref(), Some("u0"));
         assert_eq!(cached.live.labels.get("app").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn the_cache_keeps_the_prune_policy_readable() {
+        use super::{trim_for_cache, CachedObject, DynamicObject, LiveObject};
+        let original = serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "namespace": "apps",
+                         "annotations": {"dbqo.dev/prune": "disabled", "note": "long text"}},
+        });
+        let mut kept: DynamicObject = serde_json::from_value(original.clone()).unwrap();
+        trim_for_cache(&mut kept);
+        let annotations = kept.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["dbqo.dev/prune"]);
+        assert!(LiveObject::from(&kept).prune_disabled);
+        assert_eq!(CachedObject::of(&kept).unwrap().manifest, original, "nothing lost");
     }
 }

@@ -6,11 +6,9 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{json, Value as Json};
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::labels::{Owner, MANAGED_BY, OWNER_NAME, OWNER_NAMESPACE};
+use super::labels::Owner;
 use crate::api::{DatabaseQueryResource, DatabaseQueryResourceStatus, DeletionPolicy};
 use crate::controller::{
     condition::{self, Status, Verdict},
@@ -121,6 +119,11 @@ async fn clean_up_kind<W: Cluster>(
             name: object.name.clone(),
         };
         match policy {
+            // Kept by its own policy: detached like an orphan.
+            DeletionPolicy::Delete if object.prune_disabled => {
+                let patch = owner.detach_patch(&object.owner_references, false);
+                writer.merge_patch(&target, &patch).await.map_err(failed)?;
+            }
             DeletionPolicy::Delete => {
                 remaining += 1;
                 if !object.deleting {
@@ -128,7 +131,7 @@ async fn clean_up_kind<W: Cluster>(
                 }
             }
             DeletionPolicy::Orphan => {
-                let patch = detach_patch(owner, &object.owner_references);
+                let patch = owner.detach_patch(&object.owner_references, false);
                 writer.merge_patch(&target, &patch).await.map_err(failed)?;
             }
         }
@@ -169,19 +172,6 @@ pub async fn release<W: Cluster>(
 ) -> Result<(), KubeError> {
     let resource = kube::api::ApiResource::erase::<DatabaseQueryResource>(&());
     finalizer::remove(writer, &resource, &seen.metadata).await
-}
-
-/// Removes the owner labels and this DBQR's owner reference, so the garbage
-/// collector keeps the object once the DBQR is gone.
-fn detach_patch(owner: &Owner, owner_references: &[Json]) -> Json {
-    let kept: Vec<Json> =
-        owner_references.iter().filter(|r| r["uid"] != owner.uid.as_str()).cloned().collect();
-    json!({
-        "metadata": {
-            "labels": { MANAGED_BY: null, OWNER_NAME: null, OWNER_NAMESPACE: null },
-            "ownerReferences": if kept.is_empty() { Json::Null } else { Json::Array(kept) },
-        }
-    })
 }
 
 #[cfg(test)]

@@ -304,6 +304,7 @@ mod tests {
                 deleting: false,
                 uid: None,
                 adopt: None,
+                prune_disabled: false,
             },
             manifest,
             owned_fields: owned,

@@ -30,6 +30,11 @@ pub struct Candidate {
     pub gvk: Gvk,
     pub target: Target,
     pub uid: Option<String>,
+    /// `dbqo.dev/prune: disabled`: detached instead of deleted, with the
+    /// owner references it carries (this DBQR's is removed, others stay).
+    /// The guard judges it like a deletion: a detached object is no longer
+    /// managed, which a transiently wrong result must not cause either.
+    pub detach: Option<Vec<serde_json::Value>>,
 }
 
 impl Candidate {
@@ -222,6 +227,7 @@ mod tests {
                     name: name.to_string(),
                 },
                 uid: Some(format!("uid-{name}")),
+                detach: None,
             })
             .collect()
     }

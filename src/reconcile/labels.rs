@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 
+use crate::kube_api::ADOPT_ANNOTATION;
+
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "db-query-operator";
 pub const OWNER_NAME: &str = "dbqo.dev/owner-name";
@@ -66,6 +68,26 @@ impl Owner {
     /// The value of `dbqo.dev/adopt` that hands an existing object to this DBQR.
     pub fn adopter(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The merge patch that detaches an object from this DBQR: the owner
+    /// labels and this DBQR's owner reference go (the garbage collector then
+    /// keeps the object once the DBQR is gone). `hand_back` leaves the adopt
+    /// annotation naming this DBQR, so that a row producing the object again
+    /// takes it back instead of finding it taken.
+    pub fn detach_patch(&self, owner_references: &[Json], hand_back: bool) -> Json {
+        let kept: Vec<Json> =
+            owner_references.iter().filter(|r| r["uid"] != self.uid.as_str()).cloned().collect();
+        let mut patch = json!({
+            "metadata": {
+                "labels": { MANAGED_BY: null, OWNER_NAME: null, OWNER_NAMESPACE: null },
+                "ownerReferences": if kept.is_empty() { Json::Null } else { Json::Array(kept) },
+            }
+        });
+        if hand_back {
+            patch["metadata"]["annotations"] = json!({ ADOPT_ANNOTATION: self.adopter() });
+        }
+        patch
     }
 
     /// The writer's key for drift notices: the owner label values.

@@ -19,10 +19,10 @@ use super::error::{ObjectError, PassError, PruneFailure, RowFailure};
 use super::guard::{Held, PruneGuard, Ruling, RELEASE_ANNOTATION};
 use super::labels::Owner;
 use super::plan::{self, Desired, Inputs, Live, Owned, Plan};
-use crate::api::{DatabaseQueryResource, DatabaseQueryResourceSpec};
+use crate::api::{DatabaseQueryResource, DatabaseQueryResourceSpec, REQUESTED_AT_ANNOTATION};
 use crate::db::{self, ConnInfo, Connections, Pool, QueryError, QueryOptions};
 use crate::kube_api::cluster::{Cluster, Kinds};
-use crate::kube_api::{resolve, Discovered, KubeError, Target};
+use crate::kube_api::{create_only, resolve, Discovered, KubeError, Target};
 use crate::kube_api::{GroupKind, Gvk, ObjectKey, Scope};
 use crate::render::{
     render_rows, Metadata, ObjectPolicy, RenderOutcome, RenderedObject, RowTemplate, ScopeLookup,
@@ -244,11 +244,16 @@ pub struct PassReport {
     pub applied: usize,
     pub skipped: usize,
     pub pruned: usize,
+    /// Objects whose policy disables prune, detached instead of deleted.
+    pub detached: usize,
     pub managed_kinds: BTreeSet<Gvk>,
     /// What the prune guard decided, when the pass got as far as pruning.
     pub guard: Option<GuardReport>,
     /// How long the query took, when it ran.
     pub query_duration: Option<Duration>,
+    /// The DBQR's `dbqo.dev/requested-at` value when the pass started: the
+    /// request this pass answers (echoed in `status.lastHandledRequestedAt`).
+    pub requested_at: Option<String>,
 }
 
 /// The prune guard's ruling on a pass, for status and scheduling.
@@ -307,8 +312,11 @@ pub async fn run_pass<W: Cluster>(
     writer: &W,
     now: &str,
 ) -> PassReport {
-    let mut report =
-        PassReport { managed_kinds: state.managed_kinds.clone(), ..PassReport::default() };
+    let mut report = PassReport {
+        managed_kinds: state.managed_kinds.clone(),
+        requested_at: config.metadata.annotations.get(REQUESTED_AT_ANNOTATION).cloned(),
+        ..PassReport::default()
+    };
     let pool = match connect(config, connection, writer).await {
         Ok(pool) => pool,
         Err(e) => {
@@ -789,12 +797,23 @@ async fn prune<W: Cluster>(
         confirmation: config.guard.confirmation,
         released,
     });
-    let deletions =
-        join_all(decision.delete.iter().map(|c| writer.delete(&c.target, c.uid.as_deref()))).await;
+    // An object whose policy disables prune is detached, and handed back
+    // to this DBQR should a row produce it again.
+    let deletions = join_all(decision.delete.iter().map(|c| async {
+        match &c.detach {
+            Some(references) => {
+                let patch = config.owner.detach_patch(references, true);
+                writer.merge_patch(&c.target, &patch).await
+            }
+            None => writer.delete(&c.target, c.uid.as_deref()).await,
+        }
+    }))
+    .await;
     let mut delete_failures = Vec::new();
     let mut unpruned = Vec::new();
     for (candidate, result) in decision.delete.iter().zip(deletions) {
         match result {
+            Ok(()) if candidate.detach.is_some() => report.detached += 1,
             Ok(()) => report.pruned += 1,
             Err(source) => {
                 unpruned.push(&candidate.gvk);
@@ -845,7 +864,11 @@ pub enum Repair {
 /// task and keep nothing alive while they wait.
 pub fn needs_no_repair<W: Cluster>(writer: &W, owner: &Owner, wanted: &Desired) -> bool {
     match writer.cached(&wanted.target) {
-        Some(live) => in_place(&live, &wanted.manifest) || plan::owned_elsewhere(owner, &live.live),
+        Some(live) => {
+            create_only(&wanted.manifest)
+                || in_place(&live, &wanted.manifest)
+                || plan::owned_elsewhere(owner, &live.live)
+        }
         None => false,
     }
 }
@@ -861,6 +884,8 @@ pub async fn repair<W: Cluster>(
         source,
     };
     match writer.cached(&wanted.target) {
+        // Created when missing, never updated.
+        Some(_) if create_only(&wanted.manifest) => Ok(Repair::Nothing),
         Some(live) if in_place(&live, &wanted.manifest) => Ok(Repair::Nothing),
         // Another DBQR's or controller's now: the next pass reports it.
         Some(live) if plan::owned_elsewhere(owner, &live.live) => Ok(Repair::Nothing),

@@ -13,7 +13,7 @@ use super::compare::in_place;
 use super::error::{ObjectError, PruneFailure, RowFailure};
 use super::guard::Candidate;
 use super::labels::Owner;
-use crate::kube_api::{CachedObject, LiveObject, Target};
+use crate::kube_api::{create_only, CachedObject, LiveObject, Target};
 use crate::kube_api::{GroupKind, Gvk, ObjectKey};
 
 /// One rendered object, decorated with its owner's labels and resolved to
@@ -183,7 +183,10 @@ impl Plan {
             return;
         }
         self.written.insert(object.gvk.clone());
-        if matches!(state, Live::Cached(c) if in_place(c, &object.manifest)) {
+        // A create-only object of this DBQR's is never updated once there.
+        let keep =
+            |c: &CachedObject| create_only(&object.manifest) || in_place(c, &object.manifest);
+        if matches!(state, Live::Cached(c) if keep(c)) {
             self.skip.push(object);
         } else {
             self.apply.push(object);
@@ -219,7 +222,8 @@ impl Plan {
                 namespace: object.namespace,
                 name: object.name,
             };
-            self.prune.push(Candidate { gvk: gvk.clone(), target, uid: object.uid });
+            let detach = object.prune_disabled.then_some(object.owner_references);
+            self.prune.push(Candidate { gvk: gvk.clone(), target, uid: object.uid, detach });
         }
     }
 }

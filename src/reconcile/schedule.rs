@@ -16,6 +16,9 @@
 //!   prune of the same object).
 //! - A prune held by the guard is confirmed by a pass once its interval has
 //!   passed, whatever the poll interval.
+//! - A suspended DBQR (`spec.suspend`) runs nothing: no pass at start, on a
+//!   change or on a timer. Resuming is a new spec generation, hence a new
+//!   scheduler, whose first pass runs at once.
 //! - Once stopping, nothing new runs.
 
 use std::time::{Duration, Instant};
@@ -62,11 +65,17 @@ pub struct Scheduler {
     waiting_for_repairs: bool,
     /// When the armed timer fires.
     wake_at: Option<Instant>,
+    suspended: bool,
     stopping: bool,
 }
 
 impl Scheduler {
     pub fn new(poll: Duration) -> Self {
+        Self::with_suspend(poll, false)
+    }
+
+    /// The scheduler of a DBQR whose `spec.suspend` is `suspended`.
+    pub fn with_suspend(poll: Duration, suspended: bool) -> Self {
         Self {
             poll,
             failures: 0,
@@ -76,8 +85,14 @@ impl Scheduler {
             repairs: 0,
             waiting_for_repairs: false,
             wake_at: None,
+            suspended,
             stopping: false,
         }
+    }
+
+    /// Nothing runs: `spec.suspend` is true.
+    pub fn suspended(&self) -> bool {
+        self.suspended
     }
 
     /// A pass is running now.
@@ -147,7 +162,7 @@ impl Scheduler {
 
     /// A pass is due now.
     fn due(&mut self) -> Next {
-        if self.stopping || self.running {
+        if self.stopping || self.suspended || self.running {
             return Next::Nothing;
         }
         if self.repairs > 0 {
@@ -161,7 +176,7 @@ impl Scheduler {
     }
 
     fn wake_in(&mut self, delay: Duration, now: Instant) -> Next {
-        if self.stopping {
+        if self.stopping || self.suspended {
             return Next::Nothing;
         }
         let at = now + delay;
@@ -193,6 +208,22 @@ mod tests {
         let ended = t0 + Duration::from_secs(3);
         assert_eq!(s.pass_ended(ok(), ended), Next::WakeAt(ended + POLL));
         assert_eq!(s.woke(), Next::RunPass(2));
+    }
+
+    #[test]
+    fn a_suspended_dbqr_runs_nothing_and_its_resumed_spec_runs_at_once() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::with_suspend(POLL, true);
+        assert!(s.suspended());
+        assert_eq!(s.start(), Next::Nothing);
+        assert_eq!(s.changed(t0), Next::Nothing);
+        assert_eq!(s.woke(), Next::Nothing);
+        s.repair_started();
+        assert_eq!(s.repair_ended(), Next::Nothing);
+        assert!(!s.running());
+        // Resuming is a new generation: a new scheduler.
+        let mut resumed = Scheduler::with_suspend(POLL, false);
+        assert_eq!(resumed.start(), Next::RunPass(1));
     }
 
     #[test]

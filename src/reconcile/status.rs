@@ -50,6 +50,9 @@ pub enum Outcome<'a> {
     InvalidSpec(&'a PassError),
     /// A change probe failed between passes; the rest of the status stands.
     ProbeFailed(&'a PassError),
+    /// `spec.suspend` is true: `Synced` says so, the rest stands as the last
+    /// pass left it (the objects are still there).
+    Suspended,
 }
 
 /// `DatabaseConnected` after a pass.
@@ -94,6 +97,7 @@ fn verdicts(
             (ok(crate::reason::CONNECTED, "connected to the database"), failed(e))
         }
         Outcome::Pass(report) => (database_verdict(report), synced_verdict(report)),
+        Outcome::Suspended => unreachable!("next_status answers a suspension itself"),
     };
     let ready = if database.holds() && synced.holds() {
         Verdict::ready(synced.message.clone())
@@ -156,6 +160,9 @@ pub fn next_status(
     now: Time,
 ) -> Option<(DatabaseQueryResourceStatus, Vec<NewEvent>)> {
     let old = previous.cloned().unwrap_or_default();
+    if let Outcome::Suspended = outcome {
+        return suspended(old, generation, now);
+    }
     let mut next = old.clone();
     let mut events = Vec::new();
     next.observed_generation = generation;
@@ -184,6 +191,9 @@ pub fn next_status(
         }
     }
     if let Outcome::Pass(report) = outcome {
+        if report.requested_at.is_some() {
+            next.last_handled_requested_at = report.requested_at.clone();
+        }
         next.managed_kinds = report.managed_kinds.iter().map(ToString::to_string).collect();
         if report.succeeded() {
             next.object_count = Some(report.objects as i64);
@@ -196,6 +206,31 @@ pub fn next_status(
         next.last_poll_time = Some(now);
     }
     Some((next, events))
+}
+
+/// The status of a suspended DBQR: `Synced` False with reason `Suspended`
+/// (a Normal Event: it was asked for), every other condition as it was.
+fn suspended(
+    old: DatabaseQueryResourceStatus,
+    generation: Option<i64>,
+    now: Time,
+) -> Option<(DatabaseQueryResourceStatus, Vec<NewEvent>)> {
+    let verdict = Verdict::failed(
+        crate::reason::SUSPENDED,
+        "suspended (spec.suspend): nothing is queried, applied, pruned, repaired or written back \
+         until it is set back to false",
+    );
+    let before = condition::find(&old.conditions, SYNCED);
+    let message = format!("{SYNCED}: {}", verdict.message);
+    let event = condition::event_on_new_reason(before, &verdict, Status::Unknown, message);
+    let synced = condition::condition(before, SYNCED, &verdict, generation, &now);
+    let mut next = old.clone();
+    next.observed_generation = generation;
+    match next.conditions.iter_mut().find(|c| c.type_ == SYNCED) {
+        Some(c) => *c = synced,
+        None => next.conditions.push(synced),
+    }
+    (next != old).then(|| (next, event.into_iter().collect()))
 }
 
 #[cfg(test)]
@@ -232,6 +267,39 @@ mod tests {
         assert_eq!(second.object_count, Some(4));
         let ready = second.conditions.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!(ready.last_transition_time, time(10), "status did not flip");
+    }
+
+    #[test]
+    fn a_suspension_changes_synced_only_and_is_announced_once() {
+        let (ok, _) =
+            next_status(None, &Outcome::Pass(&ok_report(3)), None, Some(1), time(10)).unwrap();
+        let (paused, events) =
+            next_status(Some(&ok), &Outcome::Suspended, None, Some(2), time(20)).unwrap();
+        let get = |s: &DatabaseQueryResourceStatus, t: &str| {
+            s.conditions.iter().find(|c| c.type_ == t).map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        assert_eq!(get(&paused, SYNCED), Some(("False".into(), "Suspended".into())));
+        assert_eq!(get(&paused, READY), get(&ok, READY), "Ready stands");
+        assert_eq!(get(&paused, DATABASE_CONNECTED), get(&ok, DATABASE_CONNECTED));
+        assert_eq!((paused.observed_generation, paused.object_count), (Some(2), Some(3)));
+        assert_eq!(paused.last_poll_time, ok.last_poll_time, "no pass ran");
+        assert!(matches!(events.as_slice(), [e] if !e.warning && e.reason == "Suspended"));
+        // After a restart the same suspension writes nothing.
+        assert!(next_status(Some(&paused), &Outcome::Suspended, None, Some(2), time(30)).is_none());
+    }
+
+    #[test]
+    fn the_requested_at_value_a_pass_started_under_is_echoed() {
+        let mut report = ok_report(1);
+        report.requested_at = Some("2026-12-03T10:00:00Z".into());
+        let (first, _) =
+            next_status(None, &Outcome::Pass(&report), None, Some(1), time(10)).unwrap();
+        assert_eq!(first.last_handled_requested_at.as_deref(), Some("2026-12-03T10:00:00Z"));
+        // A pass without the annotation leaves the last handled value.
+        let (second, _) =
+            next_status(Some(&first), &Outcome::Pass(&ok_report(2)), None, Some(1), time(20))
+                .unwrap();
+        assert_eq!(second.last_handled_requested_at, first.last_handled_requested_at);
     }
 
     #[test]

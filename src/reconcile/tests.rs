@@ -440,6 +440,48 @@ fn plan_applies_an_object_the_cache_shows_being_deleted() {
 }
 
 #[test]
+fn plan_creates_a_create_only_object_when_missing_and_never_updates_it() {
+    let (owner, inventory) = (owner(), BTreeSet::new());
+    let mut wanted = desired("once", 0);
+    wanted.manifest["metadata"]["annotations"] = json!({"dbqo.dev/apply": "create-only"});
+    // The live copy differs in data: an ordinary object would be applied.
+    let mut live_manifest = wanted.manifest.clone();
+    live_manifest["data"]["value"] = json!("changed by hand");
+    let cached = Live::Cached(CachedObject {
+        live: live(&live_manifest),
+        manifest: live_manifest,
+        owned_fields: None,
+    });
+    for (state, applied) in [(cached, 0), (Live::Absent, 1)] {
+        let mut input = inputs(&owner, &inventory);
+        input.live = HashMap::from([(wanted.key(), state)]);
+        input.desired = vec![wanted.clone()];
+        let plan = plan::plan(input);
+        assert_eq!((plan.apply.len(), plan.skip.len()), (applied, 1 - applied));
+    }
+}
+
+#[test]
+fn plan_detaches_instead_of_deleting_an_object_whose_prune_is_disabled() {
+    let (owner, inventory) = (owner(), BTreeSet::from([cm_gvk()]));
+    let mut input = inputs(&owner, &inventory);
+    let mut kept = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kept", "namespace": "apps", "labels": owner_labels("users"),
+                     "annotations": {"dbqo.dev/prune": "disabled"}}});
+    kept["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "ConfigMap",
+        "name": "other", "uid": "uid-other"}]);
+    input.owned = owned(vec![live(&kept), live_cm("gone", owner_labels("users"), false)]);
+    let plan = plan::plan(input);
+    let decided: Vec<_> =
+        plan.prune.iter().map(|c| (c.target.name.as_str(), c.detach.is_some())).collect();
+    assert_eq!(decided, [("kept", true), ("gone", false)]);
+    let patch = owner.detach_patch(plan.prune[0].detach.as_ref().unwrap(), true);
+    assert_eq!(patch["metadata"]["labels"][MANAGED_BY], Json::Null);
+    assert_eq!(patch["metadata"]["ownerReferences"][0]["uid"], "uid-other", "others' stay");
+    assert_eq!(patch["metadata"]["annotations"]["dbqo.dev/adopt"], "apps/users");
+}
+
+#[test]
 fn plan_prunes_only_this_owners_objects_not_produced_and_not_going() {
     let (owner, inventory) = (owner(), BTreeSet::from([cm_gvk()]));
     let mut input = inputs(&owner, &inventory);

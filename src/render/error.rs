@@ -72,14 +72,17 @@ pub enum ObjectProblem {
     InvalidNamespace(String),
     #[error("kind {0} is cluster-scoped and must not set metadata.namespace")]
     NamespaceOnClusterScoped(String),
+    #[error("annotation {annotation} may only be {allowed}")]
+    BadPolicy { annotation: &'static str, allowed: &'static str },
 }
 
 impl ObjectProblem {
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::NotAMapping | Self::MissingField(_) | Self::BadApiVersion(_) => {
-                crate::reason::INVALID_OBJECT
-            }
+            Self::NotAMapping
+            | Self::MissingField(_)
+            | Self::BadApiVersion(_)
+            | Self::BadPolicy { .. } => crate::reason::INVALID_OBJECT,
             Self::InvalidName { .. } => crate::reason::INVALID_NAME,
             Self::KindNotAllowed(_) => crate::reason::KIND_NOT_ALLOWED,
             Self::UnknownKind(_) => crate::reason::UNKNOWN_KIND,

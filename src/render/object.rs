@@ -8,6 +8,7 @@ use serde_json::Value as Json;
 use super::error::ObjectProblem;
 use crate::api::names::{dns_label_problem, dns_subdomain_problem};
 use crate::kube_api::{GroupKind, Gvk, ObjectKey, Scope};
+use crate::kube_api::{APPLY_ANNOTATION, CREATE_ONLY, PRUNE_ANNOTATION, PRUNE_DISABLED};
 
 /// Answers "is this kind namespaced?". The operator asks API discovery; the
 /// offline `render` command uses [`BuiltinScopes`].
@@ -128,6 +129,7 @@ pub fn validate_object(
         return Err(ObjectProblem::KindNotAllowed(group_kind.to_string()));
     }
     check_name(&kind, &name)?;
+    check_policies(&doc)?;
 
     let namespace = namespace_of(&mut doc, &group_kind, dbqr_namespace, policy, scopes)?;
     Ok(RenderedObject { row, gvk, group_kind, namespace, name, manifest: doc })
@@ -164,6 +166,21 @@ fn namespace_of(
     }
     doc["metadata"]["namespace"] = Json::String(ns.clone());
     Ok(Some(ns))
+}
+
+/// The per-object policy annotations, if set, hold a value the operator
+/// knows: a misspelt policy must not quietly mean the default.
+fn check_policies(doc: &Json) -> Result<(), ObjectProblem> {
+    let annotations = &doc["metadata"]["annotations"];
+    for (annotation, allowed) in
+        [(APPLY_ANNOTATION, CREATE_ONLY), (PRUNE_ANNOTATION, PRUNE_DISABLED)]
+    {
+        let value = &annotations[annotation];
+        if !value.is_null() && value.as_str() != Some(allowed) {
+            return Err(ObjectProblem::BadPolicy { annotation, allowed });
+        }
+    }
+    Ok(())
 }
 
 fn check_name(kind: &str, name: &str) -> Result<(), ObjectProblem> {

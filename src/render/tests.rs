@@ -383,6 +383,8 @@ fn objects_are_validated_against_the_policy() {
     assert_eq!(object.namespace.as_deref(), Some("apps"), "defaults to the DBQR's namespace");
     assert_eq!(object.manifest["metadata"]["namespace"], "apps");
     assert!(validate(cm(json!({"namespace": "shared"})), &policy).is_ok());
+    let policies = json!({"dbqo.dev/apply": "create-only", "dbqo.dev/prune": "disabled"});
+    assert!(validate(cm(json!({"annotations": policies})), &policy).is_ok());
 
     let problems = [
         (json!({"kind": "ConfigMap", "metadata": {"name": "x"}}), "InvalidObject"),
@@ -402,6 +404,9 @@ fn objects_are_validated_against_the_policy() {
             "InvalidName",
         ),
         (cm(json!({"namespace": "kube-system"})), "NamespaceNotAllowed"),
+        (cm(json!({"annotations": {"dbqo.dev/apply": "createonly"}})), "InvalidObject"),
+        (cm(json!({"annotations": {"dbqo.dev/prune": "false"}})), "InvalidObject"),
+        (cm(json!({"annotations": {"dbqo.dev/prune": true}})), "InvalidObject"),
         (
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t", "namespace": "apps"}}),
             "NamespaceNotAllowed",
