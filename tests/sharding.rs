@@ -137,6 +137,22 @@ async fn two_shards_split_the_dbqrs_each_with_its_own_lease_and_a_relabelled_dbq
         .unwrap_or_default()
         .iter()
         .any(|f| f == dbqo::api::FINALIZER));
+
+    // Shard b restarted: it takes its Lease again and keeps both DBQRs;
+    // shard a still runs none.
+    drop(b);
+    let b = shard(&id_b, ns);
+    wait_for_actors(&b, 2.0).await;
+    assert_eq!(metric(&b, "dbqo_leader").await, Some(1.0));
+    db.batch_execute("UPDATE items SET color = 'white' WHERE name = 'y'").await.unwrap();
+    eventually(Duration::from_secs(30), "both DBQRs' y white, after the restart", || async {
+        let now = objects(client, ns).await;
+        let white = |name: &str| now.get(name).is_some_and(|(_, color)| color == "white");
+        (white("alpha-y") && white("beta-y")).then_some(())
+    })
+    .await;
+    assert_eq!(uids(&objects(client, ns).await), uids(&before));
+    assert_eq!(metric(&a, "dbqo_query_actors").await, Some(0.0));
     drop(a);
     drop(b);
 }
