@@ -34,6 +34,8 @@ reasons! {
     PRUNE_RELEASED = "PruneReleased",
     /// `spec.suspend` is true: nothing runs for this DBQR until it is set back (condition).
     SUSPENDED = "Suspended",
+    /// Rows whose later waves wait for every object of an earlier wave to be Ready (condition).
+    WAITING_FOR_WAVE = "WaitingForWave",
     /// The connection (or admin) Secret is missing (error).
     SECRET_NOT_FOUND = "SecretNotFound",
     /// The Secret lacks a key or holds a value that is not a connection (error).

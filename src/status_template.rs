@@ -142,14 +142,19 @@ impl StatusTemplate {
         Ok(BoundStatement { sql, params })
     }
 
-    /// Renders for one object: `Resource` (Secret data removed), `Row`, `Metadata`.
+    /// Renders for one object: `Resource` (Secret data removed), `Row`,
+    /// `Metadata`, and `Ready` (the object is Ready by the rules a row's
+    /// waves wait for).
     pub fn render(
         &self,
         resource: &Json,
         row: &Map<String, Json>,
         metadata: &Metadata,
+        ready: bool,
     ) -> Result<BoundStatement, WritebackError> {
-        let context = json!({ "Resource": sanitize(resource), "Row": row, "Metadata": metadata });
+        let context = json!({
+            "Resource": sanitize(resource), "Row": row, "Metadata": metadata, "Ready": ready,
+        });
         let bound = self.render_with(&context)?;
         check_shape(&bound)?;
         Ok(bound)
@@ -294,7 +299,7 @@ mod tests {
         .unwrap();
         let resource = json!({"status": {"readyReplicas": 2}, "metadata": {"annotations": {"note": "'); DROP TABLE apps; --"}}});
         let row = json!({"name": "web"}).as_object().unwrap().clone();
-        let bound = t.render(&resource, &row, &Metadata::default()).unwrap();
+        let bound = t.render(&resource, &row, &Metadata::default(), false).unwrap();
         assert_eq!(bound.sql, "UPDATE apps SET ready = $1, note = $2 WHERE name = $3");
         let params: Vec<_> = bound.params.iter().map(|p| p.as_deref().unwrap()).collect();
         assert_eq!(params, ["2", "'); DROP TABLE apps; --", "web"]);
@@ -325,12 +330,12 @@ mod tests {
         )
         .unwrap();
         let row = json!({"name": "web", "note": null}).as_object().unwrap().clone();
-        let bound = t.render(&json!({}), &row, &Metadata::default()).unwrap();
+        let bound = t.render(&json!({}), &row, &Metadata::default(), false).unwrap();
         assert_eq!(bound.sql, "UPDATE apps SET ready = $1, note = $2 WHERE name = $3");
         assert_eq!(bound.params, [None, None, Some("web".to_owned())]);
 
         let row = json!({"name": {"m4rker": 1}, "note": "x"}).as_object().unwrap().clone();
-        let err = t.render(&json!({}), &row, &Metadata::default()).unwrap_err();
+        let err = t.render(&json!({}), &row, &Metadata::default(), false).unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("{{Row.name}} is a JSON object") && message.contains("toJson"),

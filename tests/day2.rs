@@ -317,3 +317,103 @@ async fn a_misspelt_policy_fails_its_row_clearly() {
     assert!(message.contains("dbqo.dev/apply may only be create-only"), "{message}");
     assert!(colors(&s.client, &s.namespace, "seed").await.is_empty());
 }
+
+const WAVES: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: \"app-{{Row.name}}\"
+spec:
+  replicas: {{Row.replicas}}
+  selector:
+    matchLabels: {app: \"app-{{Row.name}}\"}
+  template:
+    metadata:
+      labels: {app: \"app-{{Row.name}}\"}
+    spec:
+      containers:
+        - name: app
+          image: registry.invalid/app:1
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: \"after-{{Row.name}}\"
+  annotations:
+    dbqo.dev/wave: \"1\"
+data:
+  ready: \"yes\"
+";
+
+/// A row's later wave waits for its earlier wave to be Ready: a Deployment
+/// of one replica never becomes available here (the test cluster runs no
+/// kubelet), one of zero replicas does once the deployment controller has
+/// seen it. The wave moves on by the watch, not by the hourly poll.
+#[tokio::test]
+async fn a_later_wave_waits_for_the_earlier_one_to_be_ready_across_a_restart() {
+    let s = common::operator::setup(
+        "waves",
+        "CREATE TABLE apps (name text PRIMARY KEY, replicas int, ready boolean);
+         INSERT INTO apps VALUES ('shop', 1, NULL);",
+    )
+    .await;
+    let (client, ns, db) = (&s.client, s.namespace.as_str(), &s.db);
+    let mut operator = Operator::start(&[]);
+    DbqrBuilder::new("apps", &operator)
+        .query("SELECT name, replicas FROM apps ORDER BY name")
+        .template(WAVES)
+        .set("/pollInterval", json!("1h"))
+        .set(
+            "/statusUpdateQueryTemplate",
+            json!("UPDATE apps SET ready = {{Ready}} WHERE name = {{Row.name}}"),
+        )
+        .create(client, ns)
+        .await;
+    let message = wait_for_condition(client, ns, "apps", "Synced=False/WaitingForWave").await;
+    assert!(message.contains("1 rows wait"), "{message}");
+    let dbqrs = Api::<DatabaseQueryResource>::namespaced(client.clone(), ns);
+    let waiting = || async { dbqrs.get("apps").await.unwrap().status.unwrap().waiting_rows };
+    assert_eq!(waiting().await, Some(1));
+    let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns);
+    assert!(deployments.get_opt("app-shop").await.unwrap().is_some(), "wave 0 applied");
+    let ready = || async {
+        db.query_one("SELECT ready FROM apps WHERE name = 'shop'", &[])
+            .await
+            .unwrap()
+            .get::<_, Option<bool>>(0)
+    };
+    eventually(Duration::from_secs(30), "Ready=false written back", || async {
+        (ready().await == Some(false)).then_some(())
+    })
+    .await;
+
+    // After a restart the wave is still held.
+    let id = operator.id.clone();
+    drop(operator);
+    let since = common::operator::PassTotals::default();
+    operator = Operator::start_with_id(&id, &[]);
+    operator.wait_for_passes(since, 1, Duration::from_secs(30)).await;
+    assert!(configmap(client, ns, "after-shop").await.is_none(), "wave 1 still waits");
+    assert_eq!(waiting().await, Some(1));
+
+    // Zero replicas: the deployment controller reports it rolled out, and
+    // wave 1 follows from the watch (the poll is an hour away).
+    db.batch_execute("UPDATE apps SET replicas = 0").await.unwrap();
+    merge_patch(
+        client,
+        ns,
+        "apps",
+        json!({"metadata": {"annotations": {"dbqo.dev/requested-at": "1"}}}),
+    )
+    .await;
+    eventually(Duration::from_secs(15), "wave 1 applied", || async {
+        configmap(client, ns, "after-shop").await.map(|_| ())
+    })
+    .await;
+    wait_for_condition(client, ns, "apps", "Synced=True/Synced").await;
+    assert_eq!(waiting().await, None);
+    eventually(Duration::from_secs(30), "Ready=true written back", || async {
+        (ready().await == Some(true)).then_some(())
+    })
+    .await;
+    drop(operator);
+}

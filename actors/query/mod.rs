@@ -325,6 +325,21 @@ impl Handler<Drifted> for QueryActor {
     /// repairs and passes never overlap, so a pass that prunes an object
     /// never races a repair that would bring it back.
     fn handle(&mut self, Drifted { key }: Drifted, ctx: &mut Context<Self>) {
+        // A row waits for an earlier wave to be Ready: any change of this
+        // DBQR's objects may be that readiness, so a pass looks at once (the
+        // scheduler folds a burst into one). After the notice is handled: a
+        // pass started first would hold the state and the notice would wait
+        // for its end, and start the next pass, and so on.
+        let waiting = self.last_report.waiting_rows > 0 && self.state.is_some();
+        self.on_drift(key, ctx);
+        if waiting {
+            self.trigger(ctx);
+        }
+    }
+}
+
+impl QueryActor {
+    fn on_drift(&mut self, key: ObjectKey, ctx: &mut Context<Self>) {
         let (Some(state), Ok(config)) = (&self.state, &self.config) else {
             // Checked once the pass has ended (most are the pass's own writes).
             self.drifted.insert(key);

@@ -280,6 +280,9 @@ pub struct DatabaseQueryResourceStatus {
     /// Kinds this DBQR has written (`group/version/Kind`): the prune inventory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub managed_kinds: Vec<String>,
+    /// Rows whose later waves (`dbqo.dev/wave`) wait for an earlier wave to be Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_rows: Option<i64>,
     /// The value of the `dbqo.dev/requested-at` annotation the last pass started under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_requested_at: Option<String>,

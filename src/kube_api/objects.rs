@@ -33,6 +33,23 @@ pub const CREATE_ONLY: &str = "create-only";
 pub const PRUNE_ANNOTATION: &str = "dbqo.dev/prune";
 pub const PRUNE_DISABLED: &str = "disabled";
 
+/// Per-object policy in a rendered manifest: within one row, objects of a
+/// later wave (an integer in quotes, default 0) are applied only once every
+/// object of the row's earlier waves is Ready.
+pub const WAVE_ANNOTATION: &str = "dbqo.dev/wave";
+/// Waves run from `-MAX_WAVE` to `MAX_WAVE`.
+pub const MAX_WAVE: i32 = 1000;
+
+/// The wave of a rendered manifest: 0 without the annotation, `None` when
+/// it is not an integer in quotes within `±MAX_WAVE`.
+pub fn wave(manifest: &Json) -> Option<i32> {
+    match &manifest["metadata"]["annotations"][WAVE_ANNOTATION] {
+        Json::Null => Some(0),
+        Json::String(text) => text.trim().parse().ok().filter(|w: &i32| w.abs() <= MAX_WAVE),
+        _ => None,
+    }
+}
+
 /// The annotations the watch cache keeps readable in `metadata` (the rest
 /// it keeps as text): what prune and clean-up decide by.
 const POLICY_ANNOTATIONS: [&str; 2] = [PRUNE_ANNOTATION, ADOPT_ANNOTATION];

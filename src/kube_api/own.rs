@@ -44,12 +44,13 @@ pub async fn patch_dbqr_status(
 }
 
 /// The merge patch that makes the DBQR's status `status`. A merge patch
-/// keeps what it does not mention, so an inventory that became empty is
-/// written as `null` (removed), not left out.
+/// keeps what it does not mention, so an inventory that became empty, or
+/// rows that no longer wait, are written as `null` (removed), not left out.
 pub fn status_patch(status: &DatabaseQueryResourceStatus) -> Json {
     let mut body = serde_json::to_value(status).unwrap_or_default();
     if let Some(fields) = body.as_object_mut() {
         fields.entry("managedKinds").or_insert(Json::Null);
+        fields.entry("waitingRows").or_insert(Json::Null);
     }
     serde_json::json!({ "status": body })
 }
@@ -101,5 +102,6 @@ mod tests {
         let patch = status_patch(&Default::default());
         assert_eq!(patch["status"]["managedKinds"], serde_json::Value::Null);
         assert!(patch["status"].as_object().unwrap().contains_key("managedKinds"));
+        assert!(patch["status"].as_object().unwrap().contains_key("waitingRows"));
     }
 }

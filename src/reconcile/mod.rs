@@ -1,7 +1,7 @@
 //! One reconcile pass of a DBQR and what follows from it, in the order a row
 //! travels: [`pass`] (connect, query, render, gather) -> [`plan`] (apply /
 //! skip / refuse / prune, pure, with [`compare`] deciding what is in place) ->
-//! the [`Cluster`]; then [`status`]
+//! the [`Cluster`], a row's later waves waiting for [`readiness`]; then [`status`]
 //! (conditions, Events), [`writeback`] (status SQL), [`change`] (timestamp
 //! probe) and [`cleanup`] (deletion policies). Plain async Rust over the
 //! [`Cluster`] trait; the actors only schedule it.
@@ -14,6 +14,7 @@ pub mod guard;
 pub mod labels;
 pub mod pass;
 pub mod plan;
+pub mod readiness;
 pub mod schedule;
 pub mod status;
 pub mod writeback;

@@ -251,6 +251,8 @@ pub struct PassReport {
     pub guard: Option<GuardReport>,
     /// How long the query took, when it ran.
     pub query_duration: Option<Duration>,
+    /// Rows whose later waves wait for an earlier wave to be Ready.
+    pub waiting_rows: usize,
     /// The DBQR's `dbqo.dev/requested-at` value when the pass started: the
     /// request this pass answers (echoed in `status.lastHandledRequestedAt`).
     pub requested_at: Option<String>,
@@ -702,6 +704,7 @@ async fn execute<W: Cluster>(
 ) {
     report.objects = plan.produced.len();
     report.skipped = plan.skip.len();
+    report.waiting_rows = plan.waiting_rows.len();
     let results = apply_all(config, writer, &plan.apply).await;
     let mut failures = keep_applied(state, &mut plan, results, report);
     state.rediscover = failures.iter().chain(&plan.refuse).any(|f| f.error.is_not_found());

@@ -13,7 +13,8 @@ use super::compare::in_place;
 use super::error::{ObjectError, PruneFailure, RowFailure};
 use super::guard::Candidate;
 use super::labels::Owner;
-use crate::kube_api::{create_only, CachedObject, LiveObject, Target};
+use super::readiness;
+use crate::kube_api::{create_only, wave, CachedObject, LiveObject, Target};
 use crate::kube_api::{GroupKind, Gvk, ObjectKey};
 
 /// One rendered object, decorated with its owner's labels and resolved to
@@ -100,6 +101,11 @@ pub struct Plan {
     pub written: BTreeSet<Gvk>,
     /// Every object identity the rows produced.
     pub produced: HashSet<ObjectKey>,
+    /// Objects of later waves whose row waits for an earlier wave to be
+    /// Ready: neither applied nor pruned this pass.
+    pub waiting: Vec<Desired>,
+    /// The rows that wait.
+    pub waiting_rows: BTreeSet<usize>,
 }
 
 impl Plan {
@@ -152,8 +158,14 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     let Inputs { owner, desired, failed, live, owned, inventory, prune } = inputs;
     let mut plan = Plan { refuse: failed, inventory: inventory.clone(), ..Plan::default() };
     plan.produced = desired.iter().map(Desired::key).collect();
-    for object in desired {
-        plan.place(owner, object, &live);
+    if desired.iter().all(|d| wave(&d.manifest) == Some(0)) {
+        for object in desired {
+            plan.place(owner, object, &live);
+        }
+    } else {
+        for (row, waves) in in_waves(desired) {
+            plan.place_row(owner, row, waves, &live);
+        }
     }
     plan.refuse.sort_by_key(|f| f.row);
 
@@ -168,7 +180,52 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     plan
 }
 
+/// Each row's objects by wave, lowest first (in render order within a wave).
+fn in_waves(desired: Vec<Desired>) -> BTreeMap<usize, BTreeMap<i32, Vec<Desired>>> {
+    let mut rows: BTreeMap<usize, BTreeMap<i32, Vec<Desired>>> = BTreeMap::new();
+    for object in desired {
+        let wave = wave(&object.manifest).unwrap_or(0);
+        rows.entry(object.row).or_default().entry(wave).or_default().push(object);
+    }
+    rows
+}
+
 impl Plan {
+    /// Places one row's objects wave by wave: a wave's objects are placed
+    /// only once every object of the earlier waves is in place and Ready
+    /// (seen in the cache before this pass); the rest of the row waits.
+    fn place_row(
+        &mut self,
+        owner: &Owner,
+        row: usize,
+        waves: BTreeMap<i32, Vec<Desired>>,
+        live: &HashMap<ObjectKey, Live>,
+    ) {
+        let mut waves = waves.into_values();
+        while let Some(objects) = waves.next() {
+            let ready = objects.iter().all(|o| {
+                let (group, kind) = (&o.gvk.group, &o.gvk.kind);
+                matches!(live.get(&o.key()), Some(Live::Cached(c)) if readiness::ready(group, kind, &c.manifest))
+            });
+            let (applied, refused) = (self.apply.len(), self.refuse.len());
+            for object in objects {
+                self.place(owner, object, live);
+            }
+            let settled = ready && self.apply.len() == applied && self.refuse.len() == refused;
+            if !settled {
+                let rest: Vec<Desired> = waves.flatten().collect();
+                if !rest.is_empty() {
+                    self.waiting_rows.insert(row);
+                    // Their kinds stay in the inventory: a waiting object
+                    // may exist from an earlier pass.
+                    self.written.extend(rest.iter().map(|o| o.gvk.clone()));
+                    self.waiting.extend(rest);
+                }
+                return;
+            }
+        }
+    }
+
     /// Refuses `object` (its name is taken), skips it (in place) or applies it.
     fn place(&mut self, owner: &Owner, object: Desired, live: &HashMap<ObjectKey, Live>) {
         let key = object.key();

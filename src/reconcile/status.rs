@@ -75,6 +75,14 @@ fn synced_verdict(report: &PassReport) -> Verdict {
                 report.objects, report.rows
             ),
         ),
+        Some(Ok(())) if report.waiting_rows > 0 => Verdict::failed(
+            crate::reason::WAITING_FOR_WAVE,
+            format!(
+                "{} objects from {} rows; {} rows wait for every object of an earlier wave to be \
+                 Ready",
+                report.objects, report.rows, report.waiting_rows
+            ),
+        ),
         Some(Ok(())) => ok(
             crate::reason::SYNCED,
             format!("{} objects from {} rows", report.objects, report.rows),
@@ -197,6 +205,7 @@ pub fn next_status(
         next.managed_kinds = report.managed_kinds.iter().map(ToString::to_string).collect();
         if report.succeeded() {
             next.object_count = Some(report.objects as i64);
+            next.waiting_rows = (report.waiting_rows > 0).then_some(report.waiting_rows as i64);
         }
     }
     if next == old {

@@ -462,6 +462,51 @@ fn plan_creates_a_create_only_object_when_missing_and_never_updates_it() {
 }
 
 #[test]
+fn plan_holds_a_rows_later_wave_until_its_earlier_wave_is_in_place_and_ready() {
+    let (owner, inventory) = (owner(), BTreeSet::new());
+    let waved = |name: &str, wave: &str| {
+        let mut d = desired(name, 0);
+        d.manifest["metadata"]["annotations"] = json!({"dbqo.dev/wave": wave});
+        d
+    };
+    let (first, second) = (waved("first", "0"), waved("second", "1"));
+    let cached = |manifest: &Json| {
+        Live::Cached(CachedObject {
+            live: live(manifest),
+            manifest: manifest.clone(),
+            owned_fields: None,
+        })
+    };
+    let plan_with = |first_live: Live| {
+        let mut input = inputs(&owner, &inventory);
+        input.live = HashMap::from([(first.key(), first_live), (second.key(), Live::Absent)]);
+        // Another row without waves is not held by this one.
+        input.desired = vec![first.clone(), second.clone(), desired("plain", 1)];
+        plan::plan(input)
+    };
+    let names =
+        |objects: &[Desired]| objects.iter().map(|d| d.target.name.clone()).collect::<Vec<_>>();
+
+    // Wave 0 missing: applied, wave 1 waits.
+    let plan = plan_with(Live::Absent);
+    assert_eq!(names(&plan.apply), ["first", "plain"]);
+    assert_eq!(names(&plan.waiting), ["second"]);
+    assert_eq!(plan.waiting_rows, BTreeSet::from([0]));
+    assert!(plan.produced.contains(&second.key()), "a waiting object is never pruned");
+
+    // Wave 0 in place and Ready (a ConfigMap that exists): wave 1 goes.
+    let plan = plan_with(cached(&first.manifest));
+    assert_eq!(names(&plan.apply), ["second", "plain"]);
+    assert!(plan.waiting.is_empty() && plan.waiting_rows.is_empty());
+
+    // Wave 0 in place but not Ready: wave 1 still waits.
+    let mut unready = first.manifest.clone();
+    unready["status"] = json!({"conditions": [{"type": "Ready", "status": "False"}]});
+    let plan = plan_with(cached(&unready));
+    assert_eq!(names(&plan.waiting), ["second"]);
+}
+
+#[test]
 fn plan_detaches_instead_of_deleting_an_object_whose_prune_is_disabled() {
     let (owner, inventory) = (owner(), BTreeSet::from([cm_gvk()]));
     let mut input = inputs(&owner, &inventory);

@@ -10,13 +10,16 @@ use serde_json::Value as Json;
 
 use super::error::PassError;
 use super::pass::{PassConfig, PassState, Row};
+use super::readiness;
 use super::status::WriteBackResult;
 use crate::kube_api::cluster::Cluster;
 use crate::kube_api::ObjectKey;
 use crate::status_template::{self, WritebackError};
 
-/// Fingerprint of an object's status at its last successful write-back.
-pub type Fingerprints = HashMap<ObjectKey, [u8; 32]>;
+/// Fingerprint of an object's status, and its readiness, at its last
+/// successful write-back.
+pub type Fingerprints = HashMap<ObjectKey, Fingerprint>;
+pub type Fingerprint = ([u8; 32], bool);
 
 /// One object whose status SQL is due.
 #[derive(Debug, Clone)]
@@ -24,11 +27,13 @@ pub struct Due {
     pub key: ObjectKey,
     resource: Json,
     row: Row,
-    fingerprint: [u8; 32],
+    ready: bool,
+    fingerprint: Fingerprint,
 }
 
 /// The objects among `keys` that this DBQR produced in its last pass, that
-/// the watch cache holds, and whose status differs from the last one written.
+/// the watch cache holds, and whose status (or readiness) differs from the
+/// last one written.
 pub fn due<W: Cluster>(
     writer: &W,
     state: &PassState,
@@ -40,11 +45,13 @@ pub fn due<W: Cluster>(
             let target = state.produced_target(&key)?;
             let row = state.row(&key)?.clone();
             let resource = writer.cached(&target)?.manifest;
-            let fingerprint = status_template::status_fingerprint(&resource)?;
+            let ready = readiness::ready(&target.resource.group, &target.resource.kind, &resource);
+            let fingerprint = (status_template::status_fingerprint(&resource)?, ready);
             (seen.get(&key) != Some(&fingerprint)).then_some(Due {
                 key,
                 resource,
                 row,
+                ready,
                 fingerprint,
             })
         })
@@ -54,7 +61,7 @@ pub fn due<W: Cluster>(
 /// The result of one object's status SQL.
 pub struct Written {
     key: ObjectKey,
-    fingerprint: [u8; 32],
+    fingerprint: Fingerprint,
     result: Result<(), WritebackError>,
 }
 
@@ -65,8 +72,8 @@ pub async fn run(config: &PassConfig, pool: &Pool, due: Vec<Due>) -> Vec<Written
     };
     let timeout = config.spec.database.statement_timeout.get();
     let mut written = Vec::with_capacity(due.len());
-    for Due { key, resource, row, fingerprint } in due {
-        let result = match template.render(&resource, &row, &config.metadata) {
+    for Due { key, resource, row, ready, fingerprint } in due {
+        let result = match template.render(&resource, &row, &config.metadata, ready) {
             Ok(bound) => status_template::execute(pool, &bound, timeout).await.map(|_| ()),
             Err(e) => Err(e),
         };

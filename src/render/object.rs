@@ -7,8 +7,9 @@ use serde_json::Value as Json;
 
 use super::error::ObjectProblem;
 use crate::api::names::{dns_label_problem, dns_subdomain_problem};
+use crate::kube_api::WAVE_ANNOTATION;
+use crate::kube_api::{wave, APPLY_ANNOTATION, CREATE_ONLY, PRUNE_ANNOTATION, PRUNE_DISABLED};
 use crate::kube_api::{GroupKind, Gvk, ObjectKey, Scope};
-use crate::kube_api::{APPLY_ANNOTATION, CREATE_ONLY, PRUNE_ANNOTATION, PRUNE_DISABLED};
 
 /// Answers "is this kind namespaced?". The operator asks API discovery; the
 /// offline `render` command uses [`BuiltinScopes`].
@@ -179,6 +180,12 @@ fn check_policies(doc: &Json) -> Result<(), ObjectProblem> {
         if !value.is_null() && value.as_str() != Some(allowed) {
             return Err(ObjectProblem::BadPolicy { annotation, allowed });
         }
+    }
+    if wave(doc).is_none() {
+        return Err(ObjectProblem::BadPolicy {
+            annotation: WAVE_ANNOTATION,
+            allowed: "an integer in quotes from -1000 to 1000",
+        });
     }
     Ok(())
 }

@@ -383,7 +383,8 @@ fn objects_are_validated_against_the_policy() {
     assert_eq!(object.namespace.as_deref(), Some("apps"), "defaults to the DBQR's namespace");
     assert_eq!(object.manifest["metadata"]["namespace"], "apps");
     assert!(validate(cm(json!({"namespace": "shared"})), &policy).is_ok());
-    let policies = json!({"dbqo.dev/apply": "create-only", "dbqo.dev/prune": "disabled"});
+    let policies = json!({"dbqo.dev/apply": "create-only", "dbqo.dev/prune": "disabled",
+                          "dbqo.dev/wave": "-2"});
     assert!(validate(cm(json!({"annotations": policies})), &policy).is_ok());
 
     let problems = [
@@ -407,6 +408,9 @@ fn objects_are_validated_against_the_policy() {
         (cm(json!({"annotations": {"dbqo.dev/apply": "createonly"}})), "InvalidObject"),
         (cm(json!({"annotations": {"dbqo.dev/prune": "false"}})), "InvalidObject"),
         (cm(json!({"annotations": {"dbqo.dev/prune": true}})), "InvalidObject"),
+        (cm(json!({"annotations": {"dbqo.dev/wave": 1}})), "InvalidObject"),
+        (cm(json!({"annotations": {"dbqo.dev/wave": "first"}})), "InvalidObject"),
+        (cm(json!({"annotations": {"dbqo.dev/wave": "1001"}})), "InvalidObject"),
         (
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t", "namespace": "apps"}}),
             "NamespaceNotAllowed",
