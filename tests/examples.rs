@@ -31,7 +31,7 @@ fn committed_crds_match_the_rust_types() {
         .unwrap_or_default();
         assert!(
             Some(committed) == dbqo::cli::crd_yaml_of(plural),
-            "{file} is stale: run `cargo run -q -- crd {plural} > {file}`"
+            "{file} is stale: run `cargo run -q -p db-query-operator -- crd {plural} > {file}`"
         );
     }
 }
