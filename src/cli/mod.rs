@@ -1,6 +1,7 @@
 //! Command-line interface: one binary, one subcommand per job.
 
 mod crd;
+mod diff;
 mod policy;
 mod render;
 mod run;
@@ -8,6 +9,7 @@ mod run;
 use clap::{Parser, Subcommand};
 
 pub use crd::{all_crds_yaml, crd_yaml, crd_yaml_of, crds};
+pub use diff::DiffArgs;
 pub use policy::PolicyArgs;
 pub use render::{load_dbqr, DbqrFileError, RenderArgs};
 pub use run::{default_lease_name, LogFormat, RunArgs};
@@ -32,6 +34,11 @@ pub enum Command {
     /// Preview the objects a DBQR would produce, offline: rows come from a
     /// JSON file or from running the DBQR's query against a live database.
     Render(RenderArgs),
+    /// Show what applying a DBQR manifest would change in the live cluster:
+    /// a unified diff per object, the objects it would create and prune.
+    /// Writes nothing (server-side dry-run). Exit 0: no change, 1: changes,
+    /// 2: error.
+    Diff(DiffArgs),
     /// Print SQL installing a statement-level trigger that notifies CHANNEL on
     /// every INSERT, UPDATE, DELETE or TRUNCATE of TABLE (for `changeDetection.mode: notify`).
     TriggerSql {
@@ -68,6 +75,13 @@ pub fn run(cli: Cli, operator: impl FnOnce(RunArgs) -> i32) -> i32 {
             Err(e) => {
                 eprintln!("error: cannot start a runtime: {e}");
                 1
+            }
+        },
+        Command::Diff(args) => match tokio() {
+            Ok(rt) => rt.block_on(diff::run(args)),
+            Err(e) => {
+                eprintln!("error: cannot start a runtime: {e}");
+                2
             }
         },
         Command::Run(args) => operator(args),

@@ -94,9 +94,24 @@ async fn rows_from(
             })
             .collect();
     }
-    let url = args.database_url.as_deref().unwrap_or_default();
+    query_rows(args.database_url.as_deref().unwrap_or_default(), dbqr).await
+}
+
+/// The DBQR's rows from the database at `url` (`--database-url`).
+pub(super) async fn query_rows(
+    url: &str,
+    dbqr: &DatabaseQueryResource,
+) -> Result<Vec<Map<String, Json>>, String> {
     let info: ConnInfo = url.parse().map_err(|e| format!("--database-url: {e}"))?;
-    let mut client = db::connect(&info).await.map_err(|e| e.to_string())?;
+    rows_over(&info, dbqr).await
+}
+
+/// The DBQR's rows, its query run read-only over `info`.
+pub(super) async fn rows_over(
+    info: &ConnInfo,
+    dbqr: &DatabaseQueryResource,
+) -> Result<Vec<Map<String, Json>>, String> {
+    let mut client = db::connect(info).await.map_err(|e| e.to_string())?;
     let options = QueryOptions {
         // A preview never writes, whatever the spec says.
         read_only: true,

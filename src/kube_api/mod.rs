@@ -39,7 +39,11 @@ use kube::Client;
 
 /// The API of `resource`'s objects in `namespace` (`None`: all namespaces,
 /// or cluster-scoped).
-fn api(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
+pub(crate) fn api(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
     match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
         None => Api::all_with(client.clone(), resource),

@@ -297,7 +297,8 @@ pub fn template_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-struct DiscoveredScopes<'a>(&'a Discovered);
+/// Scopes as the API server's discovery says (the pass and `diff`).
+pub struct DiscoveredScopes<'a>(pub &'a Discovered);
 
 impl ScopeLookup for DiscoveredScopes<'_> {
     fn scope(&self, gk: &GroupKind) -> Option<Scope> {
