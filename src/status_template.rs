@@ -92,12 +92,20 @@ fn bind_value(scalar: values::Scalar) -> Result<String, handlebars::RenderError>
 /// A compiled status SQL template.
 pub struct StatusTemplate {
     registry: Handlebars<'static>,
+    uses_row_ready: bool,
 }
 
 impl std::fmt::Debug for StatusTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusTemplate").finish_non_exhaustive()
     }
+}
+
+/// How ready an object and its row are: `Ready` and `RowReady`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Readiness {
+    pub ready: bool,
+    pub row_ready: bool,
 }
 
 /// A statement ready to run: SQL with placeholders and the values, in order.
@@ -120,7 +128,7 @@ impl StatusTemplate {
         values::register(&mut registry, NAME, source, &helpers, values::ValueHelper(bind_value))
             .map_err(|e| WritebackError::Template(e.0))?;
         // The statement count does not depend on values: check it with placeholders now.
-        let probe = Self { registry };
+        let probe = Self { registry, uses_row_ready: source.contains("RowReady") };
         let shape = probe.render_with(&json!({}))?;
         check_shape(&shape)?;
         Ok(probe)
@@ -142,18 +150,25 @@ impl StatusTemplate {
         Ok(BoundStatement { sql, params })
     }
 
+    /// Whether the template asks for `RowReady`, which costs a look at every
+    /// object of the row.
+    pub fn uses_row_ready(&self) -> bool {
+        self.uses_row_ready
+    }
+
     /// Renders for one object: `Resource` (Secret data removed), `Row`,
-    /// `Metadata`, and `Ready` (the object is Ready by the rules a row's
-    /// waves wait for).
+    /// `Metadata`, `Ready` (the object is Ready by the rules a row's waves
+    /// wait for) and `RowReady` (every object of its row is, no wave waits).
     pub fn render(
         &self,
         resource: &Json,
         row: &Map<String, Json>,
         metadata: &Metadata,
-        ready: bool,
+        readiness: Readiness,
     ) -> Result<BoundStatement, WritebackError> {
         let context = json!({
-            "Resource": sanitize(resource), "Row": row, "Metadata": metadata, "Ready": ready,
+            "Resource": sanitize(resource), "Row": row, "Metadata": metadata,
+            "Ready": readiness.ready, "RowReady": readiness.row_ready,
         });
         let bound = self.render_with(&context)?;
         check_shape(&bound)?;
@@ -299,7 +314,7 @@ mod tests {
         .unwrap();
         let resource = json!({"status": {"readyReplicas": 2}, "metadata": {"annotations": {"note": "'); DROP TABLE apps; --"}}});
         let row = json!({"name": "web"}).as_object().unwrap().clone();
-        let bound = t.render(&resource, &row, &Metadata::default(), false).unwrap();
+        let bound = t.render(&resource, &row, &Metadata::default(), Readiness::default()).unwrap();
         assert_eq!(bound.sql, "UPDATE apps SET ready = $1, note = $2 WHERE name = $3");
         let params: Vec<_> = bound.params.iter().map(|p| p.as_deref().unwrap()).collect();
         assert_eq!(params, ["2", "'); DROP TABLE apps; --", "web"]);
@@ -330,12 +345,13 @@ mod tests {
         )
         .unwrap();
         let row = json!({"name": "web", "note": null}).as_object().unwrap().clone();
-        let bound = t.render(&json!({}), &row, &Metadata::default(), false).unwrap();
+        let bound = t.render(&json!({}), &row, &Metadata::default(), Readiness::default()).unwrap();
         assert_eq!(bound.sql, "UPDATE apps SET ready = $1, note = $2 WHERE name = $3");
         assert_eq!(bound.params, [None, None, Some("web".to_owned())]);
 
         let row = json!({"name": {"m4rker": 1}, "note": "x"}).as_object().unwrap().clone();
-        let err = t.render(&json!({}), &row, &Metadata::default(), false).unwrap_err();
+        let err =
+            t.render(&json!({}), &row, &Metadata::default(), Readiness::default()).unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("{{Row.name}} is a JSON object") && message.contains("toJson"),

@@ -120,9 +120,7 @@ async fn a_suspended_dbqr_does_nothing_stays_suspended_after_a_restart_and_resum
     assert_eq!(listen_connections(db).await, 0);
 
     // After a restart it is still suspended, and writes nothing new.
-    let id = operator.id.clone();
-    drop(operator);
-    operator = Operator::start_with_id(&id, &[]);
+    operator = operator.restart(&[]);
     db.batch_execute("UPDATE items SET color = 'white' WHERE name = 'c'").await.unwrap();
     wait_for_colors(client, ns, "witness", &[("a", "blue"), ("b", "green"), ("c", "white")]).await;
     assert_eq!(colors(client, ns, "paused").await.len(), 1);
@@ -182,10 +180,8 @@ async fn requested_at_runs_a_pass_at_once_and_is_echoed_also_after_a_restart() {
     .await;
 
     // After a restart (whose first pass runs at start), a new request.
-    let id = operator.id.clone();
-    drop(operator);
     let since = common::operator::PassTotals::default();
-    operator = Operator::start_with_id(&id, &[]);
+    operator = operator.restart(&[]);
     operator.wait_for_passes(since, 1, Duration::from_secs(30)).await;
     db.batch_execute("UPDATE items SET color = 'white' WHERE name = 'b'").await.unwrap();
     merge_patch(client, ns, "items", request("2026-12-03T10:05:00Z")).await;
@@ -252,9 +248,7 @@ async fn create_only_objects_are_never_updated_and_prune_disabled_objects_are_de
     wait_for_colors(client, ns, "seed", &[("a", "blue"), ("b", "by-hand")]).await;
 
     // After a restart, still never updated.
-    let id = operator.id.clone();
-    drop(operator);
-    operator = Operator::start_with_id(&id, &[]);
+    operator = operator.restart(&[]);
     db.batch_execute("UPDATE items SET color = 'white'").await.unwrap();
     wait_for_colors(client, ns, "keep", &[("a", "white"), ("b", "white")]).await;
     assert_eq!(
@@ -353,7 +347,8 @@ async fn a_later_wave_waits_for_the_earlier_one_to_be_ready_across_a_restart() {
     let s = common::operator::setup(
         "waves",
         "CREATE TABLE apps (name text PRIMARY KEY, replicas int, ready boolean);
-         INSERT INTO apps VALUES ('shop', 1, NULL);",
+         ALTER TABLE apps ADD COLUMN row_ready boolean;
+         INSERT INTO apps VALUES ('shop', 1, NULL, NULL);",
     )
     .await;
     let (client, ns, db) = (&s.client, s.namespace.as_str(), &s.db);
@@ -364,7 +359,7 @@ async fn a_later_wave_waits_for_the_earlier_one_to_be_ready_across_a_restart() {
         .set("/pollInterval", json!("1h"))
         .set(
             "/statusUpdateQueryTemplate",
-            json!("UPDATE apps SET ready = {{Ready}} WHERE name = {{Row.name}}"),
+            json!("UPDATE apps SET ready = {{Ready}}, row_ready = {{RowReady}} WHERE name = {{Row.name}}"),
         )
         .create(client, ns)
         .await;
@@ -375,22 +370,20 @@ async fn a_later_wave_waits_for_the_earlier_one_to_be_ready_across_a_restart() {
     assert_eq!(waiting().await, Some(1));
     let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns);
     assert!(deployments.get_opt("app-shop").await.unwrap().is_some(), "wave 0 applied");
+    // (Ready, RowReady) as written back to the row.
     let ready = || async {
-        db.query_one("SELECT ready FROM apps WHERE name = 'shop'", &[])
-            .await
-            .unwrap()
-            .get::<_, Option<bool>>(0)
+        let row = db.query_one("SELECT ready, row_ready FROM apps WHERE name = 'shop'", &[]).await;
+        let row = row.unwrap();
+        (row.get::<_, Option<bool>>(0), row.get::<_, Option<bool>>(1))
     };
-    eventually(Duration::from_secs(30), "Ready=false written back", || async {
-        (ready().await == Some(false)).then_some(())
+    eventually(Duration::from_secs(30), "Ready and RowReady false written back", || async {
+        (ready().await == (Some(false), Some(false))).then_some(())
     })
     .await;
 
     // After a restart the wave is still held.
-    let id = operator.id.clone();
-    drop(operator);
     let since = common::operator::PassTotals::default();
-    operator = Operator::start_with_id(&id, &[]);
+    operator = operator.restart(&[]);
     operator.wait_for_passes(since, 1, Duration::from_secs(30)).await;
     assert!(configmap(client, ns, "after-shop").await.is_none(), "wave 1 still waits");
     assert_eq!(waiting().await, Some(1));
@@ -411,8 +404,8 @@ async fn a_later_wave_waits_for_the_earlier_one_to_be_ready_across_a_restart() {
     .await;
     wait_for_condition(client, ns, "apps", "Synced=True/Synced").await;
     assert_eq!(waiting().await, None);
-    eventually(Duration::from_secs(30), "Ready=true written back", || async {
-        (ready().await == Some(true)).then_some(())
+    eventually(Duration::from_secs(30), "Ready and RowReady true written back", || async {
+        (ready().await == (Some(true), Some(true))).then_some(())
     })
     .await;
     drop(operator);

@@ -75,6 +75,12 @@ impl QueryActor {
         if !self.writes_back() {
             return;
         }
+        // A row whose waves stopped waiting is Ready now or soon without a
+        // status change of the objects already there: look at them again.
+        let row_ready = matches!(&self.config, Ok(c) if c.status_template.as_ref().is_some_and(|t| t.uses_row_ready()));
+        if let (true, Some(state)) = (row_ready, &self.state) {
+            self.writeback_queue.pending.extend(state.done_waiting());
+        }
         if succeeded && !self.writeback_queue.synced {
             if let Some(state) = &self.state {
                 self.writeback_queue.synced = true;
@@ -112,7 +118,8 @@ impl QueryActor {
             return;
         };
         let keys = std::mem::take(&mut self.writeback_queue.pending);
-        let due = writeback::due(&self.writer, state, &self.writeback_queue.seen, keys);
+        let row_ready = config.status_template.as_ref().is_some_and(|t| t.uses_row_ready());
+        let due = writeback::due(&self.writer, state, &self.writeback_queue.seen, keys, row_ready);
         if due.is_empty() {
             return;
         }

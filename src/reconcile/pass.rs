@@ -159,6 +159,11 @@ pub struct PassState {
     /// A request of the last pass found no such resource (a CRD deleted,
     /// a version withdrawn): the next one asks for a fresh discovery.
     rediscover: bool,
+    /// Rows whose later waves waited in the last pass.
+    waiting_rows: BTreeSet<usize>,
+    /// Rows that waited before the last pass and no longer do: their
+    /// readiness changed without a status change of theirs.
+    done_waiting: BTreeSet<usize>,
 }
 
 impl PassState {
@@ -188,6 +193,39 @@ impl PassState {
             // Written by `keep` from a JSON value: it parses.
             manifest: serde_json::from_str(&kept.manifest).unwrap_or(Json::Null),
         })
+    }
+
+    /// The index of the row that produced `key` in the last pass.
+    pub fn row_index(&self, key: &ObjectKey) -> Option<usize> {
+        self.applied.get(key).map(|kept| kept.row)
+    }
+
+    /// Whether row `row` had objects waiting for an earlier wave in the
+    /// last pass.
+    pub fn row_waits(&self, row: usize) -> bool {
+        self.waiting_rows.contains(&row)
+    }
+
+    /// The objects row `row` produced (and applied or found in place) in the
+    /// last pass. A scan of every object: asked only for status templates
+    /// that use `RowReady`.
+    pub fn row_objects(&self, row: usize) -> impl Iterator<Item = (&ObjectKey, Target)> + '_ {
+        self.applied
+            .iter()
+            .filter(move |(_, kept)| kept.row == row)
+            .filter_map(|(key, _)| Some((key, self.produced_target(key)?)))
+    }
+
+    /// The objects of the rows whose waves stopped waiting in the last pass.
+    pub fn done_waiting(&self) -> Vec<ObjectKey> {
+        if self.done_waiting.is_empty() {
+            return Vec::new();
+        }
+        self.applied
+            .iter()
+            .filter(|(_, kept)| self.done_waiting.contains(&kept.row))
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// Whether this DBQR produced `key` in the last pass.
@@ -706,6 +744,8 @@ async fn execute<W: Cluster>(
     report.objects = plan.produced.len();
     report.skipped = plan.skip.len();
     report.waiting_rows = plan.waiting_rows.len();
+    state.done_waiting = state.waiting_rows.difference(&plan.waiting_rows).copied().collect();
+    state.waiting_rows = std::mem::take(&mut plan.waiting_rows);
     let results = apply_all(config, writer, &plan.apply).await;
     let mut failures = keep_applied(state, &mut plan, results, report);
     state.rediscover = failures.iter().chain(&plan.refuse).any(|f| f.error.is_not_found());

@@ -57,6 +57,14 @@ impl Operator {
         Self::spawn(kubeconfig, id, id, extra_args)
     }
 
+    /// Stops this operator (SIGTERM, as a rollout does) and starts another
+    /// for the same DBQRs on the shared control plane.
+    pub fn restart(self, extra_args: &[&str]) -> Self {
+        let id = self.id.clone();
+        drop(self);
+        Self::start_with_id(&id, extra_args)
+    }
+
     /// One of several replicas for the DBQRs labelled `id`, with a log of its own.
     pub fn start_replica(id: &str, replica: &str, extra_args: &[&str]) -> Self {
         let log = format!("{id}-{replica}");
