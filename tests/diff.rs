@@ -103,13 +103,23 @@ spec:
     let (code, out, err) = diff(&kubeconfig, &file, &[]);
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
 
-    // A row changed and a row deleted: one diff, one prune; the rows come
-    // from --database-url as well as from the Secret.
+    // A row changed, a row deleted and a row naming a ConfigMap someone
+    // else made: one diff, one prune, one refusal; the rows come from
+    // --database-url as well as from the Secret.
     db.batch_execute(
-        "UPDATE items SET color = 'blue' WHERE name = 'b'; DELETE FROM items WHERE name = 'a';",
+        "UPDATE items SET color = 'blue' WHERE name = 'b'; DELETE FROM items WHERE name = 'a';
+         INSERT INTO items VALUES ('c', 'black');",
     )
     .await
     .unwrap();
+    let theirs: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "item-c"}, "data": {"color": "theirs"}}),
+    )
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
     let before = real_writes(&client).await;
     for extra in [&[][..], &["--database-url", &url]] {
         let (code, out, err) = diff(&kubeconfig, &file, extra);
@@ -117,10 +127,13 @@ spec:
         assert!(out.contains(&format!("--- live v1/ConfigMap {ns}/item-b")), "{out}");
         assert!(out.contains("-  color: green") && out.contains("+  color: blue"), "{out}");
         assert!(out.contains(&format!("pruned: v1/ConfigMap {ns}/item-a")), "{out}");
+        assert!(out.contains("refused: ConfigMap item-c already exists"), "{out}");
+        assert!(!out.contains("item-c\n+++"), "no diff for an object it would not write: {out}");
     }
     assert_eq!(real_writes(&client).await, before, "diff writes nothing");
     let cms = common::operator::configmaps(&client, &ns).await;
     assert_eq!(cms["item-b"]["color"], "green", "the cluster is as it was");
+    assert_eq!(cms["item-c"]["color"], "theirs");
     assert!(cms.contains_key("item-a"));
 
     // Errors: exit 2, with what went wrong.

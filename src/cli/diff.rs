@@ -17,7 +17,7 @@ use super::policy::PolicyArgs;
 use super::render::{load_dbqr, query_rows};
 use crate::api::DatabaseQueryResource;
 use crate::kube_api::{self, selector, Discovered, Gvk, FIELD_MANAGER};
-use crate::reconcile::{pass::DiscoveredScopes, Owner};
+use crate::reconcile::{pass::DiscoveredScopes, plan, Owner};
 use crate::render::{render_rows, Metadata};
 
 #[derive(Debug, Args)]
@@ -41,6 +41,8 @@ enum Change {
     Create(String),
     Update(String),
     Prune(String),
+    /// The object exists and is not this DBQR's: the row would fail.
+    Refuse(String),
 }
 
 pub(super) async fn run(args: DiffArgs) -> i32 {
@@ -51,6 +53,7 @@ pub(super) async fn run(args: DiffArgs) -> i32 {
                 match change {
                     Change::Create(text) | Change::Update(text) => print!("{text}"),
                     Change::Prune(what) => println!("pruned: {what}"),
+                    Change::Refuse(why) => println!("refused: {why}"),
                 }
             }
             1
@@ -111,6 +114,19 @@ async fn diff(args: &DiffArgs) -> Result<Vec<Change>, String> {
             kube_api::api(&client, &resource, object.namespace.as_deref());
         let what = describe(&object.gvk, object.namespace.as_deref(), &object.name);
         let live = api.get_opt(&object.name).await.map_err(|e| format!("{what}: {e}"))?;
+        // An object the operator would not take over: the row would fail.
+        let key = kube_api::ObjectKey {
+            group_kind: object.group_kind.clone(),
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+        };
+        let refused =
+            live.as_ref().and_then(|l| plan::refusal(&owner, &key, &kube_api::LiveObject::from(l)));
+        produced.insert((object.gvk.group_kind(), object.namespace.clone(), object.name.clone()));
+        if let Some(error) = refused {
+            changes.push(Change::Refuse(error.to_string()));
+            continue;
+        }
         let dry_run = PatchParams { dry_run: true, ..PatchParams::apply(FIELD_MANAGER).force() };
         let merged = api
             .patch(&object.name, &dry_run, &Patch::Apply(&manifest))
@@ -125,7 +141,6 @@ async fn diff(args: &DiffArgs) -> Result<Vec<Change>, String> {
                 Change::Update(text)
             });
         }
-        produced.insert((object.gvk.group_kind(), object.namespace, object.name));
         written.insert(object.gvk);
     }
     if dbqr.spec.prune {

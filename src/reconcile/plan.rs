@@ -141,7 +141,7 @@ pub(crate) fn owned_elsewhere(owner: &Owner, live: &LiveObject) -> bool {
 /// it belongs to another DBQR or controller, or nobody made it ours. An
 /// object is this DBQR's when it carries its labels, or when its owner
 /// handed it over with [`ADOPT_ANNOTATION`](crate::kube_api::ADOPT_ANNOTATION) naming this DBQR.
-fn refusal(owner: &Owner, key: &ObjectKey, live: &LiveObject) -> Option<ObjectError> {
+pub(crate) fn refusal(owner: &Owner, key: &ObjectKey, live: &LiveObject) -> Option<ObjectError> {
     let (kind, name) = (key.group_kind.clone(), key.name.clone());
     if owned_elsewhere(owner, live) {
         return Some(ObjectError::OwnedElsewhere { kind, name });
