@@ -278,7 +278,7 @@ main() {
   assets="$(bash "$HERE/provision.sh" node | tail -n 1)"
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
-  rm -f "$dir/node.env"
+  rm -f "$dir/node.env" "$dir/node.env.tmp"
   configure "$dir"
   save_sysctls "$dir/sysctls.saved"
 
@@ -315,7 +315,9 @@ main() {
     kill -0 "$init_pid" 2>/dev/null || { log "the node died:"; tail -n 30 "$dir/logs/node.log" >&2; exit 1; }
     if [[ -f "$kubeconfig" ]] && kubectl --kubeconfig "$kubeconfig" get node "$NODE_NAME" \
       -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -qx True; then
-      cat >"$dir/node.env" <<ENV
+      # Written whole, then renamed: the reader polls for the file and must
+      # never read it half written.
+      cat >"$dir/node.env.tmp" <<ENV
 KUBECONFIG=$kubeconfig
 HOST_IP=$HOST_IP
 NODE_IP=$NODE_IP
@@ -325,6 +327,7 @@ CONTAINERD_SOCK=$dir/containerd/containerd.sock
 LOGS=$dir/logs
 AUDIT_LOG=$dir/logs/audit.log
 ENV
+      mv "$dir/node.env.tmp" "$dir/node.env"
       log "node $NODE_NAME is Ready; KUBECONFIG=$kubeconfig"
       break
     fi
