@@ -267,3 +267,84 @@ impl Drop for Stopped {
         signal("-CONT", self.0);
     }
 }
+
+/// A session that LISTENs on `channel`; the payloads of its notifications.
+async fn listener(
+    url: &str,
+    channel: &str,
+) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (client, mut connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN \"{channel}\"")).await.unwrap();
+    (client, rx)
+}
+
+/// The next payload: the keys it names, or `None` for the empty payload.
+async fn next(payloads: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<Vec<String>> {
+    let payload = tokio::time::timeout(Duration::from_secs(5), payloads.recv()).await;
+    let payload = payload.expect("a notification within 5 s").expect("the session is open");
+    (!payload.is_empty()).then(|| serde_json::from_str(&payload).expect("a JSON array of keys"))
+}
+
+fn keys(expected: &str) -> Option<Vec<String>> {
+    (!expected.is_empty()).then(|| serde_json::from_str(expected).unwrap())
+}
+
+/// The keyed trigger (`trigger-sql --key-column`) on a real PostgreSQL:
+/// one notification per statement with the changed keys, old and new on
+/// UPDATE; empty for TRUNCATE, a NULL key or more keys than fit; none for a
+/// statement that changed nothing; and it replaces the unkeyed trigger.
+#[tokio::test]
+async fn the_keyed_trigger_sends_each_statements_changed_keys() {
+    let url = common::database("keyed").await;
+    let db = common::connect(&url).await;
+    db.batch_execute("CREATE TABLE flags (key text, value text)").await.unwrap();
+    db.batch_execute(&trigger_sql("public.flags", "flags")).await.unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
+        .args([
+            "trigger-sql",
+            "--table",
+            "public.flags",
+            "--channel",
+            "flags",
+            "--key-column",
+            "key",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    db.batch_execute(&String::from_utf8(out.stdout).unwrap()).await.unwrap();
+    let (_session, mut payloads) = listener(&url, "flags").await;
+
+    let statements = [
+        ("INSERT INTO flags VALUES ('b', '1'), ('a', '1'), ('a', '2')", r#"["a","b"]"#),
+        ("UPDATE flags SET key = 'c' WHERE key = 'b'", r#"["b","c"]"#),
+        ("UPDATE flags SET value = '3' WHERE key = 'nothing'", ""),
+        ("DELETE FROM flags WHERE key = 'a'", r#"["a"]"#),
+        ("INSERT INTO flags VALUES (NULL, 'x')", ""),
+        ("INSERT INTO flags SELECT 'key-' || i, 'v' FROM generate_series(1, 2000) i", ""),
+        ("TRUNCATE flags", ""),
+    ];
+    for (statement, expected) in statements {
+        db.batch_execute(statement).await.unwrap();
+        if statement.contains("'nothing'") {
+            // No row changed: no notification; the next statement's comes first.
+            continue;
+        }
+        assert_eq!(next(&mut payloads).await, keys(expected), "{statement}");
+    }
+    // One trigger per event, and the unkeyed one is gone (no second notification).
+    db.batch_execute("INSERT INTO flags VALUES ('z', '1')").await.unwrap();
+    assert_eq!(next(&mut payloads).await, keys(r#"["z"]"#));
+    let extra = tokio::time::timeout(Duration::from_millis(300), payloads.recv()).await;
+    assert!(extra.is_err(), "one notification per statement: {extra:?}");
+}

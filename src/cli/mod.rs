@@ -48,6 +48,10 @@ pub enum Command {
         /// Channel the DBQR listens on (`spec.changeDetection.channel`).
         #[arg(long)]
         channel: String,
+        /// Carry the changed values of this column in each notification (a
+        /// JSON array of text; empty for TRUNCATE or too many keys).
+        #[arg(long, value_name = "COLUMN")]
+        key_column: Option<String>,
     },
     /// Run the operator (kubeconfig from KUBECONFIG or ~/.kube/config, or in-cluster).
     Run(RunArgs),
@@ -66,8 +70,12 @@ pub fn run(cli: Cli, operator: impl FnOnce(RunArgs) -> i32) -> i32 {
             print!("{}", all_crds_yaml());
             0
         }
-        Command::TriggerSql { table, channel } => {
+        Command::TriggerSql { table, channel, key_column: None } => {
             print!("{}", crate::sql::notify_trigger_sql(&table, &channel));
+            0
+        }
+        Command::TriggerSql { table, channel, key_column: Some(key) } => {
+            print!("{}", crate::sql::notify_keys_trigger_sql(&table, &channel, &key));
             0
         }
         Command::Render(args) => match tokio() {

@@ -7,7 +7,7 @@ mod trigger;
 
 pub use setup::{check_setup, SetupRefusal};
 pub use split::{opaque_parts, split_statements, Opaque, SplitError};
-pub use trigger::{notify_trigger_sql, quote_literal};
+pub use trigger::{notify_keys_trigger_sql, notify_trigger_sql, quote_literal};
 
 /// Quotes one identifier the way PostgreSQL's `quote_ident` does, always.
 pub fn quote_ident(ident: &str) -> String {
