@@ -59,6 +59,7 @@ pub struct Metrics {
     errors: Family<ReasonLabel, Counter>,
     probes: Family<ResultLabel, Counter>,
     notifications: Counter,
+    keyed_passes: Counter,
     writebacks: Family<ResultLabel, Counter>,
     status_writes: Family<ResultLabel, Counter>,
     actors: Gauge,
@@ -84,6 +85,7 @@ impl Metrics {
             errors: Family::default(),
             probes: Family::default(),
             notifications: Counter::default(),
+            keyed_passes: Counter::default(),
             writebacks: Family::default(),
             status_writes: Family::default(),
             actors: Gauge::default(),
@@ -144,6 +146,11 @@ impl Metrics {
             m.notifications.clone(),
         );
         registry.register(
+            "keyed_passes",
+            "Passes restricted to the keys a notification named (also counted in passes)",
+            m.keyed_passes.clone(),
+        );
+        registry.register(
             "writebacks",
             "Status write-back statements, by result",
             m.writebacks.clone(),
@@ -189,7 +196,11 @@ impl Metrics {
         if let Some(query) = report.query_duration {
             self.query_duration.observe(query.as_secs_f64());
         }
-        self.rows.inc_by(report.rows as u64);
+        // Rows read: a keyed pass reads its keys' rows, not the DBQR's.
+        self.rows.inc_by(report.keyed.map_or(report.rows, |k| k.rows) as u64);
+        if report.keyed.is_some() {
+            self.keyed_passes.inc();
+        }
         let held = report.guard.map_or(0, |g| g.held);
         for (operation, count) in [
             ("applied", report.applied),

@@ -7,7 +7,7 @@ use kube::ResourceExt;
 
 use super::QueryActor;
 use dbqo::api::{ChangeDetectionMode, DatabaseQueryResourceSpec};
-use dbqo::db::Notice;
+use dbqo::db::{Changed, Notice};
 use dbqo::reconcile::change::{probe, probe_sql};
 use dbqo::reconcile::status::Outcome;
 
@@ -132,8 +132,8 @@ impl QueryActor {
             &channel,
             &config.connections.budget,
         );
-        let notices = futures_util::stream::unfold(subscription, |mut s| async move {
-            let notice = s.notices.recv().await?;
+        let notices = futures_util::stream::unfold(subscription, |s| async move {
+            let notice = s.next().await;
             Some((Heard(notice), s))
         });
         *subscribed = Some(ctx.add_stream(notices));
@@ -146,13 +146,22 @@ struct Heard(Notice);
 
 impl StreamHandler<Heard> for QueryActor {
     fn handle(&mut self, Heard(notice): Heard, ctx: &mut Context<Self>) {
-        if notice == Notice::Listening {
+        let keyed = self.config.as_ref().is_ok_and(|c| c.key_column().is_some());
+        match notice {
             // Changes before the LISTEN took effect may have been missed.
-            tracing::debug!(dbqr = %self.dbqr.name_any(), "listening; running a pass");
-        } else {
-            crate::metrics::global().notification();
+            Notice::Listening => {
+                tracing::debug!(dbqr = %self.dbqr.name_any(), "listening; running a pass");
+                self.trigger(ctx);
+            }
+            Notice::Notified(Changed::Keys(keys)) if keyed => {
+                crate::metrics::global().notification();
+                self.trigger_keys(keys, ctx);
+            }
+            Notice::Notified(_) => {
+                crate::metrics::global().notification();
+                self.trigger(ctx);
+            }
         }
-        self.trigger(ctx);
     }
 
     /// The subscription ends only when the actor drops it.

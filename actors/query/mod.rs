@@ -29,7 +29,7 @@ use dbqo::kube_api::Target;
 use dbqo::reconcile::{
     guard::RELEASE_ANNOTATION,
     needs_no_repair, repair, run_pass,
-    schedule::{Next, PassEnd, Scheduler},
+    schedule::{Next, PassEnd, PassScope, Scheduler},
     status::Outcome,
     Cluster as _, Connection, PassConfig, PassError, PassReport, PassState, Repair,
 };
@@ -115,19 +115,27 @@ impl QueryActor {
         }
     }
 
+    /// The rows of `keys` changed in the database, and nothing else.
+    fn trigger_keys(&mut self, keys: std::collections::BTreeSet<String>, ctx: &mut Context<Self>) {
+        if self.config.is_ok() {
+            let next = self.schedule.changed_keys(keys, Instant::now());
+            self.follow(next, ctx);
+        }
+    }
+
     /// Does what the scheduler answered.
     fn follow(&mut self, next: Next, ctx: &mut Context<Self>) {
         match next {
-            Next::RunPass(pass) => {
+            Next::RunPass(pass, scope) => {
                 self.cancel_timer(ctx);
-                self.start_pass(pass, ctx);
+                self.start_pass(pass, scope, ctx);
             }
             Next::WakeAt(at) => {
                 self.cancel_timer(ctx);
                 let delay = at.saturating_duration_since(Instant::now());
                 self.timer = Some(ctx.run_later(delay, |actor, ctx| {
                     actor.timer = None;
-                    let next = actor.schedule.woke();
+                    let next = actor.schedule.woke(Instant::now());
                     actor.follow(next, ctx);
                 }));
             }
@@ -141,8 +149,8 @@ impl QueryActor {
         }
     }
 
-    /// Runs pass number `pass` (the scheduler said so: none is running).
-    fn start_pass(&mut self, pass: u64, ctx: &mut Context<Self>) {
+    /// Runs pass number `pass` over `scope` (the scheduler said so: none is running).
+    fn start_pass(&mut self, pass: u64, scope: PassScope, ctx: &mut Context<Self>) {
         let (Ok(config), Some(mut state)) = (self.config.clone(), self.state.take()) else {
             return;
         };
@@ -151,7 +159,8 @@ impl QueryActor {
         let work = async move {
             let started = Instant::now();
             let now = dbqo::reconcile::pass::template_now();
-            let report = run_pass(&config, &mut state, &mut connection, &writer, &now).await;
+            let report =
+                run_pass(&config, &mut state, &mut connection, &writer, &now, &scope).await;
             (report, state, connection, started.elapsed())
         };
         ctx.spawn(work.into_actor(self).map(
@@ -199,11 +208,13 @@ impl QueryActor {
             dbqr = %self.dbqr.name_any(), namespace = %self.dbqr.namespace().unwrap_or_default(), pass,
             rows = report.rows, objects = report.objects, applied = report.applied, skipped = report.skipped,
             pruned = report.pruned, detached = report.detached, held = report.guard.map_or(0, |g| g.held), ok = report.succeeded(), reason = report.failure().map_or("", |e| e.reason()),
+            keys = report.keyed.map_or(0, |k| k.keys),
             "pass finished"
         );
         crate::metrics::global().pass(&report, took);
         self.publish(Outcome::Pass(&report), ctx);
         let end = PassEnd {
+            full: report.keyed.is_none(),
             succeeded: report.succeeded(),
             confirm_in: report.guard.and_then(|g| g.confirm_in),
         };
@@ -299,7 +310,7 @@ impl Actor for QueryActor {
         self.subscription(ctx, true);
         match &self.config {
             Ok(_) => {
-                let next = self.schedule.start();
+                let next = self.schedule.start(Instant::now());
                 self.follow(next, ctx);
             }
             Err(error) => {
@@ -375,7 +386,7 @@ impl QueryActor {
             }
             .into_actor(self)
             .map(move |key, actor, ctx| {
-                let next = actor.schedule.repair_ended();
+                let next = actor.schedule.repair_ended(Instant::now());
                 actor.follow(next, ctx);
                 actor.stop_if_idle(ctx);
                 if writes_back {

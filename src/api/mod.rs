@@ -235,6 +235,13 @@ pub struct ChangeDetectionSpec {
     /// Channel to LISTEN on, in `notify` mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// A column of the query's result that identifies a row, in `notify` mode. A notification
+    /// whose payload is a JSON array of keys (`db-query-operator trigger-sql --key-column`)
+    /// then runs a key-scoped pass: the query restricted to those keys (`<column>::text`),
+    /// only their rows rendered, applied and pruned. An empty or other payload, a reconnect
+    /// and `pollInterval` still run a full pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_column: Option<String>,
 }
 
 /// Change-detection strategies.

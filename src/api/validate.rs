@@ -16,6 +16,10 @@ pub enum SpecError {
         "spec.changeDetection.channel {0:?} is not a valid PostgreSQL channel name (1-63 bytes)"
     )]
     InvalidChannel(String),
+    #[error("spec.changeDetection.keyColumn {0:?} is not a valid column name (1-63 bytes)")]
+    InvalidKeyColumn(String),
+    #[error("spec.changeDetection.keyColumn needs notify mode (key-scoped passes follow notifications)")]
+    KeyColumnWithoutNotify,
     #[error("spec.{field} is {value}; it must be between 0 and 100")]
     PercentOutOfRange { field: &'static str, value: u32 },
     #[error("spec.query is empty")]
@@ -135,6 +139,18 @@ impl DatabaseQueryResourceSpec {
                     Some(_) => {}
                 },
             }
+            match (cd.key_column.as_deref(), cd.mode) {
+                (None, _) => {}
+                (Some(_), ChangeDetectionMode::Timestamp) => {
+                    push(Err(SpecError::KeyColumnWithoutNotify))
+                }
+                (Some(k), ChangeDetectionMode::Notify)
+                    if k.is_empty() || k.len() > 63 || k.contains('\0') =>
+                {
+                    push(Err(SpecError::InvalidKeyColumn(k.to_owned())))
+                }
+                (Some(_), ChangeDetectionMode::Notify) => {}
+            }
         }
         errors
     }
@@ -142,5 +158,34 @@ impl DatabaseQueryResourceSpec {
     /// Full-poll interval as a std duration.
     pub fn poll_interval(&self) -> StdDuration {
         self.poll_interval.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::DatabaseQueryResourceSpec;
+
+    fn spec(change_detection: serde_json::Value) -> DatabaseQueryResourceSpec {
+        serde_json::from_value(serde_json::json!({
+            "database": {"connectionSecretRef": {"name": "db"}},
+            "query": "SELECT 1 AS id",
+            "template": "kind: ConfigMap",
+            "changeDetection": change_detection,
+        }))
+        .expect("a spec")
+    }
+
+    #[test]
+    fn a_key_column_needs_notify_mode_and_a_valid_name() {
+        let ok = spec(serde_json::json!({"mode": "notify", "channel": "c", "keyColumn": "id"}));
+        assert_eq!(ok.validate(), []);
+        let timestamp = spec(serde_json::json!({
+            "mode": "timestamp", "tableName": "t", "timestampColumn": "u", "keyColumn": "id"
+        }));
+        assert_eq!(timestamp.validate(), [SpecError::KeyColumnWithoutNotify]);
+        let long = "k".repeat(64);
+        let bad = spec(serde_json::json!({"mode": "notify", "channel": "c", "keyColumn": long}));
+        assert_eq!(bad.validate(), [SpecError::InvalidKeyColumn(long)]);
     }
 }

@@ -9,7 +9,7 @@
 //! connection settings (a changed Secret) makes it reconnect with them.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -32,13 +32,98 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const SLOT_WAIT: Duration = Duration::from_secs(10);
 
 /// What a subscriber hears.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
-    /// A notification arrived on the subscriber's channel.
-    Notified,
+    /// Notifications arrived on the subscriber's channel.
+    Notified(Changed),
     /// The channel is listened to now (first, or again after a reconnect):
     /// changes before this moment may have been missed.
     Listening,
+}
+
+/// What the notifications say changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Anything may have: an empty payload (an unkeyed trigger, a TRUNCATE,
+    /// keys over the payload limit), one that is not a list of keys, or
+    /// more keys than a subscriber keeps.
+    Anything,
+    /// The rows of these keys (as `<key column>::text`), and nothing else.
+    Keys(BTreeSet<String>),
+}
+
+/// Changed keys a subscriber keeps before they become [`Changed::Anything`]:
+/// a keyed pass over more rows than this gains little over a full one.
+pub const MAX_PENDING_KEYS: usize = 4096;
+
+impl Changed {
+    /// Reads a payload: a JSON array of strings (what `trigger-sql
+    /// --key-column` sends) is keys; anything else means anything changed.
+    /// Payloads are at most 8,000 bytes (PostgreSQL's limit).
+    pub fn parse(payload: &str) -> Self {
+        match serde_json::from_str::<Vec<String>>(payload) {
+            Ok(keys) if !keys.is_empty() && keys.len() <= MAX_PENDING_KEYS => {
+                Self::Keys(keys.into_iter().collect())
+            }
+            _ => Self::Anything,
+        }
+    }
+
+    /// What `self` and then `later` changed, within [`MAX_PENDING_KEYS`].
+    pub fn merge(self, later: Changed) -> Self {
+        match (self, later) {
+            (Self::Keys(mut keys), Self::Keys(more)) => {
+                keys.extend(more);
+                if keys.len() > MAX_PENDING_KEYS {
+                    Self::Anything
+                } else {
+                    Self::Keys(keys)
+                }
+            }
+            _ => Self::Anything,
+        }
+    }
+}
+
+impl Notice {
+    /// One notice that says what `self` and then `later` say: listening
+    /// again means a full pass, which covers any change.
+    fn merge(self, later: Notice) -> Self {
+        match (self, later) {
+            (Self::Notified(a), Self::Notified(b)) => Self::Notified(a.merge(b)),
+            _ => Self::Listening,
+        }
+    }
+}
+
+/// A subscriber's notices not yet taken, merged into one: a notice is
+/// never dropped (its keys would be a lost change), and a burst costs one
+/// pass. Bounded by [`MAX_PENDING_KEYS`].
+#[derive(Default)]
+struct Mailbox {
+    pending: Mutex<Option<Notice>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl Mailbox {
+    fn post(&self, notice: Notice) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending = Some(match pending.take() {
+            Some(earlier) => earlier.merge(notice),
+            None => notice,
+        });
+        drop(pending);
+        self.arrived.notify_one();
+    }
+
+    async fn take(&self) -> Notice {
+        loop {
+            if let Some(notice) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return notice;
+            }
+            self.arrived.notified().await;
+        }
+    }
 }
 
 /// What a LISTEN connection is shared by: the server identity and a
@@ -64,10 +149,17 @@ pub struct Listeners {
 
 /// A subscription to one channel; unsubscribes when dropped.
 pub struct ChannelSubscription {
-    pub notices: mpsc::Receiver<Notice>,
+    notices: Arc<Mailbox>,
     id: u64,
     channel: String,
     hub: mpsc::UnboundedSender<Command>,
+}
+
+impl ChannelSubscription {
+    /// The next notice, with every one that arrived since merged into it.
+    pub async fn next(&self) -> Notice {
+        self.notices.take().await
+    }
 }
 
 impl Drop for ChannelSubscription {
@@ -79,7 +171,7 @@ impl Drop for ChannelSubscription {
 }
 
 enum Command {
-    Subscribe { id: u64, channel: String, info: Box<ConnInfo>, notices: mpsc::Sender<Notice> },
+    Subscribe { id: u64, channel: String, info: Box<ConnInfo>, notices: Arc<Mailbox> },
     Unsubscribe { id: u64, channel: String },
 }
 
@@ -100,8 +192,7 @@ impl Listeners {
     ) -> ChannelSubscription {
         let key = hub_key(info);
         let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Notices only mean "run a pass": one pending is as good as many.
-        let (tx, notices) = mpsc::channel(1);
+        let notices = Arc::new(Mailbox::default());
         let mut hubs = self.hubs.lock().unwrap_or_else(|e| e.into_inner());
         let hub = hubs.get(&key).filter(|hub| !hub.is_closed()).cloned().unwrap_or_else(|| {
             let (hub, commands) = mpsc::unbounded_channel();
@@ -114,14 +205,14 @@ impl Listeners {
             id,
             channel: channel.to_owned(),
             info: Box::new(info.clone()),
-            notices: tx,
+            notices: notices.clone(),
         });
         ChannelSubscription { notices, id, channel: channel.to_owned(), hub }
     }
 }
 
 /// Subscribers by channel.
-type Channels = HashMap<String, Vec<(u64, mpsc::Sender<Notice>)>>;
+type Channels = HashMap<String, Vec<(u64, Arc<Mailbox>)>>;
 
 /// A hub's entry in the registry.
 struct Registry {
@@ -227,8 +318,8 @@ impl Hub {
     async fn serve(&mut self, connection: SharedListener) -> Option<&'static str> {
         tracing::info!(channels = self.channels.len(), "listening for notifications");
         for subscribers in self.channels.values() {
-            for (_, tx) in subscribers {
-                let _ = tx.try_send(Notice::Listening);
+            for (_, mailbox) in subscribers {
+                mailbox.post(Notice::Listening);
             }
         }
         let SharedListener { client, mut notifications } = connection;
@@ -246,10 +337,14 @@ impl Hub {
                         return Some("the connection settings changed");
                     }
                 }
-                channel = notifications.recv() => {
-                    let Some(channel) = channel else { return Some("the connection ended") };
-                    for (_, tx) in self.channels.get(&channel).into_iter().flatten() {
-                        let _ = tx.try_send(Notice::Notified);
+                notification = notifications.recv() => {
+                    let Some((channel, payload)) = notification else {
+                        return Some("the connection ended");
+                    };
+                    let Some(subscribers) = self.channels.get(&channel) else { continue };
+                    let changed = Changed::parse(&payload);
+                    for (_, mailbox) in subscribers {
+                        mailbox.post(Notice::Notified(changed.clone()));
                     }
                 }
                 _ = ping.tick() => {
@@ -287,7 +382,7 @@ async fn apply(
                         Ok(Ok(()))
                     );
                 if listening {
-                    let _ = notices.try_send(Notice::Listening);
+                    notices.post(Notice::Listening);
                 }
             }
             subscribers.push((id, notices));
@@ -334,7 +429,8 @@ async fn wait_applying(
 /// An open LISTEN connection: the client, and the channels notifications arrive on.
 struct SharedListener {
     client: tokio_postgres::Client,
-    notifications: mpsc::UnboundedReceiver<String>,
+    /// (channel, payload) of each notification.
+    notifications: mpsc::UnboundedReceiver<(String, String)>,
 }
 
 /// Connects with keepalive and LISTENs on every channel, each round trip
@@ -361,7 +457,7 @@ async fn connect<'a>(
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(n)) => {
-                    let _ = tx.send(n.channel().to_owned());
+                    let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
                 }
                 Ok(AsyncMessage::Notice(notice)) => {
                     tracing::debug!(code = notice.code().code(), "notice on the LISTEN connection");
@@ -376,4 +472,52 @@ async fn connect<'a>(
         .await?
         .map_err(|e| connect_error(&e))?;
     Ok(SharedListener { client, notifications })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(keys: &[&str]) -> Changed {
+        Changed::Keys(keys.iter().map(|k| k.to_string()).collect())
+    }
+
+    #[test]
+    fn a_payload_of_keys_is_keys_and_anything_else_is_anything() {
+        assert_eq!(Changed::parse(r#"["7","a b",""]"#), keys(&["7", "a b", ""]));
+        for payload in ["", "[]", "{}", "7", r#"[7]"#, "not json", r#"["a""#] {
+            assert_eq!(Changed::parse(payload), Changed::Anything, "{payload:?}");
+        }
+        let many: Vec<String> = (0..=MAX_PENDING_KEYS).map(|i| i.to_string()).collect();
+        assert_eq!(Changed::parse(&serde_json::to_string(&many).unwrap()), Changed::Anything);
+    }
+
+    #[tokio::test]
+    async fn notices_merge_and_none_is_lost() {
+        let mailbox = Mailbox::default();
+        mailbox.post(Notice::Notified(keys(&["1"])));
+        mailbox.post(Notice::Notified(keys(&["2", "1"])));
+        assert_eq!(mailbox.take().await, Notice::Notified(keys(&["1", "2"])));
+        // Anything absorbs keys; listening again absorbs everything.
+        mailbox.post(Notice::Notified(keys(&["3"])));
+        mailbox.post(Notice::Notified(Changed::Anything));
+        assert_eq!(mailbox.take().await, Notice::Notified(Changed::Anything));
+        mailbox.post(Notice::Listening);
+        mailbox.post(Notice::Notified(keys(&["4"])));
+        assert_eq!(mailbox.take().await, Notice::Listening);
+        // Past the bound, keys become anything.
+        for i in 0..=MAX_PENDING_KEYS {
+            mailbox.post(Notice::Notified(keys(&[&i.to_string()])));
+        }
+        assert_eq!(mailbox.take().await, Notice::Notified(Changed::Anything));
+        // A notice posted while the taker waits wakes it.
+        let mailbox = Arc::new(mailbox);
+        let taker = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.take().await }
+        });
+        tokio::task::yield_now().await;
+        mailbox.post(Notice::Notified(keys(&["5"])));
+        assert_eq!(taker.await.unwrap(), Notice::Notified(keys(&["5"])));
+    }
 }

@@ -16,11 +16,13 @@ pub use budget::{ConnectionBudget, ServerKey, Slot, IDLE_TIMEOUT};
 pub use connect::{connect, connect_error, connect_in_slot, tls_connector, ConnectError};
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
 pub use deadline::{after_server, within, Unanswered, GRACE};
-pub use listen::{ChannelSubscription, Listeners, Notice, PING};
+pub use listen::{ChannelSubscription, Changed, Listeners, Notice, MAX_PENDING_KEYS, PING};
 pub use pool::{
     build_pool, checkout, Checkout, Pool, PoolConnectError, PoolError, PoolGetError, SharedPools,
 };
-pub use query::{run_query, QueryError, QueryOptions, QueryResult, OVERSIZED_ROW};
+pub use query::{
+    run_query, run_query_keyed, KeySelect, QueryError, QueryOptions, QueryResult, OVERSIZED_ROW,
+};
 pub use secret::{conninfo_from_secret, SecretError};
 
 /// The operator's live connections to databases, shared by every DBQR and

@@ -33,6 +33,18 @@ pub const OVERSIZED_ROW: &str = "\u{0}oversized";
 pub struct QueryResult {
     pub columns: Vec<String>,
     pub rows: Vec<Map<String, Value>>,
+    /// With a [`KeySelect`]: each row's key as the server's text form
+    /// (`NULL` for a NULL key and for an oversized row), by row.
+    pub keys: Vec<Option<String>>,
+}
+
+/// The key column of a key-scoped DBQR (`changeDetection.keyColumn`): each
+/// row's key is read as `<column>::text`, the form a keyed trigger sends;
+/// with `only`, the query returns just the rows of those keys.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySelect<'a> {
+    pub column: &'a str,
+    pub only: Option<&'a [String]>,
 }
 
 /// Why a query produced no usable result. Messages carry no row data.
@@ -59,6 +71,8 @@ pub enum QueryError {
     HasParameters(usize),
     #[error("column name {0:?} appears more than once; give each column its own alias")]
     DuplicateColumn(String),
+    #[error("changeDetection.keyColumn {0:?} is not a column of the query's result")]
+    NoKeyColumn(String),
     #[error("the query returned more than maxRows ({0}) rows")]
     TooManyRows(u32),
     #[error("the query returned more than maxResultBytes ({0}) bytes")]
@@ -98,6 +112,18 @@ pub async fn run_query(
     sql: &str,
     options: &QueryOptions,
 ) -> Result<QueryResult, QueryError> {
+    run_query_keyed(client, sql, options, None).await
+}
+
+/// [`run_query`] reading each row's key, and with `only`, restricted to
+/// the rows of those keys: the query is wrapped, never rewritten, so it
+/// means what it means in a full pass.
+pub async fn run_query_keyed(
+    client: &mut Client,
+    sql: &str,
+    options: &QueryOptions,
+    key: Option<KeySelect<'_>>,
+) -> Result<QueryResult, QueryError> {
     let statements = split_statements(sql)?;
     let (last, setup) = statements.split_last().ok_or(SplitError::Empty)?;
     for (i, statement) in setup.iter().enumerate() {
@@ -107,10 +133,11 @@ pub async fn run_query(
     let tx = answered(options, 0, start).await?;
     run_setup(&tx, setup, options).await?;
     let last_index = setup.len() + 1;
-    let (columns, prepared) = prepare_measured(&tx, last, last_index, options).await?;
-    let rows =
-        answered(options, last_index, tx.query_raw(&prepared, std::iter::empty::<i32>())).await?;
-    let result = read_rows(rows, columns, last_index, options).await?;
+    let (columns, prepared) = prepare_measured(&tx, last, last_index, options, key).await?;
+    let only = key.and_then(|k| k.only);
+    let params = only.as_ref().map(|keys| keys as &(dyn tokio_postgres::types::ToSql + Sync));
+    let rows = answered(options, last_index, tx.query_raw(&prepared, params)).await?;
+    let result = read_rows(rows, columns, key.is_some(), last_index, options).await?;
     answered(options, last_index, tx.commit()).await?;
     Ok(result)
 }
@@ -167,6 +194,7 @@ async fn prepare_measured(
     last: &str,
     index: usize,
     options: &QueryOptions,
+    key: Option<KeySelect<'_>>,
 ) -> Result<(Vec<String>, Statement), QueryError> {
     let prepared = answered(options, index, tx.prepare(last)).await?;
     if !prepared.params().is_empty() {
@@ -179,7 +207,14 @@ async fn prepare_measured(
     if let Some(dup) = first_duplicate(&columns) {
         return Err(QueryError::DuplicateColumn(dup.to_owned()));
     }
-    let wrapped = wrap(last, &prepared, options.max_row_bytes);
+    let key = match key {
+        Some(k) => match columns.iter().position(|c| c == k.column) {
+            Some(position) => Some(Keyed { position, filtered: k.only.is_some() }),
+            None => return Err(QueryError::NoKeyColumn(k.column.to_owned())),
+        },
+        None => None,
+    };
+    let wrapped = wrap(last, &prepared, options.max_row_bytes, key);
     let measured = answered(options, index, tx.prepare(&wrapped)).await?;
     Ok((columns, measured))
 }
@@ -189,19 +224,25 @@ async fn prepare_measured(
 async fn read_rows(
     rows: tokio_postgres::RowStream,
     columns: Vec<String>,
+    keyed: bool,
     index: usize,
     options: &QueryOptions,
 ) -> Result<QueryResult, QueryError> {
     pin_mut!(rows);
-    let mut result = QueryResult { columns, rows: Vec::new() };
+    let mut result = QueryResult { columns, ..QueryResult::default() };
+    // The flag, then the key if read, then the query's columns.
+    let first = 1 + usize::from(keyed);
     let mut total: u64 = 0;
     while let Some(row) = answered(options, index, rows.try_next()).await? {
         if result.rows.len() >= options.max_rows as usize {
             return Err(QueryError::TooManyRows(options.max_rows));
         }
         let over: bool = row.try_get(0).map_err(statement_error(index))?;
+        if keyed {
+            result.keys.push(row.try_get(1).map_err(statement_error(index))?);
+        }
         let mut raws = Vec::with_capacity(result.columns.len());
-        for i in 1..=result.columns.len() {
+        for i in first..first + result.columns.len() {
             let raw: RawValue<'_> = row.try_get(i).map_err(statement_error(index))?;
             raws.push(raw.0);
         }
@@ -215,7 +256,7 @@ async fn read_rows(
             if total > options.max_result_bytes {
                 return Err(QueryError::ResultTooLarge(options.max_result_bytes));
             }
-            let types = row.columns().iter().skip(1).map(|c| c.type_());
+            let types = row.columns().iter().skip(first).map(|c| c.type_());
             for ((name, ty), raw) in result.columns.iter().zip(types).zip(raws) {
                 object.insert(name.clone(), decode(name, ty, raw)?);
             }
@@ -235,8 +276,10 @@ fn first_duplicate(columns: &[String]) -> Option<&str> {
 /// `INSERT ... RETURNING` included), each row's size measured on the server
 /// (the sum of its columns' text forms) into a leading flag, and a row over `max_row_bytes`
 /// sent as that flag and NULLs. Types without a binary decoder are read
-/// through their text output function.
-fn wrap(sql: &str, prepared: &Statement, max_row_bytes: u64) -> String {
+/// through their text output function. A keyed DBQR's rows carry their key
+/// as text after the flag, and a keyed pass keeps the rows whose key is in
+/// `$1` (a filter on the CTE, which PostgreSQL pushes into a plain query).
+fn wrap(sql: &str, prepared: &Statement, max_row_bytes: u64, key: Option<Keyed>) -> String {
     let aliases: Vec<String> =
         (1..=prepared.columns().len()).map(|i| quote_ident(&format!("c{i}"))).collect();
     let select: Vec<String> = prepared
@@ -255,10 +298,27 @@ fn wrap(sql: &str, prepared: &Statement, max_row_bytes: u64) -> String {
     let size: Vec<String> =
         aliases.iter().map(|alias| format!("coalesce(octet_length({alias}::text), 0)")).collect();
     let size = if size.is_empty() { "0".to_owned() } else { size.join(" + ") };
+    let (key_column, filter) = match key {
+        Some(Keyed { position, filtered }) => {
+            let alias = &aliases[position];
+            let filter =
+                if filtered { format!(" WHERE {alias}::text = ANY($1::text[])") } else { String::new() };
+            (format!("CASE WHEN dbqo_size.over THEN NULL ELSE {alias}::text END, "), filter)
+        }
+        None => (String::new(), String::new()),
+    };
     format!(
-        "WITH dbqo_rows({}) AS ({sql}\n) SELECT dbqo_size.over, {} FROM dbqo_rows \
-         CROSS JOIN LATERAL (SELECT {size} > {max_row_bytes} AS over) dbqo_size",
+        "WITH dbqo_rows({}) AS ({sql}\n) SELECT dbqo_size.over, {key_column}{} FROM dbqo_rows \
+         CROSS JOIN LATERAL (SELECT {size} > {max_row_bytes} AS over) dbqo_size{filter}",
         aliases.join(", "),
         select.join(", ")
     )
+}
+
+/// Where the key column is among the query's columns, and whether the
+/// rows are restricted to given keys.
+#[derive(Debug, Clone, Copy)]
+struct Keyed {
+    position: usize,
+    filtered: bool,
 }

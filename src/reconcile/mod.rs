@@ -4,13 +4,15 @@
 //! the [`Cluster`], a row's later waves waiting for [`readiness`]; then [`status`]
 //! (conditions, Events), [`writeback`] (status SQL), [`change`] (timestamp
 //! probe) and [`cleanup`] (deletion policies). Plain async Rust over the
-//! [`Cluster`] trait; the actors only schedule it.
+//! [`Cluster`] trait; the actors only schedule it. A notification that names
+//! the keys it changed runs a [`keyed`] pass of just those rows.
 
 pub mod change;
 pub mod cleanup;
 pub mod compare;
 pub mod error;
 pub mod guard;
+mod keyed;
 pub mod labels;
 pub mod pass;
 pub mod plan;
@@ -26,9 +28,10 @@ pub use crate::kube_api::Cluster;
 pub use error::{ObjectError, PassError, PruneFailure, RowFailure};
 pub use labels::Owner;
 pub use pass::{
-    needs_no_repair, reconcile_rows, repair, run_pass, Connection, PassConfig, PassReport,
-    PassState, Repair, Row,
+    needs_no_repair, reconcile_rows, repair, run_pass, Connection, KeyedPass, PassConfig,
+    PassReport, PassState, Repair, Row,
 };
+pub use schedule::PassScope;
 
 /// The kinds in a DBQR status's `managedKinds` (the prune inventory earlier
 /// passes wrote); an entry that does not parse is skipped.

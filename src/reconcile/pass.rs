@@ -20,7 +20,9 @@ use super::guard::{Held, PruneGuard, Ruling, RELEASE_ANNOTATION};
 use super::labels::Owner;
 use super::plan::{self, Desired, Inputs, Live, Owned, Plan};
 use crate::api::{DatabaseQueryResource, DatabaseQueryResourceSpec, REQUESTED_AT_ANNOTATION};
-use crate::db::{self, ConnInfo, Connections, Pool, QueryError, QueryOptions};
+use super::keyed::{self, Keyed};
+use super::schedule::PassScope;
+use crate::db::{self, ConnInfo, Connections, KeySelect, Pool, QueryError, QueryOptions};
 use crate::kube_api::cluster::{Cluster, Kinds};
 use crate::kube_api::{create_only, resolve, Discovered, KubeError, Target};
 use crate::kube_api::{GroupKind, Gvk, ObjectKey, Scope};
@@ -100,6 +102,15 @@ impl PassConfig {
         })
     }
 
+    /// `changeDetection.keyColumn`, when notifications carry keys.
+    pub fn key_column(&self) -> Option<&str> {
+        self.spec
+            .change_detection
+            .as_ref()
+            .filter(|cd| cd.enabled && cd.mode == crate::api::ChangeDetectionMode::Notify)
+            .and_then(|cd| cd.key_column.as_deref())
+    }
+
     /// The DBQR carries the annotation that releases a held prune.
     pub fn release_requested(&self) -> bool {
         self.metadata.annotations.contains_key(RELEASE_ANNOTATION)
@@ -145,13 +156,13 @@ impl Connection {
 pub struct PassState {
     /// What this DBQR wants of each object it produced in the last pass: the
     /// reference for drift repair between passes.
-    applied: HashMap<ObjectKey, Kept>,
+    pub(super) applied: HashMap<ObjectKey, Kept>,
     /// The kind (version included) and resource of the objects in `applied`,
     /// each held once rather than per object (at 10,000 objects the
     /// per-object copies were ~5 MB); `Kept::kind` indexes it.
     kinds: Vec<(Gvk, ApiResource)>,
     /// The row that produced each object in the last pass (for status write-back).
-    rows: HashMap<ObjectKey, Row>,
+    pub(super) rows: HashMap<ObjectKey, Row>,
     /// The kinds this DBQR has written and not yet pruned.
     pub managed_kinds: BTreeSet<Gvk>,
     /// Deletions the prune guard holds, and since when.
@@ -160,10 +171,21 @@ pub struct PassState {
     /// a version withdrawn): the next one asks for a fresh discovery.
     rediscover: bool,
     /// Rows whose later waves waited in the last pass.
-    waiting_rows: BTreeSet<usize>,
+    pub(super) waiting_rows: BTreeSet<usize>,
     /// Rows that waited before the last pass and no longer do: their
     /// readiness changed without a status change of theirs.
-    done_waiting: BTreeSet<usize>,
+    pub(super) done_waiting: BTreeSet<usize>,
+    /// A keyed DBQR's rows: each row's key (`keyColumn` as text), by row
+    /// index. A full pass numbers its rows from 0; a keyed pass gives the
+    /// rows it reads new numbers from `next_row` on.
+    pub(super) row_keys: HashMap<usize, Box<str>>,
+    pub(super) next_row: usize,
+    /// How many rows the query returns, as the passes since the last full
+    /// one have seen.
+    pub(super) row_count: usize,
+    /// The last pass succeeded and a full pass has run: the state is
+    /// complete, and a keyed pass can change it key by key.
+    pub(super) complete: bool,
 }
 
 impl PassState {
@@ -228,6 +250,12 @@ impl PassState {
             .collect()
     }
 
+    /// The kind (version included) of the object `key` this DBQR produced
+    /// in the last pass.
+    pub(super) fn produced_gvk(&self, key: &ObjectKey) -> Option<&Gvk> {
+        self.kinds.get(self.applied.get(key)?.kind).map(|(gvk, _)| gvk)
+    }
+
     /// Whether this DBQR produced `key` in the last pass.
     pub fn produced_key(&self, key: &ObjectKey) -> bool {
         self.applied.contains_key(key)
@@ -244,7 +272,25 @@ impl PassState {
         })
     }
 
-    fn keep(&mut self, object: Desired) {
+    /// Whether the state is complete and simple enough for a keyed pass:
+    /// no held deletions (the guard judges those with every candidate) and
+    /// no rows waiting for a wave (their readiness is judged row by row).
+    pub(super) fn keyed_ready(&self) -> bool {
+        self.complete && self.held.is_empty() && self.waiting_rows.is_empty()
+    }
+
+    /// Records the keys of a full pass's rows, by index.
+    pub(super) fn index_keys(&mut self, keys: Vec<Option<String>>) {
+        self.row_count = keys.len();
+        self.next_row = keys.len();
+        self.row_keys = keys
+            .into_iter()
+            .enumerate()
+            .filter_map(|(row, key)| Some((row, key?.into_boxed_str())))
+            .collect();
+    }
+
+    pub(super) fn keep(&mut self, object: Desired) {
         let key = object.key();
         let kind = match self.kinds.iter().position(|(gvk, _)| *gvk == object.gvk) {
             Some(kind) => kind,
@@ -264,8 +310,8 @@ impl PassState {
 /// DBQR lives: its row and the manifest as JSON text, one allocation instead
 /// of one per field (the kind and its resource are an index into
 /// `PassState::kinds`, the namespace and name come from the key). Only drift repair reads the manifest again.
-struct Kept {
-    row: usize,
+pub(super) struct Kept {
+    pub(super) row: usize,
     kind: usize,
     manifest: Box<str>,
 }
@@ -294,6 +340,18 @@ pub struct PassReport {
     /// The DBQR's `dbqo.dev/requested-at` value when the pass started: the
     /// request this pass answers (echoed in `status.lastHandledRequestedAt`).
     pub requested_at: Option<String>,
+    /// A key-scoped pass: what it read. `rows` and `objects` above are the
+    /// DBQR's totals either way.
+    pub keyed: Option<KeyedPass>,
+}
+
+/// What a key-scoped pass read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedPass {
+    /// Keys it was asked for.
+    pub keys: usize,
+    /// Rows the query returned for them.
+    pub rows: usize,
 }
 
 /// The prune guard's ruling on a pass, for status and scheduling.
@@ -344,42 +402,99 @@ impl ScopeLookup for DiscoveredScopes<'_> {
     }
 }
 
-/// Runs one full pass. `connection` is the DBQR's pool, built or rebuilt
-/// here when its Secret is new; `now` is what templates see as `now`.
+/// Runs one pass over `scope`. A keyed pass runs only on a complete state
+/// (see [`PassState::keyed_ready`]); whenever it cannot tell the whole
+/// story (a row fails, an object another row produced, an apply fails) a
+/// full pass runs in its place and reports. `connection` is the DBQR's
+/// pool, built or rebuilt here when its Secret is new; `now` is what
+/// templates see as `now`.
 pub async fn run_pass<W: Cluster>(
     config: &PassConfig,
     state: &mut PassState,
     connection: &mut Option<Connection>,
     writer: &W,
     now: &str,
+    scope: &PassScope,
 ) -> PassReport {
     let mut report = PassReport {
         managed_kinds: state.managed_kinds.clone(),
         requested_at: config.metadata.annotations.get(REQUESTED_AT_ANNOTATION).cloned(),
         ..PassReport::default()
     };
+    let secret_before = connection.as_ref().map(|c| c.secret_version.clone());
     let pool = match connect(config, connection, writer).await {
         Ok(pool) => pool,
         Err(e) => {
             report.database = Some(Err(Arc::new(e)));
+            state.complete = false;
             return report;
         }
     };
-    let mut client = match db::checkout(&pool).await {
-        Ok(client) => client,
-        Err(e) => {
-            let e = PassError::from_pool(e);
-            // No free slot in the budget is this operator's limit, not the database's.
-            if e.is_database() {
-                report.database = Some(Err(Arc::new(e)));
-            } else {
-                report.database = Some(Ok(()));
-                report.sync = Some(Err(Arc::new(e)));
+    // A new Secret may point elsewhere: only a full pass knows.
+    let same_secret = secret_before.as_deref() == connection.as_ref().map(|c| c.secret_version());
+    let key_column = config.key_column();
+    let mut keys = match (scope, key_column) {
+        (PassScope::Keys(keys), Some(_)) if same_secret && state.keyed_ready() => {
+            Some(keys.iter().cloned().collect::<Vec<String>>())
+        }
+        _ => None,
+    };
+    loop {
+        let mut client = match db::checkout(&pool).await {
+            Ok(client) => client,
+            Err(e) => {
+                let e = PassError::from_pool(e);
+                // No free slot in the budget is this operator's limit, not the database's.
+                if e.is_database() {
+                    report.database = Some(Err(Arc::new(e)));
+                } else {
+                    report.database = Some(Ok(()));
+                    report.sync = Some(Err(Arc::new(e)));
+                }
+                state.complete = false;
+                return report;
             }
-            return report;
+        };
+        report.database = Some(Ok(()));
+        let only = keys.as_deref();
+        let select = key_column.map(|column| KeySelect { column, only });
+        let result = match query(config, &mut client, select, &mut report).await {
+            Ok(result) => result,
+            Err(e) => {
+                state.complete = false;
+                query_failed(e, client, &mut report);
+                return report;
+            }
+        };
+        drop(client);
+        if let Some(keys) = keys.take() {
+            match keyed::reconcile(config, state, writer, result, &keys, now, &mut report).await {
+                Keyed::Done => return report,
+                Keyed::Full(why) => {
+                    tracing::debug!(why, "a keyed pass cannot decide alone; a full pass follows");
+                    report = PassReport {
+                        managed_kinds: state.managed_kinds.clone(),
+                        requested_at: report.requested_at,
+                        ..PassReport::default()
+                    };
+                    continue;
+                }
+            }
         }
-    };
-    report.database = Some(Ok(()));
+        reconcile_rows(config, state, writer, &result.rows, now, &mut report).await;
+        state.index_keys(result.keys);
+        state.complete = report.succeeded();
+        return report;
+    }
+}
+
+/// Runs the DBQR's query as `select` says.
+async fn query(
+    config: &PassConfig,
+    client: &mut db::Checkout,
+    select: Option<KeySelect<'_>>,
+    report: &mut PassReport,
+) -> Result<db::QueryResult, QueryError> {
     let options = QueryOptions {
         read_only: config.spec.read_only,
         max_rows: config.spec.max_rows,
@@ -388,21 +503,22 @@ pub async fn run_pass<W: Cluster>(
         statement_timeout: config.spec.database.statement_timeout.get(),
     };
     let started = Instant::now();
-    let result = db::run_query(&mut client, &config.spec.query, &options).await;
+    let result = db::run_query_keyed(client, &config.spec.query, &options, select).await;
     report.query_duration = Some(started.elapsed());
-    match result {
-        Ok(result) => {
-            drop(client);
-            reconcile_rows(config, state, writer, &result.rows, now, &mut report).await;
-        }
-        // The database stopped answering: that is its condition, not the query's.
-        Err(e @ QueryError::Unanswered(_)) => {
+    result
+}
+
+/// Records a failed query in `report`.
+fn query_failed(e: QueryError, client: db::Checkout, report: &mut PassReport) {
+    match e {
+        // The database stopped answering: that is its condition, not the
+        // query's, and the connection must not be used again.
+        e @ QueryError::Unanswered(_) => {
             client.discard();
             report.database = Some(Err(Arc::new(e.into())));
         }
-        Err(e) => report.sync = Some(Err(Arc::new(e.into()))),
+        e => report.sync = Some(Err(Arc::new(e.into()))),
     }
-    report
 }
 
 /// The pool for the DBQR's Secret as it is now: the current one while the
@@ -494,7 +610,7 @@ pub async fn reconcile_rows<W: Cluster>(
     execute(config, state, writer, plan, report).await;
 }
 
-fn render(config: &PassConfig, rows: &[Row], kinds: &Kinds, now: &str) -> RenderOutcome {
+pub(super) fn render(config: &PassConfig, rows: &[Row], kinds: &Kinds, now: &str) -> RenderOutcome {
     render_rows(
         &config.template,
         rows,
@@ -509,7 +625,7 @@ fn render(config: &PassConfig, rows: &[Row], kinds: &Kinds, now: &str) -> Render
 /// resolved, every involved kind watched, the live state of each object (the
 /// watch cache; a GET only for objects it does not hold, so an object of
 /// someone else is never taken over), and this DBQR's objects per kind.
-async fn gather<'a, W: Cluster>(
+pub(super) async fn gather<'a, W: Cluster>(
     config: &'a PassConfig,
     writer: &W,
     kinds: &Kinds,
@@ -536,7 +652,7 @@ async fn gather<'a, W: Cluster>(
 }
 
 /// Decorates each rendered object with the owner's labels and resolves its kind.
-fn resolve_objects(
+pub(super) fn resolve_objects(
     owner: &Owner,
     kinds: &Kinds,
     objects: Vec<RenderedObject>,
@@ -562,9 +678,9 @@ fn resolve_objects(
 }
 
 /// A kind a pass touches, and whether its watch cache can be read.
-struct Involved {
+pub(super) struct Involved {
     gvk: Gvk,
-    resource: Result<ApiResource, PruneFailure>,
+    pub(super) resource: Result<ApiResource, PruneFailure>,
 }
 
 /// The resource of `gvk`'s kind at the version discovery prefers.
@@ -579,7 +695,7 @@ fn not_served(gvk: &Gvk) -> PruneFailure {
 /// Makes sure every kind involved (what the rows render and what was written
 /// before) is watched and cached. Objects of a kind that cannot be watched
 /// fail their rows.
-async fn watch_kinds<W: Cluster>(
+pub(super) async fn watch_kinds<W: Cluster>(
     writer: &W,
     kinds: &Kinds,
     desired: &mut Vec<Desired>,
@@ -637,7 +753,7 @@ const LIST_INSTEAD_OF_GETS: usize = 16;
 /// The live state of each desired object: the watch cache, or, for an object
 /// it does not hold, a GET (after a list of names where many are missing, only
 /// for names that exist). Objects that cannot be read fail their rows.
-async fn read_live<W: Cluster>(
+pub(super) async fn read_live<W: Cluster>(
     writer: &W,
     desired: &mut Vec<Desired>,
     failed: &mut Vec<RowFailure>,
@@ -763,7 +879,7 @@ async fn execute<W: Cluster>(
 
 /// Applies `objects` in a bounded window, not all at once: memory follows
 /// the writer's concurrency, not the number of rows. Results in order.
-async fn apply_all<W: Cluster>(
+pub(super) async fn apply_all<W: Cluster>(
     config: &PassConfig,
     writer: &W,
     objects: &[Desired],
@@ -818,7 +934,7 @@ fn keep_applied(
 
 /// Deletes what the plan prunes and the prune guard lets through; records
 /// the guard's ruling, the inventory and how the sync ended.
-async fn prune<W: Cluster>(
+pub(super) async fn prune<W: Cluster>(
     config: &PassConfig,
     state: &mut PassState,
     writer: &W,

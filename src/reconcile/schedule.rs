@@ -12,6 +12,11 @@
 //!   once more `DEBOUNCE` after it (its query may have missed the change).
 //!   A pass already due within `DEBOUNCE` covers a change, so a steady
 //!   stream of changes never postpones it.
+//! - A change of known keys (a keyed notification) runs a pass of those
+//!   keys only; keys that arrive before it starts join it. Every other
+//!   pass is full: the first, each at `pollInterval` (which keyed passes
+//!   never postpone), a retry after a failure, a guard's confirmation, and
+//!   any pass that also covers a change of unknown extent.
 //! - A pass waits for drift repairs under way (a repair must not race a
 //!   prune of the same object).
 //! - A prune held by the guard is confirmed by a pass once its interval has
@@ -21,6 +26,7 @@
 //!   scheduler, whose first pass runs at once.
 //! - Once stopping, nothing new runs.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::backoff::backoff;
@@ -30,11 +36,33 @@ use crate::backoff::backoff;
 /// statement.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// What a pass covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassScope {
+    /// Every row of the query.
+    Full,
+    /// The rows of these keys (`changeDetection.keyColumn` as text).
+    Keys(BTreeSet<String>),
+}
+
+impl PassScope {
+    /// What a pass must cover for `self` and then `later`.
+    fn merge(self, later: PassScope) -> PassScope {
+        match (self, later) {
+            (PassScope::Keys(mut keys), PassScope::Keys(more)) => {
+                keys.extend(more);
+                PassScope::Keys(keys)
+            }
+            _ => PassScope::Full,
+        }
+    }
+}
+
 /// What the actor does now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
-    /// Start a pass (its number).
-    RunPass(u64),
+    /// Start a pass (its number) over this scope.
+    RunPass(u64, PassScope),
     /// Arm the timer for this instant (replacing the armed one).
     WakeAt(Instant),
     /// Keep the timer as it is.
@@ -44,6 +72,8 @@ pub enum Next {
 /// How a pass ended, as far as scheduling is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassEnd {
+    /// A full pass ran (asked for, or in place of a keyed one).
+    pub full: bool,
     pub succeeded: bool,
     /// A held prune is due for confirmation in this long.
     pub confirm_in: Option<Duration>,
@@ -57,8 +87,11 @@ pub struct Scheduler {
     /// Passes started so far.
     passes: u64,
     running: bool,
-    /// A change came while a pass ran.
-    dirty: bool,
+    /// What the next pass must cover beyond the last one: changes that came
+    /// while a pass ran or while one was due.
+    pending: Option<PassScope>,
+    /// When the next full pass is due (`None`: now).
+    full_at: Option<Instant>,
     /// Drift repairs under way.
     repairs: usize,
     /// A pass is due once the repairs are done.
@@ -81,7 +114,8 @@ impl Scheduler {
             failures: 0,
             passes: 0,
             running: false,
-            dirty: false,
+            pending: None,
+            full_at: None,
             repairs: 0,
             waiting_for_repairs: false,
             wake_at: None,
@@ -106,50 +140,71 @@ impl Scheduler {
     }
 
     /// The actor starts: the first pass runs at once.
-    pub fn start(&mut self) -> Next {
-        self.due()
+    pub fn start(&mut self, now: Instant) -> Next {
+        self.due(now)
     }
 
     /// Something changed in the database (or the DBQR's Secret or metadata).
     pub fn changed(&mut self, now: Instant) -> Next {
+        self.changed_in(PassScope::Full, now)
+    }
+
+    /// The rows of `keys` changed in the database, and nothing else.
+    pub fn changed_keys(&mut self, keys: BTreeSet<String>, now: Instant) -> Next {
+        self.changed_in(PassScope::Keys(keys), now)
+    }
+
+    fn changed_in(&mut self, scope: PassScope, now: Instant) -> Next {
+        self.pending = Some(match self.pending.take() {
+            Some(earlier) => earlier.merge(scope),
+            None => scope,
+        });
         if self.running {
-            self.dirty = true;
             return Next::Nothing;
         }
         match self.wake_at {
             Some(at) if at <= now + DEBOUNCE => Next::Nothing,
-            _ => self.due(),
+            _ => self.due(now),
         }
     }
 
     /// The armed timer fired.
-    pub fn woke(&mut self) -> Next {
+    pub fn woke(&mut self, now: Instant) -> Next {
         self.wake_at = None;
-        self.due()
+        self.due(now)
     }
 
     pub fn pass_ended(&mut self, end: PassEnd, now: Instant) -> Next {
         self.running = false;
-        let delay = if end.succeeded {
-            self.failures = 0;
-            self.poll
-        } else {
-            self.failures = self.failures.saturating_add(1);
-            backoff(self.failures, self.poll)
+        if end.full || !end.succeeded {
+            let delay = if end.succeeded {
+                self.failures = 0;
+                self.poll
+            } else {
+                self.failures = self.failures.saturating_add(1);
+                backoff(self.failures, self.poll)
+            };
+            self.full_at = Some(now + delay);
+        }
+        if let Some(confirm) = end.confirm_in {
+            self.full_at = self.full_at.map(|at| at.min(now + confirm));
+        }
+        let at = match (&self.pending, self.full_at) {
+            (Some(_), _) => now + DEBOUNCE,
+            (None, Some(at)) => at,
+            (None, None) => now,
         };
-        let delay = end.confirm_in.map_or(delay, |confirm| delay.min(confirm));
-        let delay = if std::mem::take(&mut self.dirty) { DEBOUNCE } else { delay };
-        self.wake_in(delay, now)
+        self.wake_in(at.saturating_duration_since(now), now)
     }
 
     pub fn repair_started(&mut self) {
         self.repairs += 1;
     }
 
-    pub fn repair_ended(&mut self) -> Next {
+    pub fn repair_ended(&mut self, now: Instant) -> Next {
         self.repairs = self.repairs.saturating_sub(1);
         if self.repairs == 0 && std::mem::take(&mut self.waiting_for_repairs) {
-            return self.due();
+            return self.due(now);
         }
         Next::Nothing
     }
@@ -160,8 +215,9 @@ impl Scheduler {
         self.wake_at = None;
     }
 
-    /// A pass is due now.
-    fn due(&mut self) -> Next {
+    /// A pass is due now: a full one if one is due (within `DEBOUNCE`) or
+    /// asked for, else one of the pending keys.
+    fn due(&mut self, now: Instant) -> Next {
         if self.stopping || self.suspended || self.running {
             return Next::Nothing;
         }
@@ -169,10 +225,15 @@ impl Scheduler {
             self.waiting_for_repairs = true;
             return Next::Nothing;
         }
+        let full_due = self.full_at.is_none_or(|at| at <= now + DEBOUNCE);
+        let scope = match self.pending.take() {
+            Some(PassScope::Keys(keys)) if !full_due => PassScope::Keys(keys),
+            _ => PassScope::Full,
+        };
         self.wake_at = None;
         self.running = true;
         self.passes += 1;
-        Next::RunPass(self.passes)
+        Next::RunPass(self.passes, scope)
     }
 
     fn wake_in(&mut self, delay: Duration, now: Instant) -> Next {
@@ -192,22 +253,30 @@ mod tests {
     const POLL: Duration = Duration::from_secs(10);
 
     fn ok() -> PassEnd {
-        PassEnd { succeeded: true, confirm_in: None }
+        PassEnd { full: true, succeeded: true, confirm_in: None }
     }
 
     fn failed() -> PassEnd {
-        PassEnd { succeeded: false, confirm_in: None }
+        PassEnd { full: true, succeeded: false, confirm_in: None }
+    }
+
+    fn full(pass: u64) -> Next {
+        Next::RunPass(pass, PassScope::Full)
+    }
+
+    fn keys(keys: &[&str]) -> BTreeSet<String> {
+        keys.iter().map(|k| k.to_string()).collect()
     }
 
     #[test]
     fn passes_run_at_start_then_every_poll_interval_after_the_last_ended() {
         let t0 = Instant::now();
         let mut s = Scheduler::new(POLL);
-        assert_eq!(s.start(), Next::RunPass(1));
+        assert_eq!(s.start(t0), full(1));
         assert!(s.running());
         let ended = t0 + Duration::from_secs(3);
         assert_eq!(s.pass_ended(ok(), ended), Next::WakeAt(ended + POLL));
-        assert_eq!(s.woke(), Next::RunPass(2));
+        assert_eq!(s.woke(t0), full(2));
     }
 
     #[test]
@@ -215,15 +284,15 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Scheduler::with_suspend(POLL, true);
         assert!(s.suspended());
-        assert_eq!(s.start(), Next::Nothing);
+        assert_eq!(s.start(t0), Next::Nothing);
         assert_eq!(s.changed(t0), Next::Nothing);
-        assert_eq!(s.woke(), Next::Nothing);
+        assert_eq!(s.woke(t0), Next::Nothing);
         s.repair_started();
-        assert_eq!(s.repair_ended(), Next::Nothing);
+        assert_eq!(s.repair_ended(t0), Next::Nothing);
         assert!(!s.running());
         // Resuming is a new generation: a new scheduler.
         let mut resumed = Scheduler::with_suspend(POLL, false);
-        assert_eq!(resumed.start(), Next::RunPass(1));
+        assert_eq!(resumed.start(t0), full(1));
     }
 
     #[test]
@@ -232,7 +301,7 @@ mod tests {
         let mut s = Scheduler::new(Duration::from_secs(60));
         let mut delays = Vec::new();
         for _ in 0..3 {
-            let Next::RunPass(_) = s.woke() else { panic!("a pass runs") };
+            let Next::RunPass(..) = s.woke(t0) else { panic!("a pass runs") };
             let Next::WakeAt(at) = s.pass_ended(failed(), t0) else { panic!("a retry is armed") };
             delays.push((at - t0).as_secs_f64());
         }
@@ -240,7 +309,7 @@ mod tests {
         for (delay, base) in delays.iter().zip([1.0, 2.0, 4.0]) {
             assert!((base * 0.8..=base * 1.2).contains(delay), "{delays:?}");
         }
-        s.woke();
+        s.woke(t0);
         assert_eq!(s.pass_ended(ok(), t0), Next::WakeAt(t0 + Duration::from_secs(60)));
     }
 
@@ -248,15 +317,15 @@ mod tests {
     fn a_change_runs_a_pass_at_once_or_once_more_after_the_running_one() {
         let t0 = Instant::now();
         let mut s = Scheduler::new(POLL);
-        s.start();
+        s.start(t0);
         s.pass_ended(ok(), t0);
-        assert_eq!(s.changed(t0 + Duration::from_secs(1)), Next::RunPass(2));
+        assert_eq!(s.changed(t0 + Duration::from_secs(1)), full(2));
         // During the pass: remembered, not run.
         assert_eq!(s.changed(t0 + Duration::from_secs(2)), Next::Nothing);
         assert_eq!(s.changed(t0 + Duration::from_secs(2)), Next::Nothing);
         let ended = t0 + Duration::from_secs(3);
         assert_eq!(s.pass_ended(ok(), ended), Next::WakeAt(ended + DEBOUNCE));
-        assert_eq!(s.woke(), Next::RunPass(3));
+        assert_eq!(s.woke(t0), full(3));
         // Nothing came during this one: back to the poll interval.
         assert_eq!(s.pass_ended(ok(), ended), Next::WakeAt(ended + POLL));
     }
@@ -265,37 +334,37 @@ mod tests {
     fn a_pass_due_within_the_debounce_window_covers_a_change() {
         let t0 = Instant::now();
         let mut s = Scheduler::new(POLL);
-        s.start();
+        s.start(t0);
         s.changed(t0);
         let Next::WakeAt(at) = s.pass_ended(ok(), t0) else { panic!("armed") };
         assert_eq!(at, t0 + DEBOUNCE);
         // A stream of changes never postpones the pass already due.
         assert_eq!(s.changed(t0 + Duration::from_millis(10)), Next::Nothing);
         assert_eq!(s.changed(t0 + Duration::from_millis(20)), Next::Nothing);
-        assert_eq!(s.woke(), Next::RunPass(2));
+        assert_eq!(s.woke(t0), full(2));
     }
 
     #[test]
     fn a_pass_waits_for_repairs_under_way() {
         let t0 = Instant::now();
         let mut s = Scheduler::new(POLL);
-        s.start();
+        s.start(t0);
         s.pass_ended(ok(), t0);
         s.repair_started();
         s.repair_started();
         assert_eq!(s.changed(t0), Next::Nothing, "waits for the repairs");
         assert!(s.repairing());
-        assert_eq!(s.repair_ended(), Next::Nothing, "one still under way");
-        assert_eq!(s.repair_ended(), Next::RunPass(2));
-        assert_eq!(s.repair_ended(), Next::Nothing, "no pass owed");
+        assert_eq!(s.repair_ended(t0), Next::Nothing, "one still under way");
+        assert_eq!(s.repair_ended(t0), full(2));
+        assert_eq!(s.repair_ended(t0), Next::Nothing, "no pass owed");
     }
 
     #[test]
     fn a_held_prune_is_confirmed_on_time_whatever_the_poll_interval() {
         let t0 = Instant::now();
         let mut s = Scheduler::new(Duration::from_secs(3600));
-        s.start();
-        let end = PassEnd { succeeded: true, confirm_in: Some(Duration::from_secs(30)) };
+        s.start(t0);
+        let end = PassEnd { full: true, succeeded: true, confirm_in: Some(Duration::from_secs(30)) };
         assert_eq!(s.pass_ended(end, t0), Next::WakeAt(t0 + Duration::from_secs(30)));
     }
 
@@ -303,12 +372,62 @@ mod tests {
     fn once_stopping_nothing_new_runs() {
         let t0 = Instant::now();
         let mut s = Scheduler::new(POLL);
-        s.start();
+        s.start(t0);
         s.changed(t0);
         s.stop();
         assert_eq!(s.pass_ended(ok(), t0), Next::Nothing, "no timer");
         assert!(!s.running());
         assert_eq!(s.changed(t0), Next::Nothing);
-        assert_eq!(s.woke(), Next::Nothing);
+        assert_eq!(s.woke(t0), Next::Nothing);
+    }
+
+    #[test]
+    fn keyed_changes_run_keyed_passes_and_never_postpone_the_full_one() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(POLL);
+        assert_eq!(s.start(t0), full(1));
+        assert_eq!(s.pass_ended(ok(), t0), Next::WakeAt(t0 + POLL));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(s.changed_keys(keys(&["a"]), t1), Next::RunPass(2, PassScope::Keys(keys(&["a"]))));
+        // Keys that come during the pass join the next one.
+        assert_eq!(s.changed_keys(keys(&["b"]), t1), Next::Nothing);
+        assert_eq!(s.changed_keys(keys(&["c", "b"]), t1), Next::Nothing);
+        let keyed = PassEnd { full: false, ..ok() };
+        assert_eq!(s.pass_ended(keyed, t1), Next::WakeAt(t1 + DEBOUNCE));
+        assert_eq!(s.woke(t1 + DEBOUNCE), Next::RunPass(3, PassScope::Keys(keys(&["b", "c"]))));
+        // The full pass stays due at the poll interval after the last full one.
+        assert_eq!(s.pass_ended(keyed, t1), Next::WakeAt(t0 + POLL));
+        assert_eq!(s.woke(t0 + POLL), full(4));
+    }
+
+    #[test]
+    fn a_change_of_unknown_extent_or_a_due_full_pass_covers_pending_keys() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(POLL);
+        s.start(t0);
+        s.changed_keys(keys(&["a"]), t0);
+        s.changed(t0);
+        assert_eq!(s.pass_ended(ok(), t0), Next::WakeAt(t0 + DEBOUNCE));
+        assert_eq!(s.woke(t0 + DEBOUNCE), full(2));
+        s.pass_ended(ok(), t0);
+        // Keys heard just before the full pass is due: that pass covers them.
+        let late = t0 + POLL - Duration::from_millis(10);
+        assert_eq!(s.changed_keys(keys(&["b"]), late), Next::Nothing);
+        assert_eq!(s.woke(t0 + POLL), full(3));
+        assert_eq!(s.pass_ended(ok(), t0 + POLL), Next::WakeAt(t0 + POLL + POLL), "b is covered");
+    }
+
+    #[test]
+    fn a_failed_keyed_pass_is_followed_by_a_full_one_with_backoff() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(Duration::from_secs(60));
+        s.start(t0);
+        s.pass_ended(ok(), t0);
+        assert_eq!(s.changed_keys(keys(&["a"]), t0), Next::RunPass(2, PassScope::Keys(keys(&["a"]))));
+        let Next::WakeAt(at) = s.pass_ended(PassEnd { full: false, ..failed() }, t0) else {
+            panic!("a retry is armed")
+        };
+        assert!(at < t0 + Duration::from_secs(2), "backoff, not the poll interval");
+        assert_eq!(s.woke(at), full(3));
     }
 }

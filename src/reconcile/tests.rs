@@ -710,3 +710,124 @@ fn a_prune_names_the_uid_it_saw_so_a_replacement_is_not_deleted() {
     assert_eq!(writer.deletions.borrow().clone(), [("b".to_owned(), Some("uid-b".to_owned()))]);
     assert!(writer.objects.borrow().contains_key(&key), "the replacement stays");
 }
+
+/// A full pass of a keyed DBQR whose key is the row's `name`.
+fn keyed_full(
+    config: &PassConfig,
+    state: &mut PassState,
+    writer: &FakeCluster,
+    rows: &[Row],
+) -> PassReport {
+    let report = pass(config, state, writer, rows);
+    state.index_keys(rows.iter().map(|r| Some(r["name"].as_str().unwrap().to_owned())).collect());
+    state.complete = report.succeeded();
+    report
+}
+
+/// A keyed pass of `keys`, the query having returned `rows` for them.
+fn keyed_pass(
+    config: &PassConfig,
+    state: &mut PassState,
+    writer: &FakeCluster,
+    rows: &[Row],
+    keys: &[&str],
+) -> (keyed::Keyed, PassReport) {
+    let result = crate::db::QueryResult {
+        columns: vec!["name".into(), "value".into()],
+        keys: rows.iter().map(|r| Some(r["name"].as_str().unwrap().to_owned())).collect(),
+        rows: rows.to_vec(),
+    };
+    let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    let mut report = PassReport::default();
+    let ended = keyed::reconcile(config, state, writer, result, &keys, "now", &mut report)
+        .now_or_never()
+        .expect("the fake writer never waits");
+    (ended, report)
+}
+
+#[test]
+fn a_keyed_pass_touches_only_its_keys_and_ends_where_a_full_pass_would() {
+    let (config, writer) = (config(true), FakeCluster::default());
+    let mut state = PassState::default();
+    keyed_full(&config, &mut state, &writer, &rows(&[("a", "1"), ("b", "2"), ("c", "3")]));
+    assert!(state.keyed_ready());
+    writer.calls.borrow_mut().clear();
+
+    // b changed, c deleted, d inserted: one statement's keys.
+    let (ended, report) =
+        keyed_pass(&config, &mut state, &writer, &rows(&[("b", "new"), ("d", "4")]), &["b", "c", "d"]);
+    assert_eq!(ended, keyed::Keyed::Done);
+    assert!(report.succeeded(), "{:?}", report.failure());
+    assert_eq!(
+        writer.writes(),
+        ["apply ConfigMap apps/b", "apply ConfigMap apps/d", "delete ConfigMap apps/c"]
+    );
+    assert!(!writer.calls.borrow().iter().any(|c| c.contains("apps/a")), "a is not looked at");
+    // The DBQR's totals, as a full pass would report them.
+    assert_eq!((report.rows, report.objects, report.applied, report.pruned), (3, 3, 2, 1));
+    let mut produced: Vec<&str> = state.produced().map(|k| k.name.as_str()).collect();
+    produced.sort();
+    assert_eq!(produced, ["a", "b", "d"]);
+
+    // A full pass of the same rows finds everything in place.
+    writer.calls.borrow_mut().clear();
+    let full = pass(&config, &mut state, &writer, &rows(&[("a", "1"), ("b", "new"), ("d", "4")]));
+    assert_eq!((full.applied, full.skipped, full.pruned), (0, 3, 0));
+    assert!(writer.writes().is_empty(), "{:?}", writer.writes());
+}
+
+#[test]
+fn a_keyed_pass_that_cannot_decide_alone_hands_over_to_a_full_pass() {
+    let (config, writer) = (config(true), FakeCluster::default());
+    let mut state = PassState::default();
+    keyed_full(&config, &mut state, &writer, &rows(&[("a", "1"), ("b", "2")]));
+    writer.calls.borrow_mut().clear();
+    // Key x's row now renders the object row a produces: a duplicate only
+    // a full pass can see.
+    let mut row = rows(&[("a", "2")]);
+    let result_key = "x";
+    let result = crate::db::QueryResult {
+        columns: vec!["name".into(), "value".into()],
+        keys: vec![Some(result_key.to_owned())],
+        rows: std::mem::take(&mut row),
+    };
+    let mut report = PassReport::default();
+    let ended = keyed::reconcile(&config, &mut state, &writer, result, &["x".into()], "now", &mut report)
+        .now_or_never()
+        .unwrap();
+    assert_eq!(ended, keyed::Keyed::Full("an object another row produces"));
+    assert!(writer.writes().is_empty(), "nothing written before the full pass");
+
+    // A row that fails to render: the full pass reports it.
+    let bad = vec![json!({"name": "", "value": "1"}).as_object().unwrap().clone()];
+    let result = crate::db::QueryResult {
+        columns: vec!["name".into(), "value".into()],
+        keys: vec![Some("b".into())],
+        rows: bad,
+    };
+    let ended = keyed::reconcile(&config, &mut state, &writer, result, &["b".into()], "now", &mut report)
+        .now_or_never()
+        .unwrap();
+    assert_eq!(ended, keyed::Keyed::Full("a row failed"));
+    assert!(writer.writes().is_empty());
+}
+
+#[test]
+fn a_keyed_prune_is_judged_against_every_object_of_the_dbqr() {
+    let (config, writer) = (config(true), FakeCluster::default());
+    let mut state = PassState::default();
+    let all: Vec<(String, String)> = (0..10).map(|i| (format!("r{i}"), i.to_string())).collect();
+    let all: Vec<(&str, &str)> = all.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    keyed_full(&config, &mut state, &writer, &rows(&all));
+    writer.calls.borrow_mut().clear();
+    // One key deleted of ten: a small prune, immediate.
+    let (ended, report) = keyed_pass(&config, &mut state, &writer, &[], &["r3"]);
+    assert_eq!(ended, keyed::Keyed::Done);
+    assert_eq!(report.guard.map(|g| (g.ruling, g.owned)), Some((Ruling::Immediate, 10)));
+    assert_eq!(writer.writes(), ["delete ConfigMap apps/r3"]);
+    // Six keys at once of the nine left: held, like a full pass would.
+    let six = ["r0", "r1", "r2", "r4", "r5", "r6"];
+    let (_, report) = keyed_pass(&config, &mut state, &writer, &[], &six);
+    assert_eq!(report.guard.map(|g| (g.ruling, g.held)), Some((Ruling::Holding, 6)));
+    assert!(!state.keyed_ready(), "held deletions are a full pass's to confirm");
+}
