@@ -18,7 +18,9 @@ pub enum SpecError {
     InvalidChannel(String),
     #[error("spec.changeDetection.keyColumn {0:?} is not a valid column name (1-63 bytes)")]
     InvalidKeyColumn(String),
-    #[error("spec.changeDetection.keyColumn needs notify mode (key-scoped passes follow notifications)")]
+    #[error(
+        "spec.changeDetection.keyColumn needs notify mode (key-scoped passes follow notifications)"
+    )]
     KeyColumnWithoutNotify,
     #[error("spec.{field} is {value}; it must be between 0 and 100")]
     PercentOutOfRange { field: &'static str, value: u32 },
@@ -168,6 +170,7 @@ mod tests {
 
     fn spec(change_detection: serde_json::Value) -> DatabaseQueryResourceSpec {
         serde_json::from_value(serde_json::json!({
+            "pollInterval": "1m",
             "database": {"connectionSecretRef": {"name": "db"}},
             "query": "SELECT 1 AS id",
             "template": "kind: ConfigMap",

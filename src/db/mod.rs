@@ -16,7 +16,7 @@ pub use budget::{ConnectionBudget, ServerKey, Slot, IDLE_TIMEOUT};
 pub use connect::{connect, connect_error, connect_in_slot, tls_connector, ConnectError};
 pub use conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode};
 pub use deadline::{after_server, within, Unanswered, GRACE};
-pub use listen::{ChannelSubscription, Changed, Listeners, Notice, MAX_PENDING_KEYS, PING};
+pub use listen::{Changed, ChannelSubscription, Listeners, Notice, MAX_PENDING_KEYS, PING};
 pub use pool::{
     build_pool, checkout, Checkout, Pool, PoolConnectError, PoolError, PoolGetError, SharedPools,
 };

@@ -301,8 +301,11 @@ fn wrap(sql: &str, prepared: &Statement, max_row_bytes: u64, key: Option<Keyed>)
     let (key_column, filter) = match key {
         Some(Keyed { position, filtered }) => {
             let alias = &aliases[position];
-            let filter =
-                if filtered { format!(" WHERE {alias}::text = ANY($1::text[])") } else { String::new() };
+            let filter = if filtered {
+                format!(" WHERE {alias}::text = ANY($1::text[])")
+            } else {
+                String::new()
+            };
             (format!("CASE WHEN dbqo_size.over THEN NULL ELSE {alias}::text END, "), filter)
         }
         None => (String::new(), String::new()),

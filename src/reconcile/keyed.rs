@@ -67,9 +67,8 @@ pub(super) async fn reconcile<W: Cluster>(
     }
     let mut failed = Vec::new();
     let mut desired = pass::resolve_objects(&config.owner, &kinds, objects, &mut failed);
-    let elsewhere = |d: &Desired| {
-        state.applied.get(&d.key()).is_some_and(|kept| !old_rows.contains(&kept.row))
-    };
+    let elsewhere =
+        |d: &Desired| state.applied.get(&d.key()).is_some_and(|kept| !old_rows.contains(&kept.row));
     if desired.iter().any(elsewhere) {
         return Keyed::Full("an object another row produces");
     }

@@ -46,11 +46,15 @@ pub enum PassScope {
 }
 
 impl PassScope {
-    /// What a pass must cover for `self` and then `later`.
+    /// What a pass must cover for `self` and then `later`: past
+    /// [`MAX_PENDING_KEYS`](crate::db::MAX_PENDING_KEYS) keys, everything.
     fn merge(self, later: PassScope) -> PassScope {
         match (self, later) {
             (PassScope::Keys(mut keys), PassScope::Keys(more)) => {
                 keys.extend(more);
+                if keys.len() > crate::db::MAX_PENDING_KEYS {
+                    return PassScope::Full;
+                }
                 PassScope::Keys(keys)
             }
             _ => PassScope::Full,
@@ -364,7 +368,8 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Scheduler::new(Duration::from_secs(3600));
         s.start(t0);
-        let end = PassEnd { full: true, succeeded: true, confirm_in: Some(Duration::from_secs(30)) };
+        let end =
+            PassEnd { full: true, succeeded: true, confirm_in: Some(Duration::from_secs(30)) };
         assert_eq!(s.pass_ended(end, t0), Next::WakeAt(t0 + Duration::from_secs(30)));
     }
 
@@ -388,7 +393,10 @@ mod tests {
         assert_eq!(s.start(t0), full(1));
         assert_eq!(s.pass_ended(ok(), t0), Next::WakeAt(t0 + POLL));
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(s.changed_keys(keys(&["a"]), t1), Next::RunPass(2, PassScope::Keys(keys(&["a"]))));
+        assert_eq!(
+            s.changed_keys(keys(&["a"]), t1),
+            Next::RunPass(2, PassScope::Keys(keys(&["a"])))
+        );
         // Keys that come during the pass join the next one.
         assert_eq!(s.changed_keys(keys(&["b"]), t1), Next::Nothing);
         assert_eq!(s.changed_keys(keys(&["c", "b"]), t1), Next::Nothing);
@@ -418,12 +426,27 @@ mod tests {
     }
 
     #[test]
+    fn keys_pending_past_the_bound_become_a_full_pass() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(POLL);
+        s.start(t0);
+        for i in 0..=crate::db::MAX_PENDING_KEYS {
+            s.changed_keys(keys(&[&i.to_string()]), t0);
+        }
+        assert_eq!(s.pass_ended(ok(), t0), Next::WakeAt(t0 + DEBOUNCE));
+        assert_eq!(s.woke(t0 + DEBOUNCE), full(2));
+    }
+
+    #[test]
     fn a_failed_keyed_pass_is_followed_by_a_full_one_with_backoff() {
         let t0 = Instant::now();
         let mut s = Scheduler::new(Duration::from_secs(60));
         s.start(t0);
         s.pass_ended(ok(), t0);
-        assert_eq!(s.changed_keys(keys(&["a"]), t0), Next::RunPass(2, PassScope::Keys(keys(&["a"]))));
+        assert_eq!(
+            s.changed_keys(keys(&["a"]), t0),
+            Next::RunPass(2, PassScope::Keys(keys(&["a"])))
+        );
         let Next::WakeAt(at) = s.pass_ended(PassEnd { full: false, ..failed() }, t0) else {
             panic!("a retry is armed")
         };

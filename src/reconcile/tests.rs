@@ -754,8 +754,13 @@ fn a_keyed_pass_touches_only_its_keys_and_ends_where_a_full_pass_would() {
     writer.calls.borrow_mut().clear();
 
     // b changed, c deleted, d inserted: one statement's keys.
-    let (ended, report) =
-        keyed_pass(&config, &mut state, &writer, &rows(&[("b", "new"), ("d", "4")]), &["b", "c", "d"]);
+    let (ended, report) = keyed_pass(
+        &config,
+        &mut state,
+        &writer,
+        &rows(&[("b", "new"), ("d", "4")]),
+        &["b", "c", "d"],
+    );
     assert_eq!(ended, keyed::Keyed::Done);
     assert!(report.succeeded(), "{:?}", report.failure());
     assert_eq!(
@@ -792,9 +797,10 @@ fn a_keyed_pass_that_cannot_decide_alone_hands_over_to_a_full_pass() {
         rows: std::mem::take(&mut row),
     };
     let mut report = PassReport::default();
-    let ended = keyed::reconcile(&config, &mut state, &writer, result, &["x".into()], "now", &mut report)
-        .now_or_never()
-        .unwrap();
+    let ended =
+        keyed::reconcile(&config, &mut state, &writer, result, &["x".into()], "now", &mut report)
+            .now_or_never()
+            .unwrap();
     assert_eq!(ended, keyed::Keyed::Full("an object another row produces"));
     assert!(writer.writes().is_empty(), "nothing written before the full pass");
 
@@ -805,9 +811,10 @@ fn a_keyed_pass_that_cannot_decide_alone_hands_over_to_a_full_pass() {
         keys: vec![Some("b".into())],
         rows: bad,
     };
-    let ended = keyed::reconcile(&config, &mut state, &writer, result, &["b".into()], "now", &mut report)
-        .now_or_never()
-        .unwrap();
+    let ended =
+        keyed::reconcile(&config, &mut state, &writer, result, &["b".into()], "now", &mut report)
+            .now_or_never()
+            .unwrap();
     assert_eq!(ended, keyed::Keyed::Full("a row failed"));
     assert!(writer.writes().is_empty());
 }

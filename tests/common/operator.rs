@@ -241,6 +241,8 @@ pub struct PassTotals {
     pub pruned: u64,
     /// Deletions the prune guard held, summed over passes.
     pub held: u64,
+    /// Passes restricted to the keys of a notification (also in `passes`).
+    pub keyed: u64,
 }
 
 impl PassTotals {
@@ -257,6 +259,7 @@ impl PassTotals {
             skipped: objects("skipped"),
             pruned: objects("pruned"),
             held: objects("held"),
+            keyed: sample("dbqo_keyed_passes_total"),
         }
     }
 
@@ -270,6 +273,7 @@ impl PassTotals {
             skipped: self.skipped - before.skipped,
             pruned: self.pruned - before.pruned,
             held: self.held - before.held,
+            keyed: self.keyed - before.keyed,
         }
     }
 
@@ -482,8 +486,14 @@ pub async fn setup(prefix: &str, schema: &str) -> Setup {
 
 /// The SQL of `db-query-operator trigger-sql` for `table` and `channel`.
 pub fn trigger_sql(table: &str, channel: &str) -> String {
+    trigger_sql_with(&["--table", table, "--channel", channel])
+}
+
+/// The SQL of `db-query-operator trigger-sql` with `args`.
+pub fn trigger_sql_with(args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_db-query-operator"))
-        .args(["trigger-sql", "--table", table, "--channel", channel])
+        .arg("trigger-sql")
+        .args(args)
         .output()
         .unwrap();
     assert!(out.status.success());
