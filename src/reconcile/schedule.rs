@@ -13,7 +13,9 @@
 //!   A pass already due within `DEBOUNCE` covers a change, so a steady
 //!   stream of changes never postpones it.
 //! - A change of known keys (a keyed notification) runs a pass of those
-//!   keys only; keys that arrive before it starts join it. Every other
+//!   keys only; keys that arrive before it starts join it, and keys that
+//!   arrive during a pass run right after it (no debounce: they are a
+//!   batch already). Every other
 //!   pass is full: the first, each at `pollInterval` (which keyed passes
 //!   never postpone), a retry after a failure, a guard's confirmation, and
 //!   any pass that also covers a change of unknown extent.
@@ -194,6 +196,9 @@ impl Scheduler {
             self.full_at = self.full_at.map(|at| at.min(now + confirm));
         }
         let at = match (&self.pending, self.full_at) {
+            // Keys that came during the pass are a batch already, and a
+            // pass of them is cheap: at once.
+            (Some(PassScope::Keys(_)), Some(full_at)) if full_at > now + DEBOUNCE => now,
             (Some(_), _) => now + DEBOUNCE,
             (None, Some(at)) => at,
             (None, None) => now,
@@ -401,8 +406,8 @@ mod tests {
         assert_eq!(s.changed_keys(keys(&["b"]), t1), Next::Nothing);
         assert_eq!(s.changed_keys(keys(&["c", "b"]), t1), Next::Nothing);
         let keyed = PassEnd { full: false, ..ok() };
-        assert_eq!(s.pass_ended(keyed, t1), Next::WakeAt(t1 + DEBOUNCE));
-        assert_eq!(s.woke(t1 + DEBOUNCE), Next::RunPass(3, PassScope::Keys(keys(&["b", "c"]))));
+        assert_eq!(s.pass_ended(keyed, t1), Next::WakeAt(t1), "keys wait for no debounce");
+        assert_eq!(s.woke(t1), Next::RunPass(3, PassScope::Keys(keys(&["b", "c"]))));
         // The full pass stays due at the poll interval after the last full one.
         assert_eq!(s.pass_ended(keyed, t1), Next::WakeAt(t0 + POLL));
         assert_eq!(s.woke(t0 + POLL), full(4));
