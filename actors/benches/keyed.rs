@@ -183,12 +183,24 @@ async fn main() {
         let created = started.elapsed();
         common::operator::wait_for_condition(&client, &ns, "items", "Ready=True/Ready").await;
         common::operator::wait_for_listen(&db).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The first pass and the one listening starts (both full) are over.
+        common::eventually(Duration::from_secs(600), "the first two passes", || async {
+            (operator.totals().await.passes >= 2).then_some(())
+        })
+        .await;
 
         let before = operator.totals().await;
+        let duration = || async {
+            let sum = "dbqo_pass_duration_seconds_sum{result=\"success\"}";
+            let count = "dbqo_pass_duration_seconds_count{result=\"success\"}";
+            (operator.metric(sum).await, operator.metric(count).await)
+        };
+        let (sum0, count0) = duration().await;
         let keyed = one_at_a_time(&db, &table, &seen, n, args.samples, "k").await;
+        let (sum1, count1) = duration().await;
         let rate = sustained(&db, &table, &seen, n, (args.rate, args.seconds)).await;
         let done = operator.totals().await.since(&before);
+        let pass_ms = (sum1 - sum0) * 1000.0 / (count1 - count0).max(1.0);
         tokio::time::sleep(Duration::from_secs(15)).await;
         let rss = common::rss_mib(operator.pid());
 
@@ -197,11 +209,16 @@ async fn main() {
         let unkey = json!({"spec": {"changeDetection": {"keyColumn": null}}});
         dbqrs.patch("items", &PatchParams::default(), &Patch::Merge(&unkey)).await.unwrap();
         common::operator::wait_for_listen(&db).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let passes = operator.totals().await.passes;
+        // The new generation's first pass and its listening pass.
+        common::eventually(Duration::from_secs(600), "the unkeyed first passes", || async {
+            (operator.totals().await.passes >= passes + 2).then_some(())
+        })
+        .await;
         let unkeyed = one_at_a_time(&db, &table, &seen, n, args.unkeyed_samples, "u").await;
         let floor = floor(&client, &db, &ns, args.samples).await;
         eprintln!(
-            "{n} objects: created in {:.1} s; {} passes, {} keyed, during the keyed samples",
+            "{n} objects: created in {:.1} s; {} passes, {} keyed, during the keyed samples; a keyed pass took {pass_ms:.1} ms on average (one change at a time)",
             created.as_secs_f64(),
             done.passes,
             done.keyed

@@ -45,13 +45,9 @@ pub(super) async fn reconcile<W: Cluster>(
     if row_keys.iter().any(|k| k.as_deref().is_none_or(|k| !asked.contains(k))) {
         return Keyed::Full("a row came without one of the keys");
     }
-    // The rows these keys had, and their objects.
-    let old_rows: BTreeSet<usize> = state
-        .row_keys
-        .iter()
-        .filter(|(_, key)| asked.contains(&***key))
-        .map(|(row, _)| *row)
-        .collect();
+    // The rows these keys had.
+    let old_rows: BTreeSet<usize> =
+        keys.iter().filter_map(|key| state.key_rows.get(key.as_str())).flatten().copied().collect();
     let Ok(kinds) = writer.kinds(false).await else {
         return Keyed::Full("discovery failed");
     };
@@ -80,7 +76,9 @@ pub(super) async fn reconcile<W: Cluster>(
         return Keyed::Full("an object cannot be looked at");
     }
     let produced: HashSet<ObjectKey> = desired.iter().map(Desired::key).collect();
-    let owned = owned_by_rows(state, writer, &old_rows, &produced);
+    let old_objects: Vec<ObjectKey> =
+        old_rows.iter().filter_map(|row| state.row_objects.get(row)).flatten().cloned().collect();
+    let owned = unproduced(state, writer, &old_objects, &produced);
     let inputs = Inputs {
         owner: &config.owner,
         desired,
@@ -104,15 +102,12 @@ pub(super) async fn reconcile<W: Cluster>(
     }
 
     // The keys' rows and objects replace what they were.
-    let old_objects: Vec<ObjectKey> = state
-        .applied
-        .iter()
-        .filter(|(_, kept)| old_rows.contains(&kept.row))
-        .map(|(key, _)| key.clone())
-        .collect();
     for key in &old_objects {
         state.applied.remove(key);
         state.rows.remove(key);
+    }
+    for row in &old_rows {
+        state.row_objects.remove(row);
     }
     report.applied = plan.apply.len();
     report.skipped = plan.skip.len();
@@ -127,12 +122,12 @@ pub(super) async fn reconcile<W: Cluster>(
     }
     state.waiting_rows = std::mem::take(&mut plan.waiting_rows);
     state.done_waiting.clear();
-    for row in &old_rows {
-        state.row_keys.remove(row);
+    for key in keys {
+        state.key_rows.remove(key.as_str());
     }
     for (i, key) in row_keys.into_iter().enumerate() {
         if let Some(key) = key {
-            state.row_keys.insert(base + i, key.into_boxed_str());
+            state.key_rows.entry(key.into_boxed_str()).or_default().push(base + i);
         }
     }
     state.next_row = base + rows.len();
@@ -149,20 +144,17 @@ pub(super) async fn reconcile<W: Cluster>(
     Keyed::Done
 }
 
-/// The objects `rows` produced in the last pass that no row produces now,
-/// as the watch cache holds them (one already gone needs no prune), by
-/// kind: the prune candidates of a keyed pass.
-fn owned_by_rows<W: Cluster>(
+/// Those of `objects` (what the keys' rows produced in the last pass) that
+/// no row produces now, as the watch cache holds them (one already gone
+/// needs no prune), by kind: the prune candidates of a keyed pass.
+fn unproduced<W: Cluster>(
     state: &PassState,
     writer: &W,
-    rows: &BTreeSet<usize>,
+    objects: &[ObjectKey],
     produced: &HashSet<ObjectKey>,
 ) -> BTreeMap<GroupKind, Owned> {
     let mut owned: BTreeMap<GroupKind, Owned> = BTreeMap::new();
-    for (key, kept) in &state.applied {
-        if !rows.contains(&kept.row) || produced.contains(key) {
-            continue;
-        }
+    for key in objects.iter().filter(|key| !produced.contains(*key)) {
         let (Some(target), Some(gvk)) = (state.produced_target(key), state.produced_gvk(key))
         else {
             continue;
@@ -174,8 +166,8 @@ fn owned_by_rows<W: Cluster>(
             gvk: gvk.clone(),
             listing: Ok((target.resource.clone(), Vec::new())),
         });
-        if let Ok((_, objects)) = &mut entry.listing {
-            objects.push(cached.live);
+        if let Ok((_, listed)) = &mut entry.listing {
+            listed.push(cached.live);
         }
     }
     owned

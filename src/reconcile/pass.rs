@@ -175,10 +175,14 @@ pub struct PassState {
     /// Rows that waited before the last pass and no longer do: their
     /// readiness changed without a status change of theirs.
     pub(super) done_waiting: BTreeSet<usize>,
-    /// A keyed DBQR's rows: each row's key (`keyColumn` as text), by row
-    /// index. A full pass numbers its rows from 0; a keyed pass gives the
-    /// rows it reads new numbers from `next_row` on.
-    pub(super) row_keys: HashMap<usize, Box<str>>,
+    /// A keyed DBQR's rows by key (`keyColumn` as text) and its objects by
+    /// row, so a keyed pass finds what its keys had without a scan. A full
+    /// pass numbers its rows from 0; a keyed pass gives the rows it reads
+    /// new numbers from `next_row` on.
+    pub(super) key_rows: HashMap<Box<str>, Vec<usize>>,
+    pub(super) row_objects: HashMap<usize, Vec<ObjectKey>>,
+    /// Whether `row_objects` is kept (a keyed DBQR).
+    pub(super) by_row: bool,
     pub(super) next_row: usize,
     /// How many rows the query returns, as the passes since the last full
     /// one have seen.
@@ -283,11 +287,12 @@ impl PassState {
     pub(super) fn index_keys(&mut self, keys: Vec<Option<String>>) {
         self.row_count = keys.len();
         self.next_row = keys.len();
-        self.row_keys = keys
-            .into_iter()
-            .enumerate()
-            .filter_map(|(row, key)| Some((row, key?.into_boxed_str())))
-            .collect();
+        self.key_rows.clear();
+        for (row, key) in keys.into_iter().enumerate() {
+            if let Some(key) = key {
+                self.key_rows.entry(key.into_boxed_str()).or_default().push(row);
+            }
+        }
     }
 
     pub(super) fn keep(&mut self, object: Desired) {
@@ -299,6 +304,9 @@ impl PassState {
                 self.kinds.len() - 1
             }
         };
+        if self.by_row {
+            self.row_objects.entry(object.row).or_default().push(key.clone());
+        }
         self.applied.insert(
             key,
             Kept { row: object.row, kind, manifest: object.manifest.to_string().into_boxed_str() },
@@ -481,6 +489,7 @@ pub async fn run_pass<W: Cluster>(
                 }
             }
         }
+        state.by_row = key_column.is_some();
         reconcile_rows(config, state, writer, &result.rows, now, &mut report).await;
         state.index_keys(result.keys);
         state.complete = report.succeeded();
@@ -909,6 +918,7 @@ fn keep_applied(
 ) -> Vec<RowFailure> {
     state.applied.clear();
     state.kinds.clear();
+    state.row_objects.clear();
     for object in std::mem::take(&mut plan.skip) {
         state.keep(object);
     }

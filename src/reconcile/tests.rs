@@ -718,6 +718,7 @@ fn keyed_full(
     writer: &FakeCluster,
     rows: &[Row],
 ) -> PassReport {
+    state.by_row = true;
     let report = pass(config, state, writer, rows);
     state.index_keys(rows.iter().map(|r| Some(r["name"].as_str().unwrap().to_owned())).collect());
     state.complete = report.succeeded();

@@ -134,6 +134,15 @@ impl Operator {
         PassTotals::from_metrics(&text)
     }
 
+    /// One sample of `/metrics` (`name` with its labels), 0 if absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = super::http_get(&self.metrics, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        super::metric_sample(&text, name).unwrap_or(0.0)
+    }
+
     /// Whether this replica runs the actors, by its `dbqo_leader` gauge.
     pub async fn leads(&self) -> bool {
         let text = super::http_get(&self.metrics, "/metrics")
