@@ -227,6 +227,58 @@ async fn a_keyed_pass_reads_and_writes_only_the_rows_of_its_keys() {
             operator = operator.restart(&[]);
         }
     }
+    // Anyone who may NOTIFY on the channel can send any payload: keys that
+    // are no integer match no row of an integer key, and the pass succeeds.
+    let before = operator.totals().await;
+    db.batch_execute(r#"NOTIFY items, '["abc", "99999999999999999999", "-1", "8"]'"#)
+        .await
+        .unwrap();
+    let done = operator.wait_for_pass(before, "the forged notification's pass", |_| true).await;
+    assert_eq!((done.passes, done.failed, done.keyed, done.rows), (1, 0, 1, 1), "{done:?}");
+}
+
+/// A text key column works the same way (compared as text).
+#[tokio::test]
+async fn a_text_key_column_runs_keyed_passes() {
+    let schema = "CREATE TABLE named (name text PRIMARY KEY, value text NOT NULL);
+        INSERT INTO named VALUES ('a b', '1'), ('c', '2');";
+    let s = common::operator::setup("keyedtext", schema).await;
+    let (client, ns, db) = (s.client, s.namespace, s.db);
+    db.batch_execute(&trigger_sql_with(&[
+        "--table",
+        "named",
+        "--channel",
+        "named",
+        "--key-column",
+        "name",
+    ]))
+    .await
+    .unwrap();
+    let operator = Operator::start(&[]);
+    DbqrBuilder::new("named", &operator)
+        .query("SELECT name, md5(name) AS id, value FROM named")
+        .template(&template("named"))
+        .set("/pollInterval", json!("1h"))
+        .set("/changeDetection", json!({"mode": "notify", "channel": "named", "keyColumn": "name"}))
+        .create(&client, &ns)
+        .await;
+    eventually(Duration::from_secs(30), "two objects", || async {
+        (objects(&client, &ns, "named").await.len() == 2).then_some(())
+    })
+    .await;
+    wait_for_listen(&db).await;
+    eventually(Duration::from_secs(30), "the first two passes", || async {
+        (operator.totals().await.passes >= 2).then_some(())
+    })
+    .await;
+    let before = operator.totals().await;
+    db.batch_execute("UPDATE named SET value = 'changed' WHERE name = 'a b'").await.unwrap();
+    eventually(Duration::from_secs(5), "the changed object", || async {
+        objects(&client, &ns, "named").await.values().any(|v| v == "changed").then_some(())
+    })
+    .await;
+    let done = operator.totals().await.since(&before);
+    assert_eq!((done.passes, done.keyed, done.rows, done.applied), (1, 1, 1, 1), "{done:?}");
 }
 
 /// A key column the query does not return fails every pass with a message

@@ -204,6 +204,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(15)).await;
         let rss = common::rss_mib(operator.pid());
 
+        let floor = floor(&client, &db, &ns, args.samples).await;
         // The same DBQR without keyColumn: every notification a full pass.
         let dbqrs: Api<dbqo::api::DatabaseQueryResource> = Api::namespaced(client.clone(), &ns);
         let unkey = json!({"spec": {"changeDetection": {"keyColumn": null}}});
@@ -216,7 +217,6 @@ async fn main() {
         })
         .await;
         let unkeyed = one_at_a_time(&db, &table, &seen, n, args.unkeyed_samples, "u").await;
-        let floor = floor(&client, &db, &ns, args.samples).await;
         eprintln!(
             "{n} objects: created in {:.1} s; {} passes, {} keyed, during the keyed samples; a keyed pass took {pass_ms:.1} ms on average (one change at a time)",
             created.as_secs_f64(),

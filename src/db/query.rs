@@ -133,8 +133,13 @@ pub async fn run_query_keyed(
     let tx = answered(options, 0, start).await?;
     run_setup(&tx, setup, options).await?;
     let last_index = setup.len() + 1;
-    let (columns, prepared) = prepare_measured(&tx, last, last_index, options, key).await?;
-    let only = key.and_then(|k| k.only);
+    let (columns, prepared, keyed) = prepare_measured(&tx, last, last_index, options, key).await?;
+    // An integer key column is compared as integers (so its index serves
+    // the filter); a key that is no integer matches no row of it.
+    let integer = keyed.is_some_and(|k| k.integer);
+    let only: Option<Vec<&String>> = key
+        .and_then(|k| k.only)
+        .map(|keys| keys.iter().filter(|key| !integer || key.parse::<i64>().is_ok()).collect());
     let params = only.as_ref().map(|keys| keys as &(dyn tokio_postgres::types::ToSql + Sync));
     let rows = answered(options, last_index, tx.query_raw(&prepared, params)).await?;
     let result = read_rows(rows, columns, key.is_some(), last_index, options).await?;
@@ -195,7 +200,7 @@ async fn prepare_measured(
     index: usize,
     options: &QueryOptions,
     key: Option<KeySelect<'_>>,
-) -> Result<(Vec<String>, Statement), QueryError> {
+) -> Result<(Vec<String>, Statement, Option<Keyed>), QueryError> {
     let prepared = answered(options, index, tx.prepare(last)).await?;
     if !prepared.params().is_empty() {
         return Err(QueryError::HasParameters(prepared.params().len()));
@@ -209,14 +214,18 @@ async fn prepare_measured(
     }
     let key = match key {
         Some(k) => match columns.iter().position(|c| c == k.column) {
-            Some(position) => Some(Keyed { position, filtered: k.only.is_some() }),
+            Some(position) => Some(Keyed {
+                position,
+                filtered: k.only.is_some(),
+                integer: is_integer(prepared.columns()[position].type_()),
+            }),
             None => return Err(QueryError::NoKeyColumn(k.column.to_owned())),
         },
         None => None,
     };
     let wrapped = wrap(last, &prepared, options.max_row_bytes, key);
     let measured = answered(options, index, tx.prepare(&wrapped)).await?;
-    Ok((columns, measured))
+    Ok((columns, measured, key))
 }
 
 /// Decodes the rows of the measured statement within maxRows and
@@ -299,12 +308,12 @@ fn wrap(sql: &str, prepared: &Statement, max_row_bytes: u64, key: Option<Keyed>)
         aliases.iter().map(|alias| format!("coalesce(octet_length({alias}::text), 0)")).collect();
     let size = if size.is_empty() { "0".to_owned() } else { size.join(" + ") };
     let (key_column, filter) = match key {
-        Some(Keyed { position, filtered }) => {
+        Some(Keyed { position, filtered, integer }) => {
             let alias = &aliases[position];
-            let filter = if filtered {
-                format!(" WHERE {alias}::text = ANY($1::text[])")
-            } else {
-                String::new()
+            let filter = match (filtered, integer) {
+                (false, _) => String::new(),
+                (true, true) => format!(" WHERE {alias} = ANY($1::text[]::int8[])"),
+                (true, false) => format!(" WHERE {alias}::text = ANY($1::text[])"),
             };
             (format!("CASE WHEN dbqo_size.over THEN NULL ELSE {alias}::text END, "), filter)
         }
@@ -318,10 +327,16 @@ fn wrap(sql: &str, prepared: &Statement, max_row_bytes: u64, key: Option<Keyed>)
     )
 }
 
-/// Where the key column is among the query's columns, and whether the
-/// rows are restricted to given keys.
+/// Where the key column is among the query's columns, whether the rows
+/// are restricted to given keys, and whether the column is an integer.
 #[derive(Debug, Clone, Copy)]
 struct Keyed {
     position: usize,
     filtered: bool,
+    integer: bool,
+}
+
+fn is_integer(ty: &tokio_postgres::types::Type) -> bool {
+    use tokio_postgres::types::Type;
+    [Type::INT2, Type::INT4, Type::INT8].contains(ty)
 }
