@@ -70,6 +70,29 @@ async fn objects(client: &kube::Client, ns: &str, prefix: &str) -> BTreeMap<Stri
         .collect()
 }
 
+/// Waits until the DBQR of `prefix` has its `count` objects, the operator
+/// listens and both first passes are over (the start's and the one
+/// listening runs: a notification may have been missed before it, and both
+/// are full); the pass totals then.
+async fn settled(
+    client: &kube::Client,
+    ns: &str,
+    db: &tokio_postgres::Client,
+    operator: &Operator,
+    (prefix, count): (&str, usize),
+) -> common::operator::PassTotals {
+    eventually(Duration::from_secs(30), &format!("{count} objects"), || async {
+        (objects(client, ns, prefix).await.len() == count).then_some(())
+    })
+    .await;
+    wait_for_listen(db).await;
+    eventually(Duration::from_secs(30), "the first two passes", || async {
+        (operator.totals().await.passes >= 2).then_some(())
+    })
+    .await;
+    operator.totals().await
+}
+
 /// Waits until both DBQRs' objects are the table's rows.
 async fn converge(client: &kube::Client, ns: &str, db: &tokio_postgres::Client, what: &str) {
     let last = std::cell::RefCell::new(String::new());
@@ -203,18 +226,7 @@ async fn a_keyed_pass_reads_and_writes_only_the_rows_of_its_keys() {
     let mut operator = Operator::start(&[]);
     items_dbqr(&client, &ns, &operator, "keyed", Some("id")).await;
     for life in ["first", "restarted"] {
-        eventually(Duration::from_secs(30), "300 objects", || async {
-            (objects(&client, &ns, "keyed").await.len() == 300).then_some(())
-        })
-        .await;
-        wait_for_listen(&db).await;
-        // The first pass, and the one listening starts (a notification
-        // may have been missed before it): both full.
-        eventually(Duration::from_secs(30), "the first two passes", || async {
-            (operator.totals().await.passes >= 2).then_some(())
-        })
-        .await;
-        let before = operator.totals().await;
+        let before = settled(&client, &ns, &db, &operator, ("keyed", 300)).await;
         assert_eq!(before.keyed, 0, "{life}: {before:?}");
         db.batch_execute(&format!("UPDATE items SET value = '{life}' WHERE id = 7")).await.unwrap();
         eventually(Duration::from_secs(5), "the changed object", || async {
@@ -262,16 +274,7 @@ async fn a_text_key_column_runs_keyed_passes() {
         .set("/changeDetection", json!({"mode": "notify", "channel": "named", "keyColumn": "name"}))
         .create(&client, &ns)
         .await;
-    eventually(Duration::from_secs(30), "two objects", || async {
-        (objects(&client, &ns, "named").await.len() == 2).then_some(())
-    })
-    .await;
-    wait_for_listen(&db).await;
-    eventually(Duration::from_secs(30), "the first two passes", || async {
-        (operator.totals().await.passes >= 2).then_some(())
-    })
-    .await;
-    let before = operator.totals().await;
+    let before = settled(&client, &ns, &db, &operator, ("named", 2)).await;
     db.batch_execute("UPDATE named SET value = 'changed' WHERE name = 'a b'").await.unwrap();
     eventually(Duration::from_secs(5), "the changed object", || async {
         objects(&client, &ns, "named").await.values().any(|v| v == "changed").then_some(())
