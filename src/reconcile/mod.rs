@@ -1,5 +1,5 @@
 //! One reconcile pass of a DBQR and what follows from it, in the order a row
-//! travels: [`pass`] (connect, query, render, gather) -> [`plan`] (apply /
+//! travels: [`run`] (connect, query) -> [`pass`] (render, gather) -> [`plan`] (apply /
 //! skip / refuse / prune, pure, with [`compare`] deciding what is in place) ->
 //! the [`Cluster`], a row's later waves waiting for [`readiness`]; then [`status`]
 //! (conditions, Events), [`writeback`] (status SQL), [`change`] (timestamp
@@ -17,6 +17,7 @@ pub mod labels;
 pub mod pass;
 pub mod plan;
 pub mod readiness;
+pub mod run;
 pub mod schedule;
 pub mod status;
 pub mod writeback;
@@ -28,9 +29,10 @@ pub use crate::kube_api::Cluster;
 pub use error::{ObjectError, PassError, PruneFailure, RowFailure};
 pub use labels::Owner;
 pub use pass::{
-    needs_no_repair, reconcile_rows, repair, run_pass, Connection, KeyedPass, PassConfig,
-    PassReport, PassState, Repair, Row,
+    needs_no_repair, reconcile_rows, repair, Connection, KeyedPass, PassConfig, PassReport,
+    PassState, Repair, Row,
 };
+pub use run::run_pass;
 pub use schedule::PassScope;
 
 /// The kinds in a DBQR status's `managedKinds` (the prune inventory earlier
