@@ -125,41 +125,29 @@ impl Operator {
         std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 
+    /// The text of `/metrics` now (empty before it answers).
+    async fn metrics_text(&self) -> String {
+        super::http_get(&self.metrics, "/metrics").await.map(|(_, body)| body).unwrap_or_default()
+    }
+
     /// What `/metrics` says of passes now (zero before it answers).
     pub async fn totals(&self) -> PassTotals {
-        let text = super::http_get(&self.metrics, "/metrics")
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        PassTotals::from_metrics(&text)
+        PassTotals::from_metrics(&self.metrics_text().await)
     }
 
     /// One sample of `/metrics` (`name` with its labels), 0 if absent.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = super::http_get(&self.metrics, "/metrics")
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        super::metric_sample(&text, name).unwrap_or(0.0)
+        super::metric_sample(&self.metrics_text().await, name).unwrap_or(0.0)
     }
 
     /// Whether this replica runs the actors, by its `dbqo_leader` gauge.
     pub async fn leads(&self) -> bool {
-        let text = super::http_get(&self.metrics, "/metrics")
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        super::metric_sample(&text, "dbqo_leader") == Some(1.0)
+        self.metric("dbqo_leader").await == 1.0
     }
 
     /// Failed passes so far whose condition reason is `reason`.
     pub async fn failures_of(&self, reason: &str) -> u64 {
-        let text = super::http_get(&self.metrics, "/metrics")
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        let name = format!("dbqo_errors_total{{reason=\"{reason}\"}}");
-        super::metric_sample(&text, &name).unwrap_or(0.0) as u64
+        self.metric(&format!("dbqo_errors_total{{reason=\"{reason}\"}}")).await as u64
     }
 
     /// Waits for passes after `since` that satisfy `check`: the passes
