@@ -5,7 +5,8 @@
 //! [`WriterHandle`] implements the domain's `Cluster` trait, the one list of
 //! what the operator asks of Kubernetes. Each API call is one typed
 //! [`ApiCall`] whose body is the plain `kube_api` function; cache reads go
-//! straight to the reflector stores and cost no message.
+//! straight to the watch caches (`dbqo::kube_api::cache`) and cost no
+//! message.
 //!
 //! The bound is real: a caller takes one of `queue` admission permits before
 //! its call is handed to the actor, and the permit travels with the call
@@ -21,7 +22,7 @@ use std::{
     collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -35,16 +36,16 @@ use kube::{
     api::{Api, ApiResource, DynamicObject},
     runtime::{
         events::Reporter,
-        reflector::{self, store::Writer as StoreWriter, ObjectRef, Store},
         watcher, WatchStreamExt,
     },
-    Client, ResourceExt,
+    Client,
 };
 use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use dbqo::api::DatabaseQueryResourceStatus;
 use dbqo::kube_api::cluster::{Cluster, Kinds};
+use dbqo::kube_api::cache::{split_key, CacheEvent, KindCache};
 use dbqo::kube_api::{
     self, CachedObject, KubeError, Labels, LiveObject, NewEvent, SecretData, Target,
 };
@@ -101,8 +102,8 @@ struct Watched {
     ready: tokio::sync::watch::Sender<bool>,
 }
 
-/// The cache of each watched kind, with the resource (preferred version) it watches.
-type Stores = Arc<Mutex<HashMap<GroupKind, (ApiResource, Store<DynamicObject>)>>>;
+/// The cache of each watched kind (at the version it watches).
+type Stores = Arc<RwLock<HashMap<GroupKind, KindCache>>>;
 
 pub struct KubeWriter {
     client: Client,
@@ -181,43 +182,43 @@ impl KubeWriter {
         if let Some(watched) = self.watches.get(&gk) {
             return watched.ready.subscribe();
         }
-        let writer = StoreWriter::<DynamicObject>::new(resource.clone());
-        let store = writer.as_reader();
         let api: Api<DynamicObject> = match &self.object_namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
             None => Api::all_with(self.client.clone(), &resource),
         };
         let config = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
-        let events = reflector::reflector(
-            writer,
-            watcher(api, config).default_backoff().modify(kube_api::trim_for_cache),
-        );
+        // Each object is made compact as it arrives: the watch's own copy
+        // is dropped before the next one is read.
+        let events = watcher(api, config)
+            .default_backoff()
+            .map(|event| event.map(CacheEvent::from));
         let kind = gk.clone();
         ctx.add_stream(events.map(move |event| (kind.clone(), event)).boxed_local());
         tracing::debug!(kind = %gk, "watching managed objects");
-        if let Ok(mut stores) = self.stores.lock() {
-            stores.insert(gk.clone(), (resource.clone(), store));
+        if let Ok(mut stores) = self.stores.write() {
+            stores.insert(gk.clone(), KindCache::new(resource));
         }
         let (ready, waiting) = tokio::sync::watch::channel(false);
         self.watches.insert(gk, Watched { ready });
         waiting
     }
 
-    fn notify(&self, group_kind: &GroupKind, object: &DynamicObject) {
-        let labels = object.labels();
-        let (Some(name), Some(namespace)) = (labels.get(OWNER_NAME), labels.get(OWNER_NAMESPACE))
-        else {
-            return;
+    /// The drift notice an event makes, and the DBQR it goes to.
+    fn drift_notice(
+        &self,
+        group_kind: &GroupKind,
+        event: &CacheEvent,
+    ) -> Option<(Recipient<Drifted>, Drifted)> {
+        let (key, object) = event.changed()?;
+        let owner = (object.label(OWNER_NAMESPACE)?.to_owned(), object.label(OWNER_NAME)?.to_owned());
+        let recipient = self.subscribers.get(&owner)?.clone();
+        let (namespace, name) = split_key(key);
+        let key = ObjectKey {
+            group_kind: group_kind.clone(),
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
         };
-        if let Some(recipient) = self.subscribers.get(&(namespace.clone(), name.clone())) {
-            let key = ObjectKey {
-                group_kind: group_kind.clone(),
-                namespace: object.namespace(),
-                name: object.name_any(),
-            };
-            // A full mailbox drops the notice; the next pass compares against the cache anyway.
-            let _ = recipient.try_send(Drifted { key });
-        }
+        Some((recipient, Drifted { key }))
     }
 }
 
@@ -302,20 +303,31 @@ impl Handler<Drain> for KubeWriter {
     }
 }
 
-type WatchItem = (GroupKind, Result<watcher::Event<DynamicObject>, watcher::Error>);
+type WatchItem = (GroupKind, Result<CacheEvent, watcher::Error>);
 
 impl StreamHandler<WatchItem> for KubeWriter {
     fn handle(&mut self, (kind, event): WatchItem, _: &mut Context<Self>) {
         match event {
-            Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
-                self.notify(&kind, &object)
-            }
-            Ok(watcher::Event::InitDone) => {
-                if let Some(watched) = self.watches.get(&kind) {
-                    watched.ready.send_replace(true);
+            Ok(event) => {
+                let listed = matches!(event, CacheEvent::InitDone);
+                let notice = self.drift_notice(&kind, &event);
+                if let Ok(mut stores) = self.stores.write() {
+                    if let Some(cache) = stores.get_mut(&kind) {
+                        cache.apply(event);
+                    }
+                }
+                // After the cache: the pass a notice starts reads it. A full
+                // mailbox drops the notice; the next pass compares against
+                // the cache anyway.
+                if let Some((recipient, notice)) = notice {
+                    let _ = recipient.try_send(notice);
+                }
+                if listed {
+                    if let Some(watched) = self.watches.get(&kind) {
+                        watched.ready.send_replace(true);
+                    }
                 }
             }
-            Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%kind, %error, "watch of managed objects failed; retrying")
             }
@@ -429,10 +441,10 @@ impl WriterHandle {
         self.queue - self.admission.available_permits()
     }
 
-    /// The cache of `resource`'s kind and the resource (version) it holds.
-    fn store(&self, resource: &ApiResource) -> Option<(ApiResource, Store<DynamicObject>)> {
+    /// Reads the cache of `resource`'s kind (at whatever version it watches).
+    fn with_cache<T>(&self, resource: &ApiResource, read: impl FnOnce(&KindCache) -> T) -> Option<T> {
         let gk = GroupKind::new(resource.group.clone(), resource.kind.clone());
-        self.stores.lock().ok()?.get(&gk).cloned()
+        Some(read(self.stores.read().ok()?.get(&gk)?))
     }
 
     pub fn subscription(&self, subscription: DriftSubscription) {
@@ -488,28 +500,13 @@ impl Cluster for WriterHandle {
     }
 
     fn cached(&self, target: &Target) -> Option<CachedObject> {
-        // Keys carry the version: look up at the one the cache watches.
-        let (watched, store) = self.store(&target.resource)?;
-        let mut key = ObjectRef::new_with(&target.name, watched);
-        if let Some(ns) = &target.namespace {
-            key = key.within(ns);
-        }
-        CachedObject::of(&*store.get(&key)?)
+        self.with_cache(&target.resource, |cache| {
+            cache.get(target.namespace.as_deref(), &target.name)
+        })?
     }
 
     fn cached_list(&self, resource: &ApiResource, labels: &Labels) -> Vec<LiveObject> {
-        let Some((_, store)) = self.store(resource) else {
-            return Vec::new();
-        };
-        store
-            .state()
-            .into_iter()
-            .filter(|o| {
-                let have = o.labels();
-                labels.iter().all(|(k, v)| have.get(k) == Some(v))
-            })
-            .map(|o| LiveObject::from((*o).clone()))
-            .collect()
+        self.with_cache(resource, |cache| cache.list(labels)).unwrap_or_default()
     }
 
     async fn get(&self, target: &Target) -> Result<Option<LiveObject>, KubeError> {

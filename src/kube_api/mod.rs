@@ -5,12 +5,13 @@
 //! `reconcile::Cluster` that the writer implements with it.
 //!
 //! - kinds: group/version/kind, scope, discovery ([`kinds`]);
-//! - the objects DBQRs manage, read and written, and the watch cache's form
-//!   of them ([`objects`]);
+//! - the objects DBQRs manage, read and written ([`objects`]), and the
+//!   watch cache that holds them ([`cache`]);
 //! - the operator's own kinds: status, finalizers, metadata reads ([`own`]);
 //! - Events ([`events`]) and Secret data as the operator reads it ([`secrets`]);
 //! - what a call can fail with (`error`).
 
+pub mod cache;
 pub mod cluster;
 mod error;
 pub mod events;
@@ -27,7 +28,7 @@ pub use kinds::{
     Scope,
 };
 pub use objects::{
-    apply, create, create_only, delete, get, merge_patch, names, selector, trim_for_cache, wave,
+    apply, create, create_only, delete, get, merge_patch, names, selector, wave,
     CachedObject, Labels, LiveObject, Target, ADOPT_ANNOTATION, APPLY_ANNOTATION, CREATE_ONLY,
     FIELD_MANAGER, PRUNE_ANNOTATION, PRUNE_DISABLED, WAVE_ANNOTATION,
 };

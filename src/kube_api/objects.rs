@@ -50,10 +50,6 @@ pub fn wave(manifest: &Json) -> Option<i32> {
     }
 }
 
-/// The annotations the watch cache keeps readable in `metadata` (the rest
-/// it keeps as text): what prune and clean-up decide by.
-const POLICY_ANNOTATIONS: [&str; 2] = [PRUNE_ANNOTATION, ADOPT_ANNOTATION];
-
 /// Whether a rendered manifest asks to be created only, never updated.
 pub fn create_only(manifest: &Json) -> bool {
     manifest["metadata"]["annotations"][APPLY_ANNOTATION].as_str() == Some(CREATE_ONLY)
@@ -125,108 +121,15 @@ impl From<&DynamicObject> for LiveObject {
     }
 }
 
-/// A managed object from the watch cache: its metadata, the object for
-/// comparing with what a DBQR renders and for status write-back, and the
-/// fields the operator's field manager owns (`fieldsV1` of its apply).
+/// A managed object from the watch cache ([`super::cache`]): its metadata,
+/// the object for comparing with what a DBQR renders and for status
+/// write-back, and the fields the operator's field manager owns (`fieldsV1`
+/// of its apply).
 #[derive(Debug, Clone)]
 pub struct CachedObject {
     pub live: LiveObject,
     pub manifest: Json,
     pub owned_fields: Option<Json>,
-}
-
-impl CachedObject {
-    /// The cached object, expanded from what [`trim_for_cache`] kept.
-    pub fn of(object: &DynamicObject) -> Option<Self> {
-        let mut content = match expand(&object.data) {
-            Json::Object(content) => content,
-            _ => serde_json::Map::new(),
-        };
-        let owned_fields = content.remove(CACHED_OWNED_FIELDS);
-        let annotations = content.remove(CACHED_ANNOTATIONS);
-        let mut manifest = serde_json::Map::new();
-        if let Some(types) = &object.types {
-            manifest.insert("apiVersion".into(), Json::String(types.api_version.clone()));
-            manifest.insert("kind".into(), Json::String(types.kind.clone()));
-        }
-        let mut metadata = serde_json::to_value(&object.metadata).ok()?;
-        if let (Some(metadata), Some(annotations)) = (metadata.as_object_mut(), annotations) {
-            metadata.insert("annotations".into(), annotations);
-        }
-        manifest.insert("metadata".into(), metadata);
-        manifest.extend(content);
-        Some(Self {
-            live: LiveObject::from(object),
-            manifest: Json::Object(manifest),
-            owned_fields,
-        })
-    }
-}
-
-fn is_ours(entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry) -> bool {
-    entry.manager.as_deref() == Some(FIELD_MANAGER) && entry.operation.as_deref() == Some("Apply")
-}
-
-/// Keys under which the cached text holds what came out of `metadata`
-/// (a NUL-prefixed key cannot be a field of a Kubernetes object).
-const CACHED_ANNOTATIONS: &str = "\u{0}annotations";
-const CACHED_OWNED_FIELDS: &str = "\u{0}ownedFields";
-
-/// What the watch cache keeps of a managed object: the object's content,
-/// its annotations and the operator's field set (`fieldsV1` of its apply;
-/// other managers' entries are dropped, they can outweigh the object) as
-/// one JSON text. A tree of small maps costs an allocation per field, an
-/// annotation map a node of half a kilobyte even for one entry; the text
-/// costs one allocation, and the cache holds every managed object for as
-/// long as the operator runs. Labels stay: the cache is searched by them.
-/// A pass expands what it compares ([`CachedObject::of`]).
-pub fn trim_for_cache(object: &mut DynamicObject) {
-    let owned_fields = object
-        .metadata
-        .managed_fields
-        .take()
-        .into_iter()
-        .flatten()
-        .find(is_ours)
-        .and_then(|entry| entry.fields_v1)
-        .map(|fields| fields.0);
-    let annotations = object.metadata.annotations.take();
-    // The few that prune and clean-up read stay readable without parsing.
-    let policy: BTreeMap<String, String> = POLICY_ANNOTATIONS
-        .iter()
-        .filter_map(|key| Some((key.to_string(), annotations.as_ref()?.get(*key)?.clone())))
-        .collect();
-    if !policy.is_empty() {
-        object.metadata.annotations = Some(policy);
-    }
-    if !object.data.is_object() {
-        object.data = Json::Object(serde_json::Map::new());
-    }
-    if let Some(content) = object.data.as_object_mut() {
-        if let Some(fields) = owned_fields {
-            content.insert(CACHED_OWNED_FIELDS.into(), fields);
-        }
-        if let Some(annotations) = annotations {
-            if let Ok(annotations) = serde_json::to_value(annotations) {
-                content.insert(CACHED_ANNOTATIONS.into(), annotations);
-            }
-        }
-    }
-    compact(&mut object.data);
-}
-
-fn compact(value: &mut Json) {
-    if value.is_object() {
-        *value = Json::String(value.to_string());
-    }
-}
-
-/// The inverse of [`compact`]: an object kept as text, parsed again.
-fn expand(value: &Json) -> Json {
-    match value {
-        Json::String(text) => serde_json::from_str(text).unwrap_or(Json::Null),
-        other => other.clone(),
-    }
 }
 
 pub async fn get(client: &Client, target: &Target) -> Result<Option<LiveObject>, KubeError> {
@@ -294,63 +197,4 @@ pub async fn merge_patch(client: &Client, target: &Target, patch: &Json) -> Resu
         .patch(&target.name, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-
-    #[test]
-    fn the_cache_keeps_text_and_gives_back_the_same_object() {
-        use super::{trim_for_cache, CachedObject, DynamicObject};
-        let original = serde_json::json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {
-                "name": "web", "namespace": "apps", "uid": "u1",
-                "labels": {"app": "web"},
-                "annotations": {"dbqo.dev/applied-hash": "abc"},
-                "ownerReferences": [{"apiVersion": "dbqo.dev/v1alpha1", "kind": "DatabaseQueryResource",
-                                     "name": "users", "uid": "u0", "controller": true}],
-                "managedFields": [
-                    {"manager": "db-query-operator", "operation": "Apply", "apiVersion": "apps/v1",
-                     "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1",
-                     "fieldsV1": {"f:spec": {"f:replicas": {}}}},
-                    {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "apps/v1",
-                     "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:replicas": {}}}}
-                ]
-            },
-            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}},
-            "status": {"replicas": 2}
-        });
-        let object: DynamicObject = serde_json::from_value(original.clone()).unwrap();
-        let mut kept = object.clone();
-        trim_for_cache(&mut kept);
-        assert!(kept.data.is_string(), "the content is kept as text");
-        assert!(kept.metadata.managed_fields.is_none());
-        assert!(kept.metadata.annotations.is_none());
-
-        let cached = CachedObject::of(&kept).unwrap();
-        let mut expected = original;
-        expected["metadata"].as_object_mut().unwrap().remove("managedFields");
-        assert_eq!(cached.manifest, expected);
-        assert_eq!(cached.owned_fields, Some(serde_json::json!({"f:spec": {"f:replicas": {}}})));
-        assert_eq!(cached.live.controller_uid.as_deref(), Some("u0"));
-        assert_eq!(cached.live.labels.get("app").map(String::as_str), Some("web"));
-    }
-
-    #[test]
-    fn the_cache_keeps_the_prune_policy_readable() {
-        use super::{trim_for_cache, CachedObject, DynamicObject, LiveObject};
-        let original = serde_json::json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "data", "namespace": "apps",
-                         "annotations": {"dbqo.dev/prune": "disabled", "note": "long text"}},
-        });
-        let mut kept: DynamicObject = serde_json::from_value(original.clone()).unwrap();
-        trim_for_cache(&mut kept);
-        let annotations = kept.metadata.annotations.clone().unwrap();
-        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["dbqo.dev/prune"]);
-        assert!(LiveObject::from(&kept).prune_disabled);
-        assert_eq!(CachedObject::of(&kept).unwrap().manifest, original, "nothing lost");
-    }
 }

@@ -1,0 +1,432 @@
+//! The watch cache of managed objects: one [`KindCache`] per watched kind,
+//! fed by the kind's label-selected watch, read by every pass.
+//!
+//! The cache holds every managed object for as long as the operator runs,
+//! so its form is chosen for size: an object is a handful of strings (its
+//! labels as one text, its uid, its owner references and the rest of the
+//! object as JSON text), not a tree of maps. kube-runtime's reflector kept a
+//! `DynamicObject` per object (an `ObjectMeta`, a B-tree node of half a
+//! kilobyte for its labels, an `Arc`) under a key that repeats the kind's
+//! five-string `ApiResource`: about 3 KiB per object against 1 KiB here. A
+//! pass expands what it compares ([`KindCache::get`]).
+
+use std::collections::HashMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use kube::{
+    api::{ApiResource, DynamicObject},
+    runtime::watcher,
+};
+use serde_json::{Map, Value as Json};
+
+use super::objects::{
+    CachedObject, Labels, LiveObject, ADOPT_ANNOTATION, FIELD_MANAGER, PRUNE_ANNOTATION,
+    PRUNE_DISABLED,
+};
+
+/// The key under which the kept text holds the operator's field set (a
+/// NUL-prefixed key cannot be a field of a Kubernetes object).
+const OWNED_FIELDS: &str = "\u{0}ownedFields";
+
+/// One cached object. Its name and namespace are its key in the cache; its
+/// kind and version are the cache's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// `key NUL value NUL` per label, sorted by key: one allocation.
+    labels: Box<str>,
+    uid: Box<str>,
+    /// `metadata.ownerReferences` as JSON text; empty when there are none.
+    owners: Box<str>,
+    /// The value of [`ADOPT_ANNOTATION`], which clean-up and prune read.
+    adopt: Option<Box<str>>,
+    deleting: bool,
+    prune_disabled: bool,
+    /// The rest of the object as JSON text: its content, the metadata not
+    /// kept above (annotations included) and the operator's field set
+    /// (`fieldsV1` of its apply; other managers' entries are dropped, they
+    /// can outweigh the object).
+    text: Box<str>,
+}
+
+impl Entry {
+    /// The cache key of an object: `namespace/name`, or `name` for a
+    /// cluster-scoped one (neither a name nor a namespace holds a `/`).
+    pub fn key(namespace: Option<&str>, name: &str) -> Box<str> {
+        match namespace {
+            Some(ns) => format!("{ns}/{name}").into(),
+            None => name.into(),
+        }
+    }
+
+    /// The object's cache key and its compact form.
+    pub fn of(object: DynamicObject) -> (Box<str>, Self) {
+        let DynamicObject { metadata: mut meta, data, .. } = object;
+        let name = meta.name.take().unwrap_or_default();
+        let key = Self::key(meta.namespace.take().as_deref(), &name);
+        let labels = meta.labels.take().unwrap_or_default();
+        let owners = match meta.owner_references.take() {
+            Some(refs) if !refs.is_empty() => serde_json::to_string(&refs).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let owned_fields = meta
+            .managed_fields
+            .take()
+            .into_iter()
+            .flatten()
+            .find(is_ours)
+            .and_then(|entry| entry.fields_v1)
+            .map(|fields| fields.0);
+        let annotation =
+            |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str);
+        let adopt = annotation(ADOPT_ANNOTATION).map(Box::from);
+        let prune_disabled = annotation(PRUNE_ANNOTATION) == Some(PRUNE_DISABLED);
+        let uid = meta.uid.take().unwrap_or_default().into();
+        let deleting = meta.deletion_timestamp.is_some();
+
+        let mut rest = match data {
+            Json::Object(content) => content,
+            _ => Map::new(),
+        };
+        if let Ok(Json::Object(metadata)) = serde_json::to_value(&meta) {
+            if !metadata.is_empty() {
+                rest.insert("metadata".into(), Json::Object(metadata));
+            }
+        }
+        if let Some(fields) = owned_fields {
+            rest.insert(OWNED_FIELDS.into(), fields);
+        }
+        let entry = Self {
+            labels: encode_labels(&labels),
+            uid,
+            owners: owners.into(),
+            adopt,
+            deleting,
+            prune_disabled,
+            text: Json::Object(rest).to_string().into(),
+        };
+        (key, entry)
+    }
+
+    /// The value of label `key`.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.label_pairs().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    fn label_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut parts = self.labels.split('\0');
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+    }
+
+    fn has_labels(&self, wanted: &Labels) -> bool {
+        wanted.iter().all(|(k, v)| self.label(k) == Some(v.as_str()))
+    }
+
+    fn owner_references(&self) -> Vec<Json> {
+        if self.owners.is_empty() {
+            return Vec::new();
+        }
+        serde_json::from_str(&self.owners).unwrap_or_default()
+    }
+
+    /// What prune and clean-up read of the object.
+    pub fn live(&self, key: &str) -> LiveObject {
+        let (namespace, name) = split_key(key);
+        let owner_references = self.owner_references();
+        let controller_uid = owner_references
+            .iter()
+            .find(|r| r["controller"] == Json::Bool(true))
+            .and_then(|r| r["uid"].as_str())
+            .map(str::to_owned);
+        LiveObject {
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+            labels: self.label_pairs().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            controller_uid,
+            owner_references,
+            deleting: self.deleting,
+            uid: (!self.uid.is_empty()).then(|| self.uid.to_string()),
+            adopt: self.adopt.as_deref().map(str::to_owned),
+            prune_disabled: self.prune_disabled,
+        }
+    }
+
+    /// The whole object as the API server sent it (without other managers'
+    /// field sets), for comparing and for status write-back.
+    pub fn expand(&self, resource: &ApiResource, key: &str) -> CachedObject {
+        let live = self.live(key);
+        let mut rest = match serde_json::from_str(&self.text) {
+            Ok(Json::Object(rest)) => rest,
+            _ => Map::new(),
+        };
+        let owned_fields = rest.remove(OWNED_FIELDS);
+        let mut metadata = Map::new();
+        metadata.insert("name".into(), live.name.clone().into());
+        if let Some(ns) = &live.namespace {
+            metadata.insert("namespace".into(), ns.clone().into());
+        }
+        if let Some(uid) = &live.uid {
+            metadata.insert("uid".into(), uid.clone().into());
+        }
+        if !live.labels.is_empty() {
+            let labels = live.labels.iter().map(|(k, v)| (k.clone(), Json::from(v.clone())));
+            metadata.insert("labels".into(), Json::Object(labels.collect()));
+        }
+        if !live.owner_references.is_empty() {
+            metadata.insert("ownerReferences".into(), live.owner_references.clone().into());
+        }
+        if let Some(Json::Object(kept)) = rest.remove("metadata") {
+            metadata.extend(kept);
+        }
+        let mut manifest = Map::new();
+        manifest.insert("apiVersion".into(), resource.api_version.clone().into());
+        manifest.insert("kind".into(), resource.kind.clone().into());
+        manifest.insert("metadata".into(), Json::Object(metadata));
+        manifest.extend(rest);
+        CachedObject { live, manifest: Json::Object(manifest), owned_fields }
+    }
+}
+
+fn is_ours(entry: &ManagedFieldsEntry) -> bool {
+    entry.manager.as_deref() == Some(FIELD_MANAGER) && entry.operation.as_deref() == Some("Apply")
+}
+
+fn encode_labels(labels: &Labels) -> Box<str> {
+    let mut text = String::new();
+    for (k, v) in labels {
+        text.push_str(k);
+        text.push('\0');
+        text.push_str(v);
+        text.push('\0');
+    }
+    text.into()
+}
+
+/// `(namespace, name)` of a cache key.
+pub fn split_key(key: &str) -> (Option<&str>, &str) {
+    match key.split_once('/') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, key),
+    }
+}
+
+/// A watch event in the cache's terms.
+#[derive(Debug)]
+pub enum CacheEvent {
+    Apply(Box<str>, Entry),
+    Delete(Box<str>, Entry),
+    /// A (re-)list starts: its objects follow, then [`CacheEvent::InitDone`].
+    Init,
+    InitApply(Box<str>, Entry),
+    InitDone,
+}
+
+impl From<watcher::Event<DynamicObject>> for CacheEvent {
+    fn from(event: watcher::Event<DynamicObject>) -> Self {
+        match event {
+            watcher::Event::Apply(o) => {
+                let (key, entry) = Entry::of(o);
+                Self::Apply(key, entry)
+            }
+            watcher::Event::Delete(o) => {
+                let (key, entry) = Entry::of(o);
+                Self::Delete(key, entry)
+            }
+            watcher::Event::Init => Self::Init,
+            watcher::Event::InitApply(o) => {
+                let (key, entry) = Entry::of(o);
+                Self::InitApply(key, entry)
+            }
+            watcher::Event::InitDone => Self::InitDone,
+        }
+    }
+}
+
+impl CacheEvent {
+    /// The object an event reports a change of, outside a list.
+    pub fn changed(&self) -> Option<(&str, &Entry)> {
+        match self {
+            Self::Apply(key, entry) | Self::Delete(key, entry) => Some((key, entry)),
+            _ => None,
+        }
+    }
+}
+
+/// The cache of one watched kind, at the version it is watched at.
+#[derive(Debug)]
+pub struct KindCache {
+    resource: ApiResource,
+    objects: HashMap<Box<str>, Entry>,
+    /// A list in progress: what it has brought so far. Until it is done the
+    /// cache answers from what it had (a re-list after a lost watch must not
+    /// look like every object vanished).
+    listing: Option<HashMap<Box<str>, Entry>>,
+}
+
+impl KindCache {
+    pub fn new(resource: ApiResource) -> Self {
+        Self { resource, objects: HashMap::new(), listing: None }
+    }
+
+    pub fn apply(&mut self, event: CacheEvent) {
+        match event {
+            CacheEvent::Apply(key, entry) => {
+                self.objects.insert(key, entry);
+            }
+            CacheEvent::Delete(key, _) => {
+                self.objects.remove(&key);
+            }
+            CacheEvent::Init => self.listing = Some(HashMap::new()),
+            CacheEvent::InitApply(key, entry) => {
+                self.listing.get_or_insert_with(HashMap::new).insert(key, entry);
+            }
+            CacheEvent::InitDone => {
+                if let Some(mut listed) = self.listing.take() {
+                    listed.shrink_to_fit();
+                    self.objects = listed;
+                }
+            }
+        }
+    }
+
+    /// The object `namespace/name`, expanded.
+    pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<CachedObject> {
+        let key = Entry::key(namespace, name);
+        Some(self.objects.get(&key)?.expand(&self.resource, &key))
+    }
+
+    /// Every object carrying all of `labels`.
+    pub fn list(&self, labels: &Labels) -> Vec<LiveObject> {
+        self.objects
+            .iter()
+            .filter(|(_, entry)| entry.has_labels(labels))
+            .map(|(key, entry)| entry.live(key))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment() -> Json {
+        serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "web", "namespace": "apps", "uid": "u1",
+                "resourceVersion": "7",
+                "labels": {"app": "web", "dbqo.dev/owner-name": "users"},
+                "annotations": {"dbqo.dev/applied-hash": "abc"},
+                "ownerReferences": [{"apiVersion": "dbqo.dev/v1alpha1", "kind": "DatabaseQueryResource",
+                                     "name": "users", "uid": "u0", "controller": true}],
+                "managedFields": [
+                    {"manager": "db-query-operator", "operation": "Apply", "apiVersion": "apps/v1",
+                     "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+                    {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "apps/v1",
+                     "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:replicas": {}}}}
+                ]
+            },
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}},
+            "status": {"replicas": 2}
+        })
+    }
+
+    fn resource(api_version: &str, kind: &str, plural: &str) -> ApiResource {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: api_version.into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        }
+    }
+
+    #[test]
+    fn the_cache_gives_back_the_object_without_other_managers_fields() {
+        let original = deployment();
+        let mut cache = KindCache::new(resource("apps/v1", "Deployment", "deployments"));
+        let (key, entry) = Entry::of(serde_json::from_value(original.clone()).unwrap());
+        assert_eq!(&*key, "apps/web");
+        cache.apply(CacheEvent::Apply(key, entry));
+
+        let cached = cache.get(Some("apps"), "web").expect("cached");
+        let mut expected = original;
+        expected["metadata"].as_object_mut().unwrap().remove("managedFields");
+        assert_eq!(cached.manifest, expected);
+        assert_eq!(cached.owned_fields, Some(serde_json::json!({"f:spec": {"f:replicas": {}}})));
+        assert_eq!(cached.live.controller_uid.as_deref(), Some("u0"));
+        assert_eq!(cached.live.uid.as_deref(), Some("u1"));
+        assert_eq!(cached.live.labels.get("app").map(String::as_str), Some("web"));
+        assert!(cache.get(Some("other"), "web").is_none());
+    }
+
+    #[test]
+    fn the_cache_keeps_the_prune_policy_readable_and_lists_by_label() {
+        let original = serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "namespace": "apps", "labels": {"a": "1", "b": "2"},
+                         "annotations": {"dbqo.dev/prune": "disabled", "dbqo.dev/adopt": "apps/x",
+                                         "note": "long text"}},
+        });
+        let mut cache = KindCache::new(resource("v1", "PersistentVolumeClaim", "pvcs"));
+        let (key, entry) = Entry::of(serde_json::from_value(original.clone()).unwrap());
+        assert_eq!(entry.label("b"), Some("2"));
+        assert_eq!(entry.label("c"), None);
+        cache.apply(CacheEvent::Apply(key, entry));
+
+        let wanted = |pairs: &[(&str, &str)]| -> Labels {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let listed = cache.list(&wanted(&[("a", "1")]));
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].prune_disabled);
+        assert_eq!(listed[0].adopt.as_deref(), Some("apps/x"));
+        assert_eq!(listed[0].namespace.as_deref(), Some("apps"));
+        assert!(cache.list(&wanted(&[("a", "1"), ("b", "3")])).is_empty());
+        assert_eq!(cache.get(Some("apps"), "data").unwrap().manifest, original, "nothing lost");
+    }
+
+    #[test]
+    fn a_relist_replaces_the_objects_only_when_it_is_done() {
+        let config_map = |name: &str| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+            }))
+            .unwrap()
+        };
+        let mut cache = KindCache::new(resource("v1", "Namespace", "namespaces"));
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(config_map("a")),
+            watcher::Event::InitApply(config_map("b")),
+            watcher::Event::InitDone,
+        ] {
+            cache.apply(event.into());
+        }
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get(None, "a").unwrap().live.namespace, None, "cluster-scoped");
+
+        cache.apply(watcher::Event::Init.into());
+        cache.apply(watcher::Event::InitApply(config_map("c")).into());
+        assert!(cache.get(None, "a").is_some(), "the old objects stay while listing");
+        assert!(cache.get(None, "c").is_none());
+        cache.apply(watcher::Event::InitDone.into());
+        assert!(cache.get(None, "a").is_none());
+        assert!(cache.get(None, "c").is_some());
+
+        let deleted = CacheEvent::from(watcher::Event::Delete(config_map("c")));
+        assert_eq!(deleted.changed().map(|(key, _)| key), Some("c"));
+        cache.apply(deleted);
+        assert!(cache.is_empty());
+    }
+}
