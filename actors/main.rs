@@ -6,6 +6,7 @@ use dbqo::cli::{self, Cli, Command, LogFormat};
 /// jemalloc returns what a pass frees to the system (its background thread
 /// purges unused pages); glibc's malloc kept the freed memory of a pass over
 /// thousands of rows fragmented in its heap (BENCHMARKS.md).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -84,7 +84,7 @@ impl QueryActor {
         if succeeded && !self.writeback_queue.synced {
             if let Some(state) = &self.state {
                 self.writeback_queue.synced = true;
-                let keys: Vec<ObjectKey> = state.produced().cloned().collect();
+                let keys: Vec<ObjectKey> = state.produced().collect();
                 self.writeback_queue.pending.extend(keys);
             }
         }

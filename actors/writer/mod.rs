@@ -34,18 +34,15 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     api::{Api, ApiResource, DynamicObject},
-    runtime::{
-        events::Reporter,
-        watcher, WatchStreamExt,
-    },
+    runtime::{events::Reporter, watcher, WatchStreamExt},
     Client,
 };
 use serde_json::Value as Json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use dbqo::api::DatabaseQueryResourceStatus;
-use dbqo::kube_api::cluster::{Cluster, Kinds};
 use dbqo::kube_api::cache::{split_key, CacheEvent, KindCache};
+use dbqo::kube_api::cluster::{Cluster, Kinds};
 use dbqo::kube_api::{
     self, CachedObject, KubeError, Labels, LiveObject, NewEvent, SecretData, Target,
 };
@@ -189,9 +186,8 @@ impl KubeWriter {
         let config = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGED_BY_VALUE}"));
         // Each object is made compact as it arrives: the watch's own copy
         // is dropped before the next one is read.
-        let events = watcher(api, config)
-            .default_backoff()
-            .map(|event| event.map(CacheEvent::from));
+        let events =
+            watcher(api, config).default_backoff().map(|event| event.map(CacheEvent::from));
         let kind = gk.clone();
         ctx.add_stream(events.map(move |event| (kind.clone(), event)).boxed_local());
         tracing::debug!(kind = %gk, "watching managed objects");
@@ -210,7 +206,8 @@ impl KubeWriter {
         event: &CacheEvent,
     ) -> Option<(Recipient<Drifted>, Drifted)> {
         let (key, object) = event.changed()?;
-        let owner = (object.label(OWNER_NAMESPACE)?.to_owned(), object.label(OWNER_NAME)?.to_owned());
+        let owner =
+            (object.label(OWNER_NAMESPACE)?.to_owned(), object.label(OWNER_NAME)?.to_owned());
         let recipient = self.subscribers.get(&owner)?.clone();
         let (namespace, name) = split_key(key);
         let key = ObjectKey {
@@ -442,7 +439,11 @@ impl WriterHandle {
     }
 
     /// Reads the cache of `resource`'s kind (at whatever version it watches).
-    fn with_cache<T>(&self, resource: &ApiResource, read: impl FnOnce(&KindCache) -> T) -> Option<T> {
+    fn with_cache<T>(
+        &self,
+        resource: &ApiResource,
+        read: impl FnOnce(&KindCache) -> T,
+    ) -> Option<T> {
         let gk = GroupKind::new(resource.group.clone(), resource.kind.clone());
         Some(read(self.stores.read().ok()?.get(&gk)?))
     }

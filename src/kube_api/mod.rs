@@ -28,9 +28,9 @@ pub use kinds::{
     Scope,
 };
 pub use objects::{
-    apply, create, create_only, delete, get, merge_patch, names, selector, wave,
-    CachedObject, Labels, LiveObject, Target, ADOPT_ANNOTATION, APPLY_ANNOTATION, CREATE_ONLY,
-    FIELD_MANAGER, PRUNE_ANNOTATION, PRUNE_DISABLED, WAVE_ANNOTATION,
+    apply, create, create_only, delete, get, merge_patch, names, selector, wave, CachedObject,
+    Labels, LiveObject, Target, ADOPT_ANNOTATION, APPLY_ANNOTATION, CREATE_ONLY, FIELD_MANAGER,
+    PRUNE_ANNOTATION, PRUNE_DISABLED, WAVE_ANNOTATION,
 };
 pub use own::{patch_dbqr_status, patch_status, read_meta, set_finalizers, status_patch};
 pub use secrets::SecretData;

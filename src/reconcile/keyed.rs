@@ -12,8 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use super::pass::{self, KeyedPass, PassConfig, PassReport, PassState};
+use super::pass::{self, KeyedPass, PassConfig, PassReport};
 use super::plan::{self, Desired, Inputs, Owned};
+use super::state::PassState;
 use crate::db::QueryResult;
 use crate::kube_api::cluster::Cluster;
 use crate::kube_api::{GroupKind, ObjectKey};
@@ -64,7 +65,7 @@ pub(super) async fn reconcile<W: Cluster>(
     let mut failed = Vec::new();
     let mut desired = pass::resolve_objects(&config.owner, &kinds, objects, &mut failed);
     let elsewhere =
-        |d: &Desired| state.applied.get(&d.key()).is_some_and(|kept| !old_rows.contains(&kept.row));
+        |d: &Desired| state.row_index(&d.key()).is_some_and(|row| !old_rows.contains(&row));
     if desired.iter().any(elsewhere) {
         return Keyed::Full("an object another row produces");
     }
@@ -76,8 +77,7 @@ pub(super) async fn reconcile<W: Cluster>(
         return Keyed::Full("an object cannot be looked at");
     }
     let produced: HashSet<ObjectKey> = desired.iter().map(Desired::key).collect();
-    let old_objects: Vec<ObjectKey> =
-        old_rows.iter().filter_map(|row| state.row_objects.get(row)).flatten().cloned().collect();
+    let old_objects: Vec<ObjectKey> = state.objects_of_rows(&old_rows).collect();
     let owned = unproduced(state, writer, &old_objects, &produced);
     let inputs = Inputs {
         owner: &config.owner,
@@ -93,7 +93,7 @@ pub(super) async fn reconcile<W: Cluster>(
         return Keyed::Full("a row is refused");
     }
     // The guard's share is of every object the DBQR owns, not of these keys'.
-    plan.owned = plan.owned.max(state.applied.len());
+    plan.owned = plan.owned.max(state.produced_count());
     let results = pass::apply_all(config, writer, &plan.apply).await;
     // Kinds written are in the inventory from now on, whatever follows.
     state.managed_kinds.extend(plan.written.iter().cloned());
@@ -102,18 +102,12 @@ pub(super) async fn reconcile<W: Cluster>(
     }
 
     // The keys' rows and objects replace what they were.
-    for key in &old_objects {
-        state.applied.remove(key);
-        state.rows.remove(key);
-    }
-    for row in &old_rows {
-        state.row_objects.remove(row);
-    }
+    state.forget_rows(&old_rows);
     report.applied = plan.apply.len();
     report.skipped = plan.skip.len();
     if config.status_template.is_some() {
         for object in plan.apply.iter().chain(&plan.skip) {
-            state.rows.insert(object.key(), rows[object.row - base].clone());
+            state.keep_row(&object.key(), rows[object.row - base].clone());
         }
     }
     for object in std::mem::take(&mut plan.skip).into_iter().chain(std::mem::take(&mut plan.apply))
@@ -138,7 +132,7 @@ pub(super) async fn reconcile<W: Cluster>(
     state.managed_kinds.extend(managed_before);
     report.managed_kinds = state.managed_kinds.clone();
     report.rows = state.row_count;
-    report.objects = state.applied.len();
+    report.objects = state.produced_count();
     report.waiting_rows = state.waiting_rows.len();
     state.complete = report.succeeded();
     Keyed::Done

@@ -19,6 +19,7 @@ pub mod plan;
 pub mod readiness;
 pub mod run;
 pub mod schedule;
+mod state;
 pub mod status;
 pub mod writeback;
 
@@ -29,11 +30,12 @@ pub use crate::kube_api::Cluster;
 pub use error::{ObjectError, PassError, PruneFailure, RowFailure};
 pub use labels::Owner;
 pub use pass::{
-    needs_no_repair, reconcile_rows, repair, Connection, KeyedPass, PassConfig, PassReport,
-    PassState, Repair, Row,
+    needs_no_repair, reconcile_rows, repair, Connection, KeyedPass, PassConfig, PassReport, Repair,
+    Row,
 };
 pub use run::run_pass;
 pub use schedule::PassScope;
+pub use state::PassState;
 
 /// The kinds in a DBQR status's `managedKinds` (the prune inventory earlier
 /// passes wrote); an entry that does not parse is skipped.

@@ -18,9 +18,10 @@ use serde_json::Value as Json;
 
 use super::compare::{in_place, stamp};
 use super::error::{ObjectError, PassError, PruneFailure, RowFailure};
-use super::guard::{Held, PruneGuard, Ruling, RELEASE_ANNOTATION};
+use super::guard::{PruneGuard, Ruling, RELEASE_ANNOTATION};
 use super::labels::Owner;
 use super::plan::{self, Desired, Inputs, Live, Owned, Plan};
+use super::state::PassState;
 use crate::api::{DatabaseQueryResource, DatabaseQueryResourceSpec};
 use crate::db::{ConnInfo, Connections, Pool};
 use crate::kube_api::cluster::{Cluster, Kinds};
@@ -151,179 +152,6 @@ impl Connection {
     }
 }
 
-/// Carried from pass to pass.
-#[derive(Default)]
-pub struct PassState {
-    /// What this DBQR wants of each object it produced in the last pass: the
-    /// reference for drift repair between passes.
-    pub(super) applied: HashMap<ObjectKey, Kept>,
-    /// The kind (version included) and resource of the objects in `applied`,
-    /// each held once rather than per object (at 10,000 objects the
-    /// per-object copies were ~5 MB); `Kept::kind` indexes it.
-    kinds: Vec<(Gvk, ApiResource)>,
-    /// The row that produced each object in the last pass (for status write-back).
-    pub(super) rows: HashMap<ObjectKey, Row>,
-    /// The kinds this DBQR has written and not yet pruned.
-    pub managed_kinds: BTreeSet<Gvk>,
-    /// Deletions the prune guard holds, and since when.
-    held: Held,
-    /// A request of the last pass found no such resource (a CRD deleted,
-    /// a version withdrawn): the next one asks for a fresh discovery.
-    rediscover: bool,
-    /// Rows whose later waves waited in the last pass.
-    pub(super) waiting_rows: BTreeSet<usize>,
-    /// Rows that waited before the last pass and no longer do: their
-    /// readiness changed without a status change of theirs.
-    pub(super) done_waiting: BTreeSet<usize>,
-    /// A keyed DBQR's rows by key (`keyColumn` as text) and its objects by
-    /// row, so a keyed pass finds what its keys had without a scan. A full
-    /// pass numbers its rows from 0; a keyed pass gives the rows it reads
-    /// new numbers from `next_row` on.
-    pub(super) key_rows: HashMap<Box<str>, Vec<usize>>,
-    pub(super) row_objects: HashMap<usize, Vec<ObjectKey>>,
-    /// Whether `row_objects` is kept (a keyed DBQR).
-    pub(super) by_row: bool,
-    pub(super) next_row: usize,
-    /// How many rows the query returns, as the passes since the last full
-    /// one have seen.
-    pub(super) row_count: usize,
-    /// The last pass succeeded and a full pass has run: the state is
-    /// complete, and a keyed pass can change it key by key.
-    pub(super) complete: bool,
-}
-
-impl PassState {
-    pub fn new(managed_kinds: BTreeSet<Gvk>) -> Self {
-        Self { managed_kinds, ..Self::default() }
-    }
-
-    /// The row that produced `key` in the last pass.
-    pub fn row(&self, key: &ObjectKey) -> Option<&Row> {
-        self.rows.get(key)
-    }
-
-    /// Every object this DBQR produced (and applied or found in place) in
-    /// the last pass.
-    pub fn produced(&self) -> impl Iterator<Item = &ObjectKey> {
-        self.applied.keys()
-    }
-
-    /// The wanted state of `key`, if this DBQR produced it in the last pass.
-    pub fn applied(&self, key: &ObjectKey) -> Option<Desired> {
-        let kept = self.applied.get(key)?;
-        let (gvk, _) = self.kinds.get(kept.kind)?;
-        Some(Desired {
-            row: kept.row,
-            gvk: gvk.clone(),
-            target: self.produced_target(key)?,
-            // Written by `keep` from a JSON value: it parses.
-            manifest: serde_json::from_str(&kept.manifest).unwrap_or(Json::Null),
-        })
-    }
-
-    /// The index of the row that produced `key` in the last pass.
-    pub fn row_index(&self, key: &ObjectKey) -> Option<usize> {
-        self.applied.get(key).map(|kept| kept.row)
-    }
-
-    /// Whether row `row` had objects waiting for an earlier wave in the
-    /// last pass.
-    pub fn row_waits(&self, row: usize) -> bool {
-        self.waiting_rows.contains(&row)
-    }
-
-    /// The objects row `row` produced (and applied or found in place) in the
-    /// last pass. A scan of every object: asked only for status templates
-    /// that use `RowReady`.
-    pub fn row_objects(&self, row: usize) -> impl Iterator<Item = (&ObjectKey, Target)> + '_ {
-        self.applied
-            .iter()
-            .filter(move |(_, kept)| kept.row == row)
-            .filter_map(|(key, _)| Some((key, self.produced_target(key)?)))
-    }
-
-    /// The objects of the rows whose waves stopped waiting in the last pass.
-    pub fn done_waiting(&self) -> Vec<ObjectKey> {
-        if self.done_waiting.is_empty() {
-            return Vec::new();
-        }
-        self.applied
-            .iter()
-            .filter(|(_, kept)| self.done_waiting.contains(&kept.row))
-            .map(|(key, _)| key.clone())
-            .collect()
-    }
-
-    /// The kind (version included) of the object `key` this DBQR produced
-    /// in the last pass.
-    pub(super) fn produced_gvk(&self, key: &ObjectKey) -> Option<&Gvk> {
-        self.kinds.get(self.applied.get(key)?.kind).map(|(gvk, _)| gvk)
-    }
-
-    /// Whether this DBQR produced `key` in the last pass.
-    pub fn produced_key(&self, key: &ObjectKey) -> bool {
-        self.applied.contains_key(key)
-    }
-
-    /// Where the object `key` this DBQR produced in the last pass lives.
-    pub fn produced_target(&self, key: &ObjectKey) -> Option<Target> {
-        let kept = self.applied.get(key)?;
-        let (_, resource) = self.kinds.get(kept.kind)?;
-        Some(Target {
-            resource: resource.clone(),
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-        })
-    }
-
-    /// Whether the state is complete and simple enough for a keyed pass:
-    /// no held deletions (the guard judges those with every candidate) and
-    /// no rows waiting for a wave (their readiness is judged row by row).
-    pub(super) fn keyed_ready(&self) -> bool {
-        self.complete && self.held.is_empty() && self.waiting_rows.is_empty()
-    }
-
-    /// Records the keys of a full pass's rows, by index.
-    pub(super) fn index_keys(&mut self, keys: Vec<Option<String>>) {
-        self.row_count = keys.len();
-        self.next_row = keys.len();
-        self.key_rows.clear();
-        for (row, key) in keys.into_iter().enumerate() {
-            if let Some(key) = key {
-                self.key_rows.entry(key.into_boxed_str()).or_default().push(row);
-            }
-        }
-    }
-
-    pub(super) fn keep(&mut self, object: Desired) {
-        let key = object.key();
-        let kind = match self.kinds.iter().position(|(gvk, _)| *gvk == object.gvk) {
-            Some(kind) => kind,
-            None => {
-                self.kinds.push((object.gvk, object.target.resource));
-                self.kinds.len() - 1
-            }
-        };
-        if self.by_row {
-            self.row_objects.entry(object.row).or_default().push(key.clone());
-        }
-        self.applied.insert(
-            key,
-            Kept { row: object.row, kind, manifest: object.manifest.to_string().into_boxed_str() },
-        );
-    }
-}
-
-/// What the state keeps of an object a pass produced, for as long as the
-/// DBQR lives: its row and the manifest as JSON text, one allocation instead
-/// of one per field (the kind and its resource are an index into
-/// `PassState::kinds`, the namespace and name come from the key). Only drift repair reads the manifest again.
-pub(super) struct Kept {
-    pub(super) row: usize,
-    kind: usize,
-    manifest: Box<str>,
-}
-
 /// What a pass did.
 #[derive(Debug, Clone, Default)]
 pub struct PassReport {
@@ -439,11 +267,12 @@ pub async fn reconcile_rows<W: Cluster>(
         gather(config, writer, &kinds, rendered.objects, failed, &state.managed_kinds).await;
     let plan = plan::plan(inputs);
     // Rows are kept only for status write-back.
-    state.rows = if config.status_template.is_some() {
-        plan.apply.iter().chain(&plan.skip).map(|d| (d.key(), rows[d.row].clone())).collect()
-    } else {
-        HashMap::new()
-    };
+    state.clear_rows();
+    if config.status_template.is_some() {
+        for d in plan.apply.iter().chain(&plan.skip) {
+            state.keep_row(&d.key(), rows[d.row].clone());
+        }
+    }
     execute(config, state, writer, plan, report).await;
 }
 
@@ -744,9 +573,7 @@ fn keep_applied(
     results: Vec<Result<(), KubeError>>,
     report: &mut PassReport,
 ) -> Vec<RowFailure> {
-    state.applied.clear();
-    state.kinds.clear();
-    state.row_objects.clear();
+    state.forget_objects();
     for object in std::mem::take(&mut plan.skip) {
         state.keep(object);
     }

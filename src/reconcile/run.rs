@@ -9,8 +9,9 @@ use kube::api::ApiResource;
 
 use super::error::PassError;
 use super::keyed::{self, Keyed};
-use super::pass::{reconcile_rows, Connection, PassConfig, PassReport, PassState};
+use super::pass::{reconcile_rows, Connection, PassConfig, PassReport};
 use super::schedule::PassScope;
+use super::state::PassState;
 use crate::api::REQUESTED_AT_ANNOTATION;
 use crate::db::{self, KeySelect, Pool, QueryError, QueryOptions};
 use crate::kube_api::cluster::Cluster;

@@ -771,7 +771,7 @@ fn a_keyed_pass_touches_only_its_keys_and_ends_where_a_full_pass_would() {
     assert!(!writer.calls.borrow().iter().any(|c| c.contains("apps/a")), "a is not looked at");
     // The DBQR's totals, as a full pass would report them.
     assert_eq!((report.rows, report.objects, report.applied, report.pruned), (3, 3, 2, 1));
-    let mut produced: Vec<&str> = state.produced().map(|k| k.name.as_str()).collect();
+    let mut produced: Vec<String> = state.produced().map(|k| k.name).collect();
     produced.sort();
     assert_eq!(produced, ["a", "b", "d"]);
 

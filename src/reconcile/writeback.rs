@@ -12,8 +12,9 @@ use crate::db::Pool;
 use serde_json::Value as Json;
 
 use super::error::PassError;
-use super::pass::{PassConfig, PassState, Row};
+use super::pass::{PassConfig, Row};
 use super::readiness;
+use super::state::PassState;
 use super::status::WriteBackResult;
 use crate::kube_api::cluster::Cluster;
 use crate::kube_api::ObjectKey;
