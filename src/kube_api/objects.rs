@@ -84,7 +84,9 @@ pub struct LiveObject {
     pub labels: BTreeMap<String, String>,
     /// uid of the controller owner, if any.
     pub controller_uid: Option<String>,
-    pub owner_references: Vec<Json>,
+    /// `metadata.ownerReferences` as JSON text, empty when there are none
+    /// (shared with the watch cache: a list of thousands copies nothing).
+    pub owners_json: std::sync::Arc<str>,
     pub deleting: bool,
     /// The object's uid: deletions name it as a precondition, so a
     /// same-named replacement made by someone else is never deleted.
@@ -94,6 +96,16 @@ pub struct LiveObject {
     pub adopt: Option<String>,
     /// [`PRUNE_ANNOTATION`] says [`PRUNE_DISABLED`]: detached, never deleted.
     pub prune_disabled: bool,
+}
+
+impl LiveObject {
+    /// The object's owner references.
+    pub fn owner_references(&self) -> Vec<Json> {
+        if self.owners_json.is_empty() {
+            return Vec::new();
+        }
+        serde_json::from_str(&self.owners_json).unwrap_or_default()
+    }
 }
 
 impl From<DynamicObject> for LiveObject {
@@ -111,7 +123,11 @@ impl From<&DynamicObject> for LiveObject {
             name: o.metadata.name.clone().unwrap_or_default(),
             labels: o.metadata.labels.clone().unwrap_or_default(),
             controller_uid: refs.iter().find(|r| r.controller == Some(true)).map(|r| r.uid.clone()),
-            owner_references: refs.iter().filter_map(|r| serde_json::to_value(r).ok()).collect(),
+            owners_json: if refs.is_empty() {
+                "".into()
+            } else {
+                serde_json::to_string(&refs).unwrap_or_default().into()
+            },
             deleting: o.metadata.deletion_timestamp.is_some(),
             uid: o.metadata.uid.clone(),
             adopt: annotation(ADOPT_ANNOTATION).cloned(),

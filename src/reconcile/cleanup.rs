@@ -121,7 +121,7 @@ async fn clean_up_kind<W: Cluster>(
         match policy {
             // Kept by its own policy: detached like an orphan.
             DeletionPolicy::Delete if object.prune_disabled => {
-                let patch = owner.detach_patch(&object.owner_references, false);
+                let patch = owner.detach_patch(&object.owner_references(), false);
                 writer.merge_patch(&target, &patch).await.map_err(failed)?;
             }
             DeletionPolicy::Delete => {
@@ -131,7 +131,7 @@ async fn clean_up_kind<W: Cluster>(
                 }
             }
             DeletionPolicy::Orphan => {
-                let patch = owner.detach_patch(&object.owner_references, false);
+                let patch = owner.detach_patch(&object.owner_references(), false);
                 writer.merge_patch(&target, &patch).await.map_err(failed)?;
             }
         }

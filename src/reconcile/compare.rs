@@ -300,7 +300,7 @@ mod tests {
                 name: "web".into(),
                 labels: Default::default(),
                 controller_uid: None,
-                owner_references: Vec::new(),
+                owners_json: "".into(),
                 deleting: false,
                 uid: None,
                 adopt: None,

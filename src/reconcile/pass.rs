@@ -465,7 +465,7 @@ fn uncached_by_kind<'a, W: Cluster>(
     for object in desired {
         match writer.cached(&object.target) {
             Some(cached) => {
-                live.insert(object.key(), Live::Cached(cached));
+                live.insert(object.key(), Live::cached(cached, object));
             }
             None => {
                 let r = &object.target.resource;

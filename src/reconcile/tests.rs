@@ -428,11 +428,10 @@ fn plan_applies_an_object_the_cache_shows_being_deleted() {
     let mut input = inputs(&owner, &inventory);
     input.live = HashMap::from([(
         wanted.key(),
-        Live::Cached(CachedObject {
-            live: cached,
-            manifest: wanted.manifest.clone(),
-            owned_fields: None,
-        }),
+        Live::cached(
+            CachedObject { live: cached, manifest: wanted.manifest.clone(), owned_fields: None },
+            &wanted,
+        ),
     )]);
     input.desired = vec![wanted];
     let plan = plan::plan(input);
@@ -447,11 +446,10 @@ fn plan_creates_a_create_only_object_when_missing_and_never_updates_it() {
     // The live copy differs in data: an ordinary object would be applied.
     let mut live_manifest = wanted.manifest.clone();
     live_manifest["data"]["value"] = json!("changed by hand");
-    let cached = Live::Cached(CachedObject {
-        live: live(&live_manifest),
-        manifest: live_manifest,
-        owned_fields: None,
-    });
+    let cached = Live::cached(
+        CachedObject { live: live(&live_manifest), manifest: live_manifest, owned_fields: None },
+        &wanted,
+    );
     for (state, applied) in [(cached, 0), (Live::Absent, 1)] {
         let mut input = inputs(&owner, &inventory);
         input.live = HashMap::from([(wanted.key(), state)]);
@@ -471,11 +469,10 @@ fn plan_holds_a_rows_later_wave_until_its_earlier_wave_is_in_place_and_ready() {
     };
     let (first, second) = (waved("first", "0"), waved("second", "1"));
     let cached = |manifest: &Json| {
-        Live::Cached(CachedObject {
-            live: live(manifest),
-            manifest: manifest.clone(),
-            owned_fields: None,
-        })
+        Live::cached(
+            CachedObject { live: live(manifest), manifest: manifest.clone(), owned_fields: None },
+            &first,
+        )
     };
     let plan_with = |first_live: Live| {
         let mut input = inputs(&owner, &inventory);
