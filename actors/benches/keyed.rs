@@ -11,7 +11,8 @@
 //! (keyed), `--rate` changes a second for `--seconds` (keyed, sustained),
 //! then the same DBQR without `keyColumn` (every notification a full pass),
 //! and the floor: the same commit, then one plain server-side apply and its
-//! watch event. RSS at idle after each. One table at the end.
+//! watch event. RSS at idle after the keyed runs, and after an UPDATE of
+//! every row (one full pass). One table at the end.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -225,6 +226,14 @@ async fn main() {
         })
         .await;
         let unkeyed = one_at_a_time(&db, &table, &seen, n, args.unkeyed_samples, "u").await;
+        // Every row changed at once (one full pass), then idle again.
+        db.batch_execute(&format!("UPDATE {table} SET value = 'all-' || id")).await.unwrap();
+        seen.until(Duration::from_secs(1800), |m| {
+            m.values().filter(|v| v.starts_with("all-")).count() == n
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let rss_updated = common::rss_mib(operator.pid());
         eprintln!(
             "{n} objects: created in {:.1} s; {} passes, {} keyed, during the keyed samples; a keyed pass took {pass_ms:.1} ms on average (one change at a time)",
             created.as_secs_f64(),
@@ -232,7 +241,7 @@ async fn main() {
             done.keyed
         );
         lines.push(format!(
-            "| {n} | {} | {} ({} /s for {} s) | {} | {} | {rss:.1} MiB |",
+            "| {n} | {} | {} ({} /s for {} s) | {} | {} | {rss:.1} MiB | {rss_updated:.1} MiB |",
             spread(keyed),
             spread(rate),
             args.rate,
@@ -242,8 +251,8 @@ async fn main() {
         ));
         drop(operator);
     }
-    println!("| objects | keyed, one change: p50 / p99 | keyed, sustained: p50 / p99 | unkeyed (full pass): p50 / p99 | floor: p50 / p99 | RSS after the keyed runs |");
-    println!("|---|---|---|---|---|---|");
+    println!("| objects | keyed, one change: p50 / p99 | keyed, sustained: p50 / p99 | unkeyed (full pass): p50 / p99 | floor: p50 / p99 | RSS after the keyed runs | RSS after an UPDATE of every row |");
+    println!("|---|---|---|---|---|---|---|");
     for line in lines {
         println!("{line}");
     }
