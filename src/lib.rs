@@ -15,6 +15,7 @@ pub mod controller;
 pub mod db;
 #[cfg(test)]
 pub(crate) mod fake_cluster;
+pub mod intern;
 pub mod kube_api;
 pub mod lease;
 pub mod provision;

@@ -5,14 +5,14 @@
 //! so its form is chosen for size: an object is a handful of strings, not a
 //! tree of maps. What the objects of one DBQR share (their labels, owner
 //! references and the operator's field set are the same text for every
-//! row of a template) is held once and shared ([`Interner`]); what is the
+//! row of a template) is held once and shared ([`crate::intern`]); what is the
 //! object's own (uid, content, annotations) is its own text. kube-runtime's
 //! reflector kept a `DynamicObject` per object (an `ObjectMeta`, a B-tree
 //! node of half a kilobyte for its labels, an `Arc`) under a key that
 //! repeats the kind's five-string `ApiResource`: about 3 KiB per object. A
 //! pass expands what it compares ([`KindCache::get`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
@@ -21,6 +21,8 @@ use kube::{
     runtime::watcher,
 };
 use serde_json::{Map, Value as Json};
+
+use crate::intern::Interner;
 
 use super::objects::{
     CachedObject, Labels, LiveObject, ADOPT_ANNOTATION, FIELD_MANAGER, PRUNE_ANNOTATION,
@@ -244,41 +246,15 @@ impl CacheEvent {
     }
 }
 
-/// One copy of each text many entries share: the objects of a DBQR carry
-/// the same labels, owner references and field set, and 10,000 copies of
-/// them were a third of the cache.
-#[derive(Debug, Default)]
-struct Interner {
-    texts: HashSet<Arc<str>>,
-    /// How many texts the last sweep left.
-    swept: usize,
-}
-
-impl Interner {
-    fn share(&mut self, text: &mut Arc<str>) {
-        match self.texts.get(text) {
-            Some(shared) => *text = shared.clone(),
-            None => {
-                self.texts.insert(text.clone());
-                // Texts no entry holds any more go once they are as many
-                // as the rest: the set stays within twice what is in use.
-                if self.texts.len() > 2 * self.swept + 64 {
-                    self.texts.retain(|t| Arc::strong_count(t) > 1);
-                    self.swept = self.texts.len();
-                }
-            }
-        }
+/// Shares the texts the objects of a DBQR have in common.
+fn share_entry(texts: &mut Interner, entry: &mut Entry) {
+    texts.share(&mut entry.labels);
+    texts.share(&mut entry.owners);
+    if let Some(uid) = &mut entry.controller_uid {
+        texts.share(uid);
     }
-
-    fn share_entry(&mut self, entry: &mut Entry) {
-        self.share(&mut entry.labels);
-        self.share(&mut entry.owners);
-        if let Some(uid) = &mut entry.controller_uid {
-            self.share(uid);
-        }
-        if let Some(fields) = &mut entry.owned_fields {
-            self.share(fields);
-        }
+    if let Some(fields) = &mut entry.owned_fields {
+        texts.share(fields);
     }
 }
 
@@ -302,7 +278,7 @@ impl KindCache {
     pub fn apply(&mut self, event: CacheEvent) {
         match event {
             CacheEvent::Apply(key, mut entry) => {
-                self.texts.share_entry(&mut entry);
+                share_entry(&mut self.texts, &mut entry);
                 self.objects.insert(key, entry);
             }
             CacheEvent::Delete(key, _) => {
@@ -310,7 +286,7 @@ impl KindCache {
             }
             CacheEvent::Init => self.listing = Some(HashMap::new()),
             CacheEvent::InitApply(key, mut entry) => {
-                self.texts.share_entry(&mut entry);
+                share_entry(&mut self.texts, &mut entry);
                 self.listing.get_or_insert_with(HashMap::new).insert(key, entry);
             }
             CacheEvent::InitDone => {
@@ -452,7 +428,7 @@ mod tests {
         for n in 0..1000 {
             apply(&mut cache, "c", &n.to_string());
         }
-        assert!(cache.texts.texts.len() < 100, "{} texts kept", cache.texts.texts.len());
+        assert!(cache.texts.len() < 100, "{} texts kept", cache.texts.len());
         assert_eq!(cache.get(Some("apps"), "c").unwrap().live.labels["row"], "999");
         assert_eq!(cache.get(Some("apps"), "a").unwrap().live.labels["row"], "same");
     }

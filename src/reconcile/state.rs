@@ -4,9 +4,11 @@
 //!
 //! The state lives as long as the DBQR and holds an entry per object, so an
 //! object is kept small: its kind as an index, its namespace and name as one
-//! text ([`StateKey`]), the manifest as JSON text.
+//! text ([`StateKey`]), the manifest as JSON text with the owner labels and
+//! references every object of the DBQR carries held once.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use kube::api::ApiResource;
 use serde_json::Value as Json;
@@ -14,6 +16,7 @@ use serde_json::Value as Json;
 use super::guard::Held;
 use super::pass::Row;
 use super::plan::Desired;
+use crate::intern::Interner;
 use crate::kube_api::cache::{split_key, Entry};
 use crate::kube_api::{GroupKind, Gvk, ObjectKey, Target};
 
@@ -29,6 +32,8 @@ pub struct PassState {
     /// The group and kind of every key, each held once; `StateKey` indexes
     /// it. Never shrinks: a DBQR's kinds are a handful.
     group_kinds: Vec<GroupKind>,
+    /// The metadata the objects share (`Kept::shared`), one copy each.
+    shared: Interner,
     /// The row that produced each object in the last pass (for status write-back).
     rows: HashMap<StateKey, Row>,
     /// The kinds this DBQR has written and not yet pruned.
@@ -77,7 +82,45 @@ struct StateKey {
 struct Kept {
     row: usize,
     kind: usize,
+    /// `metadata.labels` and `metadata.ownerReferences` as one JSON object:
+    /// the same text for every object of a template (shared).
+    shared: Arc<str>,
+    /// The rest of the manifest.
     manifest: Box<str>,
+}
+
+/// The parts of `metadata` that [`Kept::shared`] holds.
+const SHARED_METADATA: [&str; 2] = ["labels", "ownerReferences"];
+
+impl Kept {
+    fn of(row: usize, kind: usize, mut manifest: Json, texts: &mut Interner) -> Self {
+        let mut shared = serde_json::Map::new();
+        if let Some(metadata) = manifest.get_mut("metadata").and_then(Json::as_object_mut) {
+            for key in SHARED_METADATA {
+                if let Some(value) = metadata.remove(key) {
+                    shared.insert(key.into(), value);
+                }
+            }
+        }
+        Self {
+            row,
+            kind,
+            shared: texts.get(&Json::Object(shared).to_string()),
+            manifest: manifest.to_string().into_boxed_str(),
+        }
+    }
+
+    fn manifest(&self) -> Json {
+        // Written by `of` from JSON values: both parse.
+        let mut manifest: Json = serde_json::from_str(&self.manifest).unwrap_or(Json::Null);
+        let shared = serde_json::from_str(&self.shared).unwrap_or(Json::Null);
+        if let (Some(metadata), Json::Object(shared)) =
+            (manifest.get_mut("metadata").and_then(Json::as_object_mut), shared)
+        {
+            metadata.extend(shared);
+        }
+        manifest
+    }
 }
 
 impl PassState {
@@ -142,8 +185,7 @@ impl PassState {
             row: kept.row,
             gvk: gvk.clone(),
             target: self.produced_target(key)?,
-            // Written by `keep` from a JSON value: it parses.
-            manifest: serde_json::from_str(&kept.manifest).unwrap_or(Json::Null),
+            manifest: kept.manifest(),
         })
     }
 
@@ -273,9 +315,36 @@ impl PassState {
         if self.by_row {
             self.row_objects.entry(object.row).or_default().push(key.clone());
         }
-        self.applied.insert(
-            key,
-            Kept { row: object.row, kind, manifest: object.manifest.to_string().into_boxed_str() },
-        );
+        let kept = Kept::of(object.row, kind, object.manifest, &mut self.shared);
+        self.applied.insert(key, kept);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_manifest_comes_back_whole_and_objects_share_their_owner_metadata() {
+        let manifest = |name: &str| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "apps",
+                             "labels": {"dbqo.dev/owner-name": "users"},
+                             "ownerReferences": [{"uid": "u0", "controller": true}],
+                             "annotations": {"dbqo.dev/applied-hash": name}},
+                "data": {"value": name},
+            })
+        };
+        let mut texts = Interner::default();
+        let (a, b) =
+            (Kept::of(0, 0, manifest("a"), &mut texts), Kept::of(1, 0, manifest("b"), &mut texts));
+        assert_eq!(a.manifest(), manifest("a"));
+        assert_eq!(b.manifest(), manifest("b"));
+        assert!(Arc::ptr_eq(&a.shared, &b.shared));
+        assert!(!a.manifest.contains("ownerReferences"));
+        let bare =
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        assert_eq!(Kept::of(2, 0, bare.clone(), &mut texts).manifest(), bare);
     }
 }
