@@ -175,6 +175,12 @@ async fn main() {
         db.batch_execute(&trigger).await.unwrap();
         let operator = Operator::start(&[]);
         let ns = new_namespace(&client, "keyed", &server.info).await;
+        // Up, and leading (its watches started): the operator at rest.
+        common::eventually(Duration::from_secs(60), "the operator leading", || async {
+            operator.leads().await.then_some(())
+        })
+        .await;
+        let rss_empty = common::rss_mib(operator.pid());
         let seen = Seen::watch(&client, &ns);
         let started = Instant::now();
         DbqrBuilder::new("items", &operator)
@@ -241,7 +247,7 @@ async fn main() {
             done.keyed
         );
         lines.push(format!(
-            "| {n} | {} | {} ({} /s for {} s) | {} | {} | {rss:.1} MiB | {rss_updated:.1} MiB |",
+            "| {n} | {} | {} ({} /s for {} s) | {} | {} | {rss_empty:.1} MiB | {rss:.1} MiB | {rss_updated:.1} MiB |",
             spread(keyed),
             spread(rate),
             args.rate,
@@ -251,8 +257,8 @@ async fn main() {
         ));
         drop(operator);
     }
-    println!("| objects | keyed, one change: p50 / p99 | keyed, sustained: p50 / p99 | unkeyed (full pass): p50 / p99 | floor: p50 / p99 | RSS after the keyed runs | RSS after an UPDATE of every row |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| objects | keyed, one change: p50 / p99 | keyed, sustained: p50 / p99 | unkeyed (full pass): p50 / p99 | floor: p50 / p99 | RSS before the DBQR | RSS after the keyed runs | RSS after an UPDATE of every row |");
+    println!("|---|---|---|---|---|---|---|---|");
     for line in lines {
         println!("{line}");
     }
