@@ -66,6 +66,8 @@ pub struct Metrics {
     writer_in_flight: Gauge,
     writer_waiting: Gauge,
     leader: Gauge,
+    heap_allocated: Gauge,
+    heap_resident: Gauge,
     connections: Family<ServerLabel, Gauge>,
     database_passes: Family<ResultLabel, Counter>,
     database_pass_duration: Histogram,
@@ -92,6 +94,8 @@ impl Metrics {
             writer_in_flight: Gauge::default(),
             writer_waiting: Gauge::default(),
             leader: Gauge::default(),
+            heap_allocated: Gauge::default(),
+            heap_resident: Gauge::default(),
             connections: Family::default(),
             database_passes: Family::default(),
             database_pass_duration: seconds(),
@@ -175,6 +179,16 @@ impl Metrics {
             "leader",
             "1 while this replica runs the actors (holds the Lease, or runs without leader election)",
             m.leader.clone(),
+        );
+        registry.register(
+            "heap_allocated_bytes",
+            "Bytes the operator has allocated and not freed (jemalloc's count)",
+            m.heap_allocated.clone(),
+        );
+        registry.register(
+            "heap_resident_bytes",
+            "Bytes of memory the allocator holds resident: live bytes, the free space between them, its own metadata",
+            m.heap_resident.clone(),
         );
         registry.register(
             "database_connections",
@@ -280,12 +294,31 @@ impl Metrics {
                 self.connections.get_or_create(&label).set(held as i64);
             }
         }
+        if let Some((allocated, resident)) = heap() {
+            self.heap_allocated.set(allocated);
+            self.heap_resident.set(resident);
+        }
         let mut text = String::new();
         if encode(&mut text, &self.registry).is_err() {
             text.clear();
         }
         text
     }
+}
+
+/// jemalloc's live and resident bytes (its counters are refreshed by
+/// advancing its epoch); `None` without jemalloc.
+fn heap() -> Option<(i64, i64)> {
+    #[cfg(feature = "jemalloc")]
+    {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        epoch::advance().ok()?;
+        let allocated = stats::allocated::read().ok()?;
+        let resident = stats::resident::read().ok()?;
+        Some((allocated as i64, resident as i64))
+    }
+    #[cfg(not(feature = "jemalloc"))]
+    None
 }
 
 /// The process's metrics.

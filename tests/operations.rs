@@ -58,6 +58,10 @@ async fn metrics_health_and_readiness_are_served() {
     at_least("dbqo_pass_duration_seconds_count{result=\"success\"}", 2.0);
     at_least("dbqo_query_duration_seconds_count", 2.0);
     assert!(text.lines().any(|l| l.starts_with("dbqo_database_connections{server=")), "{text}");
+    // The allocator's own counts: live bytes, and the resident pages they need.
+    at_least("dbqo_heap_allocated_bytes", 1_000_000.0);
+    let resident = sample(&text, "dbqo_heap_resident_bytes").unwrap();
+    assert!(resident >= sample(&text, "dbqo_heap_allocated_bytes").unwrap(), "{text}");
     assert!(!text.contains(&common::shared().postgres.password), "no secrets in metrics");
 }
 

@@ -62,6 +62,14 @@ fn args() -> KeyedArgs {
     args
 }
 
+/// The operator's heap, live / resident (jemalloc's counts).
+async fn heap(operator: &Operator) -> String {
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    let live = operator.metric("dbqo_heap_allocated_bytes").await;
+    let resident = operator.metric("dbqo_heap_resident_bytes").await;
+    format!("heap {:.1} / {:.1}", mib(live), mib(resident))
+}
+
 /// p50 / p99 of `latencies`.
 fn spread(mut latencies: Vec<Duration>) -> String {
     latencies.sort();
@@ -215,6 +223,7 @@ async fn main() {
         let pass_ms = (sum1 - sum0) * 1000.0 / (count1 - count0).max(1.0);
         tokio::time::sleep(Duration::from_secs(15)).await;
         let rss = common::rss_mib(operator.pid());
+        let heap = heap(&operator).await;
 
         // In a namespace of its own: a new watch of the DBQR's would first
         // list every object (half a second at 10,000).
@@ -240,6 +249,7 @@ async fn main() {
         .await;
         tokio::time::sleep(Duration::from_secs(15)).await;
         let rss_updated = common::rss_mib(operator.pid());
+        let heap_updated = heap(&operator).await;
         eprintln!(
             "{n} objects: created in {:.1} s; {} passes, {} keyed, during the keyed samples; a keyed pass took {pass_ms:.1} ms on average (one change at a time)",
             created.as_secs_f64(),
@@ -247,7 +257,7 @@ async fn main() {
             done.keyed
         );
         lines.push(format!(
-            "| {n} | {} | {} ({} /s for {} s) | {} | {} | {rss_empty:.1} MiB | {rss:.1} MiB | {rss_updated:.1} MiB |",
+            "| {n} | {} | {} ({} /s for {} s) | {} | {} | {rss_empty:.1} MiB | {rss:.1} MiB ({heap}) | {rss_updated:.1} MiB ({heap_updated}) |",
             spread(keyed),
             spread(rate),
             args.rate,
