@@ -223,7 +223,7 @@ async fn main() {
         let pass_ms = (sum1 - sum0) * 1000.0 / (count1 - count0).max(1.0);
         tokio::time::sleep(Duration::from_secs(15)).await;
         let rss = common::rss_mib(operator.pid());
-        let heap = heap(&operator).await;
+        let heap_keyed = heap(&operator).await;
 
         // In a namespace of its own: a new watch of the DBQR's would first
         // list every object (half a second at 10,000).
@@ -257,7 +257,7 @@ async fn main() {
             done.keyed
         );
         lines.push(format!(
-            "| {n} | {} | {} ({} /s for {} s) | {} | {} | {rss_empty:.1} MiB | {rss:.1} MiB ({heap}) | {rss_updated:.1} MiB ({heap_updated}) |",
+            "| {n} | {} | {} ({} /s for {} s) | {} | {} | {rss_empty:.1} MiB | {rss:.1} MiB ({heap_keyed}) | {rss_updated:.1} MiB ({heap_updated}) |",
             spread(keyed),
             spread(rate),
             args.rate,
