@@ -21,7 +21,8 @@ pub use pool::{
     build_pool, checkout, Checkout, Pool, PoolConnectError, PoolError, PoolGetError, SharedPools,
 };
 pub use query::{
-    run_query, run_query_keyed, KeySelect, QueryError, QueryOptions, QueryResult, OVERSIZED_ROW,
+    run_query, run_query_keyed, KeySelect, QueryError, QueryOptions, QueryResult, Row,
+    OVERSIZED_ROW,
 };
 pub use secret::{conninfo_from_secret, SecretError};
 

@@ -28,11 +28,14 @@ pub struct QueryOptions {
 /// cannot hold NUL, so no column has this name.)
 pub const OVERSIZED_ROW: &str = "\u{0}oversized";
 
-/// Rows of the last statement, each a JSON object in column order.
+/// A row as the query returned it: a JSON object in column order.
+pub type Row = Map<String, Value>;
+
+/// Rows of the last statement.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueryResult {
     pub columns: Vec<String>,
-    pub rows: Vec<Map<String, Value>>,
+    pub rows: Vec<Row>,
     /// With a [`KeySelect`]: each row's key as the server's text form
     /// (`NULL` for a NULL key and for an oversized row), by row.
     pub keys: Vec<Option<String>>,

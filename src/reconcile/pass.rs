@@ -14,7 +14,6 @@ use std::{
 
 use futures_util::{future::join_all, StreamExt as _};
 use kube::api::ApiResource;
-use serde_json::Value as Json;
 
 use super::compare::{in_place, stamp};
 use super::error::{ObjectError, PassError, PruneFailure, RowFailure};
@@ -33,8 +32,7 @@ use crate::render::{
 use crate::settings::Settings;
 use crate::status_template::StatusTemplate;
 
-/// A row as the query returned it.
-pub type Row = serde_json::Map<String, Json>;
+pub use crate::db::Row;
 
 /// Everything fixed for the life of one spec.
 pub struct PassConfig {

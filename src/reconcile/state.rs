@@ -14,8 +14,8 @@ use kube::api::ApiResource;
 use serde_json::Value as Json;
 
 use super::guard::Held;
-use super::pass::Row;
 use super::plan::Desired;
+use crate::db::Row;
 use crate::intern::Interner;
 use crate::kube_api::cache::{split_key, Entry};
 use crate::kube_api::{GroupKind, Gvk, ObjectKey, Target};
