@@ -115,9 +115,11 @@ async fn an_etl_reload_deletes_nothing_and_a_real_emptying_waits_for_confirmatio
     let passes = operator.totals().await;
     db.batch_execute("DELETE FROM items").await.unwrap();
     let emptied = Instant::now();
+    // A pass for the refill's last notices may still follow: wait for one
+    // that held all 40, whatever passes run beside it.
     operator
         .wait_for_pass(passes, "the pass that holds the deletions", |p| {
-            p.ok() && p.rows == 0 && p.held == ROWS as u64 * p.passes
+            p.ok() && p.held >= ROWS as u64
         })
         .await;
     eventually(Duration::from_secs(20), "the confirmed deletions", || async {
@@ -175,9 +177,7 @@ async fn the_release_annotation_lets_a_held_prune_through_and_small_prunes_are_i
     // all 39, whatever passes run beside it.
     let passes = operator.totals().await;
     db.batch_execute("DELETE FROM items").await.unwrap();
-    operator
-        .wait_for_pass(passes, "the held prune", |p| p.held >= ROWS as u64 - 1)
-        .await;
+    operator.wait_for_pass(passes, "the held prune", |p| p.held >= ROWS as u64 - 1).await;
     assert_eq!(common::operator::configmaps(client, ns).await.len(), ROWS - 1);
     let dbqrs = Api::<DatabaseQueryResource>::namespaced(client.clone(), ns);
     let released = Instant::now();
