@@ -73,9 +73,10 @@ impl Entry {
         let refs = meta.owner_references.take().unwrap_or_default();
         let controller_uid =
             refs.iter().find(|r| r.controller == Some(true)).map(|r| Arc::from(r.uid.as_str()));
-        let owners = match refs.is_empty() {
-            true => String::new(),
-            false => serde_json::to_string(&refs).unwrap_or_default(),
+        let owners = if refs.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&refs).unwrap_or_default()
         };
         let owned_fields = meta
             .managed_fields
