@@ -46,6 +46,8 @@ pub(crate) struct FakeCluster {
     pub(crate) deletions: RefCell<Vec<(String, Option<String>)>>,
     /// Statuses written, by (kind, namespace, name).
     pub(crate) statuses: RefCell<BTreeMap<(String, String, String), Json>>,
+    /// Every status written, in order.
+    pub(crate) status_writes: RefCell<Vec<Json>>,
     /// Events published: (reason, warning).
     pub(crate) events: RefCell<Vec<(String, bool)>>,
     /// Finalizer changes the API server refuses with a conflict first.
@@ -252,6 +254,7 @@ impl Cluster for FakeCluster {
     ) -> Result<(), KubeError> {
         let key = (resource.kind.clone(), namespace.to_owned(), name.to_owned());
         self.statuses.borrow_mut().insert(key, status.clone());
+        self.status_writes.borrow_mut().push(status.clone());
         Ok(())
     }
 

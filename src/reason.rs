@@ -142,12 +142,20 @@ reasons! {
     ALREADY_EXISTS = "AlreadyExists",
     /// The user exists but its password is in no Secret the operator owns (error).
     CREDENTIALS_LOST = "CredentialsLost",
+    /// databaseName or username changed after the database was provisioned (error).
+    IMMUTABLE_FIELD = "ImmutableField",
+    /// The first provisioning of a Database is running (condition).
+    CREATING = "Creating",
     /// A Database's database and user were created (event).
     CREATED = "Created",
     /// A new password is set and in the credentials Secret (event).
     PASSWORD_RESET = "PasswordReset",
     /// A Database's privileges were changed to the spec's (event).
     PRIVILEGES_CHANGED = "PrivilegesChanged",
+    /// Privileges changed by hand on the server were set back to the spec's (event).
+    PRIVILEGES_RESTORED = "PrivilegesRestored",
+    /// A Database's database or user, dropped outside the operator, was created again (event).
+    RECREATED = "Recreated",
     /// A Database's extensions were created (event).
     EXTENSIONS_CREATED = "ExtensionsCreated",
     /// A deleted Database's database and user were dropped (deletionPolicy Delete) (event).

@@ -20,6 +20,7 @@ use crate::stopping::{Stop, StopRequests};
 use crate::writer::{SecretChanged, SecretSubscription, WriterHandle};
 use dbqo::api::database::{Database, DatabaseStatus};
 use dbqo::api::server::DatabaseServer;
+use dbqo::api::REQUESTED_AT_ANNOTATION;
 use dbqo::backoff::backoff;
 use dbqo::db::Connections;
 use dbqo::provision::{
@@ -27,8 +28,9 @@ use dbqo::provision::{
     database_pass::{DatabasePass, PassOutcome},
 };
 use dbqo::settings::Settings;
-/// A converged `Database` is checked again this often (reads only).
-const RESYNC: Duration = Duration::from_secs(600);
+/// A converged `Database` is checked again this often (reads only): how
+/// long a privilege changed by hand, or a database dropped by hand, lasts.
+const RESYNC: Duration = Duration::from_secs(300);
 /// Failed passes are retried at least this often.
 const RETRY_CAP: Duration = Duration::from_secs(300);
 
@@ -207,10 +209,13 @@ impl Handler<Changed> for DatabaseActor {
     type Result = ();
 
     fn handle(&mut self, Changed(database): Changed, ctx: &mut Context<Self>) {
-        // Only what a pass reads: spec, labels (the reset action), deletion,
-        // finalizers. Our own status writes come back as changes too.
+        // Only what a pass reads: spec, labels (the reset action), the
+        // requested-at annotation, deletion, finalizers. Our own status
+        // writes come back as changes too.
+        let requested_at = |d: &Database| d.annotations().get(REQUESTED_AT_ANNOTATION).cloned();
         let relevant = database.metadata.generation != self.database.metadata.generation
             || database.labels() != self.database.labels()
+            || requested_at(&database) != requested_at(&self.database)
             || database.metadata.deletion_timestamp != self.database.metadata.deletion_timestamp
             || database.finalizers() != self.database.finalizers();
         self.database = *database;

@@ -1,6 +1,8 @@
 //! `Database`: a database, its user and a credentials Secret, asked for by
 //! an application team on a `DatabaseServer`.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -60,6 +62,16 @@ pub struct DatabaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: Option<String>,
+    /// Keys added to the credentials Secret, each a Handlebars template over `host`,
+    /// `hostname`, `port`, `dbname`, `username`, `password`, `sslmode` and `uri`, e.g.
+    /// `DATABASE_URL: "{{uri}}"` or `DB_HOST: "{{host}}"`. At most 32 keys of at most
+    /// 4 KiB each; the keys the operator writes itself cannot be replaced.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials_secret_template: BTreeMap<String, String>,
+    /// The database is owned by its user (PostgreSQL: its `OWNER`; MySQL/MariaDB: every
+    /// privilege on it, with GRANT OPTION). `privileges` must then be `ALL` or unset.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owner: bool,
     /// What deleting this resource does: `Retain` (default) keeps the database, the user
     /// and the Secret; `Delete` drops database and user (only if the server allows it).
     #[serde(default)]
@@ -113,6 +125,9 @@ pub struct DatabaseStatus {
     /// The user name in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// The value of the `dbqo.dev/requested-at` annotation the last pass started under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_requested_at: Option<String>,
     /// `Ready`, with a stable reason when it is not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

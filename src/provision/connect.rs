@@ -136,6 +136,14 @@ impl Session for AnySession {
         delegate!(self, s => s.missing_extensions(request).await)
     }
 
+    async fn privileges_as_asked(&mut self, request: &Request) -> Result<bool, ServerError> {
+        delegate!(self, s => s.privileges_as_asked(request).await)
+    }
+
+    async fn grant(&mut self, request: &Request, replace: bool) -> Result<(), ServerError> {
+        delegate!(self, s => s.grant(request, replace).await)
+    }
+
     async fn record_privileges(
         &mut self,
         request: &Request,

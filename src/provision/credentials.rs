@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value as Json};
 
+use super::secret_template::{SecretTemplate, SecretTemplateError};
 use crate::api::server::Engine;
 
 /// What an application needs to connect.
@@ -16,14 +17,38 @@ pub struct Credentials {
     pub username: String,
     pub password: String,
     pub sslmode: String,
+    /// The CA of the server's admin Secret (PEM), for `verify-ca`/`verify-full`.
+    pub ca: Option<String>,
 }
 
 /// The key the password is kept under.
 pub const PASSWORD_KEY: &str = "password";
+/// The CA's key, as cert-manager and most clients name it.
+pub const CA_KEY: &str = "ca.crt";
+/// Every key the operator writes itself (a template may not replace them).
+pub const KEYS: &[&str] =
+    &["host", "hostname", "port", "dbname", "username", PASSWORD_KEY, "sslmode", "uri", CA_KEY];
 
 impl Credentials {
-    /// `host`, `port`, `dbname`, `username`, `password`, `sslmode` and `uri`.
-    pub fn data(&self) -> BTreeMap<String, String> {
+    /// The Secret's data: [`Credentials::fields`], `ca.crt` when there is a
+    /// CA, and the keys of `template`.
+    pub fn data(
+        &self,
+        template: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, SecretTemplateError> {
+        let mut data = self.fields();
+        if !template.is_empty() {
+            data.extend(SecretTemplate::compile(template, KEYS)?.render(&data)?);
+        }
+        if let Some(ca) = &self.ca {
+            data.insert(CA_KEY.to_owned(), ca.clone());
+        }
+        Ok(data)
+    }
+
+    /// `host` (and `hostname`, seed 004's name for it), `port`, `dbname`,
+    /// `username`, `password`, `sslmode` and `uri`.
+    pub fn fields(&self) -> BTreeMap<String, String> {
         let scheme = match self.engine {
             Engine::Postgres => "postgresql",
             _ => "mysql",
@@ -41,6 +66,7 @@ impl Credentials {
         }
         BTreeMap::from([
             ("host".to_owned(), self.host.clone()),
+            ("hostname".to_owned(), self.host.clone()),
             ("port".to_owned(), self.port.to_string()),
             ("dbname".to_owned(), self.dbname.clone()),
             ("username".to_owned(), self.username.clone()),
@@ -139,30 +165,49 @@ mod tests {
             username: "orders".into(),
             password: password.into(),
             sslmode: "require".into(),
+            ca: None,
         }
     }
 
     #[test]
     fn the_uri_survives_any_password() {
-        let data = credentials(Engine::Postgres, "p@ss/w:rd'\"\\;%").data();
+        let data = credentials(Engine::Postgres, "p@ss/w:rd'\"\\;%").fields();
         assert_eq!(
             data["uri"],
             "postgresql://orders:p%40ss%2Fw%3Ard%27%22%5C%3B%25@db.local:5432/orders?sslmode=require"
         );
         let parsed: crate::db::ConnInfo = data["uri"].parse().unwrap();
         assert_eq!(parsed.config.get_password(), Some("p@ss/w:rd'\"\\;%".as_bytes()));
-        let my = credentials(Engine::Mariadb, "x").data();
+        let my = credentials(Engine::Mariadb, "x").fields();
         assert_eq!(my["uri"], "mysql://orders:x@db.local:5432/orders");
-        assert_eq!(data.len(), 7);
+        assert_eq!(data.len(), 8);
+        assert_eq!(data["hostname"], data["host"]);
     }
 
     #[test]
     fn unchanged_compares_every_key() {
-        let data = credentials(Engine::Postgres, "x").data();
+        let data = credentials(Engine::Postgres, "x").fields();
         let mut current: BTreeMap<String, Vec<u8>> =
             data.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect();
         assert!(unchanged(&current, &data));
         current.insert("password".into(), b"y".to_vec());
         assert!(!unchanged(&current, &data));
+    }
+
+    #[test]
+    fn data_adds_the_ca_and_the_templates_keys() {
+        let mut c = credentials(Engine::Postgres, "pw");
+        c.ca = Some("-----BEGIN CERTIFICATE-----".into());
+        let template = BTreeMap::from([
+            ("POSTGRES_URL".to_owned(), "{{uri}}".to_owned()),
+            ("DB_HOST".to_owned(), "{{hostname}}".to_owned()),
+        ]);
+        let data = c.data(&template).unwrap();
+        assert_eq!(data["ca.crt"], "-----BEGIN CERTIFICATE-----");
+        assert_eq!(data["POSTGRES_URL"], data["uri"]);
+        assert_eq!(data["DB_HOST"], "db.local");
+        assert_eq!(data.len(), 11);
+        let taken = BTreeMap::from([("ca.crt".to_owned(), "x".to_owned())]);
+        assert!(c.data(&taken).is_err());
     }
 }

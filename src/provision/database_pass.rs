@@ -14,17 +14,20 @@ use super::adopt::SecretFound;
 use super::connect::admin_host;
 use super::credentials::{self, Credentials};
 use super::error::ServerError;
-use super::reconcile::{carry_out, drop_owned, plan, ProvisionError, Provisioned};
+use super::reconcile::{
+    carry_out, drop_owned, plan, ProvisionError, Provisioned, ProvisionedNames,
+};
 use super::request::{resolve, Request};
 use super::session::Claimant;
 use super::status::{next_database_status, Verdict, READY};
 use crate::api::database::{Database, DatabaseDeletionPolicy, DatabaseStatus, Phase};
 use crate::api::server::DatabaseServer;
+use crate::api::REQUESTED_AT_ANNOTATION;
 use crate::controller::{
     condition::{self, Status},
     finalizer, owner,
 };
-use crate::db::ConnInfo;
+use crate::db::{ConnInfo, RootCert};
 use crate::kube_api::Cluster;
 use crate::kube_api::{KubeError, NewEvent, SecretData, Target};
 
@@ -140,7 +143,8 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             outcome.reason = Some(error.reason());
             return outcome;
         }
-        let provisioned = self.provision(&mut outcome.secrets).await;
+        let mut creating = None;
+        let provisioned = self.provision(&mut outcome.secrets, &mut creating).await;
         outcome.reset_done = matches!(&provisioned, Ok((_, done)) if done.new_password);
         let (phase, request, verdict) = match &provisioned {
             Ok((request, _)) => (
@@ -152,7 +156,8 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
         };
         outcome.failed = !verdict.holds() && phase != Phase::Pending;
         outcome.reason = (!verdict.holds()).then_some(verdict.reason);
-        outcome.status = self.write_status(phase, request, &verdict).await;
+        let before = creating.as_ref().or(self.status);
+        outcome.status = self.write_status(before, phase, request, &verdict).await.or(creating);
         outcome
     }
 
@@ -180,19 +185,22 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
     /// once, with it); the status written, `None` if nothing was.
     async fn write_status(
         &self,
+        before: Option<&DatabaseStatus>,
         phase: Phase,
         request: Option<&Request>,
         verdict: &Verdict,
     ) -> Option<DatabaseStatus> {
+        let requested_at = self.database.annotations().get(REQUESTED_AT_ANNOTATION);
         let next = next_database_status(
-            self.status,
+            before,
             self.database.metadata.generation,
             phase,
             request.map(|r| (r.database.as_str(), r.username.as_str())),
+            requested_at.map(String::as_str),
             verdict,
             self.now.clone(),
         )?;
-        let before = self.status.and_then(|s| condition::find(&s.conditions, READY));
+        let before = before.and_then(|s| condition::find(&s.conditions, READY));
         let message = verdict.message.clone();
         if let Some(event) = condition::event_on_new_reason(before, verdict, Status::False, message)
         {
@@ -213,40 +221,58 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
 
     /// One provisioning pass: the request, the Secrets, the server, the
     /// credentials Secret, the statements, the reset label.
+    /// `creating`: the status written when the pass started creating.
     async fn provision(
         &self,
         secrets: &mut Vec<(String, String)>,
+        creating: &mut Option<DatabaseStatus>,
     ) -> Result<(Request, Provisioned), Failed> {
         let server = self.server.ok_or_else(|| (None, self.server_not_found()))?;
         let request = resolve(self.database, server)
             .map_err(|e| (None, Failure::error(e.reason(), e.to_string())))?;
+        // The names go into the status once the records give them to this
+        // Database (the plan succeeded): from then on they cannot change.
+        let early = |failure: Failure| (None, failure);
         let fail = |failure: Failure| (Some(request.clone()), failure);
 
         let credentials_key = (self.namespace(), request.secret_name.clone());
         *secrets = vec![super::admin::admin_secret(server), credentials_key.clone()];
         let info = admin_connection(server, self.writer, self.allow_cross_namespace_secrets)
             .await
-            .map_err(|e| fail(e.into()))?;
+            .map_err(|e| early(e.into()))?;
         let existing = self
             .writer
             .read_secret(&credentials_key.0, &credentials_key.1)
             .await
-            .map_err(|e| fail(e.into()))?;
+            .map_err(|e| early(e.into()))?;
         let found = credentials::found(existing.as_ref(), &self.uid());
         let reset = !self.reset_done
             && self.database.labels().get(ACTION_LABEL).is_some_and(|a| a == RESET_PASSWORD);
         let endpoint = Endpoint::of(server, &request, &info);
+        let ca = match &info.root_cert {
+            Some(RootCert::Pem(pem)) => String::from_utf8(pem.clone()).ok(),
+            _ => None,
+        };
 
         let mut session =
-            self.sessions.open(request.engine, info).await.map_err(|e| fail(e.into()))?;
+            self.sessions.open(request.engine, info).await.map_err(|e| early(e.into()))?;
         let claimant = Claimant {
             uid: self.uid(),
             name: format!("{}/{}", self.namespace(), self.database.name_any()),
         };
         let policy = &server.spec.password_policy;
-        let planned = plan(&mut session, &request, &claimant, &found, reset, policy)
-            .await
-            .map_err(|e| fail(e.into()))?;
+        let before = self.provisioned_names();
+        let planned =
+            plan(&mut session, &request, &claimant, (&found, reset), before.as_ref(), policy)
+                .await
+                .map_err(|e| early(e.into()))?;
+        if (planned.create_database || planned.create_user) && !self.in_phase(Phase::Creating) {
+            let message =
+                format!("creating database {:?} and user {:?}", request.database, request.username);
+            let verdict = Verdict::new(Status::Unknown, crate::reason::CREATING, message);
+            *creating =
+                self.write_status(self.status, Phase::Creating, Some(&request), &verdict).await;
+        }
         // The Secret first: a pass failing after the password is set on the
         // server must find it in the Secret.
         let credentials = Credentials {
@@ -257,6 +283,7 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             username: request.username.clone(),
             password: planned.password.clone(),
             sslmode: endpoint.sslmode,
+            ca,
         };
         self.write_credentials(&request, &found, existing.as_ref(), &credentials)
             .await
@@ -268,6 +295,19 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             self.clear_reset_label().await.map_err(|e| fail(e.into()))?;
         }
         Ok((request, done))
+    }
+
+    /// The names the status says this `Database` was provisioned under.
+    fn provisioned_names(&self) -> Option<ProvisionedNames> {
+        let status = self.status?;
+        Some(ProvisionedNames {
+            database: status.database_name.clone()?,
+            username: status.username.clone()?,
+        })
+    }
+
+    fn in_phase(&self, phase: Phase) -> bool {
+        self.status.is_some_and(|s| s.phase == Some(phase))
     }
 
     fn server_not_found(&self) -> Failure {
@@ -292,7 +332,9 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
         credentials: &Credentials,
     ) -> Result<(), Failure> {
         let namespace = self.namespace();
-        let data = credentials.data();
+        let data = credentials
+            .data(&request.secret_template)
+            .map_err(|e| Failure::error(e.reason(), e.to_string()))?;
         let target = Target {
             resource: secret_resource(),
             namespace: Some(namespace.clone()),
@@ -336,7 +378,13 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
         if done.created_user {
             created.push(format!("user {:?}", request.username));
         }
-        if !created.is_empty() {
+        if !created.is_empty() && done.recreated {
+            let message = format!(
+                "created {} again: dropped outside the operator (the Secret's password kept)",
+                created.join(" and ")
+            );
+            self.event(true, crate::reason::RECREATED, message).await;
+        } else if !created.is_empty() {
             let message = format!("created {}", created.join(" and "));
             self.event(false, crate::reason::CREATED, message).await;
         } else if done.new_password {
@@ -355,6 +403,15 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             );
             self.event(false, crate::reason::PRIVILEGES_CHANGED, message).await;
         }
+        if done.privileges_restored {
+            let message = format!(
+                "privileges of {:?} on {:?} were changed outside the operator; set back to {}",
+                request.username,
+                request.database,
+                request.privileges_text()
+            );
+            self.event(true, crate::reason::PRIVILEGES_RESTORED, message).await;
+        }
         if !done.extensions_created.is_empty() {
             let message = format!("created extensions {}", done.extensions_created.join(", "));
             self.event(false, crate::reason::EXTENSIONS_CREATED, message).await;
@@ -368,7 +425,15 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             outcome.finished = true;
             return outcome;
         }
-        let request = self.server.and_then(|s| resolve(self.database, s).ok());
+        // What was provisioned, by the names the status holds (a refused
+        // rename left the spec's names pointing elsewhere).
+        let request = self.server.and_then(|s| resolve(self.database, s).ok()).map(|mut r| {
+            if let Some(names) = self.provisioned_names() {
+                r.database = names.database;
+                r.username = names.username;
+            }
+            r
+        });
         let wants_delete = self.database.spec.deletion_policy == DatabaseDeletionPolicy::Delete;
         let allowed = self.server.is_some_and(|s| s.spec.allow_delete);
         let cleaned = match (&request, wants_delete && allowed) {
@@ -378,8 +443,9 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
         if let Err(failure) = cleaned {
             outcome.failed = true;
             outcome.reason = Some(failure.verdict.reason);
-            outcome.status =
-                self.write_status(Phase::Deleting, request.as_ref(), &failure.verdict).await;
+            outcome.status = self
+                .write_status(self.status, Phase::Deleting, request.as_ref(), &failure.verdict)
+                .await;
             return outcome;
         }
         match finalizer::remove(self.writer, &resource(), &self.database.metadata).await {

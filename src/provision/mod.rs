@@ -20,6 +20,7 @@ pub mod password;
 pub mod postgres;
 pub mod reconcile;
 pub mod request;
+pub mod secret_template;
 pub mod server_check;
 pub mod session;
 pub mod sql;

@@ -3,7 +3,7 @@
 //! the server's connection budget. The session runs in
 //! `NO_BACKSLASH_ESCAPES` mode, which the driver's literal escaping is told.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use mysql_async::{prelude::Queryable, Conn, OptsBuilder, SslOpts};
 
@@ -163,6 +163,33 @@ impl MySession {
         self.conn.as_mut().expect("open until dropped")
     }
 
+    /// The privileges the user holds on its database (the grant's pattern,
+    /// `_` escaped, or the plain name), `GRANT OPTION` among them when
+    /// grantable: only those this operator knows of (a newer server's
+    /// `ALL` holds more).
+    async fn held(&mut self, request: &Request) -> Result<BTreeSet<String>, ServerError> {
+        let grantee = format!("'{}'@'%'", request.username);
+        let pattern = request.database.replace('_', "\\_");
+        let rows: Vec<(String, String)> = self
+            .conn()
+            .exec(
+                "SELECT PRIVILEGE_TYPE, IS_GRANTABLE FROM information_schema.SCHEMA_PRIVILEGES \
+                 WHERE GRANTEE = ? AND TABLE_SCHEMA IN (?, ?)",
+                (&grantee, &pattern, &request.database),
+            )
+            .await
+            .map_err(|e| failed("reading the user's privileges", &e, true))?;
+        let mut held: BTreeSet<String> = rows
+            .iter()
+            .map(|(privilege, _)| privilege.clone())
+            .filter(|p| super::request::MYSQL_PRIVILEGES.contains(&p.as_str()))
+            .collect();
+        if rows.iter().any(|(_, grantable)| grantable == "YES") {
+            held.insert(sql::GRANT_OPTION.to_owned());
+        }
+        Ok(held)
+    }
+
     async fn ensure_records(&mut self) -> Result<(), ServerError> {
         if self.records_ready {
             return Ok(());
@@ -297,6 +324,15 @@ impl Session for MySession {
 
     async fn missing_extensions(&mut self, _request: &Request) -> Result<Vec<String>, ServerError> {
         Ok(Vec::new())
+    }
+
+    async fn privileges_as_asked(&mut self, request: &Request) -> Result<bool, ServerError> {
+        Ok(self.held(request).await? == sql::my_wanted(request))
+    }
+
+    async fn grant(&mut self, request: &Request, _replace: bool) -> Result<(), ServerError> {
+        let held = self.held(request).await?;
+        self.execute(&sql::my_privilege_changes(request, &held)).await
     }
 
     async fn record_privileges(

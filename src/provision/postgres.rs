@@ -195,6 +195,73 @@ impl Session for PgSession {
         Ok(request.extensions.iter().filter(|e| !present.contains(e)).cloned().collect())
     }
 
+    async fn privileges_as_asked(&mut self, request: &Request) -> Result<bool, ServerError> {
+        let row = self
+            .admin
+            .query_one(
+                "SELECT d.datdba = r.oid, coalesce((SELECT array_agg(a.privilege_type \
+                   ORDER BY a.privilege_type COLLATE \"C\") FROM aclexplode(d.datacl) a \
+                   WHERE a.grantee = r.oid), '{}') \
+                 FROM pg_database d, pg_roles r WHERE d.datname = $1 AND r.rolname = $2",
+                &[&request.database, &request.username],
+            )
+            .await
+            .map_err(|e| failed("reading the database's privileges", &e))?;
+        let (owned, on_database): (bool, Vec<String>) = (row.get(0), row.get(1));
+        if request.owner || owned {
+            return Ok(request.owner && owned);
+        }
+        let expected = sql::pg_expected(request);
+        if on_database != expected.database {
+            return Ok(false);
+        }
+        let inside = self.open_inside(request).await?;
+        let known: Vec<&str> = sql::PG_TABLE_LEVEL.iter().chain(&["USAGE"]).copied().collect();
+        // One row, whatever the number of tables: the count of those that differ.
+        let row = inside
+            .query_one(
+                "WITH u AS (SELECT oid FROM pg_roles WHERE rolname = $1), \
+                      p AS (SELECT oid FROM pg_namespace WHERE nspname = 'public') \
+                 SELECT \
+                   coalesce((SELECT array_agg(a.privilege_type ORDER BY a.privilege_type COLLATE \"C\") \
+                     FROM pg_namespace n, aclexplode(n.nspacl) a, u \
+                     WHERE n.oid = (SELECT oid FROM p) AND a.grantee = u.oid), '{}'), \
+                   (SELECT count(*) FROM pg_class c, u WHERE c.relnamespace = (SELECT oid FROM p) \
+                     AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relowner <> u.oid \
+                     AND coalesce((SELECT array_agg(a.privilege_type ORDER BY a.privilege_type COLLATE \"C\") \
+                       FROM aclexplode(c.relacl) a WHERE a.grantee = u.oid AND a.privilege_type = ANY($4)), '{}') \
+                       <> CASE WHEN c.relkind = 'S' THEN $3::text[] ELSE $2::text[] END), \
+                   coalesce((SELECT array_agg(a.privilege_type ORDER BY a.privilege_type COLLATE \"C\") \
+                     FROM pg_default_acl d, aclexplode(d.defaclacl) a, u \
+                     WHERE d.defaclnamespace = (SELECT oid FROM p) AND d.defaclobjtype = 'r' \
+                     AND d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = current_user) \
+                     AND a.grantee = u.oid AND a.privilege_type = ANY($4)), '{}'), \
+                   coalesce((SELECT array_agg(a.privilege_type ORDER BY a.privilege_type COLLATE \"C\") \
+                     FROM pg_default_acl d, aclexplode(d.defaclacl) a, u \
+                     WHERE d.defaclnamespace = (SELECT oid FROM p) AND d.defaclobjtype = 'S' \
+                     AND d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = current_user) \
+                     AND a.grantee = u.oid AND a.privilege_type = ANY($4)), '{}')",
+                &[&request.username, &expected.tables, &expected.sequences, &known],
+            )
+            .await
+            .map_err(|e| failed("reading the schema's privileges", &e))?;
+        let (schema, differing, default_tables, default_sequences): (
+            Vec<String>,
+            i64,
+            Vec<String>,
+            Vec<String>,
+        ) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        Ok(schema == expected.schema
+            && differing == 0
+            && default_tables == expected.tables
+            && default_sequences == expected.sequences)
+    }
+
+    async fn grant(&mut self, request: &Request, replace: bool) -> Result<(), ServerError> {
+        self.execute(&sql::pg_database_privileges(request, replace)).await?;
+        self.execute_inside(request, &sql::pg_schema_privileges(request, replace)).await
+    }
+
     async fn record_privileges(
         &mut self,
         request: &Request,

@@ -20,6 +20,10 @@ pub struct Provisioned {
     /// A new password was set (new user or reset); it is in `password`.
     pub new_password: bool,
     pub privileges_changed: bool,
+    /// Privileges changed by hand were set back to the spec's.
+    pub privileges_restored: bool,
+    /// The database or the user was dropped by hand and created again.
+    pub recreated: bool,
     pub extensions_created: Vec<String>,
     /// The password the credentials Secret must hold.
     pub password: String,
@@ -30,6 +34,8 @@ pub struct Provisioned {
 pub enum ProvisionError {
     #[error("{message}")]
     Refused { refusal: Refusal, message: String },
+    #[error("spec.{field} cannot change once the database is provisioned: it is {was:?}, the spec now asks for {asked:?} (set it back; a new name is a new Database)")]
+    Immutable { field: &'static str, was: String, asked: String },
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error(transparent)]
@@ -40,6 +46,7 @@ impl ProvisionError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Refused { refusal, .. } => refusal.reason(),
+            Self::Immutable { .. } => crate::reason::IMMUTABLE_FIELD,
             Self::Server(e) => e.reason(),
             Self::Policy(_) => crate::reason::SERVER_POLICY_INVALID,
         }
@@ -65,20 +72,37 @@ pub struct Planned {
     pub password: String,
     /// The privileges as recorded on the server.
     recorded_privileges: Option<String>,
+    /// What is to be created was this `Database`'s before (dropped by hand).
+    recreate: bool,
+}
+
+/// The names a `Database` was provisioned under (its status says), which
+/// its spec may not change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionedNames {
+    pub database: String,
+    pub username: String,
 }
 
 /// Reads the server and decides for the `Database` `claimant`, claiming in
 /// the ownership records what it will create. `secret` is the credentials
-/// Secret as found; `reset` asks for a new password.
+/// Secret as found; `reset` asks for a new password; `before` the names it
+/// was provisioned under.
 pub async fn plan<S: Session>(
     session: &mut S,
     request: &Request,
     claimant: &Claimant,
-    secret: &SecretFound,
-    reset: bool,
+    (secret, reset): (&SecretFound, bool),
+    before: Option<&ProvisionedNames>,
     policy: &PasswordPolicy,
 ) -> Result<Planned, ProvisionError> {
+    if let Some(before) = before {
+        refuse_renaming(session, request, claimant, before).await?;
+    }
     let mut observed = session.observe(request).await?;
+    let ours = |found: &super::adopt::Found| found.recorded_owner.as_deref() == Some(&claimant.uid);
+    let recreate = (ours(&observed.database) && !observed.database.exists)
+        || (ours(&observed.user) && !observed.user.exists);
     let decide_now = |observed: &super::session::ServerObjects| {
         decide(&claimant.uid, &observed.database, &observed.user, secret, reset)
     };
@@ -109,7 +133,37 @@ pub async fn plan<S: Session>(
         set_password: reset && !create_user,
         password,
         recorded_privileges: observed.privileges,
+        recreate,
     })
+}
+
+/// A `databaseName` or `username` other than the one provisioned is
+/// refused while the ownership records name this `Database` as the owner
+/// of the old one: going ahead would create a second database and user and
+/// leave the first behind. Names the records do not give to this
+/// `Database` (a pass refused with `AlreadyExists`) may still change.
+async fn refuse_renaming<S: Session>(
+    session: &mut S,
+    request: &Request,
+    claimant: &Claimant,
+    before: &ProvisionedNames,
+) -> Result<(), ProvisionError> {
+    let (field, was, asked) = if before.database != request.database {
+        ("databaseName", &before.database, &request.database)
+    } else if before.username != request.username {
+        ("username", &before.username, &request.username)
+    } else {
+        return Ok(());
+    };
+    let mut old = request.clone();
+    old.database.clone_from(&before.database);
+    old.username.clone_from(&before.username);
+    let seen = session.observe(&old).await?;
+    let ours = |found: &super::adopt::Found| found.recorded_owner.as_deref() == Some(&claimant.uid);
+    if ours(&seen.database) || ours(&seen.user) {
+        return Err(ProvisionError::Immutable { field, was: was.clone(), asked: asked.clone() });
+    }
+    Ok(())
 }
 
 /// Runs what `planned` decided, and whatever privileges and extensions the
@@ -128,15 +182,16 @@ pub async fn carry_out<S: Session>(
     if planned.create_database {
         session.execute(&sql::create_database(request)).await?;
     }
+    // The spec's set against the recorded one, then against the catalogs:
+    // a change by hand (or a database or user created again) is restored.
     let wanted = request.privileges_text();
     let privileges_changed = planned.recorded_privileges.as_deref() != Some(wanted.as_str());
-    if privileges_changed {
-        let replace = planned.recorded_privileges.is_some();
-        session.execute(&sql::database_privileges(request, replace)).await?;
-        if engine == crate::api::server::Engine::Postgres {
-            session.execute_inside(request, &sql::pg_schema_privileges(request, replace)).await?;
+    let as_asked = !privileges_changed && session.privileges_as_asked(request).await?;
+    if !as_asked {
+        session.grant(request, planned.recorded_privileges.is_some()).await?;
+        if privileges_changed {
+            session.record_privileges(request, &wanted).await?;
         }
-        session.record_privileges(request, &wanted).await?;
     }
     let missing = session.missing_extensions(request).await?;
     if !missing.is_empty() {
@@ -151,6 +206,8 @@ pub async fn carry_out<S: Session>(
         created_database: planned.create_database,
         new_password: planned.create_user || planned.set_password,
         privileges_changed,
+        privileges_restored: !as_asked && !privileges_changed && !planned.recreate,
+        recreated: planned.recreate,
         extensions_created: missing,
         password: planned.password.clone(),
     })

@@ -3,12 +3,15 @@
 //! SQL is written. Everything that reaches SQL text from a spec passes one
 //! of these checks.
 
+use std::collections::BTreeMap;
+
 use kube::ResourceExt;
 
 use crate::api::database::{Database, DatabaseDeletionPolicy};
 use crate::api::server::{DatabaseServer, Engine};
 
 use super::password::{self, PolicyError};
+use super::secret_template::{SecretTemplate, SecretTemplateError};
 
 /// A `Database` the operator will not act on. Messages name fields and
 /// values from the spec, never anything read from a server or a Secret.
@@ -26,6 +29,10 @@ pub enum RequestError {
     ExtensionNotAllowed { extension: String, server: String },
     #[error("spec.{field} applies to {applies_to} only; this server is {engine}")]
     WrongEngine { field: &'static str, applies_to: &'static str, engine: &'static str },
+    #[error("spec.privileges cannot be set with spec.owner: the owner of a database holds every privilege on it")]
+    OwnerWithPrivileges,
+    #[error(transparent)]
+    SecretTemplate(#[from] SecretTemplateError),
     #[error("DatabaseServer {server}: {source}")]
     Policy {
         server: String,
@@ -59,6 +66,10 @@ pub struct Request {
     pub extensions: Vec<String>,
     pub options: CreateOptions,
     pub secret_name: String,
+    /// Keys added to the credentials Secret (checked: they compile).
+    pub secret_template: BTreeMap<String, String>,
+    /// The database is owned by its user.
+    pub owner: bool,
     pub deletion: DatabaseDeletionPolicy,
 }
 
@@ -74,7 +85,12 @@ pub struct CreateOptions {
 impl Request {
     /// The privileges as recorded on the server (what "unchanged" is compared with).
     pub fn privileges_text(&self) -> String {
-        self.privileges.join(",")
+        let list = self.privileges.join(",");
+        if self.owner {
+            format!("{list};OWNER")
+        } else {
+            list
+        }
     }
 }
 
@@ -92,7 +108,7 @@ const POSTGRES_PRIVILEGES: &[&str] = &[
     "TEMPORARY",
 ];
 
-const MYSQL_PRIVILEGES: &[&str] = &[
+pub const MYSQL_PRIVILEGES: &[&str] = &[
     "ALL",
     "SELECT",
     "INSERT",
@@ -141,7 +157,21 @@ pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, 
     let user_max = if engine == Engine::Mysql { 32 } else { 63 };
     check_name("username", &username, user_max)?;
 
-    let privileges = allowed_privileges(spec, server, &server_name)?;
+    let owns = spec.owner;
+    let all = ["ALL".to_owned()];
+    let asked = match &spec.privileges {
+        // An owner holds every privilege: the server must allow them all.
+        _ if owns => &all[..],
+        Some(asked) => asked,
+        None => &server.spec.default_privileges,
+    };
+    let privileges = allowed_privileges(asked, server, &server_name)?;
+    if owns
+        && spec.privileges.as_ref().is_some_and(|p| self::privileges(p, engine) != Ok(all.to_vec()))
+    {
+        return Err(RequestError::OwnerWithPrivileges);
+    }
+    SecretTemplate::compile(&spec.credentials_secret_template, super::credentials::KEYS)?;
     let extensions = allowed_extensions(spec, server, &server_name)?;
     let options = create_options(spec, engine)?;
     let secret_name = spec
@@ -156,6 +186,8 @@ pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, 
         extensions,
         options,
         secret_name,
+        secret_template: spec.credentials_secret_template.clone(),
+        owner: owns,
         deletion: spec.deletion_policy,
     })
 }
@@ -163,12 +195,11 @@ pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, 
 /// The privileges asked (or the server's default), presets expanded, each
 /// one the server allows.
 fn allowed_privileges(
-    spec: &crate::api::database::DatabaseSpec,
+    asked: &[String],
     server: &DatabaseServer,
     server_name: &str,
 ) -> Result<Vec<String>, RequestError> {
     let engine = server.spec.engine;
-    let asked = spec.privileges.as_ref().unwrap_or(&server.spec.default_privileges);
     let privileges = privileges(&with_presets(asked, server), engine)?;
     if !server.spec.allowed_privileges.is_empty() {
         let allowed = self::privileges(&server.spec.allowed_privileges, engine)?;
@@ -447,6 +478,39 @@ mod tests {
         let m = server("mariadb", json!({"allowedNamespaces": ["*"]}));
         assert!(resolve(&database("t", "x", json!({"encoding": "UTF8"})), &m).is_err());
         assert!(resolve(&database("t", "x", json!({"extensions": ["pgcrypto"]})), &m).is_err());
+    }
+
+    #[test]
+    fn an_owner_holds_everything_only_where_the_server_allows_it() {
+        let s = server("postgres", json!({"allowedNamespaces": ["*"]}));
+        let r = resolve(&database("t", "x", json!({"owner": true})), &s).unwrap();
+        assert_eq!((r.owner, r.privileges.clone()), (true, vec!["ALL".to_owned()]));
+        assert_eq!(r.privileges_text(), "ALL;OWNER", "a change of owner is a change of privileges");
+        assert!(
+            resolve(&database("t", "x", json!({"owner": true, "privileges": ["ALL"]})), &s).is_ok()
+        );
+        let e = resolve(&database("t", "x", json!({"owner": true, "privileges": ["SELECT"]})), &s)
+            .unwrap_err();
+        assert_eq!(e.reason(), "InvalidSpec");
+        let limited = server(
+            "postgres",
+            json!({"allowedNamespaces": ["*"], "allowedPrivileges": ["SELECT"]}),
+        );
+        let e = resolve(&database("t", "x", json!({"owner": true})), &limited).unwrap_err();
+        assert_eq!(e.reason(), "NotAllowed", "owner would bypass allowedPrivileges");
+    }
+
+    #[test]
+    fn a_bad_secret_template_is_an_invalid_spec() {
+        let s = server("postgres", json!({"allowedNamespaces": ["*"]}));
+        for template in
+            [json!({"password": "{{uri}}"}), json!({"A": "{{#each"}), json!({"a b": "x"})]
+        {
+            let e =
+                resolve(&database("t", "x", json!({ "credentialsSecretTemplate": template })), &s)
+                    .unwrap_err();
+            assert_eq!(e.reason(), "InvalidSpec", "{template}");
+        }
     }
 
     #[test]

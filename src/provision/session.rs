@@ -55,6 +55,12 @@ pub trait Session {
     ) -> Result<(), ServerError>;
     /// Extensions of `request.extensions` not yet in the database.
     async fn missing_extensions(&mut self, request: &Request) -> Result<Vec<String>, ServerError>;
+    /// Whether the user holds on its database exactly what the spec asks
+    /// (or owns it, when it asks to), by the server's catalogs.
+    async fn privileges_as_asked(&mut self, request: &Request) -> Result<bool, ServerError>;
+    /// Makes the user's privileges on its database the spec's; `replace`:
+    /// an earlier set may have been granted.
+    async fn grant(&mut self, request: &Request, replace: bool) -> Result<(), ServerError>;
     /// Records the privileges now granted.
     async fn record_privileges(&mut self, request: &Request, text: &str)
         -> Result<(), ServerError>;

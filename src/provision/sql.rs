@@ -139,45 +139,114 @@ fn create_database_statement(request: &Request) -> String {
 const PG_DATABASE_LEVEL: [&str; 3] = ["CONNECT", "CREATE", "TEMPORARY"];
 
 /// Statements run in the admin's database that make the user's rights on
-/// the database exactly `request.privileges` (PostgreSQL: the database-level
-/// part; the rest is [`pg_schema_privileges`], run inside the database).
-/// `replace` first revokes what an earlier set granted.
-pub fn database_privileges(request: &Request, replace: bool) -> Vec<String> {
+/// the PostgreSQL database exactly `request.privileges`, its owner the user
+/// when `request.owner` (the rest is [`pg_schema_privileges`], run inside the
+/// database). `replace` first revokes what an earlier set granted.
+pub fn pg_database_privileges(request: &Request, replace: bool) -> Vec<String> {
     let mut sql = Vec::new();
-    match request.engine {
-        Engine::Postgres => {
-            let (db, user) = (pg_ident(&request.database), pg_ident(&request.username));
-            if replace {
-                sql.push(format!("REVOKE ALL ON DATABASE {db} FROM {user}"));
-            }
-            let mut on_db: Vec<&str> = if is_all(request) {
-                vec!["ALL PRIVILEGES"]
-            } else {
-                request
-                    .privileges
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|p| PG_DATABASE_LEVEL.contains(p))
-                    .collect()
-            };
-            // A user that cannot connect has no use for anything else.
-            if !on_db.contains(&"CONNECT") && !on_db.contains(&"ALL PRIVILEGES") {
-                on_db.insert(0, "CONNECT");
-            }
-            sql.push(format!("GRANT {} ON DATABASE {db} TO {user}", on_db.join(", ")));
-        }
-        _ => {
-            let (db, user) = (my_grant_db(&request.database), my_user(&request.username));
-            if replace {
-                sql.push(format!("REVOKE ALL PRIVILEGES ON {db}.* FROM {user}"));
-            }
-            let privileges = if is_all(request) {
-                "ALL PRIVILEGES".to_owned()
-            } else {
-                request.privileges.join(", ")
-            };
-            sql.push(format!("GRANT {privileges} ON {db}.* TO {user}"));
-        }
+    let (db, user) = (pg_ident(&request.database), pg_ident(&request.username));
+    if request.owner {
+        // ALTER ... OWNER needs the admin to be a member of the new owner.
+        sql.push(format!("GRANT {user} TO CURRENT_USER"));
+        sql.push(format!("ALTER DATABASE {db} OWNER TO {user}"));
+        return sql;
+    }
+    if replace {
+        sql.push(format!("ALTER DATABASE {db} OWNER TO CURRENT_USER"));
+        sql.push(format!("REVOKE ALL ON DATABASE {db} FROM {user}"));
+    }
+    let on_db = pg_expected(request).database;
+    let on_db = if is_all(request) { vec!["ALL PRIVILEGES"] } else { on_db };
+    sql.push(format!("GRANT {} ON DATABASE {db} TO {user}", on_db.join(", ")));
+    sql
+}
+
+/// PostgreSQL table privileges, as `aclexplode` names them.
+pub const PG_TABLE_LEVEL: [&str; 7] =
+    ["DELETE", "INSERT", "REFERENCES", "SELECT", "TRIGGER", "TRUNCATE", "UPDATE"];
+/// PostgreSQL sequence privileges `ALL` grants.
+pub const PG_SEQUENCE_LEVEL: [&str; 3] = ["SELECT", "UPDATE", "USAGE"];
+
+/// What the catalogs of a PostgreSQL database show the user holding once
+/// the spec's privileges are granted (each list sorted bytewise). Not used
+/// for an owner, who holds everything by owning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgExpected {
+    pub database: Vec<&'static str>,
+    pub schema: Vec<&'static str>,
+    pub tables: Vec<&'static str>,
+    pub sequences: Vec<&'static str>,
+}
+
+pub fn pg_expected(request: &Request) -> PgExpected {
+    if is_all(request) {
+        return PgExpected {
+            database: vec!["CONNECT", "CREATE", "TEMPORARY"],
+            schema: vec!["CREATE", "USAGE"],
+            tables: PG_TABLE_LEVEL.to_vec(),
+            sequences: PG_SEQUENCE_LEVEL.to_vec(),
+        };
+    }
+    let asked = |p: &&str| request.privileges.iter().any(|q| q == p);
+    // A user that cannot connect has no use for anything else.
+    let mut database: Vec<&str> = PG_DATABASE_LEVEL.into_iter().filter(asked).collect();
+    if !database.contains(&"CONNECT") {
+        database.insert(0, "CONNECT");
+    }
+    let mut schema = vec!["USAGE"];
+    if asked(&"CREATE") {
+        schema.insert(0, "CREATE");
+    }
+    PgExpected {
+        database,
+        schema,
+        tables: PG_TABLE_LEVEL.into_iter().filter(asked).collect(),
+        sequences: Vec::new(),
+    }
+}
+
+/// The MySQL privileges (and `GRANT OPTION`) the spec asks the user to hold
+/// on its database.
+pub fn my_wanted(request: &Request) -> std::collections::BTreeSet<String> {
+    let mut wanted: std::collections::BTreeSet<String> = if is_all(request) {
+        super::request::MYSQL_PRIVILEGES
+            .iter()
+            .filter(|p| **p != "ALL")
+            .map(|p| p.to_string())
+            .collect()
+    } else {
+        request.privileges.iter().cloned().collect()
+    };
+    if request.owner {
+        wanted.insert(GRANT_OPTION.to_owned());
+    }
+    wanted
+}
+
+pub const GRANT_OPTION: &str = "GRANT OPTION";
+
+/// MySQL: the GRANT and REVOKE that take the user from `held` (as the
+/// catalogs show it, only privileges this operator knows) to the spec's
+/// set. Each names only what differs: a REVOKE of a privilege not held
+/// fails on MySQL.
+pub fn my_privilege_changes(
+    request: &Request,
+    held: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    let wanted = my_wanted(request);
+    let (db, user) = (my_grant_db(&request.database), my_user(&request.username));
+    let mut sql = Vec::new();
+    let revoke: Vec<&str> = held.difference(&wanted).map(String::as_str).collect();
+    if !revoke.is_empty() {
+        sql.push(format!("REVOKE {} ON {db}.* FROM {user}", revoke.join(", ")));
+    }
+    let grant: Vec<&str> =
+        wanted.difference(held).map(String::as_str).filter(|p| *p != GRANT_OPTION).collect();
+    let grant_option = wanted.contains(GRANT_OPTION) && !held.contains(GRANT_OPTION);
+    if !grant.is_empty() || grant_option {
+        let list = if grant.is_empty() { "USAGE".to_owned() } else { grant.join(", ") };
+        let with = if grant_option { " WITH GRANT OPTION" } else { "" };
+        sql.push(format!("GRANT {list} ON {db}.* TO {user}{with}"));
     }
     sql
 }
@@ -188,6 +257,12 @@ pub fn database_privileges(request: &Request, replace: bool) -> Vec<String> {
 pub fn pg_schema_privileges(request: &Request, replace: bool) -> Vec<String> {
     let user = pg_ident(&request.username);
     let mut sql = Vec::new();
+    if request.owner {
+        // The owner holds everything in its database by owning it (schema
+        // public belongs to pg_database_owner); revoking would take rights
+        // on its own tables away.
+        return sql;
+    }
     if replace {
         sql.push(format!("REVOKE ALL ON SCHEMA public FROM {user}"));
         sql.push(format!("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {user}"));
@@ -264,6 +339,8 @@ mod tests {
             extensions: vec![],
             options: CreateOptions::default(),
             secret_name: "s".into(),
+            secret_template: Default::default(),
+            owner: false,
             deletion: DatabaseDeletionPolicy::Retain,
         }
     }
@@ -291,13 +368,14 @@ mod tests {
     fn privileges_are_granted_per_engine() {
         let all = request(Engine::Postgres, &["ALL"]);
         assert_eq!(
-            database_privileges(&all, false),
+            pg_database_privileges(&all, false),
             vec!["GRANT ALL PRIVILEGES ON DATABASE \"team_a\" TO \"team_a\""]
         );
         let select = request(Engine::Postgres, &["SELECT"]);
         assert_eq!(
-            database_privileges(&select, true),
+            pg_database_privileges(&select, true),
             vec![
+                "ALTER DATABASE \"team_a\" OWNER TO CURRENT_USER",
                 "REVOKE ALL ON DATABASE \"team_a\" FROM \"team_a\"",
                 "GRANT CONNECT ON DATABASE \"team_a\" TO \"team_a\""
             ]
@@ -306,13 +384,55 @@ mod tests {
         assert!(
             schema.contains(&"GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"team_a\"".into())
         );
+        let mut owner = request(Engine::Postgres, &["ALL"]);
+        owner.owner = true;
+        assert_eq!(
+            pg_database_privileges(&owner, true),
+            vec![
+                "GRANT \"team_a\" TO CURRENT_USER",
+                "ALTER DATABASE \"team_a\" OWNER TO \"team_a\""
+            ]
+        );
+        assert!(pg_schema_privileges(&owner, true).is_empty(), "an owner's rights stay its own");
+    }
+
+    #[test]
+    fn the_catalogs_expected_state_per_privilege_set() {
+        let e = pg_expected(&request(Engine::Postgres, &["CREATE", "SELECT", "TEMPORARY"]));
+        assert_eq!(e.database, vec!["CONNECT", "CREATE", "TEMPORARY"]);
+        assert_eq!(e.schema, vec!["CREATE", "USAGE"]);
+        assert_eq!(e.tables, vec!["SELECT"]);
+        assert!(e.sequences.is_empty());
+        let all = pg_expected(&request(Engine::Postgres, &["ALL"]));
+        assert_eq!(all.tables.len(), 7);
+        for list in [&all.database, &all.schema, &all.tables, &all.sequences] {
+            assert!(list.windows(2).all(|w| w[0] < w[1]), "sorted bytewise: {list:?}");
+        }
+    }
+
+    #[test]
+    fn mysql_changes_name_only_what_differs() {
+        let held = |list: &[&str]| list.iter().map(|p| p.to_string()).collect();
         let my = request(Engine::Mariadb, &["INSERT", "SELECT"]);
         assert_eq!(
-            database_privileges(&my, true),
+            my_privilege_changes(&my, &held(&["DELETE", "SELECT"])),
             vec![
-                "REVOKE ALL PRIVILEGES ON `team\\_a`.* FROM 'team_a'@'%'",
-                "GRANT INSERT, SELECT ON `team\\_a`.* TO 'team_a'@'%'"
+                "REVOKE DELETE ON `team\\_a`.* FROM 'team_a'@'%'",
+                "GRANT INSERT ON `team\\_a`.* TO 'team_a'@'%'"
             ]
+        );
+        assert!(my_privilege_changes(&my, &held(&["INSERT", "SELECT"])).is_empty());
+        let mut owner = request(Engine::Mariadb, &["ALL"]);
+        owner.owner = true;
+        let changes = my_privilege_changes(&owner, &held(&[]));
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].ends_with(" WITH GRANT OPTION"), "{changes:?}");
+        let all: Vec<String> =
+            my_wanted(&owner).into_iter().filter(|p| p != GRANT_OPTION).collect();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        assert_eq!(
+            my_privilege_changes(&owner, &held(&all)),
+            vec!["GRANT USAGE ON `team\\_a`.* TO 'team_a'@'%' WITH GRANT OPTION"]
         );
     }
 

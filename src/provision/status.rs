@@ -30,6 +30,7 @@ pub fn next_database_status(
     generation: Option<i64>,
     phase: Phase,
     names: Option<(&str, &str)>,
+    requested_at: Option<&str>,
     verdict: &Verdict,
     now: Time,
 ) -> Option<DatabaseStatus> {
@@ -40,6 +41,7 @@ pub fn next_database_status(
         phase: Some(phase),
         database_name: names.map(|(d, _)| d.to_owned()).or_else(|| before.database_name.clone()),
         username: names.map(|(_, u)| u.to_owned()).or_else(|| before.username.clone()),
+        last_handled_requested_at: requested_at.map(str::to_owned),
         conditions: vec![ready(&before.conditions, verdict, generation, &now)],
     };
     (next != *before).then_some(next)
@@ -77,7 +79,7 @@ mod tests {
     fn an_unchanged_status_is_not_written() {
         let v = Verdict::ready("database and user ready");
         let first =
-            next_database_status(None, Some(1), Phase::Ready, Some(("d", "u")), &v, time(1))
+            next_database_status(None, Some(1), Phase::Ready, Some(("d", "u")), None, &v, time(1))
                 .unwrap();
         assert_eq!(first.conditions[0].status, "True");
         assert!(next_database_status(
@@ -85,13 +87,14 @@ mod tests {
             Some(1),
             Phase::Ready,
             Some(("d", "u")),
+            None,
             &v,
             time(9)
         )
         .is_none());
         let failed = Verdict::failed("ConnectionFailed", "cannot connect");
         let second =
-            next_database_status(Some(&first), Some(1), Phase::Error, None, &failed, time(9))
+            next_database_status(Some(&first), Some(1), Phase::Error, None, None, &failed, time(9))
                 .unwrap();
         assert_eq!(second.conditions[0].last_transition_time, time(9));
         assert_eq!(second.database_name.as_deref(), Some("d"), "names kept");

@@ -31,6 +31,8 @@ struct ServerState {
     /// ("database" | "user", name) -> owner uid.
     records: BTreeMap<(&'static str, String), String>,
     privileges: BTreeMap<String, String>,
+    /// Per database, the privileges its catalogs show (what the last grant set).
+    held: BTreeMap<String, String>,
     statements: Vec<String>,
     /// A statement starting like this fails.
     failing: Option<&'static str>,
@@ -134,6 +136,17 @@ impl Session for FakeServer {
 
     async fn missing_extensions(&mut self, _: &Request) -> Result<Vec<String>, ServerError> {
         Ok(Vec::new())
+    }
+
+    async fn privileges_as_asked(&mut self, request: &Request) -> Result<bool, ServerError> {
+        let state = self.0.borrow();
+        Ok(state.held.get(&request.database) == Some(&request.privileges_text()))
+    }
+
+    async fn grant(&mut self, request: &Request, replace: bool) -> Result<(), ServerError> {
+        self.execute(&super::sql::pg_database_privileges(request, replace)).await?;
+        self.state().held.insert(request.database.clone(), request.privileges_text());
+        Ok(())
     }
 
     async fn record_privileges(
@@ -504,4 +517,128 @@ fn an_admin_secret_of_another_namespace_is_refused() {
         .unwrap();
     let key = ("DatabaseServer".to_owned(), "platform".to_owned(), "main".to_owned());
     assert_eq!(writer.statuses.borrow()[&key]["conditions"][0]["reason"], "SecretNotAllowed");
+}
+
+/// A pass with `status` as last written.
+fn pass_after(
+    writer: &FakeCluster,
+    server_state: &FakeServer,
+    database: &Database,
+    status: Option<&crate::api::database::DatabaseStatus>,
+) -> PassOutcome {
+    DatabasePass {
+        database,
+        server: Some(&server(json!({}))),
+        writer,
+        sessions: server_state,
+        allow_cross_namespace_secrets: false,
+        status,
+        reset_done: false,
+        now: time(),
+    }
+    .run()
+    .now_or_never()
+    .expect("the fakes never suspend")
+}
+
+#[test]
+fn a_rename_after_provisioning_is_refused_and_changes_nothing() {
+    let db = database(json!({}), &["dbqo.dev/finalizer"]);
+    let (writer, server_state) = (cluster(&db), FakeServer::default());
+    let first = pass_after(&writer, &server_state, &db, None);
+    let status = first.status.expect("provisioned");
+    let statements = server_state.writes().len();
+    for (field, name) in [("databaseName", "renamed"), ("username", "someone")] {
+        let renamed = database(json!({ field: name }), &["dbqo.dev/finalizer"]);
+        let outcome = pass_after(&writer, &server_state, &renamed, Some(&status));
+        assert_eq!(ready_reason(&outcome), (Some(Phase::Error), "ImmutableField".into()));
+        let now = outcome.status.unwrap();
+        assert_eq!(now.database_name.as_deref(), Some("orders"), "the provisioned names stay");
+        assert!(now.conditions[0].message.contains(&format!("spec.{field}")));
+        assert_eq!(server_state.writes().len(), statements, "{field}: a statement ran");
+    }
+    let state = server_state.0.borrow();
+    assert_eq!((state.databases.len(), state.users.len()), (1, 1));
+    drop(state);
+    // Deleting the renamed Database drops what was provisioned, not the new name.
+    let renamed = deleting(&database(
+        json!({"databaseName": "renamed", "deletionPolicy": "Delete"}),
+        &["dbqo.dev/finalizer"],
+    ));
+    pass_after(&writer, &server_state, &renamed, Some(&status));
+    assert!(server_state.0.borrow().databases.is_empty(), "orders is dropped");
+}
+
+#[test]
+fn names_refused_as_taken_may_still_change() {
+    let db = database(json!({}), &["dbqo.dev/finalizer"]);
+    let (writer, server_state) = (cluster(&db), FakeServer::default());
+    server_state.state().databases.push("orders".into());
+    let refused = pass_after(&writer, &server_state, &db, None);
+    assert_eq!(ready_reason(&refused), (Some(Phase::Error), "AlreadyExists".into()));
+    let status = refused.status.unwrap();
+    assert_eq!(status.database_name, None, "no names before the records give them");
+    let renamed = database(json!({"databaseName": "orders2"}), &["dbqo.dev/finalizer"]);
+    let outcome = pass_after(&writer, &server_state, &renamed, Some(&status));
+    assert_eq!(ready_reason(&outcome), (Some(Phase::Ready), "Ready".into()));
+}
+
+#[test]
+fn the_first_provisioning_is_shown_as_creating() {
+    let db = database(json!({}), &["dbqo.dev/finalizer"]);
+    let (writer, server_state) = (cluster(&db), FakeServer::default());
+    let outcome = pass_after(&writer, &server_state, &db, None);
+    let phases: Vec<Json> =
+        writer.status_writes.borrow().iter().map(|s| s["phase"].clone()).collect();
+    assert_eq!(phases, vec![json!("Creating"), json!("Ready")]);
+    assert_eq!(ready_reason(&outcome), (Some(Phase::Ready), "Ready".into()));
+}
+
+#[test]
+fn privileges_changed_by_hand_are_restored_and_announced() {
+    let db = database(json!({}), &["dbqo.dev/finalizer"]);
+    let (writer, server_state) = (cluster(&db), FakeServer::default());
+    let first = pass_after(&writer, &server_state, &db, None);
+    let converged = server_state.writes().len();
+    pass_after(&writer, &server_state, &db, first.status.as_ref());
+    assert_eq!(server_state.writes().len(), converged, "nothing to restore");
+    server_state.state().held.insert("orders".into(), "SELECT".into());
+    pass_after(&writer, &server_state, &db, first.status.as_ref());
+    assert!(server_state.writes()[converged..].iter().any(|s| s.starts_with("GRANT")));
+    assert!(announced(&writer, "PrivilegesRestored", true));
+    assert!(!announced(&writer, "PrivilegesChanged", false));
+}
+
+#[test]
+fn a_database_dropped_by_hand_is_created_again_with_its_password() {
+    let db = database(json!({}), &["dbqo.dev/finalizer"]);
+    let (writer, server_state) = (cluster(&db), FakeServer::default());
+    let first = pass_after(&writer, &server_state, &db, None);
+    let password = |w: &FakeCluster| {
+        futures_util::FutureExt::now_or_never(crate::kube_api::Cluster::read_secret(
+            w,
+            "team",
+            "orders-credentials",
+        ))
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .data["password"]
+            .clone()
+    };
+    let before = password(&writer);
+    {
+        let mut state = server_state.state();
+        state.databases.clear();
+        state.users.clear();
+        state.held.clear();
+    }
+    let outcome = pass_after(&writer, &server_state, &db, first.status.as_ref());
+    assert_eq!(ready_reason(&outcome), (Some(Phase::Ready), "Ready".into()));
+    let state = server_state.0.borrow();
+    assert_eq!((state.databases.len(), state.users.len()), (1, 1));
+    drop(state);
+    assert_eq!(password(&writer), before, "the Secret's password is the user's again");
+    assert!(announced(&writer, "Recreated", true));
+    assert!(!announced(&writer, "PrivilegesRestored", true));
 }
