@@ -543,6 +543,7 @@ async fn lifecycle(engine: Engine, prefix: &str) {
     }
     assert_eq!(data["dbname"], "orders");
     assert_eq!(data["password"].chars().count(), 40);
+    assert!(!data.contains_key("ca.crt"), "no CA in the admin Secret, none in this one");
     let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Database", "orders"));
     let mut app = App::connect(engine, &data, None).await.expect("the Secret's credentials work");
@@ -907,7 +908,7 @@ async fn mariadb_admin_connection_over_tls() {
     let ca = std::fs::read_to_string(server.info.ca_cert.as_ref().unwrap()).unwrap();
     let mut verified = w.server.admin_keys();
     verified.insert("sslmode", "verify-full".into());
-    verified.insert("ca.crt", ca);
+    verified.insert("ca.crt", ca.clone());
     create_secret(&w.client, &w.platform, "verified", verified).await;
     let mut unrelated = w.server.admin_keys();
     unrelated.insert("sslmode", "verify-full".into());
@@ -934,6 +935,7 @@ async fn mariadb_admin_connection_over_tls() {
     w.wait_for(&w.platform, "secure", Phase::Ready, "Ready").await;
     let (data, _) = w.secret(&w.platform, "secure-credentials").await.unwrap();
     assert_eq!(data["sslmode"], "verify-full");
+    assert_eq!(data["ca.crt"], ca.trim_end(), "the CA applications verify the server with");
 }
 
 /// Databases draw on the operator's per-server connection budget, like DBQRs:
@@ -1021,6 +1023,301 @@ async fn postgres_admin_connection_over_tls() {
     let (data, _) = w.secret(&w.platform, "secure-credentials").await.unwrap();
     assert_eq!(data["sslmode"], "verify-full");
     assert!(data["uri"].ends_with("?sslmode=verify-full"));
+    assert_eq!(data["ca.crt"], ca.trim_end(), "the CA applications verify the server with");
+}
+
+/// Every phase a `Database` passes through from now on, as its watch sees it.
+fn watch_phases(w: &World, ns: &str, name: &str) -> std::sync::Arc<std::sync::Mutex<Vec<Phase>>> {
+    use futures_util::StreamExt;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = seen.clone();
+    let config = kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = kube::runtime::watcher(w.databases(ns), config);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Ok(kube::runtime::watcher::Event::Apply(d)) = event {
+                if let Some(phase) = d.status.and_then(|s| s.phase) {
+                    let mut seen = into.lock().unwrap();
+                    if seen.last() != Some(&phase) {
+                        seen.push(phase);
+                    }
+                }
+            }
+        }
+    });
+    seen
+}
+
+impl World {
+    async fn annotate_requested_at(&self, ns: &str, name: &str, value: &str) {
+        let patch = json!({"metadata": {"annotations": {"dbqo.dev/requested-at": value}}});
+        self.databases(ns)
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
+    }
+
+    async fn set_spec(&self, ns: &str, name: &str, spec: Value) {
+        let patch = Patch::Merge(json!({ "spec": spec }));
+        self.databases(ns).patch(name, &PatchParams::default(), &patch).await.unwrap();
+    }
+
+    /// Waits for an Event with `reason` whose note holds `text`.
+    async fn wait_for_event(&self, ns: &str, reason: &str, text: &str) -> String {
+        eventually(WAIT, &format!("a {reason} event about {text}"), || async {
+            self.events(ns)
+                .await
+                .into_iter()
+                .find(|(r, n)| r == reason && n.contains(text))
+                .map(|e| e.1)
+        })
+        .await
+    }
+}
+
+/// Depth, as teams migrating from the seeds rely on it: the phases of a
+/// first provisioning, a Secret shaped for the application under its own
+/// name, names that cannot change, privileges changed by hand restored, a
+/// database and user dropped by hand created again, `requested-at`, the
+/// server's client endpoint, a database owned by its user, and `Delete`
+/// dropping everything with the Secret.
+async fn depth(engine: Engine, prefix: &str) {
+    let w = World::start(engine, prefix).await;
+    let mut admin = w.server.admin().await;
+    let phases = watch_phases(&w, &w.team_a, "depot");
+    w.create_database(
+        &w.team_a,
+        "depot",
+        json!({
+            "databaseName": "depot_main",
+            "credentialsSecret": "depot-env",
+            "credentialsSecretTemplate": {
+                "DATABASE_URL": "{{uri}}",
+                "DB_HOST": "{{hostname}}",
+                "DB_PORT": "{{port}}",
+                "JDBC_URL": "jdbc:{{lower \"X\"}}//{{host}}:{{port}}/{{dbname}}?user={{username}}",
+            },
+            "deletionPolicy": "Delete",
+        }),
+    )
+    .await
+    .unwrap();
+    w.wait_for(&w.team_a, "depot", Phase::Ready, "Ready").await;
+    let seen = eventually(WAIT, "Creating, then Ready", || async {
+        let seen = phases.lock().unwrap().clone();
+        seen.ends_with(&[Phase::Ready]).then_some(seen)
+    })
+    .await;
+    // Pending first when the server is not in the watch yet.
+    assert!(seen.ends_with(&[Phase::Creating, Phase::Ready]), "{seen:?}");
+    assert!(w.secret(&w.team_a, "depot-credentials").await.is_none(), "the default name unused");
+    let (data, _) = w.secret(&w.team_a, "depot-env").await.expect("the Secret by its own name");
+    assert_eq!(data["DATABASE_URL"], data["uri"]);
+    assert_eq!((&data["DB_HOST"], &data["hostname"]), (&data["host"], &data["host"]));
+    assert_eq!(data["DB_PORT"], data["port"]);
+    let jdbc = format!("jdbc:x//{}:{}/depot_main?user=depot_main", data["host"], data["port"]);
+    assert_eq!(data["JDBC_URL"], jdbc);
+    let mut app = App::connect(engine, &data, None).await.expect("the credentials work");
+    admin
+        .exec_in(
+            "depot_main",
+            "CREATE TABLE facts (id int PRIMARY KEY); INSERT INTO facts VALUES (1)",
+        )
+        .await;
+    app.exec("INSERT INTO facts VALUES (2)").await.expect("INSERT on the admin's table");
+
+    // A rename is refused: nothing created, nothing dropped; set back, Ready again.
+    w.set_spec(&w.team_a, "depot", json!({"databaseName": "depot_other"})).await;
+    let message = w.wait_for(&w.team_a, "depot", Phase::Error, "ImmutableField").await;
+    assert!(
+        message.contains("spec.databaseName") && message.contains("\"depot_main\""),
+        "{message}"
+    );
+    assert!(!admin.database_exists("depot_other").await && !admin.user_exists("depot_other").await);
+    assert!(admin.database_exists("depot_main").await);
+    assert!(App::connect(engine, &data, None).await.is_ok());
+    w.set_spec(&w.team_a, "depot", json!({"databaseName": "depot_main"})).await;
+    w.wait_for(&w.team_a, "depot", Phase::Ready, "Ready").await;
+
+    // Privileges revoked by hand come back with the next pass (requested-at runs it now).
+    match engine {
+        Engine::Postgres => {
+            admin.exec_in("depot_main", "REVOKE INSERT ON facts FROM depot_main").await
+        }
+        Engine::MariaDb => {
+            admin.exec("REVOKE INSERT ON `depot\\_main`.* FROM 'depot_main'@'%'").await
+        }
+    }
+    let mut app = App::connect(engine, &data, None).await.unwrap();
+    assert!(app.exec("INSERT INTO facts VALUES (3)").await.is_err(), "the revoke took effect");
+    w.annotate_requested_at(&w.team_a, "depot", "one").await;
+    w.wait_for_event(&w.team_a, "PrivilegesRestored", "depot_main").await;
+    let mut app = App::connect(engine, &data, None).await.unwrap();
+    app.exec("INSERT INTO facts VALUES (3)").await.expect("INSERT restored");
+    let handled = w.databases(&w.team_a).get("depot").await.unwrap().status.unwrap();
+    assert_eq!(handled.last_handled_requested_at.as_deref(), Some("one"));
+    // Converged: a pass compares, and grants nothing.
+    let (_, grants) = admin.statements().await;
+    let passes = w.database_passes().await;
+    w.annotate_requested_at(&w.team_a, "depot", "two").await;
+    w.wait_for_passes(passes, (1, 0)).await;
+    assert_eq!(admin.statements().await.1, grants, "GRANT/REVOKE with nothing changed by hand");
+
+    // Dropped by hand: created again, with the password the Secret holds.
+    drop(app);
+    match engine {
+        Engine::Postgres => {
+            admin.exec("DROP DATABASE depot_main WITH (FORCE)").await;
+            admin.exec("DROP ROLE depot_main").await;
+        }
+        Engine::MariaDb => {
+            admin.exec("DROP DATABASE depot_main").await;
+            admin.exec("DROP USER 'depot_main'@'%'").await;
+        }
+    }
+    w.annotate_requested_at(&w.team_a, "depot", "three").await;
+    w.wait_for_event(&w.team_a, "Recreated", "depot_main").await;
+    w.wait_for(&w.team_a, "depot", Phase::Ready, "Ready").await;
+    let mut app =
+        App::connect(engine, &data, None).await.expect("the Secret's password works again");
+    app.exec("CREATE TABLE again (id int)").await.expect("privileges granted on the new database");
+    drop(app);
+
+    // The server's client endpoint is what applications are told.
+    w.create_server(
+        "public",
+        json!({"allowedNamespaces": [w.team_a], "clientEndpoint": {"host": "db.example.test", "port": 6543}}),
+    )
+    .await;
+    // Seed 004's names for PostgreSQL's encoding and collation.
+    let mut edge_spec = json!({"serverRef": {"name": "public", "namespace": w.platform}});
+    if engine == Engine::Postgres {
+        edge_spec["charset"] = json!("UTF8");
+        edge_spec["collation"] = json!("C");
+    }
+    w.create_database(&w.team_a, "edge", edge_spec).await.unwrap();
+    w.wait_for(&w.team_a, "edge", Phase::Ready, "Ready").await;
+    if engine == Engine::Postgres {
+        let collated = admin
+            .count(
+                "SELECT count(*) FROM pg_database WHERE datname = $1 AND datcollate = 'C' AND pg_encoding_to_char(encoding) = 'UTF8'",
+                "",
+                "edge",
+            )
+            .await;
+        assert_eq!(collated, 1, "charset and collation applied");
+    }
+    let (edge, _) = w.secret(&w.team_a, "edge-credentials").await.unwrap();
+    assert_eq!((edge["host"].as_str(), edge["port"].as_str()), ("db.example.test", "6543"));
+    assert_eq!(edge["hostname"], "db.example.test");
+    assert!(edge["uri"].contains("@db.example.test:6543/edge"), "the uri names it too");
+
+    // A database owned by its user.
+    w.create_database(&w.team_a, "mine", json!({"owner": true})).await.unwrap();
+    w.wait_for(&w.team_a, "mine", Phase::Ready, "Ready").await;
+    let (mine, _) = w.secret(&w.team_a, "mine-credentials").await.unwrap();
+    let mut owner = App::connect(engine, &mine, None).await.unwrap();
+    match engine {
+        Engine::Postgres => {
+            let owned = admin
+                .count(
+                    "SELECT count(*) FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = $1 AND r.rolname = d.datname",
+                    "",
+                    "mine",
+                )
+                .await;
+            assert_eq!(owned, 1, "the user owns its database");
+            owner.exec("ALTER DATABASE mine SET work_mem = '8MB'").await.expect("an owner's right");
+        }
+        Engine::MariaDb => {
+            let grantable = admin
+                .count(
+                    "",
+                    "SELECT COUNT(*) FROM information_schema.SCHEMA_PRIVILEGES WHERE GRANTEE = CONCAT('''', ?, '''@''%''') AND IS_GRANTABLE = 'YES'",
+                    "mine",
+                )
+                .await;
+            assert!(grantable > 0, "the user may grant on its database");
+            owner.exec("GRANT SELECT ON mine.* TO 'edge'@'%'").await.expect("an owner grants");
+        }
+    }
+    let (_, grants) = admin.statements().await;
+    let passes = w.database_passes().await;
+    w.annotate_requested_at(&w.team_a, "mine", "again").await;
+    w.wait_for_passes(passes, (1, 0)).await;
+    assert_eq!(admin.statements().await.1, grants, "an owner's database converged");
+
+    // A template that does not render: the key and the place, no value, no Secret.
+    w.create_database(
+        &w.team_a,
+        "shaped",
+        json!({"credentialsSecretTemplate": {"BROKEN": "x{{nope}}"}}),
+    )
+    .await
+    .unwrap();
+    let message = w.wait_for(&w.team_a, "shaped", Phase::Error, "InvalidSpec").await;
+    assert!(message.contains("\"BROKEN\"") && message.contains("nope"), "{message}");
+    assert!(w.secret(&w.team_a, "shaped-credentials").await.is_none());
+
+    // Delete: database and user dropped, the Secret goes with the Database.
+    w.databases(&w.team_a).delete("depot", &DeleteParams::default()).await.unwrap();
+    w.wait_for_event(&w.team_a, "Dropped", "depot_main").await;
+    eventually(WAIT, "the Secret removed with its Database", || async {
+        w.secret(&w.team_a, "depot-env").await.is_none().then_some(())
+    })
+    .await;
+    assert!(!admin.database_exists("depot_main").await && !admin.user_exists("depot_main").await);
+    for password in [&data["password"], &edge["password"], &mine["password"]] {
+        w.assert_never_shown(password).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_depth() {
+    depth(Engine::Postgres, "pgdepth").await;
+}
+
+#[tokio::test]
+async fn mariadb_depth() {
+    depth(Engine::MariaDb, "mydepth").await;
+}
+
+/// `examples/database-for-a-team` as a team applies it (beside its admin
+/// Secret): a database with pgcrypto, a Secret with the template's keys,
+/// credentials that work.
+#[tokio::test]
+async fn postgres_the_team_example_provisions_what_it_says() {
+    let w = World::start(Engine::Postgres, "pgexample").await;
+    let ns = &w.team_a;
+    create_secret(&w.client, ns, "pg-admin", w.server.admin_keys()).await;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/database-for-a-team/server-and-database.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let object: Value = serde::Deserialize::deserialize(document).unwrap();
+        let mut object: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
+        object.metadata.labels =
+            Some(BTreeMap::from([(TEST_LABEL.to_owned(), w.operator.id.clone())]));
+        let kind = object.types.as_ref().unwrap().kind.clone();
+        let resource = match kind.as_str() {
+            "DatabaseServer" => kube::api::ApiResource::erase::<DatabaseServer>(&()),
+            "Database" => kube::api::ApiResource::erase::<Database>(&()),
+            other => panic!("the example holds a {other}"),
+        };
+        Api::<kube::api::DynamicObject>::namespaced_with(w.client.clone(), ns, &resource)
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("the API server refused the example's {kind}: {e}"));
+    }
+    w.wait_for(ns, "orders", Phase::Ready, "Ready").await;
+    let (data, _) = w.secret(ns, "orders-credentials").await.expect("the Secret the example names");
+    assert_eq!(data["DATABASE_URL"], data["uri"]);
+    assert_eq!((&data["DB_HOST"], &data["DB_PORT"]), (&data["host"], &data["port"]));
+    let mut app = App::connect(Engine::Postgres, &data, None).await.expect("the credentials work");
+    app.exec("SELECT digest('x', 'sha256')").await.expect("pgcrypto, as the example asks");
 }
 
 #[tokio::test]

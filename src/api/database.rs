@@ -33,7 +33,8 @@ pub struct DatabaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z][a-z0-9_]*$"))]
     pub database_name: Option<String>,
-    /// The database's user, same rules (MySQL: at most 32 characters). Default: the database name.
+    /// The database's user, same rules (MySQL: at most 32 characters). Default: the
+    /// database name. Cannot be changed once created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z][a-z0-9_]*$"))]
     pub username: Option<String>,
@@ -51,10 +52,12 @@ pub struct DatabaseSpec {
     /// PostgreSQL: locale at creation (e.g. `C`, `en_US.UTF-8`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
-    /// MySQL/MariaDB: character set at creation (default `utf8mb4`).
+    /// Character set at creation: MySQL/MariaDB (default `utf8mb4`); on PostgreSQL
+    /// another name for `encoding` (seed 004's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charset: Option<String>,
-    /// MySQL/MariaDB: collation at creation.
+    /// Collation at creation: MySQL/MariaDB; on PostgreSQL its `LC_COLLATE` (e.g.
+    /// `de_DE.UTF-8`), not together with `locale`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collation: Option<String>,
     /// Name of the Secret with `host`, `port`, `dbname`, `username`, `password`, `sslmode`

@@ -29,6 +29,8 @@ pub enum RequestError {
     ExtensionNotAllowed { extension: String, server: String },
     #[error("spec.{field} applies to {applies_to} only; this server is {engine}")]
     WrongEngine { field: &'static str, applies_to: &'static str, engine: &'static str },
+    #[error("spec.{field} and spec.{alias} say the same on PostgreSQL; set one of them")]
+    Both { field: &'static str, alias: &'static str },
     #[error("spec.privileges cannot be set with spec.owner: the owner of a database holds every privilege on it")]
     OwnerWithPrivileges,
     #[error(transparent)]
@@ -250,22 +252,24 @@ fn create_options(
         charset: setting("charset", &spec.charset)?,
         collation: setting("collation", &spec.collation)?,
     };
-    // Each of these applies to one engine family only.
-    let (misplaced, applies_to) = if engine == Engine::Postgres {
-        (
-            [("charset", options.charset.is_some()), ("collation", options.collation.is_some())],
-            "MySQL and MariaDB",
-        )
-    } else {
-        (
-            [("encoding", options.encoding.is_some()), ("locale", options.locale.is_some())],
-            "PostgreSQL",
-        )
-    };
-    if let Some((field, _)) = misplaced.into_iter().find(|(_, set)| *set) {
-        return Err(wrong_engine(field, applies_to, engine));
+    if engine != Engine::Postgres {
+        // encoding and locale are PostgreSQL's words only.
+        let misplaced =
+            [("encoding", options.encoding.is_some()), ("locale", options.locale.is_some())];
+        if let Some((field, _)) = misplaced.into_iter().find(|(_, set)| *set) {
+            return Err(wrong_engine(field, "PostgreSQL", engine));
+        }
+        return Ok(options);
     }
-    Ok(options)
+    // On PostgreSQL, charset and collation are seed 004's names for the
+    // encoding and LC_COLLATE; LOCALE sets LC_COLLATE itself.
+    if options.encoding.is_some() && options.charset.is_some() {
+        return Err(RequestError::Both { field: "encoding", alias: "charset" });
+    }
+    if options.locale.is_some() && options.collation.is_some() {
+        return Err(RequestError::Both { field: "locale", alias: "collation" });
+    }
+    Ok(CreateOptions { encoding: options.encoding.or(options.charset), charset: None, ..options })
 }
 
 /// The privileges with every preset name of the server replaced by its list.
@@ -474,7 +478,14 @@ mod tests {
         let e =
             resolve(&database("t", "x", json!({"extensions": ["plpython3u"]})), &pg).unwrap_err();
         assert_eq!(e.reason(), "NotAllowed");
-        assert!(resolve(&database("t", "x", json!({"charset": "utf8mb4"})), &pg).is_err());
+        let r = resolve(&database("t", "x", json!({"charset": "UTF8", "collation": "C"})), &pg)
+            .unwrap();
+        assert_eq!(r.options.encoding.as_deref(), Some("UTF8"), "seed 004's charset");
+        assert_eq!(r.options.collation.as_deref(), Some("C"), "LC_COLLATE");
+        let both = json!({"charset": "UTF8", "encoding": "UTF8"});
+        assert_eq!(resolve(&database("t", "x", both), &pg).unwrap_err().reason(), "InvalidSpec");
+        let both = json!({"locale": "C", "collation": "C"});
+        assert_eq!(resolve(&database("t", "x", both), &pg).unwrap_err().reason(), "InvalidSpec");
         let m = server("mariadb", json!({"allowedNamespaces": ["*"]}));
         assert!(resolve(&database("t", "x", json!({"encoding": "UTF8"})), &m).is_err());
         assert!(resolve(&database("t", "x", json!({"extensions": ["pgcrypto"]})), &m).is_err());

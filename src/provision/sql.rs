@@ -108,7 +108,8 @@ fn create_database_statement(request: &Request) -> String {
     match request.engine {
         Engine::Postgres => {
             let mut sql = format!("CREATE DATABASE {}", pg_ident(&request.database));
-            if options.encoding.is_some() || options.locale.is_some() {
+            if options.encoding.is_some() || options.locale.is_some() || options.collation.is_some()
+            {
                 // Another encoding or locale than template1's needs template0.
                 sql.push_str(" TEMPLATE template0");
             }
@@ -117,6 +118,9 @@ fn create_database_statement(request: &Request) -> String {
             }
             if let Some(locale) = &options.locale {
                 sql.push_str(&format!(" LOCALE {}", pg_literal(locale)));
+            }
+            if let Some(collation) = &options.collation {
+                sql.push_str(&format!(" LC_COLLATE {}", pg_literal(collation)));
             }
             sql
         }
