@@ -258,6 +258,39 @@ impl Cluster for FakeCluster {
         Ok(())
     }
 
+    async fn read_object(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Json>, KubeError> {
+        let key = (resource.kind.clone(), Some(namespace.to_owned()), name.to_owned());
+        Ok(self.objects.borrow().get(&key).cloned())
+    }
+
+    async fn list_objects(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        selector: &str,
+        limit: u32,
+    ) -> Result<Vec<Json>, KubeError> {
+        let wanted: Vec<(&str, &str)> =
+            selector.split(',').filter_map(|pair| pair.split_once('=')).collect();
+        Ok(self
+            .objects
+            .borrow()
+            .iter()
+            .filter(|((kind, ns, _), object)| {
+                *kind == resource.kind
+                    && ns.as_deref() == Some(namespace)
+                    && wanted.iter().all(|(k, v)| object["metadata"]["labels"][*k] == *v)
+            })
+            .map(|(_, object)| object.clone())
+            .take(limit as usize)
+            .collect())
+    }
+
     async fn read_meta(
         &self,
         resource: &ApiResource,

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod backup;
 pub mod cli;
 pub mod controller;
 pub mod db;

@@ -162,6 +162,32 @@ reasons! {
     DROPPED = "Dropped",
     /// A deleted Database's database and user were kept on the server (event).
     RETAINED = "Retained",
+    /// The Database's DatabaseServer has no backupStorage (error).
+    BACKUP_NOT_CONFIGURED = "BackupNotConfigured",
+    /// The backup storage or its Secret cannot be used (error).
+    BACKUP_STORAGE_INVALID = "BackupStorageInvalid",
+    /// A request to the backup storage failed (error).
+    BACKUP_STORAGE_FAILED = "BackupStorageFailed",
+    /// The dump Job failed (error).
+    BACKUP_FAILED = "BackupFailed",
+    /// The restore Job failed, or its backup cannot be restored (error).
+    RESTORE_FAILED = "RestoreFailed",
+    /// A DatabaseBackup's Database does not exist (error).
+    DATABASE_NOT_FOUND = "DatabaseNotFound",
+    /// The Database is not provisioned yet (condition).
+    WAITING_FOR_DATABASE = "WaitingForDatabase",
+    /// Another backup of the same Database runs first (condition).
+    WAITING_FOR_BACKUP = "WaitingForBackup",
+    /// The dump Job runs (condition).
+    BACKING_UP = "BackingUp",
+    /// The restore Job fills the new database (condition).
+    RESTORING = "Restoring",
+    /// A dump is complete in the bucket (event).
+    BACKUP_COMPLETED = "BackupCompleted",
+    /// A new database holds its backup (event).
+    RESTORED = "Restored",
+    /// Scheduled backups beyond the retention were deleted with their dumps (event).
+    BACKUPS_PRUNED = "BackupsPruned",
 }
 
 #[cfg(test)]

@@ -83,6 +83,8 @@ pub struct Settings {
     /// Connections per database server (host, port, database, user), for
     /// the process's `db::Connections`.
     pub connections_per_server: usize,
+    /// How backup and restore Jobs run.
+    pub backups: crate::backup::database::BackupSettings,
 }
 
 impl Settings {

@@ -138,6 +138,7 @@ impl DatabaseActor {
                 allow_cross_namespace_secrets: settings.allow_cross_namespace_secrets,
                 status: status.as_ref(),
                 reset_done,
+                backups: &settings.backups,
                 now: Time(k8s_openapi::jiff::Timestamp::now()),
             }
             .run()
@@ -164,7 +165,8 @@ impl DatabaseActor {
             backoff(self.failures, RETRY_CAP)
         } else {
             self.failures = 0;
-            RESYNC
+            // A restore or backup under way, or the next scheduled backup.
+            outcome.again.map_or(RESYNC, |again| again.min(RESYNC))
         };
         if std::mem::take(&mut self.again) {
             self.kick(ctx);

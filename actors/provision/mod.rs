@@ -6,11 +6,15 @@
 //! rights) into its status. Kubernetes writes go through the shared writer;
 //! database connections through the operator's connection budget.
 
+pub mod backup;
 pub mod database;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use actix::{Actor, AsyncContext, Context, Handler, ResponseActFuture, StreamHandler, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, ResponseActFuture,
+    StreamHandler, WrapFuture,
+};
 use futures_util::{stream::LocalBoxStream, StreamExt};
 use kube::{
     api::Api,
@@ -24,7 +28,9 @@ use kube::{
 use crate::children::{Children, Key};
 use crate::stopping::Shutdown;
 use crate::writer::WriterHandle;
+use backup::{BackupActor, BackupChanged, Stores};
 use database::{Changed, DatabaseActor, ServerChanged};
+use dbqo::api::backup::DatabaseBackup;
 use dbqo::api::database::Database;
 use dbqo::api::server::DatabaseServer;
 use dbqo::db::Connections;
@@ -37,10 +43,14 @@ const SERVER_CHECK: Duration = Duration::from_secs(300);
 
 type DatabaseEvents = LocalBoxStream<'static, Result<watcher::Event<Database>, watcher::Error>>;
 type ServerEvents = LocalBoxStream<'static, Result<watcher::Event<DatabaseServer>, watcher::Error>>;
+type BackupEvents = LocalBoxStream<'static, Result<watcher::Event<DatabaseBackup>, watcher::Error>>;
 
 pub struct ProvisionSupervisor {
-    streams: Option<(DatabaseEvents, ServerEvents)>,
+    streams: Option<(DatabaseEvents, ServerEvents, BackupEvents)>,
     servers: Store<DatabaseServer>,
+    stores: Stores,
+    /// One actor per `DatabaseBackup` not yet final (or being deleted).
+    backups: Children<BackupActor, String>,
     writer: WriterHandle,
     settings: Arc<Settings>,
     connections: Connections,
@@ -52,7 +62,7 @@ pub struct ProvisionSupervisor {
     checked: HashMap<Key, (String, Option<i64>)>,
     /// Watch errors are logged once per kind until the watch works again
     /// (an install without these CRDs keeps the query side running).
-    failing: [bool; 2],
+    failing: [bool; 3],
 }
 
 /// What the supervisor knows of the `Database` an actor runs.
@@ -72,28 +82,81 @@ impl ProvisionSupervisor {
         if let Some(selector) = &settings.label_selector {
             config = config.labels(selector);
         }
-        let (databases, servers): (Api<Database>, Api<DatabaseServer>) =
-            match &settings.watch_namespace {
-                Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
-                None => (Api::all(client.clone()), Api::all(client)),
-            };
-        let store_writer = StoreWriter::<DatabaseServer>::default();
-        let store = store_writer.as_reader();
+        let (databases, servers, backups): (
+            Api<Database>,
+            Api<DatabaseServer>,
+            Api<DatabaseBackup>,
+        ) = match &settings.watch_namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
+        };
+        let server_writer = StoreWriter::<DatabaseServer>::default();
+        let store = server_writer.as_reader();
         let server_events =
-            reflector::reflector(store_writer, watcher(servers, config.clone()).default_backoff())
+            reflector::reflector(server_writer, watcher(servers, config.clone()).default_backoff())
                 .boxed_local();
-        let database_events = watcher(databases, config).default_backoff().boxed_local();
+        let database_writer = StoreWriter::<Database>::default();
+        let database_store = database_writer.as_reader();
+        let database_events = reflector::reflector(
+            database_writer,
+            watcher(databases, config.clone()).default_backoff(),
+        )
+        .boxed_local();
+        let backup_writer = StoreWriter::<DatabaseBackup>::default();
+        let backup_store = backup_writer.as_reader();
+        let backup_events =
+            reflector::reflector(backup_writer, watcher(backups, config).default_backoff())
+                .boxed_local();
+        let stores =
+            Stores { backups: backup_store, databases: database_store, servers: store.clone() };
         Self {
-            streams: Some((database_events, server_events)),
+            streams: Some((database_events, server_events, backup_events)),
             servers: store,
+            stores,
+            backups: Children::default(),
             writer,
             settings,
             connections,
             actors: Children::default(),
             stopping: false,
             checked: HashMap::new(),
-            failing: [false; 2],
+            failing: [false; 3],
         }
+    }
+
+    /// A backup gets an actor while it has work: not yet final, or deleted
+    /// (its finalizer's clean-up).
+    fn on_backup(&mut self, backup: DatabaseBackup) {
+        let key = (backup.namespace().unwrap_or_default(), backup.name_any());
+        let uid = backup.uid().unwrap_or_default();
+        let done = backup.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_final())
+            && backup.metadata.deletion_timestamp.is_none()
+            && !backup.finalizers().is_empty();
+        if self.stopping {
+            return;
+        }
+        if let Some(child) = self.backups.get(&key) {
+            if child.meta == uid && child.actor.connected() {
+                child.actor.do_send(BackupChanged(Box::new(backup)));
+                return;
+            }
+        }
+        if done {
+            return;
+        }
+        tracing::info!(backup = %key.1, namespace = %key.0, "starting backup actor");
+        let actor = BackupActor::new(
+            backup,
+            self.writer.clone(),
+            self.settings.clone(),
+            self.stores.clone(),
+        )
+        .start();
+        self.backups.insert(key, actor, uid);
     }
 
     fn on_database(&mut self, database: Database) {
@@ -162,9 +225,10 @@ impl Actor for ProvisionSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if let Some((databases, servers)) = self.streams.take() {
+        if let Some((databases, servers, backups)) = self.streams.take() {
             ctx.add_stream(servers.map(Item::Server));
             ctx.add_stream(databases.map(Item::Database));
+            ctx.add_stream(backups.map(Item::Backup));
         }
         ctx.run_interval(SERVER_CHECK, |act, ctx| {
             for server in act.servers.state() {
@@ -177,6 +241,7 @@ impl Actor for ProvisionSupervisor {
 enum Item {
     Database(Result<watcher::Event<Database>, watcher::Error>),
     Server(Result<watcher::Event<DatabaseServer>, watcher::Error>),
+    Backup(Result<watcher::Event<DatabaseBackup>, watcher::Error>),
 }
 
 impl ProvisionSupervisor {
@@ -223,8 +288,26 @@ impl StreamHandler<Item> for ProvisionSupervisor {
                     watcher::Event::Init | watcher::Event::InitDone => {}
                 }
             }
+            Item::Backup(Ok(event)) => {
+                self.failing[2] = false;
+                match event {
+                    watcher::Event::Apply(b) => self.on_backup(b),
+                    watcher::Event::InitApply(b) => {
+                        self.backups.listed(&(b.namespace().unwrap_or_default(), b.name_any()));
+                        self.on_backup(b)
+                    }
+                    watcher::Event::Delete(b) => {
+                        self.backups.stop(&(b.namespace().unwrap_or_default(), b.name_any()))
+                    }
+                    watcher::Event::Init => self.backups.relist_started(),
+                    watcher::Event::InitDone => {
+                        self.backups.relist_done();
+                    }
+                }
+            }
             Item::Database(Err(error)) => self.watch_failed(0, "Database", &error),
             Item::Server(Err(error)) => self.watch_failed(1, "DatabaseServer", &error),
+            Item::Backup(Err(error)) => self.watch_failed(2, "DatabaseBackup", &error),
         }
     }
 
@@ -234,10 +317,16 @@ impl StreamHandler<Item> for ProvisionSupervisor {
 impl Handler<Shutdown> for ProvisionSupervisor {
     type Result = ResponseActFuture<Self, ()>;
 
-    /// Every DatabaseActor finishes its pass in flight, then stops.
+    /// Every DatabaseActor and BackupActor finishes its pass in flight, then stops.
     fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
         self.stopping = true;
-        self.actors.shut_down_supervisor("database actors")
+        let backups = self.backups.shut_down();
+        let databases = self.actors.shut_down();
+        let both = async move { futures_util::future::join(databases, backups).await };
+        Box::pin(actix::fut::wrap_future::<_, Self>(both).map(|(databases, backups), _, ctx| {
+            tracing::info!(databases, backups, "database and backup actors stopped");
+            ctx.stop();
+        }))
     }
 }
 

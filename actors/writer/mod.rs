@@ -633,6 +633,34 @@ impl Cluster for WriterHandle {
         .await
     }
 
+    async fn read_object(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Json>, KubeError> {
+        let (resource, namespace, name) = (resource.clone(), namespace.to_owned(), name.to_owned());
+        self.request(|client| async move {
+            kube_api::read_object(&client, &resource, &namespace, &name).await
+        })
+        .await
+    }
+
+    async fn list_objects(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        selector: &str,
+        limit: u32,
+    ) -> Result<Vec<Json>, KubeError> {
+        let (resource, namespace, selector) =
+            (resource.clone(), namespace.to_owned(), selector.to_owned());
+        self.request(move |client| async move {
+            kube_api::list_objects(&client, &resource, &namespace, &selector, limit).await
+        })
+        .await
+    }
+
     async fn set_finalizers(
         &self,
         resource: &ApiResource,

@@ -75,8 +75,15 @@ pub struct DatabaseSpec {
     /// privilege on it, with GRANT OPTION). `privileges` must then be `ALL` or unset.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub owner: bool,
+    /// Scheduled dumps to the server's `backupStorage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<super::backup::BackupSchedule>,
+    /// Fill the new database from a backup (only when this `Database` creates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<super::backup::RestoreFrom>,
     /// What deleting this resource does: `Retain` (default) keeps the database, the user
-    /// and the Secret; `Delete` drops database and user (only if the server allows it).
+    /// and the Secret; `Delete` drops database and user (only if the server allows it);
+    /// `BackupThenDelete` dumps it first and drops it only once the dump is complete.
     #[serde(default)]
     pub deletion_policy: DatabaseDeletionPolicy,
 }
@@ -100,6 +107,8 @@ pub enum DatabaseDeletionPolicy {
     Retain,
     /// Drop the database and the user (if the server's `allowDelete` is true).
     Delete,
+    /// Dump the database to the server's backup storage, then drop it as `Delete` does.
+    BackupThenDelete,
 }
 
 /// Where a `Database` stands.
@@ -128,12 +137,31 @@ pub struct DatabaseStatus {
     /// The user name in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// The restore of `spec.restoreFrom` into the new database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
+    /// When the last scheduled backup was due (it was created then or later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scheduled_backup: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// The value of the `dbqo.dev/requested-at` annotation the last pass started under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_requested_at: Option<String>,
     /// `Ready`, with a stable reason when it is not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Where the restore of a new database stands.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    /// The `DatabaseBackup` restored.
+    pub backup: String,
+    /// `Restoring`, `Restored` or `Failed`.
+    pub phase: String,
+    /// The restore Job (in the server's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// The phase as a plain string enum: an `Option` would add `null` to the

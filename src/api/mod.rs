@@ -2,6 +2,7 @@
 //! and `Database` in [`server`] and [`database`]; specs, statuses and their
 //! validation. The CRD YAML under `chart/crds` is generated from these types.
 
+pub mod backup;
 pub mod database;
 mod duration;
 pub mod names;

@@ -61,6 +61,10 @@ pub struct DatabaseServerSpec {
     /// Whether a `Database` with `deletionPolicy: Delete` may drop its database and user.
     #[serde(default)]
     pub allow_delete: bool,
+    /// Where dumps of this server's databases go (`DatabaseBackup`, `Database.spec.backup`).
+    /// Unset: backups are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_storage: Option<super::backup::BackupStorage>,
 }
 
 /// Engines a `DatabaseServer` can be.

@@ -1,15 +1,18 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{database::Database, server::DatabaseServer, DatabaseQueryResource};
+use crate::api::{
+    backup::DatabaseBackup, database::Database, server::DatabaseServer, DatabaseQueryResource,
+};
 
 /// Every CRD of the operator, by plural name (the committed file is
 /// `chart/crds/<plural>.dbqo.dev.yaml`).
-pub fn crds() -> [(&'static str, CustomResourceDefinition); 3] {
+pub fn crds() -> [(&'static str, CustomResourceDefinition); 4] {
     [
         ("databasequeryresources", DatabaseQueryResource::crd()),
         ("databaseservers", DatabaseServer::crd()),
         ("databases", Database::crd()),
+        ("databasebackups", DatabaseBackup::crd()),
     ]
 }
 

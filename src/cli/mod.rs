@@ -1,5 +1,6 @@
 //! Command-line interface: one binary, one subcommand per job.
 
+mod backup;
 mod crd;
 mod diff;
 mod policy;
@@ -8,6 +9,7 @@ mod run;
 
 use clap::{Parser, Subcommand};
 
+pub use backup::DumpArgs;
 pub use crd::{all_crds_yaml, crd_yaml, crd_yaml_of, crds};
 pub use diff::DiffArgs;
 pub use policy::PolicyArgs;
@@ -26,9 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinitions as YAML: every one (one
     /// `kubectl apply -f -` installs them all), or the one named
-    /// (`databasequeryresources`, `databaseservers` or `databases`).
+    /// (`databasequeryresources`, `databaseservers`, `databases` or `databasebackups`).
     Crd {
-        #[arg(value_parser = ["databasequeryresources", "databaseservers", "databases"])]
+        #[arg(value_parser = ["databasequeryresources", "databaseservers", "databases", "databasebackups"])]
         plural: Option<String>,
     },
     /// Preview the objects a DBQR would produce, offline: rows come from a
@@ -55,6 +57,22 @@ pub enum Command {
     },
     /// Run the operator (kubeconfig from KUBECONFIG or ~/.kube/config, or in-cluster).
     Run(RunArgs),
+    /// Dump a database to object storage (what the operator's backup Jobs run):
+    /// `pg_dump -Fc` or `mariadb-dump`, streamed to the bucket in parts.
+    Backup(DumpArgs),
+    /// Restore a dump from object storage into a database (what the
+    /// operator's restore Jobs run): `pg_restore` or `mariadb`, streamed.
+    Restore(DumpArgs),
+}
+
+fn dump(args: DumpArgs, restore: bool) -> i32 {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(backup::run(args, restore)),
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            1
+        }
+    }
 }
 
 /// Runs the parsed command; returns the process exit code. `operator` runs
@@ -93,5 +111,7 @@ pub fn run(cli: Cli, operator: impl FnOnce(RunArgs) -> i32) -> i32 {
             }
         },
         Command::Run(args) => operator(args),
+        Command::Backup(args) => dump(args, false),
+        Command::Restore(args) => dump(args, true),
     }
 }

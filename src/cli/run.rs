@@ -76,6 +76,14 @@ pub struct RunArgs {
     /// Seconds between tries to acquire or renew the lease.
     #[arg(long, env = "DBQO_LEADER_ELECTION_RETRY_PERIOD", default_value_t = 2)]
     pub leader_election_retry_period: u64,
+    /// The image backup and restore Jobs run: the engines' client tools and
+    /// this binary (`hack/image.sh backup` builds it).
+    #[arg(long, env = "DBQO_BACKUP_IMAGE", default_value = concat!("ghcr.io/dbqo/db-query-operator-backup:", env!("CARGO_PKG_VERSION")))]
+    pub backup_image: String,
+    /// Seconds a Database's scheduled backups are apart at least, whatever
+    /// its schedule says (each one is a Job on the platform's nodes).
+    #[arg(long, env = "DBQO_MIN_BACKUP_INTERVAL_SECONDS", default_value_t = 300)]
+    pub min_backup_interval_seconds: u64,
 }
 
 /// The Lease of a shard: one per label selector, so shards never wait for
@@ -147,6 +155,10 @@ impl RunArgs {
             writer_queue: 1024,
             drain: Duration::from_secs(self.shutdown_timeout_seconds),
             connections_per_server: self.max_connections_per_database as usize,
+            backups: crate::backup::database::BackupSettings {
+                image: self.backup_image.clone(),
+                min_interval: Duration::from_secs(self.min_backup_interval_seconds.max(1)),
+            },
         })
     }
 }

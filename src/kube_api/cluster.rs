@@ -82,6 +82,22 @@ pub trait Cluster {
         namespace: &str,
         name: &str,
     ) -> Result<Option<ObjectMeta>, KubeError>;
+    /// One object (a Job the operator made) as the API server has it now.
+    async fn read_object(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Json>, KubeError>;
+    /// The objects of a kind in `namespace` with the labels `selector`
+    /// names (a Job's Pods, a `Database`'s scheduled backups); at most `limit`.
+    async fn list_objects(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        selector: &str,
+        limit: u32,
+    ) -> Result<Vec<Json>, KubeError>;
     /// Replaces the finalizers of one of the operator's own objects if it
     /// is still at the resourceVersion `seen` has (see `controller::finalizer`).
     async fn set_finalizers(

@@ -32,7 +32,10 @@ pub use objects::{
     Labels, LiveObject, Target, ADOPT_ANNOTATION, APPLY_ANNOTATION, CREATE_ONLY, FIELD_MANAGER,
     PRUNE_ANNOTATION, PRUNE_DISABLED, WAVE_ANNOTATION,
 };
-pub use own::{patch_dbqr_status, patch_status, read_meta, set_finalizers, status_patch};
+pub use own::{
+    list_objects, patch_dbqr_status, patch_status, read_meta, read_object, set_finalizers,
+    status_patch,
+};
 pub use secrets::SecretData;
 
 use kube::api::{Api, ApiResource, DynamicObject};

@@ -30,6 +30,31 @@ pub async fn read_meta(
         .map(|partial| partial.metadata))
 }
 
+/// One object as the API server has it, as JSON (a Job's status).
+pub async fn read_object(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<serde_json::Value>, KubeError> {
+    let object = api(client, resource, Some(namespace)).get_opt(name).await?;
+    Ok(object.map(|o| serde_json::to_value(o).unwrap_or_default()))
+}
+
+/// The objects of a kind in `namespace` carrying `selector` (a label
+/// selector), as JSON; at most `limit` of them.
+pub async fn list_objects(
+    client: &Client,
+    resource: &ApiResource,
+    namespace: &str,
+    selector: &str,
+    limit: u32,
+) -> Result<Vec<serde_json::Value>, KubeError> {
+    let params = kube::api::ListParams::default().labels(selector).limit(limit);
+    let list = api(client, resource, Some(namespace)).list(&params).await?;
+    Ok(list.items.into_iter().map(|o| serde_json::to_value(o).unwrap_or_default()).collect())
+}
+
 /// Merge patch of a DBQR's status subresource.
 pub async fn patch_dbqr_status(
     client: &Client,

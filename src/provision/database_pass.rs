@@ -18,11 +18,13 @@ use super::reconcile::{
     carry_out, drop_owned, plan, ProvisionError, Provisioned, ProvisionedNames,
 };
 use super::request::{resolve, Request};
-use super::session::Claimant;
-use super::status::{next_database_status, Verdict, READY};
+use super::session::{Claimant, Session};
+use super::status::{next_database_status, BackupProgress, Observed, Verdict, READY};
 use crate::api::database::{Database, DatabaseDeletionPolicy, DatabaseStatus, Phase};
 use crate::api::server::DatabaseServer;
+use crate::api::server::Engine;
 use crate::api::REQUESTED_AT_ANNOTATION;
+use crate::backup::database::{BackupSettings, Restore, Step, StepError};
 use crate::controller::{
     condition::{self, Status},
     finalizer, owner,
@@ -47,6 +49,8 @@ pub struct DatabasePass<'a, W, S> {
     pub status: Option<&'a DatabaseStatus>,
     /// The reset label of this copy was acted on already.
     pub reset_done: bool,
+    /// How backups run (image, shortest schedule interval).
+    pub backups: &'a BackupSettings,
     pub now: Time,
 }
 
@@ -65,17 +69,37 @@ pub struct PassOutcome {
     pub finished: bool,
     /// The reason of the `Ready` condition, when it is not Ready.
     pub reason: Option<&'static str>,
+    /// Run the next pass after this long (a restore or a backup under way,
+    /// the next scheduled backup), if sooner than the resync.
+    pub again: Option<std::time::Duration>,
 }
 
 /// A failure of a pass, with the phase it is reported under.
 struct Failure {
     phase: Phase,
     verdict: Verdict,
+    /// Not a failure but work under way: look again after this long.
+    again: Option<std::time::Duration>,
 }
 
 impl Failure {
     fn error(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { phase: Phase::Error, verdict: Verdict::failed(reason, message) }
+        Self { phase: Phase::Error, verdict: Verdict::failed(reason, message), again: None }
+    }
+
+    /// Work under way (a restore, a backup before a delete).
+    fn under_way(phase: Phase, reason: &'static str, message: String) -> Self {
+        Self {
+            phase,
+            verdict: Verdict::new(Status::Unknown, reason, message),
+            again: Some(crate::backup::pass::WATCH_JOB),
+        }
+    }
+}
+
+impl From<StepError> for Failure {
+    fn from(e: StepError) -> Self {
+        Self::error(e.reason, e.message)
     }
 }
 
@@ -144,7 +168,15 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             return outcome;
         }
         let mut creating = None;
-        let provisioned = self.provision(&mut outcome.secrets, &mut creating).await;
+        let mut progress = BackupProgress::of(self.status);
+        let mut provisioned =
+            self.provision(&mut outcome.secrets, &mut creating, &mut progress).await;
+        if let Ok((request, _)) = &provisioned {
+            match self.schedule(&mut progress).await {
+                Ok(next) => outcome.again = next,
+                Err(failure) => provisioned = Err((Some(request.clone()), failure)),
+            }
+        }
         outcome.reset_done = matches!(&provisioned, Ok((_, done)) if done.new_password);
         let (phase, request, verdict) = match &provisioned {
             Ok((request, _)) => (
@@ -152,13 +184,42 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
                 Some(request),
                 Verdict::ready("the database, its user and the credentials Secret are ready"),
             ),
-            Err((request, failure)) => (failure.phase, request.as_ref(), failure.verdict.clone()),
+            Err((request, failure)) => {
+                outcome.again = failure.again.or(outcome.again);
+                (failure.phase, request.as_ref(), failure.verdict.clone())
+            }
         };
-        outcome.failed = !verdict.holds() && phase != Phase::Pending;
+        let under_way = matches!(&provisioned, Err((_, f)) if f.again.is_some());
+        outcome.failed = !verdict.holds() && phase != Phase::Pending && !under_way;
         outcome.reason = (!verdict.holds()).then_some(verdict.reason);
         let before = creating.as_ref().or(self.status);
-        outcome.status = self.write_status(before, phase, request, &verdict).await.or(creating);
+        outcome.status =
+            self.write_status(before, phase, request, &verdict, Some(&progress)).await.or(creating);
         outcome
+    }
+
+    /// Scheduled backups: the one due created, those beyond the retention
+    /// deleted; how long until the next is due.
+    async fn schedule(
+        &self,
+        progress: &mut BackupProgress,
+    ) -> Result<Option<std::time::Duration>, Failure> {
+        let Some(server) = self.server else { return Ok(None) };
+        let now = chrono::DateTime::from_timestamp(self.now.0.as_second(), 0).unwrap_or_default();
+        let (next, pruned) = crate::backup::database::schedule(
+            self.writer,
+            self.database,
+            server,
+            progress,
+            (now, self.backups.min_interval),
+        )
+        .await?;
+        if pruned > 0 {
+            let message =
+                format!("{pruned} scheduled backups beyond the retention deleted with their dumps");
+            self.event(false, crate::reason::BACKUPS_PRUNED, message).await;
+        }
+        Ok(next)
     }
 
     fn namespace(&self) -> String {
@@ -189,17 +250,16 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
         phase: Phase,
         request: Option<&Request>,
         verdict: &Verdict,
+        progress: Option<&BackupProgress>,
     ) -> Option<DatabaseStatus> {
         let requested_at = self.database.annotations().get(REQUESTED_AT_ANNOTATION);
-        let next = next_database_status(
-            before,
-            self.database.metadata.generation,
-            phase,
-            request.map(|r| (r.database.as_str(), r.username.as_str())),
-            requested_at.map(String::as_str),
-            verdict,
-            self.now.clone(),
-        )?;
+        let observed = Observed {
+            generation: self.database.metadata.generation,
+            names: request.map(|r| (r.database.as_str(), r.username.as_str())),
+            requested_at: requested_at.map(String::as_str),
+            progress,
+        };
+        let next = next_database_status(before, phase, observed, verdict, self.now.clone())?;
         let before = before.and_then(|s| condition::find(&s.conditions, READY));
         let message = verdict.message.clone();
         if let Some(event) = condition::event_on_new_reason(before, verdict, Status::False, message)
@@ -226,6 +286,7 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
         &self,
         secrets: &mut Vec<(String, String)>,
         creating: &mut Option<DatabaseStatus>,
+        progress: &mut BackupProgress,
     ) -> Result<(Request, Provisioned), Failed> {
         let server = self.server.ok_or_else(|| (None, self.server_not_found()))?;
         let request = resolve(self.database, server)
@@ -270,8 +331,9 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             let message =
                 format!("creating database {:?} and user {:?}", request.database, request.username);
             let verdict = Verdict::new(Status::Unknown, crate::reason::CREATING, message);
-            *creating =
-                self.write_status(self.status, Phase::Creating, Some(&request), &verdict).await;
+            *creating = self
+                .write_status(self.status, Phase::Creating, Some(&request), &verdict, None)
+                .await;
         }
         // The Secret first: a pass failing after the password is set on the
         // server must find it in the Secret.
@@ -289,10 +351,39 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             .await
             .map_err(fail)?;
         let done = carry_out(&mut session, &request, &planned).await.map_err(|e| fail(e.into()))?;
+        let restore = Restore {
+            writer: self.writer,
+            database: self.database,
+            server,
+            names: (&request.database, &request.username),
+            created_now: done.created_database && !done.recreated,
+            image: &self.backups.image,
+        };
+        if restore.starts(progress) && request.engine == Engine::Postgres {
+            // pg_restore --role: the admin acts as the user.
+            let joins = super::sql::pg_admin_joins(&request.username);
+            session.execute(&[joins]).await.map_err(|e| fail(e.into()))?;
+        }
         drop(session);
         self.announce(&request, &done).await;
         if reset {
             self.clear_reset_label().await.map_err(|e| fail(e.into()))?;
+        }
+        let was_restoring = progress.restore.as_ref().is_some_and(|r| r.phase == "Restoring");
+        match restore.step(progress).await.map_err(|e| fail(e.into()))? {
+            Step::Done => {
+                if was_restoring {
+                    let message = format!("database {:?} holds its backup", request.database);
+                    self.event(false, crate::reason::RESTORED, message).await;
+                }
+            }
+            Step::Running(message) => {
+                let restoring = crate::reason::RESTORING;
+                return Err(fail(Failure::under_way(Phase::Creating, restoring, message)));
+            }
+            Step::Failed(message) => {
+                return Err(fail(Failure::error(crate::reason::RESTORE_FAILED, message)))
+            }
         }
         Ok((request, done))
     }
@@ -319,6 +410,7 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
                 crate::reason::SERVER_NOT_FOUND,
                 format!("DatabaseServer {namespace}/{} not found", spec.name),
             ),
+            again: None,
         }
     }
 
@@ -434,17 +526,25 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             }
             r
         });
-        let wants_delete = self.database.spec.deletion_policy == DatabaseDeletionPolicy::Delete;
+        let policy = self.database.spec.deletion_policy;
+        let wants_delete = policy != DatabaseDeletionPolicy::Retain;
         let allowed = self.server.is_some_and(|s| s.spec.allow_delete);
         let cleaned = match (&request, wants_delete && allowed) {
-            (Some(request), true) => self.drop_database(request).await,
+            (Some(request), true) => self.backup_then_drop(request, policy).await,
             _ => self.retain(request.as_ref(), wants_delete).await,
         };
         if let Err(failure) = cleaned {
-            outcome.failed = true;
+            outcome.again = failure.again;
+            outcome.failed = failure.again.is_none();
             outcome.reason = Some(failure.verdict.reason);
             outcome.status = self
-                .write_status(self.status, Phase::Deleting, request.as_ref(), &failure.verdict)
+                .write_status(
+                    self.status,
+                    Phase::Deleting,
+                    request.as_ref(),
+                    &failure.verdict,
+                    None,
+                )
                 .await;
             return outcome;
         }
@@ -457,6 +557,27 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
             }
         }
         outcome
+    }
+
+    /// `BackupThenDelete`: the dump first, complete; then as `Delete`.
+    async fn backup_then_drop(
+        &self,
+        request: &Request,
+        policy: DatabaseDeletionPolicy,
+    ) -> Result<(), Failure> {
+        if policy == DatabaseDeletionPolicy::BackupThenDelete {
+            match crate::backup::database::before_delete(self.writer, self.database).await? {
+                Step::Done => {}
+                Step::Running(message) => {
+                    let reason = crate::reason::BACKING_UP;
+                    return Err(Failure::under_way(Phase::Deleting, reason, message));
+                }
+                Step::Failed(message) => {
+                    return Err(Failure::error(crate::reason::BACKUP_FAILED, message))
+                }
+            }
+        }
+        self.drop_database(request).await
     }
 
     /// `deletionPolicy: Delete` on a server that allows it: the database and

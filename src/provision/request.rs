@@ -35,6 +35,10 @@ pub enum RequestError {
     OwnerWithPrivileges,
     #[error(transparent)]
     SecretTemplate(#[from] SecretTemplateError),
+    #[error(transparent)]
+    Schedule(#[from] crate::backup::schedule::ScheduleError),
+    #[error("spec.{field} needs backups, and DatabaseServer {server} has no spec.backupStorage")]
+    NoBackupStorage { field: &'static str, server: String },
     #[error("DatabaseServer {server}: {source}")]
     Policy {
         server: String,
@@ -52,6 +56,7 @@ impl RequestError {
                 crate::reason::NOT_ALLOWED
             }
             Self::Policy { .. } => crate::reason::SERVER_POLICY_INVALID,
+            Self::NoBackupStorage { .. } => crate::reason::BACKUP_NOT_CONFIGURED,
             _ => crate::reason::INVALID_SPEC,
         }
     }
@@ -174,6 +179,19 @@ pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, 
         return Err(RequestError::OwnerWithPrivileges);
     }
     SecretTemplate::compile(&spec.credentials_secret_template, super::credentials::KEYS)?;
+    if let Some(backup) = &spec.backup {
+        crate::backup::schedule::Schedule::parse(&backup.schedule)?;
+    }
+    let needs_storage = [
+        ("backup", spec.backup.is_some()),
+        ("restoreFrom", spec.restore_from.is_some()),
+        ("deletionPolicy", spec.deletion_policy == DatabaseDeletionPolicy::BackupThenDelete),
+    ];
+    if let Some((field, _)) = needs_storage.into_iter().find(|(_, asks)| *asks) {
+        if server.spec.backup_storage.is_none() {
+            return Err(RequestError::NoBackupStorage { field, server: server_name });
+        }
+    }
     let extensions = allowed_extensions(spec, server, &server_name)?;
     let options = create_options(spec, engine)?;
     let secret_name = spec
@@ -522,6 +540,32 @@ mod tests {
                     .unwrap_err();
             assert_eq!(e.reason(), "InvalidSpec", "{template}");
         }
+    }
+
+    #[test]
+    fn backups_need_a_schedule_that_parses_and_a_server_with_storage() {
+        let s = server("postgres", json!({"allowedNamespaces": ["*"]}));
+        for asks in [
+            json!({"backup": {"schedule": "0 3 * * *"}}),
+            json!({"restoreFrom": {"backup": "b"}}),
+            json!({"deletionPolicy": "BackupThenDelete"}),
+        ] {
+            let e = resolve(&database("t", "x", asks.clone()), &s).unwrap_err();
+            assert_eq!(e.reason(), "BackupNotConfigured", "{asks}");
+        }
+        let stored = server(
+            "postgres",
+            json!({"allowedNamespaces": ["*"],
+                   "backupStorage": {"bucket": "b", "credentialsSecretRef": {"name": "s3"}}}),
+        );
+        assert!(resolve(
+            &database("t", "x", json!({"backup": {"schedule": "0 3 * * *"}})),
+            &stored
+        )
+        .is_ok());
+        let e = resolve(&database("t", "x", json!({"backup": {"schedule": "daily"}})), &stored)
+            .unwrap_err();
+        assert_eq!(e.reason(), "InvalidSpec");
     }
 
     #[test]

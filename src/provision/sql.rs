@@ -151,7 +151,7 @@ pub fn pg_database_privileges(request: &Request, replace: bool) -> Vec<String> {
     let (db, user) = (pg_ident(&request.database), pg_ident(&request.username));
     if request.owner {
         // ALTER ... OWNER needs the admin to be a member of the new owner.
-        sql.push(format!("GRANT {user} TO CURRENT_USER"));
+        sql.push(pg_admin_joins(&request.username));
         sql.push(format!("ALTER DATABASE {db} OWNER TO {user}"));
         return sql;
     }
@@ -163,6 +163,12 @@ pub fn pg_database_privileges(request: &Request, replace: bool) -> Vec<String> {
     let on_db = if is_all(request) { vec!["ALL PRIVILEGES"] } else { on_db };
     sql.push(format!("GRANT {} ON DATABASE {db} TO {user}", on_db.join(", ")));
     sql
+}
+
+/// PostgreSQL: the admin becomes a member of the user's role, so that it
+/// may hand the database over (`OWNER`) or restore as the user (`--role`).
+pub fn pg_admin_joins(user: &str) -> String {
+    format!("GRANT {} TO CURRENT_USER", pg_ident(user))
 }
 
 /// PostgreSQL table privileges, as `aclexplode` names them.

@@ -223,6 +223,13 @@ fn cluster(database: &Database) -> FakeCluster {
     writer
 }
 
+fn settings() -> crate::backup::database::BackupSettings {
+    crate::backup::database::BackupSettings {
+        image: "dbqo-backup:test".into(),
+        min_interval: std::time::Duration::from_secs(300),
+    }
+}
+
 fn time() -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap())
 }
@@ -242,6 +249,7 @@ fn pass(
         allow_cross_namespace_secrets: false,
         status: None,
         reset_done: false,
+        backups: &settings(),
         now: time(),
     }
     .run()
@@ -329,6 +337,7 @@ fn a_second_pass_of_a_converged_database_runs_no_statement_and_writes_nothing() 
         allow_cross_namespace_secrets: false,
         status: first.status.as_ref(),
         reset_done: false,
+        backups: &settings(),
         now: time(),
     }
     .run()
@@ -534,6 +543,7 @@ fn pass_after(
         allow_cross_namespace_secrets: false,
         status,
         reset_done: false,
+        backups: &settings(),
         now: time(),
     }
     .run()

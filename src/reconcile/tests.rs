@@ -57,6 +57,10 @@ fn config(prune: bool) -> PassConfig {
         writer_queue: 1,
         drain: Duration::from_secs(1),
         connections_per_server: 1,
+        backups: crate::backup::database::BackupSettings {
+            image: "dbqo-backup:test".into(),
+            min_interval: Duration::from_secs(300),
+        },
     };
     PassConfig::new(&dbqr, &settings, &crate::db::Connections::new(1)).unwrap()
 }
