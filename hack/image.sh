@@ -9,6 +9,9 @@
 #   hack/image.sh run CMD...   ... and run CMD in a container of it
 #   hack/image.sh archive FILE ... and write it to FILE as a docker-archive
 #                              (what `ctr images import` loads onto a node)
+#   hack/image.sh backup ...   the same for the backup image: the same binary
+#                              on a base that also has the engines' client
+#                              tools (pg_dump, pg_restore, mariadb-dump, mariadb)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source hack/lib.sh
@@ -25,12 +28,22 @@ if ((${#missing[@]})); then
 fi
 
 B=("${BUILDAH[@]}")
+FLAVOUR=operator
 BASE=localhost/dbqo-base:bookworm
+PACKAGES=ca-certificates,libssl3
+NAME=db-query-operator
+if [[ "${1:-}" == backup ]]; then
+  shift
+  FLAVOUR=backup
+  BASE=localhost/dbqo-tools-base:bookworm
+  PACKAGES=ca-certificates,libssl3,postgresql-client-15,mariadb-client
+  NAME=db-query-operator-backup
+fi
 if ! "${B[@]}" inspect --type image "$BASE" >/dev/null 2>&1; then
   log "making the base image $BASE with debootstrap"
-  rootfs="$CACHE/base-rootfs"
+  rootfs="$CACHE/base-rootfs-$FLAVOUR"
   as_root rm -rf "$rootfs"
-  as_root debootstrap --variant=minbase --include=ca-certificates,libssl3 \
+  as_root debootstrap --variant=minbase --include="$PACKAGES" \
     bookworm "$rootfs" http://deb.debian.org/debian >&2
   ctr=$("${B[@]}" from scratch)
   mnt=$("${B[@]}" mount "$ctr")
@@ -45,10 +58,10 @@ log "building the release binary"
 cargo build --release --locked -p db-query-operator --bin db-query-operator >&2
 VERSION=$(cargo metadata --no-deps --format-version 1 |
   jq -r '.packages[] | select(.name == "db-query-operator") | .version')
-IMAGE="localhost/db-query-operator:$VERSION"
+IMAGE="localhost/$NAME:$VERSION"
 
 # vfs copies whole layers: build only when the binary or the Dockerfile changed.
-key=$(cat "$CARGO_TARGET_DIR/release/db-query-operator" Dockerfile | sha256sum | cut -c1-32)
+key=$( (cat "$CARGO_TARGET_DIR/release/db-query-operator" Dockerfile; echo "$BASE") | sha256sum | cut -c1-32)
 have=$("${B[@]}" inspect --type image --format '{{index .ImageAnnotations "dbqo.build"}}' "$IMAGE" 2>/dev/null || true)
 if [[ "$have" != "$key" ]]; then
   context=$(mktemp -d)

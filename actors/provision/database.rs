@@ -39,10 +39,11 @@ const RETRY_CAP: Duration = Duration::from_secs(300);
 #[rtype(result = "()")]
 pub struct Changed(pub Box<Database>);
 
-/// Its `DatabaseServer` changed (or appeared, or went away).
+/// Something a pass reads changed: its `DatabaseServer` (or it appeared,
+/// or went away), or one of its scheduled backups finished.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ServerChanged;
+pub struct Look;
 
 pub struct DatabaseActor {
     database: Database,
@@ -227,10 +228,10 @@ impl Handler<Changed> for DatabaseActor {
     }
 }
 
-impl Handler<ServerChanged> for DatabaseActor {
+impl Handler<Look> for DatabaseActor {
     type Result = ();
 
-    fn handle(&mut self, _: ServerChanged, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: Look, ctx: &mut Context<Self>) {
         self.kick(ctx);
     }
 }

@@ -29,7 +29,7 @@ use crate::children::{Children, Key};
 use crate::stopping::Shutdown;
 use crate::writer::WriterHandle;
 use backup::{BackupActor, BackupChanged, Stores};
-use database::{Changed, DatabaseActor, ServerChanged};
+use database::{Changed, DatabaseActor, Look};
 use dbqo::api::backup::DatabaseBackup;
 use dbqo::api::database::Database;
 use dbqo::api::server::DatabaseServer;
@@ -139,6 +139,14 @@ impl ProvisionSupervisor {
         if self.stopping {
             return;
         }
+        if done {
+            // A scheduled backup finished: its Database's retention may
+            // let an older one go now.
+            let database = (key.0.clone(), backup.spec.database_ref.name.clone());
+            if let Some(child) = self.actors.get(&database) {
+                child.actor.do_send(Look);
+            }
+        }
         if let Some(child) = self.backups.get(&key) {
             if child.meta == uid && child.actor.connected() {
                 child.actor.do_send(BackupChanged(Box::new(backup)));
@@ -190,7 +198,7 @@ impl ProvisionSupervisor {
     /// Tells the `Database`s of `server` that it changed.
     fn tell(&self, server: &Key) {
         for (_, child) in self.actors.iter().filter(|(_, c)| &c.meta.server == server) {
-            child.actor.do_send(ServerChanged);
+            child.actor.do_send(Look);
         }
     }
 

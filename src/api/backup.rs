@@ -22,9 +22,9 @@ pub struct BackupStorage {
     pub bucket: String,
     /// Prefix of every key, e.g. `backups/`. Dumps go under
     /// `<prefix><namespace>/<database>/`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
-    pub prefix: String,
+    pub prefix: Option<String>,
     #[serde(default = "default_region")]
     #[schemars(default = "default_region", length(min = 1, max = 64))]
     pub region: String,

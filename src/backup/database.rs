@@ -239,16 +239,7 @@ pub async fn schedule<W: Cluster>(
     let min = chrono::Duration::from_std(min_interval).unwrap_or(chrono::Duration::MAX);
     if let Some(due) = schedule.due(since, now, min) {
         let name = backup_name(&database.name_any(), &due.timestamp().to_string());
-        let manifest = json!({
-            "apiVersion": "dbqo.dev/v1alpha1",
-            "kind": "DatabaseBackup",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {SCHEDULED_FOR: uid, MANAGED_BY: MANAGED_BY_VALUE},
-            },
-            "spec": {"databaseRef": {"name": database.name_any()}},
-        });
+        let manifest = backup_manifest(database, &name, (SCHEDULED_FOR, &uid));
         let target = Target { resource: backups(), namespace: Some(namespace.clone()), name };
         match writer.create(&target, &manifest).await {
             Ok(()) => {}
@@ -296,6 +287,23 @@ async fn prune<W: Cluster>(
     Ok(expired.len())
 }
 
+/// A `DatabaseBackup` of `database` the operator makes: the `Database`'s
+/// labels (an operator sharded by a label selector sees its own backups),
+/// `label` saying why it exists. Not owned by the `Database`: a dump
+/// outlives what it was taken of.
+fn backup_manifest(database: &Database, name: &str, label: (&str, &str)) -> serde_json::Value {
+    let mut labels: serde_json::Map<String, serde_json::Value> =
+        database.labels().iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    labels.insert(MANAGED_BY.into(), json!(MANAGED_BY_VALUE));
+    labels.insert(label.0.into(), json!(label.1));
+    json!({
+        "apiVersion": "dbqo.dev/v1alpha1",
+        "kind": "DatabaseBackup",
+        "metadata": {"name": name, "namespace": database.namespace(), "labels": labels},
+        "spec": {"databaseRef": {"name": database.name_any()}},
+    })
+}
+
 /// `<name>-<suffix>`, the name cut so that the whole is a valid object name.
 fn backup_name(name: &str, suffix: &str) -> String {
     let keep = 253 - suffix.len() - 1;
@@ -310,16 +318,7 @@ pub async fn before_delete<W: Cluster>(writer: &W, database: &Database) -> Resul
     let uid = database.uid().unwrap_or_default();
     let name = backup_name(&database.name_any(), &format!("final-{}", &uid[..uid.len().min(8)]));
     let Some(found) = writer.read_object(&backups(), &namespace, &name).await? else {
-        let manifest = json!({
-            "apiVersion": "dbqo.dev/v1alpha1",
-            "kind": "DatabaseBackup",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {BEFORE_DELETE: uid, MANAGED_BY: MANAGED_BY_VALUE},
-            },
-            "spec": {"databaseRef": {"name": database.name_any()}},
-        });
+        let manifest = backup_manifest(database, &name, (BEFORE_DELETE, &uid));
         let target = Target { resource: backups(), namespace: Some(namespace), name: name.clone() };
         match writer.create(&target, &manifest).await {
             Ok(()) => {}

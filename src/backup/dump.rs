@@ -269,13 +269,35 @@ fn ca_file(info: &ConnInfo) -> Result<Option<String>, DumpError> {
     }
 }
 
+/// `PATH` with Debian's newest PostgreSQL client directory first: its
+/// `/usr/bin/pg_dump` is a Perl wrapper choosing a version, and the image
+/// has the client tools but no Perl modules beyond the base.
+fn pg_path() -> String {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .max();
+    match newest {
+        Some(version) => format!("/usr/lib/postgresql/{version}/bin:{path}"),
+        None => path,
+    }
+}
+
 fn pg_command(tool: &'static str, job: &Job<'_>) -> Result<tokio::process::Command, DumpError> {
     let info = job.info;
     let (host, port) = host_and_port(info, 5432)?;
+    let path = pg_path();
+    let tool = std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| tool.into());
     let mut command = tokio::process::Command::new(tool);
     command
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
+        .env("PATH", path)
         .env("PGHOST", host)
         .env("PGPORT", port.to_string())
         .env("PGUSER", info.config.get_user().unwrap_or_default())

@@ -420,3 +420,171 @@ impl<W: Cluster> BackupPass<'_, W> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+    use serde_json::{json, Value as Json};
+
+    use super::*;
+    use crate::fake_cluster::FakeCluster;
+
+    fn backup(name: &str, created: i64, status: Json) -> DatabaseBackup {
+        serde_json::from_value(json!({
+            "apiVersion": "dbqo.dev/v1alpha1", "kind": "DatabaseBackup",
+            "metadata": {
+                "name": name, "namespace": "team", "uid": format!("uid-{name}"),
+                "creationTimestamp": k8s_openapi::jiff::Timestamp::from_second(created).unwrap().to_string(),
+                "finalizers": ["dbqo.dev/finalizer"], "resourceVersion": "1",
+            },
+            "spec": {"databaseRef": {"name": "orders"}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn database(provisioned: bool) -> Database {
+        let status = if provisioned { json!({"databaseName": "orders"}) } else { json!({}) };
+        serde_json::from_value(json!({
+            "apiVersion": "dbqo.dev/v1alpha1", "kind": "Database",
+            "metadata": {"name": "orders", "namespace": "team", "uid": "uid-db"},
+            "spec": {"serverRef": {"name": "main", "namespace": "platform"}},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn server(storage: bool) -> DatabaseServer {
+        let mut spec = json!({"engine": "postgres", "connectionSecretRef": {"name": "admin"}});
+        if storage {
+            spec["backupStorage"] = json!({
+                "endpoint": "http://127.0.0.1:9", "bucket": "dumps", "prefix": "p/",
+                "credentialsSecretRef": {"name": "s3"},
+            });
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "dbqo.dev/v1alpha1", "kind": "DatabaseServer",
+            "metadata": {"name": "main", "namespace": "platform"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn cluster() -> FakeCluster {
+        let writer = FakeCluster::default();
+        let b64 = |t: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(t)
+        };
+        writer.put(
+            "Secret",
+            "platform",
+            "s3",
+            json!({"metadata": {"name": "s3", "namespace": "platform", "resourceVersion": "1"},
+                   "data": {"accessKeyId": b64("id"), "secretAccessKey": b64("key")}}),
+        );
+        writer
+    }
+
+    fn run(
+        writer: &FakeCluster,
+        backup: &DatabaseBackup,
+        database: Option<&Database>,
+        server: Option<&DatabaseServer>,
+        siblings: &[DatabaseBackup],
+    ) -> BackupOutcome {
+        BackupPass {
+            backup,
+            database,
+            server,
+            siblings,
+            writer,
+            image: "dbqo-backup:test",
+            now: Time(k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap()),
+        }
+        .run()
+        .now_or_never()
+        .expect("the fakes never suspend")
+    }
+
+    fn reason(outcome: &BackupOutcome) -> (Option<BackupPhase>, String) {
+        let status = outcome.status.as_ref().expect("a status written");
+        (status.phase, status.conditions[0].reason.clone())
+    }
+
+    #[test]
+    fn what_is_missing_says_so_and_only_a_missing_database_or_storage_is_final() {
+        let writer = cluster();
+        let b = backup("b", 1_000, json!({}));
+        let gone = run(&writer, &b, None, Some(&server(true)), &[]);
+        assert_eq!(reason(&gone), (Some(BackupPhase::Failed), "DatabaseNotFound".into()));
+        let (db, unprovisioned) = (database(true), database(false));
+        let waiting = run(&writer, &b, Some(&unprovisioned), Some(&server(true)), &[]);
+        assert_eq!(reason(&waiting), (None, "WaitingForDatabase".into()));
+        assert_eq!(waiting.again, Some(WAIT));
+        let bare = run(&writer, &b, Some(&db), Some(&server(false)), &[]);
+        assert_eq!(reason(&bare), (Some(BackupPhase::Failed), "BackupNotConfigured".into()));
+        assert!(writer.objects.borrow().keys().all(|(kind, _, _)| kind != "Job"), "no Job");
+    }
+
+    #[test]
+    fn one_backup_of_a_database_at_a_time_in_creation_order() {
+        let writer = cluster();
+        let (db, srv) = (database(true), server(true));
+        let older = backup("older", 900, json!({}));
+        let running = backup("running", 1_100, json!({"phase": "BackingUp"}));
+        let done = backup("done", 800, json!({"phase": "Completed"}));
+        let me = backup("me", 1_000, json!({}));
+        for siblings in [vec![older.clone()], vec![running]] {
+            let outcome = run(&writer, &me, Some(&db), Some(&srv), &siblings);
+            assert_eq!(reason(&outcome), (None, "WaitingForBackup".into()));
+        }
+        let outcome = run(&writer, &me, Some(&db), Some(&srv), &[done, me.clone()]);
+        assert_eq!(reason(&outcome), (Some(BackupPhase::Starting), "BackingUp".into()));
+    }
+
+    #[test]
+    fn the_job_is_made_once_and_its_failure_is_reported_with_the_pods_words() {
+        let writer = cluster();
+        let (db, srv) = (database(true), server(true));
+        let b = backup("nightly", 1_000, json!({}));
+        let started = run(&writer, &b, Some(&db), Some(&srv), &[]);
+        let status = started.status.clone().unwrap();
+        let job = status.job.clone().unwrap();
+        assert_eq!(job, job::job_name(Operation::Backup, "uid-nightly"));
+        assert_eq!(
+            status.destination.as_deref(),
+            Some("s3://dumps/p/team/orders/nightly-1000.dump")
+        );
+        assert_eq!(started.again, Some(WATCH_JOB));
+        let stored = writer.objects.borrow()
+            [&("Job".to_owned(), Some("platform".to_owned()), job.clone())]
+            .clone();
+        assert_eq!(
+            stored["spec"]["template"]["spec"]["containers"][0]["image"],
+            "dbqo-backup:test"
+        );
+        // The Job fails; its Pod left our words.
+        let mut failed = stored.clone();
+        failed["status"] = json!({"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]});
+        writer.put("Job", "platform", &job, failed);
+        writer.put(
+            "Pod",
+            "platform",
+            "pod-1",
+            json!({"metadata": {"name": "pod-1", "labels": {"job-name": job}},
+                   "status": {"containerStatuses": [{"state": {"terminated": {"message": "pg_dump failed (authentication failed)"}}}]}}),
+        );
+        let b = backup("nightly", 1_000, serde_json::to_value(&status).unwrap());
+        let outcome = run(&writer, &b, Some(&db), Some(&srv), &[]);
+        assert_eq!(reason(&outcome), (Some(BackupPhase::Failed), "BackupFailed".into()));
+        let message = &outcome.status.unwrap().conditions[0].message;
+        assert!(
+            message.contains("BackoffLimitExceeded") && message.contains("authentication failed"),
+            "{message}"
+        );
+        assert_eq!(writer.events.borrow().last(), Some(&("BackupFailed".to_owned(), true)));
+        let creates = writer.writes().iter().filter(|w| w.starts_with("create Job")).count();
+        assert_eq!(creates, 1, "the Job is made once");
+    }
+}

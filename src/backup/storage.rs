@@ -99,7 +99,7 @@ impl Storage {
         Ok(Self {
             store: Arc::new(store),
             bucket: spec.bucket.clone(),
-            prefix: spec.prefix.clone(),
+            prefix: spec.prefix.clone().unwrap_or_default(),
         })
     }
 

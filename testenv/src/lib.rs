@@ -15,6 +15,7 @@ pub mod node;
 pub mod postgres;
 pub mod process;
 pub mod reliability;
+pub mod s3;
 
 use std::{
     path::{Path, PathBuf},
@@ -27,6 +28,7 @@ pub use control_plane::{ControlPlane, ControlPlaneInfo};
 pub use mariadb::{MariaDb, MariaDbInfo, MariaDbOptions};
 pub use node::{Node, NodeInfo};
 pub use postgres::{Postgres, PostgresInfo, PostgresOptions};
+pub use s3::S3Server;
 
 /// Environment variable naming the JSON file that describes a running environment.
 pub const ENV_VAR: &str = "DBQO_TESTENV";

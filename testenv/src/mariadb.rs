@@ -27,6 +27,8 @@ pub struct MariaDbOptions {
     pub tls: bool,
     /// `max_connections` (default 200).
     pub max_connections: Option<u32>,
+    /// Also listen on this address (for pods on a test node; loopback only otherwise).
+    pub listen: Option<std::net::Ipv4Addr>,
 }
 
 /// How to reach a running server.
@@ -106,7 +108,10 @@ impl MariaDb {
             format!("--datadir={}", data.display()),
             format!("--tmpdir={}", tmp.display()),
             format!("--port={port}"),
-            "--bind-address=127.0.0.1".into(),
+            match options.listen {
+                Some(ip) => format!("--bind-address=127.0.0.1,{ip}"),
+                None => "--bind-address=127.0.0.1".into(),
+            },
             format!("--socket={}", socket.display()),
             format!("--pid-file={}", dir.join("mysqld.pid").display()),
             format!("--log-error={}", dir.join("mariadb.err").display()),
@@ -149,7 +154,7 @@ impl MariaDb {
         )?;
         Ok(Self {
             info: MariaDbInfo {
-                host: "127.0.0.1".into(),
+                host: options.listen.map_or_else(|| "127.0.0.1".into(), |ip| ip.to_string()),
                 port,
                 user: ADMIN.into(),
                 password: ADMIN_PASSWORD.into(),
