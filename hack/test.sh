@@ -28,9 +28,11 @@ cargo build --workspace --all-targets --locked
 # What the chart and image tests use, made before the tests run so that the
 # first run on a fresh machine does not compile and debootstrap beside
 # timing-sensitive tests (the tests call the same idempotent scripts).
-echo "== Helm engine and image"
+echo "== Helm engine, S3 server and images"
 bash hack/helm-venv.sh >/dev/null
+bash hack/s3-venv.sh >/dev/null
 bash hack/image.sh >/dev/null
+bash hack/image.sh backup >/dev/null
 
 runner=(cargo test --workspace --locked --no-fail-fast)
 if cargo nextest --version >/dev/null 2>&1; then

@@ -326,9 +326,12 @@ fn my_command(tool: &'static str, job: &Job<'_>) -> Result<tokio::process::Comma
         .arg(format!("--host={host}"))
         .arg(format!("--port={port}"))
         .arg(format!("--user={}", info.config.get_user().unwrap_or_default()))
-        .arg("--connect-timeout=10")
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if tool == "mariadb" {
+        // mariadb-dump does not take this option; the client does.
+        command.arg("--connect-timeout=10");
+    }
     let ca = ca_file(info)?;
     match (info.effective_ssl_mode(), ca) {
         (crate::db::SslMode::Disable, _) => {

@@ -25,9 +25,7 @@ pub struct Credentials {
 pub const PASSWORD_KEY: &str = "password";
 /// The CA's key, as cert-manager and most clients name it.
 pub const CA_KEY: &str = "ca.crt";
-/// Every key the operator writes itself (a template may not replace them).
-pub const KEYS: &[&str] =
-    &["host", "hostname", "port", "dbname", "username", PASSWORD_KEY, "sslmode", "uri", CA_KEY];
+pub use super::secret_template::OPERATOR_KEYS as KEYS;
 
 impl Credentials {
     /// The Secret's data: [`Credentials::fields`], `ca.crt` when there is a

@@ -178,7 +178,10 @@ pub fn resolve(database: &Database, server: &DatabaseServer) -> Result<Request, 
     {
         return Err(RequestError::OwnerWithPrivileges);
     }
-    SecretTemplate::compile(&spec.credentials_secret_template, super::credentials::KEYS)?;
+    SecretTemplate::compile(
+        &spec.credentials_secret_template,
+        super::secret_template::OPERATOR_KEYS,
+    )?;
     if let Some(backup) = &spec.backup {
         crate::backup::schedule::Schedule::parse(&backup.schedule)?;
     }

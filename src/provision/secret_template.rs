@@ -13,6 +13,10 @@ use serde_json::Value as Json;
 
 use crate::render::{helpers, limits, values};
 
+/// Every key the operator writes itself into a credentials Secret (a
+/// template may not replace them).
+pub const OPERATOR_KEYS: &[&str] =
+    &["host", "hostname", "port", "dbname", "username", "password", "sslmode", "uri", "ca.crt"];
 /// Keys a template may add.
 pub const MAX_KEYS: usize = 32;
 /// Bytes of one key's template.
