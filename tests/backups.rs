@@ -13,6 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::app::{App, Engine};
 use common::operator::{create_secret, Operator};
 use common::{eventually, namespace};
 use dbqo::api::backup::{BackupPhase, DatabaseBackup};
@@ -22,28 +23,12 @@ use dbqo_testenv::{MariaDb, MariaDbOptions, Node, Postgres, PostgresOptions, S3S
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
-use mysql_async::prelude::Queryable;
 use serde_json::{json, Value};
 
 const TEST_LABEL: &str = "dbqo.dev/test";
 const BUCKET: &str = "dumps";
 /// A Job: pod start, the tool, the upload; twice for a failing one.
 const WAIT: Duration = Duration::from_secs(180);
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Engine {
-    Postgres,
-    MariaDb,
-}
-
-impl Engine {
-    fn name(self) -> &'static str {
-        match self {
-            Engine::Postgres => "postgres",
-            Engine::MariaDb => "mariadb",
-        }
-    }
-}
 
 /// The image as a docker-archive (hack/image.sh backup) and its name.
 fn backup_image(path: &std::path::Path) -> String {
@@ -61,57 +46,6 @@ fn backup_image(path: &std::path::Path) -> String {
 
 fn step(started: Instant, what: &str) {
     eprintln!("[{:>5.1}s] {what}", started.elapsed().as_secs_f64());
-}
-
-/// A team's connection, with a credentials Secret's data.
-enum App {
-    Postgres(tokio_postgres::Client),
-    MariaDb(mysql_async::Conn),
-}
-
-impl App {
-    async fn connect(engine: Engine, data: &BTreeMap<String, String>) -> Self {
-        match engine {
-            Engine::Postgres => {
-                let mut config = tokio_postgres::Config::new();
-                config
-                    .host(&data["host"])
-                    .port(data["port"].parse().unwrap())
-                    .user(&data["username"])
-                    .password(&data["password"])
-                    .dbname(&data["dbname"]);
-                let (client, connection) =
-                    config.connect(tokio_postgres::NoTls).await.expect("the credentials work");
-                tokio::spawn(connection);
-                App::Postgres(client)
-            }
-            Engine::MariaDb => {
-                let opts = mysql_async::OptsBuilder::default()
-                    .ip_or_hostname(data["host"].clone())
-                    .tcp_port(data["port"].parse().unwrap())
-                    .user(Some(data["username"].clone()))
-                    .pass(Some(data["password"].clone()))
-                    .db_name(Some(data["dbname"].clone()))
-                    .prefer_socket(false);
-                App::MariaDb(mysql_async::Conn::new(opts).await.expect("the credentials work"))
-            }
-        }
-    }
-
-    async fn exec(&mut self, sql: &str) {
-        match self {
-            App::Postgres(c) => c.batch_execute(sql).await.expect(sql),
-            App::MariaDb(c) => c.query_drop(sql).await.expect(sql),
-        }
-    }
-
-    async fn count(&mut self, table: &str) -> i64 {
-        let sql = format!("SELECT count(*) FROM {table}");
-        match self {
-            App::Postgres(c) => c.query_one(&sql, &[]).await.expect(&sql).get(0),
-            App::MariaDb(c) => c.query_first::<i64, _>(&sql).await.expect(&sql).unwrap_or(0),
-        }
-    }
 }
 
 /// The test's world on the node: its client, namespaces and operator.
@@ -254,9 +188,9 @@ async fn engine_backups(w: &World, engine: Engine, started: Instant) {
     w.database(&shop, &server, json!({})).await;
     w.wait_database(&shop, Phase::Ready, "Ready").await;
     let data = w.secret(&format!("{shop}-credentials")).await;
-    let mut app = App::connect(engine, &data).await;
-    app.exec("CREATE TABLE orders (id int PRIMARY KEY, item text)").await;
-    app.exec("INSERT INTO orders VALUES (1, 'anchor'), (2, 'buoy'), (3, 'cleat')").await;
+    let mut app = App::connect(engine, &data, None).await.expect("the credentials work");
+    app.exec("CREATE TABLE orders (id int PRIMARY KEY, item text)").await.unwrap();
+    app.exec("INSERT INTO orders VALUES (1, 'anchor'), (2, 'buoy'), (3, 'cleat')").await.unwrap();
     drop(app);
 
     // Two backups at once: one Job at a time, both complete.
@@ -296,9 +230,9 @@ async fn engine_backups(w: &World, engine: Engine, started: Instant) {
     w.wait_database(&copy, Phase::Ready, "Ready").await;
     step(started, &format!("{}: restored", engine.name()));
     let copied = w.secret(&format!("{copy}-credentials")).await;
-    let mut app = App::connect(engine, &copied).await;
+    let mut app = App::connect(engine, &copied, None).await.expect("the credentials work");
     assert_eq!(app.count("orders").await, 3, "the restored database holds the rows");
-    app.exec("INSERT INTO orders VALUES (4, 'davit')").await;
+    app.exec("INSERT INTO orders VALUES (4, 'davit')").await.unwrap();
     let restored = w.databases().get(&copy).await.unwrap().status.unwrap().restore.unwrap();
     assert_eq!((&restored.backup, restored.phase.as_str()), (&first_name, "Restored"));
     assert!(w
@@ -376,9 +310,10 @@ async fn engine_backups(w: &World, engine: Engine, started: Instant) {
     let last = format!("{}-last", engine.name());
     w.database(&last, &server, json!({"deletionPolicy": "BackupThenDelete"})).await;
     w.wait_database(&last, Phase::Ready, "Ready").await;
-    let mut app = App::connect(engine, &w.secret(&format!("{last}-credentials")).await).await;
-    app.exec("CREATE TABLE ledger (id int PRIMARY KEY)").await;
-    app.exec("INSERT INTO ledger VALUES (1), (2)").await;
+    let mut app =
+        App::connect(engine, &w.secret(&format!("{last}-credentials")).await, None).await.unwrap();
+    app.exec("CREATE TABLE ledger (id int PRIMARY KEY)").await.unwrap();
+    app.exec("INSERT INTO ledger VALUES (1), (2)").await.unwrap();
     drop(app);
     w.databases().delete(&last, &DeleteParams::default()).await.unwrap();
     eventually(WAIT, "the Database gone after its backup", || async {
@@ -405,7 +340,8 @@ async fn engine_backups(w: &World, engine: Engine, started: Instant) {
     let from = final_backup.metadata.name.clone().unwrap();
     w.database(&again, &server, json!({"restoreFrom": {"backup": from}})).await;
     w.wait_database(&again, Phase::Ready, "Ready").await;
-    let mut app = App::connect(engine, &w.secret(&format!("{again}-credentials")).await).await;
+    let mut app =
+        App::connect(engine, &w.secret(&format!("{again}-credentials")).await, None).await.unwrap();
     assert_eq!(app.count("ledger").await, 2, "the dump taken before the drop holds the rows");
 }
 

@@ -8,6 +8,7 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
+use common::app::{App, Engine};
 use common::operator::{create_secret, Operator};
 use common::{eventually, kube_client, namespace, unique};
 use k8s_openapi::api::core::v1::Secret;
@@ -27,12 +28,6 @@ const HOSTILE_ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz0123456789'\"\\;`$%@/:
 const WAIT: Duration = Duration::from_secs(60);
 /// A CA that signed nothing the test servers present (shared with the DBQR TLS tests).
 const UNRELATED_CA: &str = include_str!("fixtures/unrelated-ca.pem");
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Engine {
-    Postgres,
-    MariaDb,
-}
 
 /// A database server of the test's own.
 enum Server {
@@ -235,76 +230,6 @@ impl Admin {
                 .sum();
                 (writes, get("Com_grant") + get("Com_revoke") + get("Com_revoke_all"))
             }
-        }
-    }
-}
-
-/// A connection as an application, with a credentials Secret's data.
-enum App {
-    Postgres(tokio_postgres::Client),
-    MariaDb(mysql_async::Conn),
-}
-
-impl App {
-    async fn connect(
-        engine: Engine,
-        data: &BTreeMap<String, String>,
-        db: Option<&str>,
-    ) -> Result<Self, String> {
-        let db = db.unwrap_or(&data["dbname"]).to_owned();
-        match engine {
-            Engine::Postgres => {
-                let mut config = tokio_postgres::Config::new();
-                config
-                    .host(&data["host"])
-                    .port(data["port"].parse().unwrap())
-                    .user(&data["username"])
-                    .password(&data["password"])
-                    .dbname(&db);
-                let (client, connection) = config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| format!("{:?}", e.as_db_error().map(|d| d.code().code())))?;
-                tokio::spawn(connection);
-                Ok(App::Postgres(client))
-            }
-            Engine::MariaDb => {
-                let opts = mysql_async::OptsBuilder::default()
-                    .ip_or_hostname(data["host"].clone())
-                    .tcp_port(data["port"].parse().unwrap())
-                    .user(Some(data["username"].clone()))
-                    .pass(Some(data["password"].clone()))
-                    .db_name(Some(db))
-                    .prefer_socket(false);
-                mysql_async::Conn::new(opts).await.map(App::MariaDb).map_err(|e| e.to_string())
-            }
-        }
-    }
-
-    async fn exec(&mut self, sql: &str) -> Result<(), String> {
-        match self {
-            App::Postgres(c) => c
-                .batch_execute(sql)
-                .await
-                .map_err(|e| format!("{:?}", e.as_db_error().map(|d| d.code().code()))),
-            App::MariaDb(c) => c.query_drop(sql).await.map_err(|e| e.to_string()),
-        }
-    }
-
-    /// The databases this user can see.
-    async fn databases(&mut self) -> Vec<String> {
-        match self {
-            App::Postgres(c) => c
-                .query(
-                    "SELECT datname FROM pg_database WHERE has_database_privilege(datname, 'CONNECT')",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect(),
-            App::MariaDb(c) => c.query("SHOW DATABASES").await.unwrap(),
         }
     }
 }
