@@ -92,7 +92,13 @@ fn managed_rules(role: &Value) -> BTreeMap<(String, String), Vec<String>> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["verbs"].as_array().unwrap().iter().any(|v| v == "delete"))
+        // The operator's own kinds (dbqo.dev) and its backup Jobs (no list)
+        // are rules of their own; the managed kinds' rules have every verb.
+        .filter(|r| {
+            let verbs = r["verbs"].as_array().unwrap();
+            r["apiGroups"][0] != "dbqo.dev"
+                && ["list", "delete"].iter().all(|verb| verbs.iter().any(|v| v == verb))
+        })
         .map(|r| {
             (
                 (
