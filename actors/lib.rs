@@ -105,13 +105,14 @@ async fn operate(
     let mut signals = Signals::install().map_err(|e| Fatal::Signals(e.to_string()))?;
 
     // With leader election nothing starts before this replica holds the Lease.
+    let mut keeper = None;
     if let Some(election) = &operations.leader_election {
         let mut elector = leader::Elector::new(client.clone(), election.clone());
         tokio::select! {
             () = elector.acquire(&readiness) => {}
             () = signals.next() => return Ok(()),
         }
-        control.spawn(elector.keep(fatal.clone()));
+        keeper = Some(control.spawn(elector.keep(fatal.clone())));
     } else {
         readiness.leading.store(true, Ordering::SeqCst);
         metrics::global().leading();
@@ -132,6 +133,13 @@ async fn operate(
     // a drain that timed out a request may still land, so the Lease is left
     // to expire instead.
     if let (Some(election), true) = (&operations.leader_election, drained) {
+        // The renewals stop first: one after the release would take the
+        // released Lease straight back (a free Lease is anyone's), and the
+        // next replica would wait for it to expire.
+        if let Some(keeper) = keeper {
+            keeper.abort();
+            let _ = keeper.await;
+        }
         leader::release(client, election).await;
     }
     Ok(())
