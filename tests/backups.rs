@@ -425,6 +425,14 @@ async fn backups_and_restores_run_as_jobs_on_a_real_node() {
     engine_backups(&world, Engine::Postgres, started).await;
     engine_backups(&world, Engine::MariaDb, started).await;
 
+    // Passes that waited on a restore or a backup Job are neither failures
+    // nor errors in the metrics.
+    for waiting in ["Restoring", "BackingUp"] {
+        let errors = format!("dbqo_database_errors_total{{reason=\"{waiting}\"}}");
+        assert_eq!(operator.metric(&errors).await, 0.0, "{errors}");
+    }
+    assert!(operator.metric("dbqo_database_passes_total{result=\"success\"}").await > 0.0);
+
     // The storage credentials never reach the team's view or the log.
     let log = operator.log();
     assert!(!log.contains(dbqo_testenv::s3::SECRET_KEY), "the storage secret in the log");

@@ -145,7 +145,7 @@ impl DatabaseActor {
             .run()
             .await;
             tracing::debug!(database = %database.name_any(), namespace = ?database.namespace(), reason = ?outcome.reason, "database pass finished");
-            crate::metrics::global().database_pass(outcome.reason, started.elapsed());
+            crate::metrics::global().database_pass(outcome.error(), started.elapsed());
             outcome
         }
     }

@@ -82,6 +82,11 @@ const RESTORING: &str = "Restoring";
 const RESTORED: &str = "Restored";
 const FAILED: &str = "Failed";
 
+/// Whether the status says a restore is under way.
+pub fn restoring(progress: &BackupProgress) -> bool {
+    progress.restore.as_ref().is_some_and(|r| r.phase == RESTORING)
+}
+
 /// What a restore works with.
 pub struct Restore<'a, W> {
     pub writer: &'a W,

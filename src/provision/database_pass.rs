@@ -69,9 +69,20 @@ pub struct PassOutcome {
     pub finished: bool,
     /// The reason of the `Ready` condition, when it is not Ready.
     pub reason: Option<&'static str>,
+    /// Not Ready because a Job (a restore, a backup before a delete) is
+    /// under way: neither a failure nor done.
+    pub under_way: bool,
     /// Run the next pass after this long (a restore or a backup under way,
     /// the next scheduled backup), if sooner than the resync.
     pub again: Option<std::time::Duration>,
+}
+
+impl PassOutcome {
+    /// The reason this pass failed; none for a pass that succeeded or
+    /// waits on a Job under way.
+    pub fn error(&self) -> Option<&'static str> {
+        self.reason.filter(|_| !self.under_way)
+    }
 }
 
 /// A failure of a pass, with the phase it is reported under.
@@ -189,8 +200,8 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
                 (failure.phase, request.as_ref(), failure.verdict.clone())
             }
         };
-        let under_way = matches!(&provisioned, Err((_, f)) if f.again.is_some());
-        outcome.failed = !verdict.holds() && phase != Phase::Pending && !under_way;
+        outcome.under_way = matches!(&provisioned, Err((_, f)) if f.again.is_some());
+        outcome.failed = !verdict.holds() && phase != Phase::Pending && !outcome.under_way;
         outcome.reason = (!verdict.holds()).then_some(verdict.reason);
         let before = creating.as_ref().or(self.status);
         outcome.status =
@@ -369,7 +380,7 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
         if reset {
             self.clear_reset_label().await.map_err(|e| fail(e.into()))?;
         }
-        let was_restoring = progress.restore.as_ref().is_some_and(|r| r.phase == "Restoring");
+        let was_restoring = crate::backup::database::restoring(progress);
         match restore.step(progress).await.map_err(|e| fail(e.into()))? {
             Step::Done => {
                 if was_restoring {
@@ -535,7 +546,8 @@ impl<W: Cluster, S: Sessions> DatabasePass<'_, W, S> {
         };
         if let Err(failure) = cleaned {
             outcome.again = failure.again;
-            outcome.failed = failure.again.is_none();
+            outcome.under_way = failure.again.is_some();
+            outcome.failed = !outcome.under_way;
             outcome.reason = Some(failure.verdict.reason);
             outcome.status = self
                 .write_status(
