@@ -14,12 +14,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::app::{App, Engine};
+use common::node::{self, step, Image, Imaged};
 use common::operator::{create_secret, Operator};
 use common::{eventually, namespace};
 use dbqo::api::backup::{BackupPhase, DatabaseBackup};
 use dbqo::api::database::{Database, Phase};
 use dbqo::api::server::DatabaseServer;
-use dbqo_testenv::{MariaDb, MariaDbOptions, Node, Postgres, PostgresOptions, S3Server};
+use dbqo_testenv::{MariaDb, MariaDbOptions, Postgres, PostgresOptions, S3Server};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
@@ -29,24 +30,6 @@ const TEST_LABEL: &str = "dbqo.dev/test";
 const BUCKET: &str = "dumps";
 /// A Job: pod start, the tool, the upload; twice for a failing one.
 const WAIT: Duration = Duration::from_secs(180);
-
-/// The image as a docker-archive (hack/image.sh backup) and its name.
-fn backup_image(path: &std::path::Path) -> String {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let out = std::process::Command::new("bash")
-        .arg(format!("{root}/hack/image.sh"))
-        .args(["backup", "archive"])
-        .arg(path)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run hack/image.sh");
-    assert!(out.status.success(), "hack/image.sh backup archive failed");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn step(started: Instant, what: &str) {
-    eprintln!("[{:>5.1}s] {what}", started.elapsed().as_secs_f64());
-}
 
 /// The test's world on the node: its client, namespaces and operator.
 struct World {
@@ -347,24 +330,8 @@ async fn engine_backups(w: &World, engine: Engine, started: Instant) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backups_and_restores_run_as_jobs_on_a_real_node() {
-    // Not a silent pass: a run that cannot start a node has not tested this.
-    if let Some(why) = Node::unavailable() {
-        panic!("the backup test cannot run here: {why}");
-    }
     let started = Instant::now();
-    let dir = dbqo_testenv::run_dir().with_extension("backups");
-    std::fs::create_dir_all(&dir).unwrap();
-    let archive = dir.join("backup.tar");
-    let image = backup_image(&archive);
-    let node = {
-        let (dir, archive) = (dir.clone(), archive.clone());
-        tokio::task::spawn_blocking(move || Node::start(&dir.join("node"), &[archive]))
-            .await
-            .unwrap()
-            .expect("a node")
-    };
-    std::fs::remove_file(&archive).unwrap();
-    step(started, "node Ready");
+    let Imaged { node, image, dir } = node::start("backups", Image::Backup, started).await;
     let ip = node.info.host_ip;
     let (postgres, mariadb, s3) = {
         let dir = dir.clone();

@@ -11,13 +11,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::eventually;
+use common::node::{self, step, Image, Imaged};
 use common::operator::{configmaps, create_secret, wait_for_condition};
 use dbqo::api::DatabaseQueryResource;
-use dbqo_testenv::{Node, Postgres, PostgresOptions};
+use dbqo_testenv::{Postgres, PostgresOptions};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
@@ -36,23 +37,6 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: \"item-{{Row.name}}\"\ndata:\n  color: \"{{Row.color}}\"\n";
 const SA: &str =
     "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: \"robot-{{Row.name}}\"\n";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The image as a docker-archive (hack/image.sh) and its name.
-fn image_archive(path: &Path) -> String {
-    let out = std::process::Command::new("bash")
-        .arg(repo().join("hack/image.sh"))
-        .arg("archive")
-        .arg(path)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run hack/image.sh");
-    assert!(out.status.success(), "hack/image.sh archive failed");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn helm(action: &str, kubeconfig: &Path, values: Value) -> Value {
     let answer = common::helm(&json!({
@@ -129,12 +113,6 @@ async fn leader(client: &Client, not: Option<&str>) -> Pod {
         })
     })
     .await
-}
-
-/// Progress on stderr: a failure's output then says how far the run got
-/// and how long each step took (CI keeps only the end of a failure's output).
-fn step(started: Instant, what: &str) {
-    eprintln!("in-cluster: {what} after {:.1?}", started.elapsed());
 }
 
 fn pod_ip(pod: &Pod) -> String {
@@ -228,25 +206,8 @@ fn interleaved_writes_are_found() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_runs_the_operator_on_a_real_node() {
-    // Not a silent pass: a run that cannot start a node has not tested this.
-    if let Some(why) = Node::unavailable() {
-        panic!("the in-cluster test cannot run here: {why}");
-    }
     let started = Instant::now();
-    let dir = dbqo_testenv::run_dir().with_extension("node");
-    std::fs::create_dir_all(&dir).unwrap();
-    let archive = dir.join("operator.tar");
-    let image = image_archive(&archive);
-    let node = {
-        let (dir, archive) = (dir.clone(), archive.clone());
-        tokio::task::spawn_blocking(move || Node::start(&dir.join("node"), &[archive]))
-            .await
-            .unwrap()
-            .expect("a node")
-    };
-    step(started, "node Ready");
-    // Imported into the node's containerd; a quarter of a gigabyte.
-    std::fs::remove_file(&archive).unwrap();
+    let Imaged { node, image, dir } = node::start("in-cluster", Image::Operator, started).await;
     let postgres = {
         let (dir, ip) = (dir.join("postgres"), node.info.host_ip);
         tokio::task::spawn_blocking(move || {

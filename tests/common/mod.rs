@@ -19,6 +19,7 @@ use tokio_postgres::NoTls;
 pub use dbqo_testenv::shared;
 
 pub mod app;
+pub mod node;
 pub mod operator;
 
 /// A name unique within this test run: `<prefix>-<pid>-<n>`.
