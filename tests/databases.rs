@@ -580,14 +580,19 @@ async fn privileges(engine: Engine, prefix: &str) {
     app.exec("SELECT * FROM facts").await.expect("SELECT is granted");
     assert!(app.exec("INSERT INTO facts VALUES (2)").await.is_err(), "INSERT is not granted");
 
-    w.databases(&w.team_a)
-        .patch(
-            "reports",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"privileges": ["SELECT", "INSERT"]}})),
-        )
-        .await
-        .unwrap();
+    let world = &w;
+    let set = |privileges: Value| async move {
+        world
+            .databases(&world.team_a)
+            .patch(
+                "reports",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"privileges": privileges}})),
+            )
+            .await
+            .unwrap();
+    };
+    set(json!(["SELECT", "INSERT"])).await;
     eventually(WAIT, "INSERT granted", || async {
         let mut app = App::connect(engine, &data, None).await.ok()?;
         app.exec("INSERT INTO facts VALUES (2)").await.ok()
@@ -604,6 +609,34 @@ async fn privileges(engine: Engine, prefix: &str) {
     assert_eq!(admin.statements().await.1, grants, "GRANT/REVOKE on passes with nothing to change");
     let events = w.events(&w.team_a).await;
     assert!(events.iter().any(|(r, _)| r == "PrivilegesChanged"), "{events:?}");
+
+    // A table the application made itself stays its own when the set changes.
+    set(json!(["SELECT", "INSERT", "CREATE"])).await;
+    eventually(WAIT, "the application creates a table", || async {
+        let mut app = App::connect(engine, &data, None).await.ok()?;
+        app.exec("CREATE TABLE notes (id int PRIMARY KEY)").await.ok()
+    })
+    .await;
+    set(json!(["SELECT", "INSERT"])).await;
+    eventually(WAIT, "CREATE taken back", || async {
+        let mut app = App::connect(engine, &data, None).await.ok()?;
+        let refused = app.exec("CREATE TABLE later (id int)").await.err()?;
+        // Refused for want of a privilege (42501 on PostgreSQL), not because
+        // a try before the change took effect made it already.
+        (refused.contains("denied") || refused.contains("42501")).then_some(())
+    })
+    .await;
+    let mut app = App::connect(engine, &data, None).await.unwrap();
+    app.exec("INSERT INTO notes VALUES (1)").await.expect("INSERT on its own table");
+    if engine == Engine::Postgres {
+        // The owner's rights are not the spec's: a REVOKE from the owner
+        // would have taken DELETE away (MariaDB has no table owners).
+        app.exec("DELETE FROM notes").await.expect("DELETE on the table it owns");
+    }
+    assert!(
+        app.exec("DELETE FROM facts").await.is_err(),
+        "DELETE is not granted on the admin's table"
+    );
 }
 
 /// Deletion: `Retain` keeps database, user and Secret; `Delete` drops them.

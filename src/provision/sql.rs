@@ -275,8 +275,7 @@ pub fn pg_schema_privileges(request: &Request, replace: bool) -> Vec<String> {
     }
     if replace {
         sql.push(format!("REVOKE ALL ON SCHEMA public FROM {user}"));
-        sql.push(format!("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {user}"));
-        sql.push(format!("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {user}"));
+        sql.push(pg_revoke_on_relations_of_others(&request.username));
         sql.push(format!(
             "ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM {user}"
         ));
@@ -314,6 +313,26 @@ pub fn pg_schema_privileges(request: &Request, replace: bool) -> Vec<String> {
         ));
     }
     sql
+}
+
+/// PostgreSQL: revokes the user's rights on the tables, views and sequences
+/// of schema `public` that it does not own. Not `ON ALL TABLES`: a
+/// superuser's REVOKE acts as the owner's, so it would take the user's rights
+/// on the tables it created itself, and the application with them.
+fn pg_revoke_on_relations_of_others(username: &str) -> String {
+    let user = pg_literal(username);
+    format!(
+        "DO $dbqo$ DECLARE r record; BEGIN \
+           FOR r IN SELECT c.oid::regclass AS name, c.relkind = 'S' AS sequence FROM pg_class c \
+             WHERE c.relnamespace = 'public'::regnamespace \
+             AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') \
+             AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = {user}) \
+           LOOP \
+             EXECUTE format('REVOKE ALL ON %s %s FROM %I', \
+               CASE WHEN r.sequence THEN 'SEQUENCE' ELSE 'TABLE' END, r.name, {user}); \
+           END LOOP; \
+         END $dbqo$"
+    )
 }
 
 fn is_all(request: &Request) -> bool {
@@ -390,6 +409,14 @@ mod tests {
                 "GRANT CONNECT ON DATABASE \"team_a\" TO \"team_a\""
             ]
         );
+        let replaced = pg_schema_privileges(&select, true);
+        assert!(
+            replaced.iter().all(|s| !s.contains("ON ALL TABLES IN SCHEMA public FROM")),
+            "a REVOKE on every table takes the user's rights on its own: {replaced:?}"
+        );
+        assert!(replaced.iter().any(
+            |s| s.contains("c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = 'team_a')")
+        ));
         let schema = pg_schema_privileges(&select, false);
         assert!(
             schema.contains(&"GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"team_a\"".into())
