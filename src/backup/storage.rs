@@ -95,7 +95,10 @@ impl Storage {
             // Path-style requests: what MinIO and most S3-compatible servers serve.
             builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
         }
-        let store = builder.build().map_err(|e| StorageError::Config(describe(&e)))?;
+        // Fixed words: the builder's text quotes the settings back.
+        let store = builder.build().map_err(|_| {
+            StorageError::Config("the endpoint, region or bucket is not valid".to_owned())
+        })?;
         Ok(Self {
             store: Arc::new(store),
             bucket: spec.bucket.clone(),
@@ -149,13 +152,53 @@ impl Storage {
     }
 }
 
-/// An object_store error by its kind: its text can quote the endpoint's
-/// answer, never the credentials (they are signed, not sent), but may hold
-/// a URL with the bucket and key, which are the operator's own.
+/// An object_store error in our words, by its kind. Its own text quotes the
+/// request's URL and the endpoint's answer, and an S3 answer can echo the
+/// access key id (`InvalidAccessKeyId`): none of it reaches a message, which
+/// a team reads on its DatabaseBackup.
 pub fn describe(e: &object_store::Error) -> String {
-    let text = e.to_string();
-    // Bounded: a server's error body can be long.
-    text.chars().take(300).collect()
+    use object_store::Error as E;
+    let kind = match e {
+        E::NotFound { .. } => "no such object or bucket",
+        E::PermissionDenied { .. } => "access denied (the credentials or the bucket's policy)",
+        E::Unauthenticated { .. } => "the credentials were refused",
+        E::AlreadyExists { .. } | E::Precondition { .. } | E::NotModified { .. } => {
+            "the object changed during the request"
+        }
+        E::InvalidPath { .. } => "not a valid object key",
+        E::NotSupported { .. } | E::NotImplemented | E::UnknownConfigurationKey { .. } => {
+            "an operation the storage does not support"
+        }
+        E::Generic { source, .. } => return generic(&source.to_string()),
+        _ => "the request failed",
+    };
+    kind.to_owned()
+}
+
+/// A failure without a kind of its own (the connection, a timeout, another
+/// status), judged by its text; only the status number is kept of it.
+fn generic(text: &str) -> String {
+    // What went wrong follows the method, URL and retry settings (which
+    // name a `retry_timeout` whatever the failure).
+    let text = text.split_once(" - ").map_or(text, |(_, inner)| inner).to_ascii_lowercase();
+    let status = text
+        .split("status code: ")
+        .nth(1)
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok());
+    let kind = if text.contains("nosuchbucket") {
+        "the bucket does not exist"
+    } else if text.contains("timed out") || text.contains("timeout") {
+        "the storage did not answer in time"
+    } else if status.is_none() && (text.contains("connect") || text.contains("sending request")) {
+        "cannot reach the storage"
+    } else {
+        "the storage answered with an error"
+    };
+    match status {
+        Some(code) => format!("{kind} (HTTP {code})"),
+        None => kind.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +234,50 @@ mod tests {
         ] {
             let e = s.own_key(forged, ns).unwrap_err();
             assert_eq!(e.reason(), "NotAllowed", "{forged}");
+        }
+    }
+
+    #[test]
+    fn storage_errors_quote_nothing_of_the_request_or_the_answer() {
+        let answer = "<Error><Code>InvalidAccessKeyId</Code><AWSAccessKeyId>AKIASECRET</AWSAccessKeyId></Error>";
+        let boxed = |text: &str| -> Box<dyn std::error::Error + Send + Sync> { text.into() };
+        let path = "teams/team-a/orders/x.dump".to_owned();
+        let cases = [
+            (
+                object_store::Error::PermissionDenied { path: path.clone(), source: boxed(answer) },
+                "access denied (the credentials or the bucket's policy)",
+            ),
+            (
+                object_store::Error::NotFound { path: path.clone(), source: boxed(answer) },
+                "no such object or bucket",
+            ),
+            (
+                object_store::Error::Generic {
+                    store: "S3",
+                    source: boxed(&format!(
+                        "Error performing PUT http://10.0.0.9:9000/dumps/{path} in 1s - \
+                         Server returned non-2xx status code: 503 Service Unavailable: {answer}"
+                    )),
+                },
+                "the storage answered with an error (HTTP 503)",
+            ),
+            (
+                object_store::Error::Generic {
+                    store: "S3",
+                    source: boxed(
+                        "Error performing GET http://10.0.0.9:9000/dumps in 30s, after 3 retries, \
+                         max_retries: 3, retry_timeout: 120s  - error sending request: client error (Connect)",
+                    ),
+                },
+                "cannot reach the storage",
+            ),
+        ];
+        for (error, expected) in cases {
+            let text = describe(&error);
+            assert_eq!(text, expected);
+            for secret in ["AKIASECRET", "10.0.0.9", "team-a"] {
+                assert!(!text.contains(secret), "{text}");
+            }
         }
     }
 
